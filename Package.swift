@@ -1,0 +1,74 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Kernels are compiled for x86-64-v3 (Haswell: AVX2, FMA, F16C), a level every
+// server CPU of the last ten years has. Never `-march=native` for a shipped binary.
+let kernelSwiftFlags: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "haswell", "-Ounchecked"])]
+let kernelCFlags: [CSetting] = [.unsafeFlags(["-O3", "-mavx2", "-mfma", "-mf16c", "-fno-math-errno"])]
+
+let package = Package(
+    name: "Kvant",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "kvantd", targets: ["kvantd"]),
+        .executable(name: "kvantctl", targets: ["kvantctl"]),
+        .executable(name: "kvant-eval", targets: ["kvant-eval"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+    ],
+    targets: [
+        // Shared vocabulary: KVCacheDType, errors with stable reasons.
+        .target(name: "KvantCore"),
+        // CPU math in C where intrinsics matter (quantized dot products, int8 attention).
+        .target(name: "CKernels", cSettings: kernelCFlags),
+        .target(name: "Kernels", dependencies: ["KvantCore", "CKernels"], swiftSettings: kernelSwiftFlags),
+        .target(name: "ModelFormats", dependencies: ["KvantCore"]),
+        .target(name: "Tokenizers", dependencies: ["KvantCore", "ModelFormats"]),
+        .target(name: "KVCache", dependencies: ["KvantCore", "Kernels", "CKernels"], swiftSettings: kernelSwiftFlags),
+        .target(name: "Executor",
+                dependencies: ["KvantCore", "Kernels", "CKernels", "ModelFormats", "Tokenizers", "KVCache"],
+                swiftSettings: kernelSwiftFlags),
+        // Wire types only: the client links this and never the engine.
+        .target(name: "ControlProtocol", dependencies: ["KvantCore"]),
+        .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd",
+                       providers: [.apt(["libsystemd-dev"])]),
+        .target(name: "KvantDaemon", dependencies: [
+            "KvantCore", "ModelFormats", "Tokenizers", "KVCache", "Executor", "ControlProtocol", "CSystemd",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "TOMLKit", package: "TOMLKit"),
+        ]),
+        .executableTarget(name: "kvantd", dependencies: [
+            "KvantDaemon",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "kvantctl", dependencies: [
+            "ControlProtocol",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+        ]),
+        // Offline evaluation: perplexity, top-1 agreement, speed (used by `make bench*`).
+        .executableTarget(name: "kvant-eval", dependencies: [
+            "KvantCore", "ModelFormats", "Tokenizers", "KVCache", "Executor",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], swiftSettings: kernelSwiftFlags),
+
+        .testTarget(name: "KvantCoreTests", dependencies: ["KvantCore"]),
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "CKernels", "KvantCore"]),
+        .testTarget(name: "ModelFormatsTests", dependencies: ["ModelFormats", "Kernels", "KvantCore"]),
+        .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers", "ModelFormats"]),
+        .testTarget(name: "KVCacheTests", dependencies: ["KVCache", "Kernels", "KvantCore"]),
+        .testTarget(name: "ExecutorTests", dependencies: ["Executor", "KVCache", "ModelFormats", "Tokenizers", "KvantCore"]),
+        .testTarget(name: "ControlProtocolTests", dependencies: ["ControlProtocol"]),
+        .testTarget(name: "KvantDaemonTests", dependencies: ["KvantDaemon", "ControlProtocol"]),
+    ],
+    swiftLanguageModes: [.v5]
+)

@@ -1,0 +1,1 @@
+// ControlProtocol: placeholder until the target's first file lands.

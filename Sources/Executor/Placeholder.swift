@@ -1,0 +1,1 @@
+// Executor: placeholder until the target's first file lands.

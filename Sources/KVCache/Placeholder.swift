@@ -1,0 +1,1 @@
+// KVCache: placeholder until the target's first file lands.

@@ -1,0 +1,1 @@
+// Kernels: placeholder until the target's first file lands.

@@ -1,0 +1,49 @@
+/// How the KV cache stores keys and values: the values of vLLM's `--kv-cache-dtype`
+/// plus the three int8 modes of the vendor guide.
+///
+/// - `auto`: fp16 storage (the model's GGUF weights carry no preferred KV type).
+/// - `fp16`, `bf16`, `fp32`: unquantized storage.
+/// - `int8_pertensor`: static, one scale per layer shared by K and V, from a
+///   `kv_cache_scales.json` (vLLM schema).
+/// - `int8_pertensor_perhead`: static, one scale per layer per KV head, same file.
+/// - `int8_pertoken`: dynamic, one fp32 scale per (token, KV head) for K and for V,
+///   computed as `amax / 127` when the cache is written.
+///
+/// Quantization is symmetric: `q = clamp(round(x / s), -127, 127)`, `x̂ = q · s`.
+public enum KVCacheDType: String, CaseIterable, Codable, Sendable {
+    case auto
+    case fp16
+    case bf16
+    case fp32
+    case int8PerTensor = "int8_pertensor"
+    case int8PerTensorPerHead = "int8_pertensor_perhead"
+    case int8PerToken = "int8_pertoken"
+
+    /// The dtype actually stored: `auto` resolves to `fp16`.
+    public var resolved: KVCacheDType { self == .auto ? .fp16 : self }
+
+    /// Bytes of one stored element (K or V value), without scales.
+    public var elementBytes: Int {
+        switch resolved {
+        case .fp32: return 4
+        case .fp16, .bf16: return 2
+        case .int8PerTensor, .int8PerTensorPerHead, .int8PerToken: return 1
+        case .auto: return 2
+        }
+    }
+
+    /// True for the int8 modes.
+    public var isQuantized: Bool { elementBytes == 1 }
+
+    /// True for the modes whose scales come from a scale file (`int8_pertensor`, `int8_pertensor_perhead`).
+    public var usesStaticScales: Bool { self == .int8PerTensor || self == .int8PerTensorPerHead }
+
+    /// Parses a flag value such as `int8_pertoken`; throws `KvantError(.invalidArgument)` listing the valid values.
+    public init(parsing text: String) throws {
+        guard let value = KVCacheDType(rawValue: text) else {
+            throw KvantError(.invalidArgument,
+                             "unknown kv_cache_dtype '\(text)'; expected one of: \(KVCacheDType.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        self = value
+    }
+}

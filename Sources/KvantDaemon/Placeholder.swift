@@ -1,0 +1,1 @@
+// KvantDaemon: placeholder until the target's first file lands.

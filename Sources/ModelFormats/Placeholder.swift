@@ -1,0 +1,1 @@
+// ModelFormats: placeholder until the target's first file lands.
