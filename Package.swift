@@ -47,11 +47,12 @@ let package = Package(
             .product(name: "TOMLKit", package: "TOMLKit"),
         ]),
         .executableTarget(name: "kvantd", dependencies: [
-            "KvantDaemon",
+            "KvantDaemon", "KvantCore",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "kvantctl", dependencies: [
-            "ControlProtocol",
+            "ControlProtocol", "KvantCore",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),

@@ -174,8 +174,8 @@ public final class ControlClient: @unchecked Sendable {
     }
 }
 
-/// Exit codes of `kvantctl`, one per `ErrorReason` (documented in docs/protocol.md).
-public enum ExitCode {
+/// Exit codes of `kvantctl`, one per `ErrorReason` (documented in docs/protocol.md); 1 for a reply the client cannot read.
+public enum ClientExitCode {
     public static let success: Int32 = 0
     /// Usage errors found by the argument parser (EX_USAGE).
     public static let usage: Int32 = 64
