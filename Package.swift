@@ -69,8 +69,12 @@ let package = Package(
         .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers", "ModelFormats"]),
         .testTarget(name: "KVCacheTests", dependencies: ["KVCache", "Kernels", "KvantCore"]),
         .testTarget(name: "ExecutorTests", dependencies: ["Executor", "KVCache", "ModelFormats", "Tokenizers", "KvantCore"]),
-        .testTarget(name: "ControlProtocolTests", dependencies: ["ControlProtocol"]),
-        .testTarget(name: "KvantDaemonTests", dependencies: ["KvantDaemon", "ControlProtocol"]),
+        .testTarget(name: "ControlProtocolTests", dependencies: ["ControlProtocol", "KvantCore"]),
+        .testTarget(name: "KvantDaemonTests", dependencies: [
+            "KvantDaemon", "ControlProtocol", "KvantCore",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -6,19 +6,42 @@ import KvantCore
 /// Items from concurrent requests interleave in FIFO order, so decode steps of several
 /// sequences alternate (round-robin). It also keeps the heartbeat the systemd watchdog reads.
 final class ComputeLane: @unchecked Sendable {
-    private let queue: DispatchQueue
+    private let condition = NSCondition()
+    private var jobs: [() -> Void] = []
     private let lock = NSLock()
     private var busySince: UInt64?
     private var lastBeat: UInt64 = DispatchTime.now().uptimeNanoseconds
 
+    /// Starts the lane's own thread (not a GCD worker: model work blocks for long stretches and
+    /// must not starve the shared pools).
     init(label: String) {
-        queue = DispatchQueue(label: label, qos: .userInitiated)
+        let thread = Thread { [unowned self] in self.loop() }
+        thread.name = label
+        thread.stackSize = 8 << 20
+        thread.start()
+    }
+
+    private func loop() {
+        while true {
+            condition.lock()
+            while jobs.isEmpty { condition.wait() }
+            let job = jobs.removeFirst()
+            condition.unlock()
+            job()
+        }
+    }
+
+    private func enqueue(_ job: @escaping () -> Void) {
+        condition.lock()
+        jobs.append(job)
+        condition.signal()
+        condition.unlock()
     }
 
     /// Runs `body` on the lane and returns its result.
     func run<T>(_ body: @escaping () throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, Error>) in
-            queue.async {
+            enqueue {
                 self.markBusy(true)
                 defer { self.markBusy(false) }
                 do {

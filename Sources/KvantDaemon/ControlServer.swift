@@ -257,7 +257,10 @@ actor ConnectionWriter {
         guard !broken else { return false }
         do {
             let bytes = try WireCodec.encodeLine(message)
-            try await outbound.write(ByteBuffer(bytes: bytes))
+            // Written from a fresh task: the final reply of a cancelled request must still go out,
+            // and NIO's writer refuses writes from a cancelled task.
+            let outbound = self.outbound
+            try await Task { try await outbound.write(ByteBuffer(bytes: bytes)) }.value
             return true
         } catch {
             broken = true

@@ -42,7 +42,6 @@ public actor Engine {
     public nonisolated let settings: Settings
     private let logger: Logger
     private let lane = ComputeLane(label: "kvant.engine.compute")
-    private let loader = DispatchQueue(label: "kvant.engine.loader")
     private let startTime = DispatchTime.now().uptimeNanoseconds
 
     private var model: (any LoadedModel)?
@@ -99,7 +98,7 @@ public actor Engine {
         let loaded: any LoadedModel
         do {
             loaded = try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<any LoadedModel, Error>) in
-                loader.async {
+                Engine.onLoaderThread {
                     do { continuation.resume(returning: try backend.loadModel(request, progress: progress)) } catch {
                         continuation.resume(throwing: error)
                     }
@@ -175,7 +174,7 @@ public actor Engine {
         let backend = self.backend
         let model = self.model
         return try await withCheckedThrowingContinuation { continuation in
-            loader.async {
+            Engine.onLoaderThread {
                 do { continuation.resume(returning: try backend.validateScales(path: path, for: model)) } catch {
                     continuation.resume(throwing: Engine.kvantError(error))
                 }
@@ -366,6 +365,14 @@ public actor Engine {
     }
 
     // MARK: Internals
+
+    /// Loads and scale validation run on a thread of their own, beside the compute lane.
+    private static func onLoaderThread(_ body: @escaping () -> Void) {
+        let thread = Thread(block: body)
+        thread.name = "kvant.engine.loader"
+        thread.stackSize = 8 << 20
+        thread.start()
+    }
 
     private func onLane<T>(_ body: @escaping () throws -> T) async throws -> T {
         try await lane.run(body)

@@ -147,7 +147,15 @@ public final class RequestHandler: Sendable {
             let path = try paths.existingFile(params.path, field: "path")
             let ctx = params.ctx == 0 ? nil : params.ctx
             let progress = progressSender(.perplexityProgress, id: request.id, context: context)
-            return try JSONValue(encoding: try await engine.perplexity(path: path, contextLength: ctx, onProgress: progress))
+            let result: PerplexityResult
+            do {
+                result = try await engine.perplexity(path: path, contextLength: ctx, onProgress: progress.report)
+            } catch {
+                await progress.flush()
+                throw error
+            }
+            await progress.flush()
+            return try JSONValue(encoding: result)
         case .calibrate:
             let params = try request.decodeParams(CalibrateParams.self)
             try params.validate()
@@ -157,26 +165,34 @@ public final class RequestHandler: Sendable {
                 textPath: text, numTokens: params.numTokens ?? 2048, perHead: params.perHead ?? false,
                 tpSize: params.tpSize ?? 1, percentile: params.percentile ?? 100, outputPath: output)
             let progress = progressSender(.calibrateProgress, id: request.id, context: context)
-            return try JSONValue(encoding: try await engine.calibrate(calibration, onProgress: progress))
+            let result: CalibrateResult
+            do {
+                result = try await engine.calibrate(calibration, onProgress: progress.report)
+            } catch {
+                await progress.flush()
+                throw error
+            }
+            await progress.flush()
+            return try JSONValue(encoding: result)
         case .cancel:
             throw KvantError(.internal, "cancel must be handled by the connection")
         }
     }
 
-    /// Progress callbacks come from the compute thread; forward them as notifications, in order.
-    private func progressSender(_ method: NotificationMethod, id: RPCID?, context: RequestContext) -> @Sendable (Int, Int) -> Void {
-        guard let id else { return { _, _ in } }
+    /// Progress callbacks come from the compute thread; they are forwarded as notifications, in
+    /// order, and all of them are written before the response (`flush` is awaited first).
+    private func progressSender(_ method: NotificationMethod, id: RPCID?, context: RequestContext)
+        -> (report: @Sendable (Int, Int) -> Void, flush: @Sendable () async -> Void) {
+        guard let id else { return ({ _, _ in }, {}) }
         let (stream, continuation) = AsyncStream<ProgressNotification>.makeStream(bufferingPolicy: .bufferingNewest(64))
-        Task {
+        let forwarder = Task {
             for await progress in stream {
                 if let notification = try? RPCNotification(method: method, params: progress) {
                     _ = await context.notify(notification)
                 }
             }
         }
-        return { done, total in
-            continuation.yield(ProgressNotification(id: id, done: done, total: total))
-            if done >= total { continuation.finish() }
-        }
+        return ({ done, total in continuation.yield(ProgressNotification(id: id, done: done, total: total)) },
+                { continuation.finish(); await forwarder.value })
     }
 }
