@@ -404,7 +404,14 @@ public struct GenerateParams: Codable, Equatable, Sendable {
         topK = try c.decodeIfPresent(Int.self, forKey: .topK) ?? 0
         minP = try c.decodeIfPresent(Double.self, forKey: .minP) ?? 0.0
         repetitionPenalty = try c.decodeIfPresent(Double.self, forKey: .repetitionPenalty) ?? 1.0
-        seed = try c.decodeIfPresent(UInt64.self, forKey: .seed)
+        if let value = try c.decodeIfPresent(Int.self, forKey: .seed) {
+            guard value >= 0 else {
+                throw DecodingError.dataCorruptedError(forKey: .seed, in: c, debugDescription: "must be an integer >= 0, got \(value)")
+            }
+            seed = UInt64(value)
+        } else {
+            seed = nil
+        }
         stop = try c.decodeIfPresent([String].self, forKey: .stop) ?? []
         stream = try c.decodeIfPresent(Bool.self, forKey: .stream) ?? false
     }
