@@ -28,7 +28,9 @@ public final class ControlClient: @unchecked Sendable {
     /// Connects to the Unix stream socket at `socketPath`.
     /// - Throws: `KvantError(.unavailable)` when nothing listens there, `.permissionDenied` when
     ///   the socket's mode forbids connecting, `.invalidArgument` for a path longer than `sun_path`.
-    public init(socketPath: String) throws {
+    /// - Parameter timeout: seconds a single read or write may block (SO_RCVTIMEO/SO_SNDTIMEO);
+    ///   nil waits forever (long generations). A timeout throws `KvantError(.unavailable)`.
+    public init(socketPath: String, timeout: Double? = nil) throws {
         self.socketPath = socketPath
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
@@ -66,6 +68,11 @@ public final class ControlClient: @unchecked Sendable {
             }
         }
         fd = socketFD
+        if let timeout, timeout > 0 {
+            var value = timeval(tv_sec: Int(timeout), tv_usec: Int((timeout - timeout.rounded(.down)) * 1_000_000))
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &value, socklen_t(MemoryLayout<timeval>.size))
+            setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &value, socklen_t(MemoryLayout<timeval>.size))
+        }
     }
 
     deinit {
@@ -129,6 +136,9 @@ public final class ControlClient: @unchecked Sendable {
             let count = chunk.withUnsafeMutableBytes { raw in recv(fd, raw.baseAddress!, raw.count, 0) }
             if count < 0 {
                 if errno == EINTR { continue }
+                if errno == EAGAIN || errno == EWOULDBLOCK {
+                    throw KvantError(.unavailable, "no reply from kvantd on \(socketPath) within the timeout")
+                }
                 throw KvantError(.unavailable, "read from \(socketPath) failed: \(String(cString: strerror(errno)))")
             }
             if count == 0 { return nil }

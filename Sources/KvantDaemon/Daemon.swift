@@ -126,6 +126,9 @@ public final class DaemonSupervisor: Service, @unchecked Sendable {
     }
 
     public func run() async throws {
+        // Trap SIGHUP before anything else: its default action would end the process, and systemd
+        // may send a reload as soon as READY=1 is out.
+        let hangups: UnixSignalsSequence? = reloadRequests == nil ? await UnixSignalsSequence(trapping: .sighup) : nil
         // Wait for the socket (or shutdown before it ever listened).
         for await _ in listeningStream.cancelOnGracefulShutdown() { break }
         guard !Task.isShuttingDownGracefully, !Task.isCancelled else {
@@ -137,7 +140,7 @@ public final class DaemonSupervisor: Service, @unchecked Sendable {
         logger.notice("ready")
 
         await withTaskGroup(of: Void.self) { group in
-            group.addTask { await self.reloadLoop() }
+            group.addTask { await self.reloadLoop(hangups) }
             if let timeout = notifier.watchdogTimeoutMicroseconds() {
                 group.addTask { await self.watchdogLoop(timeoutMicroseconds: timeout) }
             }
@@ -167,12 +170,11 @@ public final class DaemonSupervisor: Service, @unchecked Sendable {
         }
     }
 
-    private func reloadLoop() async {
+    private func reloadLoop(_ hangups: UnixSignalsSequence?) async {
         if let reloadRequests {
             for await _ in reloadRequests.cancelOnGracefulShutdown() { await reload() }
-        } else {
-            let signals = await UnixSignalsSequence(trapping: .sighup)
-            for await _ in signals.cancelOnGracefulShutdown() { await reload() }
+        } else if let hangups {
+            for await _ in hangups.cancelOnGracefulShutdown() { await reload() }
         }
     }
 

@@ -12,7 +12,7 @@ struct BadInputTests {
         try await daemon.start()
         let socket = daemon.socketPath
         let replies = try await offPool { () -> [RPCResponse] in
-            let client = try ControlClient(socketPath: socket)
+            let client = try ControlClient(socketPath: socket, timeout: 20)
             var replies: [RPCResponse] = []
             // 1 MiB + 1 byte of JSON-looking text without a newline, then the newline.
             var long = Array(#"{"jsonrpc":"2.0","id":1,"method":"tokenize","params":{"text":""#.utf8)
@@ -58,7 +58,7 @@ struct BadInputTests {
         #expect(replies[10].result?["status"] == .string("ok"))
 
         // Another client is served normally meanwhile.
-        let health = try await offPool { try ControlClient(socketPath: socket).call(.health, EmptyParams(), as: HealthResult.self) }
+        let health = try await offPool { try ControlClient(socketPath: socket, timeout: 20).call(.health, EmptyParams(), as: HealthResult.self) }
         #expect(health.status == "ok")
         try await daemon.stop()
     }
@@ -77,7 +77,7 @@ struct BadInputTests {
         func loadError(_ path: String) async throws -> RPCErrorObject? {
             try await offPool { () -> RPCErrorObject? in
                 do {
-                    _ = try ControlClient(socketPath: socket).call(.loadModel, LoadModelParams(path: path), as: LoadModelResult.self)
+                    _ = try ControlClient(socketPath: socket, timeout: 20).call(.loadModel, LoadModelParams(path: path), as: LoadModelResult.self)
                     return nil
                 } catch let error as RPCErrorObject { return error }
             }
@@ -95,7 +95,7 @@ struct BadInputTests {
         // Calibration output outside the allowed dirs is refused too.
         let output = try await offPool { () -> RPCErrorObject? in
             do {
-                _ = try ControlClient(socketPath: socket).call(.calibrate, CalibrateParams(output: "/tmp/evil.json"), as: CalibrateResult.self)
+                _ = try ControlClient(socketPath: socket, timeout: 20).call(.calibrate, CalibrateParams(output: "/tmp/evil.json"), as: CalibrateResult.self)
                 return nil
             } catch let error as RPCErrorObject { return error }
         }
@@ -126,6 +126,7 @@ struct BadInputTests {
         let script = """
         import socket, sys
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(10)
         s.connect(sys.argv[1])
         f = s.makefile("rwb")
         for line in sys.argv[2:]:

@@ -62,7 +62,7 @@ final class TestDaemon: @unchecked Sendable {
         let group = self.group
         runTask = Task { try await group.run() }
         for _ in 0..<400 {
-            if (try? ControlClient(socketPath: socketPath)) != nil { return }
+            if (try? ControlClient(socketPath: socketPath, timeout: 20)) != nil { return }
             try await Task.sleep(for: .milliseconds(10))
         }
         throw KvantError(.unavailable, "test daemon did not start listening on \(socketPath)")
@@ -75,7 +75,7 @@ final class TestDaemon: @unchecked Sendable {
         try? FileManager.default.removeItem(atPath: dir)
     }
 
-    func client() throws -> ControlClient { try ControlClient(socketPath: socketPath) }
+    func client() throws -> ControlClient { try ControlClient(socketPath: socketPath, timeout: 20) }
 
     /// Writes a file under the allowed directory and returns its path.
     @discardableResult
@@ -90,7 +90,7 @@ final class TestDaemon: @unchecked Sendable {
         let path = try writeAllowed("model.gguf", "GGUF fake")
         let socketPath = self.socketPath
         return try await offPool {
-            try ControlClient(socketPath: socketPath).call(
+            try ControlClient(socketPath: socketPath, timeout: 20).call(
                 .loadModel, LoadModelParams(path: path, kvCacheDType: kvCacheDType), as: LoadModelResult.self)
         }
     }
