@@ -53,7 +53,8 @@ public struct RPCRequest: Codable, Equatable, Sendable {
     }
 
     /// Decodes `params` as `P`. Absent params decode as an empty object, so methods whose
-    /// fields are all optional accept `{}`, no `params` at all, or `[]`-free calls alike.
+    /// fields are all optional accept both `{}` and no `params` at all. Unknown fields are
+    /// ignored (the protocol grows by adding fields).
     /// - Throws: `KvantError(.invalidArgument)` naming the method and the failing field.
     public func decodeParams<P: Decodable>(_ type: P.Type) throws -> P {
         let raw = params ?? .object([:])

@@ -65,8 +65,11 @@ public final class ControlServer: Service, @unchecked Sendable {
             .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
         let initializer: @Sendable (Channel) -> EventLoopFuture<NIOAsyncChannel<ByteBuffer, ByteBuffer>> = { channel in
             channel.eventLoop.makeCompletedFuture {
+                // The deinit-closing variant: a connection accepted while the listener closes can be
+                // dropped by NIO before it reaches the accept loop; the non-closing variant traps
+                // ("Deinited NIOAsyncWriter without calling finish()"), this one closes it instead.
                 try NIOAsyncChannel<ByteBuffer, ByteBuffer>(
-                    wrappingChannelSynchronously: channel,
+                    synchronouslyWrapping: channel,
                     configuration: .init(isOutboundHalfClosureEnabled: true))
             }
         }
@@ -85,10 +88,17 @@ public final class ControlServer: Service, @unchecked Sendable {
 
         await withDiscardingTaskGroup { group in
             do {
-                try await server.executeThenClose { inbound in
-                    for try await connection in inbound.cancelOnGracefulShutdown() {
-                        group.addTask { await self.serve(connection) }
+                // On shutdown the listener is closed and the loop runs until the stream ends, so
+                // connections NIO accepted meanwhile are still served (and closed) rather than
+                // dropped unfinished.
+                try await withGracefulShutdownHandler {
+                    try await server.executeThenClose { inbound in
+                        for try await connection in inbound {
+                            group.addTask { await self.serve(connection) }
+                        }
                     }
+                } onGracefulShutdown: {
+                    server.channel.close(promise: nil)
                 }
             } catch {
                 logger.error("accept loop ended", metadata: ["error": "\(error)"])

@@ -47,6 +47,10 @@ public final class Daemon: Sendable {
             handler: handler, logger: logger, onListening: { await supervisor.listening() })
     }
 
+    /// Returns once READY=1 was sent (socket bound with its final mode and owner, start-up model
+    /// loaded or failed), or at once if that happened already.
+    public func waitUntilReady() async { await supervisor.ready.wait() }
+
     /// The service group: graceful shutdown on `gracefulShutdownSignals` (kvantd passes SIGTERM, SIGINT).
     /// Shutdown runs in reverse order: the supervisor (STOPPING=1) first, then the server drains.
     public func makeServiceGroup(gracefulShutdownSignals: [UnixSignal] = [.sigterm, .sigint]) -> ServiceGroup {
@@ -107,6 +111,7 @@ public final class DaemonSupervisor: Service, @unchecked Sendable {
     private let logger: Logger
     private let reloadRequests: AsyncStream<Void>?
     private let (listeningStream, listeningContinuation) = AsyncStream<Void>.makeStream()
+    let ready = OneShotEvent()
 
     init(engine: Engine, notifier: SystemdNotifier, configuration: DaemonConfiguration, paths: PathPolicy,
          status: StatusReporter, logger: Logger, reloadRequests: AsyncStream<Void>?) {
@@ -137,6 +142,7 @@ public final class DaemonSupervisor: Service, @unchecked Sendable {
         }
         await loadStartupModel()
         notifier.ready(status: await engine.statusLine())
+        ready.signal()
         logger.notice("ready")
 
         await withTaskGroup(of: Void.self) { group in
@@ -217,6 +223,35 @@ public final class DaemonSupervisor: Service, @unchecked Sendable {
             try? await Task.sleep(for: .seconds(5))
             if Task.isCancelled { break }
             await status.refresh()
+        }
+    }
+}
+
+/// An event that happens once; `wait()` returns after `signal()`.
+final class OneShotEvent: @unchecked Sendable {
+    private let lock = NSLock()
+    private var signalled = false
+    private var waiters: [CheckedContinuation<Void, Never>] = []
+
+    func signal() {
+        lock.lock()
+        signalled = true
+        let pending = waiters
+        waiters.removeAll()
+        lock.unlock()
+        for waiter in pending { waiter.resume() }
+    }
+
+    func wait() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            lock.lock()
+            if signalled {
+                lock.unlock()
+                continuation.resume()
+            } else {
+                waiters.append(continuation)
+                lock.unlock()
+            }
         }
     }
 }

@@ -170,8 +170,10 @@ public protocol LoadedModel: AnyObject, Sendable {
     /// - Throws: `.resourceExhausted` when the pool cannot hold the prompt now.
     func makeSequence(prompt: [Int], sampling: SamplingConfig) throws -> any GenerationSequence
 
-    /// The KV cache's statistics (blocks total/used, bytes, dtype, epoch, …) as any Encodable value;
-    /// sent verbatim as `stats.kv_cache`. Thread-safe.
+    /// The KV cache's statistics (blocks total/used, bytes, dtype, epoch, …) as any Encodable value
+    /// that encodes to a JSON object; sent verbatim as `stats.kv_cache`. systemd's `STATUS=` shows
+    /// the cache usage from its `usage` field (0…1), or from `used_blocks`/`total_blocks`
+    /// (also `blocks_used`/`blocks_total`, `usedBlocks`/`totalBlocks`). Thread-safe.
     func kvCacheStats() -> any Encodable & Sendable
 
     /// The installed static scales, nil when the dtype uses none. Thread-safe.

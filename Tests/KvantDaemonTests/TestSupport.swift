@@ -57,15 +57,18 @@ final class TestDaemon: @unchecked Sendable {
         group = daemon.makeServiceGroup(gracefulShutdownSignals: [])
     }
 
-    /// Starts the group and waits until the socket accepts connections.
+    /// Starts the group and waits until the daemon is ready (READY=1 point).
     func start() async throws {
         let group = self.group
         runTask = Task { try await group.run() }
-        for _ in 0..<400 {
-            if (try? ControlClient(socketPath: socketPath, timeout: 20)) != nil { return }
-            try await Task.sleep(for: .milliseconds(10))
+        let daemon = self.daemon
+        let ready = Task { await daemon.waitUntilReady(); return true }
+        let timeout = Task { try await Task.sleep(for: .seconds(10)); ready.cancel() }
+        _ = await ready.value
+        timeout.cancel()
+        guard (try? ControlClient(socketPath: socketPath, timeout: 20)) != nil else {
+            throw KvantError(.unavailable, "test daemon is not listening on \(socketPath)")
         }
-        throw KvantError(.unavailable, "test daemon did not start listening on \(socketPath)")
     }
 
     /// Graceful shutdown; waits for the group to finish.
