@@ -210,19 +210,40 @@ public actor Engine {
             let started = DispatchTime.now().uptimeNanoseconds
             let sampling = SamplingConfig(params)
             let sequence = try await onLane { try model.makeSequence(prompt: prompt, sampling: sampling) }
-            defer { lane.runDetached { sequence.release() } }
+            let outcome: Result<GenerateResult, Error>
+            do {
+                outcome = .success(try await run(sequence, prompt: prompt, params: params, budget: budget, queued: queued,
+                                                 started: started, onToken: onToken))
+            } catch {
+                outcome = .failure(error)
+            }
+            // Free the KV blocks before replying, so `stats` after the reply sees them free.
+            _ = try? await onLane { sequence.release() }
+            return try outcome.get()
+        } catch {
+            failed += 1
+            throw Engine.kvantError(error)
+        }
+    }
 
-            var text = ""
-            var tokens: [Int] = []
-            var finish = FinishReason.length
-            var stopReason: String?
-            var decodeStart: UInt64 = 0
+    /// Prefill, then decode until end-of-sequence, a stop string, the token budget or cancellation.
+    private func run(_ sequence: any GenerationSequence, prompt: [Int], params: GenerateParams, budget: Int,
+                     queued: UInt64, started: UInt64,
+                     onToken: @escaping @Sendable (GeneratedToken) async -> Void) async throws -> GenerateResult {
+        var text = ""
+        var tokens: [Int] = []
+        var finish = FinishReason.length
+        var stopReason: String?
+        var decodedCount = 0
+        let prefillEnd: UInt64
+        if Task.isCancelled {   // cancelled while it waited for a slot
+            prefillEnd = DispatchTime.now().uptimeNanoseconds
+            finish = .cancelled
+        } else {
             var next = try await onLane { try sequence.prefill() }
-            let prefillEnd = DispatchTime.now().uptimeNanoseconds
+            prefillEnd = DispatchTime.now().uptimeNanoseconds
             promptTokens += prompt.count
             prefillNanos += prefillEnd - started
-            decodeStart = prefillEnd
-            var decodedCount = 0
             loop: while true {
                 if next.isEndOfSequence {
                     finish = .stop
@@ -244,23 +265,20 @@ public actor Engine {
                 next = try await onLane { try sequence.decode() }
                 decodedCount += 1
             }
-            let end = DispatchTime.now().uptimeNanoseconds
-            decodeNanos += end - decodeStart
-            decodeTokens += decodedCount
-            served += 1
-            let prefillMs = Double(prefillEnd - started) / 1e6
-            let decodeMs = Double(end - decodeStart) / 1e6
-            return GenerateResult(
-                text: text, tokens: tokens, promptTokens: prompt.count, completionTokens: tokens.count,
-                finishReason: finish, stopReason: stopReason,
-                timings: GenerateTimings(
-                    queueMs: Double(started - queued) / 1e6, prefillMs: prefillMs, decodeMs: decodeMs,
-                    prefillTokensPerSecond: prefillMs > 0 ? Double(prompt.count) / (prefillMs / 1000) : 0,
-                    decodeTokensPerSecond: decodeMs > 0 ? Double(decodedCount) / (decodeMs / 1000) : 0))
-        } catch {
-            failed += 1
-            throw Engine.kvantError(error)
         }
+        let end = DispatchTime.now().uptimeNanoseconds
+        decodeNanos += end - prefillEnd
+        decodeTokens += decodedCount
+        served += 1
+        let prefillMs = Double(prefillEnd - started) / 1e6
+        let decodeMs = Double(end - prefillEnd) / 1e6
+        return GenerateResult(
+            text: text, tokens: tokens, promptTokens: prompt.count, completionTokens: tokens.count,
+            finishReason: finish, stopReason: stopReason,
+            timings: GenerateTimings(
+                queueMs: Double(started - queued) / 1e6, prefillMs: prefillMs, decodeMs: decodeMs,
+                prefillTokensPerSecond: prefillMs > 0 ? Double(prompt.count) / (prefillMs / 1000) : 0,
+                decodeTokensPerSecond: decodeMs > 0 ? Double(decodedCount) / (decodeMs / 1000) : 0))
     }
 
     /// Perplexity of a text file; progress via `onProgress(done, total)`; cancellable.
@@ -414,13 +432,6 @@ public actor Engine {
         if let error = error as? KvantError { return error }
         if error is CancellationError { return KvantError(.cancelled, "the request was cancelled") }
         return KvantError(.internal, "backend error: \(type(of: error))")
-    }
-}
-
-extension ComputeLane {
-    /// Fire-and-forget work (sequence release in a `defer`).
-    func runDetached(_ body: @escaping () -> Void) {
-        Task { _ = try? await self.run(body) }
     }
 }
 
