@@ -67,6 +67,8 @@ public final class GGUFFile: @unchecked Sendable {
     private let base: UnsafeRawPointer?
     private let mappedLength: Int
     private let tensorIndex: [String: Int]
+    /// File offset of each metadata value (just after its type id), for raw access.
+    private let valueOffsets: [String: Int]
 
     /// Opens and validates `path`. Throws `KvantError` naming the file and the field on any problem.
     public init(path: String) throws {
@@ -109,6 +111,7 @@ public final class GGUFFile: @unchecked Sendable {
             self.metadataKeys = parsed.metadataKeys
             self.tensors = parsed.tensors
             self.dataOffset = parsed.dataOffset
+            self.valueOffsets = parsed.valueOffsets
             var index: [String: Int] = [:]
             index.reserveCapacity(parsed.tensors.count)
             for (i, t) in parsed.tensors.enumerated() { index[t.name] = i }
@@ -205,6 +208,30 @@ public final class GGUFFile: @unchecked Sendable {
         return out
     }
 
+    /// An ARRAY of STRING as the raw bytes of each string, pointing into the mapping (valid while this
+    /// `GGUFFile` lives). Unlike `stringArray`, bytes that are not valid UTF-8 are kept as they are
+    /// (tokenizer vocabularies must be matched byte for byte).
+    public func rawStringArray(_ key: String) throws -> [UnsafeRawBufferPointer] {
+        let v = try value(key)
+        guard case .array(let a) = v, let start = valueOffsets[key], let base else {
+            throw wrongType(key, v, "ARRAY of STRING")
+        }
+        if let bad = a.firstIndex(where: { $0.stringValue == nil }) {
+            throw KvantError(.invalidArgument, "\(path): metadata key '\(key)'[\(bad)] has type \(a[bad].typeName), expected STRING")
+        }
+        // Layout (validated at init): u32 element type, u64 count, then (u64 length, bytes) per string.
+        var pos = start + 12
+        var out: [UnsafeRawBufferPointer] = []
+        out.reserveCapacity(a.count)
+        for _ in 0..<a.count {
+            let len = Int(UInt64(littleEndian: base.loadUnaligned(fromByteOffset: pos, as: UInt64.self)))
+            pos += 8
+            out.append(UnsafeRawBufferPointer(start: base + pos, count: len))
+            pos += len
+        }
+        return out
+    }
+
     /// An ARRAY of FLOAT32/FLOAT64.
     public func floatArray(_ key: String) throws -> [Float] {
         let v = try value(key)
@@ -245,6 +272,7 @@ private struct GGUFParsed {
     var metadataKeys: [String]
     var tensors: [GGUFTensorInfo]
     var dataOffset: Int
+    var valueOffsets: [String: Int]
 }
 
 /// Bounds-checked little-endian reader over the mapping.
@@ -371,11 +399,14 @@ private struct GGUFParser {
 
         var metadata: [String: GGUFValue] = [:]
         var keys: [String] = []
+        var valueOffsets: [String: Int] = [:]
         metadata.reserveCapacity(Int(kvCount))
+        valueOffsets.reserveCapacity(Int(kvCount))
         keys.reserveCapacity(Int(kvCount))
         for i in 0..<Int(kvCount) {
             let key = try readString("metadata KV #\(i) key")
             let t = try read(UInt32.self, "metadata '\(key)' value type")
+            valueOffsets[key] = pos
             let v = try readValue(type: t, "metadata '\(key)'", depth: 0)
             guard metadata[key] == nil else { throw fail("metadata key '\(key)' appears twice") }
             metadata[key] = v
@@ -456,6 +487,6 @@ private struct GGUFParser {
                                           byteCount: t.bytes, elementCount: t.elements))
         }
         return GGUFParsed(version: Int(version), alignment: alignment, metadata: metadata, metadataKeys: keys,
-                          tensors: tensors, dataOffset: dataOffset)
+                          tensors: tensors, dataOffset: dataOffset, valueOffsets: valueOffsets)
     }
 }
