@@ -49,6 +49,9 @@ public final class GGUFFile: @unchecked Sendable {
     public static let maxDims = 4
     /// Deepest nesting of arrays accepted in metadata.
     public static let maxArrayDepth = 16
+    /// Most elements accepted in one metadata array (2^24; real vocabularies have < 2^20 entries).
+    /// Each element becomes a `GGUFValue`, so this bounds memory independently of the file size.
+    public static let maxArrayCount = 1 << 24
 
     public let path: String
     public let version: Int
@@ -360,6 +363,9 @@ private struct GGUFParser {
             let count = try read(UInt64.self, "\(field()) array count")
             guard count <= UInt64(remaining / minSize) else {
                 throw fail("\(field()): array count \(count) needs at least \(count.multipliedReportingOverflow(by: UInt64(minSize)).overflow ? "more than 2^64" : String(count * UInt64(minSize))) bytes, but only \(remaining) remain in the file (\(size) bytes)")
+            }
+            guard count <= UInt64(GGUFFile.maxArrayCount) else {
+                throw fail("\(field()): array count \(count) exceeds the limit of \(GGUFFile.maxArrayCount) elements")
             }
             let n = Int(count)
             var items: [GGUFValue] = []

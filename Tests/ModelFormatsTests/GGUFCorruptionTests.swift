@@ -205,6 +205,15 @@ private func failure(_ spec: Spec, _ name: String) -> String {
         #expect(e2?.message.contains("nested deeper than") == true)
     }
 
+    @Test func arrayCountLimit() {
+        var w = GGUFBytes()
+        w.header(tensors: 0, kvs: 1)
+        w.str("big"); w.u32(9); w.u32(0); w.u64(UInt64(GGUFFile.maxArrayCount) + 1)
+        w.bytes += [UInt8](repeating: 0, count: GGUFFile.maxArrayCount + 1)
+        let e = kvantError { _ = try GGUFFile(path: TestFiles.write(w.bytes, name: "bigarray.gguf")) }
+        #expect(e?.message.contains("metadata 'big': array count 16777217 exceeds the limit of 16777216 elements") == true)
+    }
+
     /// Random byte corruption: every outcome is either a parsed file or a KvantError, never a crash.
     @Test func randomCorruptionNeverCrashes() {
         let full = Spec().bytes()
