@@ -72,7 +72,7 @@ final class Vocabulary: @unchecked Sendable {
             if let e = empties[i] {
                 for b in e { text[pos] = b; pos += 1 }
             } else {
-                _ = UnsafeMutableRawBufferPointer(rebasing: UnsafeMutableRawBufferPointer(text)[pos ..< pos + t.count]).copyMemory(from: t)
+                UnsafeMutableRawBufferPointer(rebasing: UnsafeMutableRawBufferPointer(text)[pos ..< pos + t.count]).copyMemory(from: t)
                 pos += t.count
             }
         }

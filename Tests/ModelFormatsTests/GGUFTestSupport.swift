@@ -44,7 +44,7 @@ enum TestFiles {
 
     static func write(_ bytes: [UInt8], name: String) -> String {
         let p = dir + "/" + UUID().uuidString + "-" + name
-        FileManager.default.createFile(atPath: p, contents: Data(bytes))
+        _ = FileManager.default.createFile(atPath: p, contents: Data(bytes))
         return p
     }
 

@@ -54,7 +54,10 @@ import Tokenizers
             // control tokens render as nothing; everything else comes back byte for byte
             let hasControl = ids.dropFirst().contains { t.isControl($0) }
             if !hasControl { #expect(t.decode(ids) == c.text, "\(c.text.debugDescription.prefix(80))") }
-            #expect(t.decode(ids, renderSpecial: true).hasSuffix(c.text) || c.text.isEmpty, "\(c.text.debugDescription.prefix(80))")
+            // with control tokens rendered, the text comes back after "<bos>" (compared as bytes: a leading
+            // combining mark would join ">" into one Character)
+            #expect(Array(t.decode(ids, renderSpecial: true).utf8) == Array("<bos>".utf8) + Array(c.text.utf8),
+                    "\(c.text.debugDescription.prefix(80))")
         }
     }
 

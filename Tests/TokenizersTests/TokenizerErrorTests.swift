@@ -26,7 +26,7 @@ private struct MetaWriter {
         let dir = NSTemporaryDirectory() + "kvant-tokenizer-tests-\(getpid())"
         try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let p = dir + "/" + UUID().uuidString + "-" + name
-        FileManager.default.createFile(atPath: p, contents: Data(b))
+        _ = FileManager.default.createFile(atPath: p, contents: Data(b))
         return p
     }
 }

@@ -13,6 +13,9 @@ import collections, ctypes, json, os, re
 import gguf
 import llama_cpp
 from llama_cpp import Llama
+import sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tokenizer_random_strings import random_strings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIX = os.path.join(HERE, "..", "..", "Tests", "TokenizersTests", "Fixtures")
@@ -147,6 +150,10 @@ def main():
                 ids = llm.tokenize(s.encode("utf-8"), add_bos=add, special=special)
                 cases.append({"text": s, "add_special": add, "parse_special": special, "ids": ids,
                               "detokenized_hex": detokenize(llm, ids).hex()})
+        for s in random_strings(100, 4321, re.findall(r"\\s?\\w+", CORPUS)):
+            ids = llm.tokenize(s.encode("utf-8"), add_bos=True, special=True)
+            cases.append({"text": s, "add_special": True, "parse_special": True, "ids": ids,
+                          "detokenized_hex": detokenize(llm, ids).hex()})
         out["files"].append({"file": name, "pre": pre, "n_vocab": llm.n_vocab(), "n_merges": n_merges,
                              "bos": llm.token_bos(), "eos": llm.token_eos(), "cases": cases})
         print(name, os.path.getsize(path), "bytes", n_tokens, "tokens", n_merges, "merges")

@@ -11,6 +11,8 @@ Usage: scripts/oracle/tokenizer_goldens.py [model.gguf]  (default $KVANT_MODEL o
 import ctypes, json, os, sys
 import llama_cpp
 from llama_cpp import Llama
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tokenizer_random_strings import random_strings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "..", "Tests", "TokenizersTests", "Fixtures", "tokenizer_gemma3_goldens.json")
@@ -81,6 +83,20 @@ def main():
         ids = llm.tokenize(s.encode("utf-8"), add_bos=add, special=special)
         cases.append({"text": s, "add_special": add, "parse_special": special, "ids": ids,
                       "detokenized_hex": detokenize(llm, ids).hex()})
+    # seeded random strings built from vocabulary pieces, special-token texts and many scripts
+    rng_pieces = []
+    import random
+    r = random.Random(99)
+    for _ in range(400):
+        tid = r.randrange(llm.n_vocab())
+        piece = llm._model.token_get_text(tid) if hasattr(llm._model, "token_get_text") else None
+        if piece is None:
+            piece = llama_cpp.llama_token_get_text(llm._model.vocab, tid).decode("utf-8", errors="ignore")
+        rng_pieces.append(piece.replace("\u2581", " "))
+    for s in random_strings(200, 1234, rng_pieces):
+        ids = llm.tokenize(s.encode("utf-8"), add_bos=True, special=True)
+        cases.append({"text": s, "add_special": True, "parse_special": True, "ids": ids,
+                      "detokenized_hex": detokenize(llm, ids).hex(), "random": True})
     gpl = "/usr/share/common-licenses/GPL-3"
     long_text = open(gpl, encoding="utf-8").read()[:6000] if os.path.exists(gpl) else None
     if long_text:
