@@ -391,6 +391,9 @@ private struct GGUFParser {
         }
         let version = try read(UInt32.self, "header version")
         guard version == 2 || version == 3 else {
+            if version.byteSwapped == 2 || version.byteSwapped == 3 {
+                throw fail("big-endian GGUF (version \(version.byteSwapped) with swapped bytes) is not supported")
+            }
             throw fail("unknown GGUF version \(version) (supported: 2, 3)")
         }
         let tensorCount = try read(UInt64.self, "header tensor count")

@@ -123,6 +123,11 @@ private func failure(_ spec: Spec, _ name: String) -> String {
         }
     }
 
+    @Test func bigEndianFileIsNamed() {
+        var s = Spec(); s.version = UInt32(3).byteSwapped
+        #expect(failure(s, "be.gguf").contains("big-endian GGUF (version 3 with swapped bytes) is not supported"))
+    }
+
     @Test func unknownTensorType() {
         var s = Spec(); s.tensorBType = 99
         #expect(failure(s, "type.gguf").contains("tensor 'blk.3.attn_q.weight': unknown tensor type 99"))

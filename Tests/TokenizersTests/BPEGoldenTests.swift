@@ -63,3 +63,38 @@ private struct BPEGoldens: Decodable {
         #expect(t.encode("<tool>", addSpecial: false, parseSpecial: false) == [Int32(t.vocabSize - 1)])
     }
 }
+
+@Suite struct TokenizerConcurrencyAndStreamingTests {
+    /// Byte-level BPE splits "😀" into four one-byte tokens; the streaming decoder holds them back.
+    @Test func bpeStreamingOverByteTokens() throws {
+        let t = try makeTokenizer(from: GGUFFile(path: TokFixtures.path("tokenizer_bpe_gpt-2.gguf")))
+        let ids = t.encode("a😀", addSpecial: false)
+        #expect(ids.count == 5)
+        #expect(ids.dropFirst().allSatisfy { t.bytes(for: $0, renderSpecial: false).count == 1 })
+        var d = t.makeStreamingDecoder()
+        #expect(ids.map { d.append($0) } == ["a", "", "", "", "😀"])
+        #expect(d.finish() == "")
+    }
+
+    /// Encoding is thread-safe: both cores encoding at once give the single-threaded ids.
+    @Test func concurrentEncode() throws {
+        let t = try makeTokenizer(from: GGUFFile(path: TokFixtures.path("tokenizer_bpe_llama-bpe.gguf")))
+        let texts = (0..<64).map { "text \($0): The quick brown fox, it's 12345 — naïve 😀\n" }
+        let expected = texts.map { t.encode($0, addSpecial: true) }
+        let results = UnsafeMutableBufferPointer<[Int32]>.allocate(capacity: texts.count)
+        results.initialize(repeating: [])
+        defer { results.deallocate() }
+        DispatchQueue.concurrentPerform(iterations: texts.count) { i in
+            results[i] = t.encode(texts[i], addSpecial: true)
+        }
+        #expect(Array(results) == expected)
+        if let g = TokFixtures.gemma {
+            let ge = texts.map { g.encode($0, addSpecial: true) }
+            let gr = UnsafeMutableBufferPointer<[Int32]>.allocate(capacity: texts.count)
+            gr.initialize(repeating: [])
+            defer { gr.deallocate() }
+            DispatchQueue.concurrentPerform(iterations: texts.count) { i in gr[i] = g.encode(texts[i], addSpecial: true) }
+            #expect(Array(gr) == ge)
+        }
+    }
+}
