@@ -101,16 +101,15 @@ public final class SentencePieceTokenizer: Tokenizer, @unchecked Sendable {
         return []
     }
 
-    /// Bytes of `ids` joined. With `add_space_prefix`, the space the encoder added in front of the text
-    /// is removed from the first piece that produces bytes (llama.cpp's detokenize `lstrip`).
+    /// Bytes of `ids` joined, as llama.cpp's `llama_detokenize(remove_special: false,
+    /// unparse_special: renderSpecial)`: with `add_space_prefix`, one leading space is removed from the
+    /// piece of the first token only (so text encoded without BOS comes back exactly; after a BOS the
+    /// encoder's prefix space stays, as in llama.cpp).
     public func decodeBytes(_ ids: [Int32], renderSpecial: Bool) -> [UInt8] {
         var out: [UInt8] = []
-        var removeSpace = addSpacePrefix
-        for id in ids {
+        for (i, id) in ids.enumerated() {
             let b = bytes(for: id, renderSpecial: renderSpecial)
-            if b.isEmpty { continue }
-            if removeSpace && b.first == 0x20 { out += b.dropFirst() } else { out += b }
-            removeSpace = false
+            if i == 0 && addSpacePrefix && b.first == 0x20 { out += b.dropFirst() } else { out += b }
         }
         return out
     }
