@@ -19,7 +19,7 @@ scripts/swiftw test -c release --skip-build 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 # Swift Testing summary: "✔ Test run with N tests in M suites passed" or "✘ Test run with N tests ... failed after ... with K issues"
 n=$(grep -Eo 'Test run with [0-9]+ tests?' "$log" | tail -1 | grep -Eo '[0-9]+' || echo 0)
-nf=$(grep -Ec '^✘ Test [^r]' "$log" || true)
+nf=$(grep -E '^✘ Test ' "$log" | grep -v '^✘ Test run' | grep -c 'failed after' || true)
 ns=$(grep -Ec '^➜ Test .* skipped' "$log" || true)
 if [ "$rc" -ne 0 ] && [ "$nf" -eq 0 ]; then nf=1; fi
 passed=$((passed + n - nf - ns)); failed=$((failed + nf)); skipped=$((skipped + ns))
