@@ -495,6 +495,14 @@ private struct GGUFParser {
             tensors.append(GGUFTensorInfo(name: t.name, dims: t.dims, type: t.type, offset: abs,
                                           byteCount: t.bytes, elementCount: t.elements))
         }
+        // Tensor data regions must not overlap (a writer lays them out one after another).
+        let byOffset = tensors.indices.sorted { (tensors[$0].offset, $0) < (tensors[$1].offset, $1) }
+        for (a, b) in zip(byOffset, byOffset.dropFirst()) {
+            let ta = tensors[a], tb = tensors[b]
+            if ta.byteCount > 0 && tb.byteCount > 0 && ta.offset + ta.byteCount > tb.offset {
+                throw fail("tensor '\(tb.name)': data [\(tb.offset), \(tb.offset + tb.byteCount)) overlaps tensor '\(ta.name)' [\(ta.offset), \(ta.offset + ta.byteCount))")
+            }
+        }
         return GGUFParsed(version: Int(version), alignment: alignment, metadata: metadata, metadataKeys: keys,
                           tensors: tensors, dataOffset: dataOffset, valueOffsets: valueOffsets)
     }

@@ -156,6 +156,11 @@ private func failure(_ spec: Spec, _ name: String) -> String {
         #expect(failure(s, "unaligned.gguf").contains("tensor 'blk.3.attn_q.weight': data offset 40 is not aligned to 32 bytes"))
     }
 
+    @Test func overlappingTensorData() {
+        var s = Spec(); s.tensorBOffset = 0; s.tensorBType = 0; s.tensorBDims = [4]   // F32 [4] at 0 overlaps 'a'
+        #expect(failure(s, "overlap.gguf").contains("overlaps tensor"))
+    }
+
     @Test func rowNotWholeBlocks() {
         var s = Spec(); s.tensorBDims = [33]
         #expect(failure(s, "rows.gguf").contains("not a multiple of the Q8_0 block size 32"))

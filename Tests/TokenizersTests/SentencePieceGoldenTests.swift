@@ -5,7 +5,8 @@ import ModelFormats
 import Tokenizers
 
 /// Gemma 3 (SentencePiece-style vocabulary) against llama.cpp's ids (scripts/oracle/tokenizer_goldens.py).
-@Suite struct SentencePieceGoldenTests {
+@Suite(.enabled(if: TokFixtures.modelPath != nil, TokFixtures.skipReason))
+struct SentencePieceGoldenTests {
     let goldens: GoldenFile
 
     init() throws {
