@@ -176,7 +176,7 @@ public final class KVCachePool: @unchecked Sendable {
         guard var table = tables[seq], newLength >= 0 else { return .never }
         if newLength <= table.length { return .ok }
         let B = spec.blockSize
-        let needBlocks = (newLength + B - 1) / B
+        let needBlocks = newLength / B + (newLength % B == 0 ? 0 : 1)  // no overflow for huge lengths
         if needBlocks > numBlocks { return .never }
         let extra = needBlocks - table.blockIDs.count
         let cow = table.length % B != 0 && blocks.refCount(table.blockIDs[table.blockIDs.count - 1]) > 1
@@ -470,6 +470,7 @@ public final class KVCachePool: @unchecked Sendable {
                 spec.dtype == .int8PerTensor ? [t[l * H]] : Array(t[(l * H)..<(l * H + H)])
             }
             saturations = (0..<spec.numLayers).map { saturation[$0] }
+            collectEpochs()
             liveEpochs = epochTables.keys.sorted()
         } else {
             source = spec.dtype == .int8PerToken ? "dynamic" : "none"
