@@ -98,6 +98,15 @@ kv_attend_lanes(const kv_layer_view *vw, const int dt, const int NL, const int g
         const uint8_t *blk = vw->base + (size_t)bid * vw->block_stride;
         const uint8_t *K = blk + ((size_t)g * B + off) * row;
         const uint8_t *V = blk + vw->v_offset + ((size_t)g * B + off) * row;
+        if (off + n == B && t + n <= last) {
+            /* next block: prefetch its K and V rows of this head (blocks are not contiguous) */
+            const uint8_t *nb = vw->base + (size_t)vw->block_ids[lb + 1] * vw->block_stride + (size_t)g * B * row;
+            const size_t bytes = (size_t)B * row;
+            for (size_t o = 0; o < bytes; o += 64) {
+                _mm_prefetch((const char *)(nb + o), _MM_HINT_T0);
+                _mm_prefetch((const char *)(nb + vw->v_offset + o), _MM_HINT_T0);
+            }
+        }
         if (dt == KV_DT_I8_TOKEN) {
             const float *ks = (const float *)(blk + vw->ks_offset) + (size_t)g * B + off;
             const float *vs = (const float *)(blk + vw->vs_offset) + (size_t)g * B + off;
