@@ -198,8 +198,28 @@ kv_attend_lanes(const kv_layer_view *vw, const int dt, const int NL, const int g
     default: kv_attend_lanes(vw, DT, 4, g, first, last, q, scale, acc); break;             \
     }
 
+/* kv_attention512.c */
+void kv_attend_group_avx512(const kv_layer_view *vw, int g, int nl, int first, int last,
+                            const float *const *q, float scale, float *acc);
+
+int32_t kv_cpu_has_avx512(void) {
+    static int cached = -1;
+    int c = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (c < 0) {
+        __builtin_cpu_init();
+        c = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+        __atomic_store_n(&cached, c, __ATOMIC_RELAXED);
+    }
+    return c;
+}
+
 static void kv_attend_group(const kv_layer_view *vw, int g, int nl, int first, int last,
                             const float *const *q, float scale, float *acc) {
+    if (vw->use_avx512 && (vw->head_dim & 15) == 0 && kv_cpu_has_avx512()) {
+        kv_attend_group_avx512(vw, g, nl, first, last, q, scale, acc);
+        return;
+    }
     switch (vw->dtype) {
     case KV_DT_F32: KV_LANES_CASE(KV_DT_F32); break;
     case KV_DT_F16: KV_LANES_CASE(KV_DT_F16); break;

@@ -26,6 +26,9 @@ public final class KVCachePool: @unchecked Sendable {
     public let numBlocks: Int
     /// Bytes actually allocated per (layer, block) (>= blockSize · bytesPerTokenPerLayer, 64-byte aligned).
     public let blockStride: Int
+    /// True when `attend` uses the AVX-512 kernel (CPU support, allowed at init, head_dim % 16 == 0).
+    public var usesAVX512: Bool { useAVX512 && spec.headDim % 16 == 0 }
+    private let useAVX512: Bool
 
     private let dtypeCode: Int32
     private let rowBytes: Int
@@ -55,12 +58,15 @@ public final class KVCachePool: @unchecked Sendable {
     ///   - byteBudget: bytes for K/V storage; `numBlocks = byteBudget / (numLayers · blockStride)`.
     ///   - scales: static scales for `int8_pertensor`/`int8_pertensor_perhead` (epoch 1). Without them a
     ///     static pool uses 1.0 everywhere (epoch 0, scale source "default 1.0").
+    ///   - allowAVX512: use the AVX-512 attention kernel when the CPU has it (run-time CPUID check) and
+    ///     head_dim is a multiple of 16; false forces the AVX2 kernel (tests compare both).
     /// - Throws: `KvantError(.invalidArgument)` for a bad spec, scales given for a dtype that has none,
     ///   or scales not matching the spec; `.resourceExhausted` when the budget is below one block or
     ///   the allocation fails.
-    public init(spec: KVCacheSpec, byteBudget: Int, scales: KVScales? = nil) throws {
+    public init(spec: KVCacheSpec, byteBudget: Int, scales: KVScales? = nil, allowAVX512: Bool = true) throws {
         try spec.validate()
         self.spec = spec
+        useAVX512 = allowAVX512 && kv_cpu_has_avx512() != 0
         let dt = spec.dtype.resolved
         switch dt {
         case .fp32: dtypeCode = Int32(KV_DT_F32)
@@ -436,7 +442,8 @@ public final class KVCachePool: @unchecked Sendable {
                 block_stride: blockStride, v_offset: vOffset, ks_offset: ksOffset, vs_offset: vsOffset,
                 static_scales: UnsafePointer(blockScales + (isStatic ? layer * numBlocks * spec.numKVHeads : 0)),
                 block_ids: ids.baseAddress, dtype: dtypeCode, num_kv_heads: Int32(spec.numKVHeads),
-                head_dim: Int32(spec.headDim), block_size: Int32(spec.blockSize))
+                head_dim: Int32(spec.headDim), block_size: Int32(spec.blockSize),
+                use_avx512: useAVX512 ? 1 : 0)
             kv_attend(&view, Int32(first), Int32(position), query, Int32(numHeads), scale, output)
         }
     }

@@ -98,6 +98,12 @@ struct AttentionTests {
 
     @Test("attend matches an fp64 reference on the dequantized cache and on the true values", arguments: dtypes)
     func attendMatchesReference(dtype: KVCacheDType) throws {
+        for avx512 in [false, true] {
+            try attendMatchesReference(dtype: dtype, allowAVX512: avx512)
+        }
+    }
+
+    func attendMatchesReference(dtype: KVCacheDType, allowAVX512: Bool) throws {
         for (ci, c) in attentionCases.enumerated() {
             var rng = TestRNG(seed: UInt64(100 + ci))
             let n = c.numKVHeads * c.headDim
@@ -109,7 +115,8 @@ struct AttentionTests {
                 scales = try KVScales(perHead: [[Float]](repeating: (0..<c.numKVHeads).map { Float(1 + $0) / 127 }, count: 2))
             }
             let spec = KVCacheSpec(numLayers: 2, numKVHeads: c.numKVHeads, headDim: c.headDim, dtype: dtype, blockSize: c.blockSize)
-            let pool = try KVCachePool(spec: spec, byteBudget: 1 << 20, scales: scales)
+            let pool = try KVCachePool(spec: spec, byteBudget: 1 << 20, scales: scales, allowAVX512: allowAVX512)
+            if !allowAVX512 { #expect(!pool.usesAVX512) }
             _ = pool.createSequence()  // a sequence that owns other blocks, so block ids are not 0, 1, 2…
             let other = pool.createSequence()
             #expect(pool.reserve(other, newLength: 2 * c.blockSize + 1) == .ok)
@@ -129,7 +136,7 @@ struct AttentionTests {
                                                  window: c.window, scale: scale)
                 // Same cache contents: only fp32 summation order and the exp approximation differ.
                 let errDeq = zip(out, refDeq).map { abs(Double($0) - $1) }.max()!
-                #expect(errDeq < 2e-5, "\(c) \(dtype.rawValue) pos \(position): kernel vs fp64 on cache contents \(errDeq)")
+                #expect(errDeq < 2e-5, "\(c) \(dtype.rawValue) avx512 \(pool.usesAVX512) pos \(position): kernel vs fp64 on cache contents \(errDeq)")
                 // True values: the output is a convex combination of V rows (|v| ≤ 1), so storage error in V
                 // moves it by at most the element bound, and the score error |q|₁·δk·scale shifts softmax weights.
                 let tol: Double = switch dtype.resolved {
@@ -139,7 +146,7 @@ struct AttentionTests {
                 default: 4e-2
                 }
                 let errTrue = zip(out, refTrue).map { abs(Double($0) - $1) }.max()!
-                #expect(errTrue < tol, "\(c) \(dtype.rawValue) pos \(position): vs true values \(errTrue)")
+                #expect(errTrue < tol, "\(c) \(dtype.rawValue) avx512 \(pool.usesAVX512) pos \(position): vs true values \(errTrue)")
             }
         }
     }

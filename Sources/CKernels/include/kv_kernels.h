@@ -33,7 +33,11 @@ typedef struct {
     int32_t num_kv_heads;
     int32_t head_dim;
     int32_t block_size;
+    int32_t use_avx512;         /* nonzero: use the AVX-512 kernel when head_dim % 16 == 0 and the CPU has it */
 } kv_layer_view;
+
+/* 1 when the CPU and OS support AVX-512F/BW/DQ/VL (checked once), else 0. */
+int32_t kv_cpu_has_avx512(void);
 
 /* Attention of one query position over key positions first...last (inclusive) of the view's
  * sequence. query/output: [num_heads, head_dim]; query head h uses KV head h / (num_heads / num_kv_heads).
