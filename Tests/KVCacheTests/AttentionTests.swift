@@ -14,6 +14,7 @@ let attentionCases: [AttentionCase] = [
     .init(numKVHeads: 4, numHeads: 4, headDim: 128, blockSize: 8, length: 19, window: nil),    // MHA
     .init(numKVHeads: 2, numHeads: 10, headDim: 72, blockSize: 16, length: 35, window: 17),    // 5 heads/group, d % 16 = 8
     .init(numKVHeads: 1, numHeads: 3, headDim: 20, blockSize: 5, length: 23, window: 7),       // generic head_dim
+    .init(numKVHeads: 2, numHeads: 4, headDim: 32, blockSize: 64, length: 150, window: 100),   // blocks longer than a kernel chunk
 ]
 
 /// Per-dtype bound on |x̂ − x| for one stored element given the row's amax (K or V of one head)
@@ -124,7 +125,7 @@ struct AttentionTests {
             writeAll(pool, seq, layer: 1, keys: keys, values: values)
             let deq = (0..<c.length).map { readBack(pool, seq, layer: 1, position: $0) }
             let scale = 1 / Float(c.headDim).squareRoot() * 3  // sharper softmax than usual
-            for position in [0, c.blockSize - 1, c.blockSize, c.length / 2, c.length - 1] {
+            for position in [0, c.blockSize - 1, c.blockSize, c.length / 2, c.length - 1] where position < c.length {
                 let query = rng.floats(c.numHeads * c.headDim)
                 let out = attend(pool, seq, layer: 1, position: position, query: query, numHeads: c.numHeads,
                                  window: c.window, scale: scale)
@@ -167,6 +168,25 @@ struct AttentionTests {
         #expect(full.allSatisfy { abs($0 - 5) < 1e-5 })  // mean of 0…10
         let one = attend(pool, seq, layer: 0, position: 7, query: q, numHeads: 1, window: 1, scale: 1)
         #expect(one.allSatisfy { $0 == 7 })
+    }
+
+    @Test("large scores: softmax with max subtraction neither overflows nor loses the winner", arguments: [KVCacheDType.fp32, .fp16, .int8PerToken])
+    func largeScores(dtype: KVCacheDType) throws {
+        let spec = KVCacheSpec(numLayers: 1, numKVHeads: 1, headDim: 16, dtype: dtype, blockSize: 4)
+        let pool = try KVCachePool(spec: spec, byteBudget: 1 << 16)
+        let seq = pool.createSequence()
+        // Key t = t·e0 / 10: scores t·100 with query 1000·e0; softmax is one-hot on the last key within fp32.
+        let keys = (0..<40).map { t in [Float(t) / 10] + [Float](repeating: 0, count: 15) }
+        let values = (0..<40).map { t in [Float](repeating: Float(t), count: 16) }
+        writeAll(pool, seq, layer: 0, keys: keys, values: values)
+        let q = [Float(1000)] + [Float](repeating: 0, count: 15)
+        for position in [0, 5, 39] {
+            let out = attend(pool, seq, layer: 0, position: position, query: q, numHeads: 1, window: nil, scale: 1)
+            #expect(out.allSatisfy { abs($0 - Float(position)) < 1e-3 }, "position \(position): \(out[0])")
+        }
+        // Negative huge scores: the winner is the first key.
+        let neg = attend(pool, seq, layer: 0, position: 39, query: q.map { -$0 }, numHeads: 1, window: nil, scale: 1)
+        #expect(neg.allSatisfy { abs($0) < 1e-3 })
     }
 
     @Test("parallel prefill and parallel sequences give the same results as serial calls")
