@@ -97,14 +97,25 @@ public final class KVAmaxRecorder: @unchecked Sendable {
     }
 
     /// Static scales from the recorded amax: `max(amax_K, amax_V) / 127` (K and V share the scale),
-    /// per layer (max over heads) or per (layer, KV head).
-    /// - Throws: `KvantError(.failedPrecondition)` naming the layer/head when nothing was recorded.
-    public func scales(perHead: Bool) throws -> KVScales {
+    /// per layer (max over heads) or per (layer, KV head). With `percentile` (needs `histogram: true`)
+    /// each clipping value is capped at the layer's percentile of |K| and |V| (the larger of the two),
+    /// trading rare clipped outliers for a finer step on everything else.
+    /// - Throws: `KvantError(.failedPrecondition)` naming the layer/head when nothing was recorded,
+    ///   or when a percentile is asked of a recorder without a histogram.
+    public func scales(perHead: Bool, percentile: Double? = nil) throws -> KVScales {
+        if percentile != nil && !keepsHistogram {
+            throw KvantError(.failedPrecondition, "KV amax calibration: a percentile needs a recorder made with histogram: true")
+        }
         var rows: [[Float]] = []
         for l in 0..<numLayers {
             var row: [Float] = []
+            var cap = Float.infinity
+            if let percentile {
+                cap = max(percentileAmax(layer: l, ofKeys: true, percentile: percentile) ?? 0,
+                          percentileAmax(layer: l, ofKeys: false, percentile: percentile) ?? 0)
+            }
             for h in 0..<numKVHeads {
-                let a = max(keyAmax(layer: l, head: h), valueAmax(layer: l, head: h))
+                let a = min(max(keyAmax(layer: l, head: h), valueAmax(layer: l, head: h)), cap)
                 guard a > 0, a.isFinite else {
                     throw KvantError(.failedPrecondition, "KV amax calibration: layer \(l) head \(h) has amax \(a); run calibration tokens through every layer first")
                 }

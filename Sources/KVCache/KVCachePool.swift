@@ -489,7 +489,8 @@ public final class KVCachePool: @unchecked Sendable {
             bytesPerTokenRatioToFP16: Double(spec.bytesPerToken) / Double(spec.fp16BytesPerToken),
             usage: numBlocks == 0 ? 0 : Double(used) / Double(numBlocks), sequences: tables.count,
             scaleSource: source, scalePath: path, scaleSHA256: sha, scaleEpoch: epoch, liveEpochs: liveEpochs,
-            layerScales: layerScales, saturationCounts: saturations, scaleWarnings: warnings)
+            layerScales: layerScales, saturationCounts: saturations, scaleWarnings: warnings,
+            attentionKernel: usesAVX512 ? "avx512" : "avx2")
     }
 }
 

@@ -36,12 +36,14 @@ public struct KVCacheStats: Codable, Sendable, Equatable {
     public var saturationCounts: [Int64]?
     /// Warnings of the loaded scale file (e.g. a null model_type).
     public var scaleWarnings: [String]
+    /// The attention kernel in use: "avx512" or "avx2" (run-time CPU check, see docs/kv-cache.md).
+    public var attentionKernel: String
 
     public init(kvCacheDType: String, blockSize: Int, numBlocks: Int, usedBlocks: Int, freeBlocks: Int,
                 tokensCached: Int, capacityTokens: Int, bytesPerToken: Int, bytesPerTokenRatioToFP16: Double,
                 usage: Double, sequences: Int, scaleSource: String, scalePath: String?, scaleSHA256: String?,
                 scaleEpoch: Int?, liveEpochs: [Int], layerScales: [[Float]]?, saturationCounts: [Int64]?,
-                scaleWarnings: [String]) {
+                scaleWarnings: [String], attentionKernel: String = "avx2") {
         self.kvCacheDType = kvCacheDType; self.blockSize = blockSize; self.numBlocks = numBlocks
         self.usedBlocks = usedBlocks; self.freeBlocks = freeBlocks; self.tokensCached = tokensCached
         self.capacityTokens = capacityTokens; self.bytesPerToken = bytesPerToken
@@ -49,6 +51,7 @@ public struct KVCacheStats: Codable, Sendable, Equatable {
         self.scaleSource = scaleSource; self.scalePath = scalePath; self.scaleSHA256 = scaleSHA256
         self.scaleEpoch = scaleEpoch; self.liveEpochs = liveEpochs; self.layerScales = layerScales
         self.saturationCounts = saturationCounts; self.scaleWarnings = scaleWarnings
+        self.attentionKernel = attentionKernel
     }
 
     enum CodingKeys: String, CodingKey {
@@ -59,5 +62,6 @@ public struct KVCacheStats: Codable, Sendable, Equatable {
         case scaleSource = "scale_source", scalePath = "scale_path", scaleSHA256 = "scale_sha256"
         case scaleEpoch = "scale_epoch", liveEpochs = "live_epochs", layerScales = "layer_scales"
         case saturationCounts = "saturation_counts", scaleWarnings = "scale_warnings"
+        case attentionKernel = "attention_kernel"
     }
 }

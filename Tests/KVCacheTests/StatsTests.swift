@@ -47,9 +47,13 @@ struct StatsTests {
         #expect(abs(s.bytesPerTokenRatioToFP16 - 288.0 / 512.0) < 1e-12)
         #expect(abs(s.usage - 0.3) < 1e-12)
         #expect(s.scaleSource == "dynamic" && s.scaleEpoch == nil && s.layerScales == nil && s.saturationCounts == nil)
+        #expect(s.attentionKernel == (pool.usesAVX512 ? "avx512" : "avx2"))
+        let avx2 = try KVCachePool(spec: spec, byteBudget: perBlock * 10, allowAVX512: false)
+        #expect(avx2.stats().attentionKernel == "avx2")
         let json = try JSONSerialization.jsonObject(with: JSONEncoder().encode(s)) as! [String: Any]
         for key in ["kv_cache_dtype", "block_size", "num_blocks", "num_blocks_used", "num_blocks_free", "tokens_cached",
-                    "capacity_tokens", "bytes_per_token", "bytes_per_token_ratio_to_fp16", "usage", "sequences", "scale_source"] {
+                    "capacity_tokens", "bytes_per_token", "bytes_per_token_ratio_to_fp16", "usage", "sequences", "scale_source",
+                    "live_epochs", "scale_warnings", "attention_kernel"] {
             #expect(json[key] != nil, "key \(key)")
         }
         #expect(try JSONDecoder().decode(KVCacheStats.self, from: JSONEncoder().encode(s)) == s)
@@ -174,6 +178,11 @@ struct StatsTests {
         let ph = try rec.scales(perHead: true)
         #expect(ph.layerScales(1) == [3.5 / 127, 2.25 / 127])
         #expect(try rec.scales(perHead: false).layerScales(1) == [3.5 / 127])
+        // The 95th percentile caps layer 1's outliers at the 0.1 bin edge (both K and V mostly 0.1).
+        let clipped = try rec.scales(perHead: true, percentile: 95).layerScales(1)
+        #expect(clipped[0] == clipped[1] && clipped[0] >= 0.1 / 127 && clipped[0] < 0.11 / 127)
+        let plain = try KVAmaxRecorder(numLayers: 1, numKVHeads: 1)
+        #expect(kvantError { _ = try plain.scales(perHead: false, percentile: 99) }?.reason == .failedPrecondition)
         pool.amaxRecorder = nil
         writeAll(pool, seq, layer: 1, keys: keys.map { $0.map { $0 * 100 } }, values: values)
         #expect(rec.keyAmax(layer: 1, head: 0) == 3.5)
