@@ -75,7 +75,8 @@ static inline __m256 kv_exp256(__m256 x) {
 /* NL (1..4) query heads sharing KV head g. acc: [NL, D] scratch, normalized on return. */
 static inline __attribute__((always_inline)) void
 kv_attend_lanes(const kv_layer_view *vw, const int dt, const int NL, const int g,
-                const int first, const int last, const float *const *q, const float scale, float *acc) {
+                const int first, const int last, const float *const *q, const float scale, float *acc,
+                float *ml) {
     const int D = vw->head_dim, B = vw->block_size, H = vw->num_kv_heads;
     const size_t eb = dt == KV_DT_F32 ? 4 : (dt == KV_DT_F16 || dt == KV_DT_BF16) ? 2 : 1;
     const size_t row = (size_t)D * eb;
@@ -183,6 +184,10 @@ kv_attend_lanes(const kv_layer_view *vw, const int dt, const int NL, const int g
         }
         t += n;
     }
+    if (ml) { /* partial result: unnormalized acc, running max and sum */
+        for (int j = 0; j < NL; j++) { ml[j] = m[j]; ml[4 + j] = l[j]; }
+        return;
+    }
     for (int j = 0; j < NL; j++) {
         const float inv = l[j] > 0.0f ? 1.0f / l[j] : 0.0f;
         float *aj = acc + (size_t)j * D;
@@ -192,15 +197,15 @@ kv_attend_lanes(const kv_layer_view *vw, const int dt, const int NL, const int g
 
 #define KV_LANES_CASE(DT)                                                                  \
     switch (nl) {                                                                          \
-    case 1: kv_attend_lanes(vw, DT, 1, g, first, last, q, scale, acc); break;              \
-    case 2: kv_attend_lanes(vw, DT, 2, g, first, last, q, scale, acc); break;              \
-    case 3: kv_attend_lanes(vw, DT, 3, g, first, last, q, scale, acc); break;              \
-    default: kv_attend_lanes(vw, DT, 4, g, first, last, q, scale, acc); break;             \
+    case 1: kv_attend_lanes(vw, DT, 1, g, first, last, q, scale, acc, ml); break;              \
+    case 2: kv_attend_lanes(vw, DT, 2, g, first, last, q, scale, acc, ml); break;              \
+    case 3: kv_attend_lanes(vw, DT, 3, g, first, last, q, scale, acc, ml); break;              \
+    default: kv_attend_lanes(vw, DT, 4, g, first, last, q, scale, acc, ml); break;             \
     }
 
 /* kv_attention512.c */
 void kv_attend_group_avx512(const kv_layer_view *vw, int g, int nl, int first, int last,
-                            const float *const *q, float scale, float *acc);
+                            const float *const *q, float scale, float *acc, float *ml);
 
 int32_t kv_cpu_has_avx512(void) {
     static int cached = -1;
@@ -215,9 +220,9 @@ int32_t kv_cpu_has_avx512(void) {
 }
 
 static void kv_attend_group(const kv_layer_view *vw, int g, int nl, int first, int last,
-                            const float *const *q, float scale, float *acc) {
+                            const float *const *q, float scale, float *acc, float *ml) {
     if (vw->use_avx512 && (vw->head_dim & 15) == 0 && kv_cpu_has_avx512()) {
-        kv_attend_group_avx512(vw, g, nl, first, last, q, scale, acc);
+        kv_attend_group_avx512(vw, g, nl, first, last, q, scale, acc, ml);
         return;
     }
     switch (vw->dtype) {
@@ -229,19 +234,54 @@ static void kv_attend_group(const kv_layer_view *vw, int g, int nl, int first, i
     }
 }
 
-void kv_attend(const kv_layer_view *vw, int32_t first, int32_t last,
-               const float *query, int32_t num_heads, float scale, float *output) {
+static void kv_attend_impl(const kv_layer_view *vw, int32_t first, int32_t last, const float *query,
+                           int32_t num_heads, float scale, float *output, float *m_out, float *l_out) {
     const int H = vw->num_kv_heads, D = vw->head_dim;
     const int G = num_heads / H;
     if (first < 0) first = 0;
     float acc[4 * (size_t)D];
+    float ml[8];
     for (int g = 0; g < H; g++) {
         for (int j0 = 0; j0 < G; j0 += 4) {
             const int nl = G - j0 < 4 ? G - j0 : 4;
             const float *q[4];
             for (int j = 0; j < 4; j++) q[j] = query + ((size_t)g * G + j0 + (j < nl ? j : 0)) * D;
-            kv_attend_group(vw, g, nl, first, last, q, scale, acc);
+            kv_attend_group(vw, g, nl, first, last, q, scale, acc, m_out ? ml : NULL);
             memcpy(output + ((size_t)g * G + j0) * D, acc, sizeof(float) * (size_t)nl * D);
+            if (m_out) {
+                for (int j = 0; j < nl; j++) { m_out[g * G + j0 + j] = ml[j]; l_out[g * G + j0 + j] = ml[4 + j]; }
+            }
+        }
+    }
+}
+
+void kv_attend(const kv_layer_view *vw, int32_t first, int32_t last,
+               const float *query, int32_t num_heads, float scale, float *output) {
+    kv_attend_impl(vw, first, last, query, num_heads, scale, output, NULL, NULL);
+}
+
+void kv_attend_partial(const kv_layer_view *vw, int32_t first, int32_t last, const float *query,
+                       int32_t num_heads, float scale, float *acc, float *m, float *l) {
+    kv_attend_impl(vw, first, last, query, num_heads, scale, acc, m, l);
+}
+
+void kv_attend_merge(int32_t parts, int32_t num_heads, int32_t head_dim, const float *acc,
+                     const float *m, const float *l, float *output) {
+    const size_t stride = (size_t)num_heads * head_dim;
+    for (int h = 0; h < num_heads; h++) {
+        float mx = -INFINITY;
+        for (int p = 0; p < parts; p++) mx = m[p * num_heads + h] > mx ? m[p * num_heads + h] : mx;
+        float w[64], sum = 0.0f;
+        for (int p = 0; p < parts; p++) {
+            w[p] = expf(m[p * num_heads + h] - mx);
+            sum += w[p] * l[p * num_heads + h];
+        }
+        const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+        float *o = output + (size_t)h * head_dim;
+        for (int d = 0; d < head_dim; d++) {
+            float a = 0.0f;
+            for (int p = 0; p < parts; p++) a += w[p] * acc[p * stride + (size_t)h * head_dim + d];
+            o[d] = a * inv;
         }
     }
 }

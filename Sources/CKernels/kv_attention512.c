@@ -41,7 +41,8 @@ static inline __m512 kv_exp512(__m512 x) {
 
 static inline __attribute__((always_inline)) void
 kv_lanes512(const kv_layer_view *vw, const int dt, const int NL, const int g,
-            const int first, const int last, const float *const *q, const float scale, float *acc) {
+            const int first, const int last, const float *const *q, const float scale, float *acc,
+                float *ml) {
     const int D = vw->head_dim, B = vw->block_size, H = vw->num_kv_heads;
     const size_t eb = dt == KV_DT_F32 ? 4 : (dt == KV_DT_F16 || dt == KV_DT_BF16) ? 2 : 1;
     const size_t row = (size_t)D * eb;
@@ -132,6 +133,10 @@ kv_lanes512(const kv_layer_view *vw, const int dt, const int NL, const int g,
         }
         t += n;
     }
+    if (ml) { /* partial result: unnormalized acc, running max and sum */
+        for (int j = 0; j < NL; j++) { ml[j] = m[j]; ml[4 + j] = l[j]; }
+        return;
+    }
     for (int j = 0; j < NL; j++) {
         const float inv = l[j] > 0.0f ? 1.0f / l[j] : 0.0f;
         float *aj = acc + (size_t)j * D;
@@ -141,14 +146,14 @@ kv_lanes512(const kv_layer_view *vw, const int dt, const int NL, const int g,
 
 #define KV_LANES512(DT)                                                            \
     switch (nl) {                                                                  \
-    case 1: kv_lanes512(vw, DT, 1, g, first, last, q, scale, acc); break;          \
-    case 2: kv_lanes512(vw, DT, 2, g, first, last, q, scale, acc); break;          \
-    case 3: kv_lanes512(vw, DT, 3, g, first, last, q, scale, acc); break;          \
-    default: kv_lanes512(vw, DT, 4, g, first, last, q, scale, acc); break;         \
+    case 1: kv_lanes512(vw, DT, 1, g, first, last, q, scale, acc, ml); break;          \
+    case 2: kv_lanes512(vw, DT, 2, g, first, last, q, scale, acc, ml); break;          \
+    case 3: kv_lanes512(vw, DT, 3, g, first, last, q, scale, acc, ml); break;          \
+    default: kv_lanes512(vw, DT, 4, g, first, last, q, scale, acc, ml); break;         \
     }
 
 void kv_attend_group_avx512(const kv_layer_view *vw, int g, int nl, int first, int last,
-                            const float *const *q, float scale, float *acc) {
+                            const float *const *q, float scale, float *acc, float *ml) {
     switch (vw->dtype) {
     case KV_DT_F32: KV_LANES512(KV_DT_F32); break;
     case KV_DT_F16: KV_LANES512(KV_DT_F16); break;

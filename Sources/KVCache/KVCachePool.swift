@@ -417,11 +417,16 @@ public final class KVCachePool: @unchecked Sendable {
     ///   - query: `[numHeads, headDim]` fp32; GQA: head h uses KV head `h / (numHeads / numKVHeads)`.
     ///   - scale: multiplies q·k before the softmax (usually `1/sqrt(headDim)`).
     ///   - output: `[numHeads, headDim]` fp32, `Σ softmax(q·k·scale) · v`.
+    ///   - threads: for decode (one position at a time), split the keys over up to this many
+    ///     threads (`DispatchQueue.concurrentPerform`, at least 256 keys each) and merge the partial
+    ///     softmaxes (split-K, "flash-decoding"). Leave at 1 when the caller already runs positions in
+    ///     parallel (prefill).
     /// int8 blocks are read directly with the scale folded in; fp16/bf16 widened in registers.
     /// Thread-safe for concurrent calls. Preconditions: known sequence, `position < length`,
     /// `numHeads` a multiple of numKVHeads, `window >= 1`.
     public func attend(layer: Int, sequence: SequenceID, position: Int, query: UnsafePointer<Float>,
-                       numHeads: Int, window: Int?, scale: Float, output: UnsafeMutablePointer<Float>) {
+                       numHeads: Int, window: Int?, scale: Float, output: UnsafeMutablePointer<Float>,
+                       threads: Int = 1) {
         precondition(layer >= 0 && layer < spec.numLayers, "KVCachePool.attend: layer \(layer) out of range")
         precondition(numHeads > 0 && numHeads % spec.numKVHeads == 0,
                      "KVCachePool.attend: num_heads \(numHeads) is not a multiple of num_kv_heads \(spec.numKVHeads)")
@@ -436,6 +441,8 @@ public final class KVCachePool: @unchecked Sendable {
             precondition(window >= 1, "KVCachePool.attend: window \(window) < 1")
             first = max(0, position - window + 1)
         }
+        let keys = position - first + 1
+        let parts = threads > 1 ? min(threads, keys / 256, 64) : 1
         table.blockIDs.withUnsafeBufferPointer { ids in
             var view = kv_layer_view(
                 base: UnsafePointer(storage.assumingMemoryBound(to: UInt8.self) + layer * numBlocks * blockStride),
@@ -444,7 +451,29 @@ public final class KVCachePool: @unchecked Sendable {
                 block_ids: ids.baseAddress, dtype: dtypeCode, num_kv_heads: Int32(spec.numKVHeads),
                 head_dim: Int32(spec.headDim), block_size: Int32(spec.blockSize),
                 use_avx512: useAVX512 ? 1 : 0)
-            kv_attend(&view, Int32(first), Int32(position), query, Int32(numHeads), scale, output)
+            if parts <= 1 {
+                kv_attend(&view, Int32(first), Int32(position), query, Int32(numHeads), scale, output)
+                return
+            }
+            // Part boundaries on block starts where possible, every part non-empty.
+            let B = spec.blockSize
+            var bounds = [first]
+            for p in 1..<parts {
+                let b = first + p * keys / parts
+                bounds.append(max(b / B * B, bounds[p - 1] + 1))
+            }
+            bounds.append(position + 1)
+            let hd = numHeads * spec.headDim
+            let frozen = view
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: parts * (hd + 2 * numHeads)) { buf in
+                let acc = buf.baseAddress!, m = acc + parts * hd, l = m + parts * numHeads
+                DispatchQueue.concurrentPerform(iterations: parts) { p in
+                    var v = frozen
+                    kv_attend_partial(&v, Int32(bounds[p]), Int32(bounds[p + 1] - 1), query, Int32(numHeads), scale,
+                                      acc + p * hd, m + p * numHeads, l + p * numHeads)
+                }
+                kv_attend_merge(Int32(parts), Int32(numHeads), Int32(spec.headDim), acc, m, l, output)
+            }
         }
     }
 

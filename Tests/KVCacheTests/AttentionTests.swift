@@ -189,6 +189,29 @@ struct AttentionTests {
         #expect(neg.allSatisfy { abs($0) < 1e-3 })
     }
 
+    @Test("split-K decode (keys over several threads) matches the single-pass kernel", arguments: [KVCacheDType.fp32, .fp16, .bf16, .int8PerToken, .int8PerTensor])
+    func splitKeys(dtype: KVCacheDType) throws {
+        for avx512 in [false, true] {
+            let spec = KVCacheSpec(numLayers: 1, numKVHeads: 2, headDim: 64, dtype: dtype, blockSize: 16)
+            let scales = dtype == .int8PerTensor ? try KVScales(perTensor: [1.0 / 127]) : nil
+            let pool = try KVCachePool(spec: spec, byteBudget: 1 << 22, scales: scales, allowAVX512: avx512)
+            var rng = TestRNG(seed: 77)
+            let T = 1500
+            let keys = (0..<T).map { _ in rng.floats(128) }, values = (0..<T).map { _ in rng.floats(128) }
+            let seq = pool.createSequence()
+            writeAll(pool, seq, layer: 0, keys: keys, values: values)
+            for (position, window) in [(T - 1, nil), (1000, 700), (300, nil), (200, nil)] as [(Int, Int?)] {
+                let q = rng.floats(6 * 64)
+                let one = attend(pool, seq, layer: 0, position: position, query: q, numHeads: 6, window: window, scale: 0.3)
+                for threads in [2, 3, 5] {
+                    let split = attend(pool, seq, layer: 0, position: position, query: q, numHeads: 6, window: window, scale: 0.3, threads: threads)
+                    let err = zip(one, split).map { abs($0 - $1) }.max()!
+                    #expect(err < 2e-6, "\(dtype.rawValue) avx512 \(avx512) position \(position) threads \(threads): \(err)")
+                }
+            }
+        }
+    }
+
     @Test("parallel prefill and parallel sequences give the same results as serial calls")
     func concurrentUse() throws {
         let spec = KVCacheSpec(numLayers: 2, numKVHeads: 1, headDim: 64, dtype: .int8PerToken, blockSize: 16)

@@ -43,6 +43,20 @@ struct DecodeSpeedTests {
             let t1 = DispatchTime.now().uptimeNanoseconds
             if r > 0 { times.append(Double(t1 - t0) / 1e9 / Double(layers)) }
         }
+        if dtype == .int8PerTensor || dtype == .fp16 {
+            var split: [Double] = []
+            var out2 = out
+            for _ in 0..<reps {
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                for l in 0..<layers {
+                    pool.attend(layer: l, sequence: seq, position: context - 1, query: q, numHeads: 4, window: nil, scale: 1 / 16, output: &out2, threads: 2)
+                }
+                split.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9 / Double(layers))
+            }
+            split.sort()
+            print("attend \(avx512 ? "avx512" : "avx2") \(dtype.rawValue) ctx \(context) split over 2 threads: \(String(format: "%.1f", split[split.count / 2] * 1e6)) µs/layer")
+            #expect(zip(out, out2).allSatisfy { abs($0 - $1) < 1e-5 })
+        }
         times.sort()
         return (times[times.count / 2], out)
     }

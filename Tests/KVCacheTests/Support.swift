@@ -70,12 +70,12 @@ func readBack(_ pool: KVCachePool, _ seq: SequenceID, layer: Int, position: Int)
 }
 
 func attend(_ pool: KVCachePool, _ seq: SequenceID, layer: Int, position: Int, query: [Float], numHeads: Int,
-            window: Int?, scale: Float) -> [Float] {
+            window: Int?, scale: Float, threads: Int = 1) -> [Float] {
     var out = [Float](repeating: .nan, count: numHeads * pool.spec.headDim)
     query.withUnsafeBufferPointer { q in
         out.withUnsafeMutableBufferPointer { o in
             pool.attend(layer: layer, sequence: seq, position: position, query: q.baseAddress!, numHeads: numHeads,
-                        window: window, scale: scale, output: o.baseAddress!)
+                        window: window, scale: scale, output: o.baseAddress!, threads: threads)
         }
     }
     return out

@@ -45,6 +45,15 @@ int32_t kv_cpu_has_avx512(void);
 void kv_attend(const kv_layer_view *view, int32_t first, int32_t last,
                const float *query, int32_t num_heads, float scale, float *output);
 
+/* Split-K ("flash-decoding") halves of kv_attend: the same attention over keys first...last, left
+ * unnormalized: acc [num_heads, head_dim] = sum exp(s - m) v, m/l [num_heads] = running max and sum.
+ * kv_attend_merge combines `parts` (<= 64) such partials (acc [parts, num_heads, head_dim],
+ * m/l [parts, num_heads]) into output [num_heads, head_dim]. */
+void kv_attend_partial(const kv_layer_view *view, int32_t first, int32_t last, const float *query,
+                       int32_t num_heads, float scale, float *acc, float *m, float *l);
+void kv_attend_merge(int32_t parts, int32_t num_heads, int32_t head_dim, const float *acc,
+                     const float *m, const float *l, float *output);
+
 /* Stores n values of src into dst in dtype. For int8 dtypes q = clamp(round(x / s), -127, 127)
  * (round half to even); s == 0 stores zeros. Returns the number of values clipped at +-127. */
 int32_t kv_store_row(int32_t dtype, const float *src, void *dst, int32_t n, float s);
