@@ -228,9 +228,10 @@ struct AttentionTests {
         // Each sequence written by positions in parallel (prefill), sequences interleaved across threads.
         DispatchQueue.concurrentPerform(iterations: 4 * T) { i in
             let s = seqs[i % 4], p = i / 4
-            keys[p].withUnsafeBufferPointer { k in values[p].withUnsafeBufferPointer { v in
+            let ok = keys[p].withUnsafeBufferPointer { k in values[p].withUnsafeBufferPointer { v in
                 pool.write(layer: 0, sequence: s, position: p, key: k.baseAddress!, value: v.baseAddress!)
             } }
+            precondition(ok)
         }
         let results = UnsafeMutablePointer<[Float]>.allocate(capacity: 4 * T)
         results.initialize(repeating: [], count: 4 * T)
