@@ -214,9 +214,10 @@ public final class KVCachePool: @unchecked Sendable {
         return blocks.numFree
     }
 
-    /// Reference count of a physical block (0 = free); for tests and stats.
+    /// Reference count of a physical block (0 = free or out of range); for tests and stats.
     public func refCount(block: Int32) -> Int {
         lock.lock(); defer { lock.unlock() }
+        guard block >= 0, Int(block) < numBlocks else { return 0 }
         return blocks.refCount(block)
     }
 

@@ -69,6 +69,8 @@ struct BlockPoolTests {
         #expect(pool.freeBlocks == 1)
         #expect(pool.reserve(a, newLength: 13) == .ok)
         #expect(pool.reserve(SequenceID(rawValue: 999), newLength: 1) == .never)
+        #expect(pool.refCount(block: 4) == 0 && pool.refCount(block: -1) == 0)
+        #expect(pool.length(of: SequenceID(rawValue: 999)) == 0 && pool.blockTable(of: SequenceID(rawValue: 999)) == nil)
         pool.free(a)
         #expect(pool.freeBlocks == 4)
         #expect(pool.stats().sequences == 0)
