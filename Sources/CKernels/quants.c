@@ -212,8 +212,9 @@ static inline __m256i dot_s8s8_w(__m256i w, __m256i a, __m256i w16) {
 #define NA_MAX 4
 
 /* One weight row against `na` (1..4) activation rows. `astride` = blocks between activation rows. */
-static void dot_row_q(int type, const uint8_t *w, int64_t n, const kvant_block_q8a *a, int64_t astride, int na,
-                      float *res) {
+static inline __attribute__((always_inline))
+void dot_row_q(const int type, const uint8_t *w, int64_t n, const kvant_block_q8a *a, int64_t astride, const int na,
+               float *res) {
     __m256 acc[NA_MAX];
     float macc[NA_MAX];
     for (int i = 0; i < NA_MAX; i++) { acc[i] = _mm256_setzero_ps(); macc[i] = 0.0f; }
@@ -328,22 +329,56 @@ static void dot_row_q(int type, const uint8_t *w, int64_t n, const kvant_block_q
     for (int i = 0; i < na; i++) res[i] = hsum256(acc[i]) + macc[i];
 }
 
+/* Row loop for one (type, activation-group size) pair: both are compile-time constants after inlining, so the
+ * accumulators stay in registers. */
+static inline __attribute__((always_inline))
+void matmul_rows(const int type, const int cnt, const uint8_t *wb, size_t row_bytes, int64_t n, int64_t r0, int64_t r1,
+                 const kvant_block_q8a *a, int64_t astride, float *out, int64_t out_stride) {
+    float res[NA_MAX];
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *row = wb + (size_t)r * row_bytes;
+        _mm_prefetch((const char *)(row + row_bytes), _MM_HINT_T0);
+        dot_row_q(type, row, n, a, astride, cnt, res);
+        for (int i = 0; i < cnt; i++) out[i * out_stride + r] = res[i];
+    }
+}
+
+#define KV_DEFINE_ROWS(NAME, TYPE) \
+    static void NAME(int cnt, const uint8_t *wb, size_t rb, int64_t n, int64_t r0, int64_t r1, \
+                     const kvant_block_q8a *a, int64_t as, float *out, int64_t os) { \
+        switch (cnt) { \
+        case 1: matmul_rows(TYPE, 1, wb, rb, n, r0, r1, a, as, out, os); break; \
+        case 2: matmul_rows(TYPE, 2, wb, rb, n, r0, r1, a, as, out, os); break; \
+        case 3: matmul_rows(TYPE, 3, wb, rb, n, r0, r1, a, as, out, os); break; \
+        default: matmul_rows(TYPE, 4, wb, rb, n, r0, r1, a, as, out, os); break; \
+        } \
+    }
+KV_DEFINE_ROWS(rows_q8_0, T_Q8_0)
+KV_DEFINE_ROWS(rows_q4_0, T_Q4_0)
+KV_DEFINE_ROWS(rows_q4_1, T_Q4_1)
+KV_DEFINE_ROWS(rows_q5_0, T_Q5_0)
+KV_DEFINE_ROWS(rows_q5_1, T_Q5_1)
+KV_DEFINE_ROWS(rows_q4_k, T_Q4_K)
+KV_DEFINE_ROWS(rows_q5_k, T_Q5_K)
+KV_DEFINE_ROWS(rows_q6_k, T_Q6_K)
+
 int kvant_matmul_q8a(int type, const void *w, size_t row_bytes, int64_t n, int64_t row0, int64_t row1,
                      const kvant_block_q8a *a, int64_t na, float *out, int64_t out_stride) {
     if (!kvant_type_has_q8a_path(type) || n % block_elems(type) != 0 || n % 32 != 0) return -1;
+    typedef void (*rows_fn)(int, const uint8_t *, size_t, int64_t, int64_t, int64_t, const kvant_block_q8a *, int64_t,
+                            float *, int64_t);
+    rows_fn fn = type == T_Q8_0 ? rows_q8_0 : type == T_Q4_0 ? rows_q4_0 : type == T_Q4_1 ? rows_q4_1
+               : type == T_Q5_0 ? rows_q5_0 : type == T_Q5_1 ? rows_q5_1 : type == T_Q4_K ? rows_q4_k
+               : type == T_Q5_K ? rows_q5_k : rows_q6_k;
     const uint8_t *wb = (const uint8_t *)w;
     const int64_t astride = n / 32;
     /* Tile: a few weight rows stay in L1 while every group of up to 4 activation rows passes over them. */
-    const int64_t RT = 8;
-    float res[NA_MAX];
+    const int64_t RT = na > NA_MAX ? 8 : (row1 - row0);
     for (int64_t r0 = row0; r0 < row1; r0 += RT) {
         const int64_t r1 = r0 + RT < row1 ? r0 + RT : row1;
         for (int64_t i0 = 0; i0 < na; i0 += NA_MAX) {
             const int cnt = (int)(na - i0 < NA_MAX ? na - i0 : NA_MAX);
-            for (int64_t r = r0; r < r1; r++) {
-                dot_row_q(type, wb + (size_t)r * row_bytes, n, a + i0 * astride, astride, cnt, res);
-                for (int i = 0; i < cnt; i++) out[(i0 + i) * out_stride + r] = res[i];
-            }
+            fn(cnt, wb, row_bytes, n, r0, r1, a + i0 * astride, astride, out + i0 * out_stride, out_stride);
         }
     }
     return 0;

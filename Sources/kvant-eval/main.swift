@@ -82,6 +82,7 @@ struct Top1: ParsableCommand {
     @OptionGroup var opts: ModelOptions
     @Option(help: "Text file (unused when the fixture holds tokens).") var file: String?
     @Option(help: "Golden fixture JSON with \"tokens\" and \"top1\".") var golden: String
+    @Option(name: .customLong("dump-json"), help: "Write Kvant's top-1 and next-token log-probs here.") var dumpJSON: String?
 
     func run() throws {
         let obj = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: golden)))
@@ -93,11 +94,18 @@ struct Top1: ParsableCommand {
         let seq = pool.createSequence()
         defer { pool.free(seq) }
         var agree = 0, n = 0
+        var ours: [Int] = [], lps: [Double] = []
         try session.forward(tokens: tokens, startPosition: 0, sequence: seq, pool: pool, logits: .range(0..<min(ref.count, tokens.count))) { i, l in
             var best = 0
             for k in 1..<l.count where l[k] > l[best] { best = k }
             if best == ref[i] { agree += 1 }
             n += 1
+            ours.append(best)
+            if i + 1 < tokens.count { lps.append(logSoftmax(l, Int(tokens[i + 1]))) }
+        }
+        if let path = dumpJSON {
+            let data = try JSONSerialization.data(withJSONObject: ["top1": ours, "logprob": lps])
+            try data.write(to: URL(fileURLWithPath: path))
         }
         print(String(format: "{\"top1_agreement\": %.4f, \"positions\": %d, \"kv_cache_dtype\": \"%@\"}", Double(agree) / Double(max(n, 1)), n, opts.kvCacheDType))
     }
@@ -139,4 +147,13 @@ struct Bench: ParsableCommand {
         print(String(format: "{\"engine\": \"kvant\", \"threads\": %d, \"prompt_tokens\": %d, \"gen_tokens\": %d, \"context\": %d, \"kv_cache_dtype\": \"%@\", \"prefill_tps\": %.2f, \"decode_tps\": %.2f}",
                      opts.threads, promptTokens, genTokens, context, opts.kvCacheDType, bestP, bestD))
     }
+}
+
+/// log-softmax of entry `k` (Double accumulation).
+func logSoftmax(_ l: UnsafeBufferPointer<Float>, _ k: Int) -> Double {
+    var m = -Float.infinity
+    for v in l { m = max(m, v) }
+    var s = 0.0
+    for v in l { s += exp(Double(v - m)) }
+    return Double(l[k] - m) - log(s)
 }
