@@ -84,8 +84,16 @@ import Testing
             let gen = try Generator(session: s, pool: p, sequence: p.createSequence(), sampling: .greedy, maxTokens: 8,
                                     stopTokenIDs: [], detokenize: { _ in "" })
             let r = try gen.run(prompt: prompt)
-            print("greedy \(c["prompt"]!): kvant \(r.tokens) llama.cpp \(want)")
-            #expect(Array(r.tokens.prefix(4)) == Array(want.prefix(4)))
+            let margin = c["top1_margin"] as! [Double], batched = (c["top1_batched"] as! [Int]).map { Int32($0) }
+            print("greedy \(c["prompt"]!): kvant \(r.tokens) llama.cpp \(want) margins \(margin.prefix(4))")
+            #expect(r.tokens.count >= 4)
+            for i in 0..<min(4, r.tokens.count) where r.tokens[i] != want[i] {
+                // Only a near-tie may differ, and only to the token llama.cpp itself picks when it evaluates the
+                // same tokens as one batch instead of one by one; the contexts diverge after it.
+                #expect(margin[i] < 0.1 && r.tokens[i] == batched[i],
+                        "step \(i): kvant \(r.tokens[i]), llama.cpp \(want[i]) (margin \(margin[i]), batched \(batched[i]))")
+                break
+            }
         }
     }
 }

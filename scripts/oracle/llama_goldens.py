@@ -7,7 +7,8 @@
 - gemma3_gpl3_perplexity.json: llama-perplexity's method at ctx 512 (tools/perplexity/perplexity.cpp: tokenize with
   BOS, n_chunk = n_tokens / ctx non-overlapping chunks, first token of each chunk replaced by BOS, the logits of
   positions ctx/2 … ctx-2 score the next token), f16 KV, flash attention off; also the tokens.
-- gemma3_greedy.json: greedy continuations (8 tokens) of three prompts.
+- gemma3_greedy.json: greedy continuations (8 tokens) of three prompts, token by token, with llama.cpp's top-1/top-2
+  logit margin per step and the top-1 of the same tokens evaluated as one batch (near-ties flip between the two).
 - tiny_llama_logits.json: all logits of a token sequence through tiny_llama.gguf (scripts/oracle/tiny_llama.py),
   F32 weights, F32 KV.
 
@@ -94,12 +95,19 @@ if "greedy" in what:
         ptoks = llm.tokenize(p.encode(), add_bos=True)
         llm.reset()
         llm.eval(ptoks)
-        gen = []
+        gen, margin = [], []
         for _ in range(8):
-            t = int(np.argmax(np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)))
+            row = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+            top2 = np.argsort(-row)[:2]
+            t = int(top2[0])
             gen.append(t)
+            margin.append(float(row[top2[0]] - row[top2[1]]))
             llm.eval([t])
-        out.append({"prompt": p, "prompt_tokens": ptoks, "greedy": gen,
+        # Near-ties: the same continuation evaluated as one batch (prompt + generated) can pick another top-1.
+        llm.reset()
+        llm.eval(ptoks + gen)
+        batched = [int(np.argmax(np.array(llm.scores[len(ptoks) - 1 + i], dtype=np.float32))) for i in range(8)]
+        out.append({"prompt": p, "prompt_tokens": ptoks, "greedy": gen, "top1_margin": margin, "top1_batched": batched,
                     "text": llm.detokenize(gen).decode("utf-8", "replace")})
     write("gemma3_greedy.json", dict(meta, kv_type="f16", flash_attn=False, continuations=out))
 
