@@ -4,6 +4,7 @@
 #include <immintrin.h>
 #include <math.h>
 #include <string.h>
+#include <stdlib.h>
 
 enum {
     T_F32 = 0, T_F16 = 1, T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8,
@@ -209,178 +210,54 @@ static inline __m256i dot_s8s8_w(__m256i w, __m256i a, __m256i w16) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(aw, as), w16);
 }
 
-#define NA_MAX 4
+#define NA_MAX 8
 
-/* One weight row against `na` (1..4) activation rows. `astride` = blocks between activation rows. */
-static inline __attribute__((always_inline))
-void dot_row_q(const int type, const uint8_t *w, int64_t n, const kvant_block_q8a *a, int64_t astride, const int na,
-               float *res) {
-    __m256 acc[NA_MAX];
-    float macc[NA_MAX];
-    for (int i = 0; i < NA_MAX; i++) { acc[i] = _mm256_setzero_ps(); macc[i] = 0.0f; }
-    const __m256i ones16 = _mm256_set1_epi16(1);
+#define KV_SFX(x) x##_avx2
+#define KV_DOT_U8S8(u, a) dot_u8s8(u, a)
+#define KV_DOT_S8S8(w, a) dot_s8s8_w(w, a, ones16)
+#include "quants_int8.h"
+#undef KV_SFX
+#undef KV_DOT_U8S8
+#undef KV_DOT_S8S8
 
-    switch (type) {
-    case T_Q8_0:
-        for (int64_t b = 0; b < n / 32; b++, w += 34) {
-            const float d = fp16_to_f32(rd16(w));
-            const __m256i q = _mm256_loadu_si256((const __m256i *)(w + 2));
-            for (int i = 0; i < na; i++) {
-                const kvant_block_q8a *ab = a + i * astride + b;
-                __m256i av = _mm256_loadu_si256((const __m256i *)ab->q);
-                __m256 p = _mm256_cvtepi32_ps(dot_s8s8_w(q, av, ones16));
-                acc[i] = _mm256_fmadd_ps(p, _mm256_set1_ps(d * ab->d), acc[i]);
-            }
-        }
-        break;
-    case T_Q4_0:
-    case T_Q4_1:
-    case T_Q5_0:
-    case T_Q5_1: {
-        const int has_m = type == T_Q4_1 || type == T_Q5_1;
-        const int five = type == T_Q5_0 || type == T_Q5_1;
-        const int bs = type == T_Q4_0 ? 18 : type == T_Q4_1 ? 20 : type == T_Q5_0 ? 22 : 24;
-        for (int64_t b = 0; b < n / 32; b++, w += bs) {
-            const float d = fp16_to_f32(rd16(w));
-            float m;
-            __m256i u;
-            if (five) {
-                uint32_t qh; memcpy(&qh, w + (has_m ? 4 : 2), 4);
-                u = _mm256_or_si256(nibbles32(w + (has_m ? 8 : 6)), bits32_to_0x10(qh));
-                m = has_m ? fp16_to_f32(rd16(w + 2)) : -16.0f * d;
-            } else {
-                u = nibbles32(w + (has_m ? 4 : 2));
-                m = has_m ? fp16_to_f32(rd16(w + 2)) : -8.0f * d;
-            }
-            for (int i = 0; i < na; i++) {
-                const kvant_block_q8a *ab = a + i * astride + b;
-                __m256i av = _mm256_loadu_si256((const __m256i *)ab->q);
-                __m256 p = _mm256_cvtepi32_ps(dot_u8s8(u, av));
-                acc[i] = _mm256_fmadd_ps(p, _mm256_set1_ps(d * ab->d), acc[i]);
-                macc[i] += m * ab->s;
-            }
-        }
-        break;
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avxvnni"))), apply_to = function)
+#define KV_SFX(x) x##_vnni
+#define KV_DOT_U8S8(u, a) _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, a)
+#define KV_DOT_S8S8(w, a) _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w))
+#include "quants_int8.h"
+#undef KV_SFX
+#undef KV_DOT_U8S8
+#undef KV_DOT_S8S8
+#pragma clang attribute pop
+
+#include <cpuid.h>
+/* AVX-VNNI: CPUID.(EAX=7, ECX=1):EAX bit 4 (and the OS saves YMM state, implied by AVX2 working). */
+static int cached_vnni = -1;
+static int has_avx_vnni(void) {
+    int cached = cached_vnni;
+    if (cached < 0) {
+        unsigned a = 0, b = 0, c = 0, d = 0;
+        int ok = __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 4));
+        const char *env = getenv("KVANT_NO_VNNI");
+        cached = ok && !(env && env[0] == '1');
+        cached_vnni = cached;
     }
-    case T_Q4_K:
-    case T_Q5_K: {
-        const int five = type == T_Q5_K;
-        const int bs = five ? 176 : 144;
-        const __m256i lo4 = _mm256_set1_epi8(0x0F), one8 = _mm256_set1_epi8(1);
-        for (int64_t b = 0; b < n / 256; b++, w += bs) {
-            const float d = fp16_to_f32(rd16(w)), dmin = fp16_to_f32(rd16(w + 2));
-            const uint8_t *sc = w + 4;
-            const uint8_t *qs = five ? w + 48 : w + 16;
-            __m256i qhv = five ? _mm256_loadu_si256((const __m256i *)(w + 16)) : _mm256_setzero_si256();
-            for (int j2 = 0; j2 < 4; j2++) {
-                const __m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 32 * j2));
-                for (int half = 0; half < 2; half++) {
-                    const int j = 2 * j2 + half;
-                    uint8_t s, mm;
-                    scale_min_k4(j, sc, &s, &mm);
-                    const float d1 = d * (float)s, m1 = -dmin * (float)mm;
-                    __m256i u = half ? _mm256_and_si256(_mm256_srli_epi16(raw, 4), lo4) : _mm256_and_si256(raw, lo4);
-                    if (five) {
-                        __m256i hb = _mm256_and_si256(_mm256_srli_epi16(qhv, j), one8);
-                        u = _mm256_or_si256(u, _mm256_slli_epi16(hb, 4));
-                    }
-                    for (int i = 0; i < na; i++) {
-                        const kvant_block_q8a *ab = a + i * astride + 8 * b + j;
-                        __m256i av = _mm256_loadu_si256((const __m256i *)ab->q);
-                        __m256 p = _mm256_cvtepi32_ps(dot_u8s8(u, av));
-                        acc[i] = _mm256_fmadd_ps(p, _mm256_set1_ps(d1 * ab->d), acc[i]);
-                        macc[i] += m1 * ab->s;
-                    }
-                }
-            }
-        }
-        break;
-    }
-    case T_Q6_K: {
-        const __m256i lo4 = _mm256_set1_epi8(0x0F), three = _mm256_set1_epi8(3), off = _mm256_set1_epi8(32);
-        for (int64_t b = 0; b < n / 256; b++, w += 210) {
-            const uint8_t *ql = w, *qh = w + 128;
-            const int8_t *sc = (const int8_t *)(w + 192);
-            const float d = fp16_to_f32(rd16(w + 208));
-            for (int h = 0; h < 2; h++) {
-                const __m256i qhv = _mm256_loadu_si256((const __m256i *)(qh + 32 * h));
-                const __m256i qlA = _mm256_loadu_si256((const __m256i *)(ql + 64 * h));
-                const __m256i qlB = _mm256_loadu_si256((const __m256i *)(ql + 64 * h + 32));
-                for (int k = 0; k < 4; k++) {
-                    const __m256i src = (k & 1) ? qlB : qlA;
-                    __m256i lo = (k >= 2) ? _mm256_and_si256(_mm256_srli_epi16(src, 4), lo4) : _mm256_and_si256(src, lo4);
-                    __m256i hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qhv, 2 * k), three), 4);
-                    __m256i q = _mm256_sub_epi8(_mm256_or_si256(lo, hi), off);
-                    const __m256i s16 = _mm256_set_m128i(_mm_set1_epi16(sc[8 * h + 2 * k + 1]),
-                                                         _mm_set1_epi16(sc[8 * h + 2 * k]));
-                    const int j = 4 * h + k;
-                    for (int i = 0; i < na; i++) {
-                        const kvant_block_q8a *ab = a + i * astride + 8 * b + j;
-                        __m256i av = _mm256_loadu_si256((const __m256i *)ab->q);
-                        __m256 p = _mm256_cvtepi32_ps(dot_s8s8_w(q, av, s16));
-                        acc[i] = _mm256_fmadd_ps(p, _mm256_set1_ps(d * ab->d), acc[i]);
-                    }
-                }
-            }
-        }
-        break;
-    }
-    }
-    for (int i = 0; i < na; i++) res[i] = hsum256(acc[i]) + macc[i];
+    return cached;
 }
-
-/* Row loop for one (type, activation-group size) pair: both are compile-time constants after inlining, so the
- * accumulators stay in registers. */
-static inline __attribute__((always_inline))
-void matmul_rows(const int type, const int cnt, const uint8_t *wb, size_t row_bytes, int64_t n, int64_t r0, int64_t r1,
-                 const kvant_block_q8a *a, int64_t astride, float *out, int64_t out_stride) {
-    float res[NA_MAX];
-    for (int64_t r = r0; r < r1; r++) {
-        const uint8_t *row = wb + (size_t)r * row_bytes;
-        _mm_prefetch((const char *)(row + row_bytes), _MM_HINT_T0);
-        dot_row_q(type, row, n, a, astride, cnt, res);
-        for (int i = 0; i < cnt; i++) out[i * out_stride + r] = res[i];
-    }
-}
-
-#define KV_DEFINE_ROWS(NAME, TYPE) \
-    static void NAME(int cnt, const uint8_t *wb, size_t rb, int64_t n, int64_t r0, int64_t r1, \
-                     const kvant_block_q8a *a, int64_t as, float *out, int64_t os) { \
-        switch (cnt) { \
-        case 1: matmul_rows(TYPE, 1, wb, rb, n, r0, r1, a, as, out, os); break; \
-        case 2: matmul_rows(TYPE, 2, wb, rb, n, r0, r1, a, as, out, os); break; \
-        case 3: matmul_rows(TYPE, 3, wb, rb, n, r0, r1, a, as, out, os); break; \
-        default: matmul_rows(TYPE, 4, wb, rb, n, r0, r1, a, as, out, os); break; \
-        } \
-    }
-KV_DEFINE_ROWS(rows_q8_0, T_Q8_0)
-KV_DEFINE_ROWS(rows_q4_0, T_Q4_0)
-KV_DEFINE_ROWS(rows_q4_1, T_Q4_1)
-KV_DEFINE_ROWS(rows_q5_0, T_Q5_0)
-KV_DEFINE_ROWS(rows_q5_1, T_Q5_1)
-KV_DEFINE_ROWS(rows_q4_k, T_Q4_K)
-KV_DEFINE_ROWS(rows_q5_k, T_Q5_K)
-KV_DEFINE_ROWS(rows_q6_k, T_Q6_K)
 
 int kvant_matmul_q8a(int type, const void *w, size_t row_bytes, int64_t n, int64_t row0, int64_t row1,
                      const kvant_block_q8a *a, int64_t na, float *out, int64_t out_stride) {
-    if (!kvant_type_has_q8a_path(type) || n % block_elems(type) != 0 || n % 32 != 0) return -1;
-    typedef void (*rows_fn)(int, const uint8_t *, size_t, int64_t, int64_t, int64_t, const kvant_block_q8a *, int64_t,
-                            float *, int64_t);
-    rows_fn fn = type == T_Q8_0 ? rows_q8_0 : type == T_Q4_0 ? rows_q4_0 : type == T_Q4_1 ? rows_q4_1
-               : type == T_Q5_0 ? rows_q5_0 : type == T_Q5_1 ? rows_q5_1 : type == T_Q4_K ? rows_q4_k
-               : type == T_Q5_K ? rows_q5_k : rows_q6_k;
-    const uint8_t *wb = (const uint8_t *)w;
-    const int64_t astride = n / 32;
-    /* Tile: a few weight rows stay in L1 while every group of up to 4 activation rows passes over them. */
-    const int64_t RT = na > NA_MAX ? 8 : (row1 - row0);
-    for (int64_t r0 = row0; r0 < row1; r0 += RT) {
-        const int64_t r1 = r0 + RT < row1 ? r0 + RT : row1;
-        for (int64_t i0 = 0; i0 < na; i0 += NA_MAX) {
-            const int cnt = (int)(na - i0 < NA_MAX ? na - i0 : NA_MAX);
-            fn(cnt, wb, row_bytes, n, r0, r1, a + i0 * astride, astride, out + i0 * out_stride, out_stride);
-        }
-    }
+    if (has_avx_vnni()) return matmul_q8a_vnni(type, w, row_bytes, n, row0, row1, a, na, out, out_stride);
+    return matmul_q8a_avx2(type, w, row_bytes, n, row0, row1, a, na, out, out_stride);
+}
+
+int kvant_int8_kernel_variant(void) { return has_avx_vnni() ? 1 : 0; }
+
+int kvant_force_int8_kernel_variant(int variant) {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    int ok = __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 4));
+    if (variant == 1 && !ok) return -1;
+    cached_vnni = variant == 1 ? 1 : variant == 0 ? 0 : -1;
     return 0;
 }
 

@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// Element-wise and row-wise CPU operations of a transformer forward pass (fp32, in place where noted).
@@ -87,12 +88,12 @@ public enum Ops {
 
     /// GeGLU in place: `gate[i] = gelu(gate[i]) · up[i]`, n elements.
     public static func geglu(gate: UnsafeMutablePointer<Float>, up: UnsafePointer<Float>, n: Int) {
-        for i in 0..<n { gate[i] = gelu(gate[i]) * up[i] }
+        kvant_geglu(gate, up, Int64(n))
     }
 
     /// SwiGLU in place: `gate[i] = silu(gate[i]) · up[i]`, n elements.
     public static func swiglu(gate: UnsafeMutablePointer<Float>, up: UnsafePointer<Float>, n: Int) {
-        for i in 0..<n { gate[i] = silu(gate[i]) * up[i] }
+        kvant_swiglu(gate, up, Int64(n))
     }
 
     /// `x[i] += y[i]`, n elements.

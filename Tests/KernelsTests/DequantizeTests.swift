@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 import Kernels
 import KvantCore
@@ -121,13 +122,20 @@ extension DequantGolden.Entry {
     @Test func matvecAndMatmulMatchFp64ReferenceForEveryType() throws {
         let golden = try DequantGolden.load()
         var seen = Set<GGMLType>()
-        for e in golden.entries where !seen.contains(e.ggmlType) {
-            seen.insert(e.ggmlType)
-            try check(e, m: 1, threads: 1)      // decode
-            try check(e, m: 1, threads: 2)
-            try check(e, m: 9, threads: 2)      // prefill: 4 + 4 + 1 activation rows
+        // Both int8 kernel variants: AVX2 (maddubs) and, when the CPU has it, AVX-VNNI (vpdpbusd).
+        for variant: Int32 in [0, 1] {
+            if kvant_force_int8_kernel_variant(variant) != 0 { print("AVX-VNNI not available: variant \(variant) skipped"); continue }
+            seen = []
+            for e in golden.entries where !seen.contains(e.ggmlType) {
+                seen.insert(e.ggmlType)
+                try check(e, m: 1, threads: 1)      // decode
+                try check(e, m: 1, threads: 2)
+                try check(e, m: 9, threads: 2)      // prefill: 8 + 1 activation rows
+                try check(e, m: 20, threads: 2)     // 8 + 8 + 4
+            }
+            #expect(seen.count == 11)
         }
-        #expect(seen.count == 11)
+        _ = kvant_force_int8_kernel_variant(-1)
     }
 }
 

@@ -43,10 +43,23 @@ import Testing
         #expect(abs(Double(x[2]) - exp(3.0) / z) < 1e-6)
         #expect(x[3] == 1000)
         // GELU tanh approximation and SiLU reference values (computed in fp64 from their formulas).
-        let g = 0.5 * 1.0 * (1 + tanh(0.7978845608028654 * (1 + 0.044715)))
-        #expect(abs(Double(Ops.gelu(1)) - g) < 1e-6)
+        let g1 = 0.5 * 1.0 * (1 + tanh(0.7978845608028654 * (1 + 0.044715)))
+        #expect(abs(Double(Ops.gelu(1)) - g1) < 1e-6)
         #expect(abs(Double(Ops.gelu(-3)) - (-0.0036373920817729943)) < 1e-6)
         #expect(abs(Double(Ops.silu(1)) - 1 / (1 + exp(-1.0))) < 1e-6)
+        // Vectorized GeGLU / SwiGLU against the fp64 formulas over a range of inputs (incl. the scalar tail).
+        let xs: [Float] = (0..<203).map { Float($0 - 101) * 0.07 }
+        let ups: [Float] = (0..<203).map { 1 + Float($0 % 5) * 0.25 }
+        var g = xs, s = xs
+        Ops.geglu(gate: &g, up: ups, n: xs.count)
+        Ops.swiglu(gate: &s, up: ups, n: xs.count)
+        for i in xs.indices {
+            let x = Double(xs[i]), u = Double(ups[i])
+            let ge = 0.5 * x * (1 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))) * u
+            let se = x / (1 + exp(-x)) * u
+            #expect(abs(Double(g[i]) - ge) <= 2e-6 * max(1, abs(ge)), "geglu(\(x))")
+            #expect(abs(Double(s[i]) - se) <= 2e-6 * max(1, abs(se)), "swiglu(\(x))")
+        }
         let logits: [Float] = [0, log(3)]
         #expect(abs(Ops.logSoftmax(logits, n: 2, index: 1) - log(0.75)) < 1e-6)
     }

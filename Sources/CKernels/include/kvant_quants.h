@@ -39,7 +39,18 @@ int kvant_matmul_q8a(int type, const void *w, size_t row_bytes, int64_t n, int64
 int kvant_matmul_f32(int type, const void *w, size_t row_bytes, int64_t n, int64_t row0, int64_t row1,
                      const float *a, int64_t na, float *out, int64_t out_stride, float *scratch);
 
+/* 1 when the int8 kernels use AVX-VNNI (vpdpbusd, chosen at run time via CPUID; KVANT_NO_VNNI=1 forces AVX2), 0 for AVX2. */
+int kvant_int8_kernel_variant(void);
+/* Tests: force 0 (AVX2) or 1 (AVX-VNNI; -1 when the CPU lacks it), or -1 to re-detect. Not thread-safe. */
+int kvant_force_int8_kernel_variant(int variant);
+
 /* True when the int8 path exists for `type`. */
 int kvant_type_has_q8a_path(int type);
+
+/* GeGLU in place: gate[i] = gelu_tanh(gate[i]) * up[i] (GELU tanh approximation, AVX2 with an exp polynomial,
+ * relative error ~1e-6). */
+void kvant_geglu(float *gate, const float *up, int64_t n);
+/* SwiGLU in place: gate[i] = gate[i] / (1 + exp(-gate[i])) * up[i]. */
+void kvant_swiglu(float *gate, const float *up, int64_t n);
 
 #endif
