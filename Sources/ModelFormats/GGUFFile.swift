@@ -49,6 +49,9 @@ public final class GGUFFile: @unchecked Sendable {
     public static let maxDims = 4
     /// Deepest nesting of arrays accepted in metadata.
     public static let maxArrayDepth = 16
+    /// Most elements accepted in one metadata array (2^24; real vocabularies have < 2^20 entries).
+    /// Each element becomes a `GGUFValue`, so this bounds memory independently of the file size.
+    public static let maxArrayCount = 1 << 24
 
     public let path: String
     public let version: Int
@@ -67,6 +70,8 @@ public final class GGUFFile: @unchecked Sendable {
     private let base: UnsafeRawPointer?
     private let mappedLength: Int
     private let tensorIndex: [String: Int]
+    /// File offset of each metadata value (just after its type id), for raw access.
+    private let valueOffsets: [String: Int]
 
     /// Opens and validates `path`. Throws `KvantError` naming the file and the field on any problem.
     public init(path: String) throws {
@@ -109,6 +114,7 @@ public final class GGUFFile: @unchecked Sendable {
             self.metadataKeys = parsed.metadataKeys
             self.tensors = parsed.tensors
             self.dataOffset = parsed.dataOffset
+            self.valueOffsets = parsed.valueOffsets
             var index: [String: Int] = [:]
             index.reserveCapacity(parsed.tensors.count)
             for (i, t) in parsed.tensors.enumerated() { index[t.name] = i }
@@ -205,6 +211,30 @@ public final class GGUFFile: @unchecked Sendable {
         return out
     }
 
+    /// An ARRAY of STRING as the raw bytes of each string, pointing into the mapping (valid while this
+    /// `GGUFFile` lives). Unlike `stringArray`, bytes that are not valid UTF-8 are kept as they are
+    /// (tokenizer vocabularies must be matched byte for byte).
+    public func rawStringArray(_ key: String) throws -> [UnsafeRawBufferPointer] {
+        let v = try value(key)
+        guard case .array(let a) = v, let start = valueOffsets[key], let base else {
+            throw wrongType(key, v, "ARRAY of STRING")
+        }
+        if let bad = a.firstIndex(where: { $0.stringValue == nil }) {
+            throw KvantError(.invalidArgument, "\(path): metadata key '\(key)'[\(bad)] has type \(a[bad].typeName), expected STRING")
+        }
+        // Layout (validated at init): u32 element type, u64 count, then (u64 length, bytes) per string.
+        var pos = start + 12
+        var out: [UnsafeRawBufferPointer] = []
+        out.reserveCapacity(a.count)
+        for _ in 0..<a.count {
+            let len = Int(UInt64(littleEndian: base.loadUnaligned(fromByteOffset: pos, as: UInt64.self)))
+            pos += 8
+            out.append(UnsafeRawBufferPointer(start: base + pos, count: len))
+            pos += len
+        }
+        return out
+    }
+
     /// An ARRAY of FLOAT32/FLOAT64.
     public func floatArray(_ key: String) throws -> [Float] {
         let v = try value(key)
@@ -245,6 +275,7 @@ private struct GGUFParsed {
     var metadataKeys: [String]
     var tensors: [GGUFTensorInfo]
     var dataOffset: Int
+    var valueOffsets: [String: Int]
 }
 
 /// Bounds-checked little-endian reader over the mapping.
@@ -333,6 +364,9 @@ private struct GGUFParser {
             guard count <= UInt64(remaining / minSize) else {
                 throw fail("\(field()): array count \(count) needs at least \(count.multipliedReportingOverflow(by: UInt64(minSize)).overflow ? "more than 2^64" : String(count * UInt64(minSize))) bytes, but only \(remaining) remain in the file (\(size) bytes)")
             }
+            guard count <= UInt64(GGUFFile.maxArrayCount) else {
+                throw fail("\(field()): array count \(count) exceeds the limit of \(GGUFFile.maxArrayCount) elements")
+            }
             let n = Int(count)
             var items: [GGUFValue] = []
             items.reserveCapacity(n)
@@ -357,6 +391,9 @@ private struct GGUFParser {
         }
         let version = try read(UInt32.self, "header version")
         guard version == 2 || version == 3 else {
+            if version.byteSwapped == 2 || version.byteSwapped == 3 {
+                throw fail("big-endian GGUF (version \(version.byteSwapped) with swapped bytes) is not supported")
+            }
             throw fail("unknown GGUF version \(version) (supported: 2, 3)")
         }
         let tensorCount = try read(UInt64.self, "header tensor count")
@@ -371,11 +408,14 @@ private struct GGUFParser {
 
         var metadata: [String: GGUFValue] = [:]
         var keys: [String] = []
+        var valueOffsets: [String: Int] = [:]
         metadata.reserveCapacity(Int(kvCount))
+        valueOffsets.reserveCapacity(Int(kvCount))
         keys.reserveCapacity(Int(kvCount))
         for i in 0..<Int(kvCount) {
             let key = try readString("metadata KV #\(i) key")
             let t = try read(UInt32.self, "metadata '\(key)' value type")
+            valueOffsets[key] = pos
             let v = try readValue(type: t, "metadata '\(key)'", depth: 0)
             guard metadata[key] == nil else { throw fail("metadata key '\(key)' appears twice") }
             metadata[key] = v
@@ -455,7 +495,15 @@ private struct GGUFParser {
             tensors.append(GGUFTensorInfo(name: t.name, dims: t.dims, type: t.type, offset: abs,
                                           byteCount: t.bytes, elementCount: t.elements))
         }
+        // Tensor data regions must not overlap (a writer lays them out one after another).
+        let byOffset = tensors.indices.sorted { (tensors[$0].offset, $0) < (tensors[$1].offset, $1) }
+        for (a, b) in zip(byOffset, byOffset.dropFirst()) {
+            let ta = tensors[a], tb = tensors[b]
+            if ta.byteCount > 0 && tb.byteCount > 0 && ta.offset + ta.byteCount > tb.offset {
+                throw fail("tensor '\(tb.name)': data [\(tb.offset), \(tb.offset + tb.byteCount)) overlaps tensor '\(ta.name)' [\(ta.offset), \(ta.offset + ta.byteCount))")
+            }
+        }
         return GGUFParsed(version: Int(version), alignment: alignment, metadata: metadata, metadataKeys: keys,
-                          tensors: tensors, dataOffset: dataOffset)
+                          tensors: tensors, dataOffset: dataOffset, valueOffsets: valueOffsets)
     }
 }

@@ -123,6 +123,11 @@ private func failure(_ spec: Spec, _ name: String) -> String {
         }
     }
 
+    @Test func bigEndianFileIsNamed() {
+        var s = Spec(); s.version = UInt32(3).byteSwapped
+        #expect(failure(s, "be.gguf").contains("big-endian GGUF (version 3 with swapped bytes) is not supported"))
+    }
+
     @Test func unknownTensorType() {
         var s = Spec(); s.tensorBType = 99
         #expect(failure(s, "type.gguf").contains("tensor 'blk.3.attn_q.weight': unknown tensor type 99"))
@@ -149,6 +154,11 @@ private func failure(_ spec: Spec, _ name: String) -> String {
     @Test func tensorNotAligned() {
         var s = Spec(); s.tensorBOffset = 40
         #expect(failure(s, "unaligned.gguf").contains("tensor 'blk.3.attn_q.weight': data offset 40 is not aligned to 32 bytes"))
+    }
+
+    @Test func overlappingTensorData() {
+        var s = Spec(); s.tensorBOffset = 0; s.tensorBType = 0; s.tensorBDims = [4]   // F32 [4] at 0 overlaps 'a'
+        #expect(failure(s, "overlap.gguf").contains("overlaps tensor"))
     }
 
     @Test func rowNotWholeBlocks() {
@@ -203,6 +213,15 @@ private func failure(_ spec: Spec, _ name: String) -> String {
         deep.u32(4); deep.u64(1); deep.u32(5)
         let e2 = kvantError { _ = try GGUFFile(path: TestFiles.write(deep.bytes, name: "deep.gguf")) }
         #expect(e2?.message.contains("nested deeper than") == true)
+    }
+
+    @Test func arrayCountLimit() {
+        var w = GGUFBytes()
+        w.header(tensors: 0, kvs: 1)
+        w.str("big"); w.u32(9); w.u32(0); w.u64(UInt64(GGUFFile.maxArrayCount) + 1)
+        w.bytes += [UInt8](repeating: 0, count: GGUFFile.maxArrayCount + 1)
+        let e = kvantError { _ = try GGUFFile(path: TestFiles.write(w.bytes, name: "bigarray.gguf")) }
+        #expect(e?.message.contains("metadata 'big': array count 16777217 exceeds the limit of 16777216 elements") == true)
     }
 
     /// Random byte corruption: every outcome is either a parsed file or a KvantError, never a crash.

@@ -40,7 +40,8 @@ private func matches(_ v: GGUFValue, _ s: JSONScalar) -> Bool {
     }
 }
 
-@Suite struct GGUFRealModelTests {
+@Suite(.enabled(if: TestFiles.realModelPath != nil, TestFiles.skipReason))
+struct GGUFRealModelTests {
     private func load() throws -> (GGUFFile, ModelReference)? {
         guard let path = TestFiles.realModel() else { return nil }
         let data = try Data(contentsOf: URL(fileURLWithPath: TestFiles.fixture("gguf_model_reference.json")))

@@ -1,4 +1,5 @@
 import Foundation
+import Testing
 import KvantCore
 import ModelFormats
 
@@ -44,7 +45,7 @@ enum TestFiles {
 
     static func write(_ bytes: [UInt8], name: String) -> String {
         let p = dir + "/" + UUID().uuidString + "-" + name
-        FileManager.default.createFile(atPath: p, contents: Data(bytes))
+        _ = FileManager.default.createFile(atPath: p, contents: Data(bytes))
         return p
     }
 
@@ -52,13 +53,21 @@ enum TestFiles {
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/\(name)").path
     }
 
-    /// The real model: $KVANT_MODEL or /work/models/gemma-3-270m-q4_k_m.gguf; nil (and a printed reason) when absent.
-    static func realModel() -> String? {
-        let p = ProcessInfo.processInfo.environment["KVANT_MODEL"] ?? "/work/models/gemma-3-270m-q4_k_m.gguf"
-        if FileManager.default.fileExists(atPath: p) { return p }
-        print("SKIP: real model not found at \(p) (set KVANT_MODEL or run scripts/fetch-model.sh)")
+    /// The real model: $KVANT_MODEL, else <repo>/models/gemma-3-270m-q4_k_m.gguf, else
+    /// /work/models/gemma-3-270m-q4_k_m.gguf; nil when none exists (tests are then skipped with a reason).
+    static let realModelPath: String? = {
+        let env = ProcessInfo.processInfo.environment["KVANT_MODEL"]
+        let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("models/gemma-3-270m-q4_k_m.gguf").path
+        for p in [env, repo, "/work/models/gemma-3-270m-q4_k_m.gguf"].compactMap({ $0 }) where FileManager.default.fileExists(atPath: p) {
+            return p
+        }
         return nil
-    }
+    }()
+
+    static let skipReason: Comment = "real model not found (set KVANT_MODEL or run `make model`)"
+
+    static func realModel() -> String? { realModelPath }
 }
 
 /// FNV-1a 64-bit, the checksum the oracle script uses.
