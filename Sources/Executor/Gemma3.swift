@@ -25,9 +25,8 @@ enum Gemma3 {
 
             // ---- attention block
             s.rmsNormRows(ws.x, L.attnNorm, T: T, n: H, into: ws.xn)          // attn_norm [hidden]
-            mm.multiply(L.wq, ws.xn, m: T, out: ws.q)                          // attn_q [numHeads·hd, hidden] → q [T, numHeads, hd]
-            mm.multiply(L.wk, ws.xn, m: T, out: ws.k)                          // attn_k [numKVHeads·hd, hidden] → k [T, numKVHeads, hd]
-            mm.multiply(L.wv, ws.xn, m: T, out: ws.v)                          // attn_v [numKVHeads·hd, hidden] → v [T, numKVHeads, hd]
+            // attn_q [numHeads·hd, hidden] → q [T, numHeads, hd]; attn_k, attn_v [numKVHeads·hd, hidden] → k, v [T, numKVHeads, hd]
+            mm.multiply([L.wq, L.wk, L.wv], ws.xn, m: T, outs: [ws.q, ws.k, ws.v])
             L.qNorm!.withUnsafeBufferPointer { Ops.rmsNormRows(ws.q, count: T * c.numHeads, n: hd, weight: $0.baseAddress!, eps: c.rmsNormEps) }   // attn_q_norm [hd]
             L.kNorm!.withUnsafeBufferPointer { Ops.rmsNormRows(ws.k, count: T * c.numKVHeads, n: hd, weight: $0.baseAddress!, eps: c.rmsNormEps) } // attn_k_norm [hd]
             s.applyRope(T: T, start: start, base: c.ropeBase(layer: l))
@@ -38,8 +37,8 @@ enum Gemma3 {
 
             // ---- feed-forward block (GeGLU)
             s.rmsNormRows(ws.x, L.ffnNorm, T: T, n: H, into: ws.xn)           // ffn_norm [hidden]
-            mm.multiply(L.wGate, ws.xn, m: T, out: ws.gate)                    // ffn_gate [ffn, hidden] → [T, ffn]
-            mm.multiply(L.wUp, ws.xn, m: T, out: ws.up)                        // ffn_up [ffn, hidden] → [T, ffn]
+            // ffn_gate, ffn_up [ffn, hidden] → gate, up [T, ffn]
+            mm.multiply([L.wGate, L.wUp], ws.xn, m: T, outs: [ws.gate, ws.up])
             Ops.geglu(gate: ws.gate, up: ws.up, n: T * F)                      // gelu_tanh(gate) · up
             mm.multiply(L.wDown, ws.gate, m: T, out: ws.o)                     // ffn_down [hidden, ffn] → [T, hidden]
             s.rmsNormRows(ws.o, L.postFFNNorm!, T: T, n: H, into: ws.o)        // post_ffw_norm [hidden]

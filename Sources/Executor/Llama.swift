@@ -19,9 +19,8 @@ enum Llama {
 
             // ---- attention block
             s.rmsNormRows(ws.x, L.attnNorm, T: T, n: H, into: ws.xn)          // attn_norm [hidden]
-            mm.multiply(L.wq, ws.xn, m: T, out: ws.q)                          // attn_q [numHeads·hd, hidden] → q [T, numHeads, hd]
-            mm.multiply(L.wk, ws.xn, m: T, out: ws.k)                          // attn_k [numKVHeads·hd, hidden] → k [T, numKVHeads, hd]
-            mm.multiply(L.wv, ws.xn, m: T, out: ws.v)                          // attn_v [numKVHeads·hd, hidden] → v [T, numKVHeads, hd]
+            // attn_q [numHeads·hd, hidden] → q [T, numHeads, hd]; attn_k, attn_v [numKVHeads·hd, hidden] → k, v [T, numKVHeads, hd]
+            mm.multiply([L.wq, L.wk, L.wv], ws.xn, m: T, outs: [ws.q, ws.k, ws.v])
             s.applyRope(T: T, start: start, base: c.ropeBase(layer: l))
             s.attention(layer: l, T: T, start: start, sequence: sequence, pool: pool)   // attn [T, numHeads, hd]
             mm.multiply(L.wo, ws.attn, m: T, out: ws.o)                        // attn_output [hidden, numHeads·hd] → o [T, hidden]
@@ -29,8 +28,8 @@ enum Llama {
 
             // ---- feed-forward block (SwiGLU)
             s.rmsNormRows(ws.x, L.ffnNorm, T: T, n: H, into: ws.xn)           // ffn_norm [hidden]
-            mm.multiply(L.wGate, ws.xn, m: T, out: ws.gate)                    // ffn_gate [ffn, hidden] → [T, ffn]
-            mm.multiply(L.wUp, ws.xn, m: T, out: ws.up)                        // ffn_up [ffn, hidden] → [T, ffn]
+            // ffn_gate, ffn_up [ffn, hidden] → gate, up [T, ffn]
+            mm.multiply([L.wGate, L.wUp], ws.xn, m: T, outs: [ws.gate, ws.up])
             Ops.swiglu(gate: ws.gate, up: ws.up, n: T * F)                     // silu(gate) · up
             mm.multiply(L.wDown, ws.gate, m: T, out: ws.o)                     // ffn_down [hidden, ffn] → [T, hidden]
             Ops.add(ws.x, ws.o, n: T * H)                                      // residual

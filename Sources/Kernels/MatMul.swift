@@ -39,6 +39,34 @@ public final class MatMul: @unchecked Sendable {
         }
     }
 
+    /// Several products sharing one input (Q/K/V, or gate/up): `outs[j] = x · W_jᵀ`, each `[m, W_j.rows]`.
+    /// The activations are quantized once and all rows run in one parallel region (fewer thread wake-ups in
+    /// decode). Falls back to separate products when the weights differ in `cols` or path.
+    public func multiply(_ ws: [WeightMatrix], _ x: UnsafePointer<Float>, m: Int, outs: [UnsafeMutablePointer<Float>]) {
+        precondition(ws.count == outs.count)
+        guard let first = ws.first else { return }
+        guard ws.allSatisfy({ $0.cols == first.cols && $0.hasInt8Path }) else {
+            for (w, o) in zip(ws, outs) { multiply(w, x, m: m, out: o) }
+            return
+        }
+        act.quantize(x, count: m, cols: first.cols)
+        var starts = [0]
+        for w in ws { starts.append(starts.last! + w.rows) }
+        let total = starts.last!
+        act.blocks.withUnsafeBufferPointer { ab in
+            let a = ab.baseAddress!
+            parallelRows(total, work: Double(m) * Double(total) * Double(first.cols)) { r0, r1, _ in
+                for j in 0..<ws.count {
+                    let lo = max(r0, starts[j]), hi = min(r1, starts[j + 1])
+                    if lo >= hi { continue }
+                    let w = ws[j]
+                    _ = kvant_matmul_q8a(Int32(w.type.rawValue), w.base, w.rowBytes, Int64(w.cols),
+                                         Int64(lo - starts[j]), Int64(hi - starts[j]), a, Int64(m), outs[j], Int64(w.rows))
+                }
+            }
+        }
+    }
+
     /// The fp32-activation reference path for every type (block rows dequantized to fp32, then FMA dots).
     public func multiplyReference(_ w: WeightMatrix, _ x: UnsafePointer<Float>, m: Int, out: UnsafeMutablePointer<Float>,
                                   outStride: Int? = nil) {
