@@ -4,9 +4,9 @@ import KVCache
 import Testing
 
 /// Gemma 3 270M Q4_K_M against llama.cpp goldens (f16 KV on both sides). Compute-heavy checks run in release builds.
-@Suite(.serialized) struct Gemma3Tests {
+@Suite(.serialized, .enabled(if: Fixtures.realModelPath != nil, Fixtures.noModel)) struct Gemma3Tests {
     func load() throws -> (Model, ForwardSession) {
-        let m = try Model(path: Fixtures.realModelPath)
+        let m = try Model(path: Fixtures.realModelPath!)
         return (m, ForwardSession(model: m, threads: 2))
     }
 
@@ -16,7 +16,6 @@ import Testing
     }
 
     @Test func hyperParameters() throws {
-        guard Fixtures.realModelAvailable("hyperParameters") else { return }
         let c = try load().0.config
         #expect(c.architecture == .gemma3 && c.numLayers == 18 && c.hiddenSize == 640 && c.numHeads == 4)
         #expect(c.numKVHeads == 1 && c.headDim == 256 && c.ffnSize == 2048 && c.vocabSize == 262_144)
@@ -26,10 +25,8 @@ import Testing
         #expect(abs(c.attentionScale - 1.0 / 16) < 1e-7 && abs(Double(c.embeddingScale) - 640.0.squareRoot()) < 1e-4)
     }
 
-    @Test func teacherForcedTop1AgreesWithLlamaCpp() throws {
-        guard Fixtures.realModelAvailable("teacherForcedTop1"), Fixtures.isRelease else {
-            print("SKIP teacherForcedTop1AgreesWithLlamaCpp: needs the model and a release build (-c release)"); return
-        }
+    @Test(.enabled(if: Fixtures.isRelease, Fixtures.needsRelease))
+    func teacherForcedTop1AgreesWithLlamaCpp() throws {
         let g = try Fixtures.json("gemma3_gpl3_teacher_forced.json")
         let tokens = (g["tokens"] as! [Int]).map { Int32($0) }
         let top1 = g["top1"] as! [Int], lp = g["logprob"] as! [Double]
@@ -59,10 +56,8 @@ import Testing
         #expect(dlp / Double(n) < 0.12)
     }
 
-    @Test func perplexityWithinOnePercentOfLlamaCpp() throws {
-        guard Fixtures.realModelAvailable("perplexity"), Fixtures.isRelease else {
-            print("SKIP perplexityWithinOnePercentOfLlamaCpp: needs the model and a release build (-c release)"); return
-        }
+    @Test(.enabled(if: Fixtures.isRelease, Fixtures.needsRelease))
+    func perplexityWithinOnePercentOfLlamaCpp() throws {
         let g = try Fixtures.json("gemma3_gpl3_perplexity.json")
         let tokens = (g["tokens"] as! [Int]).map { Int32($0) }
         let ref = g["perplexity"] as! Double, ctx = g["ctx"] as! Int
@@ -74,7 +69,6 @@ import Testing
     }
 
     @Test func greedyContinuationsAgreeForFourTokens() throws {
-        guard Fixtures.realModelAvailable("greedy") else { return }
         let g = try Fixtures.json("gemma3_greedy.json")
         let (m, s) = try load()
         let p = try pool(m, tokens: 64)
