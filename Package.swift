@@ -63,8 +63,8 @@ let package = Package(
 
         .testTarget(name: "KvantCoreTests", dependencies: ["KvantCore"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "CKernels", "KvantCore"]),
-        .testTarget(name: "ModelFormatsTests", dependencies: ["ModelFormats", "Kernels", "KvantCore"]),
-        .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers", "ModelFormats"]),
+        .testTarget(name: "ModelFormatsTests", dependencies: ["ModelFormats", "Kernels", "KvantCore"], exclude: ["Fixtures"]),
+        .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers", "ModelFormats"], exclude: ["Fixtures"]),
         .testTarget(name: "KVCacheTests", dependencies: ["KVCache", "Kernels", "KvantCore"]),
         .testTarget(name: "ExecutorTests", dependencies: ["Executor", "KVCache", "ModelFormats", "Tokenizers", "KvantCore"]),
         .testTarget(name: "ControlProtocolTests", dependencies: ["ControlProtocol"]),
