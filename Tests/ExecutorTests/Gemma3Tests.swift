@@ -68,6 +68,15 @@ import Testing
         #expect(abs(r.perplexity - ref) / ref < 0.01)
     }
 
+    /// kvant-eval's `--file` path: GPL-3 tokenized as llama-perplexity does gives llama.cpp's ids.
+    @Test func textFileTokensMatchLlamaCpp() throws {
+        let g = try Fixtures.json("gemma3_gpl3_perplexity.json")
+        let want = (g["tokens"] as! [Int]).map { Int32($0) }
+        let got = try TextTokenizer.tokenize(path: g["text"] as! String, model: try load().0)
+        #expect(got.count == want.count)
+        #expect(got == want)
+    }
+
     @Test func greedyContinuationsAgreeForFourTokens() throws {
         let g = try Fixtures.json("gemma3_greedy.json")
         let (m, s) = try load()
