@@ -1,6 +1,7 @@
 import Foundation
 import KVCache
 import KvantCore
+import Tokenizers
 
 /// Why a generation ended.
 public enum FinishReason: String, Sendable, Codable {
@@ -55,6 +56,15 @@ public final class Generator {
         self.stopStrings = stopStrings.filter { !$0.isEmpty }
         self.stopTokenIDs = stopTokenIDs ?? session.model.endOfGenerationTokenIDs
         self.detokenize = detokenize
+    }
+
+    /// Convenience: stop tokens = the tokenizer's end-of-generation tokens plus the model's; text via `decode`.
+    public convenience init(session: ForwardSession, pool: KVCachePool, sequence: SequenceID, sampling: SamplingParameters,
+                            maxTokens: Int, stopStrings: [String] = [], tokenizer: any Tokenizer) throws {
+        try self.init(session: session, pool: pool, sequence: sequence, sampling: sampling, maxTokens: maxTokens,
+                      stopStrings: stopStrings,
+                      stopTokenIDs: tokenizer.endOfGenerationTokens.union(session.model.endOfGenerationTokenIDs),
+                      detokenize: { tokenizer.decode($0) })
     }
 
     /// Runs the prompt and generates. `onToken(token, newText)` is called for every generated token with the text

@@ -1,6 +1,7 @@
 import Executor
 import Foundation
 import KVCache
+import Tokenizers
 import Testing
 
 /// Gemma 3 270M Q4_K_M against llama.cpp goldens (f16 KV on both sides). Compute-heavy checks run in release builds.
@@ -75,6 +76,21 @@ import Testing
         let got = try TextTokenizer.tokenize(path: g["text"] as! String, model: try load().0)
         #expect(got.count == want.count)
         #expect(got == want)
+    }
+
+    /// The generation loop with the GGUF tokenizer: llama.cpp's greedy text is " the capital of the country of France.";
+    /// the stop string "country" cuts it to " the capital of the ".
+    @Test func generatorStopsAtStopStringWithRealTokenizer() throws {
+        let (m, s) = try load()
+        let tok = try makeTokenizer(from: m.file)
+        let p = try pool(m, tokens: 64)
+        let gen = try Generator(session: s, pool: p, sequence: p.createSequence(), sampling: .greedy, maxTokens: 16,
+                                stopStrings: ["country"], tokenizer: tok)
+        var streamed = ""
+        let r = try gen.run(prompt: tok.encode("The capital of France is", addSpecial: true)) { _, piece in streamed += piece }
+        #expect(r.finishReason == .stop)
+        #expect(r.text == " the capital of the ")
+        #expect(streamed == r.text)
     }
 
     @Test func greedyContinuationsAgreeForFourTokens() throws {
