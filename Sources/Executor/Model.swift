@@ -11,6 +11,9 @@ public final class Model: @unchecked Sendable {
     public let file: GGUFFile
     public let config: ModelConfig
     public let weights: ModelWeights
+    /// EOS plus end-of-turn ids (`<end_of_turn>` for Gemma, `<|eot_id|>`/`<|end_of_text|>` for LLaMA 3) found in the
+    /// GGUF vocabulary; the generator's default stop tokens.
+    public let endOfGenerationTokenIDs: Set<Int32>
 
     /// Opens and validates a GGUF model (gemma3 or llama architecture, any supported weight type).
     /// - Throws: `KvantError` naming the file and the key/tensor at fault.
@@ -22,26 +25,23 @@ public final class Model: @unchecked Sendable {
         self.file = file
         self.config = try ModelConfig(file: file)
         self.weights = try ModelWeights(file: file, config: config)
-    }
-
-    /// BOS token id (`tokenizer.ggml.bos_token_id`), nil when absent.
-    public var bosTokenID: Int32? { (try? file.uint("tokenizer.ggml.bos_token_id")).map { Int32($0) } }
-    /// EOS token id (`tokenizer.ggml.eos_token_id`), nil when absent.
-    public var eosTokenID: Int32? { (try? file.uint("tokenizer.ggml.eos_token_id")).map { Int32($0) } }
-    /// Whether the tokenizer adds BOS (`tokenizer.ggml.add_bos_token`, default true).
-    public var addsBOS: Bool { (try? file.bool("tokenizer.ggml.add_bos_token")) ?? true }
-    /// Extra end-of-generation ids (`<end_of_turn>` for Gemma, `<|eot_id|>` for LLaMA 3) found in the vocabulary.
-    public var endOfGenerationTokenIDs: Set<Int32> {
         var ids = Set<Int32>()
-        if let e = eosTokenID { ids.insert(e) }
-        if let eot = try? file.uint("tokenizer.ggml.eot_token_id") { ids.insert(Int32(eot)) }
+        if let e = try? file.uint("tokenizer.ggml.eos_token_id") { ids.insert(Int32(truncatingIfNeeded: e)) }
+        if let eot = try? file.uint("tokenizer.ggml.eot_token_id") { ids.insert(Int32(truncatingIfNeeded: eot)) }
         if let toks = try? file.stringArray("tokenizer.ggml.tokens") {
             for name in ["<end_of_turn>", "<|eot_id|>", "<|end_of_text|>"] {
                 if let i = toks.firstIndex(of: name) { ids.insert(Int32(i)) }
             }
         }
-        return ids
+        self.endOfGenerationTokenIDs = ids
     }
+
+    /// BOS token id (`tokenizer.ggml.bos_token_id`), nil when absent.
+    public var bosTokenID: Int32? { (try? file.uint("tokenizer.ggml.bos_token_id")).map { Int32(truncatingIfNeeded: $0) } }
+    /// EOS token id (`tokenizer.ggml.eos_token_id`), nil when absent.
+    public var eosTokenID: Int32? { (try? file.uint("tokenizer.ggml.eos_token_id")).map { Int32(truncatingIfNeeded: $0) } }
+    /// Whether the tokenizer adds BOS (`tokenizer.ggml.add_bos_token`, default true).
+    public var addsBOS: Bool { (try? file.bool("tokenizer.ggml.add_bos_token")) ?? true }
 }
 
 /// Which rows of a forward pass produce logits.

@@ -80,22 +80,22 @@ public struct Sampler: Sendable {
     /// distribution `sample` draws from). `history`: previous tokens (prompt and generated).
     public func candidates(logits: UnsafeBufferPointer<Float>, history: [Int32]) -> [(token: Int32, p: Double)] {
         let p = parameters
-        var penalized: [Int32: Float] = [:]
+        var l = Array(logits)
         if p.repetitionPenalty != 1, p.repetitionWindow > 0 {
-            for t in history.suffix(p.repetitionWindow) where t >= 0 && Int(t) < logits.count && penalized[t] == nil {
-                let l = logits[Int(t)]
-                penalized[t] = l > 0 ? l / p.repetitionPenalty : l * p.repetitionPenalty
+            var seen = Set<Int32>()
+            for t in history.suffix(p.repetitionWindow) where t >= 0 && Int(t) < l.count && seen.insert(t).inserted {
+                l[Int(t)] = l[Int(t)] > 0 ? l[Int(t)] / p.repetitionPenalty : l[Int(t)] * p.repetitionPenalty
             }
         }
-        @inline(__always) func logit(_ i: Int) -> Float { penalized[Int32(i)] ?? logits[i] }
+        @inline(__always) func logit(_ i: Int) -> Float { l[i] }
         var maxL = -Float.infinity
         var arg = 0
-        for i in 0..<logits.count where logit(i) > maxL { maxL = logit(i); arg = i }
+        for i in 0..<l.count where l[i] > maxL { maxL = l[i]; arg = i }
         if p.temperature <= 0 || p.topK == 1 { return [(Int32(arg), 1)] }
         // Tokens more than 40 nats below the maximum (p < 4e-18 relative) are never candidates.
         var cand: [(Int32, Float)] = []
         let floor = maxL - 40
-        for i in 0..<logits.count where logit(i) >= floor { cand.append((Int32(i), logit(i))) }
+        for i in 0..<l.count where l[i] >= floor { cand.append((Int32(i), l[i])) }
         cand.sort { $0.1 != $1.1 ? $0.1 > $1.1 : $0.0 < $1.0 }
         if p.topK > 0, cand.count > p.topK { cand.removeLast(cand.count - p.topK) }
         // Probabilities at temperature 1 for top-p / min-p.
