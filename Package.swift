@@ -64,11 +64,11 @@ let package = Package(
         ], swiftSettings: kernelSwiftFlags),
 
         .testTarget(name: "KvantCoreTests", dependencies: ["KvantCore"]),
-        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "CKernels", "KvantCore"]),
-        .testTarget(name: "ModelFormatsTests", dependencies: ["ModelFormats", "Kernels", "KvantCore"]),
-        .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers", "ModelFormats"]),
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "CKernels", "KvantCore"], exclude: ["Fixtures"]),
+        .testTarget(name: "ModelFormatsTests", dependencies: ["ModelFormats", "Kernels", "KvantCore"], exclude: ["Fixtures"]),
+        .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers", "ModelFormats"], exclude: ["Fixtures"]),
         .testTarget(name: "KVCacheTests", dependencies: ["KVCache", "Kernels", "KvantCore"]),
-        .testTarget(name: "ExecutorTests", dependencies: ["Executor", "KVCache", "ModelFormats", "Tokenizers", "KvantCore"]),
+        .testTarget(name: "ExecutorTests", dependencies: ["Executor", "KVCache", "ModelFormats", "Tokenizers", "KvantCore"], exclude: ["Fixtures"]),
         .testTarget(name: "ControlProtocolTests", dependencies: ["ControlProtocol", "KvantCore"]),
         .testTarget(name: "KvantDaemonTests", dependencies: [
             "KvantDaemon", "ControlProtocol", "KvantCore",

@@ -1,1 +1,159 @@
-print("placeholder")
+import ArgumentParser
+import Dispatch
+import Executor
+import Foundation
+import KVCache
+import KvantCore
+import ModelFormats
+
+/// Offline evaluation of the executor: perplexity (llama-perplexity's method), top-1 agreement with a golden
+/// fixture, and prefill/decode speed.
+@main
+struct KvantEval: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kvant-eval",
+        abstract: "Perplexity, top-1 agreement and speed of Kvant's executor.",
+        subcommands: [Perplexity.self, Top1.self, Bench.self])
+}
+
+struct ModelOptions: ParsableArguments {
+    @Option(help: "GGUF model path.") var model: String
+    @Option(help: "Worker threads.") var threads: Int = 2
+    @Option(name: .customLong("kv-cache-dtype"), help: "auto, fp16, bf16, fp32, int8_pertensor, int8_pertensor_perhead, int8_pertoken.")
+    var kvCacheDType: String = "auto"
+    @Option(name: .customLong("quantization-param-path"), help: "kv_cache_scales.json for the static int8 dtypes.")
+    var quantizationParamPath: String?
+
+    func load(contextTokens: Int) throws -> (Model, ForwardSession, KVCachePool) {
+        let dtype = try KVCacheDType(parsing: kvCacheDType)
+        let model = try Model(path: model)
+        let spec = model.config.kvCacheSpec(dtype: dtype)
+        var scales: KVScales?
+        if let p = quantizationParamPath {
+            scales = try KVScales.load(path: p, expectedModelType: nil, numLayers: spec.numLayers, numKVHeads: spec.numKVHeads)
+        } else if dtype.usesStaticScales {
+            throw KvantError(.invalidArgument, "--kv-cache-dtype \(dtype.rawValue) needs --quantization-param-path")
+        }
+        let blocks = (contextTokens + spec.blockSize - 1) / spec.blockSize + 2
+        let pool = try KVCachePool(spec: spec, byteBudget: blocks * spec.blockSize * spec.bytesPerToken * 2, scales: scales)
+        return (model, ForwardSession(model: model, threads: threads), pool)
+    }
+}
+
+/// Token ids of a text: `--file` through the GGUF tokenizer, or a JSON fixture with a "tokens" array.
+func loadTokens(file: String?, tokensJSON: String?, model: Model) throws -> [Int32] {
+    if let j = tokensJSON {
+        let obj = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: j)))
+        guard let d = obj as? [String: Any], let t = d["tokens"] as? [Int] else {
+            throw KvantError(.invalidArgument, "\(j): no \"tokens\" array")
+        }
+        return t.map { Int32($0) }
+    }
+    guard let f = file else { throw KvantError(.invalidArgument, "give --file or --tokens-json") }
+    return try TextTokenizer.tokenize(path: f, model: model)
+}
+
+struct Perplexity: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Perplexity like llama-perplexity: non-overlapping chunks of ctx tokens, BOS first, the second half scored.")
+    @OptionGroup var opts: ModelOptions
+    @Option(help: "Text file.") var file: String?
+    @Option(name: .customLong("tokens-json"), help: "JSON file with a \"tokens\" array (instead of --file).") var tokensJSON: String?
+    @Option(help: "Context (chunk) length in tokens.") var ctx: Int = 512
+    @Option(help: "Evaluate at most this many chunks.") var chunks: Int?
+
+    func run() throws {
+        let (model, session, pool) = try opts.load(contextTokens: ctx)
+        let tokens = try loadTokens(file: file, tokensJSON: tokensJSON, model: model)
+        let t0 = Date()
+        let r = try PerplexityEvaluator.run(session: session, pool: pool, tokens: tokens, ctx: ctx, maxChunks: chunks) { i, ppl in
+            FileHandle.standardError.write("[\(i + 1)]\(String(format: "%.4f", ppl)) ".data(using: .utf8)!)
+        }
+        FileHandle.standardError.write("\n".data(using: .utf8)!)
+        let dt = Date().timeIntervalSince(t0)
+        print(String(format: "{\"perplexity\": %.6f, \"chunks\": %d, \"ctx\": %d, \"scored_tokens\": %d, \"kv_cache_dtype\": \"%@\", \"seconds\": %.2f}",
+                     r.perplexity, r.chunks, ctx, r.count, opts.kvCacheDType, dt))
+    }
+}
+
+struct Top1: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Teacher-forced top-1 agreement with a golden fixture (tokens + llama.cpp top-1 per position).")
+    @OptionGroup var opts: ModelOptions
+    @Option(help: "Text file (unused when the fixture holds tokens).") var file: String?
+    @Option(help: "Golden fixture JSON with \"tokens\" and \"top1\".") var golden: String
+    @Option(name: .customLong("dump-json"), help: "Write Kvant's top-1 and next-token log-probs here.") var dumpJSON: String?
+
+    func run() throws {
+        let obj = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: golden)))
+        guard let d = obj as? [String: Any], let toks = d["tokens"] as? [Int], let ref = d["top1"] as? [Int] else {
+            throw KvantError(.invalidArgument, "\(golden): needs \"tokens\" and \"top1\" arrays")
+        }
+        let (_, session, pool) = try opts.load(contextTokens: toks.count)
+        let tokens = toks.map { Int32($0) }
+        let seq = pool.createSequence()
+        defer { pool.free(seq) }
+        var agree = 0, n = 0
+        var ours: [Int] = [], lps: [Double] = []
+        try session.forward(tokens: tokens, startPosition: 0, sequence: seq, pool: pool, logits: .range(0..<min(ref.count, tokens.count))) { i, l in
+            var best = 0
+            for k in 1..<l.count where l[k] > l[best] { best = k }
+            if best == ref[i] { agree += 1 }
+            n += 1
+            ours.append(best)
+            if i + 1 < tokens.count { lps.append(logSoftmax(l, Int(tokens[i + 1]))) }
+        }
+        if let path = dumpJSON {
+            let data = try JSONSerialization.data(withJSONObject: ["top1": ours, "logprob": lps])
+            try data.write(to: URL(fileURLWithPath: path))
+        }
+        print(String(format: "{\"top1_agreement\": %.4f, \"positions\": %d, \"kv_cache_dtype\": \"%@\"}", Double(agree) / Double(max(n, 1)), n, opts.kvCacheDType))
+    }
+}
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Prefill and decode speed in tokens/s.")
+    @OptionGroup var opts: ModelOptions
+    @Option(name: .customLong("prompt-tokens")) var promptTokens: Int = 512
+    @Option(name: .customLong("gen-tokens")) var genTokens: Int = 128
+    @Option(help: "KV cache capacity in tokens.") var context: Int = 4096
+    @Option(help: "Text whose tokens are used (default: token ids cycling through the vocabulary).") var file: String?
+    @Option var repeats: Int = 2
+
+    func run() throws {
+        guard promptTokens >= 1, genTokens >= 1, promptTokens + genTokens <= context else {
+            throw KvantError(.invalidArgument, "need 1 ≤ prompt-tokens, 1 ≤ gen-tokens, prompt+gen ≤ context")
+        }
+        let (model, session, pool) = try opts.load(contextTokens: context)
+        var toks: [Int32]
+        if let f = file { toks = try TextTokenizer.tokenize(path: f, model: model) } else {
+            toks = [model.bosTokenID ?? 2] + (1..<(promptTokens + genTokens)).map { Int32(1000 + ($0 * 7919) % 200_000) % Int32(model.config.vocabSize) }
+        }
+        while toks.count < promptTokens + genTokens { toks += toks }
+        var bestP = 0.0, bestD = 0.0
+        for _ in 0..<max(1, repeats) {
+            let seq = pool.createSequence()
+            let t0 = Date()
+            _ = try session.forwardLast(tokens: Array(toks[0..<promptTokens]), startPosition: 0, sequence: seq, pool: pool)
+            let t1 = Date()
+            for i in 0..<genTokens {
+                _ = try session.forwardLast(tokens: [toks[promptTokens + i]], startPosition: promptTokens + i, sequence: seq, pool: pool)
+            }
+            let t2 = Date()
+            pool.free(seq)
+            bestP = max(bestP, Double(promptTokens) / t1.timeIntervalSince(t0))
+            bestD = max(bestD, Double(genTokens) / t2.timeIntervalSince(t1))
+        }
+        print(String(format: "{\"engine\": \"kvant\", \"threads\": %d, \"prompt_tokens\": %d, \"gen_tokens\": %d, \"context\": %d, \"kv_cache_dtype\": \"%@\", \"prefill_tps\": %.2f, \"decode_tps\": %.2f}",
+                     opts.threads, promptTokens, genTokens, context, opts.kvCacheDType, bestP, bestD))
+    }
+}
+
+/// log-softmax of entry `k` (Double accumulation).
+func logSoftmax(_ l: UnsafeBufferPointer<Float>, _ k: Int) -> Double {
+    var m = -Float.infinity
+    for v in l { m = max(m, v) }
+    var s = 0.0
+    for v in l { s += exp(Double(v - m)) }
+    return Double(l[k] - m) - log(s)
+}

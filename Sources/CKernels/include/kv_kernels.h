@@ -1,0 +1,73 @@
+#ifndef KVANT_KV_KERNELS_H
+#define KVANT_KV_KERNELS_H
+/* KV-cache kernels: storing one token row into a block in the cache dtype, reading it back,
+ * and causal attention of one query position over a block table (paged attention, vLLM style)
+ * with int8 scales folded into the dot products. Implemented in kv_*.c with AVX2/FMA/F16C. */
+#include <stddef.h>
+#include <stdint.h>
+
+/* Storage dtypes of one cache element. */
+enum {
+    KV_DT_F32 = 0,        /* float */
+    KV_DT_F16 = 1,        /* IEEE binary16 */
+    KV_DT_BF16 = 2,       /* bfloat16, round-to-nearest-even on store */
+    KV_DT_I8_STATIC = 3,  /* int8, one scale per (block, KV head) from static_scales */
+    KV_DT_I8_TOKEN = 4    /* int8, one fp32 scale per (token, KV head) stored in the block */
+};
+
+/* One layer of the paged cache as the attention kernel sees it.
+ * Block `b` of this layer starts at base + b * block_stride; inside it:
+ *   K values [num_kv_heads, block_size, head_dim] at offset 0,
+ *   V values [num_kv_heads, block_size, head_dim] at v_offset,
+ *   (KV_DT_I8_TOKEN) K scales [num_kv_heads, block_size] fp32 at ks_offset, V scales at vs_offset.
+ * static_scales (KV_DT_I8_STATIC): [num_blocks, num_kv_heads] fp32, the scale each block was written with. */
+typedef struct {
+    const uint8_t *base;
+    size_t block_stride;
+    size_t v_offset;
+    size_t ks_offset;
+    size_t vs_offset;
+    const float *static_scales;
+    const int32_t *block_ids;   /* the sequence's block table: logical block i -> block id */
+    int32_t dtype;
+    int32_t num_kv_heads;
+    int32_t head_dim;
+    int32_t block_size;
+    int32_t use_avx512;         /* nonzero: use the AVX-512 kernel when head_dim % 16 == 0 and the CPU has it */
+} kv_layer_view;
+
+/* 1 when the CPU and OS support AVX-512F/BW/DQ/VL (checked once), else 0. */
+int32_t kv_cpu_has_avx512(void);
+
+/* Attention of one query position over key positions first...last (inclusive) of the view's
+ * sequence. query/output: [num_heads, head_dim]; query head h uses KV head h / (num_heads / num_kv_heads).
+ * Softmax in fp32 with max subtraction (online, per chunk). head_dim <= 4096. */
+void kv_attend(const kv_layer_view *view, int32_t first, int32_t last,
+               const float *query, int32_t num_heads, float scale, float *output);
+
+/* Split-K ("flash-decoding") halves of kv_attend: the same attention over keys first...last, left
+ * unnormalized: acc [num_heads, head_dim] = sum exp(s - m) v, m/l [num_heads] = running max and sum.
+ * kv_attend_merge combines `parts` (<= 64) such partials (acc [parts, num_heads, head_dim],
+ * m/l [parts, num_heads]) into output [num_heads, head_dim]. */
+void kv_attend_partial(const kv_layer_view *view, int32_t first, int32_t last, const float *query,
+                       int32_t num_heads, float scale, float *acc, float *m, float *l);
+void kv_attend_merge(int32_t parts, int32_t num_heads, int32_t head_dim, const float *acc,
+                     const float *m, const float *l, float *output);
+
+/* Stores n values of src into dst in dtype. For int8 dtypes q = clamp(round(x / s), -127, 127)
+ * (round half to even); s == 0 stores zeros. Returns the number of values clipped at +-127. */
+int32_t kv_store_row(int32_t dtype, const float *src, void *dst, int32_t n, float s);
+
+/* Reads n values of dtype back as fp32 (int8: q * s). */
+void kv_load_row(int32_t dtype, const void *src, float *dst, int32_t n, float s);
+
+/* max |x_i| over n values (0 for n == 0; NaN values are ignored). */
+float kv_amax(const float *x, int32_t n);
+
+/* Atomically *slot = max(*slot, v) for v >= 0 (non-negative floats order like their bits). */
+void kv_atomic_max_f32(float *slot, float v);
+
+/* Atomically *slot += v. */
+void kv_atomic_add_i64(int64_t *slot, int64_t v);
+
+#endif

@@ -1,0 +1,56 @@
+#ifndef KVANT_QUANTS_H
+#define KVANT_QUANTS_H
+/* Kernels for GGUF weight blocks, used by the Swift `Kernels` target.
+ *
+ * Weight types are ggml's `ggml_type` ids (GGMLType raw values): F32 0, F16 1, Q4_0 2, Q4_1 3, Q5_0 6,
+ * Q5_1 7, Q8_0 8, Q4_K 12, Q5_K 13, Q6_K 14, BF16 30. Block layouts follow ggml-common.h.
+ *
+ * Activations for the fast path are quantized once per row to `kvant_block_q8a` (32 int8 values with an
+ * fp32 scale `d` and `s = d * sum(q)`), the same idea as llama.cpp's Q8_0/Q8_K activation blocks, and the
+ * weight blocks are dotted against them with AVX2 int8 multiply-adds, dequantizing in registers. */
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    float d;        /* scale: x ≈ q * d */
+    float s;        /* d * sum(q[0..31]) (for weight types with an offset/min) */
+    int8_t q[32];
+} kvant_block_q8a;
+
+/* 1 when `type` is one of the weight types above. */
+int kvant_weight_type_supported(int type);
+
+/* Reference dequantization of `n` elements (a whole number of blocks) starting at `src`. Returns 0, or -1 for an
+ * unsupported type or a bad `n`. */
+int kvant_dequantize_row(int type, const void *src, float *dst, int64_t n);
+
+/* Quantizes `n` floats (n % 32 == 0) to n/32 activation blocks: d = amax/127, q = round(x/d). */
+void kvant_quantize_row_q8a(const float *x, kvant_block_q8a *y, int64_t n);
+
+/* Fast int8 path (block types Q4_0…Q6_K and Q8_0): for weight rows r in [row0, row1) of a row-major weight matrix
+ * (`row_bytes` bytes per row, `n` elements per row) and activation rows i in [0, na) (each n/32 blocks,
+ * consecutive), out[i * out_stride + r] = dot(W[r], A[i]). Returns 0, or -1 for an unsupported type. */
+int kvant_matmul_q8a(int type, const void *w, size_t row_bytes, int64_t n, int64_t row0, int64_t row1,
+                     const kvant_block_q8a *a, int64_t na, float *out, int64_t out_stride);
+
+/* fp32-activation path for every supported type (the reference path for block types, the fast path for
+ * F32/F16/BF16): same contract as kvant_matmul_q8a with activation rows of n floats. `scratch` must hold n floats
+ * (used to dequantize block rows). */
+int kvant_matmul_f32(int type, const void *w, size_t row_bytes, int64_t n, int64_t row0, int64_t row1,
+                     const float *a, int64_t na, float *out, int64_t out_stride, float *scratch);
+
+/* 1 when the int8 kernels use AVX-VNNI (vpdpbusd, chosen at run time via CPUID; KVANT_NO_VNNI=1 forces AVX2), 0 for AVX2. */
+int kvant_int8_kernel_variant(void);
+/* Tests: force 0 (AVX2) or 1 (AVX-VNNI; -1 when the CPU lacks it), or -1 to re-detect. Not thread-safe. */
+int kvant_force_int8_kernel_variant(int variant);
+
+/* True when the int8 path exists for `type`. */
+int kvant_type_has_q8a_path(int type);
+
+/* GeGLU in place: gate[i] = gelu_tanh(gate[i]) * up[i] (GELU tanh approximation, AVX2 with an exp polynomial,
+ * relative error ~1e-6). */
+void kvant_geglu(float *gate, const float *up, int64_t n);
+/* SwiGLU in place: gate[i] = gate[i] / (1 + exp(-gate[i])) * up[i]. */
+void kvant_swiglu(float *gate, const float *up, int64_t n);
+
+#endif

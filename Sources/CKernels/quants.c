@@ -1,0 +1,326 @@
+/* GGUF weight-block kernels: reference dequantization and AVX2 int8 dot products.
+ * Block layouts: ggml-common.h (llama.cpp); dequantization formulas: ggml-quants.c `dequantize_row_*`. */
+#include "kvant_quants.h"
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+#include <stdlib.h>
+
+enum {
+    T_F32 = 0, T_F16 = 1, T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8,
+    T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14, T_BF16 = 30
+};
+
+static inline float fp16_to_f32(uint16_t h) { return _cvtsh_ss(h); }
+static inline uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static inline float bf16_to_f32(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
+
+int kvant_weight_type_supported(int type) {
+    switch (type) {
+    case T_F32: case T_F16: case T_BF16: case T_Q4_0: case T_Q4_1: case T_Q5_0: case T_Q5_1: case T_Q8_0:
+    case T_Q4_K: case T_Q5_K: case T_Q6_K: return 1;
+    default: return 0;
+    }
+}
+
+int kvant_type_has_q8a_path(int type) {
+    switch (type) {
+    case T_Q4_0: case T_Q4_1: case T_Q5_0: case T_Q5_1: case T_Q8_0: case T_Q4_K: case T_Q5_K: case T_Q6_K: return 1;
+    default: return 0;
+    }
+}
+
+static int block_elems(int type) {
+    switch (type) {
+    case T_F32: case T_F16: case T_BF16: return 1;
+    case T_Q4_K: case T_Q5_K: case T_Q6_K: return 256;
+    default: return 32;
+    }
+}
+
+/* K-quant 6-bit scale/min j (0..7) from the 12 packed scale bytes. */
+static inline void scale_min_k4(int j, const uint8_t *q, uint8_t *d, uint8_t *m) {
+    if (j < 4) {
+        *d = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *d = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+int kvant_dequantize_row(int type, const void *src, float *y, int64_t n) {
+    if (!kvant_weight_type_supported(type) || n < 0 || n % block_elems(type) != 0) return -1;
+    const uint8_t *p = (const uint8_t *)src;
+    switch (type) {
+    case T_F32: memcpy(y, p, (size_t)n * 4); return 0;
+    case T_F16: for (int64_t i = 0; i < n; i++) y[i] = fp16_to_f32(rd16(p + 2 * i)); return 0;
+    case T_BF16: for (int64_t i = 0; i < n; i++) y[i] = bf16_to_f32(rd16(p + 2 * i)); return 0;
+    case T_Q8_0:
+        for (int64_t b = 0; b < n / 32; b++, p += 34) {
+            const float d = fp16_to_f32(rd16(p));
+            for (int j = 0; j < 32; j++) y[b * 32 + j] = (float)(int8_t)p[2 + j] * d;
+        }
+        return 0;
+    case T_Q4_0:
+        for (int64_t b = 0; b < n / 32; b++, p += 18) {
+            const float d = fp16_to_f32(rd16(p));
+            const uint8_t *qs = p + 2;
+            for (int j = 0; j < 16; j++) {
+                y[b * 32 + j] = (float)((qs[j] & 0xF) - 8) * d;
+                y[b * 32 + j + 16] = (float)((qs[j] >> 4) - 8) * d;
+            }
+        }
+        return 0;
+    case T_Q4_1:
+        for (int64_t b = 0; b < n / 32; b++, p += 20) {
+            const float d = fp16_to_f32(rd16(p)), m = fp16_to_f32(rd16(p + 2));
+            const uint8_t *qs = p + 4;
+            for (int j = 0; j < 16; j++) {
+                y[b * 32 + j] = (float)(qs[j] & 0xF) * d + m;
+                y[b * 32 + j + 16] = (float)(qs[j] >> 4) * d + m;
+            }
+        }
+        return 0;
+    case T_Q5_0:
+    case T_Q5_1: {
+        const int has_m = type == T_Q5_1;
+        const int bs = has_m ? 24 : 22;
+        for (int64_t b = 0; b < n / 32; b++, p += bs) {
+            const float d = fp16_to_f32(rd16(p));
+            const float m = has_m ? fp16_to_f32(rd16(p + 2)) : 0.0f;
+            uint32_t qh; memcpy(&qh, p + (has_m ? 4 : 2), 4);
+            const uint8_t *qs = p + (has_m ? 8 : 6);
+            for (int j = 0; j < 16; j++) {
+                int x0 = (qs[j] & 0xF) | (((qh >> j) & 1) << 4);
+                int x1 = (qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4);
+                if (has_m) {
+                    y[b * 32 + j] = (float)x0 * d + m;
+                    y[b * 32 + j + 16] = (float)x1 * d + m;
+                } else {
+                    y[b * 32 + j] = (float)(x0 - 16) * d;
+                    y[b * 32 + j + 16] = (float)(x1 - 16) * d;
+                }
+            }
+        }
+        return 0;
+    }
+    case T_Q4_K:
+    case T_Q5_K: {
+        const int five = type == T_Q5_K;
+        const int bs = five ? 176 : 144;
+        for (int64_t b = 0; b < n / 256; b++, p += bs) {
+            const float d = fp16_to_f32(rd16(p)), dmin = fp16_to_f32(rd16(p + 2));
+            const uint8_t *sc = p + 4;
+            const uint8_t *qh = five ? p + 16 : NULL;
+            const uint8_t *qs = five ? p + 48 : p + 16;
+            float *o = y + b * 256;
+            for (int j = 0; j < 8; j++) {
+                uint8_t s, m;
+                scale_min_k4(j, sc, &s, &m);
+                const float d1 = d * s, m1 = dmin * m;
+                const uint8_t *q = qs + 32 * (j / 2);
+                for (int l = 0; l < 32; l++) {
+                    int v = (j & 1) ? (q[l] >> 4) : (q[l] & 0xF);
+                    if (five) v += ((qh[l] >> j) & 1) << 4;
+                    o[32 * j + l] = d1 * (float)v - m1;
+                }
+            }
+        }
+        return 0;
+    }
+    case T_Q6_K:
+        for (int64_t b = 0; b < n / 256; b++, p += 210) {
+            const uint8_t *ql = p, *qh = p + 128;
+            const int8_t *sc = (const int8_t *)(p + 192);
+            const float d = fp16_to_f32(rd16(p + 208));
+            float *o = y + b * 256;
+            for (int h = 0; h < 2; h++) {
+                for (int l = 0; l < 32; l++) {
+                    const int is = l / 16;
+                    const int q1 = ((ql[64 * h + l] & 0xF) | (((qh[32 * h + l] >> 0) & 3) << 4)) - 32;
+                    const int q2 = ((ql[64 * h + l + 32] & 0xF) | (((qh[32 * h + l] >> 2) & 3) << 4)) - 32;
+                    const int q3 = ((ql[64 * h + l] >> 4) | (((qh[32 * h + l] >> 4) & 3) << 4)) - 32;
+                    const int q4 = ((ql[64 * h + l + 32] >> 4) | (((qh[32 * h + l] >> 6) & 3) << 4)) - 32;
+                    o[128 * h + l] = d * (float)sc[8 * h + is + 0] * (float)q1;
+                    o[128 * h + l + 32] = d * (float)sc[8 * h + is + 2] * (float)q2;
+                    o[128 * h + l + 64] = d * (float)sc[8 * h + is + 4] * (float)q3;
+                    o[128 * h + l + 96] = d * (float)sc[8 * h + is + 6] * (float)q4;
+                }
+            }
+        }
+        return 0;
+    }
+    return -1;
+}
+
+void kvant_quantize_row_q8a(const float *x, kvant_block_q8a *y, int64_t n) {
+    for (int64_t b = 0; b < n / 32; b++) {
+        const float *xb = x + 32 * b;
+        float amax = 0.0f;
+        for (int j = 0; j < 32; j++) { float a = fabsf(xb[j]); amax = a > amax ? a : amax; }
+        const float d = amax / 127.0f;
+        const float id = d > 0.0f ? 1.0f / d : 0.0f;
+        int sum = 0;
+        for (int j = 0; j < 32; j++) {
+            int q = (int)lrintf(xb[j] * id);
+            q = q > 127 ? 127 : (q < -127 ? -127 : q);
+            y[b].q[j] = (int8_t)q;
+            sum += q;
+        }
+        y[b].d = d;
+        y[b].s = d * (float)sum;
+    }
+}
+
+/* ---------------------------------------------------------------- AVX2 int8 path */
+
+static inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* 32 nibbles of 16 bytes: lanes 0..15 = low nibbles, 16..31 = high nibbles. */
+static inline __m256i nibbles32(const uint8_t *qs) {
+    __m128i t = _mm_loadu_si128((const __m128i *)qs);
+    __m256i v = _mm256_set_m128i(_mm_srli_epi16(t, 4), t);
+    return _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
+}
+
+/* Byte i = 0x10 where bit i of the 32-bit word is set, else 0. */
+static inline __m256i bits32_to_0x10(uint32_t bits) {
+    const __m256i sel = _mm256_set_epi64x(0x0303030303030303LL, 0x0202020202020202LL,
+                                          0x0101010101010101LL, 0x0000000000000000LL);
+    __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), sel);
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    __m256i hit = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
+    return _mm256_and_si256(hit, _mm256_set1_epi8(0x10));
+}
+
+/* Unsigned weights u (0..63) times signed activations: 8 int32 partial sums. */
+static inline __m256i dot_u8s8(__m256i u, __m256i a) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, a), _mm256_set1_epi16(1));
+}
+/* Signed weights times signed activations (sign trick), int16 pair sums weighted by `w16`. */
+static inline __m256i dot_s8s8_w(__m256i w, __m256i a, __m256i w16) {
+    __m256i aw = _mm256_sign_epi8(w, w);
+    __m256i as = _mm256_sign_epi8(a, w);
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(aw, as), w16);
+}
+
+#define NA_MAX 8
+
+#define KV_SFX(x) x##_avx2
+#define KV_DOT_U8S8(u, a) dot_u8s8(u, a)
+#define KV_DOT_S8S8(w, a) dot_s8s8_w(w, a, ones16)
+#include "quants_int8.h"
+#undef KV_SFX
+#undef KV_DOT_U8S8
+#undef KV_DOT_S8S8
+
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avxvnni"))), apply_to = function)
+#define KV_SFX(x) x##_vnni
+#define KV_DOT_U8S8(u, a) _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, a)
+#define KV_DOT_S8S8(w, a) _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w))
+#include "quants_int8.h"
+#undef KV_SFX
+#undef KV_DOT_U8S8
+#undef KV_DOT_S8S8
+#pragma clang attribute pop
+
+#include <cpuid.h>
+/* AVX-VNNI: CPUID.(EAX=7, ECX=1):EAX bit 4 (and the OS saves YMM state, implied by AVX2 working). */
+static int cached_vnni = -1;
+static int has_avx_vnni(void) {
+    int cached = cached_vnni;
+    if (cached < 0) {
+        unsigned a = 0, b = 0, c = 0, d = 0;
+        int ok = __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 4));
+        const char *env = getenv("KVANT_NO_VNNI");
+        cached = ok && !(env && env[0] == '1');
+        cached_vnni = cached;
+    }
+    return cached;
+}
+
+int kvant_matmul_q8a(int type, const void *w, size_t row_bytes, int64_t n, int64_t row0, int64_t row1,
+                     const kvant_block_q8a *a, int64_t na, float *out, int64_t out_stride) {
+    if (has_avx_vnni()) return matmul_q8a_vnni(type, w, row_bytes, n, row0, row1, a, na, out, out_stride);
+    return matmul_q8a_avx2(type, w, row_bytes, n, row0, row1, a, na, out, out_stride);
+}
+
+int kvant_int8_kernel_variant(void) { return has_avx_vnni() ? 1 : 0; }
+
+int kvant_force_int8_kernel_variant(int variant) {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    int ok = __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 4));
+    if (variant == 1 && !ok) return -1;
+    cached_vnni = variant == 1 ? 1 : variant == 0 ? 0 : -1;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- fp32-activation path */
+
+static inline float dot_f32(const float *x, const float *y, int64_t n) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(y + i + 8), acc1);
+    }
+    float s = hsum256(_mm256_add_ps(acc0, acc1));
+    for (; i < n; i++) s += x[i] * y[i];
+    return s;
+}
+
+static inline float dot_f16(const uint16_t *x, const float *y, int64_t n) {
+    __m256 acc = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 xv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i)));
+        acc = _mm256_fmadd_ps(xv, _mm256_loadu_ps(y + i), acc);
+    }
+    float s = hsum256(acc);
+    for (; i < n; i++) s += fp16_to_f32(x[i]) * y[i];
+    return s;
+}
+
+static inline float dot_bf16(const uint16_t *x, const float *y, int64_t n) {
+    __m256 acc = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(x + i)));
+        __m256 xv = _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+        acc = _mm256_fmadd_ps(xv, _mm256_loadu_ps(y + i), acc);
+    }
+    float s = hsum256(acc);
+    for (; i < n; i++) s += bf16_to_f32(x[i]) * y[i];
+    return s;
+}
+
+int kvant_matmul_f32(int type, const void *w, size_t row_bytes, int64_t n, int64_t row0, int64_t row1,
+                     const float *a, int64_t na, float *out, int64_t out_stride, float *scratch) {
+    if (!kvant_weight_type_supported(type) || n % block_elems(type) != 0) return -1;
+    const uint8_t *wb = (const uint8_t *)w;
+    for (int64_t r = row0; r < row1; r++) {
+        const uint8_t *row = wb + (size_t)r * row_bytes;
+        const float *wf = NULL;
+        if (type == T_F32) {
+            wf = (const float *)row;
+        } else if (type != T_F16 && type != T_BF16) {
+            kvant_dequantize_row(type, row, scratch, n);
+            wf = scratch;
+        }
+        for (int64_t i = 0; i < na; i++) {
+            const float *ai = a + i * n;
+            float s;
+            if (type == T_F16) s = dot_f16((const uint16_t *)row, ai, n);
+            else if (type == T_BF16) s = dot_bf16((const uint16_t *)row, ai, n);
+            else s = dot_f32(wf, ai, n);
+            out[i * out_stride + r] = s;
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,181 @@
+/* The int8 block kernels, included twice by quants.c: once for AVX2 (maddubs + madd) and once for AVX-VNNI
+ * (vpdpbusd). KV_SFX names the variant; KV_DOT_U8S8 / KV_DOT_S8S8 are its 32-byte dot products (8 int32 sums). */
+
+/* One weight row against `na` (1..4) activation rows. `astride` = blocks between activation rows. */
+static inline __attribute__((always_inline))
+void KV_SFX(dot_row_q)(const int type, const uint8_t *w, int64_t n, const kvant_block_q8a *a, int64_t astride, const int na,
+               float *res) {
+    __m256 acc[NA_MAX];
+    float macc[NA_MAX];
+    for (int i = 0; i < NA_MAX; i++) { acc[i] = _mm256_setzero_ps(); macc[i] = 0.0f; }
+    const __m256i ones16 = _mm256_set1_epi16(1);
+
+    switch (type) {
+    case T_Q8_0:
+        for (int64_t b = 0; b < n / 32; b++, w += 34) {
+            const float d = fp16_to_f32(rd16(w));
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(w + 2));
+            for (int i = 0; i < na; i++) {
+                const kvant_block_q8a *ab = a + i * astride + b;
+                __m256i av = _mm256_loadu_si256((const __m256i *)ab->q);
+                __m256 p = _mm256_cvtepi32_ps(KV_DOT_S8S8(q, av));
+                acc[i] = _mm256_fmadd_ps(p, _mm256_set1_ps(d * ab->d), acc[i]);
+            }
+        }
+        break;
+    case T_Q4_0:
+    case T_Q4_1:
+    case T_Q5_0:
+    case T_Q5_1: {
+        const int has_m = type == T_Q4_1 || type == T_Q5_1;
+        const int five = type == T_Q5_0 || type == T_Q5_1;
+        const int bs = type == T_Q4_0 ? 18 : type == T_Q4_1 ? 20 : type == T_Q5_0 ? 22 : 24;
+        for (int64_t b = 0; b < n / 32; b++, w += bs) {
+            const float d = fp16_to_f32(rd16(w));
+            float m;
+            __m256i u;
+            if (five) {
+                uint32_t qh; memcpy(&qh, w + (has_m ? 4 : 2), 4);
+                u = _mm256_or_si256(nibbles32(w + (has_m ? 8 : 6)), bits32_to_0x10(qh));
+                m = has_m ? fp16_to_f32(rd16(w + 2)) : -16.0f * d;
+            } else {
+                u = nibbles32(w + (has_m ? 4 : 2));
+                m = has_m ? fp16_to_f32(rd16(w + 2)) : -8.0f * d;
+            }
+            for (int i = 0; i < na; i++) {
+                const kvant_block_q8a *ab = a + i * astride + b;
+                __m256i av = _mm256_loadu_si256((const __m256i *)ab->q);
+                __m256 p = _mm256_cvtepi32_ps(KV_DOT_U8S8(u, av));
+                acc[i] = _mm256_fmadd_ps(p, _mm256_set1_ps(d * ab->d), acc[i]);
+                macc[i] += m * ab->s;
+            }
+        }
+        break;
+    }
+    case T_Q4_K:
+    case T_Q5_K: {
+        const int five = type == T_Q5_K;
+        const int bs = five ? 176 : 144;
+        const __m256i lo4 = _mm256_set1_epi8(0x0F), one8 = _mm256_set1_epi8(1);
+        for (int64_t b = 0; b < n / 256; b++, w += bs) {
+            const float d = fp16_to_f32(rd16(w)), dmin = fp16_to_f32(rd16(w + 2));
+            const uint8_t *sc = w + 4;
+            const uint8_t *qs = five ? w + 48 : w + 16;
+            __m256i qhv = five ? _mm256_loadu_si256((const __m256i *)(w + 16)) : _mm256_setzero_si256();
+            for (int j2 = 0; j2 < 4; j2++) {
+                const __m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 32 * j2));
+                for (int half = 0; half < 2; half++) {
+                    const int j = 2 * j2 + half;
+                    uint8_t s, mm;
+                    scale_min_k4(j, sc, &s, &mm);
+                    const float d1 = d * (float)s, m1 = -dmin * (float)mm;
+                    __m256i u = half ? _mm256_and_si256(_mm256_srli_epi16(raw, 4), lo4) : _mm256_and_si256(raw, lo4);
+                    if (five) {
+                        __m256i hb = _mm256_and_si256(_mm256_srli_epi16(qhv, j), one8);
+                        u = _mm256_or_si256(u, _mm256_slli_epi16(hb, 4));
+                    }
+                    for (int i = 0; i < na; i++) {
+                        const kvant_block_q8a *ab = a + i * astride + 8 * b + j;
+                        __m256i av = _mm256_loadu_si256((const __m256i *)ab->q);
+                        __m256 p = _mm256_cvtepi32_ps(KV_DOT_U8S8(u, av));
+                        acc[i] = _mm256_fmadd_ps(p, _mm256_set1_ps(d1 * ab->d), acc[i]);
+                        macc[i] += m1 * ab->s;
+                    }
+                }
+            }
+        }
+        break;
+    }
+    case T_Q6_K: {
+        const __m256i lo4 = _mm256_set1_epi8(0x0F), three = _mm256_set1_epi8(3), off = _mm256_set1_epi8(32);
+        for (int64_t b = 0; b < n / 256; b++, w += 210) {
+            const uint8_t *ql = w, *qh = w + 128;
+            const int8_t *sc = (const int8_t *)(w + 192);
+            const float d = fp16_to_f32(rd16(w + 208));
+            for (int h = 0; h < 2; h++) {
+                const __m256i qhv = _mm256_loadu_si256((const __m256i *)(qh + 32 * h));
+                const __m256i qlA = _mm256_loadu_si256((const __m256i *)(ql + 64 * h));
+                const __m256i qlB = _mm256_loadu_si256((const __m256i *)(ql + 64 * h + 32));
+                for (int k = 0; k < 4; k++) {
+                    const __m256i src = (k & 1) ? qlB : qlA;
+                    __m256i lo = (k >= 2) ? _mm256_and_si256(_mm256_srli_epi16(src, 4), lo4) : _mm256_and_si256(src, lo4);
+                    __m256i hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qhv, 2 * k), three), 4);
+                    __m256i q = _mm256_sub_epi8(_mm256_or_si256(lo, hi), off);
+                    const __m256i s16 = _mm256_set_m128i(_mm_set1_epi16(sc[8 * h + 2 * k + 1]),
+                                                         _mm_set1_epi16(sc[8 * h + 2 * k]));
+                    const int j = 4 * h + k;
+                    for (int i = 0; i < na; i++) {
+                        const kvant_block_q8a *ab = a + i * astride + 8 * b + j;
+                        __m256i av = _mm256_loadu_si256((const __m256i *)ab->q);
+                        __m256 p = _mm256_cvtepi32_ps(dot_s8s8_w(q, av, s16));
+                        acc[i] = _mm256_fmadd_ps(p, _mm256_set1_ps(d * ab->d), acc[i]);
+                    }
+                }
+            }
+        }
+        break;
+    }
+    }
+    for (int i = 0; i < na; i++) res[i] = hsum256(acc[i]) + macc[i];
+}
+
+/* Row loop for one (type, activation-group size) pair: both are compile-time constants after inlining, so the
+ * accumulators stay in registers. */
+static inline __attribute__((always_inline))
+void KV_SFX(matmul_rows)(const int type, const int cnt, const uint8_t *wb, size_t row_bytes, int64_t n, int64_t r0, int64_t r1,
+                 const kvant_block_q8a *a, int64_t astride, float *out, int64_t out_stride) {
+    float res[NA_MAX];
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *row = wb + (size_t)r * row_bytes;
+        _mm_prefetch((const char *)(row + row_bytes), _MM_HINT_T0);
+        KV_SFX(dot_row_q)(type, row, n, a, astride, cnt, res);
+        for (int i = 0; i < cnt; i++) out[i * out_stride + r] = res[i];
+    }
+}
+
+#undef KV_DEFINE_ROWS
+#define KV_DEFINE_ROWS(NAME, TYPE) \
+    static void KV_SFX(NAME)(int cnt, const uint8_t *wb, size_t rb, int64_t n, int64_t r0, int64_t r1, \
+                     const kvant_block_q8a *a, int64_t as, float *out, int64_t os) { \
+        switch (cnt) { \
+        case 1: KV_SFX(matmul_rows)(TYPE, 1, wb, rb, n, r0, r1, a, as, out, os); break; \
+        case 2: KV_SFX(matmul_rows)(TYPE, 2, wb, rb, n, r0, r1, a, as, out, os); break; \
+        case 3: KV_SFX(matmul_rows)(TYPE, 3, wb, rb, n, r0, r1, a, as, out, os); break; \
+        case 4: KV_SFX(matmul_rows)(TYPE, 4, wb, rb, n, r0, r1, a, as, out, os); break; \
+        case 5: KV_SFX(matmul_rows)(TYPE, 5, wb, rb, n, r0, r1, a, as, out, os); break; \
+        case 6: KV_SFX(matmul_rows)(TYPE, 6, wb, rb, n, r0, r1, a, as, out, os); break; \
+        case 7: KV_SFX(matmul_rows)(TYPE, 7, wb, rb, n, r0, r1, a, as, out, os); break; \
+        default: KV_SFX(matmul_rows)(TYPE, 8, wb, rb, n, r0, r1, a, as, out, os); break; \
+        } \
+    }
+KV_DEFINE_ROWS(rows_q8_0, T_Q8_0)
+KV_DEFINE_ROWS(rows_q4_0, T_Q4_0)
+KV_DEFINE_ROWS(rows_q4_1, T_Q4_1)
+KV_DEFINE_ROWS(rows_q5_0, T_Q5_0)
+KV_DEFINE_ROWS(rows_q5_1, T_Q5_1)
+KV_DEFINE_ROWS(rows_q4_k, T_Q4_K)
+KV_DEFINE_ROWS(rows_q5_k, T_Q5_K)
+KV_DEFINE_ROWS(rows_q6_k, T_Q6_K)
+
+static int KV_SFX(matmul_q8a)(int type, const void *w, size_t row_bytes, int64_t n, int64_t row0, int64_t row1,
+                     const kvant_block_q8a *a, int64_t na, float *out, int64_t out_stride) {
+    if (!kvant_type_has_q8a_path(type) || n % block_elems(type) != 0 || n % 32 != 0) return -1;
+    typedef void (*rows_fn)(int, const uint8_t *, size_t, int64_t, int64_t, int64_t, const kvant_block_q8a *, int64_t,
+                            float *, int64_t);
+    rows_fn fn = type == T_Q8_0 ? KV_SFX(rows_q8_0) : type == T_Q4_0 ? KV_SFX(rows_q4_0) : type == T_Q4_1 ? KV_SFX(rows_q4_1)
+               : type == T_Q5_0 ? KV_SFX(rows_q5_0) : type == T_Q5_1 ? KV_SFX(rows_q5_1) : type == T_Q4_K ? KV_SFX(rows_q4_k)
+               : type == T_Q5_K ? KV_SFX(rows_q5_k) : KV_SFX(rows_q6_k);
+    const uint8_t *wb = (const uint8_t *)w;
+    const int64_t astride = n / 32;
+    /* Tile: a few weight rows stay in L1 while every group of up to 4 activation rows passes over them. */
+    const int64_t RT = na > NA_MAX ? 8 : (row1 - row0);
+    for (int64_t r0 = row0; r0 < row1; r0 += RT) {
+        const int64_t r1 = r0 + RT < row1 ? r0 + RT : row1;
+        for (int64_t i0 = 0; i0 < na; i0 += NA_MAX) {
+            const int cnt = (int)(na - i0 < NA_MAX ? na - i0 : NA_MAX);
+            fn(cnt, wb, row_bytes, n, r0, r1, a + i0 * astride, astride, out + i0 * out_stride, out_stride);
+        }
+    }
+    return 0;
+}
+

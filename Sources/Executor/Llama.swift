@@ -1,0 +1,39 @@
+import Kernels
+import KVCache
+
+/// LLaMA 2/3 and Mistral forward pass (llama.cpp `src/models/llama.cpp`): RMSNorm → Q/K/V → RoPE (llama.cpp
+/// "normal" pairs `(2i, 2i+1)`: the GGUF converter permuted the Q/K rows) → causal attention with scale
+/// 1/√head_dim and GQA (optionally a sliding window on every layer, Mistral) → output projection → residual;
+/// RMSNorm → SwiGLU FFN → residual; final RMSNorm; output weight (or the tied embedding).
+enum Llama {
+    static func forward(_ s: ForwardSession, tokens: [Int32], start: Int, sequence: SequenceID, pool: KVCachePool) {
+        let c = s.model.config, w = s.model.weights, ws = s.ws, mm = s.mm
+        let T = tokens.count
+        let H = c.hiddenSize, F = c.ffnSize
+
+        // x: [T, hidden] = token_embd[tokens]
+        s.embed(tokens, scale: 1)
+
+        for l in 0..<c.numLayers {
+            let L = w.layers[l]
+
+            // ---- attention block
+            s.rmsNormRows(ws.x, L.attnNorm, T: T, n: H, into: ws.xn)          // attn_norm [hidden]
+            // attn_q [numHeads·hd, hidden] → q [T, numHeads, hd]; attn_k, attn_v [numKVHeads·hd, hidden] → k, v [T, numKVHeads, hd]
+            mm.multiply([L.wq, L.wk, L.wv], ws.xn, m: T, outs: [ws.q, ws.k, ws.v])
+            s.applyRope(T: T, start: start, base: c.ropeBase(layer: l))
+            s.attention(layer: l, T: T, start: start, sequence: sequence, pool: pool)   // attn [T, numHeads, hd]
+            mm.multiply(L.wo, ws.attn, m: T, out: ws.o)                        // attn_output [hidden, numHeads·hd] → o [T, hidden]
+            Ops.add(ws.x, ws.o, n: T * H)                                      // residual
+
+            // ---- feed-forward block (SwiGLU)
+            s.rmsNormRows(ws.x, L.ffnNorm, T: T, n: H, into: ws.xn)           // ffn_norm [hidden]
+            // ffn_gate, ffn_up [ffn, hidden] → gate, up [T, ffn]
+            mm.multiply([L.wGate, L.wUp], ws.xn, m: T, outs: [ws.gate, ws.up])
+            Ops.swiglu(gate: ws.gate, up: ws.up, n: T * F)                     // silu(gate) · up
+            mm.multiply(L.wDown, ws.gate, m: T, out: ws.o)                     // ffn_down [hidden, ffn] → [T, hidden]
+            Ops.add(ws.x, ws.o, n: T * H)                                      // residual
+        }
+        // The final output_norm and the output projection run in ForwardSession.outputHead.
+    }
+}

@@ -1,0 +1,263 @@
+import Dispatch
+import Foundation
+import Kernels
+import KVCache
+import KvantCore
+import ModelFormats
+
+/// A loaded model: the mmap'd GGUF, its hyper-parameters and validated weight views. Immutable and shareable;
+/// run it with a `ForwardSession`.
+public final class Model: @unchecked Sendable {
+    public let file: GGUFFile
+    public let config: ModelConfig
+    public let weights: ModelWeights
+    /// EOS plus end-of-turn ids (`<end_of_turn>` for Gemma, `<|eot_id|>`/`<|end_of_text|>` for LLaMA 3) found in the
+    /// GGUF vocabulary; the generator's default stop tokens.
+    public let endOfGenerationTokenIDs: Set<Int32>
+
+    /// Opens and validates a GGUF model (gemma3 or llama architecture, any supported weight type).
+    /// - Throws: `KvantError` naming the file and the key/tensor at fault.
+    public convenience init(path: String) throws {
+        try self.init(file: GGUFFile(path: path))
+    }
+
+    public init(file: GGUFFile) throws {
+        self.file = file
+        self.config = try ModelConfig(file: file)
+        self.weights = try ModelWeights(file: file, config: config)
+        var ids = Set<Int32>()
+        if let e = try? file.uint("tokenizer.ggml.eos_token_id") { ids.insert(Int32(truncatingIfNeeded: e)) }
+        if let eot = try? file.uint("tokenizer.ggml.eot_token_id") { ids.insert(Int32(truncatingIfNeeded: eot)) }
+        if let toks = try? file.stringArray("tokenizer.ggml.tokens") {
+            for name in ["<end_of_turn>", "<|eot_id|>", "<|end_of_text|>"] {
+                if let i = toks.firstIndex(of: name) { ids.insert(Int32(i)) }
+            }
+        }
+        self.endOfGenerationTokenIDs = ids
+    }
+
+    /// BOS token id (`tokenizer.ggml.bos_token_id`), nil when absent.
+    public var bosTokenID: Int32? { (try? file.uint("tokenizer.ggml.bos_token_id")).map { Int32(truncatingIfNeeded: $0) } }
+    /// EOS token id (`tokenizer.ggml.eos_token_id`), nil when absent.
+    public var eosTokenID: Int32? { (try? file.uint("tokenizer.ggml.eos_token_id")).map { Int32(truncatingIfNeeded: $0) } }
+    /// Whether the tokenizer adds BOS (`tokenizer.ggml.add_bos_token`, default true).
+    public var addsBOS: Bool { (try? file.bool("tokenizer.ggml.add_bos_token")) ?? true }
+}
+
+/// Which rows of a forward pass produce logits.
+public enum LogitRows: Sendable, Equatable {
+    /// Only the last token (prefill before sampling, decode).
+    case last
+    /// Every token.
+    case all
+    /// Tokens `range` (indices into the `tokens` argument), e.g. the scored half of a perplexity chunk.
+    case range(Range<Int>)
+}
+
+/// Runs forward passes of one `Model` (scratch buffers, matmul workers). One session per thread of control;
+/// not re-entrant. Attention goes through a `KVCachePool` built from `model.config.kvCacheSpec(dtype:)`.
+public final class ForwardSession: @unchecked Sendable {
+    public let model: Model
+    public let threads: Int
+    /// Tokens per micro-batch of a prefill (llama.cpp's n_ubatch); longer inputs run in several passes.
+    public let maxBatch: Int
+    let mm: MatMul
+    var ws: Workspace
+
+    /// - Parameters: threads: workers for matmuls and attention (≥ 1); maxBatch: micro-batch in tokens (1…4096).
+    public init(model: Model, threads: Int = 2, maxBatch: Int = 512) {
+        self.model = model
+        self.threads = max(1, threads)
+        self.maxBatch = min(max(1, maxBatch), 4096)
+        self.mm = MatMul(threads: self.threads)
+        self.ws = Workspace(config: model.config, batch: self.maxBatch)
+    }
+
+    deinit { ws.deallocate() }
+
+    /// Runs `tokens` at positions `startPosition ..< startPosition + tokens.count` of `sequence`: reserves the
+    /// cache to that length, writes each layer's post-RoPE K/V and attends over the cached prefix. K/V of positions
+    /// `< startPosition` must already be in `pool`. Calls `body(i, logits[vocab])` for each requested row `i`
+    /// (index into `tokens`, ascending); the buffer is only valid during the call.
+    /// - Throws: `KvantError(.invalidArgument)` for an out-of-vocabulary token or a bad position,
+    ///   `.resourceExhausted` when the pool has no free blocks now, `.failedPrecondition` for a pool whose spec
+    ///   does not match the model; errors thrown by `body`.
+    public func forward(tokens: [Int32], startPosition: Int, sequence: SequenceID, pool: KVCachePool,
+                        logits rows: LogitRows = .last,
+                        body: (Int, UnsafeBufferPointer<Float>) throws -> Void) throws {
+        let c = model.config
+        guard !tokens.isEmpty else { return }
+        let spec = pool.spec
+        guard spec.numLayers == c.numLayers, spec.numKVHeads == c.numKVHeads, spec.headDim == c.headDim else {
+            throw KvantError(.failedPrecondition, "KV cache spec [layers \(spec.numLayers), kv heads \(spec.numKVHeads), head_dim \(spec.headDim)] does not match the model [\(c.numLayers), \(c.numKVHeads), \(c.headDim)]")
+        }
+        for (i, t) in tokens.enumerated() where t < 0 || Int(t) >= c.vocabSize {
+            throw KvantError(.invalidArgument, "token \(t) at index \(i) is outside the vocabulary (size \(c.vocabSize))")
+        }
+        guard startPosition >= 0, startPosition <= pool.length(of: sequence) else {
+            throw KvantError(.invalidArgument, "start position \(startPosition) is beyond the cached length \(pool.length(of: sequence)) of \(sequence)")
+        }
+        let end = startPosition + tokens.count
+        switch pool.reserve(sequence, newLength: end) {
+        case .ok: break
+        case .later: throw KvantError(.resourceExhausted, "KV cache: no free blocks now for \(end) tokens of \(sequence)")
+        case .never: throw KvantError(.resourceExhausted, "KV cache: \(end) tokens of \(sequence) can never fit in the pool")
+        }
+        let wanted: Range<Int>
+        switch rows {
+        case .last: wanted = (tokens.count - 1)..<tokens.count
+        case .all: wanted = 0..<tokens.count
+        case .range(let r): wanted = r.clamped(to: 0..<tokens.count)
+        }
+        var b0 = 0
+        while b0 < tokens.count {
+            let b1 = min(tokens.count, b0 + maxBatch)
+            let T = b1 - b0
+            let batch = Array(tokens[b0..<b1])
+            switch c.architecture {
+            case .gemma3: Gemma3.forward(self, tokens: batch, start: startPosition + b0, sequence: sequence, pool: pool)
+            case .llama: Llama.forward(self, tokens: batch, start: startPosition + b0, sequence: sequence, pool: pool)
+            }
+            // Output head on the requested rows of this micro-batch, a few rows at a time.
+            let lo = max(wanted.lowerBound, b0) - b0, hi = min(wanted.upperBound, b1) - b0
+            if lo < hi { try outputHead(rows: lo..<hi, tokenOffset: b0, T: T, body: body) }
+            b0 = b1
+        }
+    }
+
+    /// Logits of the last token (convenience for decode and tests).
+    public func forwardLast(tokens: [Int32], startPosition: Int, sequence: SequenceID, pool: KVCachePool) throws -> [Float] {
+        var out: [Float] = []
+        try forward(tokens: tokens, startPosition: startPosition, sequence: sequence, pool: pool, logits: .last) { _, l in
+            out = Array(l)
+        }
+        return out
+    }
+
+    /// Final RMSNorm and the vocabulary projection for `rows` of the micro-batch in `ws.x`.
+    private func outputHead(rows: Range<Int>, tokenOffset: Int, T: Int, body: (Int, UnsafeBufferPointer<Float>) throws -> Void) throws {
+        let c = model.config, H = c.hiddenSize, V = c.vocabSize
+        let w = model.weights
+        var r = rows.lowerBound
+        while r < rows.upperBound {
+            let n = min(ws.logitRows, rows.upperBound - r)
+            for i in 0..<n {
+                Ops.rmsNorm(ws.x + (r + i) * H, weight: w.outputNorm, n: H, eps: c.rmsNormEps, out: ws.xn + i * H)
+            }
+            mm.multiply(w.output, ws.xn, m: n, out: ws.logits)
+            if let cap = c.finalLogitSoftcap {
+                for k in 0..<(n * V) { ws.logits[k] = tanhf(ws.logits[k] / cap) * cap }
+            }
+            for i in 0..<n {
+                try body(tokenOffset + r + i, UnsafeBufferPointer(start: ws.logits + i * V, count: V))
+            }
+            r += n
+        }
+    }
+
+    // MARK: shared steps of the forward passes
+
+    /// Embedding lookup: `x[t] = token_embd[tokens[t]] · scale`, `x: [T, hidden]`.
+    func embed(_ tokens: [Int32], scale: Float) {
+        let H = model.config.hiddenSize
+        for (t, id) in tokens.enumerated() {
+            model.weights.tokenEmbedding.dequantizeRow(Int(id), into: ws.x + t * H)
+            if scale != 1 { Ops.scale(ws.x + t * H, by: scale, n: H) }
+        }
+    }
+
+    /// RMSNorm of each of `T` rows of `src` into `dst` (`[T, n]`).
+    func rmsNormRows(_ src: UnsafePointer<Float>, _ weight: [Float], T: Int, n: Int, into dst: UnsafeMutablePointer<Float>) {
+        let eps = model.config.rmsNormEps
+        weight.withUnsafeBufferPointer { w in
+            for t in 0..<T { Ops.rmsNorm(src + t * n, weight: w.baseAddress!, n: n, eps: eps, out: dst + t * n) }
+        }
+    }
+
+    /// RoPE tables for positions `start ..< start+T` with `base` into `cos/sin: [T, headDim/2]`.
+    func ropeTables(start: Int, T: Int, base: Float) -> (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>) {
+        let hd = model.config.headDim
+        let slot = base == model.config.ropeBase ? 0 : 1
+        if ws.ropeKey[slot] != RopeKey(start: start, count: T, base: base) {
+            for t in 0..<T {
+                Ops.ropeTables(position: start + t, headDim: hd, base: base,
+                               cos: ws.ropeCos[slot] + t * hd / 2, sin: ws.ropeSin[slot] + t * hd / 2)
+            }
+            ws.ropeKey[slot] = RopeKey(start: start, count: T, base: base)
+        }
+        return (ws.ropeCos[slot], ws.ropeSin[slot])
+    }
+
+    /// Applies RoPE to `q: [T, numHeads, headDim]` and `k: [T, numKVHeads, headDim]`.
+    func applyRope(T: Int, start: Int, base: Float) {
+        let c = model.config, hd = c.headDim
+        let (cs, sn) = ropeTables(start: start, T: T, base: base)
+        for t in 0..<T {
+            Ops.rope(ws.q + t * c.numHeads * hd, heads: c.numHeads, headDim: hd, cos: cs + t * hd / 2, sin: sn + t * hd / 2, neox: c.ropeNeox)
+            Ops.rope(ws.k + t * c.numKVHeads * hd, heads: c.numKVHeads, headDim: hd, cos: cs + t * hd / 2, sin: sn + t * hd / 2, neox: c.ropeNeox)
+        }
+    }
+
+    /// Writes K/V of the `T` positions into `pool` and runs causal attention of each query position,
+    /// parallel over positions: `attn[t] = attend(q[t])`, `[T, numHeads, headDim]`.
+    func attention(layer l: Int, T: Int, start: Int, sequence: SequenceID, pool: KVCachePool) {
+        let c = model.config
+        let qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
+        for t in 0..<T {
+            pool.write(layer: l, sequence: sequence, position: start + t, key: ws.k + t * kvDim, value: ws.v + t * kvDim)
+        }
+        let window = c.window(layer: l), scale = c.attentionScale, nh = c.numHeads
+        let q = ws.q, out = ws.attn
+        let workers = min(threads, T)
+        if workers <= 1 {
+            // Decode: one position; the pool splits long contexts over the threads (split-K).
+            for t in 0..<T {
+                pool.attend(layer: l, sequence: sequence, position: start + t, query: q + t * qDim, numHeads: nh,
+                            window: window, scale: scale, output: out + t * qDim, threads: threads)
+            }
+            return
+        }
+        DispatchQueue.concurrentPerform(iterations: workers) { w in
+            var t = w
+            while t < T {
+                pool.attend(layer: l, sequence: sequence, position: start + t, query: q + t * qDim, numHeads: nh,
+                            window: window, scale: scale, output: out + t * qDim)
+                t += workers
+            }
+        }
+    }
+}
+
+struct RopeKey: Equatable {
+    var start: Int, count: Int, base: Float
+}
+
+/// Scratch buffers of a session for micro-batches of up to `batch` tokens.
+struct Workspace {
+    let batch: Int
+    let logitRows: Int
+    var x, xn, q, k, v, attn, o, gate, up, logits: UnsafeMutablePointer<Float>
+    var ropeCos: [UnsafeMutablePointer<Float>], ropeSin: [UnsafeMutablePointer<Float>]
+    var ropeKey: [RopeKey?] = [nil, nil]
+
+    init(config c: ModelConfig, batch T: Int) {
+        func alloc(_ n: Int) -> UnsafeMutablePointer<Float> {
+            let p = UnsafeMutablePointer<Float>.allocate(capacity: max(n, 1))
+            p.initialize(repeating: 0, count: max(n, 1))
+            return p
+        }
+        batch = T
+        // Logit rows computed together: bounded to ~64 MB of logits.
+        logitRows = max(1, min(32, (16 << 20) / max(c.vocabSize, 1)))
+        let H = c.hiddenSize, qd = c.numHeads * c.headDim, kvd = c.numKVHeads * c.headDim
+        x = alloc(T * H); xn = alloc(T * max(H, qd)); q = alloc(T * qd); k = alloc(T * kvd); v = alloc(T * kvd)
+        attn = alloc(T * qd); o = alloc(T * H); gate = alloc(T * c.ffnSize); up = alloc(T * c.ffnSize)
+        logits = alloc(logitRows * c.vocabSize)
+        ropeCos = [alloc(T * c.headDim / 2), alloc(T * c.headDim / 2)]
+        ropeSin = [alloc(T * c.headDim / 2), alloc(T * c.headDim / 2)]
+    }
+
+    func deallocate() {
+        for p in [x, xn, q, k, v, attn, o, gate, up, logits] + ropeCos + ropeSin { p.deallocate() }
+    }
+}

@@ -1,0 +1,132 @@
+import KVCache
+import KvantCore
+import ModelFormats
+
+/// The transformer architectures Kvant runs (GGUF `general.architecture`).
+public enum Architecture: String, Sendable, CaseIterable {
+    /// Gemma 3 (text): QK-norm, post-attention/post-FFN norms, GeGLU, sliding-window local layers.
+    case gemma3
+    /// LLaMA 2/3 and Mistral: RoPE, GQA, SwiGLU.
+    case llama
+}
+
+/// Model hyper-parameters read from GGUF metadata (`<arch>.*` keys, llama.cpp's names).
+public struct ModelConfig: Sendable, Equatable {
+    public var architecture: Architecture
+    public var numLayers: Int
+    /// hidden size (`embedding_length`).
+    public var hiddenSize: Int
+    public var ffnSize: Int
+    public var numHeads: Int
+    public var numKVHeads: Int
+    /// head_dim (`attention.key_length`, default hidden/heads); value head dim must equal it.
+    public var headDim: Int
+    public var vocabSize: Int
+    public var rmsNormEps: Float
+    /// RoPE base of global (full-attention) layers (`rope.freq_base`).
+    public var ropeBase: Float
+    /// RoPE base of sliding-window layers (`rope.freq_base_swa`, Gemma 3 default 10 000).
+    public var ropeBaseLocal: Float
+    /// Sliding window in tokens for local layers (nil: every layer attends to the whole context).
+    public var slidingWindow: Int?
+    /// Every `slidingWindowPattern`-th layer (1-based) is global; the others use the window (Gemma 3: 6).
+    public var slidingWindowPattern: Int
+    /// NEOX-style RoPE (pairs `(i, i+d/2)`, Gemma) vs. llama.cpp "normal" (pairs `(2i, 2i+1)`, LLaMA).
+    public var ropeNeox: Bool
+    /// Multiplies q·k before the softmax.
+    public var attentionScale: Float
+    /// Gemma: embeddings are multiplied by √hidden.
+    public var embeddingScale: Float
+    /// Training context length (`context_length`).
+    public var contextLength: Int
+    /// Final logit soft-capping (`final_logit_softcapping`), nil when absent.
+    public var finalLogitSoftcap: Float?
+
+    /// True when layer `l` attends only within `slidingWindow`.
+    public func isSlidingWindowLayer(_ l: Int) -> Bool {
+        guard slidingWindow != nil else { return false }
+        return slidingWindowPattern == 0 || (l % slidingWindowPattern) < slidingWindowPattern - 1
+    }
+
+    /// Attention window of layer `l` in tokens, nil for full attention.
+    public func window(layer l: Int) -> Int? { isSlidingWindowLayer(l) ? slidingWindow : nil }
+
+    /// RoPE base of layer `l`.
+    public func ropeBase(layer l: Int) -> Float { isSlidingWindowLayer(l) ? ropeBaseLocal : ropeBase }
+
+    /// The KV-cache spec this model needs (`[numLayers, numKVHeads, headDim]`).
+    public func kvCacheSpec(dtype: KVCacheDType, blockSize: Int = 16) -> KVCacheSpec {
+        KVCacheSpec(numLayers: numLayers, numKVHeads: numKVHeads, headDim: headDim, dtype: dtype, blockSize: blockSize)
+    }
+
+    /// Reads the hyper-parameters of `file`.
+    /// - Throws: `KvantError(.invalidArgument)` for an unsupported architecture or inconsistent values,
+    ///   `.notFound` for a missing required key (both naming the key and the file).
+    public init(file: GGUFFile) throws {
+        let archName = try file.string("general.architecture")
+        guard let arch = Architecture(rawValue: archName) else {
+            throw KvantError(.invalidArgument, "\(file.path): general.architecture '\(archName)' is not supported (supported: gemma3, llama)")
+        }
+        let p = archName + "."
+        func opt<T>(_ f: () throws -> T) throws -> T? {
+            do { return try f() } catch let e as KvantError where e.reason == .notFound { return nil }
+        }
+        architecture = arch
+        numLayers = try file.uint(p + "block_count")
+        hiddenSize = try file.uint(p + "embedding_length")
+        ffnSize = try file.uint(p + "feed_forward_length")
+        numHeads = try file.uint(p + "attention.head_count")
+        numKVHeads = try opt { try file.uint(p + "attention.head_count_kv") } ?? numHeads
+        guard numHeads > 0 else { throw KvantError(.invalidArgument, "\(file.path): \(p)attention.head_count is 0") }
+        headDim = try opt { try file.uint(p + "attention.key_length") } ?? (hiddenSize / numHeads)
+        let vdim = try opt { try file.uint(p + "attention.value_length") } ?? headDim
+        rmsNormEps = try file.float(p + "attention.layer_norm_rms_epsilon")
+        ropeBase = try opt { try file.float(p + "rope.freq_base") } ?? 10_000
+        ropeBaseLocal = try opt { try file.float(p + "rope.freq_base_swa") } ?? 10_000
+        contextLength = try opt { try file.uint(p + "context_length") } ?? 2048
+        finalLogitSoftcap = try opt { try file.float(p + "final_logit_softcapping") }
+        if finalLogitSoftcap == 0 { finalLogitSoftcap = nil }
+        guard let embd = file.tensor(named: TensorName.tokenEmbedding), embd.dims.count == 2 else {
+            throw KvantError(.notFound, "\(file.path): tensor '\(TensorName.tokenEmbedding)' is missing or not 2-D")
+        }
+        vocabSize = embd.dims[1]
+        switch arch {
+        case .gemma3:
+            let sw = try opt { try file.uint(p + "attention.sliding_window") }
+            slidingWindow = (sw ?? 0) > 0 ? sw : nil
+            slidingWindowPattern = try opt { try file.uint(p + "attention.sliding_window_pattern") } ?? 6
+            ropeNeox = true
+            // llama.cpp gemma3.cpp: 1/sqrt(head_dim), except the 27B (62 layers): 1/sqrt(hidden/heads).
+            attentionScale = numLayers == 62 ? 1 / Float(hiddenSize / numHeads).squareRoot() : 1 / Float(headDim).squareRoot()
+            embeddingScale = Float(hiddenSize).squareRoot()
+        case .llama:
+            let sw = try opt { try file.uint(p + "attention.sliding_window") }
+            slidingWindow = (sw ?? 0) > 0 ? sw : nil
+            slidingWindowPattern = 0   // Mistral's window (when given) applies to every layer
+            ropeBaseLocal = ropeBase
+            ropeNeox = false
+            attentionScale = 1 / Float(headDim).squareRoot()
+            embeddingScale = 1
+            if let rot = try opt({ try file.uint(p + "rope.dimension_count") }), rot != headDim {
+                throw KvantError(.invalidArgument, "\(file.path): \(p)rope.dimension_count \(rot) != head_dim \(headDim) (partial RoPE is not supported)")
+            }
+        }
+        let limits: [(String, Int, ClosedRange<Int>)] = [
+            ("block_count", numLayers, 1...1024), ("embedding_length", hiddenSize, 1...65536),
+            ("feed_forward_length", ffnSize, 1...1 << 20), ("attention.head_count", numHeads, 1...1024),
+            ("attention.head_count_kv", numKVHeads, 1...1024), ("attention.key_length", headDim, 2...4096),
+        ]
+        for (k, v, r) in limits where !r.contains(v) {
+            throw KvantError(.invalidArgument, "\(file.path): \(p)\(k) = \(v) is out of range \(r)")
+        }
+        guard numHeads % numKVHeads == 0 else {
+            throw KvantError(.invalidArgument, "\(file.path): head_count \(numHeads) is not a multiple of head_count_kv \(numKVHeads)")
+        }
+        guard vdim == headDim, headDim % 2 == 0 else {
+            throw KvantError(.invalidArgument, "\(file.path): attention.value_length \(vdim) must equal key_length \(headDim) (even)")
+        }
+        guard rmsNormEps > 0, rmsNormEps < 1, ropeBase > 1, ropeBaseLocal > 1 else {
+            throw KvantError(.invalidArgument, "\(file.path): rms epsilon \(rmsNormEps) or rope base \(ropeBase)/\(ropeBaseLocal) out of range")
+        }
+    }
+}

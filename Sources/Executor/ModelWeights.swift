@@ -1,0 +1,89 @@
+import Kernels
+import KvantCore
+import ModelFormats
+
+/// Weights of one transformer block. Matrices are views into the mmap'd GGUF (block format kept);
+/// norm vectors are small fp32 copies.
+public struct LayerWeights: @unchecked Sendable {
+    public var attnNorm: [Float]               // [hidden]
+    public var wq: WeightMatrix                // [numHeads·headDim, hidden]
+    public var wk: WeightMatrix                // [numKVHeads·headDim, hidden]
+    public var wv: WeightMatrix                // [numKVHeads·headDim, hidden]
+    public var wo: WeightMatrix                // [hidden, numHeads·headDim]
+    public var qNorm: [Float]?                 // [headDim]   (Gemma 3)
+    public var kNorm: [Float]?                 // [headDim]   (Gemma 3)
+    public var postAttentionNorm: [Float]?     // [hidden]    (Gemma 3)
+    public var ffnNorm: [Float]                // [hidden]
+    public var wGate: WeightMatrix             // [ffn, hidden]
+    public var wUp: WeightMatrix               // [ffn, hidden]
+    public var wDown: WeightMatrix             // [hidden, ffn]
+    public var postFFNNorm: [Float]?           // [hidden]    (Gemma 3)
+}
+
+/// All weights of a model, validated against its `ModelConfig`.
+public struct ModelWeights: @unchecked Sendable {
+    public var tokenEmbedding: WeightMatrix    // [vocab, hidden]
+    public var outputNorm: [Float]             // [hidden]
+    public var output: WeightMatrix            // [vocab, hidden] (= tokenEmbedding when tied)
+    public var layers: [LayerWeights]
+
+    /// Loads and validates every tensor `config` needs from `file`.
+    /// - Throws: `KvantError(.notFound)` for a missing tensor, `.invalidArgument` for a wrong shape or an
+    ///   unsupported type, both naming the tensor and the file.
+    public init(file: GGUFFile, config c: ModelConfig) throws {
+        func info(_ name: String) throws -> GGUFTensorInfo {
+            guard let t = file.tensor(named: name) else {
+                throw KvantError(.notFound, "\(file.path): tensor '\(name)' is missing (architecture \(c.architecture.rawValue))")
+            }
+            return t
+        }
+        func matrix(_ name: String, rows: Int, cols: Int) throws -> WeightMatrix {
+            let t = try info(name)
+            guard t.dims == [cols, rows] else {
+                throw KvantError(.invalidArgument, "\(file.path): tensor '\(name)' has dims \(t.dims), expected [\(cols), \(rows)]")
+            }
+            do {
+                return try WeightMatrix(name: name, type: t.type, rows: rows, cols: cols, bytes: file.data(of: t))
+            } catch let e as KvantError {
+                throw KvantError(e.reason, "\(file.path): \(e.message)")
+            }
+        }
+        func vector(_ name: String, count: Int) throws -> [Float] {
+            let t = try info(name)
+            guard t.dims == [count] else {
+                throw KvantError(.invalidArgument, "\(file.path): tensor '\(name)' has dims \(t.dims), expected [\(count)]")
+            }
+            guard t.type == .f32 || t.type == .f16 || t.type == .bf16 else {
+                throw KvantError(.invalidArgument, "\(file.path): tensor '\(name)' has type \(t.type), expected F32, F16 or BF16")
+            }
+            let m = try WeightMatrix(name: name, type: t.type, rows: 1, cols: count, bytes: file.data(of: t))
+            return m.dequantizedRow(0)
+        }
+        let H = c.hiddenSize, qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
+        tokenEmbedding = try matrix(TensorName.tokenEmbedding, rows: c.vocabSize, cols: H)
+        outputNorm = try vector(TensorName.outputNorm, count: H)
+        if file.tensor(named: TensorName.output) != nil {
+            output = try matrix(TensorName.output, rows: c.vocabSize, cols: H)
+        } else {
+            output = tokenEmbedding
+        }
+        let gemma = c.architecture == .gemma3
+        layers = try (0..<c.numLayers).map { l in
+            func n(_ t: TensorName.Layer) -> String { TensorName.layer(l, t) }
+            return LayerWeights(
+                attnNorm: try vector(n(.attnNorm), count: H),
+                wq: try matrix(n(.attnQ), rows: qDim, cols: H),
+                wk: try matrix(n(.attnK), rows: kvDim, cols: H),
+                wv: try matrix(n(.attnV), rows: kvDim, cols: H),
+                wo: try matrix(n(.attnOutput), rows: H, cols: qDim),
+                qNorm: gemma ? try vector(n(.attnQNorm), count: c.headDim) : nil,
+                kNorm: gemma ? try vector(n(.attnKNorm), count: c.headDim) : nil,
+                postAttentionNorm: gemma ? try vector(n(.postAttentionNorm), count: H) : nil,
+                ffnNorm: try vector(n(.ffnNorm), count: H),
+                wGate: try matrix(n(.ffnGate), rows: c.ffnSize, cols: H),
+                wUp: try matrix(n(.ffnUp), rows: c.ffnSize, cols: H),
+                wDown: try matrix(n(.ffnDown), rows: H, cols: c.ffnSize),
+                postFFNNorm: gemma ? try vector(n(.postFFNNorm), count: H) : nil)
+        }
+    }
+}

@@ -1,1 +1,0 @@
-// Executor: placeholder until the target's first file lands.

@@ -1,0 +1,24 @@
+import Foundation
+import KvantCore
+import Tokenizers
+
+/// Text → token ids for the evaluation tools, as llama.cpp's tools tokenize a text file
+/// (`common_tokenize(ctx, text, add_special = true, parse_special = false)`).
+public enum TextTokenizer {
+    /// Tokenizes the UTF-8 file at `path` with the model's GGUF tokenizer, BOS first when the model adds one.
+    /// - Throws: `KvantError(.notFound)` for a missing file, `.invalidArgument` for a file that is not UTF-8 or
+    ///   larger than 64 MiB; tokenizer construction errors.
+    public static func tokenize(path: String, model: Model) throws -> [Int32] {
+        guard let attrs = try? FileManager.default.attributesOfItem(atPath: path) else {
+            throw KvantError(.notFound, "text file '\(path)' not found")
+        }
+        let size = (attrs[.size] as? Int) ?? 0
+        guard size <= 64 << 20 else { throw KvantError(.invalidArgument, "text file '\(path)' is \(size) bytes; at most 64 MiB") }
+        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw KvantError(.invalidArgument, "text file '\(path)' is not valid UTF-8")
+        }
+        let tok = try makeTokenizer(from: model.file)
+        return tok.encode(text, addSpecial: true, parseSpecial: false)
+    }
+}

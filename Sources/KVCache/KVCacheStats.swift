@@ -1,0 +1,67 @@
+/// A snapshot of the KV-cache pool for `stats` (JSON keys in snake_case).
+public struct KVCacheStats: Codable, Sendable, Equatable {
+    /// kv_cache_dtype as configured (`auto` stays `auto`; it is stored as fp16).
+    public var kvCacheDType: String
+    /// Tokens per block.
+    public var blockSize: Int
+    public var numBlocks: Int
+    public var usedBlocks: Int
+    public var freeBlocks: Int
+    /// Sum of the sequences' reserved lengths (a shared prefix counts once per sequence).
+    public var tokensCached: Int
+    /// numBlocks · blockSize.
+    public var capacityTokens: Int
+    /// Bytes of K/V per token over all layers (spec formula, scales included for int8_pertoken).
+    public var bytesPerToken: Int
+    /// bytesPerToken / the same shape in fp16.
+    public var bytesPerTokenRatioToFP16: Double
+    /// usedBlocks / numBlocks.
+    public var usage: Double
+    /// Number of live sequences.
+    public var sequences: Int
+    /// Where scales come from: a file path (static, loaded), "in-memory" (static, not from a file),
+    /// "default 1.0" (static with no scales: values are rounded to integers), "dynamic"
+    /// (int8_pertoken) or "none" (fp32/fp16/bf16).
+    public var scaleSource: String
+    public var scalePath: String?
+    /// Lowercase hex SHA-256 of the scale file.
+    public var scaleSHA256: String?
+    /// Current scale epoch (static modes).
+    public var scaleEpoch: Int?
+    /// Epochs whose tables are still alive (the current one and those some block was written with).
+    public var liveEpochs: [Int]
+    /// Current scales per layer: one value (int8_pertensor) or one per KV head (int8_pertensor_perhead).
+    public var layerScales: [[Float]]?
+    /// Values clipped at ±127 per layer since the pool was built (static modes).
+    public var saturationCounts: [Int64]?
+    /// Warnings of the loaded scale file (e.g. a null model_type).
+    public var scaleWarnings: [String]
+    /// The attention kernel in use: "avx512" or "avx2" (run-time CPU check, see docs/kv-cache.md).
+    public var attentionKernel: String
+
+    public init(kvCacheDType: String, blockSize: Int, numBlocks: Int, usedBlocks: Int, freeBlocks: Int,
+                tokensCached: Int, capacityTokens: Int, bytesPerToken: Int, bytesPerTokenRatioToFP16: Double,
+                usage: Double, sequences: Int, scaleSource: String, scalePath: String?, scaleSHA256: String?,
+                scaleEpoch: Int?, liveEpochs: [Int], layerScales: [[Float]]?, saturationCounts: [Int64]?,
+                scaleWarnings: [String], attentionKernel: String = "avx2") {
+        self.kvCacheDType = kvCacheDType; self.blockSize = blockSize; self.numBlocks = numBlocks
+        self.usedBlocks = usedBlocks; self.freeBlocks = freeBlocks; self.tokensCached = tokensCached
+        self.capacityTokens = capacityTokens; self.bytesPerToken = bytesPerToken
+        self.bytesPerTokenRatioToFP16 = bytesPerTokenRatioToFP16; self.usage = usage; self.sequences = sequences
+        self.scaleSource = scaleSource; self.scalePath = scalePath; self.scaleSHA256 = scaleSHA256
+        self.scaleEpoch = scaleEpoch; self.liveEpochs = liveEpochs; self.layerScales = layerScales
+        self.saturationCounts = saturationCounts; self.scaleWarnings = scaleWarnings
+        self.attentionKernel = attentionKernel
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case kvCacheDType = "kv_cache_dtype", blockSize = "block_size", numBlocks = "num_blocks"
+        case usedBlocks = "num_blocks_used", freeBlocks = "num_blocks_free", tokensCached = "tokens_cached"
+        case capacityTokens = "capacity_tokens", bytesPerToken = "bytes_per_token"
+        case bytesPerTokenRatioToFP16 = "bytes_per_token_ratio_to_fp16", usage, sequences
+        case scaleSource = "scale_source", scalePath = "scale_path", scaleSHA256 = "scale_sha256"
+        case scaleEpoch = "scale_epoch", liveEpochs = "live_epochs", layerScales = "layer_scales"
+        case saturationCounts = "saturation_counts", scaleWarnings = "scale_warnings"
+        case attentionKernel = "attention_kernel"
+    }
+}

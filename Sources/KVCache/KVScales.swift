@@ -1,0 +1,307 @@
+import Foundation
+import KvantCore
+
+/// Static int8 KV-cache scales: one per layer (`int8_pertensor`) or one per (layer, KV head)
+/// (`int8_pertensor_perhead`), shared by K and V. Loaded from vLLM's `kv_cache_scales.json`
+/// (`{"model_type":…, "kv_cache":{"dtype":…, "scaling_factor":{"<tp_rank>":{"<layer>": scale | [per-head list]}}}}`,
+/// vLLM `QuantParamSchema` rules) and encoded back to it for calibration.
+///
+/// Policy (see docs/kv-cache.md): `model_type: null` (or missing) is accepted with a warning;
+/// the `dtype` string is recorded, never refused; several TP ranks merge into one process —
+/// per-tensor values by max over ranks (conservative: no rank's values clip more than in its own
+/// process), per-head lists by concatenation in rank order (`num_kv_heads / tp_size` per rank;
+/// when tp_size > num_kv_heads each rank holds one replicated head and replicas merge by max).
+public struct KVScales: Sendable, Equatable {
+    public enum Granularity: String, Sendable, Codable {
+        case perTensor = "per_tensor"
+        case perHead = "per_head"
+    }
+
+    public let granularity: Granularity
+    public let numLayers: Int
+    /// 1 for per-tensor, num_kv_heads for per-head.
+    public let headsPerLayer: Int
+    /// `[numLayers, headsPerLayer]`, row-major, finite and positive.
+    public let values: [Float]
+    /// model_type of the file (nil when null/missing or not from a file).
+    public internal(set) var modelType: String?
+    /// `kv_cache.dtype` string of the file, recorded as is (vLLM files say float8_e4m3fn even for int8).
+    public internal(set) var fileDType: String?
+    /// Path of the file the scales were loaded from.
+    public internal(set) var path: String?
+    /// Lowercase hex SHA-256 of the file's bytes.
+    public internal(set) var sha256: String?
+    /// Number of TP ranks in the file (1 when not from a file).
+    public internal(set) var tpSize: Int = 1
+    /// Non-fatal findings (e.g. null model_type) for the daemon to log.
+    public internal(set) var warnings: [String] = []
+
+    /// Per-tensor scales, one per layer. Throws `KvantError(.invalidArgument)` naming the layer for a
+    /// non-finite, zero or negative scale, or for an empty list.
+    public init(perTensor: [Float]) throws {
+        guard !perTensor.isEmpty else { throw KvantError(.invalidArgument, "KV scales: no layers") }
+        for (l, s) in perTensor.enumerated() { try Self.check(s, "KV scales", "layer \(l)") }
+        granularity = .perTensor; numLayers = perTensor.count; headsPerLayer = 1; values = perTensor
+    }
+
+    /// Per-head scales `[numLayers][numKVHeads]`. Throws `KvantError(.invalidArgument)` for ragged
+    /// rows or a bad value, naming the layer and head.
+    public init(perHead: [[Float]]) throws {
+        guard let first = perHead.first, !first.isEmpty else { throw KvantError(.invalidArgument, "KV scales: no layers or no heads") }
+        for (l, row) in perHead.enumerated() {
+            guard row.count == first.count else {
+                throw KvantError(.invalidArgument, "KV scales: layer \(l) has \(row.count) head scales; expected \(first.count)")
+            }
+            for (h, s) in row.enumerated() { try Self.check(s, "KV scales", "layer \(l) head \(h)") }
+        }
+        granularity = .perHead; numLayers = perHead.count; headsPerLayer = first.count; values = perHead.flatMap { $0 }
+    }
+
+    private static func check(_ s: Float, _ src: String, _ where_: String) throws {
+        guard s.isFinite, s > 0 else {
+            throw KvantError(.invalidArgument, "\(src): \(where_): scale \(s); expected a finite positive number")
+        }
+    }
+
+    /// The scale of (layer, KV head); per-tensor scales ignore the head.
+    public func scale(layer: Int, head: Int) -> Float {
+        values[layer * headsPerLayer + (granularity == .perTensor ? 0 : head)]
+    }
+
+    /// The scales of one layer (1 or headsPerLayer values).
+    public func layerScales(_ layer: Int) -> [Float] {
+        Array(values[(layer * headsPerLayer)..<((layer + 1) * headsPerLayer)])
+    }
+
+    /// Largest accepted scale file (bytes).
+    public static let maxFileBytes = 16 << 20
+
+    /// Loads and validates a `kv_cache_scales.json`.
+    /// - Parameters:
+    ///   - path: the file.
+    ///   - expectedModelType: the running model's model_type (nil = don't check).
+    ///   - numLayers: layers every rank must list, exactly 0..<numLayers.
+    ///   - numKVHeads: total KV heads (per-head lists have `numKVHeads / tp_size` entries per rank).
+    ///   - tpSize: when given, the number of ranks the file must have; otherwise the ranks present
+    ///     (which must be 0..<n).
+    /// - Throws: `KvantError` naming the file, and the rank/layer and what was expected:
+    ///   `.notFound` (missing file), `.invalidArgument` (bad JSON, non-integer key, missing rank or
+    ///   layer, wrong entry count or list length, mixed scalar/list, non-finite/zero/negative scale,
+    ///   model_type mismatch, file too large).
+    public static func load(path: String, expectedModelType: String?, numLayers: Int, numKVHeads: Int,
+                            tpSize: Int? = nil) throws -> KVScales {
+        let src = "scale file '\(path)'"
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir), !isDir.boolValue else {
+            throw KvantError(.notFound, "\(src): no such file")
+        }
+        let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+        guard size <= maxFileBytes else {
+            throw KvantError(.invalidArgument, "\(src): \(size) bytes; expected at most \(maxFileBytes)")
+        }
+        let data: Data
+        do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
+            throw KvantError(.permissionDenied, "\(src): cannot be read (\(error.localizedDescription))")
+        }
+        var s = try decode(data: data, source: src, expectedModelType: expectedModelType,
+                           numLayers: numLayers, numKVHeads: numKVHeads, tpSize: tpSize)
+        s.path = path
+        s.sha256 = SHA256.hex(data)
+        return s
+    }
+
+    /// Validates and merges the JSON of a scale file; `source` names it in errors. Same rules as `load`.
+    public static func decode(data: Data, source src: String, expectedModelType: String?, numLayers: Int,
+                              numKVHeads: Int, tpSize: Int? = nil) throws -> KVScales {
+        guard numLayers >= 1, numKVHeads >= 1 else {
+            throw KvantError(.invalidArgument, "\(src): num_layers \(numLayers) and num_kv_heads \(numKVHeads) must be positive")
+        }
+        let file: ScaleFile
+        do { file = try JSONDecoder().decode(ScaleFile.self, from: data) } catch let e as DecodingError {
+            throw KvantError(.invalidArgument, "\(src): \(describe(e))")
+        } catch {
+            throw KvantError(.invalidArgument, "\(src): not valid JSON")
+        }
+        var warnings: [String] = []
+        if let expected = expectedModelType {
+            if let mt = file.modelType {
+                guard mt == expected else {
+                    throw KvantError(.invalidArgument, "\(src): model_type '\(mt)' does not match the running model's model_type '\(expected)'")
+                }
+            } else {
+                warnings.append("\(src): model_type is null; accepted for model_type '\(expected)' (fix the file to make it checkable)")
+            }
+        }
+        // Ranks.
+        var ranks: [Int: [String: ScaleEntry]] = [:]
+        for (key, layers) in file.kvCache.scalingFactor {
+            guard let r = Int(key), r >= 0 else {
+                throw KvantError(.invalidArgument, "\(src): TP rank key '\(key)' in kv_cache.scaling_factor is not a non-negative integer (expected \"0\", \"1\", …)")
+            }
+            guard ranks[r] == nil else { throw KvantError(.invalidArgument, "\(src): TP rank \(r) appears twice") }
+            ranks[r] = layers
+        }
+        let tp = tpSize ?? ranks.count
+        guard tp >= 1 else { throw KvantError(.invalidArgument, "\(src): kv_cache.scaling_factor has no TP ranks; expected ranks 0..<\(tpSize ?? 1)") }
+        for r in 0..<tp where ranks[r] == nil {
+            throw KvantError(.invalidArgument, "\(src): TP rank \(r) missing from kv_cache.scaling_factor; expected ranks 0..<\(tp) (tp_size \(tp))")
+        }
+        if let extra = ranks.keys.filter({ $0 >= tp }).min() {
+            throw KvantError(.invalidArgument, "\(src): unexpected TP rank \(extra); expected ranks 0..<\(tp) (tp_size \(tp))")
+        }
+        // Layers per rank; granularity from the first entry.
+        var granularity: Granularity? = nil
+        var perRank: [[ScaleEntry]] = []
+        for r in 0..<tp {
+            var layers: [Int: ScaleEntry] = [:]
+            for (key, entry) in ranks[r]! {
+                guard let l = Int(key) else {
+                    throw KvantError(.invalidArgument, "\(src): rank \(r): layer key '\(key)' is not an integer; expected layers 0..<\(numLayers)")
+                }
+                guard l >= 0, l < numLayers else {
+                    throw KvantError(.invalidArgument, "\(src): rank \(r): layer \(l) out of range; expected exactly layers 0..<\(numLayers)")
+                }
+                guard layers[l] == nil else { throw KvantError(.invalidArgument, "\(src): rank \(r): layer \(l) appears twice") }
+                layers[l] = entry
+            }
+            for l in 0..<numLayers where layers[l] == nil {
+                throw KvantError(.invalidArgument, "\(src): rank \(r): layer \(l) missing; expected exactly \(numLayers) layers 0..<\(numLayers)")
+            }
+            var row: [ScaleEntry] = []
+            for l in 0..<numLayers {
+                let e = layers[l]!
+                let g: Granularity = { if case .list = e { return .perHead } else { return .perTensor } }()
+                if granularity == nil { granularity = g }
+                guard g == granularity else {
+                    throw KvantError(.invalidArgument, "\(src): rank \(r) layer \(l): \(g == .perHead ? "a per-head list" : "a single scale") in a file of \(granularity == .perHead ? "per-head lists" : "single per-layer scales"); expected the same form for every layer")
+                }
+                switch e {
+                case .scalar(let d):
+                    try check(Float(d), src, "rank \(r) layer \(l)")
+                case .list(let ds):
+                    for (i, d) in ds.enumerated() { try check(Float(d), src, "rank \(r) layer \(l) entry \(i)") }
+                }
+                row.append(e)
+            }
+            perRank.append(row)
+        }
+        // Merge ranks.
+        var result: KVScales
+        if granularity == .perTensor {
+            var merged = [Float](repeating: 0, count: numLayers)
+            for r in 0..<tp {
+                for l in 0..<numLayers { if case .scalar(let d) = perRank[r][l] { merged[l] = max(merged[l], Float(d)) } }
+            }
+            result = try KVScales(perTensor: merged)
+        } else {
+            guard numKVHeads % tp == 0 || tp % numKVHeads == 0 else {
+                throw KvantError(.invalidArgument, "\(src): num_kv_heads \(numKVHeads) cannot be split over tp_size \(tp)")
+            }
+            let each = max(1, numKVHeads / tp)
+            var merged = [[Float]](repeating: [Float](repeating: 0, count: numKVHeads), count: numLayers)
+            for r in 0..<tp {
+                for l in 0..<numLayers {
+                    guard case .list(let ds) = perRank[r][l] else { continue }
+                    guard ds.count == each else {
+                        throw KvantError(.invalidArgument, "\(src): rank \(r) layer \(l): per-head list has \(ds.count) entries; expected \(each) (num_kv_heads \(numKVHeads) / tp_size \(tp))")
+                    }
+                    for (i, d) in ds.enumerated() {
+                        let head = tp <= numKVHeads ? r * each + i : r / (tp / numKVHeads)
+                        merged[l][head] = max(merged[l][head], Float(d))
+                    }
+                }
+            }
+            result = try KVScales(perHead: merged)
+        }
+        result.modelType = file.modelType
+        result.fileDType = file.kvCache.dtype
+        result.tpSize = tp
+        result.warnings = warnings
+        return result
+    }
+
+    /// Encodes the scales in vLLM's schema. Per-tensor: every rank gets the same per-layer value
+    /// (per-head scales are reduced by max over heads). Per-head: the heads are split over the ranks
+    /// in order, `numKVHeads / tpSize` each (one replicated head per rank when tpSize > numKVHeads).
+    /// - Throws: `KvantError(.invalidArgument)` for tpSize < 1, per-head output from per-tensor
+    ///   scales, or heads that don't split over tpSize.
+    public func encode(modelType: String?, tpSize: Int, perHead: Bool, dtype: String = "int8") throws -> Data {
+        guard tpSize >= 1, tpSize <= 4096 else { throw KvantError(.invalidArgument, "KV scales encode: tp_size \(tpSize) out of range 1...4096") }
+        let H = headsPerLayer
+        if perHead {
+            guard granularity == .perHead else {
+                throw KvantError(.invalidArgument, "KV scales encode: per-tensor scales have no per-head values")
+            }
+            guard H % tpSize == 0 || tpSize % H == 0 else {
+                throw KvantError(.invalidArgument, "KV scales encode: num_kv_heads \(H) cannot be split over tp_size \(tpSize)")
+            }
+        }
+        func str(_ s: String?) -> String {
+            guard let s else { return "null" }
+            return String(data: try! JSONEncoder().encode(s), encoding: .utf8)!
+        }
+        func num(_ f: Float) -> String { "\(Double(f))" }
+        var out = "{\"model_type\": \(str(modelType)), \"kv_cache\": {\"dtype\": \(str(dtype)), \"scaling_factor\": {"
+        for r in 0..<tpSize {
+            out += (r > 0 ? ", " : "") + "\"\(r)\": {"
+            for l in 0..<numLayers {
+                out += (l > 0 ? ", " : "") + "\"\(l)\": "
+                if perHead {
+                    let heads: [Int] = tpSize <= H ? Array((r * (H / tpSize))..<((r + 1) * (H / tpSize))) : [r / (tpSize / H)]
+                    out += "[" + heads.map { num(scale(layer: l, head: $0)) }.joined(separator: ", ") + "]"
+                } else {
+                    out += num(layerScales(l).max()!)
+                }
+            }
+            out += "}"
+        }
+        out += "}}}\n"
+        return Data(out.utf8)
+    }
+
+    private static func describe(_ e: DecodingError) -> String {
+        func path(_ p: [CodingKey]) -> String {
+            let keys = p.map { $0.intValue.map(String.init) ?? $0.stringValue }
+            var s = keys.isEmpty ? "top level" : keys.joined(separator: ".")
+            if keys.count >= 4, keys[0] == "kv_cache", keys[1] == "scaling_factor" {
+                s += " (rank \(keys[2]), layer \(keys[3]))"
+            } else if keys.count == 3, keys[0] == "kv_cache", keys[1] == "scaling_factor" {
+                s += " (rank \(keys[2]))"
+            }
+            return s
+        }
+        switch e {
+        case .dataCorrupted(let c):
+            return c.codingPath.isEmpty ? "not valid JSON" : "at \(path(c.codingPath)): \(c.debugDescription)"
+        case .keyNotFound(let k, let c):
+            return "missing key '\(k.stringValue)' at \(path(c.codingPath)); expected {\"model_type\", \"kv_cache\": {\"dtype\", \"scaling_factor\"}}"
+        case .typeMismatch(_, let c), .valueNotFound(_, let c):
+            return "at \(path(c.codingPath)): \(c.debugDescription)"
+        @unknown default:
+            return "not a valid scale file"
+        }
+    }
+}
+
+private struct ScaleFile: Decodable {
+    var modelType: String?
+    var kvCache: Section
+    enum CodingKeys: String, CodingKey { case modelType = "model_type", kvCache = "kv_cache" }
+    struct Section: Decodable {
+        var dtype: String?
+        var scalingFactor: [String: [String: ScaleEntry]]
+        enum CodingKeys: String, CodingKey { case dtype, scalingFactor = "scaling_factor" }
+    }
+}
+
+private enum ScaleEntry: Decodable {
+    case scalar(Double)
+    case list([Double])
+    init(from decoder: Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        if let d = try? c.decode(Double.self) { self = .scalar(d); return }
+        if let l = try? c.decode([Double].self) { self = .list(l); return }
+        throw DecodingError.typeMismatch(Double.self, .init(codingPath: decoder.codingPath,
+            debugDescription: "expected a scale (number) or a per-head list of numbers"))
+    }
+}

@@ -1,1 +1,0 @@
-// KVCache: placeholder until the target's first file lands.

@@ -1,0 +1,95 @@
+import CKernels
+import Dispatch
+import KvantCore
+
+/// Matrix products with GGUF weight blocks: `out[i, r] = Σ_k W[r, k] · x[i, k]` for a `[rows, cols]` weight and
+/// `m` activation rows `x: [m, cols]`, giving `out: [m, rows]` (row stride `outStride`, default `rows`).
+///
+/// Block types use the int8 path (activations quantized once to blocks of 32, AVX2 `maddubs` dot products, as in
+/// llama.cpp's `ggml_vec_dot_*_q8_*`); F32/F16/BF16 use fp32 FMA dot products. Work is split over weight rows
+/// across `threads` workers with `DispatchQueue.concurrentPerform`. Not thread-safe: one `MatMul` per caller.
+public final class MatMul: @unchecked Sendable {
+    public let threads: Int
+    private var act = QuantizedActivations()
+    private var scratch: UnsafeMutablePointer<Float>?
+    private var scratchCols = 0
+
+    /// - Parameter threads: worker count (≥ 1).
+    public init(threads: Int) {
+        self.threads = max(1, threads)
+    }
+
+    deinit { scratch?.deallocate() }
+
+    /// Decode (m = 1) / prefill (m > 1) product through the fast path (int8 for block types).
+    public func multiply(_ w: WeightMatrix, _ x: UnsafePointer<Float>, m: Int, out: UnsafeMutablePointer<Float>,
+                         outStride: Int? = nil) {
+        let stride = outStride ?? w.rows
+        if w.hasInt8Path {
+            act.quantize(x, count: m, cols: w.cols)
+            act.blocks.withUnsafeBufferPointer { ab in
+                let a = ab.baseAddress!
+                parallelRows(w.rows, work: Double(m) * Double(w.rows) * Double(w.cols)) { r0, r1, _ in
+                    _ = kvant_matmul_q8a(Int32(w.type.rawValue), w.base, w.rowBytes, Int64(w.cols), Int64(r0), Int64(r1),
+                                         a, Int64(m), out, Int64(stride))
+                }
+            }
+        } else {
+            multiplyReference(w, x, m: m, out: out, outStride: stride)
+        }
+    }
+
+    /// Several products sharing one input (Q/K/V, or gate/up): `outs[j] = x · W_jᵀ`, each `[m, W_j.rows]`.
+    /// The activations are quantized once and all rows run in one parallel region (fewer thread wake-ups in
+    /// decode). Falls back to separate products when the weights differ in `cols` or path.
+    public func multiply(_ ws: [WeightMatrix], _ x: UnsafePointer<Float>, m: Int, outs: [UnsafeMutablePointer<Float>]) {
+        precondition(ws.count == outs.count)
+        guard let first = ws.first else { return }
+        guard ws.allSatisfy({ $0.cols == first.cols && $0.hasInt8Path }) else {
+            for (w, o) in zip(ws, outs) { multiply(w, x, m: m, out: o) }
+            return
+        }
+        act.quantize(x, count: m, cols: first.cols)
+        var starts = [0]
+        for w in ws { starts.append(starts.last! + w.rows) }
+        let total = starts.last!
+        act.blocks.withUnsafeBufferPointer { ab in
+            let a = ab.baseAddress!
+            parallelRows(total, work: Double(m) * Double(total) * Double(first.cols)) { r0, r1, _ in
+                for j in 0..<ws.count {
+                    let lo = max(r0, starts[j]), hi = min(r1, starts[j + 1])
+                    if lo >= hi { continue }
+                    let w = ws[j]
+                    _ = kvant_matmul_q8a(Int32(w.type.rawValue), w.base, w.rowBytes, Int64(w.cols),
+                                         Int64(lo - starts[j]), Int64(hi - starts[j]), a, Int64(m), outs[j], Int64(w.rows))
+                }
+            }
+        }
+    }
+
+    /// The fp32-activation reference path for every type (block rows dequantized to fp32, then FMA dots).
+    public func multiplyReference(_ w: WeightMatrix, _ x: UnsafePointer<Float>, m: Int, out: UnsafeMutablePointer<Float>,
+                                  outStride: Int? = nil) {
+        let stride = outStride ?? w.rows
+        if scratchCols < w.cols {
+            scratch?.deallocate()
+            scratch = .allocate(capacity: w.cols * threads)
+            scratchCols = w.cols
+        }
+        let s = scratch!, sc = scratchCols
+        parallelRows(w.rows, work: Double(m) * Double(w.rows) * Double(w.cols)) { r0, r1, t in
+            _ = kvant_matmul_f32(Int32(w.type.rawValue), w.base, w.rowBytes, Int64(w.cols), Int64(r0), Int64(r1),
+                                 x, Int64(m), out, Int64(stride), s + t * sc)
+        }
+    }
+
+    /// Splits `rows` into `threads` contiguous chunks (one worker when the work is tiny).
+    private func parallelRows(_ rows: Int, work: Double, _ body: (Int, Int, Int) -> Void) {
+        let n = (threads == 1 || work < 100_000) ? 1 : min(threads, rows)
+        if n == 1 { body(0, rows, 0); return }
+        DispatchQueue.concurrentPerform(iterations: n) { t in
+            let r0 = rows * t / n, r1 = rows * (t + 1) / n
+            if r1 > r0 { body(r0, r1, t) }
+        }
+    }
+}

@@ -1,1 +1,0 @@
-// Kernels: placeholder until the target's first file lands.

@@ -1,0 +1,93 @@
+import CKernels
+import Dispatch
+import KvantCore
+
+/// A 2-D weight tensor kept in its GGUF block format (usually a view into the mmap'd file; no fp32 copy).
+///
+/// Shape `[rows, cols]` row-major, i.e. GGUF `dims = [cols, rows]` (ne0 = cols is the row length).
+/// Supported types: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K (ggml block layouts,
+/// `ggml-common.h`).
+public struct WeightMatrix: @unchecked Sendable {
+    public let type: GGMLType
+    public let rows: Int
+    public let cols: Int
+    /// Bytes of one row (`cols / blockSize * bytesPerBlock`).
+    public let rowBytes: Int
+    public let base: UnsafeRawPointer
+
+    /// The weight types the kernels handle.
+    public static let supportedTypes: Set<GGMLType> = [.f32, .f16, .bf16, .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q4_K, .q5_K, .q6_K]
+
+    /// Wraps `bytes` as a `[rows, cols]` matrix of `type`.
+    /// - Throws: `KvantError(.invalidArgument)` naming `name` when the type is unsupported, `cols` is not a whole
+    ///   number of blocks, or `bytes` is not exactly `rows × rowBytes` long.
+    public init(name: String, type: GGMLType, rows: Int, cols: Int, bytes: UnsafeRawBufferPointer) throws {
+        guard WeightMatrix.supportedTypes.contains(type) else {
+            throw KvantError(.invalidArgument, "tensor '\(name)': weight type \(type) is not supported (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)")
+        }
+        guard rows > 0, cols > 0, let rb = type.byteCount(elements: cols) else {
+            throw KvantError(.invalidArgument, "tensor '\(name)': row length \(cols) is not a whole number of \(type) blocks of \(type.blockSize)")
+        }
+        let (total, overflow) = rb.multipliedReportingOverflow(by: rows)
+        guard !overflow, total == bytes.count, let p = bytes.baseAddress else {
+            throw KvantError(.invalidArgument, "tensor '\(name)': \(bytes.count) bytes of data, expected \(rows) rows × \(rb) bytes")
+        }
+        self.type = type
+        self.rows = rows
+        self.cols = cols
+        self.rowBytes = rb
+        self.base = p
+    }
+
+    /// True when the int8-activation fast path exists (block types); F32/F16/BF16 use fp32 activations.
+    public var hasInt8Path: Bool { kvant_type_has_q8a_path(Int32(type.rawValue)) != 0 && cols % 32 == 0 }
+
+    /// Pointer to row `r` (0 ≤ r < rows).
+    @inline(__always) public func row(_ r: Int) -> UnsafeRawPointer { base + r * rowBytes }
+
+    /// Dequantizes row `r` into `out[0..<cols]` (reference path, ggml's `dequantize_row_*`).
+    public func dequantizeRow(_ r: Int, into out: UnsafeMutablePointer<Float>) {
+        precondition(r >= 0 && r < rows, "row out of range")
+        _ = kvant_dequantize_row(Int32(type.rawValue), row(r), out, Int64(cols))
+    }
+
+    /// Dequantizes row `r` into a new array.
+    public func dequantizedRow(_ r: Int) -> [Float] {
+        [Float](unsafeUninitializedCapacity: cols) { buf, n in
+            dequantizeRow(r, into: buf.baseAddress!)
+            n = cols
+        }
+    }
+}
+
+/// Activations quantized to int8 blocks of 32 with an fp32 scale (`kvant_block_q8a`), for the int8 path.
+public struct QuantizedActivations {
+    public private(set) var blocks: [kvant_block_q8a] = []
+    public private(set) var count = 0
+    public private(set) var cols = 0
+
+    public init() {}
+
+    /// Quantizes `count` rows of `cols` floats (cols % 32 == 0): `d = amax/127`, `q = round(x/d)` per block of 32.
+    public mutating func quantize(_ x: UnsafePointer<Float>, count: Int, cols: Int) {
+        precondition(cols % 32 == 0)
+        let nb = count * cols / 32
+        if blocks.count < nb { blocks = [kvant_block_q8a](repeating: kvant_block_q8a(), count: nb) }
+        self.count = count
+        self.cols = cols
+        blocks.withUnsafeMutableBufferPointer { b in
+            let base = b.baseAddress!
+            if count >= 8 {
+                let chunks = 2
+                DispatchQueue.concurrentPerform(iterations: chunks) { c in
+                    let lo = count * c / chunks, hi = count * (c + 1) / chunks
+                    if hi > lo {
+                        kvant_quantize_row_q8a(x + lo * cols, base + lo * cols / 32, Int64((hi - lo) * cols))
+                    }
+                }
+            } else {
+                kvant_quantize_row_q8a(x, base, Int64(count * cols))
+            }
+        }
+    }
+}

@@ -1,1 +1,0 @@
-// ModelFormats: placeholder until the target's first file lands.

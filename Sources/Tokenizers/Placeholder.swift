@@ -1,1 +1,0 @@
-// Tokenizers: placeholder until the target's first file lands.

@@ -1,0 +1,32 @@
+import Foundation
+import Testing
+
+/// Paths and JSON of the committed fixtures (written by scripts/oracle/llama_goldens.py and tiny_llama.py).
+enum Fixtures {
+    static let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures")
+    /// The real model: $KVANT_MODEL, else <repo>/models/gemma-3-270m-q4_k_m.gguf, else /work/models/…; nil when absent.
+    static let realModelPath: String? = {
+        let env = ProcessInfo.processInfo.environment["KVANT_MODEL"]
+        let repo = dir.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("models/gemma-3-270m-q4_k_m.gguf").path
+        return [env, repo, "/work/models/gemma-3-270m-q4_k_m.gguf"].compactMap { $0 }
+            .first { FileManager.default.fileExists(atPath: $0) }
+    }()
+    static let noModel: Comment = "real model not found (set KVANT_MODEL or run `make model`)"
+    static let needsRelease: Comment = "compute-heavy: runs in release builds only (swift test -c release)"
+    static var tinyLlamaPath: String { dir.appendingPathComponent("tiny_llama.gguf").path }
+
+    static func json(_ name: String) throws -> [String: Any] {
+        let data = try Data(contentsOf: dir.appendingPathComponent(name))
+        return try JSONSerialization.jsonObject(with: data) as! [String: Any]
+    }
+
+    /// True in release builds (compute-heavy tests only run there).
+    static var isRelease: Bool {
+        #if DEBUG
+        return false
+        #else
+        return true
+        #endif
+    }
+}

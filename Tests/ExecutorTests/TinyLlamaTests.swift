@@ -1,0 +1,111 @@
+import Executor
+import Foundation
+import KVCache
+import KvantCore
+import ModelFormats
+import Testing
+
+/// A tiny random-weight LLaMA (GQA: 8 heads, 4 KV heads) against llama.cpp's logits (F32 weights and KV).
+@Suite struct TinyLlamaTests {
+    func expectedLogits() throws -> (tokens: [Int32], logits: [[Float]]) {
+        let d = try Fixtures.json("tiny_llama_logits.json")
+        let toks = (d["tokens"] as! [Int]).map { Int32($0) }
+        let logits = (d["logits"] as! [[Double]]).map { $0.map { Float($0) } }
+        return (toks, logits)
+    }
+
+    func makePool(_ model: Model, dtype: KVCacheDType = .fp32) throws -> KVCachePool {
+        try KVCachePool(spec: model.config.kvCacheSpec(dtype: dtype), byteBudget: 4 << 20)
+    }
+
+    func check(_ got: [[Float]], _ want: [[Float]]) {
+        #expect(got.count == want.count)
+        for (i, (g, w)) in zip(got, want).enumerated() {
+            let scale = w.map { abs($0) }.max()!
+            var worst: Float = 0
+            for k in w.indices { worst = max(worst, abs(g[k] - w[k])) }
+            #expect(worst <= 1e-3 * scale, "position \(i): max |Δlogit| \(worst), max |logit| \(scale)")
+        }
+    }
+
+    @Test func configFromMetadata() throws {
+        let m = try Model(path: Fixtures.tinyLlamaPath)
+        let c = m.config
+        #expect(c.architecture == .llama)
+        #expect(c.numLayers == 2 && c.hiddenSize == 128 && c.numHeads == 8 && c.numKVHeads == 4 && c.headDim == 16)
+        #expect(c.ffnSize == 256 && c.vocabSize == 300 && c.ropeNeox == false && c.slidingWindow == nil)
+        #expect(m.bosTokenID == 1 && m.eosTokenID == 2)
+    }
+
+    @Test func prefillLogitsMatchLlamaCpp() throws {
+        let (tokens, want) = try expectedLogits()
+        let model = try Model(path: Fixtures.tinyLlamaPath)
+        let pool = try makePool(model)
+        let s = ForwardSession(model: model, threads: 2)
+        let seq = pool.createSequence()
+        var got: [[Float]] = []
+        try s.forward(tokens: tokens, startPosition: 0, sequence: seq, pool: pool, logits: .all) { _, l in got.append(Array(l)) }
+        check(got, want)
+    }
+
+    @Test func decodeOneTokenAtATimeAndMicroBatchesMatchToo() throws {
+        let (tokens, want) = try expectedLogits()
+        let model = try Model(path: Fixtures.tinyLlamaPath)
+        let pool = try makePool(model)
+        // Decode path: one token per forward.
+        let s1 = ForwardSession(model: model, threads: 1)
+        let seq1 = pool.createSequence()
+        var got1: [[Float]] = []
+        for (i, t) in tokens.enumerated() {
+            got1.append(try s1.forwardLast(tokens: [t], startPosition: i, sequence: seq1, pool: pool))
+        }
+        check(got1, want)
+        // Prefill split into micro-batches of 5 tokens.
+        let s2 = ForwardSession(model: model, threads: 2, maxBatch: 5)
+        let seq2 = pool.createSequence()
+        var got2: [[Float]] = []
+        try s2.forward(tokens: tokens, startPosition: 0, sequence: seq2, pool: pool, logits: .all) { _, l in got2.append(Array(l)) }
+        check(got2, want)
+    }
+
+    @Test func badInputsThrow() throws {
+        let model = try Model(path: Fixtures.tinyLlamaPath)
+        let pool = try makePool(model)
+        let s = ForwardSession(model: model, threads: 1)
+        let seq = pool.createSequence()
+        #expect(throws: KvantError.self) { try s.forwardLast(tokens: [1, 300], startPosition: 0, sequence: seq, pool: pool) }
+        #expect(throws: KvantError.self) { try s.forwardLast(tokens: [1, -1], startPosition: 0, sequence: seq, pool: pool) }
+        #expect(throws: KvantError.self) { try s.forwardLast(tokens: [1], startPosition: 5, sequence: seq, pool: pool) }
+        // A pool whose spec does not match the model.
+        let wrong = try KVCachePool(spec: KVCacheSpec(numLayers: 3, numKVHeads: 4, headDim: 16, dtype: .fp32), byteBudget: 1 << 20)
+        let seq2 = wrong.createSequence()
+        #expect(throws: KvantError.self) { try s.forwardLast(tokens: [1], startPosition: 0, sequence: seq2, pool: wrong) }
+    }
+
+    @Test func missingOrMisshapenTensorIsNamed() throws {
+        let original = try Data(contentsOf: URL(fileURLWithPath: Fixtures.tinyLlamaPath))
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvant-exec-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        // Rename blk.1.ffn_up.weight (same length) so it is missing.
+        var bytes = [UInt8](original)
+        let from = Array("blk.1.ffn_up.weight".utf8), to = Array("blk.1.ffn_XX.weight".utf8)
+        var hits = 0
+        var i = 0
+        while i + from.count <= bytes.count {
+            if bytes[i..<(i + from.count)].elementsEqual(from) {
+                bytes.replaceSubrange(i..<(i + from.count), with: to); hits += 1; i += from.count
+            } else { i += 1 }
+        }
+        #expect(hits == 1)
+        let path = dir.appendingPathComponent("broken.gguf").path
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        do {
+            _ = try Model(path: path)
+            Issue.record("expected a missing-tensor error")
+        } catch let e as KvantError {
+            #expect(e.reason == .notFound)
+            #expect(e.message.contains("blk.1.ffn_up.weight"))
+        }
+    }
+}

@@ -1,0 +1,158 @@
+import CKernels
+import Foundation
+import Kernels
+import KvantCore
+import Testing
+
+/// Fixture written by scripts/oracle/kernels_goldens.py: raw GGUF blocks + python gguf's dequantization.
+struct DequantGolden: Decodable {
+    struct Entry: Decodable {
+        let source: String
+        let type: String
+        let typeId: UInt32
+        let rows: Int
+        let cols: Int
+        let bytes: String
+        let expected: [Float]
+    }
+    let entries: [Entry]
+
+    static func load() throws -> DequantGolden {
+        let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("Fixtures/dequant_goldens.json")
+        return try JSONDecoder().decode(DequantGolden.self, from: Data(contentsOf: url))
+    }
+}
+
+extension DequantGolden.Entry {
+    var raw: [UInt8] { [UInt8](Data(base64Encoded: bytes)!) }
+    var ggmlType: GGMLType { GGMLType(rawValue: typeId)! }
+}
+
+@Suite struct DequantizeTests {
+    @Test func fixtureCoversEveryWeightType() throws {
+        let golden = try DequantGolden.load()
+        let types = Set(golden.entries.map(\.ggmlType))
+        #expect(types == WeightMatrix.supportedTypes)
+    }
+
+    @Test func dequantizationMatchesPythonGGUF() throws {
+        let golden = try DequantGolden.load()
+        for e in golden.entries {
+            let raw = e.raw
+            try raw.withUnsafeBytes { buf in
+                let w = try WeightMatrix(name: e.source, type: e.ggmlType, rows: e.rows, cols: e.cols, bytes: buf)
+                for r in 0..<e.rows {
+                    let got = w.dequantizedRow(r)
+                    var maxErr: Float = 0
+                    var maxAbs: Float = 0
+                    for c in 0..<e.cols {
+                        let x = e.expected[r * e.cols + c]
+                        maxErr = max(maxErr, abs(got[c] - x))
+                        maxAbs = max(maxAbs, abs(x))
+                    }
+                    // Same formulas in fp32: equal up to one rounding of the scale product.
+                    #expect(maxErr <= 1e-6 * max(maxAbs, 1e-30), "\(e.type) \(e.source) row \(r): max error \(maxErr) (max |x| \(maxAbs))")
+                }
+            }
+        }
+    }
+
+    @Test func badShapesThrowNamingTheTensor() throws {
+        let bytes = [UInt8](repeating: 0, count: 34)
+        bytes.withUnsafeBytes { buf in
+            #expect(throws: KvantError.self) { try WeightMatrix(name: "blk.0.attn_q.weight", type: .q8_0, rows: 1, cols: 16, bytes: buf) }
+            #expect(throws: KvantError.self) { try WeightMatrix(name: "x", type: .q8_0, rows: 2, cols: 32, bytes: buf) }
+            #expect(throws: KvantError.self) { try WeightMatrix(name: "x", type: .q2_K, rows: 1, cols: 256, bytes: buf) }
+            do {
+                _ = try WeightMatrix(name: "blk.7.ffn_up.weight", type: .q8_0, rows: 3, cols: 32, bytes: buf)
+                Issue.record("expected an error")
+            } catch let e as KvantError {
+                #expect(e.reason == .invalidArgument)
+                #expect(e.message.contains("blk.7.ffn_up.weight"))
+            } catch { Issue.record("wrong error \(error)") }
+        }
+    }
+}
+
+@Suite struct MatMulTests {
+    /// Builds an 11-row matrix by cycling the fixture rows (exercises row tiles and the 4-row activation groups).
+    func check(_ e: DequantGolden.Entry, m: Int, threads: Int) throws {
+        let rowBytes = e.raw.count / e.rows
+        let nRows = 11
+        var bytes: [UInt8] = []
+        var deq: [Float] = []
+        for r in 0..<nRows {
+            let s = r % e.rows
+            bytes += e.raw[(s * rowBytes)..<((s + 1) * rowBytes)]
+            deq += e.expected[(s * e.cols)..<((s + 1) * e.cols)]
+        }
+        var rng = SplitMix(seed: UInt64(e.typeId) &+ 77)
+        let x: [Float] = (0..<(m * e.cols)).map { k in Float(rng.nextGaussian()) * ((k % 7 == 0) ? 3 : 1) }
+        var fast = [Float](repeating: .nan, count: m * nRows)
+        var ref = [Float](repeating: .nan, count: m * nRows)
+        try bytes.withUnsafeBytes { buf in
+            let w = try WeightMatrix(name: e.source, type: e.ggmlType, rows: nRows, cols: e.cols, bytes: buf)
+            let mm = MatMul(threads: threads)
+            mm.multiply(w, x, m: m, out: &fast)
+            mm.multiplyReference(w, x, m: m, out: &ref)
+        }
+        for i in 0..<m {
+            // Bound of the int8 activation error: per element |x - q·d| ≤ d/2 = amax(block)/254.
+            var amax = [Float](repeating: 0, count: e.cols / 32)
+            for k in 0..<e.cols { amax[k / 32] = max(amax[k / 32], abs(x[i * e.cols + k])) }
+            for r in 0..<nRows {
+                var exact = 0.0, absSum = 0.0, qBound = 0.0
+                for k in 0..<e.cols {
+                    let wv = Double(deq[r * e.cols + k]), xv = Double(x[i * e.cols + k])
+                    exact += wv * xv
+                    absSum += abs(wv * xv)
+                    qBound += abs(wv) * Double(amax[k / 32]) / 254
+                }
+                let refErr = abs(Double(ref[i * nRows + r]) - exact)
+                #expect(refErr <= 1e-5 * absSum + 1e-6, "\(e.type) reference path row \(r) act \(i): \(ref[i * nRows + r]) vs \(exact)")
+                let fastErr = abs(Double(fast[i * nRows + r]) - exact)
+                let isInt8 = e.ggmlType != .f32 && e.ggmlType != .f16 && e.ggmlType != .bf16
+                let tol = isInt8 ? qBound * 1.001 + 1e-5 * absSum + 1e-6 : 1e-5 * absSum + 1e-6
+                #expect(fastErr <= tol, "\(e.type) fast path row \(r) act \(i): \(fast[i * nRows + r]) vs \(exact), tol \(tol)")
+            }
+        }
+    }
+
+    @Test func matvecAndMatmulMatchFp64ReferenceForEveryType() throws {
+        let golden = try DequantGolden.load()
+        var seen = Set<GGMLType>()
+        // Both int8 kernel variants: AVX2 (maddubs) and, when the CPU has it, AVX-VNNI (vpdpbusd).
+        for variant: Int32 in [0, 1] {
+            if kvant_force_int8_kernel_variant(variant) != 0 { print("AVX-VNNI not available: variant \(variant) skipped"); continue }
+            seen = []
+            for e in golden.entries where !seen.contains(e.ggmlType) {
+                seen.insert(e.ggmlType)
+                try check(e, m: 1, threads: 1)      // decode
+                try check(e, m: 1, threads: 2)
+                try check(e, m: 9, threads: 2)      // prefill: 8 + 1 activation rows
+                try check(e, m: 20, threads: 2)     // 8 + 8 + 4
+            }
+            #expect(seen.count == 11)
+        }
+        _ = kvant_force_int8_kernel_variant(-1)
+    }
+}
+
+/// Deterministic test RNG (SplitMix64) with a Box–Muller Gaussian.
+struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    mutating func nextUniform() -> Double { Double(next() >> 11) / Double(1 << 53) }
+    mutating func nextGaussian() -> Double {
+        let u1 = max(nextUniform(), 1e-12), u2 = nextUniform()
+        return (-2 * log(u1)).squareRoot() * cos(2 * .pi * u2)
+    }
+}

@@ -1,0 +1,65 @@
+import Foundation
+import Testing
+import ModelFormats
+import Tokenizers
+
+enum TokFixtures {
+    static func path(_ name: String) -> String {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/\(name)").path
+    }
+
+    static func json<T: Decodable>(_ name: String, as: T.Type) throws -> T {
+        try JSONDecoder().decode(T.self, from: Data(contentsOf: URL(fileURLWithPath: path(name))))
+    }
+
+    /// The real model: $KVANT_MODEL, else <repo>/models/gemma-3-270m-q4_k_m.gguf, else
+    /// /work/models/gemma-3-270m-q4_k_m.gguf; nil when none exists (tests are then skipped with a reason).
+    static let modelPath: String? = {
+        let env = ProcessInfo.processInfo.environment["KVANT_MODEL"]
+        let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("models/gemma-3-270m-q4_k_m.gguf").path
+        for p in [env, repo, "/work/models/gemma-3-270m-q4_k_m.gguf"].compactMap({ $0 }) where FileManager.default.fileExists(atPath: p) {
+            return p
+        }
+        return nil
+    }()
+
+    static let skipReason: Comment = "real model not found (set KVANT_MODEL or run `make model`)"
+
+    static func realModelPath() -> String? { modelPath }
+
+    /// The Gemma 3 tokenizer, loaded once for all tests.
+    static let gemma: (any Tokenizer)? = {
+        guard let p = realModelPath() else { return nil }
+        do { return try makeTokenizer(from: GGUFFile(path: p)) } catch {
+            print("cannot load tokenizer from \(p): \(error)")
+            return nil
+        }
+    }()
+}
+
+struct GoldenFile: Decodable {
+    struct Case: Decodable {
+        let text: String
+        let add_special: Bool
+        let parse_special: Bool
+        let ids: [Int32]
+        let detokenized_hex: String
+    }
+    let oracle: String
+    let n_vocab: Int
+    let bos: Int32
+    let eos: Int32
+    let cases: [Case]
+}
+
+func hexBytes(_ s: String) -> [UInt8] {
+    var out: [UInt8] = []
+    var i = s.startIndex
+    while i < s.endIndex {
+        let j = s.index(i, offsetBy: 2)
+        out.append(UInt8(s[i..<j], radix: 16)!)
+        i = j
+    }
+    return out
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what building and testing Kvant needs on a fresh Debian 12 machine:
+# apt packages (libsystemd for sd_notify, socat, systemd tools for the container tier),
+# the Python oracles used by tests (gguf, numpy) and the default model.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+need=()
+for p in libsystemd-dev pkg-config socat systemd systemd-container debootstrap zstd util-linux; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    echo "setup: apt-get install ${need[*]}"
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+command -v swift >/dev/null || { echo "setup: swift is not on PATH (Swift 6.x toolchain required)" >&2; exit 1; }
+python3 -c "import gguf, numpy" 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore gguf numpy
+"$here/scripts/fetch-model.sh"

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs every test tier and ends with one summary line "kvant: N passed, N failed, N skipped".
+#   1. swift test -c release: unit tests, the in-process daemon, and the real-model tests
+#      (model: $KVANT_MODEL, default models/gemma-3-270m-q4_k_m.gguf; fetched by `make setup`).
+#   2. the systemd tier: a Debian container booted with systemd-nspawn runs kvantd as a
+#      Type=notify service (scripts/systemd-test.sh).
+# Compute-heavy tests need a release build (debug Swift is 10-100x slower in kernels).
+set -uo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+export KVANT_MODEL=${KVANT_MODEL:-$here/models/gemma-3-270m-q4_k_m.gguf}
+[ -f "$KVANT_MODEL" ] || echo "test: tier 'real model' will be skipped: $KVANT_MODEL is missing (run: make model)"
+log=$(mktemp)
+passed=0; failed=0; skipped=0
+
+echo "== tier 1+2+3: unit, in-process daemon, real model (swift test -c release)"
+scripts/swiftw build -c release --build-tests 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\] (Compiling|Emitting|Linking|Write|Planning|Wrapping)' 
+scripts/swiftw test -c release --skip-build 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+# Swift Testing summary: "✔ Test run with N tests in M suites passed" or "✘ Test run with N tests ... failed after ... with K issues"
+n=$(grep -Eo 'Test run with [0-9]+ tests?' "$log" | tail -1 | grep -Eo '[0-9]+' || echo 0)
+nf=$(grep -E '^✘ Test ' "$log" | grep -v '^✘ Test run' | grep -c 'failed after' || true)
+ns=$(grep -Ec '^➜ Test .* skipped' "$log" || true)
+if [ "$rc" -ne 0 ] && [ "$nf" -eq 0 ]; then nf=1; fi
+passed=$((passed + n - nf - ns)); failed=$((failed + nf)); skipped=$((skipped + ns))
+
+echo "== tier 4: systemd container"
+if [ "$(id -u)" != 0 ]; then
+    echo "test: tier 'systemd' skipped: needs root (systemd-nspawn)"; skipped=$((skipped + 1))
+elif ! command -v systemd-nspawn >/dev/null; then
+    echo "test: tier 'systemd' skipped: systemd-nspawn missing (apt-get install systemd-container)"; skipped=$((skipped + 1))
+else
+    scripts/systemd-test.sh 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    p=$(grep -Ec '^ok ' "$log" || true); f=$(grep -Ec '^not ok ' "$log" || true)
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+    passed=$((passed + p)); failed=$((failed + f))
+fi
+rm -f "$log"
+echo "kvant: $passed passed, $failed failed, $skipped skipped"
+[ "$failed" -eq 0 ]
