@@ -184,7 +184,7 @@ public final class ControlClient: @unchecked Sendable {
     }
 }
 
-/// Exit codes of `kvantctl`, one per `ErrorReason` (documented in docs/protocol.md); 1 for a reply the client cannot read.
+/// Exit codes of `kvantctl`, one per `ErrorReason` (documented in docs/protocol.md); other failures exit 1.
 public enum ClientExitCode {
     public static let success: Int32 = 0
     /// Usage errors found by the argument parser (EX_USAGE).
