@@ -133,14 +133,10 @@ public actor Engine {
         return model
     }
 
-    /// Switches the KV-cache dtype of the loaded model; refused while sequences are live.
+    /// Switches the KV-cache dtype of the loaded model while serving: running sequences finish on the
+    /// pool they started on, new ones use the new pool (the backend keeps both until the old drains).
     public func setKVCacheDType(_ dtype: KVCacheDType, quantizationParamPath: String?) async throws -> ModelInfo {
         let model = try requireModel("set-kv-dtype")
-        guard running == 0 else {
-            throw KvantError(.failedPrecondition, "set-kv-dtype: \(running) generate request(s) running; retry when idle")
-        }
-        running += 1   // hold off new sequences while the pool is rebuilt
-        defer { running -= 1; resumeWaiter() }
         try await onLane { try model.setKVCacheDType(dtype, quantizationParamPath: quantizationParamPath) }
         if quantizationParamPath != nil { lastScalesPath = quantizationParamPath }
         return model.info

@@ -184,7 +184,7 @@ public protocol LoadedModel: AnyObject, Sendable {
     /// - Throws: `.invalidArgument` for a bad file, `.failedPrecondition` when the dtype uses no static scales.
     func installScales(path: String) throws -> ScalesReport
 
-    /// Rebuilds the KV-cache pool with another dtype. The engine calls it only with no live sequence.
+    /// Switches the KV-cache dtype: a new pool for new sequences; live sequences keep the pool they started on.
     func setKVCacheDType(_ dtype: KVCacheDType, quantizationParamPath: String?) throws
 
     /// Perplexity of the text file over windows of `contextLength` tokens (llama.cpp `perplexity`

@@ -7,7 +7,7 @@ import Logging
 /// The inference backend linked into this build. The lead replaces the body with the adapter over
 /// Executor/KVCache/Tokenizers; until then every model load fails with a clear `unavailable` error.
 func makeInferenceBackend() -> any InferenceBackend {
-    UnavailableBackend()
+    ExecutorBackend(logger: Logger(label: "kvant.executor"))
 }
 
 @main
