@@ -31,6 +31,9 @@ public enum KVCalibrator {
         /// (beyond ±127·s; max over heads' scales for per-head), at histogram resolution: `[numLayers]`.
         public var keySaturation: [Double]
         public var valueSaturation: [Double]
+        /// Root mean square of K and of V per layer (all heads), from the histograms: `[numLayers]`.
+        public var keyRMS: [Float]
+        public var valueRMS: [Float]
     }
 
     /// Runs `tokens` through the model in windows of `window` tokens (each window starts with BOS
@@ -91,6 +94,8 @@ public enum KVCalibrator {
         }
         return Result(scales: scales, tokens: tokens.count, keyAmax: keyAmax, valueAmax: valueAmax, method: method,
                       keySaturation: (0..<config.numLayers).map { saturation($0, keys: true) },
-                      valueSaturation: (0..<config.numLayers).map { saturation($0, keys: false) })
+                      valueSaturation: (0..<config.numLayers).map { saturation($0, keys: false) },
+                      keyRMS: (0..<config.numLayers).map { recorder.rms(layer: $0, ofKeys: true) ?? 0 },
+                      valueRMS: (0..<config.numLayers).map { recorder.rms(layer: $0, ofKeys: false) ?? 0 })
     }
 }

@@ -166,6 +166,14 @@ public final class KVAmaxRecorder: @unchecked Sendable {
         return best.map { (clip: $0.1, keySaturation: $0.2, valueSaturation: $0.3) }
     }
 
+    /// Root mean square of the recorded K (`ofKeys`) or V values of a layer (one head or all), from
+    /// the histogram (bin centres, ≤ 5 % off). With the amax it gives the crest factor amax/rms that
+    /// decides how coarse a shared int8 step is for the typical value. Nil without a histogram or data.
+    public func rms(layer: Int, head: Int? = nil, ofKeys: Bool) -> Float? {
+        guard let h = histogram(layer: layer, head: head, ofKeys: ofKeys), h.reduce(0, +) > 0 else { return nil }
+        return Float(Self.quantizationError(h, clip: .greatestFiniteMagnitude).energy.squareRoot())
+    }
+
     /// Fraction of recorded K (`ofKeys`) or V values of a layer (one head or all) beyond `clip`,
     /// at histogram-bin resolution. Nil without a histogram or data.
     public func saturationFraction(layer: Int, head: Int? = nil, ofKeys: Bool, clip: Float) -> Double? {
