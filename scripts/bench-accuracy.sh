@@ -64,8 +64,8 @@ for ctx in $CTXS; do
   done
   if [[ $HAVE_ORACLE == 1 ]]; then
     for t in f16 q8_0; do
-      # Cached per (kv type, ctx, chunks): the oracle does not change between Kvant runs.
-      cache="$OUT/llama_${t}_ctx${ctx}_chunks${CHUNKS:-all}.json"
+      # Cached per (model, text, kv type, ctx, chunks): the oracle does not change between Kvant runs.
+      cache="$OUT/llama_$(basename "$MODEL" .gguf)_$(basename "$TEXT")_${t}_ctx${ctx}_chunks${CHUNKS:-all}.json"
       if [[ ! -s $cache ]]; then
         echo "ctx $ctx: llama.cpp $t" >&2
         python3 scripts/oracle/llama_perplexity.py --model "$MODEL" --file "$TEXT" --ctx "$ctx" --threads "$THREADS" \

@@ -67,10 +67,12 @@ import Testing
         let again = try KVScales.load(path: path, expectedModelType: c.architecture.rawValue, numLayers: c.numLayers,
                                       numKVHeads: c.numKVHeads, tpSize: tp)
         #expect(again.values == r.scales.values)
-        // max calibration: the scale is exactly max(amax_K, amax_V) / 127 per layer.
-        if r.method == .max {
-            for l in 0..<c.numLayers { #expect(back.layerScales(l) == [max(r.keyAmax[l], r.valueAmax[l]) / 127]) }
-        }
+        #expect(r.method == KVCalibrator.defaultMethod)
+        // Every clip is at most the layer's amax; plain max calibration gives exactly max(amax_K, amax_V) / 127.
+        for l in 0..<c.numLayers { #expect(back.layerScales(l)[0] <= max(r.keyAmax[l], r.valueAmax[l]) / 127) }
+        let (_, plain) = try calibrate(perHead: false, method: .max)
+        for l in 0..<c.numLayers { #expect(plain.scales.layerScales(l) == [max(plain.keyAmax[l], plain.valueAmax[l]) / 127]) }
+        #expect(plain.keySaturation.allSatisfy { $0 < 1e-6 } && plain.valueSaturation.allSatisfy { $0 < 1e-6 })
     }
 
     @Test("per-head file: heads split over TP ranks (one replicated KV head per rank) and merge back", arguments: [1, 2, 4])
