@@ -203,12 +203,13 @@ if wait_until 30 status_has "reload failed" && wait_until 30 is_active kvantd.se
     sha3=$(printf '%s' "$stats" | json 'd["kv_cache"]["scale_sha256"]')
     health=$(ctl health --json | json 'd["status"]')
     status_line=$(cx systemctl status kvantd.service --no-pager -n 0 | grep -m1 'Status:')
-    journal=$(cx journalctl -u kvantd.service --no-pager -n 30 -o cat | grep -m1 'reload failed')
+    # logged at priority err (<3> prefix on stderr)
+    journal=$(cx journalctl -u kvantd.service --no-pager -n 30 -o cat -p err | grep -m1 'reload failed')
     if [ "$epoch3" = "$epoch2" ] && [ "$sha3" = "$sha2" ] && [ "$health" = degraded ] \
        && printf '%s' "$status_line" | grep -q 'reload failed, serving with previous scales' \
        && printf '%s' "$status_line" | grep -q 'layer 3' && [ -n "$journal" ] \
        && [ "$(prop kvantd.service MainPID)" = "$main_pid" ]; then
-        ok "reload with a negative scale: still active, epoch $epoch3 and sha256 unchanged, health degraded, systemctl status and journal say why"
+        ok "reload with a negative scale: still active, epoch $epoch3 and sha256 unchanged, health degraded, systemctl status and the journal (priority err) say why"
         echo "#   $status_line"
     else
         not_ok "reload with a broken scale file keeps the old scales" "epoch $epoch2 -> $epoch3, sha256 ${sha2:0:12} -> ${sha3:0:12}, health $health" \
@@ -219,6 +220,26 @@ else
 fi
 # Put a valid file back (the next start loads it).
 cx sh -c "cat /var/lib/kvant/scales/calibrated.json > $scales"
+
+# ---------------------------------------------------------------- watchdog: a hung daemon is killed and restarted
+# SIGSTOP freezes every thread, so WATCHDOG=1 stops; systemd kills it after WatchdogSec (Result=watchdog)
+# and Restart=on-failure brings it back (RestartSec=2), loading the model and scales again.
+cx sh -c "kill -STOP $main_pid"
+if wait_until 20 sh -c "[ \"\$(nsenter -t $CT_PID1 -a systemctl show -p NRestarts --value kvantd.service)\" = 1 ]" \
+   && wait_until 30 is_active kvantd.service; then
+    new_pid=$(prop kvantd.service MainPID)
+    if [ "$new_pid" != "$main_pid" ] && cx journalctl -u kvantd.service --no-pager -o cat | grep -q 'Watchdog timeout' \
+       && [ "$(ctl stats --json | json 'd["kv_cache"]["scale_sha256"]')" = "$sha2" ]; then
+        ok "watchdog: a frozen kvantd (SIGSTOP) is killed after WatchdogSec=${watchdog_sec}s and restarted (MainPID $main_pid -> $new_pid) with the model and the calibrated scales"
+    else
+        not_ok "watchdog: a frozen kvantd is killed and restarted" "MainPID $main_pid -> $new_pid"
+    fi
+    main_pid=$new_pid
+else
+    not_ok "watchdog: a frozen kvantd (SIGSTOP) is killed with Result=watchdog and restarted" \
+        "NRestarts=$(prop kvantd.service NRestarts) ActiveState=$(prop kvantd.service ActiveState)"
+    cx sh -c "kill -CONT $main_pid" 2>/dev/null
+fi
 
 # ---------------------------------------------------------------- stop: exit 0, Result=success
 ts=$(date +%s.%N)
