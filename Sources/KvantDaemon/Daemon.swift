@@ -33,12 +33,15 @@ public final class Daemon: Sendable {
         let engine = Engine(backend: backend, settings: configuration.engineSettings, logger: logger)
         self.engine = engine
         let statusReporter = StatusReporter(engine: engine, notifier: notifier)
+        let startupFinished = OneShotEvent()
         let handler = RequestHandler(
             engine: engine, paths: paths, access: AccessPolicy(groupID: groupID), daemonVersion: kvantDaemonVersion,
             logger: logger, stateChanged: { await statusReporter.refresh() },
-            loadProgress: { statusReporter.loadProgress($0) })
+            loadProgress: { statusReporter.loadProgress($0) },
+            waitForStartup: { await startupFinished.wait() })
         let supervisor = DaemonSupervisor(engine: engine, notifier: notifier, configuration: configuration, paths: paths,
-                                          status: statusReporter, logger: logger, reloadRequests: reloadRequests)
+                                          status: statusReporter, logger: logger, reloadRequests: reloadRequests,
+                                          startupFinished: startupFinished)
         self.supervisor = supervisor
         self.server = ControlServer(
             configuration: .init(socketPath: configuration.socket, socketMode: configuration.socketMode,
@@ -112,9 +115,12 @@ public final class DaemonSupervisor: Service, @unchecked Sendable {
     private let reloadRequests: AsyncStream<Void>?
     private let (listeningStream, listeningContinuation) = AsyncStream<Void>.makeStream()
     let ready = OneShotEvent()
+    /// Signalled once the start-up model is loaded or failed (or shutdown came first); requests wait for it.
+    let startupFinished: OneShotEvent
 
     init(engine: Engine, notifier: SystemdNotifier, configuration: DaemonConfiguration, paths: PathPolicy,
-         status: StatusReporter, logger: Logger, reloadRequests: AsyncStream<Void>?) {
+         status: StatusReporter, logger: Logger, reloadRequests: AsyncStream<Void>?, startupFinished: OneShotEvent) {
+        self.startupFinished = startupFinished
         self.engine = engine
         self.notifier = notifier
         self.configuration = configuration
@@ -137,10 +143,12 @@ public final class DaemonSupervisor: Service, @unchecked Sendable {
         // Wait for the socket (or shutdown before it ever listened).
         for await _ in listeningStream.cancelOnGracefulShutdown() { break }
         guard !Task.isShuttingDownGracefully, !Task.isCancelled else {
+            startupFinished.signal()
             notifier.stopping(status: "stopping")
             return
         }
         await loadStartupModel()
+        startupFinished.signal()
         notifier.ready(status: await engine.statusLine())
         ready.signal()
         logger.notice("ready")
