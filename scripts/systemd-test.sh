@@ -207,7 +207,7 @@ if wait_until 30 status_has "reload failed" && wait_until 30 is_active kvantd.se
     journal=$(cx journalctl -u kvantd.service --no-pager -n 30 -o cat -p err | grep -m1 'reload failed')
     if [ "$epoch3" = "$epoch2" ] && [ "$sha3" = "$sha2" ] && [ "$health" = degraded ] \
        && printf '%s' "$status_line" | grep -q 'reload failed, serving with previous scales' \
-       && printf '%s' "$status_line" | grep -q 'layer 3' && [ -n "$journal" ] \
+       && [ "$(printf '%s' "$status_line" | grep -o 'layer 3: scale -0.5' | wc -l)" = 1 ] && [ -n "$journal" ] \
        && [ "$(prop kvantd.service MainPID)" = "$main_pid" ]; then
         ok "reload with a negative scale: still active, epoch $epoch3 and sha256 unchanged, health degraded, systemctl status and the journal (priority err) say why"
         echo "#   $status_line"
@@ -218,8 +218,16 @@ if wait_until 30 status_has "reload failed" && wait_until 30 is_active kvantd.se
 else
     not_ok "reload with a broken scale file: failure in STATUS, still active" "ActiveState=$(prop kvantd.service ActiveState)" "StatusText: $(prop kvantd.service StatusText)"
 fi
-# Put a valid file back (the next start loads it).
+# ---------------------------------------------------------------- a valid file again: reload recovers
 cx sh -c "cat /var/lib/kvant/scales/calibrated.json > $scales"
+cx systemctl reload kvantd.service
+epoch3=${epoch3:-$epoch2}
+if wait_until 30 epoch_is_not "$epoch3" && wait_until 30 is_active kvantd.service \
+   && [ "$(ctl health --json | json 'd["status"]')" = ok ] && ! status_has "reload failed"; then
+    ok "reload with the calibrated file again: epoch $(ctl stats --json | json 'd["kv_cache"]["scale_epoch"]'), health ok, STATUS clear of the failure"
+else
+    not_ok "reload after a failed one recovers" "health: $(ctl health --json 2>&1)" "StatusText: $(prop kvantd.service StatusText)"
+fi
 
 # ---------------------------------------------------------------- watchdog: a hung daemon is killed and restarted
 # SIGSTOP freezes every thread, so WATCHDOG=1 stops; systemd kills it after WatchdogSec (Result=watchdog)

@@ -86,6 +86,13 @@ final class StatusReporter: @unchecked Sendable {
         if changed { notifier.status(line) }
     }
 
+    /// Records `line` as the engine state last reported (a STATUS= sent elsewhere was built from it).
+    func remember(_ line: String) {
+        lock.lock()
+        lastStatus = line
+        lock.unlock()
+    }
+
     /// At most one EXTEND_TIMEOUT_USEC (by 90 s) per second while a model loads.
     func loadProgress(_ phase: String) {
         let now = DispatchTime.now().uptimeNanoseconds
@@ -197,6 +204,7 @@ public final class DaemonSupervisor: Service, @unchecked Sendable {
         notifier.reloading(status: "reloading scales")
         logger.notice("reloading scales")
         var message: String
+        var failure: String?
         if await engine.modelInfo == nil {
             message = "reload: no model loaded, nothing to reload"
         } else {
@@ -205,12 +213,20 @@ public final class DaemonSupervisor: Service, @unchecked Sendable {
                 message = "reloaded scales epoch \(report.epoch.map(String.init) ?? "?") sha256 \(report.sha256.prefix(12))"
             } catch {
                 let error = Engine.kvantError(error)
+                failure = error.message
                 message = "reload failed, serving with previous scales: \(error.message)"
                 logger.error("reload failed", metadata: ["error": "\(error.message)"])
             }
         }
-        let line = await engine.statusLine()
+        let base = await engine.statusLine()
+        var line = base
+        // The engine's line ends with its last error, which this failed reload just set: say it once.
+        if let failure, let last = await engine.lastFailure, last.hasSuffix(failure), line.hasSuffix("; \(last)") {
+            line.removeLast(last.count + 2)
+        }
         notifier.ready(status: "\(line); \(message)")
+        // The periodic refresh replaces this STATUS only when the engine's state changes again.
+        status.remember(base)
     }
 
     private func watchdogLoop(timeoutMicroseconds: UInt64) async {
