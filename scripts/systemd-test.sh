@@ -159,18 +159,6 @@ else
     not_ok "kvantctl stats right after start: model loaded with the scale file" "got: $got epoch=$epoch1 sha256=$sha1 (file: $want_sha1)" "$(printf '%s' "$stats" | head -c 1500)"
 fi
 
-# ---------------------------------------------------------------- watchdog: WatchdogSec=2 does not kill a healthy daemon
-w1=$(prop kvantd.service WatchdogTimestampMonotonic)
-sleep $((2 * watchdog_sec + 1))
-w2=$(prop kvantd.service WatchdogTimestampMonotonic)
-if is_active kvantd.service && [ "$(prop kvantd.service MainPID)" = "$main_pid" ] && [ "$(prop kvantd.service NRestarts)" = 0 ] \
-   && [ "${w2:-0}" -gt "${w1:-0}" ]; then
-    ok "watchdog: WatchdogSec=${watchdog_sec}s, still active with the same MainPID after $((2 * watchdog_sec + 1)) s, WATCHDOG=1 received"
-else
-    not_ok "watchdog: healthy daemon survives 2 periods of WatchdogSec=${watchdog_sec}s" \
-        "MainPID $main_pid -> $(prop kvantd.service MainPID), NRestarts=$(prop kvantd.service NRestarts), WatchdogTimestampMonotonic $w1 -> $w2"
-fi
-
 # ---------------------------------------------------------------- reload with a new calibrated scale file
 cal_out=$(ctl calibrate --output /var/lib/kvant/scales/calibrated.json --num-tokens 128 --json 2>&1)
 if [ $? -eq 0 ]; then
@@ -218,6 +206,19 @@ if wait_until 30 status_has "reload failed" && wait_until 30 is_active kvantd.se
 else
     not_ok "reload with a broken scale file: failure in STATUS, still active" "ActiveState=$(prop kvantd.service ActiveState)" "StatusText: $(prop kvantd.service StatusText)"
 fi
+# ---------------------------------------------------------------- watchdog: WatchdogSec=2 does not kill a healthy daemon
+w1=$(prop kvantd.service WatchdogTimestampMonotonic)
+sleep $((2 * watchdog_sec + 1))
+w2=$(prop kvantd.service WatchdogTimestampMonotonic)
+if is_active kvantd.service && [ "$(prop kvantd.service MainPID)" = "$main_pid" ] && [ "$(prop kvantd.service NRestarts)" = 0 ] \
+   && [ "${w2:-0}" -gt "${w1:-0}" ] && status_has "reload failed, serving with previous scales"; then
+    ok "watchdog: WatchdogSec=${watchdog_sec}s, still active with the same MainPID after $((2 * watchdog_sec + 1)) s, WATCHDOG=1 received; the failed reload is still in STATUS"
+else
+    not_ok "watchdog: healthy daemon survives 2 periods of WatchdogSec=${watchdog_sec}s" \
+        "MainPID $main_pid -> $(prop kvantd.service MainPID), NRestarts=$(prop kvantd.service NRestarts), WatchdogTimestampMonotonic $w1 -> $w2" \
+        "StatusText: $(prop kvantd.service StatusText)"
+fi
+
 # ---------------------------------------------------------------- a valid file again: reload recovers
 cx sh -c "cat /var/lib/kvant/scales/calibrated.json > $scales"
 cx systemctl reload kvantd.service
