@@ -93,6 +93,7 @@ tar -C "$root" -I zstd -xf "$tarball"
 chroot "$root" groupadd --system kvant
 chroot "$root" useradd --system --gid kvant --home-dir /var/lib/kvant --shell /usr/sbin/nologin kvant
 chroot "$root" useradd --no-create-home --groups kvant alice   # an unprivileged member of socket_group
+chroot "$root" useradd --no-create-home bob                    # and a user outside it
 install -m 0755 "$bin/kvantd" "$bin/kvantctl" "$root/usr/bin/"
 install -m 0644 systemd/kvantd.service systemd/kvantd.socket "$root/etc/systemd/system/"
 mkdir -p "$root/etc/systemd/system/kvantd.service.d"
@@ -109,7 +110,7 @@ sed -e "s|^# model = .*|model = \"$ct_model\"|" \
     -e "s|^# quantization_param_path = .*|quantization_param_path = \"$scales\"|" \
     -e 's|^kv_cache_bytes = .*|kv_cache_bytes = 67108864|' \
     -e 's|^threads = .*|threads = 2|' \
-    -e 's|^shutdown_timeout_seconds = .*|shutdown_timeout_seconds = 10|' \
+    -e 's|^shutdown_timeout_seconds = .*|shutdown_timeout_seconds = 2|' \
     config/kvantd.toml > "$root/etc/kvant/kvantd.toml"
 # Scale files (vLLM kv_cache_scales.json): a uniform one to start with, a broken one (negative scale).
 scale_file() {  # scale_file LAYER3_SCALE
@@ -157,6 +158,15 @@ if [ "$got" = "gemma3 int8_pertensor $scales" ] && [ -n "$epoch1" ] && [ "$sha1"
     ok "kvantctl stats over /run/kvant/kvantd.sock right after start: gemma3 loaded, int8_pertensor, scale epoch $epoch1, sha256 ${sha1:0:12} = the file's"
 else
     not_ok "kvantctl stats right after start: model loaded with the scale file" "got: $got epoch=$epoch1 sha256=$sha1 (file: $want_sha1)" "$(printf '%s' "$stats" | head -c 1500)"
+fi
+
+# ---------------------------------------------------------------- generate inside the sandbox (int8_pertensor KV cache)
+out=$(ctl generate "The capital of France is" --max-tokens 8 --temperature 0 --json 2>&1)
+got=$(printf '%s' "$out" | json '"%d %s" % (d["completion_tokens"], d["finish_reason"])' 2>/dev/null)
+if [ "$got" = "8 length" ] && [ -n "$(printf '%s' "$out" | json 'd["text"].strip()')" ]; then
+    ok "kvantctl generate under the unit's sandbox: 8 tokens ($(printf '%s' "$out" | json 'repr(d["text"])'))"
+else
+    not_ok "kvantctl generate under the unit's sandbox" "$(printf '%s' "$out" | tail -c 800)"
 fi
 
 # ---------------------------------------------------------------- reload with a new calibrated scale file
@@ -250,14 +260,22 @@ else
     cx sh -c "kill -CONT $main_pid" 2>/dev/null
 fi
 
-# ---------------------------------------------------------------- stop: exit 0, Result=success
+# ---------------------------------------------------------------- stop during a generate: drained, exit 0, Result=success
+cx sh -c 'timeout 60 kvantctl generate "Once upon a time" --max-tokens 4000 --temperature 0 --json > /root/gen.json 2>&1 &'
+running() { [ "$(ctl stats --json | json 'd["engine"]["requests_running"]')" = 1 ]; }
+wait_until 20 running
 ts=$(date +%s.%N)
 cx timeout 90 systemctl stop kvantd.service 2>/dev/null   # (warns that kvantd.socket can still activate it)
+stop_s=$(elapsed "$ts")
+wait_until 10 cx grep -q finish_reason /root/gen.json
+gen=$(cx cat /root/gen.json 2>&1)
+gen_got=$(printf '%s' "$gen" | json '"%s %d" % (d["finish_reason"], d["completion_tokens"] > 0)' 2>/dev/null)
 state="$(prop kvantd.service ActiveState) $(prop kvantd.service Result) $(prop kvantd.service ExecMainCode) $(prop kvantd.service ExecMainStatus)"
-if [ "$state" = "inactive success 1 0" ] && is_active kvantd.socket && cx test -S /run/kvant/kvantd.sock; then
-    ok "systemctl stop kvantd: inactive, Result=success, exited with status 0 ($(elapsed "$ts") s); kvantd.socket keeps listening"
+if [ "$state" = "inactive success 1 0" ] && [ "$gen_got" = "cancelled 1" ] && is_active kvantd.socket && cx test -S /run/kvant/kvantd.sock; then
+    ok "systemctl stop kvantd during a generate: the request is cancelled after shutdown_timeout_seconds=2 with a reply (finish_reason cancelled, $(printf '%s' "$gen" | json 'd["completion_tokens"]') tokens), inactive, Result=success, exit status 0 ($stop_s s); kvantd.socket keeps listening"
 else
-    not_ok "systemctl stop kvantd: inactive, Result=success, ExecMainStatus=0" "ActiveState Result ExecMainCode ExecMainStatus: $state" \
+    not_ok "systemctl stop kvantd during a generate: reply, inactive, Result=success, ExecMainStatus=0" \
+        "ActiveState Result ExecMainCode ExecMainStatus: $state; stop took $stop_s s" "generate: $(printf '%s' "$gen" | tail -c 600)" \
         "kvantd.socket: $(prop kvantd.socket ActiveState)"
 fi
 
@@ -273,6 +291,13 @@ if [ "$(printf '%s' "$out" | json 'd["model"]["path"]' 2>/dev/null)" = "$ct_mode
 else
     not_ok "socket activation: kvantctl stats as alice (group kvant) starts kvantd and sees the model" "kvantctl: $out" \
         "$(cx ls -ld /run/kvant /run/kvant/kvantd.sock 2>&1)"
+fi
+
+out=$(cx setpriv --reuid=bob --regid=bob --init-groups env -i PATH=$ct_path kvantctl health 2>&1); rc=$?
+if [ $rc = 7 ] && printf '%s' "$out" | grep -q 'permission_denied'; then
+    ok "a user outside socket_group cannot connect: kvantctl exits 7 (permission_denied)"
+else
+    not_ok "a user outside socket_group cannot connect" "exit $rc: $out"
 fi
 
 # ---------------------------------------------------------------- stop both units: socket file removed
