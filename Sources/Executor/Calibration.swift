@@ -4,21 +4,33 @@ import KvantCore
 
 /// Built-in KV-cache calibration: runs text through the model with an fp32 KV cache and records
 /// the amax of post-RoPE K and of V per (layer, KV head) as the cache is written (`KVAmaxRecorder`),
-/// then turns them into static scales `amax / 127` (K and V share one scale: the larger amax).
+/// and their |x| histograms, then turns them into static scales `clip / 127` (K and V share one
+/// scale, vLLM's schema): `clip = max(amax_K, amax_V)` for `.max`, or a clipping value from the
+/// histograms (`KVClipMethod`).
 ///
 /// This replaces the vendor guide's pipeline (TensorRT-LLM `convert_checkpoint.py --int8_kv_cache`,
 /// then vLLM `examples/fp8/extract_scales.py`, then a hand-edited `model_type`): the keys are
 /// recorded after RoPE, as attention reads them, on the model actually served.
 public enum KVCalibrator {
+    /// The clipping method of `calibrate` when none is asked for (see docs/kv-cache.md for the
+    /// measurements behind the choice).
+    public static let defaultMethod: KVClipMethod = .mse(keyWeight: 4)
+
     /// What one calibration run measured.
     public struct Result: Sendable {
         /// The scales, per layer or per (layer, KV head).
         public var scales: KVScales
         /// Tokens run through the model.
         public var tokens: Int
-        /// amax of K and of V per layer (max over KV heads), before any percentile cap: `[numLayers]`.
+        /// amax of K and of V per layer (max over KV heads), before any clipping: `[numLayers]`.
         public var keyAmax: [Float]
         public var valueAmax: [Float]
+        /// The clipping method used.
+        public var method: KVClipMethod
+        /// Fraction of the calibration text's K and V values per layer that the scales saturate
+        /// (beyond ±127·s; max over heads' scales for per-head), at histogram resolution: `[numLayers]`.
+        public var keySaturation: [Double]
+        public var valueSaturation: [Double]
     }
 
     /// Runs `tokens` through the model in windows of `window` tokens (each window starts with BOS
@@ -28,13 +40,14 @@ public enum KVCalibrator {
     ///   - window: tokens per forward window (≥ 2); longer texts run in several windows.
     ///   - perHead: one scale per (layer, KV head) instead of per layer.
     ///   - percentile: cap each layer's clipping value at this percentile of |K| and |V| (in (0, 100));
-    ///     nil or 100 = the plain max.
+    ///     nil or 100 = the plain max. Ignored when `method` is given.
+    ///   - method: how the clipping value is chosen (default: `.max`, or `.percentile` when given).
     ///   - isCancelled: checked between windows; when true the run throws `KvantError(.cancelled)`.
     ///   - progress: `(tokensDone, tokensTotal)` after each window.
     /// - Throws: `.invalidArgument` for too few tokens or a bad window/percentile, `.cancelled`,
     ///   forward-pass errors.
     public static func run(session: ForwardSession, tokens: [Int32], window: Int = 512, perHead: Bool,
-                           percentile: Double? = nil, isCancelled: () -> Bool = { false },
+                           percentile: Double? = nil, method: KVClipMethod? = nil, isCancelled: () -> Bool = { false },
                            progress: (Int, Int) -> Void = { _, _ in }) throws -> Result {
         guard tokens.count >= 2 else {
             throw KvantError(.invalidArgument, "calibration needs at least 2 tokens of text, got \(tokens.count)")
@@ -44,11 +57,18 @@ public enum KVCalibrator {
             throw KvantError(.invalidArgument, "calibration percentile must be in (0, 100], got \(percentile)")
         }
         let usePercentile = percentile.map { $0 < 100 } ?? false
+        let method = method ?? (usePercentile ? .percentile(percentile!) : .max)
+        if case .percentile(let p) = method, !(p > 0 && p < 100) {
+            throw KvantError(.invalidArgument, "calibration percentile must be in (0, 100), got \(p)")
+        }
+        if case .mse(let w) = method, !(w > 0 && w.isFinite) {
+            throw KvantError(.invalidArgument, "calibration key weight must be positive, got \(w)")
+        }
         let config = session.model.config
         let spec = config.kvCacheSpec(dtype: .fp32)
         let pool = try KVCachePool(spec: spec, byteBudget: spec.bytesPerToken * (window + 2 * spec.blockSize))
         let recorder = try KVAmaxRecorder(numLayers: config.numLayers, numKVHeads: config.numKVHeads,
-                                          histogram: usePercentile)
+                                          histogram: true)
         pool.amaxRecorder = recorder
         let bos = session.model.addsBOS ? session.model.bosTokenID : nil
         var done = 0
@@ -62,9 +82,15 @@ public enum KVCalibrator {
             done += chunk.count
             progress(done, tokens.count)
         }
-        let scales = try recorder.scales(perHead: perHead, percentile: usePercentile ? percentile : nil)
+        let scales = try recorder.scales(perHead: perHead, method: method)
         let keyAmax = (0..<config.numLayers).map { l in (0..<config.numKVHeads).map { recorder.keyAmax(layer: l, head: $0) }.max()! }
         let valueAmax = (0..<config.numLayers).map { l in (0..<config.numKVHeads).map { recorder.valueAmax(layer: l, head: $0) }.max()! }
-        return Result(scales: scales, tokens: tokens.count, keyAmax: keyAmax, valueAmax: valueAmax)
+        let H = config.numKVHeads
+        func saturation(_ l: Int, keys: Bool) -> Double {
+            (0..<H).map { h in recorder.saturationFraction(layer: l, head: h, ofKeys: keys, clip: scales.scale(layer: l, head: h) * 127) ?? 0 }.max()!
+        }
+        return Result(scales: scales, tokens: tokens.count, keyAmax: keyAmax, valueAmax: valueAmax, method: method,
+                      keySaturation: (0..<config.numLayers).map { saturation($0, keys: true) },
+                      valueSaturation: (0..<config.numLayers).map { saturation($0, keys: false) })
     }
 }

@@ -18,6 +18,12 @@ public enum TextTokenizer {
         guard let text = String(data: data, encoding: .utf8) else {
             throw KvantError(.invalidArgument, "text file '\(path)' is not valid UTF-8")
         }
+        return try tokenize(text: text, model: model)
+    }
+
+    /// Tokenizes `text` with the model's GGUF tokenizer (BOS added as the model says; special-token
+    /// text not parsed). - Throws: tokenizer construction errors.
+    public static func tokenize(text: String, model: Model) throws -> [Int32] {
         let tok = try makeTokenizer(from: model.file)
         return tok.encode(text, addSpecial: true, parseSpecial: false)
     }

@@ -5,7 +5,7 @@ import KvantCore
 /// Records, for calibration, the amax (max |x|) of post-RoPE K and of V per (layer, KV head) over
 /// every token `KVCachePool.write` stores while the recorder is set on the pool. Lock-free
 /// (atomic max on the float bits). With `histogram: true` it also keeps a log-spaced histogram of
-/// |x| per layer for K and V (8 bins per octave from 2^-24 to 2^24, under a lock: slower, opt-in),
+/// |x| per (layer, KV head) for K and V (8 bins per octave from 2^-24 to 2^24, under a lock: slower, opt-in),
 /// from which `percentileAmax` gives a clipping value less sensitive to outliers.
 public final class KVAmaxRecorder: @unchecked Sendable {
     public let numLayers: Int
@@ -16,7 +16,7 @@ public final class KVAmaxRecorder: @unchecked Sendable {
     private static let binsPerOctave = 8
     private static let minExp = -24
     private static let numBins = 48 * 8 + 2             // + underflow and overflow bins
-    private var hist: [Int64]                           // [numLayers, 2, numBins]
+    private var hist: [Int64]                           // [numLayers, numKVHeads, 2, numBins]
     private let histLock = NSLock()
 
     /// - Throws: `KvantError(.invalidArgument)` for non-positive or huge dimensions.
@@ -31,7 +31,7 @@ public final class KVAmaxRecorder: @unchecked Sendable {
         amax.initialize(repeating: 0, count: numLayers * numKVHeads * 2)
         tokens = .allocate(capacity: numLayers)
         tokens.initialize(repeating: 0, count: numLayers)
-        hist = histogram ? [Int64](repeating: 0, count: numLayers * 2 * Self.numBins) : []
+        hist = histogram ? [Int64](repeating: 0, count: numLayers * numKVHeads * 2 * Self.numBins) : []
     }
 
     deinit {
@@ -51,7 +51,7 @@ public final class KVAmaxRecorder: @unchecked Sendable {
         if keepsHistogram, let key, let value, count > 0 {
             histLock.lock(); defer { histLock.unlock() }
             for (kind, p) in [key, value].enumerated() {
-                let base = (layer * 2 + kind) * Self.numBins
+                let base = ((layer * numKVHeads + head) * 2 + kind) * Self.numBins
                 for j in 0..<count { hist[base + Self.bin(abs(p[j]))] += 1 }
             }
         }
@@ -84,25 +84,93 @@ public final class KVAmaxRecorder: @unchecked Sendable {
         return Float(bitPattern: bits)
     }
 
-    /// The |x| below which `percentile` % of the recorded K (`ofKeys`) or V values of a layer fall,
-    /// rounded up to the histogram bin edge (≤ 9 % above the exact value). Nil without a histogram
-    /// or without data.
-    public func percentileAmax(layer: Int, ofKeys: Bool, percentile: Double) -> Float? {
-        guard keepsHistogram, layer >= 0, layer < numLayers else { return nil }
-        histLock.lock(); defer { histLock.unlock() }
-        let base = (layer * 2 + (ofKeys ? 0 : 1)) * Self.numBins
-        let total = hist[base..<(base + Self.numBins)].reduce(0, +)
+    /// The |x| below which `percentile` % of the recorded K (`ofKeys`) or V values of a layer fall
+    /// (of one KV head, or of all heads when `head` is nil), rounded up to the histogram bin edge
+    /// (≤ 9 % above the exact value). Nil without a histogram or without data.
+    public func percentileAmax(layer: Int, head: Int? = nil, ofKeys: Bool, percentile: Double) -> Float? {
+        guard let h = histogram(layer: layer, head: head, ofKeys: ofKeys) else { return nil }
+        let total = h.reduce(0, +)
         guard total > 0 else { return nil }
         let target = Double(total) * min(max(percentile, 0), 100) / 100
         var cum: Int64 = 0
         for b in 0..<Self.numBins {
-            cum += hist[base + b]
+            cum += h[b]
             if Double(cum) >= target {
                 if b == 0 { return 0 }
-                return Float(pow(2.0, Double(Self.minExp) + Double(b) / Double(Self.binsPerOctave)))
+                return Self.upperEdge(b)
             }
         }
         return .infinity
+    }
+
+    /// Upper edge of histogram bin `b` (b ≥ 1).
+    private static func upperEdge(_ b: Int) -> Float {
+        Float(pow(2.0, Double(minExp) + Double(b) / Double(binsPerOctave)))
+    }
+
+    /// The |x| histogram `[numBins]` of K or V of a layer (one head, or summed over heads).
+    private func histogram(layer: Int, head: Int?, ofKeys: Bool) -> [Int64]? {
+        guard keepsHistogram, layer >= 0, layer < numLayers else { return nil }
+        if let head, head < 0 || head >= numKVHeads { return nil }
+        histLock.lock(); defer { histLock.unlock() }
+        var out = [Int64](repeating: 0, count: Self.numBins)
+        for h in (head.map { [$0] } ?? Array(0..<numKVHeads)) {
+            let base = ((layer * numKVHeads + h) * 2 + (ofKeys ? 0 : 1)) * Self.numBins
+            for b in 0..<Self.numBins { out[b] += hist[base + b] }
+        }
+        return out
+    }
+
+    /// Expected squared error per value of int8 quantization with clipping value `clip`
+    /// (`s = clip/127`) over a histogram, and the fraction of values beyond the clip. Each bin's
+    /// values sit at the bin's geometric centre; a value inside the range costs
+    /// `min(x², s²/12)` (rounding: uniform error, or the value itself when it rounds to 0), a
+    /// value beyond it `(|x| − clip)²` (saturation).
+    private static func quantizationError(_ h: [Int64], clip: Float) -> (mse: Double, energy: Double, saturated: Double) {
+        let c = Double(clip), s2 = (c / 127) * (c / 127) / 12
+        var err = 0.0, energy = 0.0, sat = 0.0, n = 0.0
+        for b in 1..<(numBins - 1) where h[b] > 0 {
+            let x = Double(upperEdge(b)) * pow(2.0, -0.5 / Double(binsPerOctave))
+            let k = Double(h[b])
+            n += k
+            energy += k * x * x
+            if x > c { err += k * (x - c) * (x - c); sat += k } else { err += k * min(x * x, s2) }
+        }
+        n += Double(h[0])
+        guard n > 0 else { return (0, 0, 0) }
+        return (err / n, energy / n, sat / n)
+    }
+
+    /// The clipping value that minimizes the expected int8 quantization error of K and V together
+    /// under one shared scale (`s = clip/127`, vLLM's schema), from the recorded histograms:
+    /// `keyWeight · mse_K / E[K²] + mse_V / E[V²]` (each error relative to its tensor's mean
+    /// square, so K and V count by their signal-to-noise ratio; `keyWeight > 1` favours K, whose
+    /// error shifts the softmax logits). Searched on a grid of 32 steps per octave from the amax
+    /// down to amax / 2^8; never above the amax. Nil without a histogram or data.
+    /// - Parameters:
+    ///   - head: one KV head, or nil for all heads of the layer (per-tensor scales).
+    /// - Returns: the clipping value and the fraction of K and of V values it would saturate.
+    public func mseOptimalClip(layer: Int, head: Int? = nil, keyWeight: Double) -> (clip: Float, keySaturation: Double, valueSaturation: Double)? {
+        guard let hk = histogram(layer: layer, head: head, ofKeys: true),
+              let hv = histogram(layer: layer, head: head, ofKeys: false) else { return nil }
+        let heads = head.map { [$0] } ?? Array(0..<numKVHeads)
+        let amax = heads.map { max(keyAmax(layer: layer, head: $0), valueAmax(layer: layer, head: $0)) }.max() ?? 0
+        guard amax > 0, amax.isFinite else { return nil }
+        var best: (Double, Float, Double, Double)? = nil
+        for i in 0...(8 * 32) {
+            let c = amax * Float(pow(2.0, -Double(i) / 32))
+            let ek = Self.quantizationError(hk, clip: c), ev = Self.quantizationError(hv, clip: c)
+            let obj = keyWeight * (ek.energy > 0 ? ek.mse / ek.energy : 0) + (ev.energy > 0 ? ev.mse / ev.energy : 0)
+            if best == nil || obj < best!.0 { best = (obj, c, ek.saturated, ev.saturated) }
+        }
+        return best.map { (clip: $0.1, keySaturation: $0.2, valueSaturation: $0.3) }
+    }
+
+    /// Fraction of recorded K (`ofKeys`) or V values of a layer (one head or all) beyond `clip`,
+    /// at histogram-bin resolution. Nil without a histogram or data.
+    public func saturationFraction(layer: Int, head: Int? = nil, ofKeys: Bool, clip: Float) -> Double? {
+        guard let h = histogram(layer: layer, head: head, ofKeys: ofKeys), h.reduce(0, +) > 0 else { return nil }
+        return Self.quantizationError(h, clip: clip).saturated
     }
 
     /// Static scales from the recorded amax: `max(amax_K, amax_V) / 127` (K and V share the scale),
@@ -112,26 +180,64 @@ public final class KVAmaxRecorder: @unchecked Sendable {
     /// - Throws: `KvantError(.failedPrecondition)` naming the layer/head when nothing was recorded,
     ///   or when a percentile is asked of a recorder without a histogram.
     public func scales(perHead: Bool, percentile: Double? = nil) throws -> KVScales {
-        if percentile != nil && !keepsHistogram {
-            throw KvantError(.failedPrecondition, "KV amax calibration: a percentile needs a recorder made with histogram: true")
+        try scales(perHead: perHead, method: percentile.map { .percentile($0) } ?? .max)
+    }
+
+    /// Static scales `clip / 127` per layer or per (layer, KV head), K and V sharing the scale, with
+    /// the clipping value chosen by `method` (see `KVClipMethod`).
+    /// - Throws: `KvantError(.failedPrecondition)` naming the layer/head when nothing was recorded,
+    ///   or when `.percentile`/`.mse` is asked of a recorder without a histogram.
+    public func scales(perHead: Bool, method: KVClipMethod) throws -> KVScales {
+        if method != .max && !keepsHistogram {
+            throw KvantError(.failedPrecondition, "KV amax calibration: clipping method \(method) needs a recorder made with histogram: true")
         }
         var rows: [[Float]] = []
         for l in 0..<numLayers {
             var row: [Float] = []
-            var cap = Float.infinity
-            if let percentile {
-                cap = max(percentileAmax(layer: l, ofKeys: true, percentile: percentile) ?? 0,
-                          percentileAmax(layer: l, ofKeys: false, percentile: percentile) ?? 0)
-            }
             for h in 0..<numKVHeads {
-                let a = min(max(keyAmax(layer: l, head: h), valueAmax(layer: l, head: h)), cap)
+                let a = max(keyAmax(layer: l, head: h), valueAmax(layer: l, head: h))
                 guard a > 0, a.isFinite else {
                     throw KvantError(.failedPrecondition, "KV amax calibration: layer \(l) head \(h) has amax \(a); run calibration tokens through every layer first")
                 }
-                row.append(a / 127)
+                row.append(a)
             }
+            switch method {
+            case .max:
+                break
+            case .percentile(let p):
+                let cap = max(percentileAmax(layer: l, ofKeys: true, percentile: p) ?? 0,
+                              percentileAmax(layer: l, ofKeys: false, percentile: p) ?? 0)
+                row = row.map { min($0, cap) }
+            case .mse(let w):
+                if perHead {
+                    row = (0..<numKVHeads).map { h in min(row[h], mseOptimalClip(layer: l, head: h, keyWeight: w)?.clip ?? row[h]) }
+                } else {
+                    let a = row.max()!
+                    row = [min(a, mseOptimalClip(layer: l, keyWeight: w)?.clip ?? a)]
+                }
+            }
+            row = row.map { $0 / 127 }
             rows.append(perHead ? row : [row.max()!])
         }
         return perHead ? try KVScales(perHead: rows) : try KVScales(perTensor: rows.map { $0[0] })
+    }
+}
+
+/// How calibration turns recorded K/V statistics into a clipping value `c` (scale `c / 127`).
+public enum KVClipMethod: Sendable, Equatable, CustomStringConvertible {
+    /// `c = max(amax_K, amax_V)`: nothing saturates on the calibration text.
+    case max
+    /// `c` capped at this percentile (0, 100) of |K| and |V| (the larger of the two).
+    case percentile(Double)
+    /// `c` minimizing `keyWeight · mse_K / E[K²] + mse_V / E[V²]` over the histograms
+    /// (`KVAmaxRecorder.mseOptimalClip`).
+    case mse(keyWeight: Double)
+
+    public var description: String {
+        switch self {
+        case .max: return "max"
+        case .percentile(let p): return "percentile \(p)"
+        case .mse(let w): return "mse (key weight \(w))"
+        }
     }
 }

@@ -240,6 +240,14 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
                                 tokens: result.count, chunks: result.chunks, seconds: Date().timeIntervalSince(started))
     }
 
+    /// The system's text for a file error (e.g. "No such file or directory").
+    private static func reasonText(_ error: Error) -> String {
+        if let u = (error as NSError).userInfo[NSUnderlyingErrorKey] as? NSError, u.domain == NSPOSIXErrorDomain {
+            return String(cString: strerror(Int32(u.code)))
+        }
+        return error.localizedDescription
+    }
+
     func calibrate(_ request: CalibrationRequest, control: OperationControl) throws -> CalibrateResult {
         let started = Date()
         let text: String
@@ -265,22 +273,31 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
         guard tokens.count >= 16 else {
             throw KvantError(.invalidArgument, "calibrate: \(source) gives \(tokens.count) tokens; at least 16 are needed")
         }
-        let result = try KVCalibrator.run(
-            session: session, tokens: tokens, window: min(512, maxModelLen), perHead: request.perHead,
-            percentile: request.percentile < 100 ? request.percentile : nil,
-            isCancelled: { control.isCancelled }, progress: { control.progress(done: $0, total: $1) })
+        // Fail on an unwritable output before spending minutes on the model.
+        let output = request.outputPath
+        let tmp = output + ".partial-\(getpid())"
+        func write(_ data: Data) throws {
+            do { try data.write(to: URL(fileURLWithPath: tmp)) } catch {
+                throw KvantError(.permissionDenied, "calibrate: cannot write '\(output)': \(Self.reasonText(error))")
+            }
+        }
+        try write(Data())
+        defer { unlink(tmp) }
+        let result: KVCalibrator.Result
+        do {
+            result = try KVCalibrator.run(
+                session: session, tokens: tokens, window: min(512, maxModelLen), perHead: request.perHead,
+                method: request.percentile < 100 ? .percentile(request.percentile) : KVCalibrator.defaultMethod,
+                isCancelled: { control.isCancelled }, progress: { control.progress(done: $0, total: $1) })
+        } catch let e as KvantError where e.reason == .cancelled {
+            throw KvantError(.cancelled, "calibrate: \(e.message); '\(output)' was not written")
+        }
         let data = try result.scales.encode(modelType: model.config.architecture.rawValue, tpSize: request.tpSize,
                                             perHead: request.perHead)
         // Write beside the target and rename: a cancelled or failed run never leaves a partial file.
-        let output = request.outputPath
-        let tmp = output + ".partial-\(getpid())"
-        guard FileManager.default.createFile(atPath: tmp, contents: data) else {
-            throw KvantError(.permissionDenied, "calibrate: cannot write '\(output)' (its directory is not writable)")
-        }
+        try write(data)
         guard rename(tmp, output) == 0 else {
-            let err = String(cString: strerror(errno))
-            unlink(tmp)
-            throw KvantError(.permissionDenied, "calibrate: cannot write '\(output)': \(err)")
+            throw KvantError(.permissionDenied, "calibrate: cannot write '\(output)': \(String(cString: strerror(errno)))")
         }
         // Read the file back with the rules reload-scales uses: what was written is what will load.
         let written = try loadScales(path: output)

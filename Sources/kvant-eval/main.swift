@@ -13,7 +13,7 @@ struct KvantEval: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kvant-eval",
         abstract: "Perplexity, top-1 agreement and speed of Kvant's executor.",
-        subcommands: [Perplexity.self, Top1.self, Bench.self])
+        subcommands: [Perplexity.self, Calibrate.self, Top1.self, Bench.self])
 }
 
 struct ModelOptions: ParsableArguments {
@@ -23,6 +23,8 @@ struct ModelOptions: ParsableArguments {
     var kvCacheDType: String = "auto"
     @Option(name: .customLong("quantization-param-path"), help: "kv_cache_scales.json for the static int8 dtypes.")
     var quantizationParamPath: String?
+    @Flag(name: .customLong("default-scales"), help: "Static int8 dtypes without a scale file: every scale 1.0 (as the daemon does, with a warning).")
+    var defaultScales = false
 
     func load(contextTokens: Int) throws -> (Model, ForwardSession, KVCachePool) {
         let dtype = try KVCacheDType(parsing: kvCacheDType)
@@ -31,8 +33,8 @@ struct ModelOptions: ParsableArguments {
         var scales: KVScales?
         if let p = quantizationParamPath {
             scales = try KVScales.load(path: p, expectedModelType: nil, numLayers: spec.numLayers, numKVHeads: spec.numKVHeads)
-        } else if dtype.usesStaticScales {
-            throw KvantError(.invalidArgument, "--kv-cache-dtype \(dtype.rawValue) needs --quantization-param-path")
+        } else if dtype.usesStaticScales && !defaultScales {
+            throw KvantError(.invalidArgument, "--kv-cache-dtype \(dtype.rawValue) needs --quantization-param-path (or --default-scales for 1.0 everywhere)")
         }
         let blocks = (contextTokens + spec.blockSize - 1) / spec.blockSize + 2
         let pool = try KVCachePool(spec: spec, byteBudget: blocks * spec.blockSize * spec.bytesPerToken * 2, scales: scales)
@@ -73,6 +75,54 @@ struct Perplexity: ParsableCommand {
         let dt = Date().timeIntervalSince(t0)
         print(String(format: "{\"perplexity\": %.6f, \"chunks\": %d, \"ctx\": %d, \"scored_tokens\": %d, \"kv_cache_dtype\": \"%@\", \"seconds\": %.2f}",
                      r.perplexity, r.chunks, ctx, r.count, opts.kvCacheDType, dt))
+    }
+}
+
+struct Calibrate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Calibrates static KV scales (KVCalibrator, as the daemon's calibrate) and writes kv_cache_scales.json.")
+    @Option(help: "GGUF model path.") var model: String
+    @Option(help: "Worker threads.") var threads: Int = 2
+    @Option(help: "Calibration text file (default: the built-in calibration sample).") var file: String?
+    @Option(name: .customLong("num-tokens"), help: "At most this many tokens of the text.") var numTokens: Int = 2048
+    @Flag(name: .customLong("per-head"), help: "One scale per (layer, KV head).") var perHead = false
+    @Option(name: .customLong("tp-size"), help: "TP ranks to write.") var tpSize: Int = 1
+    @Option(help: "Clipping: max (amax/127), mse (MSE-optimal shared clip of K and V), or p<percentile> e.g. p99.99 (default: calibrate's default).")
+    var method: String?
+    @Option(name: .customLong("key-weight"), help: "For --method mse: weight of K's relative error against V's.") var keyWeight: Double = 1
+    @Option(help: "Output kv_cache_scales.json.") var output: String
+
+    func run() throws {
+        let clip: KVClipMethod
+        switch method ?? "default" {
+        case "default": clip = KVCalibrator.defaultMethod
+        case "max": clip = .max
+        case "mse": clip = .mse(keyWeight: keyWeight)
+        case let m where m.hasPrefix("p"):
+            guard let p = Double(m.dropFirst()), p > 0, p < 100 else {
+                throw KvantError(.invalidArgument, "--method \(m): expected p<percentile> with a percentile in (0, 100)")
+            }
+            clip = .percentile(p)
+        case let m:
+            throw KvantError(.invalidArgument, "--method \(m): expected max, mse or p<percentile>")
+        }
+        let m = try Model(path: model)
+        var tokens = try file.map { try TextTokenizer.tokenize(path: $0, model: m) }
+            ?? TextTokenizer.tokenize(text: CalibrationSample.text, model: m)
+        if tokens.count > numTokens { tokens.removeLast(tokens.count - numTokens) }
+        let session = ForwardSession(model: m, threads: threads)
+        let t0 = Date()
+        let r = try KVCalibrator.run(session: session, tokens: tokens, window: 512, perHead: perHead, method: clip)
+        let data = try r.scales.encode(modelType: m.config.architecture.rawValue, tpSize: tpSize, perHead: perHead)
+        try data.write(to: URL(fileURLWithPath: output), options: .atomic)
+        let back = try KVScales.load(path: output, expectedModelType: m.config.architecture.rawValue,
+                                     numLayers: m.config.numLayers, numKVHeads: m.config.numKVHeads)
+        let layers = (0..<m.config.numLayers).map { l in
+            String(format: "{\"layer\": %d, \"k_amax\": %.4g, \"v_amax\": %.4g, \"clip\": %.4g, \"k_saturation\": %.3g, \"v_saturation\": %.3g}",
+                   l, r.keyAmax[l], r.valueAmax[l], back.layerScales(l).max()! * 127, r.keySaturation[l], r.valueSaturation[l])
+        }
+        print("{\"output\": \"\(output)\", \"method\": \"\(r.method)\", \"tokens\": \(r.tokens), \"per_head\": \(perHead), \"tp_size\": \(tpSize), "
+              + String(format: "\"seconds\": %.2f, ", Date().timeIntervalSince(t0)) + "\"layers\": [\n  " + layers.joined(separator: ",\n  ") + "]}")
     }
 }
 

@@ -1,0 +1,110 @@
+import Executor
+import Foundation
+import KVCache
+import Testing
+
+/// Issue 5: built-in calibration on the real model. The file `KVCalibrator` + `KVScales.encode` write
+/// loads back through the rules `reload-scales` uses and follows vLLM's `kv_cache_scales.json` schema.
+@Suite(.serialized, .enabled(if: Fixtures.realModelPath != nil, Fixtures.noModel)) struct CalibrationTests {
+    static let model: Model? = Fixtures.realModelPath.flatMap { try? Model(path: $0) }
+
+    func calibrate(perHead: Bool, tokens: Int = 64, method: KVClipMethod? = nil) throws -> (Model, KVCalibrator.Result) {
+        let m = try #require(Self.model)
+        var toks = try TextTokenizer.tokenize(text: CalibrationSample.text, model: m)
+        toks = Array(toks.prefix(tokens))
+        let r = try KVCalibrator.run(session: ForwardSession(model: m, threads: 2), tokens: toks, window: 512,
+                                     perHead: perHead, method: method)
+        return (m, r)
+    }
+
+    func tempFile(_ name: String, _ data: Data) throws -> String {
+        let dir = NSTemporaryDirectory() + "kvant-calib-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let path = dir + "/" + name
+        try data.write(to: URL(fileURLWithPath: path))
+        return path
+    }
+
+    /// vLLM's QuantParamSchema checks, done on the raw JSON (independently of `KVScales.decode`).
+    func checkSchema(_ data: Data, tp: Int, numLayers: Int, perHeadEntries: Int?) throws {
+        let obj = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        #expect(obj["model_type"] as? String == "gemma3")
+        let kv = try #require(obj["kv_cache"] as? [String: Any])
+        #expect(kv["dtype"] is String)
+        let sf = try #require(kv["scaling_factor"] as? [String: Any])
+        #expect(Set(sf.keys) == Set((0..<tp).map(String.init)), "ranks \(sf.keys.sorted())")
+        for r in 0..<tp {
+            let layers = try #require(sf[String(r)] as? [String: Any])
+            #expect(layers.count == numLayers)
+            #expect(Set(layers.keys.compactMap { Int($0) }) == Set(0..<numLayers), "rank \(r) layer keys")
+            for (_, v) in layers {
+                if let n = perHeadEntries {
+                    let list = try #require(v as? [Double])
+                    #expect(list.count == n && list.allSatisfy { $0 > 0 && $0.isFinite })
+                } else {
+                    let d = try #require(v as? Double)
+                    #expect(d > 0 && d.isFinite)
+                }
+            }
+        }
+    }
+
+    @Test("per-tensor file from calibration: vLLM schema for TP 1 and 2, loads back unchanged", arguments: [1, 2])
+    func perTensorRoundTrip(tp: Int) throws {
+        let (m, r) = try calibrate(perHead: false)
+        let c = m.config
+        #expect(r.tokens == 64 && r.keyAmax.count == c.numLayers && r.keyAmax.allSatisfy { $0 > 0 })
+        #expect(r.scales.granularity == .perTensor && r.scales.numLayers == c.numLayers)
+        let data = try r.scales.encode(modelType: c.architecture.rawValue, tpSize: tp, perHead: false)
+        try checkSchema(data, tp: tp, numLayers: c.numLayers, perHeadEntries: nil)
+        let path = try tempFile("kv_cache_scales.json", data)
+        // The rules reload-scales uses (ExecutorModel.loadScales): model_type, layers, KV heads.
+        let back = try KVScales.load(path: path, expectedModelType: c.architecture.rawValue, numLayers: c.numLayers,
+                                     numKVHeads: c.numKVHeads)
+        #expect(back.values == r.scales.values)
+        #expect(back.tpSize == tp && back.modelType == "gemma3" && back.warnings.isEmpty)
+        let again = try KVScales.load(path: path, expectedModelType: c.architecture.rawValue, numLayers: c.numLayers,
+                                      numKVHeads: c.numKVHeads, tpSize: tp)
+        #expect(again.values == r.scales.values)
+        // max calibration: the scale is exactly max(amax_K, amax_V) / 127 per layer.
+        if r.method == .max {
+            for l in 0..<c.numLayers { #expect(back.layerScales(l) == [max(r.keyAmax[l], r.valueAmax[l]) / 127]) }
+        }
+    }
+
+    @Test("per-head file: heads split over TP ranks (one replicated KV head per rank) and merge back", arguments: [1, 2, 4])
+    func perHeadSplitMerge(tp: Int) throws {
+        let (m, r) = try calibrate(perHead: true)
+        let c = m.config
+        #expect(r.scales.granularity == .perHead && r.scales.headsPerLayer == c.numKVHeads)
+        let data = try r.scales.encode(modelType: c.architecture.rawValue, tpSize: tp, perHead: true)
+        try checkSchema(data, tp: tp, numLayers: c.numLayers, perHeadEntries: max(1, c.numKVHeads / tp))
+        let path = try tempFile("kv_cache_scales.json", data)
+        let back = try KVScales.load(path: path, expectedModelType: c.architecture.rawValue, numLayers: c.numLayers,
+                                     numKVHeads: c.numKVHeads)
+        #expect(back.granularity == .perHead && back.values == r.scales.values && back.tpSize == tp)
+        // The per-head file is accepted by an int8_pertensor_perhead pool; a per-tensor file of the same run by both.
+        let spec = c.kvCacheSpec(dtype: .int8PerTensorPerHead)
+        let pool = try KVCachePool(spec: spec, byteBudget: 64 * spec.bytesPerToken, scales: back)
+        #expect(pool.stats().layerScales?.flatMap { $0 } == r.scales.values)
+    }
+
+    @Test("perplexity on GPL-3 (2 chunks, ctx 512): calibrated int8_pertensor within 1.5 % of fp32, far better than the 1.0 default",
+          .enabled(if: Fixtures.isRelease, Fixtures.needsRelease))
+    func calibratedPerplexity() throws {
+        let g = try Fixtures.json("gemma3_gpl3_perplexity.json")
+        let tokens = (g["tokens"] as! [Int]).map { Int32($0) }
+        let (m, r) = try calibrate(perHead: false, tokens: 4096)
+        let s = ForwardSession(model: m, threads: 2)
+        func ppl(_ dtype: KVCacheDType, _ scales: KVScales?) throws -> Double {
+            let spec = m.config.kvCacheSpec(dtype: dtype)
+            let pool = try KVCachePool(spec: spec, byteBudget: 600 * spec.bytesPerToken, scales: scales)
+            return try PerplexityEvaluator.run(session: s, pool: pool, tokens: tokens, ctx: 512, maxChunks: 2).perplexity
+        }
+        let fp32 = try ppl(.fp32, nil), calibrated = try ppl(.int8PerTensor, r.scales), unit = try ppl(.int8PerTensor, nil)
+        print("GPL-3 ctx 512, 2 chunks: fp32 \(fp32), int8_pertensor calibrated (\(r.method), \(r.tokens) tokens of the built-in sample) \(calibrated), default 1.0 \(unit)")
+        #expect(calibrated <= fp32 * 1.015)
+        #expect(unit > fp32 * 1.2)
+        #expect((unit - fp32) > 10 * (calibrated - fp32))
+    }
+}

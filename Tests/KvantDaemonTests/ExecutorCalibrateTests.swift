@@ -1,0 +1,103 @@
+import ControlProtocol
+import Foundation
+import KvantCore
+import KvantDaemon
+import Testing
+
+/// Issue 5: `calibrate` through the daemon's real adapter (`ExecutorBackend`) on the real model:
+/// bad inputs give the right `KvantError` reason with a message naming the file, and nothing is
+/// written when a run fails or is cancelled.
+@Suite(.serialized, .enabled(if: ExecutorCalibrateTests.modelPath != nil, "real model not found (set KVANT_MODEL or run `make model`)"))
+struct ExecutorCalibrateTests {
+    /// $KVANT_MODEL, else <repo>/models/gemma-3-270m-q4_k_m.gguf, else /work/models/…
+    static let modelPath: String? = {
+        let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("models/gemma-3-270m-q4_k_m.gguf").path
+        return [ProcessInfo.processInfo.environment["KVANT_MODEL"], repo, "/work/models/gemma-3-270m-q4_k_m.gguf"]
+            .compactMap { $0 }.first { FileManager.default.fileExists(atPath: $0) }
+    }()
+
+    static let loaded: (any LoadedModel)? = {
+        guard let path = modelPath else { return nil }
+        let req = ModelLoadRequest(path: path, kvCacheDType: .fp16, quantizationParamPath: nil, kvCacheBytes: 16 << 20,
+                                   blockSize: 16, maxModelLen: 2048, threads: 2)
+        return try? ExecutorBackend().loadModel(req, progress: { _ in })
+    }()
+
+    let dir: String
+    init() throws { dir = try makeTempDir("calib") }
+
+    func run(text: String?, output: String, cancelled: Bool = false, perHead: Bool = false,
+             numTokens: Int = 64) throws -> CalibrateResult {
+        let model = try #require(Self.loaded)
+        let control = OperationControl(isCancelled: { cancelled }, progress: { _, _ in })
+        return try model.calibrate(CalibrationRequest(textPath: text, numTokens: numTokens, perHead: perHead, tpSize: 1,
+                                                      percentile: 100, outputPath: output), control: control)
+    }
+
+    func error(_ body: () throws -> Void) -> KvantError? {
+        do { try body(); return nil } catch let e as KvantError { return e } catch { return nil }
+    }
+
+    /// Files in the test directory (a failed run must leave no partial file behind).
+    func files() -> [String] { ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).sorted() }
+
+    @Test("missing text file: not_found naming the file")
+    func missingText() {
+        let text = dir + "/no-such-text.txt"
+        let e = error { _ = try run(text: text, output: dir + "/out.json") }
+        #expect(e?.reason == .notFound)
+        #expect(e?.message.contains(text) == true, "\(String(describing: e))")
+        #expect(files().isEmpty)
+    }
+
+    @Test("empty text file: invalid_argument naming the file and the token count")
+    func emptyText() throws {
+        let text = dir + "/empty.txt"
+        FileManager.default.createFile(atPath: text, contents: Data())
+        let e = error { _ = try run(text: text, output: dir + "/out.json") }
+        #expect(e?.reason == .invalidArgument)
+        #expect(e?.message.contains(text) == true && e?.message.contains("tokens") == true, "\(String(describing: e))")
+        #expect(files() == ["empty.txt"])
+    }
+
+    @Test("unwritable output directory: permission_denied naming the output, before any compute")
+    func unwritableOutput() throws {
+        // A regular file where the directory should be: not writable even for root.
+        let blocker = dir + "/not-a-dir"
+        FileManager.default.createFile(atPath: blocker, contents: Data("x".utf8))
+        let output = blocker + "/kv_cache_scales.json"
+        let e = error { _ = try run(text: nil, output: output) }
+        #expect(e?.reason == .permissionDenied)
+        #expect(e?.message.contains(output) == true, "\(String(describing: e))")
+        if geteuid() != 0 {
+            let ro = dir + "/ro"
+            try FileManager.default.createDirectory(atPath: ro, withIntermediateDirectories: false)
+            chmod(ro, 0o555)
+            let e2 = error { _ = try run(text: nil, output: ro + "/out.json") }
+            #expect(e2?.reason == .permissionDenied && e2?.message.contains(ro + "/out.json") == true)
+        }
+    }
+
+    @Test("cancelled run: cancelled naming the output, and no file (nor partial file) written")
+    func cancelledWritesNothing() throws {
+        let output = dir + "/kv_cache_scales.json"
+        let e = error { _ = try run(text: nil, output: output, cancelled: true) }
+        #expect(e?.reason == .cancelled)
+        #expect(e?.message.contains(output) == true, "\(String(describing: e))")
+        #expect(files().isEmpty, "left behind: \(files())")
+    }
+
+    @Test("a good run writes a file that loads back with reload-scales' rules; the report matches it")
+    func goodRun() throws {
+        let output = dir + "/kv_cache_scales.json"
+        let r = try run(text: nil, output: output, perHead: true)
+        #expect(files() == ["kv_cache_scales.json"])
+        #expect(r.output == output && r.tokens == 64)
+        let model = try #require(Self.loaded)
+        let checked = try ExecutorBackend().validateScales(path: output, for: model)
+        #expect(checked.perHead && checked.layers == 18 && checked.warnings.isEmpty)
+        #expect(checked.sha256 == r.scales.sha256 && checked.min == r.scales.min && checked.max == r.scales.max)
+        #expect(checked.min > 0 && checked.max < 10)
+    }
+}
