@@ -63,12 +63,21 @@ public final class KVAmaxRecorder: @unchecked Sendable {
         return min(max(b, 0), numBins - 1)
     }
 
-    /// amax of K for (layer, head) so far (0 if nothing recorded).
-    public func keyAmax(layer: Int, head: Int) -> Float { load((layer * numKVHeads + head) * 2) }
-    /// amax of V for (layer, head) so far.
-    public func valueAmax(layer: Int, head: Int) -> Float { load((layer * numKVHeads + head) * 2 + 1) }
-    /// Tokens recorded for a layer.
-    public func tokenCount(layer: Int) -> Int { Int(tokens[layer]) }
+    /// amax of K for (layer, head) so far (0 if nothing recorded or out of range).
+    public func keyAmax(layer: Int, head: Int) -> Float {
+        guard layer >= 0, layer < numLayers, head >= 0, head < numKVHeads else { return 0 }
+        return load((layer * numKVHeads + head) * 2)
+    }
+    /// amax of V for (layer, head) so far (0 if nothing recorded or out of range).
+    public func valueAmax(layer: Int, head: Int) -> Float {
+        guard layer >= 0, layer < numLayers, head >= 0, head < numKVHeads else { return 0 }
+        return load((layer * numKVHeads + head) * 2 + 1)
+    }
+    /// Tokens recorded for a layer (0 out of range).
+    public func tokenCount(layer: Int) -> Int {
+        guard layer >= 0, layer < numLayers else { return 0 }
+        return Int(UnsafeMutableRawPointer(tokens + layer).assumingMemoryBound(to: Int64.self).pointee)
+    }
 
     private func load(_ i: Int) -> Float {
         let bits = UnsafeMutableRawPointer(amax + i).assumingMemoryBound(to: UInt32.self).pointee

@@ -194,15 +194,30 @@ public final class KVCachePool: @unchecked Sendable {
         return .ok
     }
 
+    /// Shortens the sequence to `newLength` tokens (e.g. to regenerate from an earlier position),
+    /// releasing the blocks past it. Growing again later goes through `reserve`, which copies a
+    /// shared partially filled last block before it is written. No-op when `newLength >= length`
+    /// or the sequence is unknown; negative lengths count as 0.
+    public func truncate(_ seq: SequenceID, to newLength: Int) {
+        lock.lock(); defer { lock.unlock() }
+        guard var table = tables[seq], newLength < table.length else { return }
+        let n = max(0, newLength)
+        let keep = n / spec.blockSize + (n % spec.blockSize == 0 ? 0 : 1)
+        while table.blockIDs.count > keep { blocks.release(table.blockIDs.removeLast()) }
+        table.length = n
+        tables[seq] = table
+    }
+
     /// Number of free blocks now.
     public var freeBlocks: Int {
         lock.lock(); defer { lock.unlock() }
         return blocks.numFree
     }
 
-    /// Reference count of a physical block (0 = free); for tests and stats.
+    /// Reference count of a physical block (0 = free or out of range); for tests and stats.
     public func refCount(block: Int32) -> Int {
         lock.lock(); defer { lock.unlock() }
+        guard block >= 0, Int(block) < numBlocks else { return 0 }
         return blocks.refCount(block)
     }
 
@@ -316,9 +331,15 @@ public final class KVCachePool: @unchecked Sendable {
     /// - Parameters: key, value: `[numKVHeads, headDim]` fp32 each; `position < length(of: sequence)`.
     /// int8_pertoken: scale `amax/127` per (token, KV head) for K and V separately (0 for a zero vector).
     /// Static int8: the block's epoch scales; values beyond ±127·s are clipped and counted per layer.
+    /// Writing into a block shared with a forked sequence first copies it (copy-on-write); `reserve`
+    /// already does that for the shared, partially filled last block it grows into, so this only
+    /// allocates when positions inside the shared range are rewritten (use `truncate` first).
+    /// - Returns: true; false when that copy-on-write found no free block — then nothing was written
+    ///   (never a write into the other sequence's block).
     /// Preconditions (caller errors): known sequence, layer and position in range.
+    @discardableResult
     public func write(layer: Int, sequence: SequenceID, position: Int,
-                      key: UnsafePointer<Float>, value: UnsafePointer<Float>) {
+                      key: UnsafePointer<Float>, value: UnsafePointer<Float>) -> Bool {
         precondition(layer >= 0 && layer < spec.numLayers, "KVCachePool.write: layer \(layer) out of range")
         let B = spec.blockSize, H = spec.numKVHeads, D = spec.headDim
         let off = position % B
@@ -331,6 +352,7 @@ public final class KVCachePool: @unchecked Sendable {
         }
         let lb = position / B
         if blocks.refCount(table.blockIDs[lb]) > 1 {
+            guard blocks.numFree > 0 else { lock.unlock(); return false }
             copyOnWrite(&table, logicalBlock: lb)
             tables[sequence] = table
         }
@@ -373,6 +395,7 @@ public final class KVCachePool: @unchecked Sendable {
             }
         }
         if clipped > 0 { kv_atomic_add_i64(saturation + layer, Int64(clipped)) }
+        return true
     }
 
     /// Reads back (dequantizes) K and V of one token for one layer into `[numKVHeads, headDim]` fp32

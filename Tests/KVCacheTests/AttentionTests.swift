@@ -97,6 +97,21 @@ struct AttentionTests {
         #expect(pool.stats().saturationCounts == [0, 4])  // 2, -2, 1.2751, -3
     }
 
+    @Test("int8 rounding is half-to-even in both the vector loop and the scalar tail")
+    func roundHalfEven() throws {
+        let spec = KVCacheSpec(numLayers: 1, numKVHeads: 1, headDim: 12, dtype: .int8PerTensor, blockSize: 4)
+        let pool = try KVCachePool(spec: spec, byteBudget: 1 << 14, scales: try KVScales(perTensor: [0.5]))
+        let seq = pool.createSequence()
+        // x / 0.5 = 2.5, 3.5, -2.5, -0.5, 0.5, 1.5, 126.5, -126.5 (vector lanes) and 2.5, 3.5, -1.5, 127.5 (scalar tail)
+        let k: [Float] = [1.25, 1.75, -1.25, -0.25, 0.25, 0.75, 63.25, -63.25, 1.25, 1.75, -0.75, 63.75]
+        writeAll(pool, seq, layer: 0, keys: [k], values: [k])
+        let (rk, rv) = readBack(pool, seq, layer: 0, position: 0)
+        let q: [Float] = [2, 4, -2, 0, 0, 2, 126, -126, 2, 4, -2, 127]
+        #expect(rk == q.map { $0 * 0.5 })
+        #expect(rv == rk)
+        #expect(pool.stats().saturationCounts == [2])  // 127.5 rounds to 128 and is clipped, in K and in V
+    }
+
     @Test("attend matches an fp64 reference on the dequantized cache and on the true values", arguments: dtypes)
     func attendMatchesReference(dtype: KVCacheDType) throws {
         for avx512 in [false, true] {
@@ -228,9 +243,10 @@ struct AttentionTests {
         // Each sequence written by positions in parallel (prefill), sequences interleaved across threads.
         DispatchQueue.concurrentPerform(iterations: 4 * T) { i in
             let s = seqs[i % 4], p = i / 4
-            keys[p].withUnsafeBufferPointer { k in values[p].withUnsafeBufferPointer { v in
+            let ok = keys[p].withUnsafeBufferPointer { k in values[p].withUnsafeBufferPointer { v in
                 pool.write(layer: 0, sequence: s, position: p, key: k.baseAddress!, value: v.baseAddress!)
             } }
+            precondition(ok)
         }
         let results = UnsafeMutablePointer<[Float]>.allocate(capacity: 4 * T)
         results.initialize(repeating: [], count: 4 * T)

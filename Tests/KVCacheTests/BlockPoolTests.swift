@@ -69,6 +69,8 @@ struct BlockPoolTests {
         #expect(pool.freeBlocks == 1)
         #expect(pool.reserve(a, newLength: 13) == .ok)
         #expect(pool.reserve(SequenceID(rawValue: 999), newLength: 1) == .never)
+        #expect(pool.refCount(block: 4) == 0 && pool.refCount(block: -1) == 0)
+        #expect(pool.length(of: SequenceID(rawValue: 999)) == 0 && pool.blockTable(of: SequenceID(rawValue: 999)) == nil)
         pool.free(a)
         #expect(pool.freeBlocks == 4)
         #expect(pool.stats().sequences == 0)
@@ -136,6 +138,41 @@ struct BlockPoolTests {
         writeAll(pool, parent, layer: 0, keys: kp2, values: kp2, from: 6)
         #expect(readBack(pool, child, layer: 0, position: 7).k == kc[7])
         #expect(readBack(pool, parent, layer: 0, position: 7).k == kp2[7])
+    }
+
+    @Test("truncate releases blocks; rewriting after truncate un-shares the forked block; a copy-on-write with no free block writes nothing")
+    func truncateAndFullPoolCopyOnWrite() throws {
+        let pool = try KVCachePool(spec: Self.spec, byteBudget: 512 * 3)
+        let parent = pool.createSequence()
+        let kp = rows(6, base: 1)
+        writeAll(pool, parent, layer: 0, keys: kp, values: kp)     // 2 blocks, last one half full
+        let child = pool.fork(parent)
+        pool.truncate(child, to: 3)                                 // child keeps block 0 only (shared)
+        #expect(pool.length(of: child) == 3 && pool.blockTable(of: child)!.blockIDs.count == 1)
+        #expect(pool.refCount(block: pool.blockTable(of: parent)!.blockIDs[1]) == 1)
+        #expect(pool.freeBlocks == 1)
+        // The child regrows into its shared, partially used block 0: reserve copies it (last free block).
+        #expect(pool.reserve(child, newLength: 4) == .ok)
+        #expect(pool.freeBlocks == 0)
+        #expect(pool.blockTable(of: child)!.blockIDs[0] != pool.blockTable(of: parent)!.blockIDs[0])
+        let kc = Array(kp[0..<3]) + rows(1, base: 40)
+        writeAll(pool, child, layer: 0, keys: kc, values: kc, from: 3)
+        #expect(readBack(pool, parent, layer: 0, position: 3).k == kp[3])
+        #expect(readBack(pool, child, layer: 0, position: 3).k == kc[3])
+        // Pool full; a second fork shares everything; rewriting a shared position cannot copy: nothing is written.
+        let twin = pool.fork(parent)
+        let fresh = [Float](repeating: 99, count: 16)
+        let ok = fresh.withUnsafeBufferPointer { f in
+            pool.write(layer: 0, sequence: twin, position: 1, key: f.baseAddress!, value: f.baseAddress!)
+        }
+        #expect(ok == false)
+        #expect(readBack(pool, parent, layer: 0, position: 1).k == kp[1])
+        #expect(readBack(pool, twin, layer: 0, position: 1).k == kp[1])
+        pool.truncate(parent, to: 0)
+        #expect(pool.length(of: parent) == 0 && pool.blockTable(of: parent)!.blockIDs.isEmpty)
+        pool.truncate(SequenceID(rawValue: 12345), to: 0)
+        pool.free(twin); pool.free(child); pool.free(parent)
+        #expect(pool.freeBlocks == 3)
     }
 
     @Test("fork copy-on-write with a quantized cache keeps scales and epochs of the copied block")

@@ -168,6 +168,7 @@ struct StatsTests {
         #expect(rec.valueAmax(layer: 1, head: 1) == 1.5)
         #expect(rec.keyAmax(layer: 0, head: 0) == 0)
         #expect(rec.tokenCount(layer: 1) == 6)
+        #expect(rec.keyAmax(layer: 7, head: 0) == 0 && rec.valueAmax(layer: 0, head: -1) == 0 && rec.tokenCount(layer: 2) == 0)
         // 95 of 96 K values of layer 1 are 0.1: the 95th percentile sits at 0.1's bin edge, the max above 2.
         let p95 = rec.percentileAmax(layer: 1, ofKeys: true, percentile: 95)!
         #expect(p95 >= 0.1 && p95 < 0.1 * 1.1)

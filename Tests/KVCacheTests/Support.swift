@@ -1,6 +1,7 @@
 import Foundation
 import KVCache
 import KvantCore
+import Testing
 
 /// Deterministic random numbers (SplitMix64) so failures reproduce.
 struct TestRNG {
@@ -51,7 +52,8 @@ func writeAll(_ pool: KVCachePool, _ seq: SequenceID, layer: Int, keys: [[Float]
     for p in start..<keys.count {
         keys[p].withUnsafeBufferPointer { k in
             values[p].withUnsafeBufferPointer { v in
-                pool.write(layer: layer, sequence: seq, position: p, key: k.baseAddress!, value: v.baseAddress!)
+                let ok = pool.write(layer: layer, sequence: seq, position: p, key: k.baseAddress!, value: v.baseAddress!)
+                #expect(ok, "write layer \(layer) position \(p)")
             }
         }
     }

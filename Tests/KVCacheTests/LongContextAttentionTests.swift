@@ -4,9 +4,8 @@ import KvantCore
 import Testing
 
 /// Decode-time attention at a long context for the Gemma 3 270M shape (1 KV head, head_dim 256,
-/// 4 query heads): int8 must be at least as fast as fp16 (it reads half the bytes). Timings are
-/// printed; the ratio is asserted only in release builds (debug builds of the tests are not
-/// representative; the kernels are C -O3 either way, but the harness is not).
+/// 4 query heads): outputs of every dtype against fp32, and split-K against one pass. Timings are
+/// printed for information only; speed is measured and compared in `make bench`, never asserted here.
 @Suite("Decode speed, Gemma 3 270M shape")
 struct DecodeSpeedTests {
     static func isDebug() -> Bool {
@@ -61,7 +60,7 @@ struct DecodeSpeedTests {
         return (times[times.count / 2], out)
     }
 
-    @Test("decode attend at 4096 tokens: int8 (static and per-token) not slower than fp16; outputs agree")
+    @Test("decode attend at 4096 tokens: every dtype agrees with fp32, split over threads equals one pass")
     func decodeInt8VsFP16() throws {
         let debug = Self.isDebug()
         let context = debug ? 1024 : 4096, layers = debug ? 2 : 6, reps = debug ? 3 : 15
@@ -77,10 +76,6 @@ struct DecodeSpeedTests {
         for dtype in [KVCacheDType.fp16, .int8PerTensor, .int8PerToken, .bf16] {
             let err = zip(results[dtype]!.1, ref).map { abs($0 - $1) }.max()!
             #expect(err < 0.02, "\(dtype.rawValue) output vs fp32: \(err)")
-        }
-        if !debug {
-            #expect(results[.int8PerTensor]!.0 <= results[.fp16]!.0 * 1.15)
-            #expect(results[.int8PerToken]!.0 <= results[.fp16]!.0 * 1.15)
         }
         }
     }
