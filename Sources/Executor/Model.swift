@@ -110,6 +110,7 @@ public final class ForwardSession: @unchecked Sendable {
         case .range(let r): wanted = r.clamped(to: 0..<tokens.count)
         }
         var b0 = 0
+        var bodyError: Error?
         while b0 < tokens.count {
             let b1 = min(tokens.count, b0 + maxBatch)
             let T = b1 - b0
@@ -118,11 +119,15 @@ public final class ForwardSession: @unchecked Sendable {
             case .gemma3: Gemma3.forward(self, tokens: batch, start: startPosition + b0, sequence: sequence, pool: pool)
             case .llama: Llama.forward(self, tokens: batch, start: startPosition + b0, sequence: sequence, pool: pool)
             }
-            // Output head on the requested rows of this micro-batch, a few rows at a time.
+            // Output head on the requested rows of this micro-batch, a few rows at a time. After an error from
+            // `body` the remaining micro-batches still run, so every reserved position has its K/V in the cache.
             let lo = max(wanted.lowerBound, b0) - b0, hi = min(wanted.upperBound, b1) - b0
-            if lo < hi { try outputHead(rows: lo..<hi, tokenOffset: b0, T: T, body: body) }
+            if lo < hi, bodyError == nil {
+                do { try outputHead(rows: lo..<hi, tokenOffset: b0, T: T, body: body) } catch { bodyError = error }
+            }
             b0 = b1
         }
+        if let e = bodyError { throw e }
     }
 
     /// Logits of the last token (convenience for decode and tests).

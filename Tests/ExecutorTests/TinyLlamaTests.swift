@@ -68,6 +68,24 @@ import Testing
         check(got2, want)
     }
 
+    /// An error thrown by the logits callback is rethrown after all micro-batches ran, so the cache stays complete:
+    /// decoding the last token again from the cached prefix gives llama.cpp's logits.
+    @Test func callbackErrorLeavesTheCacheComplete() throws {
+        struct Stop: Error {}
+        let (tokens, want) = try expectedLogits()
+        let model = try Model(path: Fixtures.tinyLlamaPath)
+        let pool = try makePool(model)
+        let s = ForwardSession(model: model, threads: 2, maxBatch: 5)
+        let seq = pool.createSequence()
+        let prefix = Array(tokens.dropLast())
+        #expect(throws: Stop.self) {
+            try s.forward(tokens: prefix, startPosition: 0, sequence: seq, pool: pool, logits: .all) { _, _ in throw Stop() }
+        }
+        #expect(pool.length(of: seq) == prefix.count)
+        let last = try s.forwardLast(tokens: [tokens.last!], startPosition: prefix.count, sequence: seq, pool: pool)
+        check([last], [want.last!])
+    }
+
     @Test func badInputsThrow() throws {
         let model = try Model(path: Fixtures.tinyLlamaPath)
         let pool = try makePool(model)
