@@ -90,7 +90,7 @@ import Testing
         let gen = try Generator(session: s, pool: p, sequence: p.createSequence(), sampling: .greedy, maxTokens: 16,
                                 stopStrings: ["country"], tokenizer: tok)
         var streamed = ""
-        let r = try gen.run(prompt: tok.encode("The capital of France is", addSpecial: true)) { _, piece in streamed += piece }
+        let r = try gen.run(prompt: tok.encode("The capital of France is", addSpecial: true), onToken: { _, piece in streamed += piece })
         #expect(r.finishReason == .stop)
         #expect(r.text == " the capital of the ")
         #expect(streamed == r.text)
