@@ -127,3 +127,43 @@ import Testing
         }
     }
 }
+
+/// Batched decode of several sequences equals decoding each alone.
+@Suite struct BatchedDecodeTests {
+    @Test func batchedDecodeMatchesSingleSequenceDecode() throws {
+        let model = try Model(path: Fixtures.tinyLlamaPath)
+        let pool = try KVCachePool(spec: model.config.kvCacheSpec(dtype: .fp32), byteBudget: 4 << 20)
+        let s = ForwardSession(model: model, threads: 2)
+        let prompts: [[Int32]] = [[1, 10, 11, 12], [1, 200, 201], [1, 50, 60, 70, 80, 90, 100]]
+        let next: [Int32] = [13, 202, 110]
+        // Reference: each sequence alone.
+        var want: [[Float]] = []
+        for (p, n) in zip(prompts, next) {
+            let seq = pool.createSequence()
+            _ = try s.forwardLast(tokens: p, startPosition: 0, sequence: seq, pool: pool)
+            want.append(try s.forwardLast(tokens: [n], startPosition: p.count, sequence: seq, pool: pool))
+        }
+        // Batched: prefill each, then one decode step for all three.
+        var seqs: [SequenceID] = []
+        for p in prompts {
+            let seq = pool.createSequence()
+            _ = try s.forwardLast(tokens: p, startPosition: 0, sequence: seq, pool: pool)
+            seqs.append(seq)
+        }
+        let items = (0..<3).map { DecodeItem(token: next[$0], position: prompts[$0].count, sequence: seqs[$0]) }
+        var got = [[Float]](repeating: [], count: 3)
+        try s.decode(items, pool: pool) { i, l in got[i] = Array(l) }
+        for i in 0..<3 {
+            let scale = want[i].map { abs($0) }.max()!
+            let worst = zip(got[i], want[i]).map { abs($0 - $1) }.max()!
+            #expect(worst <= 1e-4 * scale, "row \(i): max |Δ| \(worst)")
+        }
+        #expect(seqs.map { pool.length(of: $0) } == prompts.map { $0.count + 1 })
+        // Wrong position and repeated sequence are rejected.
+        #expect(throws: KvantError.self) {
+            try s.decode([DecodeItem(token: 5, position: 0, sequence: seqs[0])], pool: pool) { _, _ in }
+        }
+        let again = DecodeItem(token: 5, position: pool.length(of: seqs[1]), sequence: seqs[1])
+        #expect(throws: KvantError.self) { try s.decode([again, again], pool: pool) { _, _ in } }
+    }
+}
