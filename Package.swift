@@ -42,15 +42,17 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "TOMLKit", package: "TOMLKit"),
         ]),
         .executableTarget(name: "kvantd", dependencies: [
-            "KvantDaemon",
+            "KvantDaemon", "KvantCore",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "kvantctl", dependencies: [
-            "ControlProtocol",
+            "ControlProtocol", "KvantCore",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
@@ -67,8 +69,12 @@ let package = Package(
         .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers", "ModelFormats"], exclude: ["Fixtures"]),
         .testTarget(name: "KVCacheTests", dependencies: ["KVCache", "Kernels", "KvantCore"]),
         .testTarget(name: "ExecutorTests", dependencies: ["Executor", "KVCache", "ModelFormats", "Tokenizers", "KvantCore"], exclude: ["Fixtures"]),
-        .testTarget(name: "ControlProtocolTests", dependencies: ["ControlProtocol"]),
-        .testTarget(name: "KvantDaemonTests", dependencies: ["KvantDaemon", "ControlProtocol"]),
+        .testTarget(name: "ControlProtocolTests", dependencies: ["ControlProtocol", "KvantCore"]),
+        .testTarget(name: "KvantDaemonTests", dependencies: [
+            "KvantDaemon", "ControlProtocol", "KvantCore",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
     ],
     swiftLanguageModes: [.v5]
 )

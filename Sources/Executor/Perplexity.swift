@@ -17,7 +17,9 @@ public enum PerplexityEvaluator {
 
     /// - Throws: `KvantError(.invalidArgument)` when there are fewer than `2·ctx` tokens (llama-perplexity's
     ///   requirement) or `ctx < 4`; forward-pass errors.
+    /// `isCancelled` is checked before each chunk; when true the run throws `KvantError(.cancelled)`.
     public static func run(session: ForwardSession, pool: KVCachePool, tokens: [Int32], ctx: Int, maxChunks: Int? = nil,
+                           isCancelled: () -> Bool = { false },
                            progress: (Int, Double) -> Void = { _, _ in }) throws -> Result {
         guard ctx >= 4 else { throw KvantError(.invalidArgument, "ctx \(ctx) must be ≥ 4") }
         guard tokens.count >= 2 * ctx else {
@@ -31,6 +33,7 @@ public enum PerplexityEvaluator {
         var nll = 0.0
         var count = 0
         for c in 0..<nChunk {
+            if isCancelled() { throw KvantError(.cancelled, "perplexity cancelled after \(c) of \(nChunk) chunks") }
             let start = c * ctx
             var chunk = Array(tokens[start..<(start + ctx)])
             if addBOS, let b = bos { chunk[0] = b }

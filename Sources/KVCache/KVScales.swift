@@ -110,6 +110,13 @@ public struct KVScales: Sendable, Equatable {
         return s
     }
 
+    /// Hugging Face `model_type` names that files from the vendor pipeline (TensorRT-LLM, then vLLM's
+    /// `extract_scales.py`) carry for a GGUF `general.architecture`; accepted as equal to it.
+    public static let modelTypeAliases: [String: Set<String>] = [
+        "gemma3": ["gemma3_text"],
+        "llama": ["mistral"],
+    ]
+
     /// Validates and merges the JSON of a scale file; `source` names it in errors. Same rules as `load`.
     public static func decode(data: Data, source src: String, expectedModelType: String?, numLayers: Int,
                               numKVHeads: Int, tpSize: Int? = nil) throws -> KVScales {
@@ -125,8 +132,9 @@ public struct KVScales: Sendable, Equatable {
         var warnings: [String] = []
         if let expected = expectedModelType {
             if let mt = file.modelType {
-                guard mt == expected else {
-                    throw KvantError(.invalidArgument, "\(src): model_type '\(mt)' does not match the running model's model_type '\(expected)'")
+                guard mt == expected || (modelTypeAliases[expected]?.contains(mt) ?? false) else {
+                    let accepted = ([expected] + (modelTypeAliases[expected].map { Array($0).sorted() } ?? [])).joined(separator: "' or '")
+                    throw KvantError(.invalidArgument, "\(src): model_type '\(mt)' does not match the running model (expected '\(accepted)')")
                 }
             } else {
                 warnings.append("\(src): model_type is null; accepted for model_type '\(expected)' (fix the file to make it checkable)")

@@ -1,1 +1,384 @@
-print("placeholder")
+import ArgumentParser
+import ControlProtocol
+import Dispatch
+import Foundation
+import KvantCore
+
+// kvantctl: one subcommand per control method; human-readable output by default, `--json`
+// prints the daemon's result object. Exit codes per ErrorReason: see ClientExitCode and
+// docs/protocol.md.
+
+struct ConnectionOptions: ParsableArguments {
+    @Option(help: "Control socket (env KVANT_SOCKET, default /run/kvant/kvantd.sock).")
+    var socket: String = ProcessInfo.processInfo.environment["KVANT_SOCKET"] ?? ControlClient.defaultSocketPath
+
+    @Flag(help: "Print the raw JSON result instead of a table.")
+    var json = false
+
+    func connect() throws -> ControlClient {
+        try ControlClient(socketPath: socket)
+    }
+}
+
+/// Runs `body`, turning errors into a message on stderr and the exit code of their reason.
+func runClient(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let error as RPCErrorObject {
+        FileHandle.standardError.write(Data("kvantctl: \(error.reason.rawValue): \(error.message)\n".utf8))
+        throw ExitCode(ClientExitCode.code(for: error.reason))
+    } catch let error as KvantError {
+        FileHandle.standardError.write(Data("kvantctl: \(error.reason.rawValue): \(error.message)\n".utf8))
+        throw ExitCode(ClientExitCode.code(for: error.reason))
+    }
+}
+
+func absolute(_ path: String) -> String {
+    URL(fileURLWithPath: path).standardizedFileURL.path
+}
+
+func printJSON<T: Encodable>(_ value: T) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
+    print(String(decoding: try encoder.encode(value), as: UTF8.self))
+}
+
+/// Prints `rows` as two aligned columns.
+func printTable(_ rows: [(String, String)]) {
+    let width = rows.map(\.0.count).max() ?? 0
+    for (key, value) in rows {
+        print(key.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + value)
+    }
+}
+
+func formatBytes(_ bytes: Int) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    var value = Double(bytes)
+    var unit = 0
+    while value >= 1024, unit < units.count - 1 { value /= 1024; unit += 1 }
+    return unit == 0 ? "\(bytes) B" : String(format: "%.1f %@", value, units[unit])
+}
+
+func modelRows(_ info: ModelInfo) -> [(String, String)] {
+    [("model", info.name), ("path", info.path), ("architecture", info.architecture),
+     ("layers", "\(info.numLayers)"), ("kv heads", "\(info.numKVHeads)"), ("head dim", "\(info.headDim)"),
+     ("vocab", "\(info.vocabSize)"), ("max model len", "\(info.maxModelLen)"),
+     ("kv cache dtype", info.kvCacheDType.rawValue), ("block size", "\(info.blockSize)"),
+     ("kv cache", "\(formatBytes(info.kvCacheBytes)) (\(info.kvCacheCapacityTokens) tokens)")]
+}
+
+func scalesRows(_ report: ScalesReport) -> [(String, String)] {
+    var rows: [(String, String)] = []
+    if let path = report.path { rows.append(("path", path)) }
+    rows += [("layers", "\(report.layers)"), ("per head", report.perHead ? "yes" : "no"),
+             ("min", "\(report.min)"), ("max", "\(report.max)"), ("sha256", report.sha256)]
+    if let epoch = report.epoch { rows.append(("epoch", "\(epoch)")) }
+    for warning in report.warnings { rows.append(("warning", warning)) }
+    return rows
+}
+
+/// Sends `cancel` for `id` on Ctrl-C while `body` runs; a second Ctrl-C exits at once (130).
+func withCancelOnInterrupt<T>(_ client: ControlClient, id: RPCID, _ body: () throws -> T) rethrows -> T {
+    signal(SIGINT, SIG_IGN)
+    let source = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
+    var interrupts = 0
+    source.setEventHandler {
+        interrupts += 1
+        if interrupts > 1 { exit(130) }
+        FileHandle.standardError.write(Data("\nkvantctl: cancelling request \(id)…\n".utf8))
+        try? client.sendCancel(of: id)
+    }
+    source.resume()
+    defer {
+        source.cancel()
+        signal(SIGINT, SIG_DFL)
+    }
+    return try body()
+}
+
+@main
+struct Kvantctl: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kvantctl",
+        abstract: "Control kvantd over its Unix socket (JSON-RPC 2.0, one message per line).",
+        discussion: """
+        Exit codes: 0 ok, 2 invalid_argument, 3 not_found, 4 failed_precondition, 5 resource_exhausted,
+        6 unavailable (also: cannot connect), 7 permission_denied, 8 cancelled, 9 internal, 64 usage.
+        """,
+        subcommands: [LoadModel.self, UnloadModel.self, SetKVDType.self, ReloadScales.self, Stats.self, Generate.self,
+                      Tokenize.self, Perplexity.self, Calibrate.self, Health.self, Version.self, Scales.self])
+}
+
+struct LoadModel: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "load-model", abstract: "Load a GGUF model (replaces the current one when the load succeeds).")
+    @OptionGroup var connection: ConnectionOptions
+    @Argument(help: "Model file (under the daemon's allowed_dirs).") var path: String
+    @Option(name: .customLong("kv-cache-dtype")) var kvCacheDType: String?
+    @Option(name: .customLong("quantization-param-path")) var quantizationParamPath: String?
+    @Option(name: .customLong("kv-cache-bytes")) var kvCacheBytes: Int?
+    @Option(name: .customLong("max-model-len")) var maxModelLen: Int?
+
+    func run() throws {
+        try runClient {
+            let dtype = try kvCacheDType.map { try KVCacheDType(parsing: $0) }
+            let params = LoadModelParams(path: absolute(path), kvCacheDType: dtype,
+                                         quantizationParamPath: quantizationParamPath.map(absolute),
+                                         kvCacheBytes: kvCacheBytes, maxModelLen: maxModelLen)
+            let result = try connection.connect().call(.loadModel, params, as: LoadModelResult.self)
+            if connection.json { return try printJSON(result) }
+            printTable(modelRows(result.model) + [("load time", String(format: "%.2f s", result.loadSeconds))]
+                       + (result.replaced.map { [("replaced", $0)] } ?? []))
+        }
+    }
+}
+
+struct UnloadModel: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "unload-model", abstract: "Unload the model.")
+    @OptionGroup var connection: ConnectionOptions
+
+    func run() throws {
+        try runClient {
+            let result = try connection.connect().call(.unloadModel, EmptyParams(), as: UnloadModelResult.self)
+            if connection.json { return try printJSON(result) }
+            print(result.unloaded ? "unloaded \(result.path ?? "")" : "no model was loaded")
+        }
+    }
+}
+
+struct SetKVDType: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "set-kv-dtype", abstract: "Switch the KV-cache dtype while serving (running requests finish on the old pool).")
+    @OptionGroup var connection: ConnectionOptions
+    @Argument(help: "auto, fp16, bf16, fp32, int8_pertensor, int8_pertensor_perhead, int8_pertoken") var dtype: String
+    @Option(name: .customLong("quantization-param-path")) var quantizationParamPath: String?
+
+    func run() throws {
+        try runClient {
+            let params = SetKVDTypeParams(kvCacheDType: try KVCacheDType(parsing: dtype),
+                                          quantizationParamPath: quantizationParamPath.map(absolute))
+            let info = try connection.connect().call(.setKVDType, params, as: ModelInfo.self)
+            if connection.json { return try printJSON(info) }
+            printTable(modelRows(info))
+        }
+    }
+}
+
+struct ReloadScales: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "reload-scales", abstract: "Install KV scales from a file (default: re-read the current one).")
+    @OptionGroup var connection: ConnectionOptions
+    @Argument(help: "Scale file (kv_cache_scales.json).") var path: String?
+
+    func run() throws {
+        try runClient {
+            let report = try connection.connect().call(.reloadScales, ReloadScalesParams(path: path.map(absolute)),
+                                                       as: ScalesReport.self)
+            if connection.json { return try printJSON(report) }
+            printTable(scalesRows(report))
+        }
+    }
+}
+
+struct Stats: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Engine figures and KV-cache statistics.")
+    @OptionGroup var connection: ConnectionOptions
+
+    func run() throws {
+        try runClient {
+            let stats = try connection.connect().call(.stats, EmptyParams(), as: StatsResult.self)
+            if connection.json { return try printJSON(stats) }
+            let e = stats.engine
+            var rows: [(String, String)] = [
+                ("uptime", String(format: "%.0f s", e.uptimeSeconds)), ("rss", formatBytes(e.rssBytes)),
+                ("connections", "\(e.connections)"),
+                ("requests", "\(e.requestsServed) served, \(e.requestsRunning) running, \(e.requestsWaiting) waiting, \(e.requestsFailed) failed"),
+                ("tokens", "\(e.promptTokens) prompt, \(e.generatedTokens) generated"),
+                ("prefill", String(format: "%.1f tokens/s", e.prefillTokensPerSecond)),
+                ("decode", String(format: "%.1f tokens/s", e.decodeTokensPerSecond)),
+            ]
+            if let model = stats.model { rows += modelRows(model) } else { rows.append(("model", "(none loaded)")) }
+            if case .object(let cache) = stats.kvCache {
+                for key in cache.keys.sorted() { rows.append(("kv_cache.\(key)", cache[key]!.description)) }
+            }
+            printTable(rows)
+        }
+    }
+}
+
+struct Generate: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Generate text; tokens are printed as they arrive. Ctrl-C cancels.")
+    @OptionGroup var connection: ConnectionOptions
+    @Argument(help: "Prompt text.") var prompt: String
+    @Option(name: .customLong("max-tokens")) var maxTokens = 128
+    @Option var temperature = 1.0
+    @Option(name: .customLong("top-p")) var topP = 1.0
+    @Option(name: .customLong("top-k")) var topK = 0
+    @Option(name: .customLong("min-p")) var minP = 0.0
+    @Option(name: .customLong("repetition-penalty")) var repetitionPenalty = 1.0
+    @Option var seed: UInt64?
+    @Option(help: "Stop string (repeatable).") var stop: [String] = []
+    @Flag(name: .customLong("no-stream"), help: "Wait for the whole text.") var noStream = false
+
+    func run() throws {
+        try runClient {
+            let params = GenerateParams(prompt: prompt, maxTokens: maxTokens, temperature: temperature, topP: topP,
+                                        topK: topK, minP: minP, repetitionPenalty: repetitionPenalty, seed: seed,
+                                        stop: stop, stream: !noStream && !connection.json)
+            try params.validate()
+            let client = try connection.connect()
+            let id = client.makeID()
+            let result = try withCancelOnInterrupt(client, id: id) {
+                try client.call(.generate, params, as: GenerateResult.self, id: id) { notification in
+                    guard notification.method == NotificationMethod.generateToken.rawValue,
+                          let token = try? notification.params.decode(as: GenerateTokenNotification.self) else { return }
+                    FileHandle.standardOutput.write(Data(token.text.utf8))
+                }
+            }
+            if connection.json { return try printJSON(result) }
+            if !params.stream { print(result.text, terminator: "") }
+            print("")
+            let t = result.timings
+            FileHandle.standardError.write(Data(String(
+                format: "[%d prompt + %d generated tokens, finish %@, prefill %.1f tok/s, decode %.1f tok/s]\n",
+                result.promptTokens, result.completionTokens, result.finishReason.rawValue,
+                t.prefillTokensPerSecond, t.decodeTokensPerSecond).utf8))
+            if result.finishReason == .cancelled { throw ExitCode(ClientExitCode.code(for: .cancelled)) }
+        }
+    }
+}
+
+struct Tokenize: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Token ids of a text.")
+    @OptionGroup var connection: ConnectionOptions
+    @Argument var text: String
+
+    func run() throws {
+        try runClient {
+            let result = try connection.connect().call(.tokenize, TokenizeParams(text: text), as: TokenizeResult.self)
+            if connection.json { return try printJSON(result) }
+            print("\(result.count) tokens: " + result.tokens.map(String.init).joined(separator: " "))
+        }
+    }
+}
+
+struct Perplexity: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Perplexity of a text file. Ctrl-C cancels.")
+    @OptionGroup var connection: ConnectionOptions
+    @Argument var path: String
+    @Option(help: "Window in tokens.") var ctx: Int?
+
+    func run() throws {
+        try runClient {
+            let client = try connection.connect()
+            let id = client.makeID()
+            let result = try withCancelOnInterrupt(client, id: id) {
+                try client.call(.perplexity, PerplexityParams(path: absolute(path), ctx: ctx), as: PerplexityResult.self,
+                                id: id) { notification in
+                    if !connection.json, let progress = try? notification.params.decode(as: ProgressNotification.self) {
+                        FileHandle.standardError.write(Data("\rperplexity: \(progress.done)/\(progress.total) tokens".utf8))
+                    }
+                }
+            }
+            if connection.json { return try printJSON(result) }
+            FileHandle.standardError.write(Data("\n".utf8))
+            printTable([("perplexity", String(format: "%.4f", result.perplexity)),
+                        ("mean nll", String(format: "%.5f", result.meanNLL)),
+                        ("tokens", "\(result.tokens)"), ("chunks", "\(result.chunks)"),
+                        ("time", String(format: "%.1f s", result.seconds))])
+        }
+    }
+}
+
+struct Calibrate: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Record K/V amax over text and write a kv_cache_scales.json. Ctrl-C cancels.")
+    @OptionGroup var connection: ConnectionOptions
+    @Option(help: "Output scale file (its directory under allowed_dirs).") var output: String
+    @Option(name: .customLong("text-path")) var textPath: String?
+    @Option(name: .customLong("num-tokens")) var numTokens: Int?
+    @Flag(name: .customLong("per-head")) var perHead = false
+    @Option(name: .customLong("tp-size")) var tpSize: Int?
+    @Option var percentile: Double?
+
+    func run() throws {
+        try runClient {
+            let params = CalibrateParams(textPath: textPath.map(absolute), numTokens: numTokens, perHead: perHead,
+                                         tpSize: tpSize, percentile: percentile, output: absolute(output))
+            try params.validate()
+            let client = try connection.connect()
+            let id = client.makeID()
+            let result = try withCancelOnInterrupt(client, id: id) {
+                try client.call(.calibrate, params, as: CalibrateResult.self, id: id) { notification in
+                    if !connection.json, let progress = try? notification.params.decode(as: ProgressNotification.self) {
+                        FileHandle.standardError.write(Data("\rcalibrate: \(progress.done)/\(progress.total) tokens".utf8))
+                    }
+                }
+            }
+            if connection.json { return try printJSON(result) }
+            FileHandle.standardError.write(Data("\n".utf8))
+            printTable([("output", result.output), ("tokens", "\(result.tokens)"),
+                        ("time", String(format: "%.1f s", result.seconds))] + scalesRows(result.scales))
+        }
+    }
+}
+
+struct Health: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Liveness and model state.")
+    @OptionGroup var connection: ConnectionOptions
+
+    func run() throws {
+        try runClient {
+            let result = try connection.connect().call(.health, EmptyParams(), as: HealthResult.self)
+            if connection.json { return try printJSON(result) }
+            var rows: [(String, String)] = [("status", result.status), ("model", result.model ?? "(none loaded)")]
+            if let dtype = result.kvCacheDType { rows.append(("kv cache dtype", dtype.rawValue)) }
+            rows.append(("uptime", String(format: "%.0f s", result.uptimeSeconds)))
+            if let lastError = result.lastError { rows.append(("last error", lastError)) }
+            printTable(rows)
+        }
+    }
+}
+
+struct Version: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Daemon and protocol versions.")
+    @OptionGroup var connection: ConnectionOptions
+
+    func run() throws {
+        try runClient {
+            let result = try connection.connect().call(.version, EmptyParams(), as: VersionResult.self)
+            if connection.json { return try printJSON(result) }
+            printTable([("daemon", result.daemonVersion), ("protocol", "\(result.protocolVersion)"),
+                        ("client protocol", "\(controlProtocolVersion)"), ("backend", result.backend)])
+        }
+    }
+}
+
+struct Scales: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Inspect KV scales.", subcommands: [Show.self, Validate.self])
+
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "The scales the KV cache uses now.")
+        @OptionGroup var connection: ConnectionOptions
+
+        func run() throws {
+            try runClient {
+                let result = try connection.connect().call(.scalesShow, EmptyParams(), as: ScalesShowResult.self)
+                if connection.json { return try printJSON(result) }
+                printTable([("kv cache dtype", result.kvCacheDType.rawValue)]
+                           + (result.scales.map(scalesRows) ?? [("scales", "(none: this dtype uses no static scales)")]))
+            }
+        }
+    }
+
+    struct Validate: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Check a scale file without installing it.")
+        @OptionGroup var connection: ConnectionOptions
+        @Argument var file: String
+
+        func run() throws {
+            try runClient {
+                let report = try connection.connect().call(.scalesValidate, ScalesValidateParams(path: absolute(file)),
+                                                           as: ScalesReport.self)
+                if connection.json { return try printJSON(report) }
+                printTable(scalesRows(report))
+            }
+        }
+    }
+}

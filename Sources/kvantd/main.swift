@@ -1,1 +1,112 @@
-print("placeholder")
+import ArgumentParser
+import Foundation
+import KvantCore
+import KvantDaemon
+import Logging
+
+/// The inference backend linked into this build. The lead replaces the body with the adapter over
+/// Executor/KVCache/Tokenizers; until then every model load fails with a clear `unavailable` error.
+func makeInferenceBackend() -> any InferenceBackend {
+    ExecutorBackend(logger: Logger(label: "kvant.executor"))
+}
+
+@main
+struct Kvantd: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kvantd",
+        abstract: "Kvant daemon: serves LLMs on the CPU with a quantized, paged KV cache.",
+        discussion: "Flags override the configuration file (--config). Under systemd, a socket passed by kvantd.socket is used instead of --socket.",
+        version: kvantDaemonVersion)
+
+    @Option(name: .customLong("config"), help: "TOML configuration file.")
+    var config: String?
+
+    @Option(help: "Model (GGUF) to load at start-up.")
+    var model: String?
+
+    @Option(name: .customLong("kv-cache-dtype"), help: "auto, fp16, bf16, fp32, int8_pertensor, int8_pertensor_perhead, int8_pertoken.")
+    var kvCacheDType: String?
+
+    @Option(name: .customLong("quantization-param-path"), help: "KV scale file (kv_cache_scales.json) for the static int8 modes.")
+    var quantizationParamPath: String?
+
+    @Option(name: .customLong("block-size"), help: "Token positions per KV block.")
+    var blockSize: Int?
+
+    @Option(name: .customLong("kv-cache-bytes"), help: "KV-cache pool size in bytes.")
+    var kvCacheBytes: Int?
+
+    @Option(name: .customLong("max-model-len"), help: "Longest sequence in tokens.")
+    var maxModelLen: Int?
+
+    @Option(help: "Control socket path.")
+    var socket: String?
+
+    @Option(help: "Compute threads (0 = one per core).")
+    var threads: Int?
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String?
+
+    @Option(name: .customLong("allowed-dir"), help: "Directory model/scale/text paths must lie under (repeatable; replaces allowed_dirs).")
+    var allowedDirs: [String] = []
+
+    func run() async throws {
+        let configuration: DaemonConfiguration
+        do {
+            configuration = try resolveConfiguration()
+        } catch let error as KvantError {
+            FileHandle.standardError.write(Data("<3>kvantd: \(error.message)\n".utf8))
+            throw ExitCode(78)   // EX_CONFIG
+        }
+        let level = configuration.logLevel
+        LoggingSystem.bootstrap { JournalLogHandler(label: $0, level: level) }
+        let logger = Logger(label: "kvantd")
+        do {
+            let listenFD = try SocketActivation.listeningSocket()
+            let daemon = try Daemon(configuration: configuration, backend: makeInferenceBackend(),
+                                    notifier: .fromEnvironment(), logger: logger, listenFD: listenFD)
+            logger.info("starting", metadata: ["version": "\(kvantDaemonVersion)", "backend": "\(daemon.engine.backend.name)"])
+            try await daemon.makeServiceGroup().run()
+        } catch let error as KvantError {
+            logger.critical("\(error.message)", metadata: ["reason": "\(error.reason.rawValue)"])
+            throw ExitCode(1)
+        }
+    }
+
+    private func resolveConfiguration() throws -> DaemonConfiguration {
+        var configuration = try config.map { try DaemonConfiguration.load(path: $0) } ?? DaemonConfiguration()
+        if let model { configuration.model = model }
+        if let kvCacheDType {
+            do { configuration.kvCacheDType = try KVCacheDType(parsing: kvCacheDType) } catch let error as KvantError {
+                throw KvantError(.invalidArgument, "--kv-cache-dtype: \(error.message)")
+            }
+        }
+        if let quantizationParamPath { configuration.quantizationParamPath = quantizationParamPath }
+        if let blockSize {
+            guard (1...1024).contains(blockSize) else { throw KvantError(.invalidArgument, "--block-size \(blockSize) is out of range 1...1024") }
+            configuration.blockSize = blockSize
+        }
+        if let kvCacheBytes {
+            guard kvCacheBytes > 0 else { throw KvantError(.invalidArgument, "--kv-cache-bytes must be positive") }
+            configuration.kvCacheBytes = kvCacheBytes
+        }
+        if let maxModelLen {
+            guard maxModelLen > 0 else { throw KvantError(.invalidArgument, "--max-model-len must be positive") }
+            configuration.maxModelLen = maxModelLen
+        }
+        if let socket { configuration.socket = socket }
+        if let threads {
+            guard threads >= 0 else { throw KvantError(.invalidArgument, "--threads must be >= 0") }
+            configuration.threads = threads
+        }
+        if let logLevel {
+            guard let level = Logger.Level(rawValue: logLevel) else {
+                throw KvantError(.invalidArgument, "--log-level '\(logLevel)'; expected one of: \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            configuration.logLevel = level
+        }
+        if !allowedDirs.isEmpty { configuration.allowedDirs = allowedDirs }
+        return configuration
+    }
+}

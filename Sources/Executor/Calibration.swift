@@ -1,0 +1,70 @@
+import Foundation
+import KVCache
+import KvantCore
+
+/// Built-in KV-cache calibration: runs text through the model with an fp32 KV cache and records
+/// the amax of post-RoPE K and of V per (layer, KV head) as the cache is written (`KVAmaxRecorder`),
+/// then turns them into static scales `amax / 127` (K and V share one scale: the larger amax).
+///
+/// This replaces the vendor guide's pipeline (TensorRT-LLM `convert_checkpoint.py --int8_kv_cache`,
+/// then vLLM `examples/fp8/extract_scales.py`, then a hand-edited `model_type`): the keys are
+/// recorded after RoPE, as attention reads them, on the model actually served.
+public enum KVCalibrator {
+    /// What one calibration run measured.
+    public struct Result: Sendable {
+        /// The scales, per layer or per (layer, KV head).
+        public var scales: KVScales
+        /// Tokens run through the model.
+        public var tokens: Int
+        /// amax of K and of V per layer (max over KV heads), before any percentile cap: `[numLayers]`.
+        public var keyAmax: [Float]
+        public var valueAmax: [Float]
+    }
+
+    /// Runs `tokens` through the model in windows of `window` tokens (each window starts with BOS
+    /// when the model adds one, as a request would) and derives static scales.
+    /// - Parameters:
+    ///   - tokens: the calibration text's token ids (at least 2).
+    ///   - window: tokens per forward window (≥ 2); longer texts run in several windows.
+    ///   - perHead: one scale per (layer, KV head) instead of per layer.
+    ///   - percentile: cap each layer's clipping value at this percentile of |K| and |V| (in (0, 100));
+    ///     nil or 100 = the plain max.
+    ///   - isCancelled: checked between windows; when true the run throws `KvantError(.cancelled)`.
+    ///   - progress: `(tokensDone, tokensTotal)` after each window.
+    /// - Throws: `.invalidArgument` for too few tokens or a bad window/percentile, `.cancelled`,
+    ///   forward-pass errors.
+    public static func run(session: ForwardSession, tokens: [Int32], window: Int = 512, perHead: Bool,
+                           percentile: Double? = nil, isCancelled: () -> Bool = { false },
+                           progress: (Int, Int) -> Void = { _, _ in }) throws -> Result {
+        guard tokens.count >= 2 else {
+            throw KvantError(.invalidArgument, "calibration needs at least 2 tokens of text, got \(tokens.count)")
+        }
+        guard window >= 2 else { throw KvantError(.invalidArgument, "calibration window must be ≥ 2 tokens, got \(window)") }
+        if let percentile, !(percentile > 0 && percentile <= 100) {
+            throw KvantError(.invalidArgument, "calibration percentile must be in (0, 100], got \(percentile)")
+        }
+        let usePercentile = percentile.map { $0 < 100 } ?? false
+        let config = session.model.config
+        let spec = config.kvCacheSpec(dtype: .fp32)
+        let pool = try KVCachePool(spec: spec, byteBudget: spec.bytesPerToken * (window + 2 * spec.blockSize))
+        let recorder = try KVAmaxRecorder(numLayers: config.numLayers, numKVHeads: config.numKVHeads,
+                                          histogram: usePercentile)
+        pool.amaxRecorder = recorder
+        let bos = session.model.addsBOS ? session.model.bosTokenID : nil
+        var done = 0
+        while done < tokens.count {
+            if isCancelled() { throw KvantError(.cancelled, "calibration cancelled after \(done) of \(tokens.count) tokens") }
+            var chunk = Array(tokens[done..<min(tokens.count, done + window)])
+            if let bos, done > 0 { chunk[0] = bos }
+            let seq = pool.createSequence()
+            defer { pool.free(seq) }
+            _ = try session.forwardLast(tokens: chunk, startPosition: 0, sequence: seq, pool: pool)
+            done += chunk.count
+            progress(done, tokens.count)
+        }
+        let scales = try recorder.scales(perHead: perHead, percentile: usePercentile ? percentile : nil)
+        let keyAmax = (0..<config.numLayers).map { l in (0..<config.numKVHeads).map { recorder.keyAmax(layer: l, head: $0) }.max()! }
+        let valueAmax = (0..<config.numLayers).map { l in (0..<config.numKVHeads).map { recorder.valueAmax(layer: l, head: $0) }.max()! }
+        return Result(scales: scales, tokens: tokens.count, keyAmax: keyAmax, valueAmax: valueAmax)
+    }
+}

@@ -1,0 +1,348 @@
+import ControlProtocol
+import Foundation
+import KvantCore
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+
+/// The control plane: JSON-RPC 2.0 over a Unix stream socket, one message per line.
+///
+/// A task per connection; requests on one connection run concurrently (a `generate` does not
+/// block a `cancel` or `stats` sent after it), their replies and notifications are written
+/// whole lines at a time. Bad input (an over-long line, invalid JSON, unknown method, bad params)
+/// gets an error reply and the connection keeps working.
+///
+/// Graceful shutdown: stop accepting, refuse new requests (`unavailable`), let in-flight requests
+/// finish for `shutdownTimeout`, then cancel them, close connections and remove the socket file
+/// (unless it came from socket activation).
+public final class ControlServer: Service, @unchecked Sendable {
+    /// - Configuration keys: `socket`, `socket_mode`, `socket_group`, `shutdown_timeout_seconds`
+    ///   (see `DaemonConfiguration`).
+    public struct Configuration: Sendable {
+        /// Path to bind; ignored when `listenFD` is set.
+        public var socketPath: String
+        /// Permission bits applied with chmod after bind (default 0660).
+        public var socketMode: UInt32
+        /// Group the socket file is chown'ed to; nil keeps the daemon's group.
+        public var socketGroupID: UInt32?
+        /// An already bound and listening socket (socket activation); the path is then not touched.
+        public var listenFD: Int32?
+        /// How long in-flight requests may run after shutdown began.
+        public var shutdownTimeout: Duration
+        /// Longest request line in bytes.
+        public var maxLineBytes: Int
+
+        public init(socketPath: String, socketMode: UInt32 = 0o660, socketGroupID: UInt32? = nil, listenFD: Int32? = nil,
+                    shutdownTimeout: Duration = .seconds(30), maxLineBytes: Int = WireCodec.maxRequestLineBytes) {
+            self.socketPath = socketPath
+            self.socketMode = socketMode
+            self.socketGroupID = socketGroupID
+            self.listenFD = listenFD
+            self.shutdownTimeout = shutdownTimeout
+            self.maxLineBytes = maxLineBytes
+        }
+    }
+
+    public let configuration: Configuration
+    private let handler: RequestHandler
+    private let logger: Logger
+    private let onListening: @Sendable () async -> Void
+
+    /// - Parameter onListening: called once the socket accepts connections (the daemon then loads
+    ///   the start-up model and sends READY=1).
+    public init(configuration: Configuration, handler: RequestHandler, logger: Logger,
+                onListening: @escaping @Sendable () async -> Void = {}) {
+        self.configuration = configuration
+        self.handler = handler
+        self.logger = logger
+        self.onListening = onListening
+    }
+
+    public func run() async throws {
+        let bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(ChannelOptions.backlog, value: 128)
+            .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
+        let initializer: @Sendable (Channel) -> EventLoopFuture<NIOAsyncChannel<ByteBuffer, ByteBuffer>> = { channel in
+            channel.eventLoop.makeCompletedFuture {
+                // The deinit-closing variant: a connection accepted while the listener closes can be
+                // dropped by NIO before it reaches the accept loop; the non-closing variant traps
+                // ("Deinited NIOAsyncWriter without calling finish()"), this one closes it instead.
+                try NIOAsyncChannel<ByteBuffer, ByteBuffer>(
+                    synchronouslyWrapping: channel,
+                    configuration: .init(isOutboundHalfClosureEnabled: true))
+            }
+        }
+        let server: NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never>
+        let ownsPath: Bool
+        if let fd = configuration.listenFD {
+            server = try await bootstrap.bind(fd, childChannelInitializer: initializer)
+            ownsPath = false
+            logger.notice("listening on the socket passed by systemd", metadata: ["fd": "\(fd)"])
+        } else {
+            server = try await bindPath(bootstrap, initializer: initializer)
+            ownsPath = true
+            logger.notice("listening", metadata: ["socket": "\(configuration.socketPath)"])
+        }
+        await onListening()
+
+        await withDiscardingTaskGroup { group in
+            do {
+                // On shutdown the listener is closed and the loop runs until the stream ends, so
+                // connections NIO accepted meanwhile are still served (and closed) rather than
+                // dropped unfinished.
+                try await withGracefulShutdownHandler {
+                    try await server.executeThenClose { inbound in
+                        for try await connection in inbound {
+                            group.addTask { await self.serve(connection) }
+                        }
+                    }
+                } onGracefulShutdown: {
+                    server.channel.close(promise: nil)
+                }
+            } catch {
+                logger.error("accept loop ended", metadata: ["error": "\(error)"])
+            }
+            if ownsPath { unlink(configuration.socketPath) }
+            logger.info("stopped accepting; draining connections")
+        }
+        logger.notice("control server stopped")
+    }
+
+    private func bindPath(_ bootstrap: ServerBootstrap,
+                          initializer: @escaping @Sendable (Channel) -> EventLoopFuture<NIOAsyncChannel<ByteBuffer, ByteBuffer>>)
+        async throws -> NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never> {
+        let path = configuration.socketPath
+        let directory = (path as NSString).deletingLastPathComponent
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: directory.isEmpty ? "." : directory, isDirectory: &isDirectory),
+              isDirectory.boolValue else {
+            throw KvantError(.notFound, "socket directory \(directory) does not exist (RuntimeDirectory=kvant creates /run/kvant under systemd)")
+        }
+        // Created 0600 (umask), then widened with chmod: never more open than configured.
+        let oldMask = umask(0o177)
+        let server: NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never>
+        do {
+            server = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true,
+                                              childChannelInitializer: initializer)
+            umask(oldMask)
+        } catch {
+            umask(oldMask)
+            throw KvantError(.unavailable, "cannot bind \(path): \(error)")
+        }
+        if let gid = configuration.socketGroupID, chown(path, uid_t.max, gid) != 0 {
+            let message = String(cString: strerror(errno))
+            try? await server.channel.close()
+            throw KvantError(.permissionDenied, "cannot chown \(path) to gid \(gid): \(message)")
+        }
+        if chmod(path, mode_t(configuration.socketMode)) != 0 {
+            let message = String(cString: strerror(errno))
+            try? await server.channel.close()
+            throw KvantError(.permissionDenied, "cannot chmod \(path) to \(String(configuration.socketMode, radix: 8)): \(message)")
+        }
+        return server
+    }
+
+    private static func peerCredentials(_ channel: Channel) async -> PeerCredentials? {
+        guard let provider = channel as? SocketOptionProvider else { return nil }
+        do {
+            let cred: LinuxUCred = try await provider.unsafeGetSocketOption(
+                level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED)).get()
+            return PeerCredentials(pid: cred.pid, uid: cred.uid, gid: cred.gid)
+        } catch {
+            return nil
+        }
+    }
+
+    private func serve(_ connection: NIOAsyncChannel<ByteBuffer, ByteBuffer>) async {
+        let engine = handler.engine
+        await engine.connectionOpened()
+        let peer = await Self.peerCredentials(connection.channel)
+        var connectionLogger = logger
+        connectionLogger[metadataKey: "peer"] = "\(peer.map(\.description) ?? "unknown")"
+        let log = connectionLogger
+        log.debug("connection opened")
+        do {
+            try await connection.executeThenClose { inbound, outbound in
+                let writer = ConnectionWriter(outbound)
+                let session = ConnectionSession()
+                let channel = connection.channel
+                let timeout = configuration.shutdownTimeout
+                try await withGracefulShutdownHandler {
+                    var framer = LineFramer(maxLineBytes: configuration.maxLineBytes)
+                    do {
+                        for try await buffer in inbound {
+                            framer.append(buffer.readableBytesView)
+                            while let event = framer.nextLine() {
+                                switch event {
+                                case .overlong(let seen):
+                                    log.warning("request line over the limit dropped", metadata: ["bytes": "\(seen)"])
+                                    await writer.send(RPCResponse(id: nil, error: RPCErrorObject(
+                                        code: RPCErrorCode.invalidRequest,
+                                        message: "request line exceeds \(configuration.maxLineBytes) bytes (\(seen) bytes without a newline); the line was dropped",
+                                        reason: .invalidArgument)))
+                                case .line(let line):
+                                    await self.dispatch(line, peer: peer, writer: writer, session: session, log: log)
+                                }
+                            }
+                        }
+                    } catch {
+                        log.debug("connection read ended", metadata: ["error": "\(error)"])
+                    }
+                    // Input ended (EOF, half-close or shutdown): finish what was asked, then close.
+                    await session.waitUntilIdle()
+                } onGracefulShutdown: {
+                    Task { await session.shutDown(timeout: timeout, channel: channel) }
+                }
+            }
+        } catch {
+            log.debug("connection closed with error", metadata: ["error": "\(error)"])
+        }
+        await engine.connectionClosed()
+        log.debug("connection closed")
+    }
+
+    private func dispatch(_ line: [UInt8], peer: PeerCredentials?, writer: ConnectionWriter, session: ConnectionSession,
+                          log: Logger) async {
+        if line.allSatisfy({ $0 == 0x20 || $0 == 0x09 || $0 == 0x0D }) { return }   // blank lines (hand typing)
+        let request: RPCRequest
+        switch WireCodec.decodeRequest(line: line) {
+        case .failure(let failure):
+            await writer.send(failure.response)
+            return
+        case .success(let decoded):
+            request = decoded
+        }
+        if await session.isShuttingDown {
+            if request.id != nil {
+                await writer.send(RPCResponse(id: request.id, error: RPCErrorObject(KvantError(.unavailable, "kvantd is shutting down"))))
+            }
+            return
+        }
+        if request.method == RPCMethod.cancel.rawValue {
+            let response: RPCResponse
+            do {
+                let params = try request.decodeParams(CancelParams.self)
+                let cancelled = await session.cancel(params.id)
+                response = RPCResponse(id: request.id, result: try JSONValue(encoding: CancelResult(cancelled: cancelled)))
+            } catch {
+                response = RPCResponse(id: request.id, error: RPCErrorObject(Engine.kvantError(error)))
+            }
+            if request.id != nil { await writer.send(response) }
+            return
+        }
+        let context = RequestContext(peer: peer, notify: { await writer.send($0) })
+        let handler = self.handler
+        let started = await session.start(id: request.id) {
+            let response = await handler.handle(request, context: context)
+            if request.id != nil { await writer.send(response) }
+        }
+        if !started, let id = request.id {
+            await writer.send(RPCResponse(id: id, error: RPCErrorObject(
+                code: RPCErrorCode.invalidRequest, message: "invalid request: id \(id) is already used by a running request on this connection",
+                reason: .invalidArgument)))
+        }
+    }
+}
+
+/// `struct ucred` of <sys/socket.h> (hidden behind _GNU_SOURCE in the Glibc module): pid, uid, gid.
+struct LinuxUCred: Sendable {
+    var pid: Int32 = 0
+    var uid: UInt32 = 0
+    var gid: UInt32 = 0
+}
+
+/// Serialises whole-line writes of one connection.
+actor ConnectionWriter {
+    private let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
+    private var broken = false
+
+    init(_ outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>) {
+        self.outbound = outbound
+    }
+
+    /// Writes one message line; false when the connection is gone.
+    @discardableResult
+    func send<T: Encodable>(_ message: T) async -> Bool {
+        guard !broken else { return false }
+        do {
+            let bytes = try WireCodec.encodeLine(message)
+            // Written from a fresh task: the final reply of a cancelled request must still go out,
+            // and NIO's writer refuses writes from a cancelled task.
+            let outbound = self.outbound
+            try await Task { try await outbound.write(ByteBuffer(bytes: bytes)) }.value
+            return true
+        } catch {
+            broken = true
+            return false
+        }
+    }
+}
+
+/// The in-flight requests of one connection, for `cancel` and for draining at shutdown.
+actor ConnectionSession {
+    private var tasks: [RPCID: Task<Void, Never>] = [:]
+    private var anonymous: [UUID: Task<Void, Never>] = [:]
+    private var idleWaiters: [CheckedContinuation<Void, Never>] = []
+    private(set) var isShuttingDown = false
+
+    /// Starts `body` as a task tracked under `id`; false when `id` is already running.
+    func start(id: RPCID?, _ body: @escaping @Sendable () async -> Void) -> Bool {
+        if let id {
+            guard tasks[id] == nil else { return false }
+            tasks[id] = Task {
+                await body()
+                self.finished(id: id)
+            }
+        } else {
+            let key = UUID()
+            anonymous[key] = Task {
+                await body()
+                self.finished(key: key)
+            }
+        }
+        return true
+    }
+
+    private func finished(id: RPCID) {
+        tasks[id] = nil
+        wakeIfIdle()
+    }
+
+    private func finished(key: UUID) {
+        anonymous[key] = nil
+        wakeIfIdle()
+    }
+
+    private var isIdle: Bool { tasks.isEmpty && anonymous.isEmpty }
+
+    private func wakeIfIdle() {
+        guard isIdle else { return }
+        for waiter in idleWaiters { waiter.resume() }
+        idleWaiters.removeAll()
+    }
+
+    func cancel(_ id: RPCID) -> Bool {
+        guard let task = tasks[id] else { return false }
+        task.cancel()
+        return true
+    }
+
+    func waitUntilIdle() async {
+        if isIdle { return }
+        await withCheckedContinuation { idleWaiters.append($0) }
+    }
+
+    /// Refuses new requests, waits up to `timeout` for in-flight ones, cancels the rest, closes.
+    func shutDown(timeout: Duration, channel: Channel) async {
+        isShuttingDown = true
+        let deadline = ContinuousClock.now + timeout
+        while !isIdle, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        for task in tasks.values { task.cancel() }
+        for task in anonymous.values { task.cancel() }
+        await waitUntilIdle()
+        try? await channel.close()
+    }
+}

@@ -1,0 +1,157 @@
+import Foundation
+import KvantCore
+import Logging
+import TOMLKit
+
+/// The daemon's configuration: defaults, then the TOML file (`--config`), then command-line flags.
+///
+/// - Configuration keys:
+///   - `socket` (string, default `/run/kvant/kvantd.sock`): control socket path; ignored under socket activation.
+///   - `socket_group` (string): group owning the socket and allowed to call mutating methods.
+///   - `socket_mode` (string of octal digits, default `"0660"`): permission bits of the socket file.
+///   - `model` (string): model loaded at start-up (must lie under `allowed_dirs`); READY=1 waits for it.
+///   - `kv_cache_dtype` (string, default `auto`): `auto`, `fp16`, `bf16`, `fp32`, `int8_pertensor`,
+///     `int8_pertensor_perhead`, `int8_pertoken`.
+///   - `quantization_param_path` (string): scale file (`kv_cache_scales.json`) for the static int8 modes.
+///   - `kv_cache_bytes` (integer, default 268435456): KV-cache pool budget in bytes.
+///   - `block_size` (integer, default 16): token positions per KV block (1…1024).
+///   - `max_model_len` (integer): longest sequence in tokens; default the model's context length.
+///   - `max_num_seqs` (integer, default 4): sequences generated at once; more requests wait.
+///   - `threads` (integer, default 0 = one per core): compute threads.
+///   - `allowed_dirs` (array of strings, default `["/var/lib/kvant"]`): directories model, scale and
+///     text paths must lie under (realpath'd).
+///   - `log_level` (string, default `info`): `trace`, `debug`, `info`, `notice`, `warning`, `error`, `critical`.
+///   - `shutdown_timeout_seconds` (number, default 30): how long in-flight requests may run after
+///     SIGTERM before they are cancelled.
+///   - `perplexity_ctx` (integer, default 512): default window of `perplexity`.
+public struct DaemonConfiguration: Sendable, Equatable {
+    public var socket: String = "/run/kvant/kvantd.sock"
+    public var socketGroup: String?
+    public var socketMode: UInt32 = 0o660
+    public var model: String?
+    public var kvCacheDType: KVCacheDType = .auto
+    public var quantizationParamPath: String?
+    public var kvCacheBytes: Int = 256 << 20
+    public var blockSize: Int = 16
+    public var maxModelLen: Int?
+    public var maxNumSeqs: Int = 4
+    public var threads: Int = 0
+    public var allowedDirs: [String] = ["/var/lib/kvant"]
+    public var logLevel: Logger.Level = .info
+    public var shutdownTimeoutSeconds: Double = 30
+    public var perplexityContext: Int = 512
+
+    public init() {}
+
+    /// Every key the file may contain.
+    public static let keys = [
+        "socket", "socket_group", "socket_mode", "model", "kv_cache_dtype", "quantization_param_path",
+        "kv_cache_bytes", "block_size", "max_model_len", "max_num_seqs", "threads", "allowed_dirs", "log_level",
+        "shutdown_timeout_seconds", "perplexity_ctx",
+    ]
+
+    /// Reads a TOML file over the defaults.
+    /// - Throws: `KvantError(.invalidArgument)` naming the file and the key for syntax errors,
+    ///   unknown keys, wrong types and out-of-range values; `.notFound` for a missing file.
+    public static func load(path: String) throws -> DaemonConfiguration {
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw KvantError(.notFound, "configuration file \(path) does not exist")
+        }
+        guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {
+            throw KvantError(.invalidArgument, "configuration file \(path) is not readable UTF-8 text")
+        }
+        return try parse(toml: text, file: path)
+    }
+
+    /// Parses TOML text (`file` names it in errors).
+    public static func parse(toml text: String, file: String) throws -> DaemonConfiguration {
+        let table: TOMLTable
+        do {
+            table = try TOMLTable(string: text)
+        } catch let error as TOMLParseError {
+            throw KvantError(.invalidArgument,
+                             "\(file): TOML syntax error at line \(error.source.begin.line), column \(error.source.begin.column): \(error.description)")
+        }
+        var config = DaemonConfiguration()
+        for key in table.keys.sorted() {
+            guard let value = table[key]?.tomlValue else { continue }
+            guard keys.contains(key) else {
+                throw KvantError(.invalidArgument, "\(file): unknown key '\(key)'; known keys: \(keys.joined(separator: ", "))")
+            }
+            try config.apply(key: key, value: value, file: file)
+        }
+        return config
+    }
+
+    private mutating func apply(key: String, value: TOMLValue, file: String) throws {
+        func bad(_ expected: String) -> KvantError {
+            KvantError(.invalidArgument, "\(file): key '\(key)' must be \(expected) (found \(value.type))")
+        }
+        func string() throws -> String {
+            guard let string = value.string else { throw bad("a string") }
+            return string
+        }
+        func int(_ range: ClosedRange<Int>) throws -> Int {
+            guard let number = value.int else { throw bad("an integer") }
+            guard range.contains(number) else {
+                throw KvantError(.invalidArgument, "\(file): key '\(key)' = \(number) is out of range \(range.lowerBound)...\(range.upperBound)")
+            }
+            return number
+        }
+        switch key {
+        case "socket": socket = try string()
+        case "socket_group": socketGroup = try string()
+        case "socket_mode":
+            let text = try string()
+            socketMode = try Self.parseMode(text, what: "\(file): key 'socket_mode'")
+        case "model": model = try string()
+        case "kv_cache_dtype":
+            do { kvCacheDType = try KVCacheDType(parsing: try string()) } catch let error as KvantError {
+                throw KvantError(.invalidArgument, "\(file): key 'kv_cache_dtype': \(error.message)")
+            }
+        case "quantization_param_path": quantizationParamPath = try string()
+        case "kv_cache_bytes": kvCacheBytes = try int(1...Int.max)
+        case "block_size": blockSize = try int(1...1024)
+        case "max_model_len": maxModelLen = try int(1...(1 << 24))
+        case "max_num_seqs": maxNumSeqs = try int(1...1024)
+        case "threads": threads = try int(0...4096)
+        case "allowed_dirs":
+            guard let array = value.array else { throw bad("an array of strings") }
+            allowedDirs = try array.map {
+                guard let dir = $0.tomlValue.string else { throw bad("an array of strings") }
+                return dir
+            }
+        case "log_level":
+            let text = try string()
+            guard let level = Logger.Level(rawValue: text) else {
+                throw KvantError(.invalidArgument,
+                                 "\(file): key 'log_level' = '\(text)'; expected one of: \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            logLevel = level
+        case "shutdown_timeout_seconds":
+            guard let seconds = value.double ?? value.int.map(Double.init) else { throw bad("a number") }
+            guard seconds >= 0, seconds <= 3600 else {
+                throw KvantError(.invalidArgument, "\(file): key 'shutdown_timeout_seconds' = \(seconds) is out of range 0...3600")
+            }
+            shutdownTimeoutSeconds = seconds
+        case "perplexity_ctx": perplexityContext = try int(2...(1 << 24))
+        default:
+            throw KvantError(.invalidArgument, "\(file): unknown key '\(key)'")
+        }
+    }
+
+    /// Parses an octal mode such as `0660`.
+    public static func parseMode(_ text: String, what: String) throws -> UInt32 {
+        guard let mode = UInt32(text, radix: 8), mode <= 0o777 else {
+            throw KvantError(.invalidArgument, "\(what) = '\(text)' is not an octal mode such as \"0660\"")
+        }
+        return mode
+    }
+
+    /// The engine settings this configuration implies.
+    public var engineSettings: Engine.Settings {
+        Engine.Settings(kvCacheDType: kvCacheDType, quantizationParamPath: quantizationParamPath,
+                        kvCacheBytes: kvCacheBytes, blockSize: blockSize, maxModelLen: maxModelLen, threads: threads,
+                        maxNumSeqs: maxNumSeqs, perplexityContext: perplexityContext)
+    }
+}

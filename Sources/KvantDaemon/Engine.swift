@@ -1,0 +1,445 @@
+import ControlProtocol
+import Dispatch
+import Foundation
+import KvantCore
+import Logging
+
+/// The engine: owns the loaded model, serves `generate` and the other model methods, swaps
+/// models only after a new load succeeded, and keeps the figures `stats` reports.
+///
+/// Model work runs on one compute lane (see `ComputeLane`); up to `maxNumSeqs` sequences are
+/// live at once and their decode steps interleave; further `generate` requests wait.
+public actor Engine {
+    /// Engine limits and defaults for loads (from the configuration).
+    public struct Settings: Sendable {
+        /// Defaults for `load-model` fields a request leaves out.
+        public var kvCacheDType: KVCacheDType
+        public var quantizationParamPath: String?
+        public var kvCacheBytes: Int
+        public var blockSize: Int
+        public var maxModelLen: Int?
+        public var threads: Int
+        /// Sequences generated at once; further `generate` requests wait in FIFO order.
+        public var maxNumSeqs: Int
+        /// Default `perplexity` window, tokens.
+        public var perplexityContext: Int
+
+        public init(kvCacheDType: KVCacheDType = .auto, quantizationParamPath: String? = nil,
+                    kvCacheBytes: Int = 256 << 20, blockSize: Int = 16, maxModelLen: Int? = nil, threads: Int = 0,
+                    maxNumSeqs: Int = 4, perplexityContext: Int = 512) {
+            self.kvCacheDType = kvCacheDType
+            self.quantizationParamPath = quantizationParamPath
+            self.kvCacheBytes = kvCacheBytes
+            self.blockSize = blockSize
+            self.maxModelLen = maxModelLen
+            self.threads = threads
+            self.maxNumSeqs = maxNumSeqs
+            self.perplexityContext = perplexityContext
+        }
+    }
+
+    public nonisolated let backend: any InferenceBackend
+    public nonisolated let settings: Settings
+    private let logger: Logger
+    private let lane = ComputeLane(label: "kvant.engine.compute")
+    private let startTime = DispatchTime.now().uptimeNanoseconds
+
+    private var model: (any LoadedModel)?
+    private var loading = false
+    private var lastScalesPath: String?
+    private var lastError: String?
+
+    // Figures.
+    private var running = 0
+    private var waiters: [CheckedContinuation<Void, Never>] = []
+    private var served = 0
+    private var failed = 0
+    private var promptTokens = 0
+    private var generatedTokens = 0
+    private var prefillNanos: UInt64 = 0
+    private var decodeNanos: UInt64 = 0
+    private var decodeTokens = 0
+    private var connections = 0
+
+    public init(backend: any InferenceBackend, settings: Settings = Settings(), logger: Logger = Logger(label: "kvant.engine")) {
+        self.backend = backend
+        self.settings = settings
+        self.logger = logger
+    }
+
+    // MARK: Model lifecycle
+
+    /// The loaded model's info, nil without a model.
+    public var modelInfo: ModelInfo? { model?.info }
+
+    /// Message of the last failed load/reload since the last success.
+    public var lastFailure: String? { lastError }
+
+    /// Loads a model (paths already realpath'd and checked) and swaps it in when the load succeeded;
+    /// the previous model keeps serving meanwhile and stays on any failure.
+    /// - Parameter progress: phase messages from the backend (for EXTEND_TIMEOUT_USEC / STATUS).
+    public func loadModel(path: String, kvCacheDType: KVCacheDType?, quantizationParamPath: String?,
+                          kvCacheBytes: Int?, maxModelLen: Int?,
+                          progress: @escaping @Sendable (String) -> Void = { _ in }) async throws -> LoadModelResult {
+        guard !loading else {
+            throw KvantError(.failedPrecondition, "another load-model is in progress; retry when it finished")
+        }
+        loading = true
+        defer { loading = false }
+        let dtype = kvCacheDType ?? settings.kvCacheDType
+        let request = ModelLoadRequest(
+            path: path, kvCacheDType: dtype,
+            quantizationParamPath: quantizationParamPath ?? (kvCacheDType == nil ? settings.quantizationParamPath : nil),
+            kvCacheBytes: kvCacheBytes ?? settings.kvCacheBytes, blockSize: settings.blockSize,
+            maxModelLen: maxModelLen ?? settings.maxModelLen, threads: settings.threads)
+        let started = DispatchTime.now().uptimeNanoseconds
+        let backend = self.backend
+        logger.info("loading model", metadata: ["path": "\(path)", "kv_cache_dtype": "\(dtype.rawValue)"])
+        let loaded: any LoadedModel
+        do {
+            loaded = try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<any LoadedModel, Error>) in
+                Engine.onLoaderThread {
+                    do { continuation.resume(returning: try backend.loadModel(request, progress: progress)) } catch {
+                        continuation.resume(throwing: error)
+                    }
+                }
+            }
+        } catch {
+            let error = Engine.kvantError(error)
+            lastError = "load-model \(path): \(error.message)"
+            throw error
+        }
+        let replaced = model?.info.path
+        model = loaded
+        lastScalesPath = request.quantizationParamPath
+        lastError = nil
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+        logger.notice("model loaded", metadata: ["path": "\(path)", "seconds": "\(seconds)"])
+        return LoadModelResult(model: loaded.info, loadSeconds: seconds, replaced: replaced)
+    }
+
+    /// Drops the model; running sequences finish on it (they hold a reference).
+    public func unloadModel() -> UnloadModelResult {
+        let path = model?.info.path
+        model = nil
+        lastScalesPath = nil
+        return UnloadModelResult(unloaded: path != nil, path: path)
+    }
+
+    private func requireModel(_ method: String) throws -> any LoadedModel {
+        guard let model else {
+            throw KvantError(.failedPrecondition, "\(method): no model is loaded; send load-model first")
+        }
+        return model
+    }
+
+    /// Switches the KV-cache dtype of the loaded model while serving: running sequences finish on the
+    /// pool they started on, new ones use the new pool (the backend keeps both until the old drains).
+    public func setKVCacheDType(_ dtype: KVCacheDType, quantizationParamPath: String?) async throws -> ModelInfo {
+        let model = try requireModel("set-kv-dtype")
+        try await onLane { try model.setKVCacheDType(dtype, quantizationParamPath: quantizationParamPath) }
+        if quantizationParamPath != nil { lastScalesPath = quantizationParamPath }
+        return model.info
+    }
+
+    /// Installs scales from `path`, or re-reads the last scale file when nil.
+    public func reloadScales(path: String?) async throws -> ScalesReport {
+        let model = try requireModel("reload-scales")
+        guard let path = path ?? lastScalesPath else {
+            throw KvantError(.failedPrecondition,
+                             "reload-scales: no scale file given and none loaded before (kv_cache_dtype \(model.info.kvCacheDType.rawValue))")
+        }
+        do {
+            let report = try await onLane { try model.installScales(path: path) }
+            lastScalesPath = path
+            lastError = nil
+            return report
+        } catch {
+            let error = Engine.kvantError(error)
+            lastError = "reload-scales \(path): \(error.message)"
+            throw error
+        }
+    }
+
+    public func scalesShow() throws -> ScalesShowResult {
+        let model = try requireModel("scales-show")
+        return ScalesShowResult(kvCacheDType: model.info.kvCacheDType, scales: model.currentScales())
+    }
+
+    public func validateScales(path: String) async throws -> ScalesReport {
+        let backend = self.backend
+        let model = self.model
+        return try await withCheckedThrowingContinuation { continuation in
+            Engine.onLoaderThread {
+                do { continuation.resume(returning: try backend.validateScales(path: path, for: model)) } catch {
+                    continuation.resume(throwing: Engine.kvantError(error))
+                }
+            }
+        }
+    }
+
+    // MARK: Requests
+
+    public func tokenize(_ text: String) async throws -> [Int] {
+        let model = try requireModel("tokenize")
+        return try await onLane { try model.tokenize(text) }
+    }
+
+    /// Generates for `params` (validated here); `onToken` is called for every output token in order
+    /// (not for the end-of-sequence token) and may be used to stream. Cancellation of the calling
+    /// task ends the generation with `finish_reason: cancelled`.
+    public func generate(_ params: GenerateParams,
+                         onToken: @escaping @Sendable (GeneratedToken) async -> Void) async throws -> GenerateResult {
+        try params.validate()
+        let model = try requireModel("generate")
+        let queued = DispatchTime.now().uptimeNanoseconds
+        do {
+            let prompt = try await onLane { try model.tokenize(params.prompt) }
+            let maxModelLen = model.info.maxModelLen
+            guard prompt.count < maxModelLen else {
+                throw KvantError(.invalidArgument,
+                                 "generate: the prompt is \(prompt.count) tokens; max_model_len is \(maxModelLen)")
+            }
+            let budget = min(params.maxTokens, maxModelLen - prompt.count)
+            await acquireSlot()
+            defer { releaseSlot() }
+            let started = DispatchTime.now().uptimeNanoseconds
+            let sampling = SamplingConfig(params)
+            let sequence = try await onLane { try model.makeSequence(prompt: prompt, sampling: sampling) }
+            let outcome: Result<GenerateResult, Error>
+            do {
+                outcome = .success(try await run(sequence, prompt: prompt, params: params, budget: budget, queued: queued,
+                                                 started: started, onToken: onToken))
+            } catch {
+                outcome = .failure(error)
+            }
+            // Free the KV blocks before replying, so `stats` after the reply sees them free.
+            _ = try? await onLane { sequence.release() }
+            return try outcome.get()
+        } catch {
+            failed += 1
+            throw Engine.kvantError(error)
+        }
+    }
+
+    /// Prefill, then decode until end-of-sequence, a stop string, the token budget or cancellation.
+    private func run(_ sequence: any GenerationSequence, prompt: [Int], params: GenerateParams, budget: Int,
+                     queued: UInt64, started: UInt64,
+                     onToken: @escaping @Sendable (GeneratedToken) async -> Void) async throws -> GenerateResult {
+        var text = ""
+        var tokens: [Int] = []
+        var finish = FinishReason.length
+        var stopReason: String?
+        var decodedCount = 0
+        let prefillEnd: UInt64
+        if Task.isCancelled {   // cancelled while it waited for a slot
+            prefillEnd = DispatchTime.now().uptimeNanoseconds
+            finish = .cancelled
+        } else {
+            var next = try await onLane { try sequence.prefill() }
+            prefillEnd = DispatchTime.now().uptimeNanoseconds
+            promptTokens += prompt.count
+            prefillNanos += prefillEnd - started
+            loop: while true {
+                if next.isEndOfSequence {
+                    finish = .stop
+                    stopReason = "eos"
+                    break loop
+                }
+                tokens.append(next.token)
+                text += next.text
+                generatedTokens += 1
+                await onToken(next)
+                if let match = Engine.firstStop(in: text, stops: params.stop) {
+                    text = String(text[..<match.range.lowerBound])
+                    finish = .stop
+                    stopReason = match.stop
+                    break loop
+                }
+                if tokens.count >= budget { finish = .length; break loop }
+                if Task.isCancelled { finish = .cancelled; break loop }
+                next = try await onLane { try sequence.decode() }
+                decodedCount += 1
+            }
+        }
+        let end = DispatchTime.now().uptimeNanoseconds
+        decodeNanos += end - prefillEnd
+        decodeTokens += decodedCount
+        served += 1
+        let prefillMs = Double(prefillEnd - started) / 1e6
+        let decodeMs = Double(end - prefillEnd) / 1e6
+        return GenerateResult(
+            text: text, tokens: tokens, promptTokens: prompt.count, completionTokens: tokens.count,
+            finishReason: finish, stopReason: stopReason,
+            timings: GenerateTimings(
+                queueMs: Double(started - queued) / 1e6, prefillMs: prefillMs, decodeMs: decodeMs,
+                prefillTokensPerSecond: prefillMs > 0 ? Double(prompt.count) / (prefillMs / 1000) : 0,
+                decodeTokensPerSecond: decodeMs > 0 ? Double(decodedCount) / (decodeMs / 1000) : 0))
+    }
+
+    /// Perplexity of a text file; progress via `onProgress(done, total)`; cancellable.
+    public func perplexity(path: String, contextLength: Int?,
+                           onProgress: @escaping @Sendable (Int, Int) -> Void) async throws -> PerplexityResult {
+        let model = try requireModel("perplexity")
+        let ctx = contextLength ?? settings.perplexityContext
+        guard ctx >= 2, ctx <= model.info.maxModelLen else {
+            throw KvantError(.invalidArgument, "perplexity: 'ctx' must be in 2...\(model.info.maxModelLen) (max_model_len), got \(ctx)")
+        }
+        return try await longOperation { control in try model.perplexity(path: path, contextLength: ctx, control: control) }
+            onProgress: { onProgress($0, $1) }
+    }
+
+    /// Calibration: records amax and writes a scale file.
+    public func calibrate(_ request: CalibrationRequest,
+                          onProgress: @escaping @Sendable (Int, Int) -> Void) async throws -> CalibrateResult {
+        let model = try requireModel("calibrate")
+        return try await longOperation { control in try model.calibrate(request, control: control) }
+            onProgress: { onProgress($0, $1) }
+    }
+
+    private func longOperation<T>(_ body: @escaping (OperationControl) throws -> T,
+                                  onProgress: @escaping @Sendable (Int, Int) -> Void) async throws -> T {
+        let flag = CancelFlag()
+        let lane = self.lane
+        let control = OperationControl(isCancelled: { flag.isSet }, progress: { done, total in
+            lane.beat()
+            onProgress(done, total)
+        })
+        do {
+            return try await withTaskCancellationHandler {
+                try await onLane { try body(control) }
+            } onCancel: {
+                flag.set()
+            }
+        } catch {
+            failed += 1
+            throw Engine.kvantError(error)
+        }
+    }
+
+    // MARK: Figures
+
+    public func connectionOpened() { connections += 1 }
+    public func connectionClosed() { connections -= 1 }
+
+    public var uptimeSeconds: Double { Double(DispatchTime.now().uptimeNanoseconds - startTime) / 1e9 }
+
+    public func figures() -> EngineFigures {
+        EngineFigures(
+            requestsServed: served, requestsRunning: running, requestsWaiting: waiters.count, requestsFailed: failed,
+            promptTokens: promptTokens, generatedTokens: generatedTokens,
+            prefillTokensPerSecond: prefillNanos > 0 ? Double(promptTokens) / (Double(prefillNanos) / 1e9) : 0,
+            decodeTokensPerSecond: decodeNanos > 0 ? Double(decodeTokens) / (Double(decodeNanos) / 1e9) : 0,
+            uptimeSeconds: uptimeSeconds, rssBytes: residentSetBytes(), connections: connections)
+    }
+
+    public func stats() throws -> StatsResult {
+        let cache: JSONValue
+        if let model {
+            do { cache = try JSONValue(encoding: AnyEncodable(model.kvCacheStats())) } catch {
+                throw KvantError(.internal, "stats: the backend's KV-cache statistics are not encodable as JSON")
+            }
+        } else {
+            cache = .null
+        }
+        return StatsResult(engine: figures(), model: model?.info, kvCache: cache)
+    }
+
+    public func health() -> HealthResult {
+        HealthResult(status: lastError == nil ? "ok" : "degraded", modelLoaded: model != nil, model: model?.info.path,
+                     kvCacheDType: model?.info.kvCacheDType, uptimeSeconds: uptimeSeconds, lastError: lastError)
+    }
+
+    /// A one-line status for systemd's `STATUS=`: model, dtype, cache usage.
+    public func statusLine() -> String {
+        guard let model else { return lastError.map { "no model loaded; \($0)" } ?? "no model loaded" }
+        let info = model.info
+        var line = "serving \(info.name) kv_cache_dtype=\(info.kvCacheDType.rawValue)"
+        if let usage = Engine.cacheUsage(model) { line += String(format: " kv_cache=%.1f%%", usage * 100) }
+        line += " running=\(running) waiting=\(waiters.count)"
+        if let lastError { line += "; \(lastError)" }
+        return line
+    }
+
+    /// Records a failure reported outside the engine's own methods (e.g. the startup model load).
+    public func recordFailure(_ message: String) { lastError = message }
+
+    /// True when the compute lane is idle or progressed within `window` nanoseconds (watchdog).
+    public nonisolated func isAlive(window: UInt64) -> Bool { lane.isAlive(window: window) }
+
+    /// Reads `usage` (0…1) from the backend's stats object when it has one
+    /// (`usage`, or `used_blocks`/`total_blocks`, or `blocks_used`/`blocks_total`).
+    static func cacheUsage(_ model: any LoadedModel) -> Double? {
+        guard let stats = try? JSONValue(encoding: AnyEncodable(model.kvCacheStats())) else { return nil }
+        if let usage = stats["usage"]?.doubleValue { return usage }
+        for (usedKey, totalKey) in [("used_blocks", "total_blocks"), ("blocks_used", "blocks_total"), ("usedBlocks", "totalBlocks")] {
+            if let used = stats[usedKey]?.doubleValue, let total = stats[totalKey]?.doubleValue, total > 0 { return used / total }
+        }
+        return nil
+    }
+
+    // MARK: Internals
+
+    /// Loads and scale validation run on a thread of their own, beside the compute lane.
+    private static func onLoaderThread(_ body: @escaping () -> Void) {
+        let thread = Thread(block: body)
+        thread.name = "kvant.engine.loader"
+        thread.stackSize = 8 << 20
+        thread.start()
+    }
+
+    private func onLane<T>(_ body: @escaping () throws -> T) async throws -> T {
+        try await lane.run(body)
+    }
+
+    private func acquireSlot() async {
+        if running < settings.maxNumSeqs {
+            running += 1
+            return
+        }
+        await withCheckedContinuation { waiters.append($0) }
+    }
+
+    private func releaseSlot() {
+        running -= 1
+        resumeWaiter()
+    }
+
+    private func resumeWaiter() {
+        while running < settings.maxNumSeqs, !waiters.isEmpty {
+            running += 1
+            waiters.removeFirst().resume()
+        }
+    }
+
+    static func firstStop(in text: String, stops: [String]) -> (stop: String, range: Range<String.Index>)? {
+        var best: (stop: String, range: Range<String.Index>)?
+        for stop in stops {
+            if let range = text.range(of: stop), best == nil || range.lowerBound < best!.range.lowerBound {
+                best = (stop, range)
+            }
+        }
+        return best
+    }
+
+    /// Any error as a `KvantError`: backend errors of other types become `.internal` without details
+    /// that could echo file contents.
+    static func kvantError(_ error: Error) -> KvantError {
+        if let error = error as? KvantError { return error }
+        if error is CancellationError { return KvantError(.cancelled, "the request was cancelled") }
+        return KvantError(.internal, "backend error: \(type(of: error))")
+    }
+}
+
+final class CancelFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+    var isSet: Bool { lock.lock(); defer { lock.unlock() }; return value }
+    func set() { lock.lock(); value = true; lock.unlock() }
+}
+
+struct AnyEncodable: Encodable {
+    let value: any Encodable
+    init(_ value: any Encodable) { self.value = value }
+    func encode(to encoder: Encoder) throws { try value.encode(to: encoder) }
+}

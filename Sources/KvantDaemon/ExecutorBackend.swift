@@ -1,0 +1,344 @@
+import ControlProtocol
+import Executor
+import Foundation
+import KVCache
+import KvantCore
+import Logging
+import ModelFormats
+import Tokenizers
+
+/// The inference backend over Kvant's own CPU executor: GGUF weights (`Executor.Model`), the
+/// GGUF tokenizer, and a paged `KVCachePool` built from the model's KV geometry and the requested
+/// `kv_cache_dtype`.
+///
+/// `set-kv-dtype` policy: the new pool is built beside the old one; sequences already running keep
+/// the pool they started on (each holds a reference) and finish there, new sequences use the new
+/// pool. The old pool's memory is returned when its last sequence ends, so for that while both
+/// budgets are allocated.
+public struct ExecutorBackend: InferenceBackend {
+    let logger: Logger
+
+    public init(logger: Logger = Logger(label: "kvant.executor")) { self.logger = logger }
+
+    public var name: String { "kvant-cpu" }
+
+    public func loadModel(_ request: ModelLoadRequest, progress: @escaping @Sendable (String) -> Void) throws -> any LoadedModel {
+        progress("mapping weights of \((request.path as NSString).lastPathComponent)")
+        let model = try Model(path: request.path)
+        progress("building the tokenizer")
+        let tokenizer = try makeTokenizer(from: model.file)
+        progress("allocating the KV cache")
+        return try ExecutorModel(model: model, tokenizer: tokenizer, request: request, logger: logger)
+    }
+
+    public func validateScales(path: String, for model: (any LoadedModel)?) throws -> ScalesReport {
+        guard let model = model as? ExecutorModel else {
+            throw KvantError(.failedPrecondition,
+                             "scales-validate '\(path)': no model is loaded; a scale file is checked against the loaded model's layers, KV heads and model_type")
+        }
+        return ExecutorModel.report(try model.loadScales(path: path), epoch: nil)
+    }
+}
+
+/// A loaded model: weights, tokenizer, one forward session (used only on the engine's compute
+/// thread) and the current KV-cache pool.
+final class ExecutorModel: LoadedModel, @unchecked Sendable {
+    let model: Model
+    let tokenizer: any Tokenizer
+    let session: ForwardSession
+    let path: String
+    let name: String
+    let kvCacheBytes: Int
+    let blockSize: Int
+    /// Longest sequence, tokens (prompt + generated).
+    let maxModelLen: Int
+    let logger: Logger
+
+    private let lock = NSLock()
+    private var pool: KVCachePool          // guarded by lock
+    private var dtype: KVCacheDType        // guarded by lock
+    private var scales: KVScales?          // installed static scales; nil = none or default 1.0
+
+    init(model: Model, tokenizer: any Tokenizer, request: ModelLoadRequest, logger: Logger) throws {
+        self.model = model
+        self.tokenizer = tokenizer
+        self.logger = logger
+        path = request.path
+        name = (try? model.file.string("general.name")) ?? (request.path as NSString).lastPathComponent
+        kvCacheBytes = request.kvCacheBytes
+        blockSize = request.blockSize
+        let trained = model.config.contextLength
+        if let m = request.maxModelLen, m > trained {
+            throw KvantError(.invalidArgument, "max_model_len \(m) exceeds the model's trained context length \(trained) (\(request.path))")
+        }
+        maxModelLen = request.maxModelLen ?? trained
+        let threads = request.threads > 0 ? request.threads : ProcessInfo.processInfo.activeProcessorCount
+        session = ForwardSession(model: model, threads: threads)
+        dtype = request.kvCacheDType
+        (pool, scales) = try Self.makePool(model: model, dtype: request.kvCacheDType, scalePath: request.quantizationParamPath,
+                                           kvCacheBytes: kvCacheBytes, blockSize: blockSize, logger: logger)
+    }
+
+    /// Builds a pool of `kvCacheBytes` for `dtype`, with the scale file for the static modes.
+    /// - Throws: `.invalidArgument` for a scale file with a dtype that uses none, or a bad file;
+    ///   `.resourceExhausted` when the budget holds less than one block.
+    private static func makePool(model: Model, dtype: KVCacheDType, scalePath: String?, kvCacheBytes: Int, blockSize: Int,
+                                 logger: Logger) throws -> (KVCachePool, KVScales?) {
+        var scales: KVScales?
+        if dtype.usesStaticScales {
+            if let scalePath {
+                scales = try loadScales(model: model, path: scalePath, logger: logger)
+            } else {
+                logger.warning("""
+                    kv_cache_dtype \(dtype.rawValue) without quantization_param_path: EVERY KV SCALE IS 1.0 \
+                    (K/V rounded to integers and clipped at ±127); expect a large accuracy loss. \
+                    Calibrate with 'kvantctl calibrate' and load the file. stats reports scale_source "default 1.0".
+                    """)
+            }
+        } else if let scalePath {
+            throw KvantError(.invalidArgument,
+                             "quantization_param_path '\(scalePath)' is only used by int8_pertensor and int8_pertensor_perhead, not by kv_cache_dtype \(dtype.rawValue)")
+        }
+        let spec = model.config.kvCacheSpec(dtype: dtype, blockSize: blockSize)
+        guard kvCacheBytes >= spec.bytesPerToken * spec.blockSize else {
+            throw KvantError(.resourceExhausted,
+                             "kv_cache_bytes \(kvCacheBytes) holds less than one block of \(spec.blockSize) tokens at \(spec.bytesPerToken) bytes/token (kv_cache_dtype \(dtype.rawValue))")
+        }
+        return (try KVCachePool(spec: spec, byteBudget: kvCacheBytes, scales: scales), scales)
+    }
+
+    /// Reads and validates a scale file against this model (layers, KV heads, model_type).
+    func loadScales(path: String) throws -> KVScales {
+        try Self.loadScales(model: model, path: path, logger: logger)
+    }
+
+    private static func loadScales(model: Model, path: String, logger: Logger) throws -> KVScales {
+        let c = model.config
+        let s = try KVScales.load(path: path, expectedModelType: c.architecture.rawValue,
+                                  numLayers: c.numLayers, numKVHeads: c.numKVHeads)
+        for w in s.warnings { logger.warning("\(w)") }
+        return s
+    }
+
+    static func report(_ s: KVScales, epoch: Int?) -> ScalesReport {
+        ScalesReport(path: s.path, layers: s.numLayers, perHead: s.granularity == .perHead,
+                     min: Double(s.values.min() ?? 0), max: Double(s.values.max() ?? 0),
+                     sha256: s.sha256 ?? "", epoch: epoch, warnings: s.warnings)
+    }
+
+    private func current() -> (KVCachePool, KVCacheDType, KVScales?) {
+        lock.lock(); defer { lock.unlock() }
+        return (pool, dtype, scales)
+    }
+
+    // MARK: LoadedModel
+
+    var info: ModelInfo {
+        let (pool, dtype, _) = current()
+        let c = model.config
+        return ModelInfo(path: path, name: name, architecture: c.architecture.rawValue, numLayers: c.numLayers,
+                         numKVHeads: c.numKVHeads, headDim: c.headDim, vocabSize: c.vocabSize, maxModelLen: maxModelLen,
+                         kvCacheDType: dtype, blockSize: blockSize, kvCacheBytes: kvCacheBytes,
+                         kvCacheCapacityTokens: pool.capacityTokens)
+    }
+
+    func tokenize(_ text: String) throws -> [Int] {
+        tokenizer.encode(text, addSpecial: true).map(Int.init)
+    }
+
+    func makeSequence(prompt: [Int], sampling: SamplingConfig) throws -> any GenerationSequence {
+        guard !prompt.isEmpty else { throw KvantError(.invalidArgument, "generate: the prompt has no tokens") }
+        guard prompt.count < maxModelLen else {
+            throw KvantError(.invalidArgument, "generate: the prompt has \(prompt.count) tokens; max_model_len is \(maxModelLen)")
+        }
+        let vocab = model.config.vocabSize
+        if let bad = prompt.first(where: { $0 < 0 || $0 >= vocab }) {
+            throw KvantError(.invalidArgument, "generate: token id \(bad) is outside the vocabulary (0..<\(vocab))")
+        }
+        let sampler = try Sampler(SamplingParameters(
+            temperature: Float(sampling.temperature), topK: max(0, sampling.topK), topP: Float(sampling.topP),
+            minP: Float(sampling.minP), repetitionPenalty: Float(sampling.repetitionPenalty), seed: sampling.seed))
+        let (pool, dtype, _) = current()
+        let seq = pool.createSequence()
+        switch pool.reserve(seq, newLength: prompt.count) {
+        case .ok:
+            break
+        case .later:
+            pool.free(seq)
+            throw KvantError(.resourceExhausted,
+                             "KV cache full: the prompt needs \(prompt.count) tokens, \(pool.freeBlocks) of \(pool.numBlocks) blocks of \(blockSize) tokens are free; retry when running requests finish")
+        case .never:
+            pool.free(seq)
+            throw KvantError(.resourceExhausted,
+                             "the prompt's \(prompt.count) tokens can never fit the KV cache: capacity \(pool.capacityTokens) tokens (kv_cache_bytes \(kvCacheBytes), kv_cache_dtype \(dtype.rawValue)); raise kv_cache_bytes")
+        }
+        return ExecutorSequence(owner: self, pool: pool, sequence: seq, prompt: prompt.map { Int32($0) }, sampler: sampler)
+    }
+
+    func kvCacheStats() -> any Encodable & Sendable {
+        current().0.stats()
+    }
+
+    func currentScales() -> ScalesReport? {
+        let (pool, dtype, scales) = current()
+        guard dtype.usesStaticScales else { return nil }
+        if let scales { return Self.report(scales, epoch: pool.scaleEpoch) }
+        return ScalesReport(path: nil, layers: model.config.numLayers, perHead: false, min: 1, max: 1, sha256: "",
+                            epoch: pool.scaleEpoch, warnings: ["no scale file: every scale is the default 1.0"])
+    }
+
+    func installScales(path: String) throws -> ScalesReport {
+        let (pool, dtype, _) = current()
+        guard dtype.usesStaticScales else {
+            throw KvantError(.failedPrecondition,
+                             "reload-scales: kv_cache_dtype \(dtype.rawValue) uses no static scales (only int8_pertensor and int8_pertensor_perhead do)")
+        }
+        let s = try loadScales(path: path)
+        let epoch = try pool.installScales(s)
+        lock.lock(); scales = s; lock.unlock()
+        logger.notice("KV scales installed", metadata: ["path": "\(path)", "epoch": "\(epoch)", "sha256": "\(s.sha256 ?? "")"])
+        return Self.report(s, epoch: epoch)
+    }
+
+    func setKVCacheDType(_ newDType: KVCacheDType, quantizationParamPath: String?) throws {
+        let (_, _, oldScales) = current()
+        var path = quantizationParamPath
+        // Switching between the static modes keeps the scale file in force unless a new one is given.
+        if path == nil, newDType.usesStaticScales, let old = oldScales?.path { path = old }
+        let (newPool, newScales) = try Self.makePool(model: model, dtype: newDType, scalePath: path,
+                                                     kvCacheBytes: kvCacheBytes, blockSize: blockSize, logger: logger)
+        lock.lock()
+        pool = newPool
+        dtype = newDType
+        scales = newScales
+        lock.unlock()
+        logger.notice("KV cache switched", metadata: ["kv_cache_dtype": "\(newDType.rawValue)",
+                                                      "capacity_tokens": "\(newPool.capacityTokens)"])
+    }
+
+    /// A pool of the current dtype and scales sized for one window of `tokens` tokens (evaluation
+    /// runs beside serving and never takes the serving pool's blocks).
+    private func scratchPool(tokens: Int) throws -> KVCachePool {
+        let (_, dtype, scales) = current()
+        let spec = model.config.kvCacheSpec(dtype: dtype, blockSize: blockSize)
+        return try KVCachePool(spec: spec, byteBudget: spec.bytesPerToken * (tokens + 2 * blockSize), scales: scales)
+    }
+
+    func perplexity(path: String, contextLength: Int, control: OperationControl) throws -> PerplexityResult {
+        guard contextLength >= 4, contextLength <= maxModelLen else {
+            throw KvantError(.invalidArgument, "perplexity: ctx \(contextLength) must be in 4...\(maxModelLen) (max_model_len)")
+        }
+        let started = Date()
+        let tokens = try TextTokenizer.tokenize(path: path, model: model)
+        let pool = try scratchPool(tokens: contextLength)
+        let total = (tokens.count / contextLength) * contextLength
+        let result = try PerplexityEvaluator.run(session: session, pool: pool, tokens: tokens, ctx: contextLength,
+                                                 isCancelled: { control.isCancelled }) { chunk, _ in
+            control.progress(done: (chunk + 1) * contextLength, total: total)
+        }
+        return PerplexityResult(perplexity: result.perplexity, meanNLL: result.nll / Double(result.count),
+                                tokens: result.count, chunks: result.chunks, seconds: Date().timeIntervalSince(started))
+    }
+
+    func calibrate(_ request: CalibrationRequest, control: OperationControl) throws -> CalibrateResult {
+        let started = Date()
+        let text: String
+        if let textPath = request.textPath {
+            let attrs = try? FileManager.default.attributesOfItem(atPath: textPath)
+            guard let attrs else { throw KvantError(.notFound, "calibrate: text file '\(textPath)' not found") }
+            guard (attrs[.size] as? Int ?? 0) <= 64 << 20 else {
+                throw KvantError(.invalidArgument, "calibrate: text file '\(textPath)' is larger than 64 MiB")
+            }
+            guard let data = FileManager.default.contents(atPath: textPath) else {
+                throw KvantError(.permissionDenied, "calibrate: text file '\(textPath)' cannot be read")
+            }
+            guard let s = String(data: data, encoding: .utf8) else {
+                throw KvantError(.invalidArgument, "calibrate: text file '\(textPath)' is not valid UTF-8")
+            }
+            text = s
+        } else {
+            text = CalibrationSample.text
+        }
+        let source = request.textPath.map { "'\($0)'" } ?? "the built-in calibration sample"
+        var tokens = tokenizer.encode(text, addSpecial: true, parseSpecial: false)
+        if tokens.count > request.numTokens { tokens.removeLast(tokens.count - request.numTokens) }
+        guard tokens.count >= 16 else {
+            throw KvantError(.invalidArgument, "calibrate: \(source) gives \(tokens.count) tokens; at least 16 are needed")
+        }
+        let result = try KVCalibrator.run(
+            session: session, tokens: tokens, window: min(512, maxModelLen), perHead: request.perHead,
+            percentile: request.percentile < 100 ? request.percentile : nil,
+            isCancelled: { control.isCancelled }, progress: { control.progress(done: $0, total: $1) })
+        let data = try result.scales.encode(modelType: model.config.architecture.rawValue, tpSize: request.tpSize,
+                                            perHead: request.perHead)
+        // Write beside the target and rename: a cancelled or failed run never leaves a partial file.
+        let output = request.outputPath
+        let tmp = output + ".partial-\(getpid())"
+        guard FileManager.default.createFile(atPath: tmp, contents: data) else {
+            throw KvantError(.permissionDenied, "calibrate: cannot write '\(output)' (its directory is not writable)")
+        }
+        guard rename(tmp, output) == 0 else {
+            let err = String(cString: strerror(errno))
+            unlink(tmp)
+            throw KvantError(.permissionDenied, "calibrate: cannot write '\(output)': \(err)")
+        }
+        // Read the file back with the rules reload-scales uses: what was written is what will load.
+        let written = try loadScales(path: output)
+        logger.notice("calibrated KV scales", metadata: ["output": "\(output)", "tokens": "\(result.tokens)",
+                                                         "source": "\(source)"])
+        return CalibrateResult(output: output, tokens: result.tokens, seconds: Date().timeIntervalSince(started),
+                               scales: Self.report(written, epoch: nil))
+    }
+}
+
+/// One generation on the pool it started on.
+final class ExecutorSequence: GenerationSequence {
+    let owner: ExecutorModel
+    let pool: KVCachePool
+    let sequence: SequenceID
+    let prompt: [Int32]
+    var sampler: Sampler
+    var history: [Int32]
+    var decoder: StreamingDecoder
+    var released = false
+
+    init(owner: ExecutorModel, pool: KVCachePool, sequence: SequenceID, prompt: [Int32], sampler: Sampler) {
+        self.owner = owner
+        self.pool = pool
+        self.sequence = sequence
+        self.prompt = prompt
+        self.sampler = sampler
+        history = prompt
+        decoder = owner.tokenizer.makeStreamingDecoder()
+    }
+
+    private func step(tokens: [Int32], start: Int) throws -> GeneratedToken {
+        var next: Int32 = 0
+        try owner.session.forward(tokens: tokens, startPosition: start, sequence: sequence, pool: pool, logits: .last) { _, logits in
+            next = sampler.sample(logits: logits, history: history)
+        }
+        history.append(next)
+        if owner.tokenizer.isEndOfGeneration(next) {
+            return GeneratedToken(token: Int(next), text: decoder.finish(), isEndOfSequence: true)
+        }
+        return GeneratedToken(token: Int(next), text: decoder.append(next), isEndOfSequence: false)
+    }
+
+    func prefill() throws -> GeneratedToken {
+        try step(tokens: prompt, start: 0)
+    }
+
+    func decode() throws -> GeneratedToken {
+        let position = history.count - 1
+        guard position + 1 < owner.maxModelLen else {
+            throw KvantError(.resourceExhausted, "the sequence reached max_model_len \(owner.maxModelLen) tokens")
+        }
+        return try step(tokens: [history[position]], start: position)
+    }
+
+    func release() {
+        guard !released else { return }
+        released = true
+        pool.free(sequence)
+    }
+}

@@ -1,0 +1,224 @@
+import ControlProtocol
+import KvantCore
+
+// The engine boundary: everything the daemon needs from a model executor, KV cache and
+// tokenizer. An adapter over Executor/KVCache/Tokenizers implements these three protocols;
+// the daemon never imports those targets' types directly.
+//
+// Threading contract (what the adapter may rely on):
+// - `InferenceBackend.loadModel` and `validateScales` run on a dedicated loader thread and
+//   may run while another model serves requests.
+// - All other `LoadedModel` and `GenerationSequence` methods run on the engine's single
+//   compute thread, one at a time: never two of them concurrently, for all models and
+//   sequences together. They may block for as long as the work takes.
+// - Exceptions: `LoadedModel.info`, `kvCacheStats()` and `currentScales()` may be called from
+//   any thread at any time (for `stats`, `health`, `scales-show` during long work) and must
+//   be thread-safe.
+// - Errors: throw `KvantError` with the reason that fits (invalid_argument for bad input
+//   files, not_found, resource_exhausted when the KV pool cannot hold a sequence,
+//   failed_precondition for a dtype/scales mismatch); any other error is reported as `internal`.
+
+/// A model loader: builds a `LoadedModel` (weights, tokenizer, KV-cache pool) from a file.
+public protocol InferenceBackend: Sendable {
+    /// Short name reported by `version` (e.g. `kvant-cpu`).
+    var name: String { get }
+
+    /// Loads the model at `request.path` and allocates its KV-cache pool.
+    ///
+    /// Blocking; runs on the loader thread. Call `progress` at least every few seconds with a
+    /// short human-readable phase ("mapping weights", "allocating KV cache"): each call extends
+    /// systemd's start-up timeout (`EXTEND_TIMEOUT_USEC`) and updates `STATUS=`.
+    /// - Throws: `KvantError` — `.invalidArgument` for an unreadable/unsupported file (naming the
+    ///   file and the field), `.resourceExhausted` when `kvCacheBytes` cannot hold one sequence of
+    ///   one block, `.failedPrecondition` for a static int8 dtype without a usable scale file,
+    ///   `.unavailable` when this build has no executor.
+    func loadModel(_ request: ModelLoadRequest, progress: @escaping @Sendable (String) -> Void) throws -> any LoadedModel
+
+    /// Reads and checks a scale file (vLLM `kv_cache_scales.json` schema) without installing it.
+    /// With a model, also checks layer and KV-head counts against it; `epoch` of the report is nil.
+    /// - Throws: `KvantError(.invalidArgument)` naming the file and the JSON field.
+    func validateScales(path: String, for model: (any LoadedModel)?) throws -> ScalesReport
+}
+
+/// What `loadModel` is asked to build. Paths are already realpath'd and checked against `allowed_dirs`.
+public struct ModelLoadRequest: Sendable, Equatable {
+    /// GGUF model file.
+    public var path: String
+    public var kvCacheDType: KVCacheDType
+    /// Scale file for `int8_pertensor` / `int8_pertensor_perhead`; nil otherwise (or to use unit scales).
+    public var quantizationParamPath: String?
+    /// KV-cache pool budget, bytes. The pool preallocates this much; capacity in tokens follows.
+    public var kvCacheBytes: Int
+    /// Token positions per KV block.
+    public var blockSize: Int
+    /// Longest sequence in tokens (prompt + generated); nil = the model's trained context length.
+    public var maxModelLen: Int?
+    /// Compute threads; 0 = one per core.
+    public var threads: Int
+
+    public init(path: String, kvCacheDType: KVCacheDType, quantizationParamPath: String?, kvCacheBytes: Int,
+                blockSize: Int, maxModelLen: Int?, threads: Int) {
+        self.path = path
+        self.kvCacheDType = kvCacheDType
+        self.quantizationParamPath = quantizationParamPath
+        self.kvCacheBytes = kvCacheBytes
+        self.blockSize = blockSize
+        self.maxModelLen = maxModelLen
+        self.threads = threads
+    }
+}
+
+/// Sampling parameters of one sequence (vLLM `SamplingParams` meanings).
+public struct SamplingConfig: Sendable, Equatable {
+    /// 0 = greedy (argmax).
+    public var temperature: Double
+    /// Nucleus mass in (0, 1]; 1 = off.
+    public var topP: Double
+    /// Keep the k most likely tokens; 0 or -1 = off.
+    public var topK: Int
+    /// Drop tokens with probability < minP · p_max; 0 = off.
+    public var minP: Double
+    /// CTRL-style penalty on tokens already in prompt or output; 1 = off.
+    public var repetitionPenalty: Double
+    /// RNG seed; nil = nondeterministic.
+    public var seed: UInt64?
+
+    public init(temperature: Double = 1, topP: Double = 1, topK: Int = 0, minP: Double = 0,
+                repetitionPenalty: Double = 1, seed: UInt64? = nil) {
+        self.temperature = temperature
+        self.topP = topP
+        self.topK = topK
+        self.minP = minP
+        self.repetitionPenalty = repetitionPenalty
+        self.seed = seed
+    }
+
+    public init(_ params: GenerateParams) {
+        self.init(temperature: params.temperature, topP: params.topP, topK: params.topK, minP: params.minP,
+                  repetitionPenalty: params.repetitionPenalty, seed: params.seed)
+    }
+}
+
+/// One sampled token.
+public struct GeneratedToken: Sendable, Equatable {
+    /// Token id in the model's vocabulary.
+    public var token: Int
+    /// Its text piece (detokenized incrementally; may be "" when the token only starts a UTF-8 sequence).
+    public var text: String
+    /// True for an end-of-sequence / end-of-turn token; its text is not part of the output.
+    public var isEndOfSequence: Bool
+
+    public init(token: Int, text: String, isEndOfSequence: Bool) {
+        self.token = token
+        self.text = text
+        self.isEndOfSequence = isEndOfSequence
+    }
+}
+
+/// Cancellation and progress for long operations (`perplexity`, `calibrate`).
+public final class OperationControl: @unchecked Sendable {
+    private let cancelledFlag: () -> Bool
+    private let report: (Int, Int) -> Void
+
+    public init(isCancelled: @escaping () -> Bool, progress: @escaping (Int, Int) -> Void) {
+        self.cancelledFlag = isCancelled
+        self.report = progress
+    }
+
+    /// Check between windows/chunks; when true, stop and throw `KvantError(.cancelled, …)`.
+    public var isCancelled: Bool { cancelledFlag() }
+
+    /// Report `done` of `total` tokens. Call at least every few seconds: it also feeds the
+    /// systemd watchdog (`WATCHDOG=1` stops when the compute thread makes no progress).
+    public func progress(done: Int, total: Int) { report(done, total) }
+}
+
+/// What `calibrate` is asked to do; paths are realpath'd and checked.
+public struct CalibrationRequest: Sendable, Equatable {
+    /// Text file; nil = the backend's built-in calibration text.
+    public var textPath: String?
+    /// Tokens of text to run through the model.
+    public var numTokens: Int
+    /// One scale per (layer, KV head) instead of per layer.
+    public var perHead: Bool
+    /// Tensor-parallel size to write (vLLM schema: one scale map per TP rank).
+    public var tpSize: Int
+    /// Percentile of |x| used as amax, in (0, 100].
+    public var percentile: Double
+    /// File to write (`kv_cache_scales.json` schema); its directory exists.
+    public var outputPath: String
+
+    public init(textPath: String?, numTokens: Int, perHead: Bool, tpSize: Int, percentile: Double, outputPath: String) {
+        self.textPath = textPath
+        self.numTokens = numTokens
+        self.perHead = perHead
+        self.tpSize = tpSize
+        self.percentile = percentile
+        self.outputPath = outputPath
+    }
+}
+
+/// A loaded model with its tokenizer and KV-cache pool. See the threading contract above.
+public protocol LoadedModel: AnyObject, Sendable {
+    /// Hyper-parameters and KV-cache geometry; reflects the current dtype after `setKVCacheDType`. Thread-safe.
+    var info: ModelInfo { get }
+
+    /// Token ids of `text` (with the BOS token if the model adds one).
+    func tokenize(_ text: String) throws -> [Int]
+
+    /// Creates a sequence for `prompt` (token ids) and reserves KV blocks for it.
+    /// - Throws: `.resourceExhausted` when the pool cannot hold the prompt now.
+    func makeSequence(prompt: [Int], sampling: SamplingConfig) throws -> any GenerationSequence
+
+    /// The KV cache's statistics (blocks total/used, bytes, dtype, epoch, …) as any Encodable value
+    /// that encodes to a JSON object; sent verbatim as `stats.kv_cache`. systemd's `STATUS=` shows
+    /// the cache usage from its `usage` field (0…1), or from `used_blocks`/`total_blocks`
+    /// (also `blocks_used`/`blocks_total`, `usedBlocks`/`totalBlocks`). Thread-safe.
+    func kvCacheStats() -> any Encodable & Sendable
+
+    /// The installed static scales, nil when the dtype uses none. Thread-safe.
+    func currentScales() -> ScalesReport?
+
+    /// Reads, validates and installs the scale file (a new epoch; live sequences keep theirs).
+    /// - Returns: the report with the new `epoch`.
+    /// - Throws: `.invalidArgument` for a bad file, `.failedPrecondition` when the dtype uses no static scales.
+    func installScales(path: String) throws -> ScalesReport
+
+    /// Switches the KV-cache dtype: a new pool for new sequences; live sequences keep the pool they started on.
+    func setKVCacheDType(_ dtype: KVCacheDType, quantizationParamPath: String?) throws
+
+    /// Perplexity of the text file over windows of `contextLength` tokens (llama.cpp `perplexity`
+    /// method: score the second half of each window).
+    func perplexity(path: String, contextLength: Int, control: OperationControl) throws -> PerplexityResult
+
+    /// Runs text through the model recording K/V amax per (layer, KV head), writes the scale file.
+    func calibrate(_ request: CalibrationRequest, control: OperationControl) throws -> CalibrateResult
+}
+
+/// One sequence being generated. Methods run on the compute thread, one at a time.
+public protocol GenerationSequence: AnyObject {
+    /// Prefill: runs the prompt through the model, writes its K/V, samples the first token.
+    func prefill() throws -> GeneratedToken
+    /// Decode: feeds the last sampled token, samples the next.
+    /// - Throws: `.resourceExhausted` when no KV block is free for the next position.
+    func decode() throws -> GeneratedToken
+    /// Frees the sequence's KV blocks; called exactly once, also after errors and cancellation.
+    func release()
+}
+
+/// The backend of a daemon built without an executor: every load fails with a clear error.
+/// `kvantd` uses it until the real adapter is linked in (`makeInferenceBackend()` in kvantd).
+public struct UnavailableBackend: InferenceBackend {
+    public init() {}
+
+    public var name: String { "none" }
+
+    public func loadModel(_ request: ModelLoadRequest, progress: @escaping @Sendable (String) -> Void) throws -> any LoadedModel {
+        throw KvantError(.unavailable,
+                         "this kvantd build has no inference backend; cannot load \(request.path) (model loading is not wired in yet)")
+    }
+
+    public func validateScales(path: String, for model: (any LoadedModel)?) throws -> ScalesReport {
+        throw KvantError(.unavailable, "this kvantd build has no inference backend; cannot validate \(path)")
+    }
+}

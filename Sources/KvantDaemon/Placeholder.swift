@@ -1,1 +1,0 @@
-// KvantDaemon: placeholder until the target's first file lands.

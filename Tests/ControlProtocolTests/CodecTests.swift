@@ -1,0 +1,178 @@
+import ControlProtocol
+import Foundation
+import KvantCore
+import Testing
+
+@Suite("Wire codec")
+struct CodecTests {
+    func roundTrip<T: Codable & Equatable>(_ value: T) throws -> T {
+        let line = try WireCodec.encodeLine(value)
+        #expect(line.last == UInt8(ascii: "\n"))
+        #expect(!line.dropLast().contains(UInt8(ascii: "\n")))
+        return try WireCodec.decoder.decode(T.self, from: Data(line.dropLast()))
+    }
+
+    @Test("params and results round-trip")
+    func roundTrips() throws {
+        let load = LoadModelParams(path: "/m/a.gguf", kvCacheDType: .int8PerTensorPerHead, quantizationParamPath: "/m/s.json",
+                                   kvCacheBytes: 1 << 27, maxModelLen: 2048)
+        #expect(try roundTrip(load) == load)
+        let generate = GenerateParams(prompt: "line1\nline2 \u{1F600}", maxTokens: 7, temperature: 0.5, topP: 0.9, topK: 40,
+                                      minP: 0.05, repetitionPenalty: 1.1, seed: 42, stop: ["\n\n"], stream: true)
+        #expect(try roundTrip(generate) == generate)
+        let result = GenerateResult(text: "é", tokens: [1, 2], promptTokens: 3, completionTokens: 2, finishReason: .cancelled,
+                                    stopReason: nil, timings: GenerateTimings(queueMs: 0, prefillMs: 1, decodeMs: 2,
+                                                                              prefillTokensPerSecond: 3, decodeTokensPerSecond: 4))
+        #expect(try roundTrip(result) == result)
+        let stats = StatsResult(engine: EngineFigures(requestsServed: 3, rssBytes: 1 << 30), model: nil,
+                                kvCache: .object(["usage": .double(0.25), "blocks": .array([.int(1), .null, .bool(true)])]))
+        #expect(try roundTrip(stats) == stats)
+        let scales = ScalesReport(path: nil, layers: 18, perHead: true, min: 0.001, max: 0.5, sha256: "ab", epoch: nil, warnings: ["w"])
+        #expect(try roundTrip(scales) == scales)
+        let calibrate = CalibrateParams(textPath: "/t", numTokens: 10, perHead: true, tpSize: 2, percentile: 99.9, output: "/o")
+        #expect(try roundTrip(calibrate) == calibrate)
+        let request = try RPCRequest(id: .string("abc"), method: .cancel, params: CancelParams(id: .number(5)))
+        #expect(try roundTrip(request) == request)
+        let error = RPCResponse(id: .number(1), error: RPCErrorObject(KvantError(.resourceExhausted, "KV cache full")))
+        #expect(try roundTrip(error) == error)
+    }
+
+    @Test("snake_case field names on the wire")
+    func fieldNames() throws {
+        let json = try JSONValue(encoding: LoadModelParams(path: "/p", kvCacheDType: .fp16, kvCacheBytes: 5))
+        #expect(json == .object(["path": .string("/p"), "kv_cache_dtype": .string("fp16"), "kv_cache_bytes": .int(5)]))
+        let figures = try JSONValue(encoding: EngineFigures())
+        guard case .object(let object) = figures else { Issue.record("not an object"); return }
+        #expect(object.keys.sorted() == ["connections", "decode_tokens_per_second", "generated_tokens",
+                                         "prefill_tokens_per_second", "prompt_tokens", "requests_failed", "requests_running",
+                                         "requests_served", "requests_waiting", "rss_bytes", "uptime_seconds"])
+    }
+
+    @Test("generate defaults follow vLLM and validation names the field")
+    func generateDefaultsAndValidation() throws {
+        let request = try WireCodec.decodeRequest(line: Array(#"{"jsonrpc":"2.0","id":1,"method":"generate","params":{"prompt":"hi"}}"#.utf8)).get()
+        let params = try request.decodeParams(GenerateParams.self)
+        #expect(params == GenerateParams(prompt: "hi"))
+        #expect(params.maxTokens == 128 && params.temperature == 1 && params.topP == 1 && params.topK == 0)
+        #expect(params.stream == false && params.stop.isEmpty && params.seed == nil)
+        let bad: [(GenerateParams, String)] = [
+            (GenerateParams(prompt: "", maxTokens: 0), "'max_tokens'"),
+            (GenerateParams(prompt: "", temperature: -1), "'temperature'"),
+            (GenerateParams(prompt: "", temperature: .nan), "'temperature'"),
+            (GenerateParams(prompt: "", topP: 1.5), "'top_p'"),
+            (GenerateParams(prompt: "", topK: -2), "'top_k'"),
+            (GenerateParams(prompt: "", minP: 2), "'min_p'"),
+            (GenerateParams(prompt: "", repetitionPenalty: 0), "'repetition_penalty'"),
+            (GenerateParams(prompt: "", stop: Array(repeating: "x", count: 17)), "'stop'"),
+            (GenerateParams(prompt: "", stop: [""]), "'stop[0]'"),
+            (GenerateParams(prompt: "", stop: [String(repeating: "y", count: 257)]), "'stop[0]'"),
+        ]
+        for (params, field) in bad {
+            #expect { try params.validate() } throws: { error in
+                guard let error = error as? KvantError else { return false }
+                return error.reason == .invalidArgument && error.message.contains(field)
+            }
+        }
+        #expect(throws: Never.self) { try GenerateParams(prompt: "", topK: -1).validate() }
+    }
+
+    @Test("request decoding errors")
+    func requestErrors() throws {
+        func failure(_ line: String) -> RPCResponseError? {
+            if case .failure(let error) = WireCodec.decodeRequest(line: Array(line.utf8)) { return error }
+            return nil
+        }
+        #expect(failure("{")?.error.code == RPCErrorCode.parseError)
+        #expect(failure("{")?.id == nil)
+        #expect(failure("\u{FF}")?.error.code == RPCErrorCode.parseError)
+        #expect(failure("42")?.error.code == RPCErrorCode.invalidRequest)
+        #expect(failure(#"{"jsonrpc":"2.0","id":3}"#)?.error.message.contains("'method'") == true)
+        #expect(failure(#"{"jsonrpc":"2.0","id":3}"#)?.id == .number(3))
+        #expect(failure(#"{"id":3,"method":"x"}"#)?.error.message.contains("'jsonrpc'") == true)
+        #expect(failure(#"{"jsonrpc":"2.0","id":[1],"method":"x"}"#)?.error.message.contains("'id'") == true)
+        #expect(failure(#"{"jsonrpc":"2.0","id":1,"method":"x","params":[1]}"#)?.error.code == RPCErrorCode.invalidParams)
+        #expect(failure(#"{"jsonrpc":"2.0","id":1,"method":"x","params":5}"#)?.error.code == RPCErrorCode.invalidRequest)
+        // CR LF line endings are accepted.
+        let ok = try WireCodec.decodeRequest(line: Array("{\"jsonrpc\":\"2.0\",\"id\":\"a\",\"method\":\"health\"}\r".utf8)).get()
+        #expect(ok.id == .string("a"))
+        #expect(ok.method == "health")
+        // A notification (no id).
+        #expect(try WireCodec.decodeRequest(line: Array(#"{"jsonrpc":"2.0","method":"health"}"#.utf8)).get().id == nil)
+    }
+
+    @Test("params errors name the method and the field")
+    func paramsErrors() throws {
+        let cases: [(String, String)] = [
+            (#"{"prompt":1}"#, "field 'prompt' has the wrong type (expected a string)"),
+            (#"{}"#, "missing field 'prompt'"),
+            (#"{"prompt":"x","stop":"s"}"#, "field 'stop' has the wrong type"),
+            (#"{"prompt":"x","seed":-1}"#, "field 'seed'"),
+        ]
+        for (params, expected) in cases {
+            let line = #"{"jsonrpc":"2.0","id":1,"method":"generate","params":"# + params + "}"
+            let request = try WireCodec.decodeRequest(line: Array(line.utf8)).get()
+            #expect { _ = try request.decodeParams(GenerateParams.self) } throws: { error in
+                guard let error = error as? KvantError else { return false }
+                return error.reason == .invalidArgument && error.message.contains("'generate'") && error.message.contains(expected)
+            }
+        }
+        let badDType = try WireCodec.decodeRequest(line: Array(#"{"jsonrpc":"2.0","id":1,"method":"set-kv-dtype","params":{"kv_cache_dtype":"int4"}}"#.utf8)).get()
+        #expect(throws: KvantError.self) { _ = try badDType.decodeParams(SetKVDTypeParams.self) }
+    }
+
+    @Test("server messages: responses, notifications, garbage")
+    func serverMessages() throws {
+        let notification = try WireCodec.decodeServerMessage(
+            line: Array(#"{"jsonrpc":"2.0","method":"generate.token","params":{"id":7,"text":"a","token":97}}"#.utf8))
+        guard case .notification(let n) = notification else { Issue.record("not a notification"); return }
+        #expect(try n.params.decode(as: GenerateTokenNotification.self) == GenerateTokenNotification(id: .number(7), text: "a", token: 97))
+        let error = try WireCodec.decodeServerMessage(
+            line: Array(#"{"jsonrpc":"2.0","id":1,"error":{"code":-32003,"message":"full"}}"#.utf8))
+        guard case .response(let response) = error else { Issue.record("not a response"); return }
+        #expect(response.error?.reason == .resourceExhausted)   // from the code when data is absent
+        #expect(throws: RPCErrorObject.self) { _ = try response.decodeResult(HealthResult.self) }
+        #expect(throws: KvantError.self) { _ = try WireCodec.decodeServerMessage(line: Array("nope".utf8)) }
+        #expect(throws: KvantError.self) { _ = try WireCodec.decodeServerMessage(line: Array(#"{"jsonrpc":"2.0","id":1}"#.utf8)) }
+        // A response with a null id encodes the id explicitly.
+        let line = String(decoding: try WireCodec.encodeLine(RPCResponse(id: nil, error: RPCErrorObject(KvantError(.invalidArgument, "x")))), as: UTF8.self)
+        #expect(line.contains(#""id":null"#))
+    }
+
+    @Test("error codes and exit codes are distinct per reason and map back")
+    func errorCodes() {
+        let codes = ErrorReason.allCases.map(RPCErrorCode.code(for:))
+        #expect(Set(codes).count == ErrorReason.allCases.count)
+        for reason in ErrorReason.allCases {
+            #expect(RPCErrorCode.reason(for: RPCErrorCode.code(for: reason)) == reason)
+        }
+        let exits = ErrorReason.allCases.map(ClientExitCode.code(for:))
+        #expect(Set(exits).count == ErrorReason.allCases.count)
+        #expect(!exits.contains(0) && !exits.contains(1) && !exits.contains(ClientExitCode.usage))
+    }
+
+    @Test("line framer: lines, partial input, over-long lines resync")
+    func framer() {
+        var framer = LineFramer(maxLineBytes: 8)
+        framer.append(Array("abc\nde".utf8))
+        #expect(framer.nextLine() == .line(Array("abc".utf8)))
+        #expect(framer.nextLine() == nil)
+        framer.append(Array("f\n".utf8))
+        #expect(framer.nextLine() == .line(Array("def".utf8)))
+        // 12 bytes without a newline: reported once, bytes dropped until the newline.
+        framer.append(Array("0123456789ab".utf8))
+        #expect(framer.nextLine() == .overlong(bytesSeen: 12))
+        #expect(framer.bufferedByteCount == 0)
+        framer.append(Array("cdef".utf8))
+        #expect(framer.nextLine() == nil)
+        #expect(framer.bufferedByteCount == 0)
+        framer.append(Array("gh\nok\n".utf8))
+        #expect(framer.nextLine() == .line(Array("ok".utf8)))
+        // An over-long line that arrives whole with its newline.
+        framer.append(Array("0123456789\nx\n".utf8))
+        #expect(framer.nextLine() == .overlong(bytesSeen: 10))
+        #expect(framer.nextLine() == .line(Array("x".utf8)))
+        // Exactly the limit is fine.
+        framer.append(Array("12345678\n".utf8))
+        #expect(framer.nextLine() == .line(Array("12345678".utf8)))
+    }
+}

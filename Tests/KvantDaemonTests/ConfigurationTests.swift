@@ -1,0 +1,100 @@
+import Foundation
+import KvantCore
+import KvantDaemon
+import Logging
+import Testing
+
+@Suite("Configuration (TOML)")
+struct ConfigurationTests {
+    static let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().path
+
+    @Test("config/kvantd.toml parses and sets every documented key")
+    func shippedFile() throws {
+        let config = try DaemonConfiguration.load(path: Self.repoRoot + "/config/kvantd.toml")
+        #expect(config.socket == "/run/kvant/kvantd.sock")
+        #expect(config.socketGroup == "kvant")
+        #expect(config.socketMode == 0o660)
+        #expect(config.model == nil)
+        #expect(config.kvCacheDType == .auto)
+        #expect(config.kvCacheBytes == 268_435_456)
+        #expect(config.blockSize == 16)
+        #expect(config.maxNumSeqs == 4)
+        #expect(config.allowedDirs == ["/var/lib/kvant"])
+        #expect(config.logLevel == .info)
+        #expect(config.shutdownTimeoutSeconds == 30)
+        #expect(config.perplexityContext == 512)
+        // Every key the parser knows is documented in the shipped file (set or commented out).
+        let text = try String(contentsOfFile: Self.repoRoot + "/config/kvantd.toml", encoding: .utf8)
+        for key in DaemonConfiguration.keys {
+            #expect(text.contains("\n\(key) =") || text.contains("\n# \(key) ="), "key \(key) undocumented")
+        }
+    }
+
+    @Test("values of every type")
+    func values() throws {
+        let config = try DaemonConfiguration.parse(toml: """
+            model = "/m/x.gguf"
+            kv_cache_dtype = "int8_pertensor_perhead"
+            quantization_param_path = "/m/s.json"
+            socket_mode = "0600"
+            max_model_len = 4096
+            threads = 2
+            log_level = "debug"
+            shutdown_timeout_seconds = 2.5
+            allowed_dirs = ["/a", "/b"]
+            """, file: "t.toml")
+        #expect(config.model == "/m/x.gguf")
+        #expect(config.kvCacheDType == .int8PerTensorPerHead)
+        #expect(config.quantizationParamPath == "/m/s.json")
+        #expect(config.socketMode == 0o600)
+        #expect(config.maxModelLen == 4096)
+        #expect(config.threads == 2)
+        #expect(config.logLevel == .debug)
+        #expect(config.shutdownTimeoutSeconds == 2.5)
+        #expect(config.allowedDirs == ["/a", "/b"])
+    }
+
+    @Test("errors name the key and the file", arguments: [
+        ("sockett = \"/x\"", "unknown key 'sockett'"),
+        ("block_size = \"16\"", "key 'block_size' must be an integer"),
+        ("block_size = 0", "key 'block_size' = 0 is out of range 1...1024"),
+        ("kv_cache_dtype = \"int4\"", "key 'kv_cache_dtype': unknown kv_cache_dtype 'int4'"),
+        ("socket_mode = \"rw-rw----\"", "key 'socket_mode' = 'rw-rw----' is not an octal mode"),
+        ("allowed_dirs = \"/var/lib/kvant\"", "key 'allowed_dirs' must be an array of strings"),
+        ("allowed_dirs = [1]", "key 'allowed_dirs' must be an array of strings"),
+        ("log_level = \"loud\"", "key 'log_level' = 'loud'"),
+        ("shutdown_timeout_seconds = -1", "key 'shutdown_timeout_seconds' = -1.0 is out of range"),
+        ("socket = ", "TOML syntax error at line 1"),
+    ])
+    func errors(line: String, expected: String) {
+        do {
+            _ = try DaemonConfiguration.parse(toml: line, file: "/etc/kvant/kvantd.toml")
+            Issue.record("no error for \(line)")
+        } catch let error as KvantError {
+            #expect(error.reason == .invalidArgument)
+            #expect(error.message.hasPrefix("/etc/kvant/kvantd.toml: "), "\(error.message)")
+            #expect(error.message.contains(expected), "\(error.message)")
+        } catch {
+            Issue.record("unexpected error \(error)")
+        }
+    }
+
+    @Test("a missing file is not_found")
+    func missingFile() {
+        #expect(throws: KvantError(.notFound, "configuration file /nonexistent/kvantd.toml does not exist")) {
+            try DaemonConfiguration.load(path: "/nonexistent/kvantd.toml")
+        }
+    }
+
+    @Test("journald priority prefixes")
+    func priorities() {
+        #expect(JournalLogHandler.priority(.critical) == 2)
+        #expect(JournalLogHandler.priority(.error) == 3)
+        #expect(JournalLogHandler.priority(.warning) == 4)
+        #expect(JournalLogHandler.priority(.notice) == 5)
+        #expect(JournalLogHandler.priority(.info) == 6)
+        #expect(JournalLogHandler.priority(.debug) == 7)
+        #expect(JournalLogHandler.priority(.trace) == 7)
+    }
+}

@@ -1,0 +1,196 @@
+import ControlProtocol
+import Foundation
+import KvantCore
+import KvantDaemon
+
+/// A deterministic stand-in for the real executor, to drive the daemon end to end.
+///
+/// - Model file: any file under the allowed dirs; a file whose text starts with `FAIL` fails to load
+///   with `invalid_argument`.
+/// - Tokenizer: one token per UTF-8 byte (token id = byte value).
+/// - Generation echoes the prompt's tokens in order, then emits end-of-sequence (token 0).
+///   `decodeDelay` slows each step (for cancellation and concurrency tests).
+/// - Scale files: JSON `{"layers": N, "per_head": bool, "scales": [numbers]}`; installing bumps the epoch.
+///   The `sha256` field of fake reports is an FNV-1a digest (the fake has no SHA-256).
+/// - Perplexity: one "token" per byte, progress every 64; value = 1 + bytes/1000.
+final class FakeBackend: InferenceBackend, @unchecked Sendable {
+    let decodeDelay: TimeInterval
+    private let lock = NSLock()
+    private(set) var loads: [ModelLoadRequest] = []
+
+    init(decodeDelay: TimeInterval = 0) {
+        self.decodeDelay = decodeDelay
+    }
+
+    var name: String { "fake" }
+
+    func loadModel(_ request: ModelLoadRequest, progress: @escaping @Sendable (String) -> Void) throws -> any LoadedModel {
+        progress("reading \(request.path)")
+        guard let data = FileManager.default.contents(atPath: request.path) else {
+            throw KvantError(.notFound, "cannot read \(request.path)")
+        }
+        if data.starts(with: Array("FAIL".utf8)) {
+            throw KvantError(.invalidArgument, "\(request.path): not a GGUF file (bad magic)")
+        }
+        lock.lock()
+        loads.append(request)
+        lock.unlock()
+        progress("allocating KV cache")
+        let model = FakeModel(request: request, decodeDelay: decodeDelay)
+        if let scales = request.quantizationParamPath { _ = try model.installScales(path: scales) }
+        return model
+    }
+
+    func validateScales(path: String, for model: (any LoadedModel)?) throws -> ScalesReport {
+        try FakeModel.readScales(path: path, epoch: nil)
+    }
+}
+
+final class FakeModel: LoadedModel, @unchecked Sendable {
+    struct CacheStats: Codable, Sendable {
+        var total_blocks: Int
+        var used_blocks: Int
+        var usage: Double
+        var kv_cache_dtype: String
+        var epoch: Int
+    }
+
+    private let lock = NSLock()
+    private var _info: ModelInfo
+    private var scales: ScalesReport?
+    private var epoch = 0
+    fileprivate var liveSequences = 0
+    let decodeDelay: TimeInterval
+
+    init(request: ModelLoadRequest, decodeDelay: TimeInterval) {
+        self.decodeDelay = decodeDelay
+        let capacity = request.kvCacheBytes / 64
+        _info = ModelInfo(path: request.path, name: "fake-echo", architecture: "echo", numLayers: 2, numKVHeads: 1,
+                          headDim: 4, vocabSize: 256, maxModelLen: request.maxModelLen ?? 256,
+                          kvCacheDType: request.kvCacheDType, blockSize: request.blockSize,
+                          kvCacheBytes: request.kvCacheBytes, kvCacheCapacityTokens: capacity)
+    }
+
+    var info: ModelInfo { lock.lock(); defer { lock.unlock() }; return _info }
+
+    func tokenize(_ text: String) throws -> [Int] { text.utf8.map { Int($0) } }
+
+    func makeSequence(prompt: [Int], sampling: SamplingConfig) throws -> any GenerationSequence {
+        lock.lock()
+        liveSequences += 1
+        lock.unlock()
+        return FakeSequence(model: self, prompt: prompt)
+    }
+
+    func sequenceReleased() {
+        lock.lock()
+        liveSequences -= 1
+        lock.unlock()
+    }
+
+    func kvCacheStats() -> any Encodable & Sendable {
+        lock.lock()
+        defer { lock.unlock() }
+        return CacheStats(total_blocks: 100, used_blocks: liveSequences, usage: Double(liveSequences) / 100,
+                          kv_cache_dtype: _info.kvCacheDType.rawValue, epoch: epoch)
+    }
+
+    func currentScales() -> ScalesReport? { lock.lock(); defer { lock.unlock() }; return scales }
+
+    func installScales(path: String) throws -> ScalesReport {
+        lock.lock()
+        let next = epoch + 1
+        lock.unlock()
+        let report = try FakeModel.readScales(path: path, epoch: next)
+        lock.lock()
+        epoch = next
+        scales = report
+        lock.unlock()
+        return report
+    }
+
+    static func readScales(path: String, epoch: Int?) throws -> ScalesReport {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw KvantError(.notFound, "scale file \(path) is not readable")
+        }
+        guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            throw KvantError(.invalidArgument, "scale file \(path): not a JSON object")
+        }
+        guard let layers = object["layers"] as? Int else {
+            throw KvantError(.invalidArgument, "scale file \(path): missing integer field 'layers'")
+        }
+        guard let values = object["scales"] as? [Double], !values.isEmpty else {
+            throw KvantError(.invalidArgument, "scale file \(path): missing non-empty array 'scales'")
+        }
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in data { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        return ScalesReport(path: path, layers: layers, perHead: object["per_head"] as? Bool ?? false,
+                            min: values.min()!, max: values.max()!, sha256: String(hash, radix: 16), epoch: epoch,
+                            warnings: values.contains(0) ? ["a scale is 0"] : [])
+    }
+
+    func setKVCacheDType(_ dtype: KVCacheDType, quantizationParamPath: String?) throws {
+        if dtype.usesStaticScales && quantizationParamPath == nil && currentScales() == nil {
+            throw KvantError(.failedPrecondition, "\(dtype.rawValue) needs a scale file (quantization_param_path)")
+        }
+        lock.lock()
+        _info.kvCacheDType = dtype
+        lock.unlock()
+        if let quantizationParamPath { _ = try installScales(path: quantizationParamPath) }
+    }
+
+    func perplexity(path: String, contextLength: Int, control: OperationControl) throws -> PerplexityResult {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw KvantError(.notFound, "\(path) is not readable")
+        }
+        var done = 0
+        while done < data.count {
+            if control.isCancelled { throw KvantError(.cancelled, "perplexity cancelled after \(done) tokens") }
+            done = min(data.count, done + 64)
+            control.progress(done: done, total: data.count)
+            if decodeDelay > 0 { Thread.sleep(forTimeInterval: decodeDelay) }
+        }
+        let ppl = 1 + Double(data.count) / 1000
+        return PerplexityResult(perplexity: ppl, meanNLL: log(ppl), tokens: data.count,
+                                chunks: (data.count + contextLength - 1) / contextLength, seconds: 0)
+    }
+
+    func calibrate(_ request: CalibrationRequest, control: OperationControl) throws -> CalibrateResult {
+        for step in stride(from: 256, through: request.numTokens, by: 256) {
+            if control.isCancelled { throw KvantError(.cancelled, "calibration cancelled") }
+            control.progress(done: step, total: request.numTokens)
+        }
+        let count = request.perHead ? info.numLayers * info.numKVHeads : info.numLayers
+        let scales = (0..<count).map { Double($0 + 1) / 100 }
+        let object: [String: Any] = ["layers": info.numLayers, "per_head": request.perHead, "scales": scales]
+        let data = try JSONSerialization.data(withJSONObject: object)
+        guard FileManager.default.createFile(atPath: request.outputPath, contents: data) else {
+            throw KvantError(.permissionDenied, "cannot write \(request.outputPath)")
+        }
+        let report = try FakeModel.readScales(path: request.outputPath, epoch: nil)
+        return CalibrateResult(output: request.outputPath, tokens: request.numTokens, seconds: 0, scales: report)
+    }
+}
+
+final class FakeSequence: GenerationSequence {
+    let model: FakeModel
+    let prompt: [Int]
+    var position = 0
+
+    init(model: FakeModel, prompt: [Int]) {
+        self.model = model
+        self.prompt = prompt
+    }
+
+    private func next() -> GeneratedToken {
+        if model.decodeDelay > 0 { Thread.sleep(forTimeInterval: model.decodeDelay) }
+        guard position < prompt.count else { return GeneratedToken(token: 0, text: "", isEndOfSequence: true) }
+        let token = prompt[position]
+        position += 1
+        return GeneratedToken(token: token, text: String(decoding: [UInt8(token)], as: UTF8.self), isEndOfSequence: false)
+    }
+
+    func prefill() throws -> GeneratedToken { next() }
+    func decode() throws -> GeneratedToken { next() }
+    func release() { model.sequenceReleased() }
+}

@@ -1,0 +1,120 @@
+import ControlProtocol
+import Foundation
+import KvantCore
+import Testing
+
+/// Runs the built `kvantctl` against an in-process daemon with the FakeBackend.
+struct Kvantctl {
+    let socket: String
+
+    static func binary() throws -> String {
+        let exe = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
+        let path = URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("kvantctl").path
+        guard FileManager.default.isExecutableFile(atPath: path) else {
+            throw KvantError(.notFound, "kvantctl is not built at \(path)")
+        }
+        return path
+    }
+
+    /// Starts kvantctl with `KVANT_SOCKET` set; returns the process and its stdout/stderr pipes.
+    func start(_ arguments: [String]) throws -> (Process, Pipe, Pipe) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: try Self.binary())
+        process.arguments = arguments
+        var environment = ProcessInfo.processInfo.environment
+        environment["KVANT_SOCKET"] = socket
+        process.environment = environment
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        return (process, out, err)
+    }
+
+    func run(_ arguments: [String]) async throws -> (status: Int32, stdout: String, stderr: String) {
+        let (process, out, err) = try start(arguments)
+        defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+        let (stdout, stderr) = try await offPool { () -> (Data, Data) in
+            let stdout = out.fileHandleForReading.readDataToEndOfFile()
+            let stderr = err.fileHandleForReading.readDataToEndOfFile()
+            return (stdout, stderr)
+        }
+        try await waitForExit(process)
+        return (process.terminationStatus, String(decoding: stdout, as: UTF8.self), String(decoding: stderr, as: UTF8.self))
+    }
+}
+
+@Suite("kvantctl against the daemon", .serialized)
+struct KvantctlTests {
+    @Test("tables, --json, streaming generate, exit codes per reason")
+    func commands() async throws {
+        let daemon = try TestDaemon(tag: "ctl")
+        try await daemon.start()
+        let ctl = Kvantctl(socket: daemon.socketPath)
+        let model = try daemon.writeAllowed("model.gguf", "GGUF")
+
+        let health = try await ctl.run(["health"])
+        #expect(health.status == 0)
+        #expect(health.stdout.contains("status  ok"))
+        #expect(health.stdout.contains("(none loaded)"))
+
+        let noModel = try await ctl.run(["generate", "hi"])
+        #expect(noModel.status == ClientExitCode.code(for: .failedPrecondition))
+        #expect(noModel.stderr.contains("failed_precondition: generate: no model is loaded"))
+
+        let load = try await ctl.run(["load-model", model, "--kv-cache-dtype", "int8_pertoken", "--json"])
+        #expect(load.status == 0)
+        let loaded = try WireCodec.decoder.decode(LoadModelResult.self, from: Data(load.stdout.utf8))
+        #expect(loaded.model.kvCacheDType == .int8PerToken)
+
+        let generate = try await ctl.run(["generate", "stream me", "--max-tokens", "50"])
+        #expect(generate.status == 0)
+        #expect(generate.stdout == "stream me\n")
+        #expect(generate.stderr.contains("9 prompt + 9 generated tokens, finish stop"))
+
+        let stats = try await ctl.run(["stats"])
+        #expect(stats.stdout.contains("1 served, 0 running, 0 waiting, 0 failed"))
+        #expect(stats.stdout.contains("kv_cache.total_blocks"))
+
+        let outside = try await ctl.run(["scales", "validate", "/etc/passwd"])
+        #expect(outside.status == ClientExitCode.code(for: .permissionDenied))
+        let missing = try await ctl.run(["load-model", daemon.allowed + "/nope.gguf"])
+        #expect(missing.status == ClientExitCode.code(for: .notFound))
+        let badDType = try await ctl.run(["set-kv-dtype", "int4"])
+        #expect(badDType.status == ClientExitCode.code(for: .invalidArgument))
+        let usage = try await ctl.run(["generate"])
+        #expect(usage.status == ClientExitCode.usage)
+        let noDaemon = try await Kvantctl(socket: daemon.dir + "/none.sock").run(["version"])
+        #expect(noDaemon.status == ClientExitCode.code(for: .unavailable))
+        #expect(noDaemon.stderr.contains("is kvantd running?"))
+        try await daemon.stop()
+    }
+
+    @Test("Ctrl-C during generate sends cancel: partial text, exit code of cancelled")
+    func interruptCancels() async throws {
+        let daemon = try TestDaemon(tag: "ctlint", decodeDelay: 0.02)
+        try await daemon.start()
+        _ = try await daemon.loadModel()
+        let (process, out, err) = try Kvantctl(socket: daemon.socketPath).start(
+            ["generate", String(repeating: "z", count: 120), "--max-tokens", "120"])
+        defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+        // Wait until tokens stream, then interrupt.
+        let firstBytes = try await offPool { out.fileHandleForReading.availableData }
+        #expect(firstBytes.first == UInt8(ascii: "z"))
+        kill(process.processIdentifier, SIGINT)
+        let (rest, stderr) = try await offPool { () -> (Data, Data) in
+            (out.fileHandleForReading.readDataToEndOfFile(), err.fileHandleForReading.readDataToEndOfFile())
+        }
+        try await waitForExit(process)
+        #expect(process.terminationStatus == ClientExitCode.code(for: .cancelled))
+        let text = String(decoding: firstBytes + rest, as: UTF8.self)
+        #expect(text.hasPrefix("z"))
+        #expect(text.count < 120)   // the echo would be 120 z's
+        #expect(String(decoding: stderr, as: UTF8.self).contains("finish cancelled"))
+        let stats = try await offPool { [socket = daemon.socketPath] in
+            try ControlClient(socketPath: socket, timeout: 20).call(.stats, EmptyParams(), as: StatsResult.self)
+        }
+        #expect(stats.engine.requestsRunning == 0)
+        try await daemon.stop()
+    }
+}

@@ -1,0 +1,126 @@
+import ControlProtocol
+import Foundation
+import KvantCore
+import Testing
+
+/// The built `kvantd` binary beside the test bundle (swift build --build-tests builds it too).
+func kvantdBinary() throws -> String {
+    let exe = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
+    let path = URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("kvantd").path
+    guard FileManager.default.isExecutableFile(atPath: path) else {
+        throw KvantError(.notFound, "kvantd is not built at \(path) (swift build --product kvantd)")
+    }
+    return path
+}
+
+@Suite("kvantd as a process: real signals, socket activation", .serialized)
+struct KvantdProcessTests {
+    @Test("SIGHUP → RELOADING=1 + MONOTONIC_USEC → READY=1; WATCHDOG=1; SIGTERM → STOPPING=1, exit 0, socket removed")
+    func signals() async throws {
+        let binary = try kvantdBinary()
+        let dir = try makeTempDir("proc")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let receiver = try NotifyReceiver(path: dir + "/notify.sock")
+        defer { receiver.stop() }
+        let socket = dir + "/kvantd.sock"
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = ["--socket", socket, "--allowed-dir", dir, "--log-level", "warning"]
+        var environment = ProcessInfo.processInfo.environment
+        environment["NOTIFY_SOCKET"] = receiver.path
+        environment["WATCHDOG_USEC"] = "200000"
+        process.environment = environment
+        let stderr = Pipe()
+        process.standardError = stderr
+        try process.run()
+        defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+
+        let ready = try await receiver.wait { $0.hasPrefix("READY=1") }
+        #expect(ready == "READY=1\nSTATUS=no model loaded")
+        #expect(FileManager.default.fileExists(atPath: socket))
+        let health = try await offPool { try ControlClient(socketPath: socket, timeout: 20).call(.health, EmptyParams(), as: HealthResult.self) }
+        #expect(health.status == "ok")
+        #expect(try await receiver.wait { $0 == "WATCHDOG=1" } != nil)
+
+        let before = SystemdNotifier_monotonic()
+        kill(process.processIdentifier, SIGHUP)
+        let reloading = try #require(try await receiver.wait { $0.hasPrefix("RELOADING=1") })
+        let usec = UInt64(reloading.split(separator: "\n")[1].dropFirst("MONOTONIC_USEC=".count)) ?? 0
+        #expect(usec >= before && usec <= SystemdNotifier_monotonic())
+        let reloaded = try await receiver.wait { $0.hasPrefix("READY=1") && $0.contains("nothing to reload") }
+        #expect(reloaded == "READY=1\nSTATUS=no model loaded; reload: no model loaded, nothing to reload")
+
+        // A 4-byte "GGUF" file is no model: load-model names the file and what is wrong, the daemon serves on.
+        let model = dir + "/m.gguf"
+        try "GGUF".write(toFile: model, atomically: true, encoding: .utf8)
+        let loadError = try await offPool { () -> RPCErrorObject? in
+            do {
+                _ = try ControlClient(socketPath: socket, timeout: 20).call(.loadModel, LoadModelParams(path: model), as: LoadModelResult.self)
+                return nil
+            } catch let error as RPCErrorObject { return error }
+        }
+        #expect(loadError?.reason == .invalidArgument)
+        #expect(loadError?.message.contains(model) == true)
+
+        kill(process.processIdentifier, SIGTERM)
+        let stopping = try await receiver.wait { $0.hasPrefix("STOPPING=1") }
+        #expect(stopping != nil)
+        try await waitForExit(process)
+        #expect(process.terminationStatus == 0)
+        #expect(process.terminationReason == .exit)
+        #expect(!FileManager.default.fileExists(atPath: socket))
+        let log = String(decoding: stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(log.split(separator: "\n").allSatisfy { $0.hasPrefix("<") }, "journald prefixes: \(log)")
+    }
+
+    @Test("socket activation: kvantd serves the socket systemd-socket-activate passes and leaves the path alone")
+    func socketActivation() async throws {
+        let binary = try kvantdBinary()
+        let activate = "/usr/bin/systemd-socket-activate"
+        guard FileManager.default.isExecutableFile(atPath: activate) else {
+            Issue.record("needs \(activate) (apt-get install systemd)")
+            return
+        }
+        let dir = try makeTempDir("act")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let socket = dir + "/activated.sock"
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: activate)
+        // --socket names a different path: with a passed fd, it must not be bound.
+        process.arguments = ["-l", socket, binary, "--socket", dir + "/unused.sock", "--allowed-dir", dir, "--log-level", "error"]
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+        var version: VersionResult?
+        for _ in 0..<200 {
+            if let result = try? await offPool({
+                try ControlClient(socketPath: socket, timeout: 20).call(.version, EmptyParams(), as: VersionResult.self)
+            }) {
+                version = result
+                break
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(version?.protocolVersion == controlProtocolVersion)
+        #expect(version?.backend == "kvant-cpu")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/unused.sock"))
+        process.terminate()   // SIGTERM to systemd-socket-activate, which exec'd kvantd on the first connection
+        try await waitForExit(process)
+        #expect(process.terminationStatus == 0)
+    }
+}
+
+/// Waits up to 10 s for `process` to exit; records an issue (and the caller's defer kills it) otherwise.
+func waitForExit(_ process: Process) async throws {
+    for _ in 0..<1000 where process.isRunning {
+        try await Task.sleep(for: .milliseconds(10))
+    }
+    if process.isRunning { Issue.record("process \(process.processIdentifier) did not exit within 10 s") }
+    else { process.waitUntilExit() }
+}
+
+func SystemdNotifier_monotonic() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000 + UInt64(ts.tv_nsec) / 1000
+}
