@@ -66,9 +66,9 @@ struct Perplexity: ParsableCommand {
         let (model, session, pool) = try opts.load(contextTokens: ctx)
         let tokens = try loadTokens(file: file, tokensJSON: tokensJSON, model: model)
         let t0 = Date()
-        let r = try PerplexityEvaluator.run(session: session, pool: pool, tokens: tokens, ctx: ctx, maxChunks: chunks) { i, ppl in
+        let r = try PerplexityEvaluator.run(session: session, pool: pool, tokens: tokens, ctx: ctx, maxChunks: chunks, progress: { i, ppl in
             FileHandle.standardError.write("[\(i + 1)]\(String(format: "%.4f", ppl)) ".data(using: .utf8)!)
-        }
+        })
         FileHandle.standardError.write("\n".data(using: .utf8)!)
         let dt = Date().timeIntervalSince(t0)
         print(String(format: "{\"perplexity\": %.6f, \"chunks\": %d, \"ctx\": %d, \"scored_tokens\": %d, \"kv_cache_dtype\": \"%@\", \"seconds\": %.2f}",
