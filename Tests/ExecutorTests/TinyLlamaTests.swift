@@ -125,6 +125,24 @@ import Testing
             #expect(e.reason == .notFound)
             #expect(e.message.contains("blk.1.ffn_up.weight"))
         }
+        // Shrink dims[1] of blk.0.attn_q.weight (tensor info: name, u32 n_dims, u64 dims…) from 128 to 64 rows.
+        var bytes2 = [UInt8](original)
+        let name = Array("blk.0.attn_q.weight".utf8)
+        var at = -1
+        for j in 0...(bytes2.count - name.count) where bytes2[j..<(j + name.count)].elementsEqual(name) { at = j; break }
+        #expect(at > 0)
+        let dim1 = at + name.count + 4 + 8
+        #expect(bytes2[dim1] == 128 && bytes2[at + name.count] == 2)
+        bytes2[dim1] = 64
+        let path2 = dir.appendingPathComponent("misshapen.gguf").path
+        try Data(bytes2).write(to: URL(fileURLWithPath: path2))
+        do {
+            _ = try Model(path: path2)
+            Issue.record("expected a shape error")
+        } catch let e as KvantError {
+            #expect(e.reason == .invalidArgument)
+            #expect(e.message.contains("blk.0.attn_q.weight") && e.message.contains("[128, 128]"))
+        }
     }
 }
 
