@@ -1,3 +1,4 @@
+import KvantCore
 import Executor
 import Foundation
 import KVCache

@@ -7,15 +7,19 @@ import Testing
 /// Issue 5: `calibrate` through the daemon's real adapter (`ExecutorBackend`) on the real model:
 /// bad inputs give the right `KvantError` reason with a message naming the file, and nothing is
 /// written when a run fails or is cancelled.
-@Suite(.serialized, .enabled(if: ExecutorCalibrateTests.modelPath != nil, "real model not found (set KVANT_MODEL or run `make model`)"))
-struct ExecutorCalibrateTests {
-    /// $KVANT_MODEL, else <repo>/models/gemma-3-270m-q4_k_m.gguf, else /work/models/…
-    static let modelPath: String? = {
+enum RealModel {
+    /// $KVANT_MODEL, else <repo>/models/gemma-3-270m-q4_k_m.gguf.
+    static let path: String? = {
         let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("models/gemma-3-270m-q4_k_m.gguf").path
-        return [ProcessInfo.processInfo.environment["KVANT_MODEL"], repo, "/work/models/gemma-3-270m-q4_k_m.gguf"]
+        return [ProcessInfo.processInfo.environment["KVANT_MODEL"], repo]
             .compactMap { $0 }.first { FileManager.default.fileExists(atPath: $0) }
     }()
+}
+
+@Suite(.serialized, .enabled(if: RealModel.path != nil, "real model not found (set KVANT_MODEL or run `make model`)"))
+struct ExecutorCalibrateTests {
+    static var modelPath: String? { RealModel.path }
 
     static let loaded: (any LoadedModel)? = {
         guard let path = modelPath else { return nil }
