@@ -33,7 +33,7 @@ test-unit:
 	$(SWIFT) test -c $(CONFIG)
 
 test-systemd: build
-	scripts/systemd-test.sh
+	KVANT_MODEL=$(MODEL) scripts/systemd-test.sh
 
 # Speed side by side with llama.cpp (llama-cpp-python, same model, same threads).
 bench: setup build

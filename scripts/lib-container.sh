@@ -18,7 +18,7 @@ container_boot() {
                 # the container's PID 1 must descend from our nspawn
                 local p=$pid
                 while [ "$p" -gt 1 ]; do
-                    [ "$p" = "$CT_NSPAWN_PID" ] && { CT_PID1=$pid; break 2; }
+                    [ "$p" = "$CT_NSPAWN_PID" ] && { CT_PID1=$pid; break 3; }   # out of while, for pid, for i
                     p=$(awk '/^PPid:/{print $2}' /proc/$p/status 2>/dev/null || echo 1)
                 done
             fi

@@ -19,7 +19,7 @@ void KV_SFX(dot_row_q)(const int type, const uint8_t *w, int64_t n, const kvant_
                 const kvant_block_q8a *ab = a + i * astride + b;
                 __m256i av = _mm256_loadu_si256((const __m256i *)ab->q);
                 __m256 p = _mm256_cvtepi32_ps(KV_DOT_S8S8(q, av));
-                acc[i] = _mm256_fmadd_ps(p, _mm256_set1_ps(d * ab->d), acc[i]);
+                acc[i] = _mm256_fmadd_ps(p, _mm256_mul_ps(_mm256_set1_ps(d), _mm256_broadcast_ss(&ab->d)), acc[i]);
             }
         }
         break;
@@ -46,7 +46,7 @@ void KV_SFX(dot_row_q)(const int type, const uint8_t *w, int64_t n, const kvant_
                 const kvant_block_q8a *ab = a + i * astride + b;
                 __m256i av = _mm256_loadu_si256((const __m256i *)ab->q);
                 __m256 p = _mm256_cvtepi32_ps(KV_DOT_U8S8(u, av));
-                acc[i] = _mm256_fmadd_ps(p, _mm256_set1_ps(d * ab->d), acc[i]);
+                acc[i] = _mm256_fmadd_ps(p, _mm256_mul_ps(_mm256_set1_ps(d), _mm256_broadcast_ss(&ab->d)), acc[i]);
                 macc[i] += m * ab->s;
             }
         }
@@ -78,7 +78,7 @@ void KV_SFX(dot_row_q)(const int type, const uint8_t *w, int64_t n, const kvant_
                         const kvant_block_q8a *ab = a + i * astride + 8 * b + j;
                         __m256i av = _mm256_loadu_si256((const __m256i *)ab->q);
                         __m256 p = _mm256_cvtepi32_ps(KV_DOT_U8S8(u, av));
-                        acc[i] = _mm256_fmadd_ps(p, _mm256_set1_ps(d1 * ab->d), acc[i]);
+                        acc[i] = _mm256_fmadd_ps(p, _mm256_mul_ps(_mm256_set1_ps(d1), _mm256_broadcast_ss(&ab->d)), acc[i]);
                         macc[i] += m1 * ab->s;
                     }
                 }
@@ -108,7 +108,7 @@ void KV_SFX(dot_row_q)(const int type, const uint8_t *w, int64_t n, const kvant_
                         const kvant_block_q8a *ab = a + i * astride + 8 * b + j;
                         __m256i av = _mm256_loadu_si256((const __m256i *)ab->q);
                         __m256 p = _mm256_cvtepi32_ps(dot_s8s8_w(q, av, s16));
-                        acc[i] = _mm256_fmadd_ps(p, _mm256_set1_ps(d * ab->d), acc[i]);
+                        acc[i] = _mm256_fmadd_ps(p, _mm256_mul_ps(_mm256_set1_ps(d), _mm256_broadcast_ss(&ab->d)), acc[i]);
                     }
                 }
             }

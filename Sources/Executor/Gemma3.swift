@@ -12,7 +12,9 @@ import KVCache
 /// - final RMSNorm, output tied to the token embedding.
 /// Norm weights are used as stored: llama.cpp's converter already added Gemma's `1 +` to them.
 enum Gemma3 {
-    static func forward(_ s: ForwardSession, tokens: [Int32], start: Int, sequence: SequenceID, pool: KVCachePool) {
+    /// Runs the layers over `tokens` (row t at `s.rowPositions[t]` of `s.rowSequences[t]`), leaving the final
+    /// hidden states in `s.ws.x: [T, hidden]`.
+    static func forward(_ s: ForwardSession, tokens: [Int32], pool: KVCachePool) {
         let c = s.model.config, w = s.model.weights, ws = s.ws, mm = s.mm
         let T = tokens.count
         let H = c.hiddenSize, hd = c.headDim, F = c.ffnSize
@@ -29,8 +31,8 @@ enum Gemma3 {
             mm.multiply([L.wq, L.wk, L.wv], ws.xn, m: T, outs: [ws.q, ws.k, ws.v])
             L.qNorm!.withUnsafeBufferPointer { Ops.rmsNormRows(ws.q, count: T * c.numHeads, n: hd, weight: $0.baseAddress!, eps: c.rmsNormEps) }   // attn_q_norm [hd]
             L.kNorm!.withUnsafeBufferPointer { Ops.rmsNormRows(ws.k, count: T * c.numKVHeads, n: hd, weight: $0.baseAddress!, eps: c.rmsNormEps) } // attn_k_norm [hd]
-            s.applyRope(T: T, start: start, base: c.ropeBase(layer: l))
-            s.attention(layer: l, T: T, start: start, sequence: sequence, pool: pool)   // attn [T, numHeads, hd]
+            s.applyRope(T: T, base: c.ropeBase(layer: l))
+            s.attention(layer: l, T: T, pool: pool)   // attn [T, numHeads, hd]
             mm.multiply(L.wo, ws.attn, m: T, out: ws.o)                        // attn_output [hidden, numHeads·hd] → o [T, hidden]
             s.rmsNormRows(ws.o, L.postAttentionNorm!, T: T, n: H, into: ws.o)  // post_attention_norm [hidden]
             Ops.add(ws.x, ws.o, n: T * H)                                      // residual

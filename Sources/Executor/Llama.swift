@@ -6,7 +6,9 @@ import KVCache
 /// 1/√head_dim and GQA (optionally a sliding window on every layer, Mistral) → output projection → residual;
 /// RMSNorm → SwiGLU FFN → residual; final RMSNorm; output weight (or the tied embedding).
 enum Llama {
-    static func forward(_ s: ForwardSession, tokens: [Int32], start: Int, sequence: SequenceID, pool: KVCachePool) {
+    /// Runs the layers over `tokens` (row t at `s.rowPositions[t]` of `s.rowSequences[t]`), leaving the final
+    /// hidden states in `s.ws.x: [T, hidden]`.
+    static func forward(_ s: ForwardSession, tokens: [Int32], pool: KVCachePool) {
         let c = s.model.config, w = s.model.weights, ws = s.ws, mm = s.mm
         let T = tokens.count
         let H = c.hiddenSize, F = c.ffnSize
@@ -21,8 +23,8 @@ enum Llama {
             s.rmsNormRows(ws.x, L.attnNorm, T: T, n: H, into: ws.xn)          // attn_norm [hidden]
             // attn_q [numHeads·hd, hidden] → q [T, numHeads, hd]; attn_k, attn_v [numKVHeads·hd, hidden] → k, v [T, numKVHeads, hd]
             mm.multiply([L.wq, L.wk, L.wv], ws.xn, m: T, outs: [ws.q, ws.k, ws.v])
-            s.applyRope(T: T, start: start, base: c.ropeBase(layer: l))
-            s.attention(layer: l, T: T, start: start, sequence: sequence, pool: pool)   // attn [T, numHeads, hd]
+            s.applyRope(T: T, base: c.ropeBase(layer: l))
+            s.attention(layer: l, T: T, pool: pool)   // attn [T, numHeads, hd]
             mm.multiply(L.wo, ws.attn, m: T, out: ws.o)                        // attn_output [hidden, numHeads·hd] → o [T, hidden]
             Ops.add(ws.x, ws.o, n: T * H)                                      // residual
 

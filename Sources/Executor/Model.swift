@@ -63,6 +63,9 @@ public final class ForwardSession: @unchecked Sendable {
     public let maxBatch: Int
     let mm: MatMul
     var ws: Workspace
+    /// Position and sequence of each row of the current micro-batch.
+    var rowPositions: [Int] = []
+    var rowSequences: [SequenceID] = []
 
     /// - Parameters: threads: workers for matmuls and attention (≥ 1); maxBatch: micro-batch in tokens (1…4096).
     public init(model: Model, threads: Int = 2, maxBatch: Int = 512) {
@@ -87,10 +90,7 @@ public final class ForwardSession: @unchecked Sendable {
                         body: (Int, UnsafeBufferPointer<Float>) throws -> Void) throws {
         let c = model.config
         guard !tokens.isEmpty else { return }
-        let spec = pool.spec
-        guard spec.numLayers == c.numLayers, spec.numKVHeads == c.numKVHeads, spec.headDim == c.headDim else {
-            throw KvantError(.failedPrecondition, "KV cache spec [layers \(spec.numLayers), kv heads \(spec.numKVHeads), head_dim \(spec.headDim)] does not match the model [\(c.numLayers), \(c.numKVHeads), \(c.headDim)]")
-        }
+        try checkPool(pool)
         for (i, t) in tokens.enumerated() where t < 0 || Int(t) >= c.vocabSize {
             throw KvantError(.invalidArgument, "token \(t) at index \(i) is outside the vocabulary (size \(c.vocabSize))")
         }
@@ -110,18 +110,83 @@ public final class ForwardSession: @unchecked Sendable {
         case .range(let r): wanted = r.clamped(to: 0..<tokens.count)
         }
         var b0 = 0
+        var bodyError: Error?
         while b0 < tokens.count {
             let b1 = min(tokens.count, b0 + maxBatch)
             let T = b1 - b0
             let batch = Array(tokens[b0..<b1])
-            switch c.architecture {
-            case .gemma3: Gemma3.forward(self, tokens: batch, start: startPosition + b0, sequence: sequence, pool: pool)
-            case .llama: Llama.forward(self, tokens: batch, start: startPosition + b0, sequence: sequence, pool: pool)
-            }
-            // Output head on the requested rows of this micro-batch, a few rows at a time.
+            rowPositions = Array((startPosition + b0)..<(startPosition + b1))
+            rowSequences = Array(repeating: sequence, count: T)
+            runLayers(batch, pool: pool)
+            // Output head on the requested rows of this micro-batch, a few rows at a time. After an error from
+            // `body` the remaining micro-batches still run, so every reserved position has its K/V in the cache.
             let lo = max(wanted.lowerBound, b0) - b0, hi = min(wanted.upperBound, b1) - b0
-            if lo < hi { try outputHead(rows: lo..<hi, tokenOffset: b0, T: T, body: body) }
+            if lo < hi, bodyError == nil {
+                do { try outputHead(rows: lo..<hi, tokenOffset: b0, T: T, body: body) } catch { bodyError = error }
+            }
             b0 = b1
+        }
+        if let e = bodyError { throw e }
+    }
+
+    /// One decode step for several sequences at once (continuous batching): row `i` runs `items[i].token` at
+    /// `items[i].position` of `items[i].sequence`, all rows sharing each weight pass. Each sequence must appear at
+    /// most once and `position` must equal its cached length (the next position). Calls `body(i, logits[vocab])`
+    /// for every row.
+    /// - Throws: `KvantError(.invalidArgument)` for a bad token, a position other than the cached length, a repeated
+    ///   sequence or more than `maxBatch` rows; `.resourceExhausted` when a sequence cannot grow (no sequence is
+    ///   grown then); `.failedPrecondition` for a mismatched pool; errors thrown by `body`.
+    public func decode(_ items: [DecodeItem], pool: KVCachePool,
+                       body: (Int, UnsafeBufferPointer<Float>) throws -> Void) throws {
+        let c = model.config
+        guard !items.isEmpty else { return }
+        try checkPool(pool)
+        guard items.count <= maxBatch else {
+            throw KvantError(.invalidArgument, "decode batch of \(items.count) rows exceeds max batch \(maxBatch)")
+        }
+        guard Set(items.map(\.sequence)).count == items.count else {
+            throw KvantError(.invalidArgument, "decode batch lists a sequence more than once")
+        }
+        for (i, it) in items.enumerated() {
+            guard it.token >= 0, Int(it.token) < c.vocabSize else {
+                throw KvantError(.invalidArgument, "token \(it.token) of row \(i) is outside the vocabulary (size \(c.vocabSize))")
+            }
+            guard it.position == pool.length(of: it.sequence) else {
+                throw KvantError(.invalidArgument, "row \(i): position \(it.position) is not the next position (\(pool.length(of: it.sequence))) of \(it.sequence)")
+            }
+        }
+        // Rows starting a new block need one free block each; check them all before growing any sequence.
+        let B = pool.spec.blockSize
+        let newBlocks = items.filter { $0.position % B == 0 }.count
+        guard newBlocks <= pool.freeBlocks else {
+            throw KvantError(.resourceExhausted, "KV cache: decode batch needs \(newBlocks) new blocks, \(pool.freeBlocks) free")
+        }
+        for it in items {
+            let st = pool.reserve(it.sequence, newLength: it.position + 1)
+            guard st == .ok else {
+                // Only reachable when a shared last block needs a copy (fork): the rows before it were grown and
+                // hold one unwritten position; free those sequences or decode them one by one.
+                throw KvantError(.resourceExhausted, "KV cache: no room for position \(it.position) of \(it.sequence) (\(st.rawValue))")
+            }
+        }
+        rowPositions = items.map(\.position)
+        rowSequences = items.map(\.sequence)
+        runLayers(items.map(\.token), pool: pool)
+        try outputHead(rows: 0..<items.count, tokenOffset: 0, T: items.count, body: body)
+    }
+
+    private func checkPool(_ pool: KVCachePool) throws {
+        let c = model.config, spec = pool.spec
+        guard spec.numLayers == c.numLayers, spec.numKVHeads == c.numKVHeads, spec.headDim == c.headDim else {
+            throw KvantError(.failedPrecondition, "KV cache spec [layers \(spec.numLayers), kv heads \(spec.numKVHeads), head_dim \(spec.headDim)] does not match the model [\(c.numLayers), \(c.numKVHeads), \(c.headDim)]")
+        }
+    }
+
+    /// The architecture's layers over one micro-batch whose rows are described by `rowPositions`/`rowSequences`.
+    private func runLayers(_ tokens: [Int32], pool: KVCachePool) {
+        switch model.config.architecture {
+        case .gemma3: Gemma3.forward(self, tokens: tokens, pool: pool)
+        case .llama: Llama.forward(self, tokens: tokens, pool: pool)
         }
     }
 
@@ -174,24 +239,25 @@ public final class ForwardSession: @unchecked Sendable {
         }
     }
 
-    /// RoPE tables for positions `start ..< start+T` with `base` into `cos/sin: [T, headDim/2]`.
-    func ropeTables(start: Int, T: Int, base: Float) -> (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>) {
+    /// RoPE tables for the rows' positions with `base` into `cos/sin: [T, headDim/2]` (cached per micro-batch).
+    func ropeTables(T: Int, base: Float) -> (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>) {
         let hd = model.config.headDim
         let slot = base == model.config.ropeBase ? 0 : 1
-        if ws.ropeKey[slot] != RopeKey(start: start, count: T, base: base) {
+        let key = RopeKey(positions: rowPositions, base: base)
+        if ws.ropeKey[slot] != key {
             for t in 0..<T {
-                Ops.ropeTables(position: start + t, headDim: hd, base: base,
+                Ops.ropeTables(position: rowPositions[t], headDim: hd, base: base,
                                cos: ws.ropeCos[slot] + t * hd / 2, sin: ws.ropeSin[slot] + t * hd / 2)
             }
-            ws.ropeKey[slot] = RopeKey(start: start, count: T, base: base)
+            ws.ropeKey[slot] = key
         }
         return (ws.ropeCos[slot], ws.ropeSin[slot])
     }
 
-    /// Applies RoPE to `q: [T, numHeads, headDim]` and `k: [T, numKVHeads, headDim]`.
-    func applyRope(T: Int, start: Int, base: Float) {
+    /// Applies RoPE to `q: [T, numHeads, headDim]` and `k: [T, numKVHeads, headDim]` at the rows' positions.
+    func applyRope(T: Int, base: Float) {
         let c = model.config, hd = c.headDim
-        let (cs, sn) = ropeTables(start: start, T: T, base: base)
+        let (cs, sn) = ropeTables(T: T, base: base)
         for t in 0..<T {
             Ops.rope(ws.q + t * c.numHeads * hd, heads: c.numHeads, headDim: hd, cos: cs + t * hd / 2, sin: sn + t * hd / 2, neox: c.ropeNeox)
             Ops.rope(ws.k + t * c.numKVHeads * hd, heads: c.numKVHeads, headDim: hd, cos: cs + t * hd / 2, sin: sn + t * hd / 2, neox: c.ropeNeox)
@@ -200,11 +266,12 @@ public final class ForwardSession: @unchecked Sendable {
 
     /// Writes K/V of the `T` positions into `pool` and runs causal attention of each query position,
     /// parallel over positions: `attn[t] = attend(q[t])`, `[T, numHeads, headDim]`.
-    func attention(layer l: Int, T: Int, start: Int, sequence: SequenceID, pool: KVCachePool) {
+    func attention(layer l: Int, T: Int, pool: KVCachePool) {
         let c = model.config
         let qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
+        let pos = rowPositions, seqs = rowSequences
         for t in 0..<T {
-            pool.write(layer: l, sequence: sequence, position: start + t, key: ws.k + t * kvDim, value: ws.v + t * kvDim)
+            pool.write(layer: l, sequence: seqs[t], position: pos[t], key: ws.k + t * kvDim, value: ws.v + t * kvDim)
         }
         let window = c.window(layer: l), scale = c.attentionScale, nh = c.numHeads
         let q = ws.q, out = ws.attn
@@ -212,7 +279,7 @@ public final class ForwardSession: @unchecked Sendable {
         if workers <= 1 {
             // Decode: one position; the pool splits long contexts over the threads (split-K).
             for t in 0..<T {
-                pool.attend(layer: l, sequence: sequence, position: start + t, query: q + t * qDim, numHeads: nh,
+                pool.attend(layer: l, sequence: seqs[t], position: pos[t], query: q + t * qDim, numHeads: nh,
                             window: window, scale: scale, output: out + t * qDim, threads: threads)
             }
             return
@@ -220,7 +287,7 @@ public final class ForwardSession: @unchecked Sendable {
         DispatchQueue.concurrentPerform(iterations: workers) { w in
             var t = w
             while t < T {
-                pool.attend(layer: l, sequence: sequence, position: start + t, query: q + t * qDim, numHeads: nh,
+                pool.attend(layer: l, sequence: seqs[t], position: pos[t], query: q + t * qDim, numHeads: nh,
                             window: window, scale: scale, output: out + t * qDim)
                 t += workers
             }
@@ -229,7 +296,17 @@ public final class ForwardSession: @unchecked Sendable {
 }
 
 struct RopeKey: Equatable {
-    var start: Int, count: Int, base: Float
+    var positions: [Int], base: Float
+}
+
+/// One row of a batched decode step: `token` at `position` (= the cached length) of `sequence`.
+public struct DecodeItem: Sendable, Equatable {
+    public var token: Int32
+    public var position: Int
+    public var sequence: SequenceID
+    public init(token: Int32, position: Int, sequence: SequenceID) {
+        self.token = token; self.position = position; self.sequence = sequence
+    }
 }
 
 /// Scratch buffers of a session for micro-batches of up to `batch` tokens.

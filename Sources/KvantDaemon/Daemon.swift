@@ -33,12 +33,15 @@ public final class Daemon: Sendable {
         let engine = Engine(backend: backend, settings: configuration.engineSettings, logger: logger)
         self.engine = engine
         let statusReporter = StatusReporter(engine: engine, notifier: notifier)
+        let startupFinished = OneShotEvent()
         let handler = RequestHandler(
             engine: engine, paths: paths, access: AccessPolicy(groupID: groupID), daemonVersion: kvantDaemonVersion,
             logger: logger, stateChanged: { await statusReporter.refresh() },
-            loadProgress: { statusReporter.loadProgress($0) })
+            loadProgress: { statusReporter.loadProgress($0) },
+            waitForStartup: { await startupFinished.wait() })
         let supervisor = DaemonSupervisor(engine: engine, notifier: notifier, configuration: configuration, paths: paths,
-                                          status: statusReporter, logger: logger, reloadRequests: reloadRequests)
+                                          status: statusReporter, logger: logger, reloadRequests: reloadRequests,
+                                          startupFinished: startupFinished)
         self.supervisor = supervisor
         self.server = ControlServer(
             configuration: .init(socketPath: configuration.socket, socketMode: configuration.socketMode,
@@ -83,6 +86,13 @@ final class StatusReporter: @unchecked Sendable {
         if changed { notifier.status(line) }
     }
 
+    /// Records `line` as the engine state last reported (a STATUS= sent elsewhere was built from it).
+    func remember(_ line: String) {
+        lock.lock()
+        lastStatus = line
+        lock.unlock()
+    }
+
     /// At most one EXTEND_TIMEOUT_USEC (by 90 s) per second while a model loads.
     func loadProgress(_ phase: String) {
         let now = DispatchTime.now().uptimeNanoseconds
@@ -112,9 +122,12 @@ public final class DaemonSupervisor: Service, @unchecked Sendable {
     private let reloadRequests: AsyncStream<Void>?
     private let (listeningStream, listeningContinuation) = AsyncStream<Void>.makeStream()
     let ready = OneShotEvent()
+    /// Signalled once the start-up model is loaded or failed (or shutdown came first); requests wait for it.
+    let startupFinished: OneShotEvent
 
     init(engine: Engine, notifier: SystemdNotifier, configuration: DaemonConfiguration, paths: PathPolicy,
-         status: StatusReporter, logger: Logger, reloadRequests: AsyncStream<Void>?) {
+         status: StatusReporter, logger: Logger, reloadRequests: AsyncStream<Void>?, startupFinished: OneShotEvent) {
+        self.startupFinished = startupFinished
         self.engine = engine
         self.notifier = notifier
         self.configuration = configuration
@@ -137,10 +150,12 @@ public final class DaemonSupervisor: Service, @unchecked Sendable {
         // Wait for the socket (or shutdown before it ever listened).
         for await _ in listeningStream.cancelOnGracefulShutdown() { break }
         guard !Task.isShuttingDownGracefully, !Task.isCancelled else {
+            startupFinished.signal()
             notifier.stopping(status: "stopping")
             return
         }
         await loadStartupModel()
+        startupFinished.signal()
         notifier.ready(status: await engine.statusLine())
         ready.signal()
         logger.notice("ready")
@@ -189,6 +204,7 @@ public final class DaemonSupervisor: Service, @unchecked Sendable {
         notifier.reloading(status: "reloading scales")
         logger.notice("reloading scales")
         var message: String
+        var failure: String?
         if await engine.modelInfo == nil {
             message = "reload: no model loaded, nothing to reload"
         } else {
@@ -197,12 +213,20 @@ public final class DaemonSupervisor: Service, @unchecked Sendable {
                 message = "reloaded scales epoch \(report.epoch.map(String.init) ?? "?") sha256 \(report.sha256.prefix(12))"
             } catch {
                 let error = Engine.kvantError(error)
+                failure = error.message
                 message = "reload failed, serving with previous scales: \(error.message)"
                 logger.error("reload failed", metadata: ["error": "\(error.message)"])
             }
         }
-        let line = await engine.statusLine()
+        let base = await engine.statusLine()
+        var line = base
+        // The engine's line ends with its last error, which this failed reload just set: say it once.
+        if let failure, let last = await engine.lastFailure, last.hasSuffix(failure), line.hasSuffix("; \(last)") {
+            line.removeLast(last.count + 2)
+        }
         notifier.ready(status: "\(line); \(message)")
+        // The periodic refresh replaces this STATUS only when the engine's state changes again.
+        status.remember(base)
     }
 
     private func watchdogLoop(timeoutMicroseconds: UInt64) async {

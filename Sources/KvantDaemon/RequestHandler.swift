@@ -29,10 +29,16 @@ public final class RequestHandler: Sendable {
     private let stateChanged: @Sendable () async -> Void
     /// Phase messages of a running model load (EXTEND_TIMEOUT_USEC / STATUS=).
     private let loadProgress: @Sendable (String) -> Void
+    /// Returns once the start-up model is loaded (or its load failed).
+    private let waitForStartup: @Sendable () async -> Void
 
+    /// - Parameter waitForStartup: every method except `health` and `version` waits for it first, so a
+    ///   client that connects while the start-up model loads (e.g. the one whose connection started
+    ///   kvantd through socket activation) is served with the model rather than `no model loaded`.
     public init(engine: Engine, paths: PathPolicy, access: AccessPolicy, daemonVersion: String, logger: Logger,
                 stateChanged: @escaping @Sendable () async -> Void = {},
-                loadProgress: @escaping @Sendable (String) -> Void = { _ in }) {
+                loadProgress: @escaping @Sendable (String) -> Void = { _ in },
+                waitForStartup: @escaping @Sendable () async -> Void = {}) {
         self.engine = engine
         self.paths = paths
         self.access = access
@@ -40,6 +46,7 @@ public final class RequestHandler: Sendable {
         self.logger = logger
         self.stateChanged = stateChanged
         self.loadProgress = loadProgress
+        self.waitForStartup = waitForStartup
     }
 
     /// Handles one request and returns its response (for notifications the caller drops it).
@@ -50,6 +57,7 @@ public final class RequestHandler: Sendable {
                 message: "unknown method '\(String(request.method.prefix(64)))'; methods: \(RPCMethod.allCases.map(\.rawValue).joined(separator: ", "))",
                 reason: .notFound))
         }
+        if method != .health && method != .version { await waitForStartup() }
         do {
             if method.isMutating {
                 try authorize(method, context.peer)

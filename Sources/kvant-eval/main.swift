@@ -68,9 +68,9 @@ struct Perplexity: ParsableCommand {
         let (model, session, pool) = try opts.load(contextTokens: ctx)
         let tokens = try loadTokens(file: file, tokensJSON: tokensJSON, model: model)
         let t0 = Date()
-        let r = try PerplexityEvaluator.run(session: session, pool: pool, tokens: tokens, ctx: ctx, maxChunks: chunks) { i, ppl in
+        let r = try PerplexityEvaluator.run(session: session, pool: pool, tokens: tokens, ctx: ctx, maxChunks: chunks, progress: { i, ppl in
             FileHandle.standardError.write("[\(i + 1)]\(String(format: "%.4f", ppl)) ".data(using: .utf8)!)
-        }
+        })
         FileHandle.standardError.write("\n".data(using: .utf8)!)
         let dt = Date().timeIntervalSince(t0)
         print(String(format: "{\"perplexity\": %.6f, \"chunks\": %d, \"ctx\": %d, \"scored_tokens\": %d, \"kv_cache_dtype\": \"%@\", \"seconds\": %.2f}",
@@ -169,17 +169,38 @@ struct Bench: ParsableCommand {
     @Option(help: "KV cache capacity in tokens.") var context: Int = 4096
     @Option(help: "Text whose tokens are used (default: token ids cycling through the vocabulary).") var file: String?
     @Option var repeats: Int = 2
+    @Option(help: "Sequences decoded together per step (ForwardSession.decode); decode_tps counts all of their tokens.")
+    var batch: Int = 1
 
     func run() throws {
         guard promptTokens >= 1, genTokens >= 1, promptTokens + genTokens <= context else {
             throw KvantError(.invalidArgument, "need 1 ≤ prompt-tokens, 1 ≤ gen-tokens, prompt+gen ≤ context")
         }
-        let (model, session, pool) = try opts.load(contextTokens: context)
+        let (model, session, pool) = try opts.load(contextTokens: max(context, batch * (promptTokens + genTokens + 16)))
         var toks: [Int32]
         if let f = file { toks = try TextTokenizer.tokenize(path: f, model: model) } else {
             toks = [model.bosTokenID ?? 2] + (1..<(promptTokens + genTokens)).map { Int32(1000 + ($0 * 7919) % 200_000) % Int32(model.config.vocabSize) }
         }
         while toks.count < promptTokens + genTokens { toks += toks }
+        guard batch >= 1, batch <= 64 else { throw KvantError(.invalidArgument, "--batch must be in 1...64") }
+        if batch > 1 {
+            // Prefill `batch` sequences, then decode them together.
+            var bestD = 0.0
+            for _ in 0..<max(1, repeats) {
+                let seqs = (0..<batch).map { _ in pool.createSequence() }
+                for sq in seqs { _ = try session.forwardLast(tokens: Array(toks[0..<promptTokens]), startPosition: 0, sequence: sq, pool: pool) }
+                let t1 = Date()
+                for i in 0..<genTokens {
+                    let items = seqs.map { DecodeItem(token: toks[promptTokens + i], position: promptTokens + i, sequence: $0) }
+                    try session.decode(items, pool: pool) { _, _ in }
+                }
+                bestD = max(bestD, Double(genTokens * batch) / Date().timeIntervalSince(t1))
+                for sq in seqs { pool.free(sq) }
+            }
+            print(String(format: "{\"engine\": \"kvant\", \"threads\": %d, \"batch\": %d, \"prompt_tokens\": %d, \"gen_tokens\": %d, \"kv_cache_dtype\": \"%@\", \"decode_tps\": %.2f}",
+                         opts.threads, batch, promptTokens, genTokens, opts.kvCacheDType, bestD))
+            return
+        }
         var bestP = 0.0, bestD = 0.0
         for _ in 0..<max(1, repeats) {
             let seq = pool.createSequence()

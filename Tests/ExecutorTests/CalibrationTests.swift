@@ -1,7 +1,7 @@
+import KvantCore
 import Executor
 import Foundation
 import KVCache
-import KvantCore
 import Testing
 
 /// Issue 5: built-in calibration on the real model. The file `KVCalibrator` + `KVScales.encode` write

@@ -30,17 +30,18 @@ import Testing
     func teacherForcedTop1AgreesWithLlamaCpp() throws {
         let g = try Fixtures.json("gemma3_gpl3_teacher_forced.json")
         let tokens = (g["tokens"] as! [Int]).map { Int32($0) }
-        let top1 = g["top1"] as! [Int], lp = g["logprob"] as! [Double]
+        let top1 = g["top1"] as! [Int], lp = g["logprob"] as! [Double], top1FA = g["top1_flash_attn"] as! [Int]
         let oracleSelf = g["top1_agreement_flash_vs_noflash"] as! Double
         let (m, s) = try load()
         let p = try pool(m, tokens: tokens.count)
         let seq = p.createSequence()
-        var agree = 0, n = 0
+        var agree = 0, agreeEither = 0, n = 0
         var dlp = 0.0
         try s.forward(tokens: tokens, startPosition: 0, sequence: seq, pool: p, logits: .range(0..<(tokens.count - 1))) { i, l in
             var best = 0
             for k in 1..<l.count where l[k] > l[best] { best = k }
             if best == top1[i] { agree += 1 }
+            if best == top1[i] || best == top1FA[i] { agreeEither += 1 }
             var mx = -Float.infinity
             for v in l { mx = max(mx, v) }
             var z = 0.0
@@ -48,8 +49,10 @@ import Testing
             dlp += abs(Double(l[Int(tokens[i + 1])] - mx) - log(z) - lp[i])
             n += 1
         }
-        let rate = Double(agree) / Double(n)
-        print("teacher-forced top-1 agreement \(rate) over \(n) positions; llama.cpp flash-attn on vs off: \(oracleSelf); mean |Δ log p| \(dlp / Double(n))")
+        let rate = Double(agree) / Double(n), either = Double(agreeEither) / Double(n)
+        print("teacher-forced top-1 agreement \(rate) (with llama.cpp's flash-attn-off or -on top-1: \(either)) over \(n) positions; llama.cpp flash-attn on vs off: \(oracleSelf); mean |Δ log p| \(dlp / Double(n))")
+        // Kvant's top-1 is one of llama.cpp's two answers (its two attention kernels) at ≥ 97 % of positions.
+        #expect(either >= 0.97)
         #expect(n == 1023)
         // llama.cpp agrees with itself (flash attention on vs off) on only ~95 % of these positions: near-ties.
         // Kvant must be at least as close to llama.cpp as llama.cpp is to itself, minus one point (positions are near-ties; other CPUs round differently).
@@ -87,7 +90,7 @@ import Testing
         let gen = try Generator(session: s, pool: p, sequence: p.createSequence(), sampling: .greedy, maxTokens: 16,
                                 stopStrings: ["country"], tokenizer: tok)
         var streamed = ""
-        let r = try gen.run(prompt: tok.encode("The capital of France is", addSpecial: true)) { _, piece in streamed += piece }
+        let r = try gen.run(prompt: tok.encode("The capital of France is", addSpecial: true), onToken: { _, piece in streamed += piece })
         #expect(r.finishReason == .stop)
         #expect(r.text == " the capital of the ")
         #expect(streamed == r.text)

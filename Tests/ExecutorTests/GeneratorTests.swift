@@ -19,7 +19,7 @@ import Testing
         let g0 = try Generator(session: s, pool: pool, sequence: pool.createSequence(), sampling: .greedy,
                                maxTokens: 8, stopTokenIDs: [], detokenize: detok)
         var streamed = ""
-        let r0 = try g0.run(prompt: prompt) { _, piece in streamed += piece }
+        let r0 = try g0.run(prompt: prompt, onToken: { _, piece in streamed += piece })
         #expect(r0.finishReason == .length && r0.tokens.count == 8)
         #expect(streamed == detok(r0.tokens) && r0.text == streamed)
 
@@ -34,7 +34,7 @@ import Testing
         let g2 = try Generator(session: s, pool: pool, sequence: pool.createSequence(), sampling: .greedy,
                                maxTokens: 8, stopStrings: [stop], stopTokenIDs: [], detokenize: detok)
         var streamed2 = ""
-        let r2 = try g2.run(prompt: prompt) { _, piece in streamed2 += piece }
+        let r2 = try g2.run(prompt: prompt, onToken: { _, piece in streamed2 += piece })
         if !expectedText.contains(stop) {
             #expect(r2.finishReason == .stop)
             #expect(r2.text == expectedText && streamed2 == expectedText)

@@ -68,6 +68,24 @@ import Testing
         check(got2, want)
     }
 
+    /// An error thrown by the logits callback is rethrown after all micro-batches ran, so the cache stays complete:
+    /// decoding the last token again from the cached prefix gives llama.cpp's logits.
+    @Test func callbackErrorLeavesTheCacheComplete() throws {
+        struct Stop: Error {}
+        let (tokens, want) = try expectedLogits()
+        let model = try Model(path: Fixtures.tinyLlamaPath)
+        let pool = try makePool(model)
+        let s = ForwardSession(model: model, threads: 2, maxBatch: 5)
+        let seq = pool.createSequence()
+        let prefix = Array(tokens.dropLast())
+        #expect(throws: Stop.self) {
+            try s.forward(tokens: prefix, startPosition: 0, sequence: seq, pool: pool, logits: .all) { _, _ in throw Stop() }
+        }
+        #expect(pool.length(of: seq) == prefix.count)
+        let last = try s.forwardLast(tokens: [tokens.last!], startPosition: prefix.count, sequence: seq, pool: pool)
+        check([last], [want.last!])
+    }
+
     @Test func badInputsThrow() throws {
         let model = try Model(path: Fixtures.tinyLlamaPath)
         let pool = try makePool(model)
@@ -107,5 +125,63 @@ import Testing
             #expect(e.reason == .notFound)
             #expect(e.message.contains("blk.1.ffn_up.weight"))
         }
+        // Shrink dims[1] of blk.0.attn_q.weight (tensor info: name, u32 n_dims, u64 dims…) from 128 to 64 rows.
+        var bytes2 = [UInt8](original)
+        let name = Array("blk.0.attn_q.weight".utf8)
+        var at = -1
+        for j in 0...(bytes2.count - name.count) where bytes2[j..<(j + name.count)].elementsEqual(name) { at = j; break }
+        #expect(at > 0)
+        let dim1 = at + name.count + 4 + 8
+        #expect(bytes2[dim1] == 128 && bytes2[at + name.count] == 2)
+        bytes2[dim1] = 64
+        let path2 = dir.appendingPathComponent("misshapen.gguf").path
+        try Data(bytes2).write(to: URL(fileURLWithPath: path2))
+        do {
+            _ = try Model(path: path2)
+            Issue.record("expected a shape error")
+        } catch let e as KvantError {
+            #expect(e.reason == .invalidArgument)
+            #expect(e.message.contains("blk.0.attn_q.weight") && e.message.contains("[128, 128]"))
+        }
+    }
+}
+
+/// Batched decode of several sequences equals decoding each alone.
+@Suite struct BatchedDecodeTests {
+    @Test func batchedDecodeMatchesSingleSequenceDecode() throws {
+        let model = try Model(path: Fixtures.tinyLlamaPath)
+        let pool = try KVCachePool(spec: model.config.kvCacheSpec(dtype: .fp32), byteBudget: 4 << 20)
+        let s = ForwardSession(model: model, threads: 2)
+        let prompts: [[Int32]] = [[1, 10, 11, 12], [1, 200, 201], [1, 50, 60, 70, 80, 90, 100]]
+        let next: [Int32] = [13, 202, 110]
+        // Reference: each sequence alone.
+        var want: [[Float]] = []
+        for (p, n) in zip(prompts, next) {
+            let seq = pool.createSequence()
+            _ = try s.forwardLast(tokens: p, startPosition: 0, sequence: seq, pool: pool)
+            want.append(try s.forwardLast(tokens: [n], startPosition: p.count, sequence: seq, pool: pool))
+        }
+        // Batched: prefill each, then one decode step for all three.
+        var seqs: [SequenceID] = []
+        for p in prompts {
+            let seq = pool.createSequence()
+            _ = try s.forwardLast(tokens: p, startPosition: 0, sequence: seq, pool: pool)
+            seqs.append(seq)
+        }
+        let items = (0..<3).map { DecodeItem(token: next[$0], position: prompts[$0].count, sequence: seqs[$0]) }
+        var got = [[Float]](repeating: [], count: 3)
+        try s.decode(items, pool: pool) { i, l in got[i] = Array(l) }
+        for i in 0..<3 {
+            let scale = want[i].map { abs($0) }.max()!
+            let worst = zip(got[i], want[i]).map { abs($0 - $1) }.max()!
+            #expect(worst <= 1e-4 * scale, "row \(i): max |Δ| \(worst)")
+        }
+        #expect(seqs.map { pool.length(of: $0) } == prompts.map { $0.count + 1 })
+        // Wrong position and repeated sequence are rejected.
+        #expect(throws: KvantError.self) {
+            try s.decode([DecodeItem(token: 5, position: 0, sequence: seqs[0])], pool: pool) { _, _ in }
+        }
+        let again = DecodeItem(token: 5, position: pool.length(of: seqs[1]), sequence: seqs[1])
+        #expect(throws: KvantError.self) { try s.decode([again, again], pool: pool) { _, _ in } }
     }
 }

@@ -8,19 +8,21 @@ import Testing
 /// bad inputs give the right `KvantError` reason with a message naming the file, and nothing is
 /// written when a run fails or is cancelled.
 enum RealModel {
-    /// $KVANT_MODEL, else <repo>/models/gemma-3-270m-q4_k_m.gguf, else /work/models/…; nil when absent.
+    /// $KVANT_MODEL, else <repo>/models/gemma-3-270m-q4_k_m.gguf.
     static let path: String? = {
         let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("models/gemma-3-270m-q4_k_m.gguf").path
-        return [ProcessInfo.processInfo.environment["KVANT_MODEL"], repo, "/work/models/gemma-3-270m-q4_k_m.gguf"]
+        return [ProcessInfo.processInfo.environment["KVANT_MODEL"], repo]
             .compactMap { $0 }.first { FileManager.default.fileExists(atPath: $0) }
     }()
 }
 
 @Suite(.serialized, .enabled(if: RealModel.path != nil, "real model not found (set KVANT_MODEL or run `make model`)"))
 struct ExecutorCalibrateTests {
+    static var modelPath: String? { RealModel.path }
+
     static let loaded: (any LoadedModel)? = {
-        guard let path = RealModel.path else { return nil }
+        guard let path = modelPath else { return nil }
         let req = ModelLoadRequest(path: path, kvCacheDType: .fp16, quantizationParamPath: nil, kvCacheBytes: 16 << 20,
                                    blockSize: 16, maxModelLen: 2048, threads: 2)
         return try? ExecutorBackend().loadModel(req, progress: { _ in })

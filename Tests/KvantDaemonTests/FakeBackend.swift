@@ -15,17 +15,21 @@ import KvantDaemon
 /// - Perplexity: one "token" per byte, progress every 64; value = 1 + bytes/1000.
 final class FakeBackend: InferenceBackend, @unchecked Sendable {
     let decodeDelay: TimeInterval
+    /// Seconds each model load takes (start-up gate tests).
+    let loadDelay: TimeInterval
     private let lock = NSLock()
     private(set) var loads: [ModelLoadRequest] = []
 
-    init(decodeDelay: TimeInterval = 0) {
+    init(decodeDelay: TimeInterval = 0, loadDelay: TimeInterval = 0) {
         self.decodeDelay = decodeDelay
+        self.loadDelay = loadDelay
     }
 
     var name: String { "fake" }
 
     func loadModel(_ request: ModelLoadRequest, progress: @escaping @Sendable (String) -> Void) throws -> any LoadedModel {
         progress("reading \(request.path)")
+        if loadDelay > 0 { Thread.sleep(forTimeInterval: loadDelay) }
         guard let data = FileManager.default.contents(atPath: request.path) else {
             throw KvantError(.notFound, "cannot read \(request.path)")
         }

@@ -50,7 +50,7 @@ struct KvantdProcessTests {
         let reloaded = try await receiver.wait { $0.hasPrefix("READY=1") && $0.contains("nothing to reload") }
         #expect(reloaded == "READY=1\nSTATUS=no model loaded; reload: no model loaded, nothing to reload")
 
-        // The backend of this build is not wired in: load-model says so (no fake generation).
+        // A 4-byte "GGUF" file is no model: load-model names the file and what is wrong, the daemon serves on.
         let model = dir + "/m.gguf"
         try "GGUF".write(toFile: model, atomically: true, encoding: .utf8)
         let loadError = try await offPool { () -> RPCErrorObject? in
@@ -59,7 +59,8 @@ struct KvantdProcessTests {
                 return nil
             } catch let error as RPCErrorObject { return error }
         }
-        #expect(loadError?.reason == .unavailable)
+        #expect(loadError?.reason == .invalidArgument)
+        #expect(loadError?.message.contains(model) == true)
 
         kill(process.processIdentifier, SIGTERM)
         let stopping = try await receiver.wait { $0.hasPrefix("STOPPING=1") }
@@ -101,7 +102,7 @@ struct KvantdProcessTests {
             try await Task.sleep(for: .milliseconds(20))
         }
         #expect(version?.protocolVersion == controlProtocolVersion)
-        #expect(version?.backend == "none")
+        #expect(version?.backend == "kvant-cpu")
         #expect(!FileManager.default.fileExists(atPath: dir + "/unused.sock"))
         process.terminate()   // SIGTERM to systemd-socket-activate, which exec'd kvantd on the first connection
         try await waitForExit(process)

@@ -36,7 +36,7 @@ final class TestDaemon: @unchecked Sendable {
     private var runTask: Task<Void, Error>?
     let reloads: AsyncStream<Void>.Continuation
 
-    init(tag: String, decodeDelay: TimeInterval = 0, notifier: SystemdNotifier = .disabled,
+    init(tag: String, decodeDelay: TimeInterval = 0, loadDelay: TimeInterval = 0, notifier: SystemdNotifier = .disabled,
          configure: (inout DaemonConfiguration, String) -> Void = { _, _ in }) throws {
         dir = try makeTempDir(tag)
         allowed = dir + "/allowed"
@@ -47,7 +47,7 @@ final class TestDaemon: @unchecked Sendable {
         configuration.allowedDirs = [allowed]
         configuration.shutdownTimeoutSeconds = 2
         configure(&configuration, allowed)
-        backend = FakeBackend(decodeDelay: decodeDelay)
+        backend = FakeBackend(decodeDelay: decodeDelay, loadDelay: loadDelay)
         var logger = Logger(label: "kvantd-test")
         logger.logLevel = ProcessInfo.processInfo.environment["KVANT_TEST_LOG"] != nil ? .trace : .warning
         let (stream, continuation) = AsyncStream<Void>.makeStream()
@@ -57,10 +57,15 @@ final class TestDaemon: @unchecked Sendable {
         group = daemon.makeServiceGroup(gracefulShutdownSignals: [])
     }
 
-    /// Starts the group and waits until the daemon is ready (READY=1 point).
-    func start() async throws {
+    /// Starts the group without waiting for READY=1.
+    func launch() {
         let group = self.group
         runTask = Task { try await group.run() }
+    }
+
+    /// Starts the group and waits until the daemon is ready (READY=1 point).
+    func start() async throws {
+        launch()
         let daemon = self.daemon
         let ready = Task { await daemon.waitUntilReady(); return true }
         let timeout = Task { try await Task.sleep(for: .seconds(10)); ready.cancel() }
