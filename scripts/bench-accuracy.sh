@@ -100,6 +100,6 @@ if [[ $HAVE_ORACLE == 1 ]]; then
   done
 fi
 echo
-scored=""; for ctx in $CTXS; do scored+="ctx $ctx: ${PPL[scored|$ctx]} scored tokens; "; done
-echo "Text $(basename "$TEXT"), model $(basename "$MODEL"), $THREADS threads, ${CHUNKS:-all} chunks ($scored)."
+scored=(); for ctx in $CTXS; do scored+=("ctx $ctx: ${PPL[scored|$ctx]} scored tokens"); done
+echo "Text $(basename "$TEXT"), model $(basename "$MODEL"), $THREADS threads, ${CHUNKS:-all} chunks ($(IFS=';'; echo "${scored[*]}" | sed 's/;/; /g'))."
 echo "Calibration: built-in sample, method $METHOD (per-layer clip and saturation in $OUT/calib_*.json)."
