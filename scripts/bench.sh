@@ -4,6 +4,7 @@
 #   1. short context: 512 prompt tokens, then 128 decode steps;
 #   2. long context: 3968 prompt tokens, then 64 decode steps at ~4 096 tokens of context,
 #      for every KV dtype (int8 reads half the bytes of fp16 in attention).
+# llama.cpp runs with flash attention (its fastest setting, and required for its q8_0 V cache).
 # Benchmark on a quiet machine: llama.cpp busy-waits its threads and collapses under contention.
 # Env: KVANT_MODEL, THREADS (2), REPEATS (3).
 set -euo pipefail
@@ -44,8 +45,8 @@ row() {  # label kvant_dtype llama_type prompt gen ctx flash
     lp=$(echo "$l" | field prefill_tps); ld=$(echo "$l" | field decode_tps)
     echo "| $1 | $2 | $3${7:+ (flash attn)} | $kp | $lp | $(ratio "$kp" "$lp") | $kd | $ld | $(ratio "$kd" "$ld") |"
 }
-row "512 + 128" fp16 f16 512 128 1024 ""
+row "512 + 128" fp16 f16 512 128 1024 --flash-attn
 row "512 + 128" int8_pertoken q8_0 512 128 1024 --flash-attn
-row "3968 + 64" fp16 f16 3968 64 4096 ""
+row "3968 + 64" fp16 f16 3968 64 4096 --flash-attn
 for d in int8_pertoken int8_pertensor; do row "3968 + 64" "$d" q8_0 3968 64 4096 --flash-attn; done
-for d in bf16 fp32; do row "3968 + 64" "$d" f16 3968 64 4096 ""; done
+for d in bf16 fp32; do row "3968 + 64" "$d" f16 3968 64 4096 --flash-attn; done
