@@ -44,8 +44,27 @@ public struct JournalLogHandler: LogHandler {
         for (key, value) in merged.sorted(by: { $0.key < $1.key }) { text += " \(key)=\(value)" }
         text = String(text.map { $0 == "\n" ? " " : $0 }) + "\n"
         Self.lock.lock()
-        FileHandle.standardError.write(Data(text.utf8))
+        writeToStandardError(text)
         Self.lock.unlock()
+    }
+}
+
+/// Writes `text` to fd 2 with write(2), retrying on EINTR and short writes, and ignoring every
+/// other error: a closed stderr pipe (EPIPE; SIGPIPE is ignored by kvantd) must never end the
+/// daemon, and `FileHandle.write` traps on such errors.
+public func writeToStandardError(_ text: String) {
+    let bytes = Array(text.utf8)
+    var offset = 0
+    bytes.withUnsafeBytes { raw in
+        while offset < raw.count {
+            let n = Glibc.write(2, raw.baseAddress! + offset, raw.count - offset)
+            if n < 0 {
+                if errno == EINTR { continue }
+                return
+            }
+            if n == 0 { return }
+            offset += n
+        }
     }
 }
 

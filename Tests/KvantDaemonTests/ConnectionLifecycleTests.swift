@@ -1,0 +1,69 @@
+import ControlProtocol
+import Foundation
+import KvantCore
+import KvantDaemon
+import Testing
+
+@Suite("Connection lifecycle: id reuse, disconnects")
+struct ConnectionLifecycleTests {
+    @Test("an id is free again as soon as its reply was read: 30 × (streamed generate id 9, then health id 9)")
+    func idReuseAfterStreamedGenerate() async throws {
+        let daemon = try TestDaemon(tag: "reuse")
+        try await daemon.start()
+        _ = try await daemon.loadModel()
+        let socket = daemon.socketPath
+        let refusals = try await offPool { () -> [String] in
+            let client = try ControlClient(socketPath: socket, timeout: 20)
+            var refusals: [String] = []
+            for round in 0..<30 {
+                let result = try client.call(.generate, GenerateParams(prompt: "ab\(round)", maxTokens: 8, stream: true),
+                                             as: GenerateResult.self, id: .number(9))
+                #expect(result.text == "ab\(round)")
+                do {
+                    let health = try client.call(.health, EmptyParams(), as: HealthResult.self, id: .number(9))
+                    #expect(health.modelLoaded)
+                } catch let error as RPCErrorObject {
+                    refusals.append("round \(round): \(error.message)")
+                }
+            }
+            return refusals
+        }
+        #expect(refusals.isEmpty, "\(refusals)")
+        try await daemon.stop()
+    }
+
+    @Test("a client that disconnects mid-generate (not streaming) has its request cancelled: running 0 soon after")
+    func disconnectCancels() async throws {
+        // 400 tokens × 10 ms = 4 s if it ran to max_tokens.
+        let daemon = try TestDaemon(tag: "disc", decodeDelay: 0.01)
+        try await daemon.start()
+        _ = try await daemon.loadModel()
+        let socket = daemon.socketPath
+        let prompt = String(repeating: "y", count: 400)
+        try await offPool {
+            let client = try ControlClient(socketPath: socket, timeout: 20)
+            try client.send(try RPCRequest(id: .number(1), method: .generate,
+                                           params: GenerateParams(prompt: prompt, maxTokens: 400)))
+            let observer = try ControlClient(socketPath: socket, timeout: 20)
+            var running = 0
+            for _ in 0..<200 {
+                running = try observer.call(.stats, EmptyParams(), as: StatsResult.self).engine.requestsRunning
+                if running == 1 { break }
+                Thread.sleep(forTimeInterval: 0.01)
+            }
+            #expect(running == 1)
+            client.close()
+        }
+        let closed = ContinuousClock.now
+        var stats: StatsResult?
+        for _ in 0..<100 {
+            stats = try await offPool { try ControlClient(socketPath: socket, timeout: 20).call(.stats, EmptyParams(), as: StatsResult.self) }
+            if stats?.engine.requestsRunning == 0 { break }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(stats?.engine.requestsRunning == 0)
+        #expect(ContinuousClock.now - closed < .seconds(1))
+        #expect(stats?.kvCache["used_blocks"] == .int(0))
+        try await daemon.stop()
+    }
+}
