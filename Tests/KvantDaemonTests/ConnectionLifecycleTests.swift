@@ -6,12 +6,24 @@ import Testing
 
 @Suite("Connection lifecycle: id reuse, disconnects")
 struct ConnectionLifecycleTests {
-    @Test("an id is free again as soon as its reply was read: 30 × (streamed generate id 9, then health id 9)")
-    func idReuseAfterStreamedGenerate() async throws {
+    @Test("an id is free again as soon as its reply was read: 30 × (streamed generate id 9, then health id 9)",
+          arguments: [false, true])
+    func idReuseAfterStreamedGenerate(busy: Bool) async throws {
         let daemon = try TestDaemon(tag: "reuse")
         try await daemon.start()
         _ = try await daemon.loadModel()
         let socket = daemon.socketPath
+        // Other clients keep the daemon's tasks busy (the race is between the reply and the id's release).
+        let stop = CancelToken()
+        let noise = (0..<(busy ? 3 : 0)).map { _ in
+            Task {
+                try await offPool {
+                    let client = try ControlClient(socketPath: socket, timeout: 20)
+                    while !stop.isSet { _ = try client.call(.stats, EmptyParams(), as: StatsResult.self) }
+                }
+            }
+        }
+        defer { stop.set() }
         let refusals = try await offPool { () -> [String] in
             let client = try ControlClient(socketPath: socket, timeout: 20)
             var refusals: [String] = []
@@ -29,21 +41,23 @@ struct ConnectionLifecycleTests {
             return refusals
         }
         #expect(refusals.isEmpty, "\(refusals)")
+        stop.set()
+        for task in noise { try await task.value }
         try await daemon.stop()
     }
 
     @Test("a client that disconnects mid-generate (not streaming) has its request cancelled: running 0 soon after")
     func disconnectCancels() async throws {
-        // 400 tokens × 10 ms = 4 s if it ran to max_tokens.
-        let daemon = try TestDaemon(tag: "disc", decodeDelay: 0.01)
+        // 100 tokens × 50 ms = 5 s if it ran to the end (fake max_model_len is 256).
+        let daemon = try TestDaemon(tag: "disc", decodeDelay: 0.05)
         try await daemon.start()
         _ = try await daemon.loadModel()
         let socket = daemon.socketPath
-        let prompt = String(repeating: "y", count: 400)
+        let prompt = String(repeating: "y", count: 100)
         try await offPool {
             let client = try ControlClient(socketPath: socket, timeout: 20)
             try client.send(try RPCRequest(id: .number(1), method: .generate,
-                                           params: GenerateParams(prompt: prompt, maxTokens: 400)))
+                                           params: GenerateParams(prompt: prompt, maxTokens: 150)))
             let observer = try ControlClient(socketPath: socket, timeout: 20)
             var running = 0
             for _ in 0..<200 {
@@ -66,4 +80,11 @@ struct ConnectionLifecycleTests {
         #expect(stats?.kvCache["used_blocks"] == .int(0))
         try await daemon.stop()
     }
+}
+
+final class CancelToken: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+    var isSet: Bool { lock.lock(); defer { lock.unlock() }; return value }
+    func set() { lock.lock(); value = true; lock.unlock() }
 }

@@ -36,7 +36,8 @@ final class TestDaemon: @unchecked Sendable {
     private var runTask: Task<Void, Error>?
     let reloads: AsyncStream<Void>.Continuation
 
-    init(tag: String, decodeDelay: TimeInterval = 0, loadDelay: TimeInterval = 0, notifier: SystemdNotifier = .disabled,
+    init(tag: String, decodeDelay: TimeInterval = 0, loadDelay: TimeInterval = 0, tokenCapacity: Int? = nil,
+         notifier: SystemdNotifier = .disabled,
          configure: (inout DaemonConfiguration, String) -> Void = { _, _ in }) throws {
         dir = try makeTempDir(tag)
         allowed = dir + "/allowed"
@@ -47,7 +48,7 @@ final class TestDaemon: @unchecked Sendable {
         configuration.allowedDirs = [allowed]
         configuration.shutdownTimeoutSeconds = 2
         configure(&configuration, allowed)
-        backend = FakeBackend(decodeDelay: decodeDelay, loadDelay: loadDelay)
+        backend = FakeBackend(decodeDelay: decodeDelay, loadDelay: loadDelay, tokenCapacity: tokenCapacity)
         var logger = Logger(label: "kvantd-test")
         logger.logLevel = ProcessInfo.processInfo.environment["KVANT_TEST_LOG"] != nil ? .trace : .warning
         let (stream, continuation) = AsyncStream<Void>.makeStream()
