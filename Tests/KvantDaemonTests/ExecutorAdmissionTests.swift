@@ -1,0 +1,62 @@
+import ControlProtocol
+import Foundation
+import KvantCore
+import KvantDaemon
+import Logging
+import Testing
+
+/// Admission control through the real adapter (`ExecutorBackend`) and engine on the real model,
+/// with a KV cache of 2 blocks (32 tokens at block_size 16).
+@Suite(.serialized, .enabled(if: RealModel.path != nil, "real model not found (set KVANT_MODEL or run `make model`)"))
+struct ExecutorAdmissionTests {
+    /// Gemma 3 270M, fp16 KV: 18 layers × (K + V) × 1 KV head × 256 × 2 bytes = 18432 bytes/token.
+    static let blockBytes = 18 * 2 * 1 * 256 * 2 * 16
+
+    func makeEngine() async throws -> Engine {
+        let engine = Engine(backend: ExecutorBackend(),
+                            settings: .init(kvCacheDType: .fp16, kvCacheBytes: 2 * Self.blockBytes, blockSize: 16,
+                                            maxModelLen: 256, threads: 2, maxNumSeqs: 4),
+                            logger: Logger(label: "test"))
+        let loaded = try await engine.loadModel(path: try #require(RealModel.path), kvCacheDType: nil,
+                                                quantizationParamPath: nil, kvCacheBytes: nil, maxModelLen: nil)
+        #expect(loaded.model.kvCacheCapacityTokens == 32)
+        return engine
+    }
+
+    @Test("prompt + max_tokens larger than the whole cache: resource_exhausted naming tokens, capacity and kv_cache_bytes")
+    func tooLarge() async throws {
+        let engine = try await makeEngine()
+        do {
+            _ = try await engine.generate(GenerateParams(prompt: "The capital of France is", maxTokens: 40, temperature: 0)) { _ in }
+            Issue.record("a generate of 40+ tokens was admitted into a 32-token cache")
+        } catch let error as KvantError {
+            #expect(error.reason == .resourceExhausted)
+            #expect(error.message.contains("capacity 32 tokens"), "\(error.message)")
+            #expect(error.message.contains("kv_cache_bytes \(2 * Self.blockBytes)"), "\(error.message)")
+            #expect(error.message.contains("max_tokens (40)"), "\(error.message)")
+        }
+        let stats = try await engine.stats()
+        #expect(stats.kvCache["num_blocks_used"] == .int(0))
+    }
+
+    @Test("two requests that each fit (2 blocks) but not together: both complete, the second waited")
+    func twoThatFitOneAtATime() async throws {
+        let engine = try await makeEngine()
+        let params = GenerateParams(prompt: "The capital of France is", maxTokens: 20, temperature: 0)
+        async let first = engine.generate(params) { _ in }
+        async let second = engine.generate(params) { _ in }
+        let (a, b) = try await (first, second)
+        for result in [a, b] {
+            #expect(result.promptTokens + 20 > 16)   // needs both blocks
+            #expect(result.finishReason == .length || result.finishReason == .stop)
+            #expect(result.completionTokens >= 1)
+        }
+        #expect(a.text == b.text)   // greedy, same prompt
+        let waited = max(a.timings.queueMs, b.timings.queueMs)
+        let ran = min(a.timings.prefillMs + a.timings.decodeMs, b.timings.prefillMs + b.timings.decodeMs)
+        #expect(waited >= ran * 0.5, "queue_ms \(a.timings.queueMs) / \(b.timings.queueMs)")
+        let figures = await engine.figures()
+        #expect(figures.requestsFailed == 0 && figures.requestsServed == 2)
+        #expect(try await engine.stats().kvCache["num_blocks_used"] == .int(0))
+    }
+}
