@@ -258,6 +258,7 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
 
     func calibrate(_ request: CalibrationRequest, control: OperationControl) throws -> CalibrateResult {
         let started = Date()
+        try PathPolicy.checkWritable(request.outputPath, field: "output", method: "calibrate")
         let text: String
         if let textPath = request.textPath {
             let attrs = try? FileManager.default.attributesOfItem(atPath: textPath)

@@ -169,6 +169,8 @@ public final class RequestHandler: Sendable {
             try params.validate()
             let text = try params.textPath.map { try paths.existingFile($0, field: "text_path") }
             let output = try paths.outputFile(params.output, field: "output")
+            // Up front: a run takes minutes, its output must not fail only at the end.
+            try PathPolicy.checkWritable(output, field: "output", method: "calibrate")
             let calibration = CalibrationRequest(
                 textPath: text, numTokens: params.numTokens ?? 2048, perHead: params.perHead ?? false,
                 tpSize: params.tpSize ?? 1, percentile: params.percentile ?? 100, outputPath: output)

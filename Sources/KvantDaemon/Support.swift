@@ -116,6 +116,27 @@ public struct PathPolicy: Sendable {
         return real
     }
 
+    /// Checks, before any work, that `path` (an `outputFile` result) can be written: it must not be
+    /// an existing directory and its directory must be writable by this process.
+    /// - Throws: `.invalidArgument` "is a directory", `.permissionDenied` naming the directory.
+    public static func checkWritable(_ path: String, field: String, method: String) throws {
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue {
+            throw KvantError(.invalidArgument, "\(method): '\(field)' \(path) is a directory; name a file to write")
+        }
+        let directory = (path as NSString).deletingLastPathComponent
+        let dir = directory.isEmpty ? "." : directory
+        if access(dir, W_OK) != 0 {
+            let reason = String(cString: strerror(errno))
+            throw KvantError(.permissionDenied,
+                             "\(method): '\(field)': directory \(dir) is not writable by kvantd (uid \(getuid())): \(reason)")
+        }
+        if access(path, F_OK) == 0, access(path, W_OK) != 0 {
+            let reason = String(cString: strerror(errno))
+            throw KvantError(.permissionDenied, "\(method): '\(field)': \(path) exists and is not writable by kvantd: \(reason)")
+        }
+    }
+
     private func check(_ real: String, original: String, field: String) throws {
         let inside = allowedDirs.contains { dir in dir == "/" || real == dir || real.hasPrefix(dir + "/") }
         guard inside else {

@@ -88,3 +88,57 @@ final class CancelToken: @unchecked Sendable {
     var isSet: Bool { lock.lock(); defer { lock.unlock() }; return value }
     func set() { lock.lock(); value = true; lock.unlock() }
 }
+
+@Suite("calibrate checks its output up front")
+struct CalibrateOutputTests {
+    func calibrate(_ daemon: TestDaemon, output: String) async throws -> (RPCErrorObject?, Int) {
+        let socket = daemon.socketPath
+        return try await offPool { () -> (RPCErrorObject?, Int) in
+            var progress = 0
+            do {
+                _ = try ControlClient(socketPath: socket, timeout: 20).call(
+                    .calibrate, CalibrateParams(numTokens: 1024, output: output), as: CalibrateResult.self) { _ in progress += 1 }
+                return (nil, progress)
+            } catch let error as RPCErrorObject { return (error, progress) }
+        }
+    }
+
+    @Test("output is an existing directory: invalid_argument 'is a directory', before any work")
+    func outputIsDirectory() async throws {
+        let daemon = try TestDaemon(tag: "calo")
+        try await daemon.start()
+        _ = try await daemon.loadModel()
+        let dir = daemon.allowed + "/scales"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let (error, progress) = try await calibrate(daemon, output: dir)
+        #expect(error?.reason == .invalidArgument)
+        #expect(error?.message.contains("\(dir) is a directory") == true, "\(String(describing: error))")
+        #expect(progress == 0)
+        try await daemon.stop()
+    }
+
+    @Test("output directory not writable: permission_denied naming the directory, before any work")
+    func outputDirectoryNotWritable() async throws {
+        // Root may write anywhere except on a read-only file system: /proc/sys is one.
+        let readOnly = "/proc/sys/kernel"
+        let daemon = try TestDaemon(tag: "calw") { config, _ in
+            if geteuid() == 0 { config.allowedDirs.append("/proc/sys") }
+        }
+        try await daemon.start()
+        _ = try await daemon.loadModel()
+        let dir: String
+        if geteuid() == 0 {
+            try #require(access(readOnly, W_OK) != 0, "\(readOnly) is writable here")
+            dir = readOnly
+        } else {
+            dir = daemon.allowed + "/ro"
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            chmod(dir, 0o555)
+        }
+        let (error, progress) = try await calibrate(daemon, output: dir + "/kv_cache_scales.json")
+        #expect(error?.reason == .permissionDenied)
+        #expect(error?.message.contains("directory \(dir) is not writable") == true, "\(String(describing: error))")
+        #expect(progress == 0)
+        try await daemon.stop()
+    }
+}
