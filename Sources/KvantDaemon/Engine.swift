@@ -155,8 +155,10 @@ public actor Engine {
     public func reloadScales(path: String?) async throws -> ScalesReport {
         let model = try requireModel("reload-scales")
         guard let path = path ?? lastScalesPath else {
-            throw KvantError(.failedPrecondition,
-                             "reload-scales: no scale file given and none loaded before (kv_cache_dtype \(model.info.kvCacheDType.rawValue))")
+            let error = KvantError(.failedPrecondition,
+                                   "reload-scales: no scale file given and none loaded before (kv_cache_dtype \(model.info.kvCacheDType.rawValue))")
+            lastError = error.message
+            throw error
         }
         do {
             let report = try await onLane { try model.installScales(path: path) }
@@ -445,8 +447,15 @@ public actor Engine {
         return line
     }
 
-    /// Records a failure reported outside the engine's own methods (e.g. the startup model load).
+    /// Records a failure reported outside the engine's own methods (the start-up model load, a
+    /// refused path): `health` turns `degraded` with it as `last_error` until the next success.
     public func recordFailure(_ message: String) { lastError = message }
+
+    /// True when a scale file is in force or the dtype uses static scales (what SIGHUP reloads).
+    public var hasScalesToReload: Bool {
+        guard let model else { return false }
+        return lastScalesPath != nil || model.info.kvCacheDType.usesStaticScales
+    }
 
     /// True when the compute lane is idle or progressed within `window` nanoseconds (watchdog).
     public nonisolated func isAlive(window: UInt64) -> Bool { lane.isAlive(window: window) }
