@@ -117,10 +117,14 @@ public struct ModelInfo: Codable, Equatable, Sendable {
     public var kvCacheBytes: Int
     /// Tokens the pool holds (all sequences together).
     public var kvCacheCapacityTokens: Int
+    /// Non-fatal findings about the configuration (e.g. a static int8 dtype without a scale file);
+    /// absent when there are none.
+    public var warnings: [String]?
 
     public init(path: String, name: String, architecture: String, numLayers: Int, numKVHeads: Int, headDim: Int,
                 vocabSize: Int, maxModelLen: Int, kvCacheDType: KVCacheDType, blockSize: Int, kvCacheBytes: Int,
-                kvCacheCapacityTokens: Int) {
+                kvCacheCapacityTokens: Int, warnings: [String]? = nil) {
+        self.warnings = warnings
         self.path = path
         self.name = name
         self.architecture = architecture
@@ -139,6 +143,7 @@ public struct ModelInfo: Codable, Equatable, Sendable {
         case path, name, architecture, numLayers = "num_layers", numKVHeads = "num_kv_heads", headDim = "head_dim"
         case vocabSize = "vocab_size", maxModelLen = "max_model_len", kvCacheDType = "kv_cache_dtype"
         case blockSize = "block_size", kvCacheBytes = "kv_cache_bytes", kvCacheCapacityTokens = "kv_cache_capacity_tokens"
+        case warnings
     }
 }
 

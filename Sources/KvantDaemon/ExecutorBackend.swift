@@ -134,12 +134,14 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
     // MARK: LoadedModel
 
     var info: ModelInfo {
-        let (pool, dtype, _) = current()
+        let (pool, dtype, scales) = current()
         let c = model.config
+        let warnings = dtype.usesStaticScales && scales == nil
+            ? ["kv_cache_dtype \(dtype.rawValue): \(KVCachePool.noScaleFileWarning)"] : nil
         return ModelInfo(path: path, name: name, architecture: c.architecture.rawValue, numLayers: c.numLayers,
                          numKVHeads: c.numKVHeads, headDim: c.headDim, vocabSize: c.vocabSize, maxModelLen: maxModelLen,
                          kvCacheDType: dtype, blockSize: blockSize, kvCacheBytes: kvCacheBytes,
-                         kvCacheCapacityTokens: pool.capacityTokens)
+                         kvCacheCapacityTokens: pool.capacityTokens, warnings: warnings)
     }
 
     func tokenize(_ text: String) throws -> [Int] {
@@ -192,7 +194,7 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
         guard dtype.usesStaticScales else { return nil }
         if let scales { return Self.report(scales, epoch: pool.scaleEpoch) }
         return ScalesReport(path: nil, layers: model.config.numLayers, perHead: false, min: 1, max: 1, sha256: "",
-                            epoch: pool.scaleEpoch, warnings: ["no scale file: every scale is the default 1.0"])
+                            epoch: pool.scaleEpoch, warnings: [KVCachePool.noScaleFileWarning])
     }
 
     func installScales(path: String) throws -> ScalesReport {

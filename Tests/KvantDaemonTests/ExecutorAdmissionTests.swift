@@ -59,4 +59,28 @@ struct ExecutorAdmissionTests {
         #expect(figures.requestsFailed == 0 && figures.requestsServed == 2)
         #expect(try await engine.stats().kvCache["num_blocks_used"] == .int(0))
     }
+
+    @Test("static int8 without a scale file: load-model and set-kv-dtype replies carry the warning; stats.scale_warnings too")
+    func noScaleFileWarning() async throws {
+        let engine = try await makeEngine()
+        let path = try #require(RealModel.path)
+        let loaded = try await engine.loadModel(path: path, kvCacheDType: .int8PerTensor, quantizationParamPath: nil,
+                                                kvCacheBytes: nil, maxModelLen: nil)
+        let warning = try #require(loaded.model.warnings?.first)
+        #expect(warning.contains("int8_pertensor") && warning.contains("no scale file: every scale is the default 1.0"))
+        let stats = try await engine.stats()
+        guard case .array(let warnings)? = stats.kvCache["scale_warnings"] else {
+            Issue.record("no scale_warnings in \(stats.kvCache)")
+            return
+        }
+        #expect(warnings.contains { $0.stringValue?.hasPrefix("no scale file: every scale is the default 1.0") == true })
+        let fp16 = try await engine.setKVCacheDType(.fp16, quantizationParamPath: nil)
+        #expect(fp16.warnings == nil)
+        let perHead = try await engine.setKVCacheDType(.int8PerTensorPerHead, quantizationParamPath: nil)
+        #expect(perHead.warnings?.first?.contains("no scale file") == true)
+        // On the wire: the field is "warnings", additive (absent when there are none).
+        let wire = try JSONValue(encoding: perHead)
+        #expect(wire["warnings"]?.description.contains("no scale file") == true)
+        #expect(try JSONValue(encoding: fp16)["warnings"] == nil)
+    }
 }
