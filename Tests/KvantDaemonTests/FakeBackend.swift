@@ -195,6 +195,9 @@ final class FakeModel: LoadedModel, @unchecked Sendable {
             if control.isCancelled { throw KvantError(.cancelled, "calibration cancelled") }
             control.progress(done: step, total: request.numTokens)
         }
+        if let text = request.textPath, FileManager.default.contents(atPath: text)?.starts(with: Array("FAIL".utf8)) == true {
+            throw KvantError(.invalidArgument, "fake: calibration text \(text) rejected after the run")
+        }
         let count = request.perHead ? info.numLayers * info.numKVHeads : info.numLayers
         let scales = (0..<count).map { Double($0 + 1) / 100 }
         let object: [String: Any] = ["layers": info.numLayers, "per_head": request.perHead, "scales": scales]
