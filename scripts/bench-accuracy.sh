@@ -64,8 +64,8 @@ for ctx in $CTXS; do
   done
   if [[ $HAVE_ORACLE == 1 ]]; then
     for t in f16 q8_0; do
-      # Cached per (kv type, ctx, chunks): the oracle does not change between Kvant runs.
-      cache="$OUT/llama_${t}_ctx${ctx}_chunks${CHUNKS:-all}.json"
+      # Cached per (model, text, kv type, ctx, chunks): the oracle does not change between Kvant runs.
+      cache="$OUT/llama_$(basename "$MODEL" .gguf)_$(basename "$TEXT")_${t}_ctx${ctx}_chunks${CHUNKS:-all}.json"
       if [[ ! -s $cache ]]; then
         echo "ctx $ctx: llama.cpp $t" >&2
         python3 scripts/oracle/llama_perplexity.py --model "$MODEL" --file "$TEXT" --ctx "$ctx" --threads "$THREADS" \
@@ -100,6 +100,6 @@ if [[ $HAVE_ORACLE == 1 ]]; then
   done
 fi
 echo
-scored=""; for ctx in $CTXS; do scored+="ctx $ctx: ${PPL[scored|$ctx]} scored tokens; "; done
-echo "Text $(basename "$TEXT"), model $(basename "$MODEL"), $THREADS threads, ${CHUNKS:-all} chunks ($scored)."
+scored=(); for ctx in $CTXS; do scored+=("ctx $ctx: ${PPL[scored|$ctx]} scored tokens"); done
+echo "Text $(basename "$TEXT"), model $(basename "$MODEL"), $THREADS threads, ${CHUNKS:-all} chunks ($(IFS=';'; echo "${scored[*]}" | sed 's/;/; /g'))."
 echo "Calibration: built-in sample, method $METHOD (per-layer clip and saturation in $OUT/calib_*.json)."

@@ -600,7 +600,8 @@ public struct CalibrateParams: Codable, Equatable, Sendable {
     public var perHead: Bool?
     /// Tensor-parallel size to write scales for (vLLM schema `tp_size`; default 1).
     public var tpSize: Int?
-    /// Percentile of |x| used as amax (default 100 = max), in (0, 100].
+    /// Percentile of |x| used as amax, in (0, 100]: 100 = plain max (amax/127); absent = the
+    /// daemon's default clipping (Kvant: MSE-optimal shared K/V clip, docs/kv-cache.md).
     public var percentile: Double?
     /// Output file; its directory must lie under `allowed_dirs`.
     public var output: String

@@ -31,6 +31,9 @@ public enum KVCalibrator {
         /// (beyond ±127·s; max over heads' scales for per-head), at histogram resolution: `[numLayers]`.
         public var keySaturation: [Double]
         public var valueSaturation: [Double]
+        /// Root mean square of K and of V per layer (all heads), from the histograms: `[numLayers]`.
+        public var keyRMS: [Float]
+        public var valueRMS: [Float]
     }
 
     /// Runs `tokens` through the model in windows of `window` tokens (each window starts with BOS
@@ -40,8 +43,8 @@ public enum KVCalibrator {
     ///   - window: tokens per forward window (≥ 2); longer texts run in several windows.
     ///   - perHead: one scale per (layer, KV head) instead of per layer.
     ///   - percentile: cap each layer's clipping value at this percentile of |K| and |V| (in (0, 100));
-    ///     nil or 100 = the plain max. Ignored when `method` is given.
-    ///   - method: how the clipping value is chosen (default: `.max`, or `.percentile` when given).
+    ///     100 = the plain max (`amax / 127`). Ignored when `method` is given.
+    ///   - method: how the clipping value is chosen; when both are nil, `defaultMethod`.
     ///   - isCancelled: checked between windows; when true the run throws `KvantError(.cancelled)`.
     ///   - progress: `(tokensDone, tokensTotal)` after each window.
     /// - Throws: `.invalidArgument` for too few tokens or a bad window/percentile, `.cancelled`,
@@ -56,8 +59,7 @@ public enum KVCalibrator {
         if let percentile, !(percentile > 0 && percentile <= 100) {
             throw KvantError(.invalidArgument, "calibration percentile must be in (0, 100], got \(percentile)")
         }
-        let usePercentile = percentile.map { $0 < 100 } ?? false
-        let method = method ?? (usePercentile ? .percentile(percentile!) : .max)
+        let method = method ?? percentile.map { $0 < 100 ? .percentile($0) : .max } ?? defaultMethod
         if case .percentile(let p) = method, !(p > 0 && p < 100) {
             throw KvantError(.invalidArgument, "calibration percentile must be in (0, 100), got \(p)")
         }
@@ -91,6 +93,8 @@ public enum KVCalibrator {
         }
         return Result(scales: scales, tokens: tokens.count, keyAmax: keyAmax, valueAmax: valueAmax, method: method,
                       keySaturation: (0..<config.numLayers).map { saturation($0, keys: true) },
-                      valueSaturation: (0..<config.numLayers).map { saturation($0, keys: false) })
+                      valueSaturation: (0..<config.numLayers).map { saturation($0, keys: false) },
+                      keyRMS: (0..<config.numLayers).map { recorder.rms(layer: $0, ofKeys: true) ?? 0 },
+                      valueRMS: (0..<config.numLayers).map { recorder.rms(layer: $0, ofKeys: false) ?? 0 })
     }
 }

@@ -108,6 +108,11 @@ public final class KVAmaxRecorder: @unchecked Sendable {
         Float(pow(2.0, Double(minExp) + Double(b) / Double(binsPerOctave)))
     }
 
+    /// The largest recorded |x| of K or V of a layer (one head, or all heads).
+    private func amax(layer: Int, head: Int?, ofKeys: Bool) -> Float {
+        (head.map { [$0] } ?? Array(0..<numKVHeads)).map { ofKeys ? keyAmax(layer: layer, head: $0) : valueAmax(layer: layer, head: $0) }.max() ?? 0
+    }
+
     /// The |x| histogram `[numBins]` of K or V of a layer (one head, or summed over heads).
     private func histogram(layer: Int, head: Int?, ofKeys: Bool) -> [Int64]? {
         guard keepsHistogram, layer >= 0, layer < numLayers else { return nil }
@@ -122,23 +127,38 @@ public final class KVAmaxRecorder: @unchecked Sendable {
     }
 
     /// Expected squared error per value of int8 quantization with clipping value `clip`
-    /// (`s = clip/127`) over a histogram, and the fraction of values beyond the clip. Each bin's
-    /// values sit at the bin's geometric centre; a value inside the range costs
-    /// `min(x², s²/12)` (rounding: uniform error, or the value itself when it rounds to 0), a
-    /// value beyond it `(|x| − clip)²` (saturation).
-    private static func quantizationError(_ h: [Int64], clip: Float) -> (mse: Double, energy: Double, saturated: Double) {
+    /// (`s = clip/127`) over a histogram, and the mean square of the values. Each bin's values sit
+    /// at the bin's geometric centre; a value inside the range costs `min(x², s²/12)` (rounding:
+    /// uniform error, or the value itself when it rounds to 0), a value beyond it `(|x| − clip)²`
+    /// (saturation).
+    private static func quantizationError(_ h: [Int64], clip: Float) -> (mse: Double, energy: Double) {
         let c = Double(clip), s2 = (c / 127) * (c / 127) / 12
-        var err = 0.0, energy = 0.0, sat = 0.0, n = 0.0
+        var err = 0.0, energy = 0.0, n = Double(h[0])
         for b in 1..<(numBins - 1) where h[b] > 0 {
             let x = Double(upperEdge(b)) * pow(2.0, -0.5 / Double(binsPerOctave))
             let k = Double(h[b])
             n += k
             energy += k * x * x
-            if x > c { err += k * (x - c) * (x - c); sat += k } else { err += k * min(x * x, s2) }
+            err += k * (x > c ? (x - c) * (x - c) : min(x * x, s2))
         }
-        n += Double(h[0])
-        guard n > 0 else { return (0, 0, 0) }
-        return (err / n, energy / n, sat / n)
+        guard n > 0 else { return (0, 0) }
+        return (err / n, energy / n)
+    }
+
+    /// Fraction of a histogram's values beyond `clip`, the values of a bin spread evenly over it
+    /// (its top edge capped at the recorded `amax`, so nothing saturates at `clip ≥ amax`).
+    private static func saturated(_ h: [Int64], amax: Float, clip: Float) -> Double {
+        let c = Double(clip), top = Double(amax)
+        var sat = 0.0, n = Double(h[0])
+        for b in 1..<(numBins - 1) where h[b] > 0 {
+            let k = Double(h[b])
+            var hi = Double(upperEdge(b))
+            let lo = hi * pow(2.0, -1 / Double(binsPerOctave))
+            if top < hi { hi = max(top, lo) }
+            n += k
+            if lo >= c { sat += k } else if hi > c { sat += k * (hi - c) / (hi - lo) }
+        }
+        return n > 0 ? sat / n : 0
     }
 
     /// The clipping value that minimizes the expected int8 quantization error of K and V together
@@ -153,24 +173,34 @@ public final class KVAmaxRecorder: @unchecked Sendable {
     public func mseOptimalClip(layer: Int, head: Int? = nil, keyWeight: Double) -> (clip: Float, keySaturation: Double, valueSaturation: Double)? {
         guard let hk = histogram(layer: layer, head: head, ofKeys: true),
               let hv = histogram(layer: layer, head: head, ofKeys: false) else { return nil }
-        let heads = head.map { [$0] } ?? Array(0..<numKVHeads)
-        let amax = heads.map { max(keyAmax(layer: layer, head: $0), valueAmax(layer: layer, head: $0)) }.max() ?? 0
-        guard amax > 0, amax.isFinite else { return nil }
+        let ak = amax(layer: layer, head: head, ofKeys: true), av = amax(layer: layer, head: head, ofKeys: false)
+        let top = max(ak, av)
+        guard top > 0, top.isFinite else { return nil }
         var best: (Double, Float, Double, Double)? = nil
         for i in 0...(8 * 32) {
-            let c = amax * Float(pow(2.0, -Double(i) / 32))
+            let c = top * Float(pow(2.0, -Double(i) / 32))
             let ek = Self.quantizationError(hk, clip: c), ev = Self.quantizationError(hv, clip: c)
             let obj = keyWeight * (ek.energy > 0 ? ek.mse / ek.energy : 0) + (ev.energy > 0 ? ev.mse / ev.energy : 0)
-            if best == nil || obj < best!.0 { best = (obj, c, ek.saturated, ev.saturated) }
+            if best == nil || obj < best!.0 {
+                best = (obj, c, Self.saturated(hk, amax: ak, clip: c), Self.saturated(hv, amax: av, clip: c))
+            }
         }
         return best.map { (clip: $0.1, keySaturation: $0.2, valueSaturation: $0.3) }
+    }
+
+    /// Root mean square of the recorded K (`ofKeys`) or V values of a layer (one head or all), from
+    /// the histogram (bin centres, ≤ 5 % off). With the amax it gives the crest factor amax/rms that
+    /// decides how coarse a shared int8 step is for the typical value. Nil without a histogram or data.
+    public func rms(layer: Int, head: Int? = nil, ofKeys: Bool) -> Float? {
+        guard let h = histogram(layer: layer, head: head, ofKeys: ofKeys), h.reduce(0, +) > 0 else { return nil }
+        return Float(Self.quantizationError(h, clip: .greatestFiniteMagnitude).energy.squareRoot())
     }
 
     /// Fraction of recorded K (`ofKeys`) or V values of a layer (one head or all) beyond `clip`,
     /// at histogram-bin resolution. Nil without a histogram or data.
     public func saturationFraction(layer: Int, head: Int? = nil, ofKeys: Bool, clip: Float) -> Double? {
         guard let h = histogram(layer: layer, head: head, ofKeys: ofKeys), h.reduce(0, +) > 0 else { return nil }
-        return Self.quantizationError(h, clip: clip).saturated
+        return Self.saturated(h, amax: amax(layer: layer, head: head, ofKeys: ofKeys), clip: clip)
     }
 
     /// Static scales from the recorded amax: `max(amax_K, amax_V) / 127` (K and V share the scale),

@@ -63,6 +63,16 @@ public final class KVCachePool: @unchecked Sendable {
     /// - Throws: `KvantError(.invalidArgument)` for a bad spec, scales given for a dtype that has none,
     ///   or scales not matching the spec; `.resourceExhausted` when the budget is below one block or
     ///   the allocation fails.
+    /// MemAvailable from /proc/meminfo in bytes (nil where there is none).
+    static func availableMemoryBytes() -> Int? {
+        guard let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8) else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix("MemAvailable:") {
+            let parts = line.split(separator: " ", omittingEmptySubsequences: true)
+            if parts.count >= 2, let kb = Int(parts[1]) { return kb * 1024 }
+        }
+        return nil
+    }
+
     public init(spec: KVCacheSpec, byteBudget: Int, scales: KVScales? = nil, allowAVX512: Bool = true) throws {
         try spec.validate()
         self.spec = spec
@@ -91,9 +101,16 @@ public final class KVCachePool: @unchecked Sendable {
         }
         numBlocks = min(byteBudget / perBlock, Int(Int32.max) / 2)
         let (total, overflow) = numBlocks.multipliedReportingOverflow(by: perBlock)
+        if let available = Self.availableMemoryBytes(), !overflow, total > available {
+            throw KvantError(.resourceExhausted,
+                             "KV cache: kv_cache_bytes \(byteBudget) is more than the memory available now (\(available) bytes, MemAvailable in /proc/meminfo)")
+        }
         guard !overflow, let mem = aligned_alloc_checked(total) else {
             throw KvantError(.resourceExhausted, "KV cache: cannot allocate \(byteBudget) bytes")
         }
+        // Preallocate for real: touch every page now, so a pool that fits is resident and a full
+        // cache can never meet the out-of-memory killer later.
+        memset(mem, 0, total)
         storage = mem
         blocks = BlockPool(numBlocks: numBlocks)
         let epochCount = isStatic ? spec.numLayers * numBlocks : 0

@@ -61,6 +61,28 @@ public struct KVScales: Sendable, Equatable {
         guard s.isFinite, s > 0 else {
             throw KvantError(.invalidArgument, "\(src): \(where_): scale \(s); expected a finite positive number")
         }
+        guard s.isNormal else {
+            throw KvantError(.invalidArgument, "\(src): \(where_): scale \(s) is subnormal in fp32 (below \(Float.leastNormalMagnitude)); expected a normal positive number")
+        }
+    }
+
+    /// Scales outside this range are accepted but reported: an int8 step of `s` covers |x| up to
+    /// `127·s`, and post-RoPE K / V of real models stay within about 1e-3…1e5 (amax), so a scale
+    /// below 1e-5 clips nearly everything and one above 1e3 rounds nearly everything to 0.
+    public static let plausibleScales: ClosedRange<Float> = 1e-5...1e3
+
+    /// Warnings for implausible scales (see `plausibleScales`), one per layer at most.
+    func plausibilityWarnings(source src: String) -> [String] {
+        var out: [String] = []
+        for l in 0..<numLayers {
+            let row = layerScales(l)
+            if let bad = row.first(where: { !Self.plausibleScales.contains($0) }) {
+                let effect = bad < Self.plausibleScales.lowerBound
+                    ? "|x| above \(127 * bad) is clipped (watch saturation_counts)" : "|x| below \(bad / 2) is stored as 0"
+                out.append("\(src): layer \(l): scale \(bad) is outside the plausible range \(Self.plausibleScales.lowerBound)…\(Self.plausibleScales.upperBound); \(effect)")
+            }
+        }
+        return out
     }
 
     /// The scale of (layer, KV head); per-tensor scales ignore the head.
@@ -224,7 +246,7 @@ public struct KVScales: Sendable, Equatable {
         result.modelType = file.modelType
         result.fileDType = file.kvCache.dtype
         result.tpSize = tp
-        result.warnings = warnings
+        result.warnings = warnings + result.plausibilityWarnings(source: src)
         return result
     }
 

@@ -298,7 +298,7 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
         do {
             result = try KVCalibrator.run(
                 session: session, tokens: tokens, window: min(512, maxModelLen), perHead: request.perHead,
-                method: request.percentile < 100 ? .percentile(request.percentile) : KVCalibrator.defaultMethod,
+                method: request.percentile.map { $0 < 100 ? .percentile($0) : .max } ?? KVCalibrator.defaultMethod,
                 isCancelled: { control.isCancelled }, progress: { control.progress(done: $0, total: $1) })
         } catch let e as KvantError where e.reason == .cancelled {
             throw KvantError(.cancelled, "calibrate: \(e.message); '\(output)' was not written")

@@ -159,12 +159,14 @@ public struct CalibrationRequest: Sendable, Equatable {
     public var perHead: Bool
     /// Tensor-parallel size to write (vLLM schema: one scale map per TP rank).
     public var tpSize: Int
-    /// Percentile of |x| used as amax, in (0, 100].
-    public var percentile: Double
+    /// Percentile of |x| used as amax, in (0, 100]: 100 = plain max (`amax / 127`), below 100 the
+    /// clip is capped at that percentile; nil = the backend's default method (Kvant: the
+    /// MSE-optimal shared K/V clip, `KVCalibrator.defaultMethod`).
+    public var percentile: Double?
     /// File to write (`kv_cache_scales.json` schema); its directory exists.
     public var outputPath: String
 
-    public init(textPath: String?, numTokens: Int, perHead: Bool, tpSize: Int, percentile: Double, outputPath: String) {
+    public init(textPath: String?, numTokens: Int, perHead: Bool, tpSize: Int, percentile: Double?, outputPath: String) {
         self.textPath = textPath
         self.numTokens = numTokens
         self.perHead = perHead

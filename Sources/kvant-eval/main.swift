@@ -118,8 +118,8 @@ struct Calibrate: ParsableCommand {
         let back = try KVScales.load(path: output, expectedModelType: m.config.architecture.rawValue,
                                      numLayers: m.config.numLayers, numKVHeads: m.config.numKVHeads)
         let layers = (0..<m.config.numLayers).map { l in
-            String(format: "{\"layer\": %d, \"k_amax\": %.4g, \"v_amax\": %.4g, \"clip\": %.4g, \"k_saturation\": %.3g, \"v_saturation\": %.3g}",
-                   l, r.keyAmax[l], r.valueAmax[l], back.layerScales(l).max()! * 127, r.keySaturation[l], r.valueSaturation[l])
+            String(format: "{\"layer\": %d, \"k_amax\": %.4g, \"v_amax\": %.4g, \"k_rms\": %.4g, \"v_rms\": %.4g, \"clip\": %.4g, \"k_saturation\": %.3g, \"v_saturation\": %.3g}",
+                   l, r.keyAmax[l], r.valueAmax[l], r.keyRMS[l], r.valueRMS[l], back.layerScales(l).max()! * 127, r.keySaturation[l], r.valueSaturation[l])
         }
         print("{\"output\": \"\(output)\", \"method\": \"\(r.method)\", \"tokens\": \(r.tokens), \"per_head\": \(perHead), \"tp_size\": \(tpSize), "
               + String(format: "\"seconds\": %.2f, ", Date().timeIntervalSince(t0)) + "\"layers\": [\n  " + layers.joined(separator: ",\n  ") + "]}")

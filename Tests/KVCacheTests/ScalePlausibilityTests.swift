@@ -1,0 +1,47 @@
+import Foundation
+import KVCache
+import KvantCore
+import Testing
+
+/// Scale values that are valid numbers but cannot be right: subnormal scales are refused, and
+/// scales far outside what post-RoPE K / V ranges allow load with a warning naming the layer.
+@Suite("kv_cache_scales.json: implausible scales")
+struct ScalePlausibilityTests {
+    @Test("a subnormal scale is refused naming rank and layer")
+    func subnormalRefused() {
+        let dir = tempDir()
+        let path = writeFile(dir, "s.json", ScaleFileTests.file(ranks: ["0": ScaleFileTests.layers(["0.5", "1e-40", "0.5"])]))
+        do {
+            _ = try KVScales.load(path: path, expectedModelType: "gemma3", numLayers: 3, numKVHeads: 1)
+            Issue.record("a subnormal scale was accepted")
+        } catch let e as KvantError {
+            #expect(e.reason == .invalidArgument)
+            #expect(e.message.contains(path))
+            #expect(e.message.contains("rank 0 layer 1"))
+            #expect(e.message.contains("subnormal"))
+        } catch { Issue.record("unexpected error \(error)") }
+    }
+
+    @Test("huge and tiny scales load with one warning per layer naming it; plausible ones warn nothing")
+    func implausibleWarned() throws {
+        let dir = tempDir()
+        let path = writeFile(dir, "s.json", ScaleFileTests.file(ranks: ["0": ScaleFileTests.layers(["1e30", "0.02", "1e-30", "999"])]))
+        let s = try KVScales.load(path: path, expectedModelType: "gemma3", numLayers: 4, numKVHeads: 1)
+        #expect(s.warnings.count == 2)
+        #expect(s.warnings.contains { $0.contains("layer 0:") && $0.contains("stored as 0") })
+        #expect(s.warnings.contains { $0.contains("layer 2:") && $0.contains("clipped") })
+        #expect(!s.warnings.contains { $0.contains("layer 1:") || $0.contains("layer 3:") })
+    }
+
+    @Test("a pool larger than the memory available is refused before anything is allocated")
+    func poolOverMemoryRefused() {
+        let spec = KVCacheSpec(numLayers: 2, numKVHeads: 1, headDim: 64, dtype: .fp16)
+        do {
+            _ = try KVCachePool(spec: spec, byteBudget: 1 << 50)
+            Issue.record("a 1 PiB pool was accepted")
+        } catch let e as KvantError {
+            #expect(e.reason == .resourceExhausted)
+            #expect(e.message.contains("\(1 << 50)"))
+        } catch { Issue.record("unexpected error \(error)") }
+    }
+}
