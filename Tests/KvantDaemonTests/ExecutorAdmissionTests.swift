@@ -83,4 +83,22 @@ struct ExecutorAdmissionTests {
         #expect(wire["warnings"]?.description.contains("no scale file") == true)
         #expect(try JSONValue(encoding: fp16)["warnings"] == nil)
     }
+
+    @Test("a sequence that reaches max_model_len ends with finish_reason length and its text, not an error")
+    func reachesMaxModelLen() async throws {
+        let engine = Engine(backend: ExecutorBackend(),
+                            settings: .init(kvCacheDType: .int8PerToken, kvCacheBytes: 4 * Self.blockBytes, blockSize: 16,
+                                            maxModelLen: 24, threads: 2),
+                            logger: Logger(label: "test"))
+        _ = try await engine.loadModel(path: try #require(RealModel.path), kvCacheDType: nil, quantizationParamPath: nil,
+                                       kvCacheBytes: nil, maxModelLen: nil)
+        // max_tokens far beyond max_model_len 24.
+        let result = try await engine.generate(GenerateParams(prompt: "Once upon a time", maxTokens: 500, temperature: 0.8,
+                                                              repetitionPenalty: 1.3, seed: 7)) { _ in }
+        // Seeded: deterministic; this prompt and seed run into the limit (no end-of-sequence token first).
+        #expect(result.finishReason == .length)
+        #expect(result.promptTokens + result.completionTokens == 24)
+        #expect(!result.text.isEmpty)
+        #expect(try await engine.stats().kvCache["num_blocks_used"] == .int(0))
+    }
 }
