@@ -227,6 +227,22 @@ public enum RPCServerMessage: Equatable, Sendable {
     case notification(RPCNotification)
 }
 
+extension KeyedDecodingContainer {
+    /// Decodes an optional integer field. A number that is not an integer or does not fit in `Int`
+    /// (`2.5`, `1e30`, `99999999999999999999`) throws `DecodingError.dataCorrupted` naming the field
+    /// and saying an integer is expected, instead of the decoder's generic message.
+    public func decodeIntegerIfPresent(forKey key: Key) throws -> Int? {
+        guard contains(key), !(try decodeNil(forKey: key)) else { return nil }
+        if let value = try? decode(Int.self, forKey: key) { return value }
+        if let number = try? decode(Double.self, forKey: key) {
+            throw DecodingError.dataCorruptedError(
+                forKey: key, in: self,
+                debugDescription: "expected an integer in \(Int.min)...\(Int.max), got \(number)")
+        }
+        return try decode(Int.self, forKey: key)   // the type-mismatch error (string, bool, …)
+    }
+}
+
 /// Human-readable description of a `DecodingError`: the dotted field path and what was wrong.
 public func describe(_ error: DecodingError) -> String {
     func path(_ codingPath: [CodingKey]) -> String {

@@ -75,6 +75,15 @@ public struct LoadModelParams: Codable, Equatable, Sendable {
         case kvCacheBytes = "kv_cache_bytes", maxModelLen = "max_model_len"
     }
 
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        path = try c.decode(String.self, forKey: .path)
+        kvCacheDType = try c.decodeIfPresent(KVCacheDType.self, forKey: .kvCacheDType)
+        quantizationParamPath = try c.decodeIfPresent(String.self, forKey: .quantizationParamPath)
+        kvCacheBytes = try c.decodeIntegerIfPresent(forKey: .kvCacheBytes)
+        maxModelLen = try c.decodeIntegerIfPresent(forKey: .maxModelLen)
+    }
+
     /// Range checks of the numeric fields. - Throws: `KvantError(.invalidArgument)` naming the field.
     public func validate() throws {
         if path.isEmpty { throw KvantError(.invalidArgument, "load-model: 'path' is empty") }
@@ -108,10 +117,14 @@ public struct ModelInfo: Codable, Equatable, Sendable {
     public var kvCacheBytes: Int
     /// Tokens the pool holds (all sequences together).
     public var kvCacheCapacityTokens: Int
+    /// Non-fatal findings about the configuration (e.g. a static int8 dtype without a scale file);
+    /// absent when there are none.
+    public var warnings: [String]?
 
     public init(path: String, name: String, architecture: String, numLayers: Int, numKVHeads: Int, headDim: Int,
                 vocabSize: Int, maxModelLen: Int, kvCacheDType: KVCacheDType, blockSize: Int, kvCacheBytes: Int,
-                kvCacheCapacityTokens: Int) {
+                kvCacheCapacityTokens: Int, warnings: [String]? = nil) {
+        self.warnings = warnings
         self.path = path
         self.name = name
         self.architecture = architecture
@@ -130,6 +143,7 @@ public struct ModelInfo: Codable, Equatable, Sendable {
         case path, name, architecture, numLayers = "num_layers", numKVHeads = "num_kv_heads", headDim = "head_dim"
         case vocabSize = "vocab_size", maxModelLen = "max_model_len", kvCacheDType = "kv_cache_dtype"
         case blockSize = "block_size", kvCacheBytes = "kv_cache_bytes", kvCacheCapacityTokens = "kv_cache_capacity_tokens"
+        case warnings
     }
 }
 
@@ -398,13 +412,13 @@ public struct GenerateParams: Codable, Equatable, Sendable {
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         prompt = try c.decode(String.self, forKey: .prompt)
-        maxTokens = try c.decodeIfPresent(Int.self, forKey: .maxTokens) ?? 128
+        maxTokens = try c.decodeIntegerIfPresent(forKey: .maxTokens) ?? 128
         temperature = try c.decodeIfPresent(Double.self, forKey: .temperature) ?? 1.0
         topP = try c.decodeIfPresent(Double.self, forKey: .topP) ?? 1.0
-        topK = try c.decodeIfPresent(Int.self, forKey: .topK) ?? 0
+        topK = try c.decodeIntegerIfPresent(forKey: .topK) ?? 0
         minP = try c.decodeIfPresent(Double.self, forKey: .minP) ?? 0.0
         repetitionPenalty = try c.decodeIfPresent(Double.self, forKey: .repetitionPenalty) ?? 1.0
-        if let value = try c.decodeIfPresent(Int.self, forKey: .seed) {
+        if let value = try c.decodeIntegerIfPresent(forKey: .seed) {
             guard value >= 0 else {
                 throw DecodingError.dataCorruptedError(forKey: .seed, in: c, debugDescription: "must be an integer >= 0, got \(value)")
             }
@@ -543,6 +557,14 @@ public struct PerplexityParams: Codable, Equatable, Sendable {
         self.path = path
         self.ctx = ctx
     }
+
+    enum CodingKeys: String, CodingKey { case path, ctx }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        path = try c.decode(String.self, forKey: .path)
+        ctx = try c.decodeIntegerIfPresent(forKey: .ctx)
+    }
 }
 
 /// `perplexity` result.
@@ -596,6 +618,16 @@ public struct CalibrateParams: Codable, Equatable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case textPath = "text_path", numTokens = "num_tokens", perHead = "per_head", tpSize = "tp_size", percentile, output
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        textPath = try c.decodeIfPresent(String.self, forKey: .textPath)
+        numTokens = try c.decodeIntegerIfPresent(forKey: .numTokens)
+        perHead = try c.decodeIfPresent(Bool.self, forKey: .perHead)
+        tpSize = try c.decodeIntegerIfPresent(forKey: .tpSize)
+        percentile = try c.decodeIfPresent(Double.self, forKey: .percentile)
+        output = try c.decode(String.self, forKey: .output)
     }
 
     /// - Throws: `KvantError(.invalidArgument)` naming the field.

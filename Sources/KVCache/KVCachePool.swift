@@ -519,7 +519,12 @@ public final class KVCachePool: @unchecked Sendable {
 
     // MARK: stats
 
-    /// A snapshot of the pool's occupancy, sizes and scales.
+    /// The warning of a static int8 pool that runs without a scale file (`stats().scaleWarnings`).
+    public static let noScaleFileWarning =
+        "no scale file: every scale is the default 1.0 (K/V rounded to integers and clipped at ±127; expect a large accuracy loss); calibrate with 'kvantctl calibrate' and load the file with quantization_param_path"
+
+    /// A snapshot of the pool's occupancy, sizes and scales. A static pool without installed scales
+    /// reports `noScaleFileWarning` in `scaleWarnings`.
     public func stats() -> KVCacheStats {
         lock.lock(); defer { lock.unlock() }
         let used = blocks.numUsed
@@ -539,6 +544,7 @@ public final class KVCachePool: @unchecked Sendable {
                 warnings = s.warnings
             } else {
                 source = "default 1.0"
+                warnings = [KVCachePool.noScaleFileWarning]
             }
             let H = spec.numKVHeads
             let t = epochTables[currentEpoch]!

@@ -38,6 +38,19 @@ public enum KVCacheDType: String, CaseIterable, Codable, Sendable {
     /// True for the modes whose scales come from a scale file (`int8_pertensor`, `int8_pertensor_perhead`).
     public var usesStaticScales: Bool { self == .int8PerTensor || self == .int8PerTensorPerHead }
 
+    /// Decodes the vLLM spelling; an unknown value throws a `DecodingError.dataCorrupted` whose
+    /// description lists the valid values (shown to clients as the params error).
+    public init(from decoder: Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        let text = try container.decode(String.self)
+        guard let value = KVCacheDType(rawValue: text) else {
+            throw DecodingError.dataCorruptedError(
+                in: container,
+                debugDescription: "unknown kv_cache_dtype '\(String(text.prefix(64)))'; expected one of: \(KVCacheDType.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        self = value
+    }
+
     /// Parses a flag value such as `int8_pertoken`; throws `KvantError(.invalidArgument)` listing the valid values.
     public init(parsing text: String) throws {
         guard let value = KVCacheDType(rawValue: text) else {

@@ -168,6 +168,18 @@ public final class ControlServer: Service, @unchecked Sendable {
                 let session = ConnectionSession()
                 let channel = connection.channel
                 let timeout = configuration.shutdownTimeout
+                // The peer closed its end (EPOLLHUP; a half-close only ends our input): cancel what it
+                // still has running, e.g. a non-streaming generate that would otherwise hold a slot
+                // and the CPU until max_tokens.
+                channel.closeFuture.whenComplete { _ in
+                    Task {
+                        let cancelled = await session.connectionClosed()
+                        if cancelled > 0 {
+                            log.info("connection closed by the client; cancelled its running requests",
+                                     metadata: ["cancelled": "\(cancelled)"])
+                        }
+                    }
+                }
                 try await withGracefulShutdownHandler {
                     var framer = LineFramer(maxLineBytes: configuration.maxLineBytes)
                     do {
@@ -192,7 +204,7 @@ public final class ControlServer: Service, @unchecked Sendable {
                     // Input ended (EOF, half-close or shutdown): finish what was asked, then close.
                     await session.waitUntilIdle()
                 } onGracefulShutdown: {
-                    Task { await session.shutDown(timeout: timeout, channel: channel) }
+                    Task { await session.shutDown(timeout: timeout, channel: channel, log: log) }
                 }
             }
         } catch {
@@ -233,10 +245,10 @@ public final class ControlServer: Service, @unchecked Sendable {
         }
         let context = RequestContext(peer: peer, notify: { await writer.send($0) })
         let handler = self.handler
-        let started = await session.start(id: request.id) {
+        let started = await session.start(id: request.id, {
             let response = await handler.handle(request, context: context)
-            if request.id != nil { await writer.send(response) }
-        }
+            return request.id != nil ? response : nil
+        }, reply: { await writer.send($0) })
         if !started, let id = request.id {
             await writer.send(RPCResponse(id: id, error: RPCErrorObject(
                 code: RPCErrorCode.invalidRequest, message: "invalid request: id \(id) is already used by a running request on this connection",
@@ -279,42 +291,50 @@ actor ConnectionWriter {
     }
 }
 
-/// The in-flight requests of one connection, for `cancel` and for draining at shutdown.
+/// The in-flight requests of one connection, for `cancel`, for cancelling everything when the
+/// client disconnects, and for draining at shutdown.
+///
+/// A request's id is released before its final reply is written, so a client that reuses the id
+/// as soon as it read the reply is never refused; the task itself stays tracked (for draining)
+/// until the reply is out.
 actor ConnectionSession {
-    private var tasks: [RPCID: Task<Void, Never>] = [:]
-    private var anonymous: [UUID: Task<Void, Never>] = [:]
+    private var ids: [RPCID: UUID] = [:]
+    private var tasks: [UUID: Task<Void, Never>] = [:]
     private var idleWaiters: [CheckedContinuation<Void, Never>] = []
     private(set) var isShuttingDown = false
+    private(set) var isClosed = false
 
-    /// Starts `body` as a task tracked under `id`; false when `id` is already running.
-    func start(id: RPCID?, _ body: @escaping @Sendable () async -> Void) -> Bool {
-        if let id {
-            guard tasks[id] == nil else { return false }
-            tasks[id] = Task {
-                await body()
-                self.finished(id: id)
-            }
-        } else {
-            let key = UUID()
-            anonymous[key] = Task {
-                await body()
-                self.finished(key: key)
-            }
+    /// Starts `work` as a task tracked under `id`; its response (if any) goes to `reply` after the id
+    /// was released. False when `id` is already running.
+    func start(id: RPCID?, _ work: @escaping @Sendable () async -> RPCResponse?,
+               reply: @escaping @Sendable (RPCResponse) async -> Void) -> Bool {
+        if let id, ids[id] != nil { return false }
+        let key = UUID()
+        if let id { ids[id] = key }
+        let task = Task {
+            let response = await work()
+            self.release(id: id, key: key)
+            if let response { await reply(response) }
+            self.finished(key: key)
         }
+        tasks[key] = task
+        if isClosed { task.cancel() }
         return true
     }
 
-    private func finished(id: RPCID) {
-        tasks[id] = nil
-        wakeIfIdle()
+    private func release(id: RPCID?, key: UUID) {
+        if let id, ids[id] == key { ids[id] = nil }
     }
 
     private func finished(key: UUID) {
-        anonymous[key] = nil
+        tasks[key] = nil
         wakeIfIdle()
     }
 
-    private var isIdle: Bool { tasks.isEmpty && anonymous.isEmpty }
+    private var isIdle: Bool { tasks.isEmpty }
+
+    /// Requests still running (tracked tasks).
+    var runningCount: Int { tasks.count }
 
     private func wakeIfIdle() {
         guard isIdle else { return }
@@ -323,9 +343,18 @@ actor ConnectionSession {
     }
 
     func cancel(_ id: RPCID) -> Bool {
-        guard let task = tasks[id] else { return false }
+        guard let key = ids[id], let task = tasks[key] else { return false }
         task.cancel()
         return true
+    }
+
+    /// The client closed the connection: cancel every request still running for it (their replies
+    /// have nowhere to go). Returns how many were cancelled.
+    @discardableResult
+    func connectionClosed() -> Int {
+        isClosed = true
+        for task in tasks.values { task.cancel() }
+        return tasks.count
     }
 
     func waitUntilIdle() async {
@@ -333,15 +362,19 @@ actor ConnectionSession {
         await withCheckedContinuation { idleWaiters.append($0) }
     }
 
-    /// Refuses new requests, waits up to `timeout` for in-flight ones, cancels the rest, closes.
-    func shutDown(timeout: Duration, channel: Channel) async {
+    /// Refuses new requests, waits up to `timeout` for in-flight ones, cancels the rest (logging
+    /// how many), closes.
+    func shutDown(timeout: Duration, channel: Channel, log: Logger) async {
         isShuttingDown = true
         let deadline = ContinuousClock.now + timeout
         while !isIdle, ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(20))
         }
+        if !tasks.isEmpty {
+            log.warning("shutdown grace ran out; cancelling requests still running",
+                        metadata: ["cancelled": "\(tasks.count)", "grace_seconds": "\(timeout)"])
+        }
         for task in tasks.values { task.cancel() }
-        for task in anonymous.values { task.cancel() }
         await waitUntilIdle()
         try? await channel.close()
     }

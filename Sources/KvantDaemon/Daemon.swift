@@ -207,10 +207,15 @@ public final class DaemonSupervisor: Service, @unchecked Sendable {
         var failure: String?
         if await engine.modelInfo == nil {
             message = "reload: no model loaded, nothing to reload"
+            logger.notice("\(message)")
+        } else if let info = await engine.modelInfo, await !engine.hasScalesToReload {
+            message = "reload: kv_cache_dtype \(info.kvCacheDType.rawValue) uses no scale file, nothing to reload"
+            logger.notice("\(message)")
         } else {
             do {
                 let report = try await engine.reloadScales(path: nil)
                 message = "reloaded scales epoch \(report.epoch.map(String.init) ?? "?") sha256 \(report.sha256.prefix(12))"
+                logger.notice("\(message)")
             } catch {
                 let error = Engine.kvantError(error)
                 failure = error.message

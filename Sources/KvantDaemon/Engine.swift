@@ -52,6 +52,15 @@ public actor Engine {
     // Figures.
     private var running = 0
     private var waiters: [CheckedContinuation<Void, Never>] = []
+    /// Requests holding a slot but waiting for KV blocks (admission control), in arrival order.
+    private var kvWaiters: [(key: Int, continuation: CheckedContinuation<Void, Never>)] = []
+    private var nextWaiterKey = 0
+    /// True while a request tries to reserve its blocks (newcomers queue behind it).
+    private var kvRetrying = false
+    /// Sequences created and not yet released (all models and pools).
+    private var liveSequences = 0
+    /// Sequences released so far (a waiter retries at once when one was released while it tried).
+    private var releaseCount = 0
     private var served = 0
     private var failed = 0
     private var promptTokens = 0
@@ -146,8 +155,10 @@ public actor Engine {
     public func reloadScales(path: String?) async throws -> ScalesReport {
         let model = try requireModel("reload-scales")
         guard let path = path ?? lastScalesPath else {
-            throw KvantError(.failedPrecondition,
-                             "reload-scales: no scale file given and none loaded before (kv_cache_dtype \(model.info.kvCacheDType.rawValue))")
+            let error = KvantError(.failedPrecondition,
+                                   "reload-scales: no scale file given and none loaded before (kv_cache_dtype \(model.info.kvCacheDType.rawValue))")
+            lastError = error.message
+            throw error
         }
         do {
             let report = try await onLane { try model.installScales(path: path) }
@@ -203,9 +214,11 @@ public actor Engine {
             let budget = min(params.maxTokens, maxModelLen - prompt.count)
             await acquireSlot()
             defer { releaseSlot() }
-            let started = DispatchTime.now().uptimeNanoseconds
             let sampling = SamplingConfig(params)
-            let sequence = try await onLane { try model.makeSequence(prompt: prompt, sampling: sampling) }
+            // Admission control: the KV blocks for prompt + budget are reserved up front; when they
+            // are not free now, wait (in arrival order) until a running sequence releases its own.
+            let sequence = try await admit(model, prompt: prompt, budget: budget, sampling: sampling)
+            let started = DispatchTime.now().uptimeNanoseconds
             let outcome: Result<GenerateResult, Error>
             do {
                 outcome = .success(try await run(sequence, prompt: prompt, params: params, budget: budget, queued: queued,
@@ -213,8 +226,11 @@ public actor Engine {
             } catch {
                 outcome = .failure(error)
             }
-            // Free the KV blocks before replying, so `stats` after the reply sees them free.
-            _ = try? await onLane { sequence.release() }
+            if let sequence {
+                // Free the KV blocks before replying, so `stats` after the reply sees them free.
+                _ = try? await onLane { sequence.release() }
+                sequenceReleased()
+            }
             return try outcome.get()
         } catch {
             failed += 1
@@ -222,8 +238,76 @@ public actor Engine {
         }
     }
 
+    /// Creates the sequence, waiting while the KV cache cannot hold it yet (`KVCacheAdmissionLater`).
+    /// Waiting requests retry in arrival order, each time a live sequence releases its blocks. When
+    /// nothing else is live and it still does not fit, it never will: `resource_exhausted`.
+    /// - Returns: nil when the request was cancelled while it waited.
+    private func admit(_ model: any LoadedModel, prompt: [Int], budget: Int,
+                       sampling: SamplingConfig) async throws -> (any GenerationSequence)? {
+        // Behind requests already waiting for KV blocks: first come, first served.
+        if !kvWaiters.isEmpty || kvRetrying {
+            if await waitForBlocks(atFront: false) { return nil }
+        }
+        while true {
+            if Task.isCancelled { wakeNextKVWaiter(); return nil }
+            kvRetrying = true
+            let releasesBefore = releaseCount
+            do {
+                let sequence = try await onLane { try model.makeSequence(prompt: prompt, maxTokens: budget, sampling: sampling) }
+                kvRetrying = false
+                liveSequences += 1
+                wakeNextKVWaiter()   // the next one in line may fit too
+                return sequence
+            } catch let later as KVCacheAdmissionLater {
+                kvRetrying = false
+                if liveSequences == 0 {
+                    wakeNextKVWaiter()
+                    throw KvantError(.resourceExhausted, later.message)
+                }
+                logger.debug("generate waits for KV blocks", metadata: ["tokens": "\(later.tokensNeeded)"])
+                // A release while makeSequence ran may have freed enough already: retry at once then.
+                if releaseCount == releasesBefore, await waitForBlocks(atFront: true) { return nil }
+            } catch {
+                kvRetrying = false
+                wakeNextKVWaiter()
+                throw error
+            }
+        }
+    }
+
+    /// Waits until a sequence releases its blocks; true when cancelled meanwhile.
+    private func waitForBlocks(atFront: Bool) async -> Bool {
+        let key = nextWaiterKey
+        nextWaiterKey += 1
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                if Task.isCancelled { continuation.resume(); return }
+                if atFront { kvWaiters.insert((key, continuation), at: 0) } else { kvWaiters.append((key, continuation)) }
+            }
+        } onCancel: {
+            Task { await self.cancelKVWaiter(key) }
+        }
+        return Task.isCancelled
+    }
+
+    private func cancelKVWaiter(_ key: Int) {
+        guard let index = kvWaiters.firstIndex(where: { $0.key == key }) else { return }
+        kvWaiters.remove(at: index).continuation.resume()
+    }
+
+    private func wakeNextKVWaiter() {
+        guard !kvWaiters.isEmpty else { return }
+        kvWaiters.removeFirst().continuation.resume()
+    }
+
+    private func sequenceReleased() {
+        liveSequences -= 1
+        releaseCount += 1
+        wakeNextKVWaiter()
+    }
+
     /// Prefill, then decode until end-of-sequence, a stop string, the token budget or cancellation.
-    private func run(_ sequence: any GenerationSequence, prompt: [Int], params: GenerateParams, budget: Int,
+    private func run(_ sequence: (any GenerationSequence)?, prompt: [Int], params: GenerateParams, budget: Int,
                      queued: UInt64, started: UInt64,
                      onToken: @escaping @Sendable (GeneratedToken) async -> Void) async throws -> GenerateResult {
         var text = ""
@@ -232,10 +316,11 @@ public actor Engine {
         var stopReason: String?
         var decodedCount = 0
         let prefillEnd: UInt64
-        if Task.isCancelled {   // cancelled while it waited for a slot
+        if Task.isCancelled || sequence == nil {   // cancelled while it waited for a slot or KV blocks
             prefillEnd = DispatchTime.now().uptimeNanoseconds
             finish = .cancelled
         } else {
+            let sequence = sequence!
             var next = try await onLane { try sequence.prefill() }
             prefillEnd = DispatchTime.now().uptimeNanoseconds
             promptTokens += prompt.count
@@ -326,7 +411,8 @@ public actor Engine {
 
     public func figures() -> EngineFigures {
         EngineFigures(
-            requestsServed: served, requestsRunning: running, requestsWaiting: waiters.count, requestsFailed: failed,
+            requestsServed: served, requestsRunning: running - kvWaiters.count,
+            requestsWaiting: waiters.count + kvWaiters.count, requestsFailed: failed,
             promptTokens: promptTokens, generatedTokens: generatedTokens,
             prefillTokensPerSecond: prefillNanos > 0 ? Double(promptTokens) / (Double(prefillNanos) / 1e9) : 0,
             decodeTokensPerSecond: decodeNanos > 0 ? Double(decodeTokens) / (Double(decodeNanos) / 1e9) : 0,
@@ -356,13 +442,20 @@ public actor Engine {
         let info = model.info
         var line = "serving \(info.name) kv_cache_dtype=\(info.kvCacheDType.rawValue)"
         if let usage = Engine.cacheUsage(model) { line += String(format: " kv_cache=%.1f%%", usage * 100) }
-        line += " running=\(running) waiting=\(waiters.count)"
+        line += " running=\(running - kvWaiters.count) waiting=\(waiters.count + kvWaiters.count)"
         if let lastError { line += "; \(lastError)" }
         return line
     }
 
-    /// Records a failure reported outside the engine's own methods (e.g. the startup model load).
+    /// Records a failure reported outside the engine's own methods (the start-up model load, a
+    /// refused path): `health` turns `degraded` with it as `last_error` until the next success.
     public func recordFailure(_ message: String) { lastError = message }
+
+    /// True when a scale file is in force or the dtype uses static scales (what SIGHUP reloads).
+    public var hasScalesToReload: Bool {
+        guard let model else { return false }
+        return lastScalesPath != nil || model.info.kvCacheDType.usesStaticScales
+    }
 
     /// True when the compute lane is idle or progressed within `window` nanoseconds (watchdog).
     public nonisolated func isAlive(window: UInt64) -> Bool { lane.isAlive(window: window) }

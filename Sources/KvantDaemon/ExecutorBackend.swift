@@ -134,23 +134,26 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
     // MARK: LoadedModel
 
     var info: ModelInfo {
-        let (pool, dtype, _) = current()
+        let (pool, dtype, scales) = current()
         let c = model.config
+        let warnings = dtype.usesStaticScales && scales == nil
+            ? ["kv_cache_dtype \(dtype.rawValue): \(KVCachePool.noScaleFileWarning)"] : nil
         return ModelInfo(path: path, name: name, architecture: c.architecture.rawValue, numLayers: c.numLayers,
                          numKVHeads: c.numKVHeads, headDim: c.headDim, vocabSize: c.vocabSize, maxModelLen: maxModelLen,
                          kvCacheDType: dtype, blockSize: blockSize, kvCacheBytes: kvCacheBytes,
-                         kvCacheCapacityTokens: pool.capacityTokens)
+                         kvCacheCapacityTokens: pool.capacityTokens, warnings: warnings)
     }
 
     func tokenize(_ text: String) throws -> [Int] {
         tokenizer.encode(text, addSpecial: true).map(Int.init)
     }
 
-    func makeSequence(prompt: [Int], sampling: SamplingConfig) throws -> any GenerationSequence {
+    func makeSequence(prompt: [Int], maxTokens: Int, sampling: SamplingConfig) throws -> any GenerationSequence {
         guard !prompt.isEmpty else { throw KvantError(.invalidArgument, "generate: the prompt has no tokens") }
         guard prompt.count < maxModelLen else {
             throw KvantError(.invalidArgument, "generate: the prompt has \(prompt.count) tokens; max_model_len is \(maxModelLen)")
         }
+        guard maxTokens >= 1 else { throw KvantError(.invalidArgument, "generate: 'max_tokens' must be at least 1, got \(maxTokens)") }
         let vocab = model.config.vocabSize
         if let bad = prompt.first(where: { $0 < 0 || $0 >= vocab }) {
             throw KvantError(.invalidArgument, "generate: token id \(bad) is outside the vocabulary (0..<\(vocab))")
@@ -159,18 +162,25 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
             temperature: Float(sampling.temperature), topK: max(0, sampling.topK), topP: Float(sampling.topP),
             minP: Float(sampling.minP), repetitionPenalty: Float(sampling.repetitionPenalty), seed: sampling.seed))
         let (pool, dtype, _) = current()
+        // Admission control: reserve the whole sequence (prompt + max_tokens, capped at max_model_len)
+        // now, so a running sequence never meets a full cache mid-decode.
+        let needed = prompt.count &+ min(maxTokens, maxModelLen)
+        let tokens = min(needed, maxModelLen)
+        let what = "generate: the prompt (\(prompt.count) tokens) + max_tokens (\(maxTokens)) needs \(tokens) tokens of KV cache"
+        let capacity = "capacity \(pool.capacityTokens) tokens (kv_cache_bytes \(kvCacheBytes), kv_cache_dtype \(dtype.rawValue), block_size \(blockSize))"
         let seq = pool.createSequence()
-        switch pool.reserve(seq, newLength: prompt.count) {
+        switch pool.reserve(seq, newLength: tokens) {
         case .ok:
             break
         case .later:
             pool.free(seq)
-            throw KvantError(.resourceExhausted,
-                             "KV cache full: the prompt needs \(prompt.count) tokens, \(pool.freeBlocks) of \(pool.numBlocks) blocks of \(blockSize) tokens are free; retry when running requests finish")
+            throw KVCacheAdmissionLater(
+                tokensNeeded: tokens,
+                message: "\(what); \(pool.freeBlocks) of \(pool.numBlocks) blocks are free and nothing else runs; \(capacity)")
         case .never:
             pool.free(seq)
             throw KvantError(.resourceExhausted,
-                             "the prompt's \(prompt.count) tokens can never fit the KV cache: capacity \(pool.capacityTokens) tokens (kv_cache_bytes \(kvCacheBytes), kv_cache_dtype \(dtype.rawValue)); raise kv_cache_bytes")
+                             "\(what), more than the whole KV cache: \(capacity); lower max_tokens or raise kv_cache_bytes")
         }
         return ExecutorSequence(owner: self, pool: pool, sequence: seq, prompt: prompt.map { Int32($0) }, sampler: sampler)
     }
@@ -184,7 +194,7 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
         guard dtype.usesStaticScales else { return nil }
         if let scales { return Self.report(scales, epoch: pool.scaleEpoch) }
         return ScalesReport(path: nil, layers: model.config.numLayers, perHead: false, min: 1, max: 1, sha256: "",
-                            epoch: pool.scaleEpoch, warnings: ["no scale file: every scale is the default 1.0"])
+                            epoch: pool.scaleEpoch, warnings: [KVCachePool.noScaleFileWarning])
     }
 
     func installScales(path: String) throws -> ScalesReport {
@@ -250,6 +260,7 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
 
     func calibrate(_ request: CalibrationRequest, control: OperationControl) throws -> CalibrateResult {
         let started = Date()
+        try PathPolicy.checkWritable(request.outputPath, field: "output", method: "calibrate")
         let text: String
         if let textPath = request.textPath {
             let attrs = try? FileManager.default.attributesOfItem(atPath: textPath)
@@ -348,7 +359,8 @@ final class ExecutorSequence: GenerationSequence {
     func decode() throws -> GeneratedToken {
         let position = history.count - 1
         guard position + 1 < owner.maxModelLen else {
-            throw KvantError(.resourceExhausted, "the sequence reached max_model_len \(owner.maxModelLen) tokens")
+            // The engine's token budget ends a sequence at max_model_len (finish_reason "length") first.
+            throw KvantError(.internal, "decode past max_model_len \(owner.maxModelLen) tokens")
         }
         return try step(tokens: [history[position]], start: position)
     }

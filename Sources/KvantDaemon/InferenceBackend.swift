@@ -99,6 +99,22 @@ public struct SamplingConfig: Sendable, Equatable {
     }
 }
 
+/// Thrown by `LoadedModel.makeSequence` when the KV cache cannot hold the sequence now but could
+/// once running sequences release their blocks (`AllocationStatus.later`): back-pressure, not an
+/// error. The engine keeps the request waiting and retries in arrival order; if nothing runs and it
+/// still does not fit, it fails with `resource_exhausted` and `message`.
+public struct KVCacheAdmissionLater: Error, Sendable, Equatable {
+    /// Tokens the sequence needs reserved (prompt + max_tokens, capped at max_model_len).
+    public var tokensNeeded: Int
+    /// Why it does not fit, for the error when it never will (names tokens, capacity, kv_cache_bytes).
+    public var message: String
+
+    public init(tokensNeeded: Int, message: String) {
+        self.tokensNeeded = tokensNeeded
+        self.message = message
+    }
+}
+
 /// One sampled token.
 public struct GeneratedToken: Sendable, Equatable {
     /// Token id in the model's vocabulary.
@@ -168,9 +184,15 @@ public protocol LoadedModel: AnyObject, Sendable {
     /// Token ids of `text` (with the BOS token if the model adds one).
     func tokenize(_ text: String) throws -> [Int]
 
-    /// Creates a sequence for `prompt` (token ids) and reserves KV blocks for it.
-    /// - Throws: `.resourceExhausted` when the pool cannot hold the prompt now.
-    func makeSequence(prompt: [Int], sampling: SamplingConfig) throws -> any GenerationSequence
+    /// Creates a sequence for `prompt` (token ids) and reserves KV blocks up front for
+    /// `min(prompt.count + maxTokens, max_model_len)` tokens, so decoding never runs out of blocks
+    /// (admission control; vLLM's `AllocStatus`).
+    /// - Parameter maxTokens: tokens the request may generate (its budget), >= 1.
+    /// - Throws: `KVCacheAdmissionLater` when the blocks are not free now but would be once other
+    ///   sequences release theirs (the engine queues the request); `KvantError(.resourceExhausted)`
+    ///   when the whole pool is too small for it (naming the tokens needed, the capacity and
+    ///   `kv_cache_bytes`).
+    func makeSequence(prompt: [Int], maxTokens: Int, sampling: SamplingConfig) throws -> any GenerationSequence
 
     /// The KV cache's statistics (blocks total/used, bytes, dtype, epoch, …) as any Encodable value
     /// that encodes to a JSON object; sent verbatim as `stats.kv_cache`. systemd's `STATUS=` shows

@@ -66,7 +66,10 @@ public final class RequestHandler: Sendable {
             return RPCResponse(id: request.id, result: result)
         } catch {
             let error = Engine.kvantError(error)
-            if error.reason == .internal {
+            if method == .loadModel || method == .reloadScales || method == .setKVDType {
+                // Operator actions that change what is served: failures belong in the journal.
+                logger.error("\(method.rawValue) failed", metadata: ["reason": "\(error.reason.rawValue)", "error": "\(error.message)"])
+            } else if error.reason == .internal {
                 logger.error("request failed", metadata: ["method": "\(method.rawValue)", "error": "\(error.message)"])
             } else {
                 logger.debug("request refused", metadata: ["method": "\(method.rawValue)", "reason": "\(error.reason.rawValue)"])
@@ -102,8 +105,16 @@ public final class RequestHandler: Sendable {
         case .loadModel:
             let params = try request.decodeParams(LoadModelParams.self)
             try params.validate()
-            let path = try paths.existingFile(params.path, field: "path")
-            let scales = try params.quantizationParamPath.map { try paths.existingFile($0, field: "quantization_param_path") }
+            let path: String
+            let scales: String?
+            do {
+                path = try paths.existingFile(params.path, field: "path")
+                scales = try params.quantizationParamPath.map { try paths.existingFile($0, field: "quantization_param_path") }
+            } catch {
+                // Refused paths count as failed loads for health/last_error, like failures of the load itself.
+                await engine.recordFailure("load-model \(params.path): \(Engine.kvantError(error).message)")
+                throw error
+            }
             let result = try await engine.loadModel(path: path, kvCacheDType: params.kvCacheDType,
                                                     quantizationParamPath: scales, kvCacheBytes: params.kvCacheBytes,
                                                     maxModelLen: params.maxModelLen, progress: loadProgress)
@@ -122,7 +133,13 @@ public final class RequestHandler: Sendable {
             return try JSONValue(encoding: info)
         case .reloadScales:
             let params = try request.decodeParams(ReloadScalesParams.self)
-            let path = try params.path.map { try paths.existingFile($0, field: "path") }
+            let path: String?
+            do {
+                path = try params.path.map { try paths.existingFile($0, field: "path") }
+            } catch {
+                await engine.recordFailure("reload-scales \(params.path ?? ""): \(Engine.kvantError(error).message)")
+                throw error
+            }
             let report = try await engine.reloadScales(path: path)
             await stateChanged()
             return try JSONValue(encoding: report)
@@ -169,6 +186,8 @@ public final class RequestHandler: Sendable {
             try params.validate()
             let text = try params.textPath.map { try paths.existingFile($0, field: "text_path") }
             let output = try paths.outputFile(params.output, field: "output")
+            // Up front: a run takes minutes, its output must not fail only at the end.
+            try PathPolicy.checkWritable(output, field: "output", method: "calibrate")
             let calibration = CalibrationRequest(
                 textPath: text, numTokens: params.numTokens ?? 2048, perHead: params.perHead ?? false,
                 tpSize: params.tpSize ?? 1, percentile: params.percentile, outputPath: output)

@@ -44,8 +44,27 @@ public struct JournalLogHandler: LogHandler {
         for (key, value) in merged.sorted(by: { $0.key < $1.key }) { text += " \(key)=\(value)" }
         text = String(text.map { $0 == "\n" ? " " : $0 }) + "\n"
         Self.lock.lock()
-        FileHandle.standardError.write(Data(text.utf8))
+        writeToStandardError(text)
         Self.lock.unlock()
+    }
+}
+
+/// Writes `text` to fd 2 with write(2), retrying on EINTR and short writes, and ignoring every
+/// other error: a closed stderr pipe (EPIPE; SIGPIPE is ignored by kvantd) must never end the
+/// daemon, and `FileHandle.write` traps on such errors.
+public func writeToStandardError(_ text: String) {
+    let bytes = Array(text.utf8)
+    var offset = 0
+    bytes.withUnsafeBytes { raw in
+        while offset < raw.count {
+            let n = Glibc.write(2, raw.baseAddress! + offset, raw.count - offset)
+            if n < 0 {
+                if errno == EINTR { continue }
+                return
+            }
+            if n == 0 { return }
+            offset += n
+        }
     }
 }
 
@@ -95,6 +114,27 @@ public struct PathPolicy: Sendable {
         let real = realParent == "/" ? "/" + name : realParent + "/" + name
         try check(real, original: path, field: field)
         return real
+    }
+
+    /// Checks, before any work, that `path` (an `outputFile` result) can be written: it must not be
+    /// an existing directory and its directory must be writable by this process.
+    /// - Throws: `.invalidArgument` "is a directory", `.permissionDenied` naming the directory.
+    public static func checkWritable(_ path: String, field: String, method: String) throws {
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue {
+            throw KvantError(.invalidArgument, "\(method): '\(field)' \(path) is a directory; name a file to write")
+        }
+        let directory = (path as NSString).deletingLastPathComponent
+        let dir = directory.isEmpty ? "." : directory
+        if access(dir, W_OK) != 0 {
+            let reason = String(cString: strerror(errno))
+            throw KvantError(.permissionDenied,
+                             "\(method): '\(field)': directory \(dir) is not writable by kvantd (uid \(getuid())): \(reason)")
+        }
+        if access(path, F_OK) == 0, access(path, W_OK) != 0 {
+            let reason = String(cString: strerror(errno))
+            throw KvantError(.permissionDenied, "\(method): '\(field)': \(path) exists and is not writable by kvantd: \(reason)")
+        }
     }
 
     private func check(_ real: String, original: String, field: String) throws {

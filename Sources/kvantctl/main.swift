@@ -20,14 +20,33 @@ struct ConnectionOptions: ParsableArguments {
     }
 }
 
+/// A `\r`-updated progress line on stderr; it is ended with a newline before anything else is
+/// written to stderr (the final table, an error message).
+enum ProgressLine {
+    nonisolated(unsafe) private static var open = false
+
+    static func update(_ text: String) {
+        FileHandle.standardError.write(Data("\r\(text)".utf8))
+        open = true
+    }
+
+    /// Ends the progress line, if one is shown.
+    static func finish() {
+        if open { FileHandle.standardError.write(Data("\n".utf8)) }
+        open = false
+    }
+}
+
 /// Runs `body`, turning errors into a message on stderr and the exit code of their reason.
 func runClient(_ body: () throws -> Void) throws {
     do {
         try body()
     } catch let error as RPCErrorObject {
+        ProgressLine.finish()
         FileHandle.standardError.write(Data("kvantctl: \(error.reason.rawValue): \(error.message)\n".utf8))
         throw ExitCode(ClientExitCode.code(for: error.reason))
     } catch let error as KvantError {
+        ProgressLine.finish()
         FileHandle.standardError.write(Data("kvantctl: \(error.reason.rawValue): \(error.message)\n".utf8))
         throw ExitCode(ClientExitCode.code(for: error.reason))
     }
@@ -233,8 +252,10 @@ struct Generate: ParsableCommand {
                 }
             }
             if connection.json { return try printJSON(result) }
-            if !params.stream { print(result.text, terminator: "") }
-            print("")
+            // Through the same FileHandle as the streamed pieces (unbuffered), so the newline is out
+            // before the summary on stderr even when both go to one pipe.
+            if !params.stream { FileHandle.standardOutput.write(Data(result.text.utf8)) }
+            FileHandle.standardOutput.write(Data("\n".utf8))
             let t = result.timings
             FileHandle.standardError.write(Data(String(
                 format: "[%d prompt + %d generated tokens, finish %@, prefill %.1f tok/s, decode %.1f tok/s]\n",
@@ -273,12 +294,12 @@ struct Perplexity: ParsableCommand {
                 try client.call(.perplexity, PerplexityParams(path: absolute(path), ctx: ctx), as: PerplexityResult.self,
                                 id: id) { notification in
                     if !connection.json, let progress = try? notification.params.decode(as: ProgressNotification.self) {
-                        FileHandle.standardError.write(Data("\rperplexity: \(progress.done)/\(progress.total) tokens".utf8))
+                        ProgressLine.update("perplexity: \(progress.done)/\(progress.total) tokens")
                     }
                 }
             }
+            ProgressLine.finish()
             if connection.json { return try printJSON(result) }
-            FileHandle.standardError.write(Data("\n".utf8))
             printTable([("perplexity", String(format: "%.4f", result.perplexity)),
                         ("mean nll", String(format: "%.5f", result.meanNLL)),
                         ("tokens", "\(result.tokens)"), ("chunks", "\(result.chunks)"),
@@ -307,12 +328,12 @@ struct Calibrate: ParsableCommand {
             let result = try withCancelOnInterrupt(client, id: id) {
                 try client.call(.calibrate, params, as: CalibrateResult.self, id: id) { notification in
                     if !connection.json, let progress = try? notification.params.decode(as: ProgressNotification.self) {
-                        FileHandle.standardError.write(Data("\rcalibrate: \(progress.done)/\(progress.total) tokens".utf8))
+                        ProgressLine.update("calibrate: \(progress.done)/\(progress.total) tokens")
                     }
                 }
             }
+            ProgressLine.finish()
             if connection.json { return try printJSON(result) }
-            FileHandle.standardError.write(Data("\n".utf8))
             printTable([("output", result.output), ("tokens", "\(result.tokens)"),
                         ("time", String(format: "%.1f s", result.seconds))] + scalesRows(result.scales))
         }

@@ -52,11 +52,14 @@ struct Kvantd: AsyncParsableCommand {
     var allowedDirs: [String] = []
 
     func run() async throws {
+        // A closed stdout/stderr pipe (`kvantd 2>&1 | head`) must not end the daemon: writes then
+        // fail with EPIPE, which the log handler ignores. Sockets use MSG_NOSIGNAL/NIO anyway.
+        signal(SIGPIPE, SIG_IGN)
         let configuration: DaemonConfiguration
         do {
             configuration = try resolveConfiguration()
         } catch let error as KvantError {
-            FileHandle.standardError.write(Data("<3>kvantd: \(error.message)\n".utf8))
+            writeToStandardError("<3>kvantd: \(error.message)\n")
             throw ExitCode(78)   // EX_CONFIG
         }
         let level = configuration.logLevel

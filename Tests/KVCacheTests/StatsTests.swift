@@ -68,6 +68,8 @@ struct StatsTests {
         let pool = try KVCachePool(spec: spec, byteBudget: 1 << 16)
         var s = pool.stats()
         #expect(s.scaleSource == "default 1.0" && s.scaleEpoch == 0)
+        #expect(s.scaleWarnings == [KVCachePool.noScaleFileWarning])
+        #expect(s.scaleWarnings.first?.hasPrefix("no scale file: every scale is the default 1.0") == true)
         #expect(s.layerScales == [[1, 1], [1, 1]])
         #expect(s.saturationCounts == [0, 0])
         let dir = tempDir()

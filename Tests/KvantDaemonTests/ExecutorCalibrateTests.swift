@@ -83,6 +83,23 @@ struct ExecutorCalibrateTests {
         }
     }
 
+    @Test("output is an existing directory: invalid_argument 'is a directory' before any compute; nothing written")
+    func outputIsDirectory() throws {
+        let target = dir + "/scales"
+        try FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: false)
+        var progressCalls = 0
+        let model = try #require(Self.loaded)
+        let control = OperationControl(isCancelled: { false }, progress: { _, _ in progressCalls += 1 })
+        let e = error {
+            _ = try model.calibrate(CalibrationRequest(textPath: nil, numTokens: 64, perHead: false, tpSize: 1,
+                                                       percentile: 100, outputPath: target), control: control)
+        }
+        #expect(e?.reason == .invalidArgument)
+        #expect(e?.message.contains("\(target) is a directory") == true, "\(String(describing: e))")
+        #expect(progressCalls == 0)
+        #expect(files() == ["scales"])
+    }
+
     @Test("cancelled run: cancelled naming the output, and no file (nor partial file) written")
     func cancelledWritesNothing() throws {
         let output = dir + "/kv_cache_scales.json"

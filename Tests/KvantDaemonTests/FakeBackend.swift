@@ -17,12 +17,19 @@ final class FakeBackend: InferenceBackend, @unchecked Sendable {
     let decodeDelay: TimeInterval
     /// Seconds each model load takes (start-up gate tests).
     let loadDelay: TimeInterval
+    /// KV capacity of loaded models in token slots (admission-control tests); nil = unlimited.
+    let tokenCapacity: Int?
     private let lock = NSLock()
     private(set) var loads: [ModelLoadRequest] = []
+    private var lastModel: FakeModel?
 
-    init(decodeDelay: TimeInterval = 0, loadDelay: TimeInterval = 0) {
+    /// Most sequences live at once on the model loaded last.
+    var peakSequencesOfLastModel: Int { lock.lock(); defer { lock.unlock() }; return lastModel?.peakSequences ?? 0 }
+
+    init(decodeDelay: TimeInterval = 0, loadDelay: TimeInterval = 0, tokenCapacity: Int? = nil) {
         self.decodeDelay = decodeDelay
         self.loadDelay = loadDelay
+        self.tokenCapacity = tokenCapacity
     }
 
     var name: String { "fake" }
@@ -40,7 +47,10 @@ final class FakeBackend: InferenceBackend, @unchecked Sendable {
         loads.append(request)
         lock.unlock()
         progress("allocating KV cache")
-        let model = FakeModel(request: request, decodeDelay: decodeDelay)
+        let model = FakeModel(request: request, decodeDelay: decodeDelay, tokenCapacity: tokenCapacity)
+        lock.lock()
+        lastModel = model
+        lock.unlock()
         if let scales = request.quantizationParamPath { _ = try model.installScales(path: scales) }
         return model
     }
@@ -64,10 +74,15 @@ final class FakeModel: LoadedModel, @unchecked Sendable {
     private var scales: ScalesReport?
     private var epoch = 0
     fileprivate var liveSequences = 0
+    private var maxLiveSequences = 0
+    private var usedTokens = 0
+    /// KV capacity model: token slots shared by all sequences; each reserves prompt + max_tokens. nil = unlimited.
+    let tokenCapacity: Int?
     let decodeDelay: TimeInterval
 
-    init(request: ModelLoadRequest, decodeDelay: TimeInterval) {
+    init(request: ModelLoadRequest, decodeDelay: TimeInterval, tokenCapacity: Int? = nil) {
         self.decodeDelay = decodeDelay
+        self.tokenCapacity = tokenCapacity
         let capacity = request.kvCacheBytes / 64
         _info = ModelInfo(path: request.path, name: "fake-echo", architecture: "echo", numLayers: 2, numKVHeads: 1,
                           headDim: 4, vocabSize: 256, maxModelLen: request.maxModelLen ?? 256,
@@ -79,18 +94,34 @@ final class FakeModel: LoadedModel, @unchecked Sendable {
 
     func tokenize(_ text: String) throws -> [Int] { text.utf8.map { Int($0) } }
 
-    func makeSequence(prompt: [Int], sampling: SamplingConfig) throws -> any GenerationSequence {
+    func makeSequence(prompt: [Int], maxTokens: Int, sampling: SamplingConfig) throws -> any GenerationSequence {
+        let needed = min(prompt.count + maxTokens, info.maxModelLen)
         lock.lock()
+        defer { lock.unlock() }
+        if let capacity = tokenCapacity {
+            if needed > capacity {
+                throw KvantError(.resourceExhausted, "fake: \(needed) tokens needed, capacity \(capacity) tokens")
+            }
+            if usedTokens + needed > capacity {
+                throw KVCacheAdmissionLater(tokensNeeded: needed,
+                                            message: "fake: \(needed) tokens needed, \(capacity - usedTokens) of capacity \(capacity) free")
+            }
+        }
+        usedTokens += needed
         liveSequences += 1
-        lock.unlock()
-        return FakeSequence(model: self, prompt: prompt)
+        maxLiveSequences = max(maxLiveSequences, liveSequences)
+        return FakeSequence(model: self, prompt: prompt, reserved: needed)
     }
 
-    func sequenceReleased() {
+    func sequenceReleased(reserved: Int) {
         lock.lock()
         liveSequences -= 1
+        usedTokens -= reserved
         lock.unlock()
     }
+
+    /// Most sequences live at once so far.
+    var peakSequences: Int { lock.lock(); defer { lock.unlock() }; return maxLiveSequences }
 
     func kvCacheStats() -> any Encodable & Sendable {
         lock.lock()
@@ -164,6 +195,9 @@ final class FakeModel: LoadedModel, @unchecked Sendable {
             if control.isCancelled { throw KvantError(.cancelled, "calibration cancelled") }
             control.progress(done: step, total: request.numTokens)
         }
+        if let text = request.textPath, FileManager.default.contents(atPath: text)?.starts(with: Array("FAIL".utf8)) == true {
+            throw KvantError(.invalidArgument, "fake: calibration text \(text) rejected after the run")
+        }
         let count = request.perHead ? info.numLayers * info.numKVHeads : info.numLayers
         let scales = (0..<count).map { Double($0 + 1) / 100 }
         let object: [String: Any] = ["layers": info.numLayers, "per_head": request.perHead, "scales": scales]
@@ -179,11 +213,13 @@ final class FakeModel: LoadedModel, @unchecked Sendable {
 final class FakeSequence: GenerationSequence {
     let model: FakeModel
     let prompt: [Int]
+    let reserved: Int
     var position = 0
 
-    init(model: FakeModel, prompt: [Int]) {
+    init(model: FakeModel, prompt: [Int], reserved: Int) {
         self.model = model
         self.prompt = prompt
+        self.reserved = reserved
     }
 
     private func next() -> GeneratedToken {
@@ -196,5 +232,5 @@ final class FakeSequence: GenerationSequence {
 
     func prefill() throws -> GeneratedToken { next() }
     func decode() throws -> GeneratedToken { next() }
-    func release() { model.sequenceReleased() }
+    func release() { model.sequenceReleased(reserved: reserved) }
 }

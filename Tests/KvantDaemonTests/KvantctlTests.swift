@@ -31,6 +31,25 @@ struct Kvantctl {
         return (process, out, err)
     }
 
+    /// Runs kvantctl with stdout and stderr on one pipe (as `2>&1`): the order of the writes shows.
+    func runMerged(_ arguments: [String]) async throws -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: try Self.binary())
+        process.arguments = arguments
+        var environment = ProcessInfo.processInfo.environment
+        environment["KVANT_SOCKET"] = socket
+        process.environment = environment
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+        try? pipe.fileHandleForWriting.close()
+        let data = try await offPool { pipe.fileHandleForReading.readDataToEndOfFile() }
+        try await waitForExit(process)
+        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
     func run(_ arguments: [String]) async throws -> (status: Int32, stdout: String, stderr: String) {
         let (process, out, err) = try start(arguments)
         defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
@@ -115,6 +134,32 @@ struct KvantctlTests {
             try ControlClient(socketPath: socket, timeout: 20).call(.stats, EmptyParams(), as: StatsResult.self)
         }
         #expect(stats.engine.requestsRunning == 0)
+        try await daemon.stop()
+    }
+
+    @Test("output order with 2>&1: the text's newline before the summary; progress lines end before the next message")
+    func outputOrder() async throws {
+        let daemon = try TestDaemon(tag: "ctlord")
+        try await daemon.start()
+        _ = try await daemon.loadModel()
+        let ctl = Kvantctl(socket: daemon.socketPath)
+        let streamed = try await ctl.runMerged(["generate", "stream me", "--max-tokens", "50"])
+        #expect(streamed.status == 0)
+        #expect(streamed.output.hasPrefix("stream me\n[9 prompt + 9 generated tokens, finish stop"), "\(streamed.output)")
+        let plain = try await ctl.runMerged(["generate", "plain", "--max-tokens", "50", "--no-stream"])
+        #expect(plain.output.hasPrefix("plain\n[5 prompt"), "\(plain.output)")
+
+        let text = try daemon.writeAllowed("text.txt", "some text")
+        let good = try await ctl.runMerged(["calibrate", "--output", daemon.allowed + "/s.json", "--text-path", text,
+                                            "--num-tokens", "512"])
+        #expect(good.status == 0)
+        #expect(good.output.contains("\rcalibrate: 512/512 tokens\noutput"), "\(good.output)")
+        let bad = try daemon.writeAllowed("bad.txt", "FAIL text")
+        let failed = try await ctl.runMerged(["calibrate", "--output", daemon.allowed + "/s2.json", "--text-path", bad,
+                                              "--num-tokens", "512"])
+        #expect(failed.status == ClientExitCode.code(for: .invalidArgument))
+        #expect(failed.output.contains("\rcalibrate: 512/512 tokens\nkvantctl: invalid_argument: fake: calibration text"),
+                "\(failed.output)")
         try await daemon.stop()
     }
 }

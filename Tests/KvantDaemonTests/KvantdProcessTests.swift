@@ -73,6 +73,43 @@ struct KvantdProcessTests {
         #expect(log.split(separator: "\n").allSatisfy { $0.hasPrefix("<") }, "journald prefixes: \(log)")
     }
 
+    @Test("a closed stderr pipe does not end kvantd: log writes after it closed, health answers, SIGTERM exits 0")
+    func closedStderr() async throws {
+        let binary = try kvantdBinary()
+        let dir = try makeTempDir("pipe")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let socket = dir + "/kvantd.sock"
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        // debug: every connection logs, so the daemon writes to the closed pipe below.
+        process.arguments = ["--socket", socket, "--allowed-dir", dir, "--log-level", "debug"]
+        let stderr = Pipe()
+        process.standardError = stderr
+        try process.run()
+        defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+        // Close our read end (and the write end this process still holds): the pipe is broken.
+        try stderr.fileHandleForReading.close()
+        try? stderr.fileHandleForWriting.close()
+        var answered = 0
+        for _ in 0..<300 where answered < 3 {
+            if let health = try? await offPool({
+                try ControlClient(socketPath: socket, timeout: 20).call(.health, EmptyParams(), as: HealthResult.self)
+            }) {
+                #expect(health.status == "ok")
+                answered += 1
+            } else {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+        }
+        #expect(answered == 3)
+        #expect(process.isRunning, "kvantd died: status \(process.isRunning ? 0 : process.terminationStatus)")
+        kill(process.processIdentifier, SIGTERM)
+        try await waitForExit(process)
+        #expect(process.terminationReason == .exit)
+        #expect(process.terminationStatus == 0)
+        #expect(!FileManager.default.fileExists(atPath: socket))
+    }
+
     @Test("socket activation: kvantd serves the socket systemd-socket-activate passes and leaves the path alone")
     func socketActivation() async throws {
         let binary = try kvantdBinary()

@@ -36,8 +36,9 @@ final class TestDaemon: @unchecked Sendable {
     private var runTask: Task<Void, Error>?
     let reloads: AsyncStream<Void>.Continuation
 
-    init(tag: String, decodeDelay: TimeInterval = 0, loadDelay: TimeInterval = 0, notifier: SystemdNotifier = .disabled,
-         configure: (inout DaemonConfiguration, String) -> Void = { _, _ in }) throws {
+    init(tag: String, decodeDelay: TimeInterval = 0, loadDelay: TimeInterval = 0, tokenCapacity: Int? = nil,
+         notifier: SystemdNotifier = .disabled,
+         logs: LogCapture? = nil, configure: (inout DaemonConfiguration, String) -> Void = { _, _ in }) throws {
         dir = try makeTempDir(tag)
         allowed = dir + "/allowed"
         try FileManager.default.createDirectory(atPath: allowed, withIntermediateDirectories: true)
@@ -47,9 +48,10 @@ final class TestDaemon: @unchecked Sendable {
         configuration.allowedDirs = [allowed]
         configuration.shutdownTimeoutSeconds = 2
         configure(&configuration, allowed)
-        backend = FakeBackend(decodeDelay: decodeDelay, loadDelay: loadDelay)
-        var logger = Logger(label: "kvantd-test")
-        logger.logLevel = ProcessInfo.processInfo.environment["KVANT_TEST_LOG"] != nil ? .trace : .warning
+        backend = FakeBackend(decodeDelay: decodeDelay, loadDelay: loadDelay, tokenCapacity: tokenCapacity)
+        var logger = logs.map { capture in Logger(label: "kvantd-test", factory: { _ in CapturingLogHandler(capture: capture) }) }
+            ?? Logger(label: "kvantd-test")
+        logger.logLevel = logs != nil ? .trace : ProcessInfo.processInfo.environment["KVANT_TEST_LOG"] != nil ? .trace : .warning
         let (stream, continuation) = AsyncStream<Void>.makeStream()
         reloads = continuation
         daemon = try Daemon(configuration: configuration, backend: backend, notifier: notifier, logger: logger,
@@ -109,5 +111,37 @@ func exchange(_ client: ControlClient, _ line: String) throws -> RPCResponse {
     try client.sendRaw(Array((line + "\n").utf8))
     while true {
         if case .response(let response) = try client.readMessage() { return response }
+    }
+}
+
+/// Log records kept in memory (level and the message with its metadata).
+final class LogCapture: @unchecked Sendable {
+    private let lock = NSLock()
+    private var records: [(Logger.Level, String)] = []
+
+    func append(_ level: Logger.Level, _ text: String) { lock.lock(); records.append((level, text)); lock.unlock() }
+
+    /// Messages logged at `level` or more severe.
+    func messages(atLeast level: Logger.Level) -> [String] {
+        lock.lock(); defer { lock.unlock() }
+        return records.filter { $0.0 >= level }.map(\.1)
+    }
+}
+
+struct CapturingLogHandler: LogHandler {
+    let capture: LogCapture
+    var logLevel: Logger.Level = .trace
+    var metadata: Logger.Metadata = [:]
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(level: Logger.Level, message: Logger.Message, metadata explicit: Logger.Metadata?, source: String,
+             file: String, function: String, line: UInt) {
+        var merged = metadata
+        if let explicit { merged.merge(explicit) { $1 } }
+        capture.append(level, "\(message)" + merged.sorted { $0.key < $1.key }.map { " \($0.key)=\($0.value)" }.joined())
     }
 }

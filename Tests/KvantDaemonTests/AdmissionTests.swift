@@ -1,0 +1,109 @@
+import ControlProtocol
+import Foundation
+import KvantCore
+import KvantDaemon
+import Testing
+
+/// Admission control: a generate reserves KV blocks for prompt + max_tokens up front; when they are
+/// not free it waits (back-pressure) instead of failing, and only a request larger than the whole
+/// cache is refused.
+@Suite("KV admission control (FakeBackend with 40 token slots)")
+struct AdmissionTests {
+    @Test("6 concurrent generates of 20 tokens each on 40 slots: all complete, some waited, none failed")
+    func moreThanFitAllComplete() async throws {
+        let daemon = try TestDaemon(tag: "adm", decodeDelay: 0.005, tokenCapacity: 40) { config, _ in config.maxNumSeqs = 6 }
+        try await daemon.start()
+        _ = try await daemon.loadModel()
+        let socket = daemon.socketPath
+        // Each: 10 prompt tokens + max_tokens 10 = 20 slots; at most 2 fit at once.
+        let prompts = (0..<6).map { "req\($0)-" + String(repeating: Character(UnicodeScalar(97 + $0)!), count: 5) }
+        let results = try await withThrowingTaskGroup(of: (String, GenerateResult).self) { group in
+            for prompt in prompts {
+                group.addTask {
+                    (prompt, try await offPool {
+                        try ControlClient(socketPath: socket, timeout: 20).call(
+                            .generate, GenerateParams(prompt: prompt, maxTokens: 10), as: GenerateResult.self)
+                    })
+                }
+            }
+            var all: [(String, GenerateResult)] = []
+            for try await item in group { all.append(item) }
+            return all
+        }
+        #expect(results.count == 6)
+        for (prompt, result) in results {
+            #expect(result.text == prompt)
+            #expect(result.finishReason == .length)
+        }
+        // 11 steps × 5 ms ≥ 55 ms per generation; with 2 at a time the later ones queued for a while.
+        let queued = results.map(\.1.timings.queueMs).sorted()
+        #expect(queued.last! > 40, "queue_ms \(queued)")
+        #expect(daemon.backend.peakSequencesOfLastModel == 2)
+        let stats = try await offPool { try ControlClient(socketPath: socket, timeout: 20).call(.stats, EmptyParams(), as: StatsResult.self) }
+        #expect(stats.engine.requestsFailed == 0)
+        #expect(stats.engine.requestsServed == 6)
+        #expect(stats.engine.requestsRunning == 0 && stats.engine.requestsWaiting == 0)
+        try await daemon.stop()
+    }
+
+    @Test("a request larger than the whole cache fails at once with resource_exhausted naming the capacity")
+    func largerThanCapacityFails() async throws {
+        let daemon = try TestDaemon(tag: "adm2", decodeDelay: 0.005, tokenCapacity: 40)
+        try await daemon.start()
+        _ = try await daemon.loadModel()
+        let socket = daemon.socketPath
+        let started = ContinuousClock.now
+        let error = try await offPool { () -> RPCErrorObject? in
+            do {
+                _ = try ControlClient(socketPath: socket, timeout: 20).call(
+                    .generate, GenerateParams(prompt: String(repeating: "z", count: 30), maxTokens: 20), as: GenerateResult.self)
+                return nil
+            } catch let error as RPCErrorObject { return error }
+        }
+        #expect(ContinuousClock.now - started < .seconds(1))
+        #expect(error?.reason == .resourceExhausted)
+        #expect(error?.code == RPCErrorCode.resourceExhausted)
+        #expect(error?.message.contains("50 tokens needed, capacity 40") == true, "\(String(describing: error))")
+        try await daemon.stop()
+    }
+
+    @Test("a waiting request cancelled by its client ends with finish_reason cancelled; the queue moves on")
+    func cancelWhileWaiting() async throws {
+        let daemon = try TestDaemon(tag: "adm3", decodeDelay: 0.01, tokenCapacity: 40)
+        try await daemon.start()
+        _ = try await daemon.loadModel()
+        let socket = daemon.socketPath
+        // One long generate holds 30 slots; the second (20 slots) waits, then is cancelled.
+        let long = Task {
+            try await offPool {
+                try ControlClient(socketPath: socket, timeout: 20).call(
+                    .generate, GenerateParams(prompt: String(repeating: "l", count: 15), maxTokens: 15), as: GenerateResult.self)
+            }
+        }
+        try await Task.sleep(for: .milliseconds(50))
+        let waited = try await offPool { () -> (GenerateResult, Int) in
+            let client = try ControlClient(socketPath: socket, timeout: 20)
+            let observer = try ControlClient(socketPath: socket, timeout: 20)
+            try client.send(try RPCRequest(id: .number(5), method: .generate,
+                                           params: GenerateParams(prompt: "0123456789", maxTokens: 10)))
+            var waiting = 0
+            for _ in 0..<100 {
+                waiting = try observer.call(.stats, EmptyParams(), as: StatsResult.self).engine.requestsWaiting
+                if waiting == 1 { break }
+                Thread.sleep(forTimeInterval: 0.005)
+            }
+            try client.sendCancel(of: .number(5))
+            while true {
+                if case .response(let response) = try client.readMessage(), response.id == .number(5) {
+                    return (try response.decodeResult(GenerateResult.self), waiting)
+                }
+            }
+        }
+        #expect(waited.1 == 1)
+        #expect(waited.0.finishReason == .cancelled)
+        #expect(waited.0.completionTokens == 0)
+        let longResult = try await long.value
+        #expect(longResult.text == String(repeating: "l", count: 15))
+        try await daemon.stop()
+    }
+}
