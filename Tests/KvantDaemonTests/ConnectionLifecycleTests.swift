@@ -76,7 +76,9 @@ struct ConnectionLifecycleTests {
             try await Task.sleep(for: .milliseconds(10))
         }
         #expect(stats?.engine.requestsRunning == 0)
-        #expect(ContinuousClock.now - closed < .seconds(1))
+        // Cut short, not run to max_tokens (a wall-clock bound would be flaky on a loaded machine).
+        #expect((stats?.engine.generatedTokens ?? 150) < 150)
+        _ = closed
         #expect(stats?.kvCache["used_blocks"] == .int(0))
         try await daemon.stop()
     }
