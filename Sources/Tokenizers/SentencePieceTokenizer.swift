@@ -77,14 +77,9 @@ public final class SentencePieceTokenizer: Tokenizer, @unchecked Sendable {
         return output
     }
 
-    public func attributes(of id: Int32) -> TokenAttributes {
-        id >= 0 && Int(id) < vocab.count ? vocab.attributes[Int(id)] : []
-    }
+    public func attributes(of id: Int32) -> TokenAttributes { vocab.attributes(of: id) }
 
-    public func piece(for id: Int32) -> String {
-        guard id >= 0 && Int(id) < vocab.count else { return "" }
-        return String(decoding: vocab.textBytes(Int(id)), as: UTF8.self)
-    }
+    public func piece(for id: Int32) -> String { vocab.piece(for: id) }
 
     /// llama.cpp's `token_to_piece` for SPM: control/unknown → "" (text when `renderSpecial`),
     /// user-defined → text, normal → text with "▁" as space, byte → the byte.

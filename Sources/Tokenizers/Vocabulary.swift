@@ -136,6 +136,17 @@ final class Vocabulary: @unchecked Sendable {
 
     /// Raw bytes of token `id`'s text (valid while the vocabulary lives).
     @inline(__always)
+    /// Attributes of `id`; none for an id outside the vocabulary.
+    func attributes(of id: Int32) -> TokenAttributes {
+        id >= 0 && Int(id) < count ? attributes[Int(id)] : []
+    }
+
+    /// The vocabulary entry of `id` as text ("" outside the vocabulary).
+    func piece(for id: Int32) -> String {
+        guard id >= 0 && Int(id) < count else { return "" }
+        return String(decoding: textBytes(Int(id)), as: UTF8.self)
+    }
+
     func textBytes(_ id: Int) -> UnsafeBufferPointer<UInt8> {
         UnsafeBufferPointer(rebasing: text[starts[id] ..< starts[id + 1]])
     }
