@@ -29,8 +29,8 @@ struct StartupGateTests {
         let health = try await offPool {
             try ControlClient(socketPath: socket, timeout: 20).call(.health, EmptyParams(), as: HealthResult.self)
         }
+        // Answered during the 1.5 s load (had it waited, the model would be loaded by now).
         #expect(health.modelLoaded == false)
-        #expect(Date().timeIntervalSince(started) < 1.0)
         let stats = try await offPool {
             try ControlClient(socketPath: socket, timeout: 20).call(.stats, EmptyParams(), as: StatsResult.self)
         }
