@@ -109,6 +109,27 @@ public final class ControlServer: Service, @unchecked Sendable {
         logger.notice("control server stopped")
     }
 
+    /// True when something accepts connections on the Unix socket at `path`.
+    public static func socketIsLive(_ path: String) -> Bool {
+        var st = stat()
+        guard lstat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFSOCK else { return false }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { return false }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            for (i, b) in bytes.enumerated() { raw[i] = b }
+            raw[bytes.count] = 0
+        }
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        return rc == 0
+    }
+
     private func bindPath(_ bootstrap: ServerBootstrap,
                           initializer: @escaping @Sendable (Channel) -> EventLoopFuture<NIOAsyncChannel<ByteBuffer, ByteBuffer>>)
         async throws -> NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never> {
@@ -118,6 +139,11 @@ public final class ControlServer: Service, @unchecked Sendable {
         guard FileManager.default.fileExists(atPath: directory.isEmpty ? "." : directory, isDirectory: &isDirectory),
               isDirectory.boolValue else {
             throw KvantError(.notFound, "socket directory \(directory) does not exist (RuntimeDirectory=kvant creates /run/kvant under systemd)")
+        }
+        // A socket file that still accepts connections belongs to a running daemon: never take it over
+        // (a stale one, from a daemon that died, is replaced).
+        if Self.socketIsLive(path) {
+            throw KvantError(.unavailable, "another process is serving \(path) (a running kvantd?); stop it or choose another --socket")
         }
         // Created 0600 (umask), then widened with chmod: never more open than configured.
         let oldMask = umask(0o177)

@@ -96,6 +96,11 @@ public struct PathPolicy: Sendable {
         if FileManager.default.fileExists(atPath: real, isDirectory: &isDirectory), isDirectory.boolValue {
             throw KvantError(.invalidArgument, "'\(field)': \(path) is a directory, not a file")
         }
+        // Checked before anything opens it: opening a FIFO or a device would block or never end.
+        var st = stat()
+        if stat(real, &st) == 0, (st.st_mode & S_IFMT) != S_IFREG {
+            throw KvantError(.invalidArgument, "'\(field)': \(path) is not a regular file (a FIFO, socket or device)")
+        }
         return real
     }
 
@@ -130,6 +135,18 @@ public struct PathPolicy: Sendable {
             let reason = String(cString: strerror(errno))
             throw KvantError(.permissionDenied,
                              "\(method): '\(field)': directory \(dir) is not writable by kvantd (uid \(getuid())): \(reason)")
+        }
+        // An existing file is replaced only if it is a scale file (JSON object, small): a mistyped
+        // output path must never destroy a model or anything else.
+        if access(path, F_OK) == 0 {
+            var st = stat()
+            let isRegular = stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG
+            let head = isRegular && st.st_size <= 16 << 20 ? FileManager.default.contents(atPath: path) : nil
+            let firstByte = head?.first { !($0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09) }
+            guard isRegular, st.st_size == 0 || firstByte == UInt8(ascii: "{") else {
+                throw KvantError(.invalidArgument,
+                                 "\(method): '\(field)' \(path) exists and is not a kv_cache_scales.json; refusing to overwrite it (name a new file)")
+            }
         }
         if access(path, F_OK) == 0, access(path, W_OK) != 0 {
             let reason = String(cString: strerror(errno))

@@ -1,0 +1,78 @@
+import ControlProtocol
+import Foundation
+import KvantCore
+import KvantDaemon
+import Testing
+
+/// Paths that are valid names but dangerous things: a FIFO (opening it blocks), an output path
+/// that names a model, a socket path that a running daemon still serves.
+@Suite("file safety: FIFOs, overwriting, a live socket")
+struct FileSafetyTests {
+    static func dir() throws -> String {
+        let d = NSTemporaryDirectory() + "kvt-files-" + UUID().uuidString.prefix(8)
+        try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+        return d
+    }
+
+    @Test("a FIFO is refused as 'not a regular file' before anything opens it")
+    func fifoRefused() throws {
+        let d = try Self.dir()
+        let fifo = d + "/model.gguf"
+        #expect(mkfifo(fifo, 0o600) == 0)
+        let policy = try PathPolicy(allowedDirs: [d])
+        do {
+            _ = try policy.existingFile(fifo, field: "path")
+            Issue.record("a FIFO was accepted as a model file")
+        } catch let e as KvantError {
+            #expect(e.reason == .invalidArgument)
+            #expect(e.message.contains("not a regular file"))
+            #expect(e.message.contains(fifo))
+        }
+    }
+
+    @Test("calibrate output: an existing non-scale file (a model) is never overwritten; a scale file or an empty file may be")
+    func outputNeverClobbersAModel() throws {
+        let d = try Self.dir()
+        let model = d + "/m.gguf"
+        try Data([0x47, 0x47, 0x55, 0x46, 3, 0, 0, 0]).write(to: URL(fileURLWithPath: model))
+        do {
+            try PathPolicy.checkWritable(model, field: "output", method: "calibrate")
+            Issue.record("calibrate would overwrite a GGUF file")
+        } catch let e as KvantError {
+            #expect(e.reason == .invalidArgument)
+            #expect(e.message.contains("refusing to overwrite"))
+        }
+        #expect(FileManager.default.contents(atPath: model)?.count == 8)
+        let scales = d + "/kv_cache_scales.json"
+        try " {\"model_type\": \"gemma3\"}".write(toFile: scales, atomically: true, encoding: .utf8)
+        try PathPolicy.checkWritable(scales, field: "output", method: "calibrate")
+        let empty = d + "/empty.json"
+        FileManager.default.createFile(atPath: empty, contents: Data())
+        try PathPolicy.checkWritable(empty, field: "output", method: "calibrate")
+        try PathPolicy.checkWritable(d + "/new.json", field: "output", method: "calibrate")
+    }
+
+    @Test("a socket file with a live listener is live; a stale socket file and a regular file are not")
+    func liveSocketDetected() throws {
+        let d = try Self.dir()
+        let path = d + "/s.sock"
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        #expect(fd >= 0)
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            for (i, b) in path.utf8.enumerated() { raw[i] = b }
+        }
+        let bound = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        #expect(bound == 0)
+        #expect(listen(fd, 4) == 0)
+        #expect(ControlServer.socketIsLive(path))
+        close(fd)
+        #expect(!ControlServer.socketIsLive(path))     // stale: the file remains, nobody listens
+        let regular = d + "/plain"
+        FileManager.default.createFile(atPath: regular, contents: Data("x".utf8))
+        #expect(!ControlServer.socketIsLive(regular))
+    }
+}
