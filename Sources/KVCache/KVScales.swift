@@ -145,6 +145,11 @@ public struct KVScales: Sendable, Equatable {
         guard numLayers >= 1, numKVHeads >= 1 else {
             throw KvantError(.invalidArgument, "\(src): num_layers \(numLayers) and num_kv_heads \(numKVHeads) must be positive")
         }
+        if let dup = JSONDuplicateKeys.first(in: data) {
+            let at = dup.path.isEmpty ? "at top level" : "in " + dup.path.map { "'\($0)'" }.joined(separator: " → ")
+            throw KvantError(.invalidArgument,
+                             "\(src): key '\(dup.key)' appears twice \(at); expected each TP rank and layer once (vLLM would silently keep the last)")
+        }
         let file: ScaleFile
         do { file = try JSONDecoder().decode(ScaleFile.self, from: data) } catch let e as DecodingError {
             throw KvantError(.invalidArgument, "\(src): \(describe(e))")

@@ -45,3 +45,28 @@ struct ScalePlausibilityTests {
         } catch { Issue.record("unexpected error \(error)") }
     }
 }
+
+@Suite("kv_cache_scales.json: duplicate keys")
+struct ScaleDuplicateKeyTests {
+    @Test("a layer or a TP rank given twice is refused naming the key and where")
+    func duplicatesRefused() {
+        let dir = tempDir()
+        let layerTwice = #"{"model_type": "gemma3", "kv_cache": {"dtype": "int8", "scaling_factor": {"0": {"0": 0.3, "1": 0.3, "1": 5.0}}}}"#
+        let rankTwice = #"{"model_type": "gemma3", "kv_cache": {"dtype": "int8", "scaling_factor": {"0": {"0": 0.3, "1": 0.3}, "0": {"0": 0.5}}}}"#
+        for (name, text, key, place) in [("l.json", layerTwice, "1", "'scaling_factor' → '0'"), ("r.json", rankTwice, "0", "'kv_cache' → 'scaling_factor'")] {
+            let path = writeFile(dir, name, text)
+            do {
+                _ = try KVScales.load(path: path, expectedModelType: "gemma3", numLayers: 2, numKVHeads: 1)
+                Issue.record("\(name): a duplicated key was accepted")
+            } catch let e as KvantError {
+                #expect(e.reason == .invalidArgument)
+                #expect(e.message.contains(path))
+                #expect(e.message.contains("key '\(key)' appears twice"), "\(e.message)")
+                #expect(e.message.contains(place), "\(e.message)")
+            } catch { Issue.record("unexpected error \(error)") }
+        }
+        // The same keys in different objects are fine.
+        let ok = writeFile(dir, "ok.json", #"{"model_type": "gemma3", "kv_cache": {"dtype": "int8", "scaling_factor": {"0": {"0": 0.3, "1": 0.3}, "1": {"0": 0.3, "1": 0.4}}}}"#)
+        #expect((try? KVScales.load(path: ok, expectedModelType: "gemma3", numLayers: 2, numKVHeads: 1)) != nil)
+    }
+}
