@@ -9,7 +9,7 @@ model=${KVANT_MODEL:-$here/models/gemma-3-270m-q4_k_m.gguf}
 run=$(mktemp -d /tmp/kvant-demo.XXXXXX)
 sock=$run/kvantd.sock
 export KVANT_SOCKET=$sock
-ctl() { echo; printf '\033[1m$ kvantctl %s\033[0m\n' "$*"; "$bin/kvantctl" "$@"; }
+ctl() { echo; printf '\033[1m$ kvantctl'; printf ' %q' "$@"; printf '\033[0m\n'; "$bin/kvantctl" "$@"; }
 daemon_pid=""
 cleanup() {
     if [ -n "$daemon_pid" ] && kill -0 "$daemon_pid" 2>/dev/null; then kill -TERM "$daemon_pid"; wait "$daemon_pid" || true; fi
