@@ -9,16 +9,25 @@ public enum TextTokenizer {
     /// - Throws: `KvantError(.notFound)` for a missing file, `.invalidArgument` for a file that is not UTF-8 or
     ///   larger than 64 MiB; tokenizer construction errors.
     public static func tokenize(path: String, model: Model) throws -> [Int32] {
+        try tokenize(text: readText(path: path), model: model)
+    }
+
+    /// Reads a UTF-8 text file of at most 64 MiB (for perplexity and calibration).
+    /// - Throws: `KvantError(.notFound)` for a missing file, `.invalidArgument` for a file that is not
+    ///   UTF-8 or larger than 64 MiB, `.permissionDenied` for one that cannot be read; each names the file.
+    public static func readText(path: String) throws -> String {
         guard let attrs = try? FileManager.default.attributesOfItem(atPath: path) else {
             throw KvantError(.notFound, "text file '\(path)' not found")
         }
         let size = (attrs[.size] as? Int) ?? 0
         guard size <= 64 << 20 else { throw KvantError(.invalidArgument, "text file '\(path)' is \(size) bytes; at most 64 MiB") }
-        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw KvantError(.permissionDenied, "text file '\(path)' cannot be read")
+        }
         guard let text = String(data: data, encoding: .utf8) else {
             throw KvantError(.invalidArgument, "text file '\(path)' is not valid UTF-8")
         }
-        return try tokenize(text: text, model: model)
+        return text
     }
 
     /// Tokenizes `text` with the model's GGUF tokenizer (BOS added as the model says; special-token

@@ -239,7 +239,8 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
             throw KvantError(.invalidArgument, "perplexity: ctx \(contextLength) must be in 4...\(maxModelLen) (max_model_len)")
         }
         let started = Date()
-        let tokens = try TextTokenizer.tokenize(path: path, model: model)
+        // The loaded tokenizer, with llama.cpp's file tokenization (BOS, no special-token parsing).
+        let tokens = tokenizer.encode(try TextTokenizer.readText(path: path), addSpecial: true, parseSpecial: false)
         let pool = try scratchPool(tokens: contextLength)
         let total = (tokens.count / contextLength) * contextLength
         let result = try PerplexityEvaluator.run(session: session, pool: pool, tokens: tokens, ctx: contextLength,
@@ -261,23 +262,7 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
     func calibrate(_ request: CalibrationRequest, control: OperationControl) throws -> CalibrateResult {
         let started = Date()
         try PathPolicy.checkWritable(request.outputPath, field: "output", method: "calibrate")
-        let text: String
-        if let textPath = request.textPath {
-            let attrs = try? FileManager.default.attributesOfItem(atPath: textPath)
-            guard let attrs else { throw KvantError(.notFound, "calibrate: text file '\(textPath)' not found") }
-            guard (attrs[.size] as? Int ?? 0) <= 64 << 20 else {
-                throw KvantError(.invalidArgument, "calibrate: text file '\(textPath)' is larger than 64 MiB")
-            }
-            guard let data = FileManager.default.contents(atPath: textPath) else {
-                throw KvantError(.permissionDenied, "calibrate: text file '\(textPath)' cannot be read")
-            }
-            guard let s = String(data: data, encoding: .utf8) else {
-                throw KvantError(.invalidArgument, "calibrate: text file '\(textPath)' is not valid UTF-8")
-            }
-            text = s
-        } else {
-            text = CalibrationSample.text
-        }
+        let text = try request.textPath.map(TextTokenizer.readText(path:)) ?? CalibrationSample.text
         let source = request.textPath.map { "'\($0)'" } ?? "the built-in calibration sample"
         var tokens = tokenizer.encode(text, addSpecial: true, parseSpecial: false)
         if tokens.count > request.numTokens { tokens.removeLast(tokens.count - request.numTokens) }
