@@ -41,6 +41,7 @@ ROWS=(
   "fp16|fp16|"
   "bf16|bf16|"
   "int8_pertoken|int8_pertoken|"
+  "int8_pertoken, no Hadamard rotation|int8_pertoken|--no-kv-rotation"
   "int8_pertensor, calibrated ($METHOD)|int8_pertensor|--quantization-param-path $OUT/scales_pertensor.json"
   "int8_pertensor_perhead, calibrated per head ($METHOD)|int8_pertensor_perhead|--quantization-param-path $OUT/scales_perhead.json"
   "int8_pertensor, default 1.0|int8_pertensor|--default-scales"

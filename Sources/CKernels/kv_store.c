@@ -105,3 +105,21 @@ void kv_atomic_max_f32(float *slot, float v) {
 }
 
 void kv_atomic_add_i64(int64_t *slot, int64_t v) { __atomic_fetch_add(slot, v, __ATOMIC_RELAXED); }
+
+int32_t kv_hadamard_group(int32_t head_dim) { return head_dim > 0 ? (head_dim & -head_dim) : 1; }
+
+void kv_hadamard(float *x, int32_t n, int32_t g) {
+    if (g <= 1) return;
+    const float norm = 1.0f / sqrtf((float)g);
+    for (int32_t base = 0; base + g <= n; base += g) {
+        float *y = x + base;
+        for (int32_t h = 1; h < g; h <<= 1)
+            for (int32_t i = 0; i < g; i += 2 * h)
+                for (int32_t j = i; j < i + h; j++) {
+                    const float a = y[j], b = y[j + h];
+                    y[j] = a + b;
+                    y[j + h] = a - b;
+                }
+        for (int32_t j = 0; j < g; j++) y[j] *= norm;
+    }
+}

@@ -29,6 +29,11 @@ public final class KVCachePool: @unchecked Sendable {
     /// True when `attend` uses the AVX-512 kernel (CPU support, allowed at init, head_dim % 16 == 0).
     public var usesAVX512: Bool { useAVX512 && spec.headDim % 16 == 0 }
     private let useAVX512: Bool
+    /// `int8_pertoken` only: K and V are stored rotated by a normalized Hadamard transform over groups of
+    /// this many values of each head (`kv_hadamard`; the largest power of two dividing head_dim: 256 for
+    /// Gemma 3's head_dim 256), and attention rotates the query the same way and the output back. 1 = no
+    /// rotation (every other dtype, or `hadamardRotation: false`). See docs/kv-cache.md.
+    public let rotationGroup: Int
 
     private let dtypeCode: Int32
     private let rowBytes: Int
@@ -60,6 +65,10 @@ public final class KVCachePool: @unchecked Sendable {
     ///     static pool uses 1.0 everywhere (epoch 0, scale source "default 1.0").
     ///   - allowAVX512: use the AVX-512 attention kernel when the CPU has it (run-time CPUID check) and
     ///     head_dim is a multiple of 16; false forces the AVX2 kernel (tests compare both).
+    ///   - hadamardRotation: `int8_pertoken` stores each (token, KV head) row of K and V after an
+    ///     orthogonal Hadamard rotation, so one outlier channel no longer sets the scale of the whole
+    ///     row (relative int8 error 5× lower on Gemma 3 270M); attention is unchanged mathematically.
+    ///     false stores the rows as they are (for comparison). Ignored by the other dtypes.
     /// - Throws: `KvantError(.invalidArgument)` for a bad spec, scales given for a dtype that has none,
     ///   or scales not matching the spec; `.resourceExhausted` when the budget is below one block or
     ///   the allocation fails.
@@ -73,11 +82,13 @@ public final class KVCachePool: @unchecked Sendable {
         return nil
     }
 
-    public init(spec: KVCacheSpec, byteBudget: Int, scales: KVScales? = nil, allowAVX512: Bool = true) throws {
+    public init(spec: KVCacheSpec, byteBudget: Int, scales: KVScales? = nil, allowAVX512: Bool = true,
+                hadamardRotation: Bool = true) throws {
         try spec.validate()
         self.spec = spec
         useAVX512 = allowAVX512 && kv_cpu_has_avx512() != 0
         let dt = spec.dtype.resolved
+        rotationGroup = dt == .int8PerToken && hadamardRotation ? Int(kv_hadamard_group(Int32(spec.headDim))) : 1
         switch dt {
         case .fp32: dtypeCode = Int32(KV_DT_F32)
         case .fp16, .auto: dtypeCode = Int32(KV_DT_F16)
@@ -385,6 +396,7 @@ public final class KVCachePool: @unchecked Sendable {
 
         let blk = storage + slot * blockStride
         var clipped: Int32 = 0
+        let G = Int32(rotationGroup)
         for h in 0..<H {
             let k = key + h * D, v = value + h * D
             let kDst = blk + (h * B + off) * rowBytes
@@ -392,12 +404,17 @@ public final class KVCachePool: @unchecked Sendable {
             var kAmax: Float = -1, vAmax: Float = -1
             switch dtypeCode {
             case Int32(KV_DT_I8_TOKEN):
-                kAmax = kv_amax(k, Int32(D)); vAmax = kv_amax(v, Int32(D))
-                let ks = kAmax / 127, vs = vAmax / 127
-                (blk + ksOffset).assumingMemoryBound(to: Float.self)[h * B + off] = ks
-                (blk + vsOffset).assumingMemoryBound(to: Float.self)[h * B + off] = vs
-                _ = kv_store_row(dtypeCode, k, kDst, Int32(D), ks)
-                _ = kv_store_row(dtypeCode, v, vDst, Int32(D), vs)
+                withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * D) { buf in
+                    // The scale is amax/127 of the row as stored (rotated when G > 1).
+                    let kr = buf.baseAddress!, vr = kr + D
+                    kr.update(from: k, count: D); vr.update(from: v, count: D)
+                    kv_hadamard(kr, Int32(D), G); kv_hadamard(vr, Int32(D), G)
+                    let ks = kv_amax(kr, Int32(D)) / 127, vs = kv_amax(vr, Int32(D)) / 127
+                    (blk + ksOffset).assumingMemoryBound(to: Float.self)[h * B + off] = ks
+                    (blk + vsOffset).assumingMemoryBound(to: Float.self)[h * B + off] = vs
+                    _ = kv_store_row(dtypeCode, kr, kDst, Int32(D), ks)
+                    _ = kv_store_row(dtypeCode, vr, vDst, Int32(D), vs)
+                }
             case Int32(KV_DT_I8_STATIC):
                 let s = blockScales[slot * H + h]
                 clipped += kv_store_row(dtypeCode, k, kDst, Int32(D), s)
@@ -416,7 +433,8 @@ public final class KVCachePool: @unchecked Sendable {
     }
 
     /// Reads back (dequantizes) K and V of one token for one layer into `[numKVHeads, headDim]` fp32
-    /// buffers: what attention sees. For tests and debugging; attention never uses it.
+    /// buffers: what attention sees, in the model's basis (a rotated int8_pertoken row is rotated back).
+    /// For tests and debugging; attention never uses it.
     public func read(layer: Int, sequence: SequenceID, position: Int,
                      key: UnsafeMutablePointer<Float>, value: UnsafeMutablePointer<Float>) {
         precondition(layer >= 0 && layer < spec.numLayers, "KVCachePool.read: layer \(layer) out of range")
@@ -439,6 +457,8 @@ public final class KVCachePool: @unchecked Sendable {
             }
             kv_load_row(dtypeCode, blk + (h * B + off) * rowBytes, key + h * D, Int32(D), ks)
             kv_load_row(dtypeCode, blk + vOffset + (h * B + off) * rowBytes, value + h * D, Int32(D), vs)
+            kv_hadamard(key + h * D, Int32(D), Int32(rotationGroup))     // back to the model's basis
+            kv_hadamard(value + h * D, Int32(D), Int32(rotationGroup))
         }
     }
 
@@ -461,7 +481,9 @@ public final class KVCachePool: @unchecked Sendable {
     ///     threads (`DispatchQueue.concurrentPerform`, at least 256 keys each) and merge the partial
     ///     softmaxes (split-K, "flash-decoding"). Leave at 1 when the caller already runs positions in
     ///     parallel (prefill).
-    /// int8 blocks are read directly with the scale folded in; fp16/bf16 widened in registers.
+    /// int8 blocks are read directly with the scale folded in; fp16/bf16 widened in registers. With a
+    /// Hadamard-rotated cache (`rotationGroup > 1`) the query is rotated into the cache's basis first and
+    /// the output rotated back (the transform is orthogonal and its own inverse).
     /// Thread-safe for concurrent calls. Preconditions: known sequence, `position < length`,
     /// `numHeads` a multiple of numKVHeads, `window >= 1`.
     public func attend(layer: Int, sequence: SequenceID, position: Int, query: UnsafePointer<Float>,
@@ -483,6 +505,25 @@ public final class KVCachePool: @unchecked Sendable {
         }
         let keys = position - first + 1
         let parts = threads > 1 ? min(threads, keys / 256, 64) : 1
+        let D = spec.headDim, G = Int32(rotationGroup)
+        if G > 1 {
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: numHeads * D) { q in
+                let qr = q.baseAddress!
+                qr.update(from: query, count: numHeads * D)
+                kv_hadamard(qr, Int32(numHeads * D), G)
+                attendInCacheBasis(table: table, layer: layer, first: first, position: position, keys: keys, parts: parts,
+                                   query: qr, numHeads: numHeads, scale: scale, output: output)
+            }
+            kv_hadamard(output, Int32(numHeads * D), G)
+        } else {
+            attendInCacheBasis(table: table, layer: layer, first: first, position: position, keys: keys, parts: parts,
+                               query: query, numHeads: numHeads, scale: scale, output: output)
+        }
+    }
+
+    private func attendInCacheBasis(table: BlockTable, layer: Int, first: Int, position: Int, keys: Int, parts: Int,
+                                    query: UnsafePointer<Float>, numHeads: Int, scale: Float,
+                                    output: UnsafeMutablePointer<Float>) {
         table.blockIDs.withUnsafeBufferPointer { ids in
             var view = kv_layer_view(
                 base: UnsafePointer(storage.assumingMemoryBound(to: UInt8.self) + layer * numBlocks * blockStride),
@@ -565,7 +606,8 @@ public final class KVCachePool: @unchecked Sendable {
             usage: numBlocks == 0 ? 0 : Double(used) / Double(numBlocks), sequences: tables.count,
             scaleSource: source, scalePath: path, scaleSHA256: sha, scaleEpoch: epoch, liveEpochs: liveEpochs,
             layerScales: layerScales, saturationCounts: saturations, scaleWarnings: warnings,
-            attentionKernel: usesAVX512 ? "avx512" : "avx2")
+            attentionKernel: usesAVX512 ? "avx512" : "avx2",
+            rotation: rotationGroup > 1 ? "hadamard-\(rotationGroup)" : nil)
     }
 }
 

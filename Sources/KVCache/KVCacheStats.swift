@@ -38,12 +38,15 @@ public struct KVCacheStats: Codable, Sendable, Equatable {
     public var scaleWarnings: [String]
     /// The attention kernel in use: "avx512" or "avx2" (run-time CPU check, see docs/kv-cache.md).
     public var attentionKernel: String
+    /// `int8_pertoken`: "hadamard-<g>" when K and V are stored Hadamard-rotated over groups of g values
+    /// of each head before quantization (the default; see `KVCachePool.rotationGroup`), else absent.
+    public var rotation: String?
 
     public init(kvCacheDType: String, blockSize: Int, numBlocks: Int, usedBlocks: Int, freeBlocks: Int,
                 tokensCached: Int, capacityTokens: Int, bytesPerToken: Int, bytesPerTokenRatioToFP16: Double,
                 usage: Double, sequences: Int, scaleSource: String, scalePath: String?, scaleSHA256: String?,
                 scaleEpoch: Int?, liveEpochs: [Int], layerScales: [[Float]]?, saturationCounts: [Int64]?,
-                scaleWarnings: [String], attentionKernel: String = "avx2") {
+                scaleWarnings: [String], attentionKernel: String = "avx2", rotation: String? = nil) {
         self.kvCacheDType = kvCacheDType; self.blockSize = blockSize; self.numBlocks = numBlocks
         self.usedBlocks = usedBlocks; self.freeBlocks = freeBlocks; self.tokensCached = tokensCached
         self.capacityTokens = capacityTokens; self.bytesPerToken = bytesPerToken
@@ -52,6 +55,7 @@ public struct KVCacheStats: Codable, Sendable, Equatable {
         self.scaleEpoch = scaleEpoch; self.liveEpochs = liveEpochs; self.layerScales = layerScales
         self.saturationCounts = saturationCounts; self.scaleWarnings = scaleWarnings
         self.attentionKernel = attentionKernel
+        self.rotation = rotation
     }
 
     enum CodingKeys: String, CodingKey {
@@ -62,6 +66,6 @@ public struct KVCacheStats: Codable, Sendable, Equatable {
         case scaleSource = "scale_source", scalePath = "scale_path", scaleSHA256 = "scale_sha256"
         case scaleEpoch = "scale_epoch", liveEpochs = "live_epochs", layerScales = "layer_scales"
         case saturationCounts = "saturation_counts", scaleWarnings = "scale_warnings"
-        case attentionKernel = "attention_kernel"
+        case attentionKernel = "attention_kernel", rotation = "kv_rotation"
     }
 }

@@ -25,6 +25,8 @@ struct ModelOptions: ParsableArguments {
     var quantizationParamPath: String?
     @Flag(name: .customLong("default-scales"), help: "Static int8 dtypes without a scale file: every scale 1.0 (as the daemon does, with a warning).")
     var defaultScales = false
+    @Flag(name: .customLong("no-kv-rotation"), help: "int8_pertoken: store K/V rows unrotated (no Hadamard rotation), for comparison.")
+    var noKVRotation = false
 
     func load(contextTokens: Int) throws -> (Model, ForwardSession, KVCachePool) {
         let dtype = try KVCacheDType(parsing: kvCacheDType)
@@ -37,7 +39,8 @@ struct ModelOptions: ParsableArguments {
             throw KvantError(.invalidArgument, "--kv-cache-dtype \(dtype.rawValue) needs --quantization-param-path (or --default-scales for 1.0 everywhere)")
         }
         let blocks = (contextTokens + spec.blockSize - 1) / spec.blockSize + 2
-        let pool = try KVCachePool(spec: spec, byteBudget: blocks * spec.blockSize * spec.bytesPerToken * 2, scales: scales)
+        let pool = try KVCachePool(spec: spec, byteBudget: blocks * spec.blockSize * spec.bytesPerToken * 2, scales: scales,
+                                   hadamardRotation: !noKVRotation)
         return (model, ForwardSession(model: model, threads: threads), pool)
     }
 }

@@ -36,6 +36,11 @@ struct AttentionTests {
 
     @Test("write/read round trip within the dtype's error bound", arguments: dtypes)
     func roundTrip(dtype: KVCacheDType) throws {
+        try roundTrip(dtype: dtype, rotation: true)
+        if dtype == .int8PerToken { try roundTrip(dtype: dtype, rotation: false) }
+    }
+
+    func roundTrip(dtype: KVCacheDType, rotation: Bool) throws {
         let spec = KVCacheSpec(numLayers: 2, numKVHeads: 2, headDim: 24, dtype: dtype, blockSize: 4)
         var rng = TestRNG(seed: 7)
         let T = 11, n = 2 * 24
@@ -57,7 +62,9 @@ struct AttentionTests {
                 ? try KVScales(perTensor: [amaxPerHead.max()! / 127, 2 * amaxPerHead.max()! / 127])
                 : try KVScales(perHead: [amaxPerHead.map { $0 / 127 }, amaxPerHead.map { 2 * $0 / 127 }])
         }
-        let pool = try KVCachePool(spec: spec, byteBudget: 1 << 16, scales: scales)
+        let pool = try KVCachePool(spec: spec, byteBudget: 1 << 16, scales: scales, hadamardRotation: rotation)
+        let rotated = dtype == .int8PerToken && rotation
+        #expect(pool.rotationGroup == (rotated ? 8 : 1))  // head_dim 24 = 3 · 8
         let seq = pool.createSequence()
         for layer in 0..<2 { writeAll(pool, seq, layer: layer, keys: keys, values: values) }
         for layer in 0..<2 {
@@ -67,6 +74,11 @@ struct AttentionTests {
                     let r = (h * 24)..<(h * 24 + 24)
                     let kAmax = keys[p][r].map(abs).max()!, vAmax = values[p][r].map(abs).max()!
                     let s = scales?.scale(layer: layer, head: h) ?? 1
+                    if rotated {
+                        expectRotatedInt8(stored: Array(k[r]), original: Array(keys[p][r]), group: 8, "K layer \(layer) pos \(p) head \(h)")
+                        expectRotatedInt8(stored: Array(v[r]), original: Array(values[p][r]), group: 8, "V layer \(layer) pos \(p) head \(h)")
+                        continue
+                    }
                     for i in r {
                         #expect(abs(k[i] - keys[p][i]) <= elementBound(dtype, x: keys[p][i], amax: kAmax, staticScale: s),
                                 "K layer \(layer) pos \(p) elem \(i): \(k[i]) vs \(keys[p][i])")
@@ -80,6 +92,58 @@ struct AttentionTests {
         if dtype.usesStaticScales {
             #expect(pool.stats().saturationCounts == [0, 0])
         }
+    }
+
+    /// int8_pertoken with rotation: the fp64 reference rotates the row (y = H x / √g per group), quantizes it
+    /// with s = amax(y)/127 and rotates back. Elements may differ from it by one rounding flip spread over a group
+    /// (s/√g); the L2 error of the row is at most √D · s/2 (orthogonal transform of per-element errors ≤ s/2).
+    func expectRotatedInt8(stored: [Float], original: [Float], group g: Int, _ what: String) {
+        let x = original.map(Double.init)
+        let y = hadamardReference(x, group: g)
+        let amax = y.map(abs).max()!
+        let s = amax / 127
+        let q = y.map { s > 0 ? ($0 / s).rounded(.toNearestOrEven) * s : 0 }
+        let ref = hadamardReference(q, group: g)
+        let tol = s / Double(g).squareRoot() * 1.001 + 1e-6 * amax
+        for i in 0..<x.count {
+            #expect(abs(Double(stored[i]) - ref[i]) <= tol, "\(what) elem \(i): \(stored[i]) vs reference \(ref[i])")
+        }
+        let l2 = zip(stored, x).map { (Double($0) - $1) * (Double($0) - $1) }.reduce(0, +).squareRoot()
+        #expect(l2 <= Double(x.count).squareRoot() * s / 2 * 1.001 + 1e-6 * amax, "\(what): L2 error \(l2)")
+    }
+
+    @Test("int8_pertoken Hadamard rotation: an outlier channel no longer sets the step of the whole row")
+    func rotationHelpsOutliers() throws {
+        // Gemma-like rows: head_dim 256, rms ~1, one channel 40× larger (crest factor ~40 unrotated).
+        var rng = TestRNG(seed: 5)
+        let D = 256, T = 32
+        let rows = (0..<T).map { t -> [Float] in
+            var r = rng.floats(D, scale: 1.7)
+            r[(t * 37) % D] = 40
+            return r
+        }
+        var err: [Bool: Double] = [:]
+        for rotation in [true, false] {
+            let spec = KVCacheSpec(numLayers: 1, numKVHeads: 1, headDim: D, dtype: .int8PerToken, blockSize: 16)
+            let pool = try KVCachePool(spec: spec, byteBudget: 1 << 20, hadamardRotation: rotation)
+            #expect(pool.rotationGroup == (rotation ? 256 : 1))
+            #expect(pool.stats().rotation == (rotation ? "hadamard-256" : nil))
+            let seq = pool.createSequence()
+            writeAll(pool, seq, layer: 0, keys: rows, values: rows)
+            var e = 0.0, n = 0.0
+            for p in 0..<T {
+                let (k, v) = readBack(pool, seq, layer: 0, position: p)
+                for i in 0..<D {
+                    e += Double(k[i] - rows[p][i]) * Double(k[i] - rows[p][i]) + Double(v[i] - rows[p][i]) * Double(v[i] - rows[p][i])
+                    n += 2 * Double(rows[p][i]) * Double(rows[p][i])
+                }
+            }
+            err[rotation] = e / n
+        }
+        // Unrotated: step 40/127 for values of rms ~1 -> relative MSE ~ (40/127)²/12 / E[x²]. Rotated: the
+        // outlier is spread over 256 channels and the step follows the row's rms.
+        #expect(err[false]! > 5 * err[true]!, "relative MSE rotated \(err[true]!) vs unrotated \(err[false]!)")
+        #expect(err[true]! < 1e-4)
     }
 
     @Test("int8 static: values beyond ±127·s clip to ±127·s and are counted per layer")

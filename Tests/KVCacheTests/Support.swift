@@ -100,3 +100,18 @@ func writeFile(_ dir: String, _ name: String, _ text: String) -> String {
 func kvantError(_ body: () throws -> Void) -> KvantError? {
     do { try body(); return nil } catch let e as KvantError { return e } catch { return nil }
 }
+
+/// x -> (H_g / √g) x on each group of g values, H_g the Sylvester Hadamard matrix built entry by entry
+/// (H[i][j] = (−1)^popcount(i & j)), in fp64: the reference for `kv_hadamard`.
+func hadamardReference(_ x: [Double], group g: Int) -> [Double] {
+    var y = [Double](repeating: 0, count: x.count)
+    let norm = 1 / Double(g).squareRoot()
+    for base in stride(from: 0, to: x.count, by: g) {
+        for i in 0..<g {
+            var acc = 0.0
+            for j in 0..<g { acc += ((i & j).nonzeroBitCount % 2 == 0 ? 1 : -1) * x[base + j] }
+            y[base + i] = acc * norm
+        }
+    }
+    return y
+}

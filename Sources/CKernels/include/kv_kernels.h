@@ -61,6 +61,16 @@ int32_t kv_store_row(int32_t dtype, const float *src, void *dst, int32_t n, floa
 /* Reads n values of dtype back as fp32 (int8: q * s). */
 void kv_load_row(int32_t dtype, const void *src, float *dst, int32_t n, float s);
 
+/* Largest power of two dividing head_dim (256 for 256, 16 for 80): the group size of kv_hadamard. */
+int32_t kv_hadamard_group(int32_t head_dim);
+
+/* In place, x <- (H_g / sqrt(g)) x on each group of g consecutive values (g a power of two dividing n;
+ * H_g the Sylvester Hadamard matrix, fast Walsh-Hadamard transform, g log2 g additions per group). The
+ * normalized transform is symmetric and orthogonal, so applying it twice restores x (up to fp32 rounding)
+ * and dot products are preserved: (Hq)·(Hk) = q·k. int8_pertoken rotates K and V with it before
+ * quantizing, spreading outlier channels over the head (QuaRot, Ashkboos et al. 2024). g <= 1: no-op. */
+void kv_hadamard(float *x, int32_t n, int32_t g);
+
 /* max |x_i| over n values (0 for n == 0; NaN values are ignored). */
 float kv_amax(const float *x, int32_t n);
 
