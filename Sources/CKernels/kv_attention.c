@@ -113,8 +113,8 @@ kv_attend_lanes(const kv_layer_view *vw, const int dt, const int NL, const int g
             const float *vs = (const float *)(blk + vw->vs_offset) + (size_t)g * B + off;
             for (int i = 0; i < n; i++) { ksv[i] = ks[i] * scale; vsv[i] = vs[i]; }
         } else if (dt == KV_DT_I8_STATIC) {
-            const float s = vw->static_scales[(size_t)bid * H + g];
-            for (int i = 0; i < n; i++) { ksv[i] = s * scale; vsv[i] = s; }
+            const float s = vw->static_scales[(size_t)bid * H + g], sv = vw->static_v_scales[(size_t)bid * H + g];
+            for (int i = 0; i < n; i++) { ksv[i] = s * scale; vsv[i] = sv; }
         } else {
             for (int i = 0; i < n; i++) { ksv[i] = scale; vsv[i] = 1.0f; }
         }

@@ -213,9 +213,15 @@ public struct ScalesReport: Codable, Equatable, Sendable {
     public var layers: Int
     /// True when the file has one scale per (layer, KV head), false for one per layer.
     public var perHead: Bool
-    /// Smallest and largest scale in the file.
+    /// Smallest and largest scale in force (K and V scales when the file has separate ones).
     public var min: Double
     public var max: Double
+    /// The file's `scaling_factor` per layer: one value, or one per KV head (`per_head`).
+    public var layerScales: [[Double]]?
+    /// The K and V scales in force per layer when the file has separate ones (`k_scaling_factor`,
+    /// `v_scaling_factor`, a Kvant extension vLLM ignores); absent when K and V share `layer_scales`.
+    public var layerKeyScales: [[Double]]?
+    public var layerValueScales: [[Double]]?
     /// SHA-256 of the file bytes, lowercase hex.
     public var sha256: String
     /// Scale epoch after installing (`reload-scales`), the current epoch (`scales-show`), nil for `scales-validate`.
@@ -224,7 +230,11 @@ public struct ScalesReport: Codable, Equatable, Sendable {
     public var warnings: [String]
 
     public init(path: String?, layers: Int, perHead: Bool, min: Double, max: Double, sha256: String, epoch: Int?,
-                warnings: [String]) {
+                warnings: [String], layerScales: [[Double]]? = nil, layerKeyScales: [[Double]]? = nil,
+                layerValueScales: [[Double]]? = nil) {
+        self.layerScales = layerScales
+        self.layerKeyScales = layerKeyScales
+        self.layerValueScales = layerValueScales
         self.path = path
         self.layers = layers
         self.perHead = perHead
@@ -235,7 +245,10 @@ public struct ScalesReport: Codable, Equatable, Sendable {
         self.warnings = warnings
     }
 
-    enum CodingKeys: String, CodingKey { case path, layers, perHead = "per_head", min, max, sha256, epoch, warnings }
+    enum CodingKeys: String, CodingKey {
+        case path, layers, perHead = "per_head", min, max, sha256, epoch, warnings
+        case layerScales = "layer_scales", layerKeyScales = "layer_k_scales", layerValueScales = "layer_v_scales"
+    }
 }
 
 /// `scales-show` result: the active scales, or nil when the cache dtype uses none.
@@ -603,11 +616,15 @@ public struct CalibrateParams: Codable, Equatable, Sendable {
     /// Percentile of |x| used as amax, in (0, 100]: 100 = plain max (amax/127); absent = the
     /// daemon's default clipping (Kvant: MSE-optimal shared K/V clip, docs/kv-cache.md).
     public var percentile: Double?
+    /// Also write separate K and V scales (`k_scaling_factor` / `v_scaling_factor` beside the shared
+    /// `scaling_factor`; vLLM ignores them); default true. false writes only vLLM's shared scale.
+    public var separateKV: Bool?
     /// Output file; its directory must lie under `allowed_dirs`.
     public var output: String
 
     public init(textPath: String? = nil, numTokens: Int? = nil, perHead: Bool? = nil, tpSize: Int? = nil,
-                percentile: Double? = nil, output: String) {
+                percentile: Double? = nil, separateKV: Bool? = nil, output: String) {
+        self.separateKV = separateKV
         self.textPath = textPath
         self.numTokens = numTokens
         self.perHead = perHead
@@ -618,6 +635,7 @@ public struct CalibrateParams: Codable, Equatable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case textPath = "text_path", numTokens = "num_tokens", perHead = "per_head", tpSize = "tp_size", percentile, output
+        case separateKV = "separate_kv"
     }
 
     public init(from decoder: Decoder) throws {
@@ -627,6 +645,7 @@ public struct CalibrateParams: Codable, Equatable, Sendable {
         perHead = try c.decodeIfPresent(Bool.self, forKey: .perHead)
         tpSize = try c.decodeIntegerIfPresent(forKey: .tpSize)
         percentile = try c.decodeIfPresent(Double.self, forKey: .percentile)
+        separateKV = try c.decodeIfPresent(Bool.self, forKey: .separateKV)
         output = try c.decode(String.self, forKey: .output)
     }
 

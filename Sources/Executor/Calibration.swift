@@ -4,9 +4,10 @@ import KvantCore
 
 /// Built-in KV-cache calibration: runs text through the model with an fp32 KV cache and records
 /// the amax of post-RoPE K and of V per (layer, KV head) as the cache is written (`KVAmaxRecorder`),
-/// and their |x| histograms, then turns them into static scales `clip / 127` (K and V share one
-/// scale, vLLM's schema): `clip = max(amax_K, amax_V)` for `.max`, or a clipping value from the
-/// histograms (`KVClipMethod`).
+/// and their |x| histograms, then turns them into static scales `clip / 127`: the shared scale of
+/// vLLM's schema (`clip = max(amax_K, amax_V)` for `.max`, or a clipping value from the histograms,
+/// `KVClipMethod`) and, unless `separateKV` is false, separate K and V scales chosen the same way
+/// per tensor (the `k_scaling_factor` / `v_scaling_factor` extension, see `KVScales`).
 ///
 /// This replaces the vendor guide's pipeline (TensorRT-LLM `convert_checkpoint.py --int8_kv_cache`,
 /// then vLLM `examples/fp8/extract_scales.py`, then a hand-edited `model_type`): the keys are
@@ -18,7 +19,7 @@ public enum KVCalibrator {
 
     /// What one calibration run measured.
     public struct Result: Sendable {
-        /// The scales, per layer or per (layer, KV head).
+        /// The scales, per layer or per (layer, KV head); with separate K/V scales when asked.
         public var scales: KVScales
         /// Tokens run through the model.
         public var tokens: Int
@@ -27,8 +28,9 @@ public enum KVCalibrator {
         public var valueAmax: [Float]
         /// The clipping method used.
         public var method: KVClipMethod
-        /// Fraction of the calibration text's K and V values per layer that the scales saturate
-        /// (beyond ±127·s; max over heads' scales for per-head), at histogram resolution: `[numLayers]`.
+        /// Fraction of the calibration text's K and V values per layer that the scales in force (the
+        /// K and V scales; the shared one without `separateKV`) saturate (beyond ±127·s; max over
+        /// heads for per-head), at histogram resolution: `[numLayers]`.
         public var keySaturation: [Double]
         public var valueSaturation: [Double]
         /// Root mean square of K and of V per layer (all heads), from the histograms: `[numLayers]`.
@@ -45,12 +47,15 @@ public enum KVCalibrator {
     ///   - percentile: cap each layer's clipping value at this percentile of |K| and |V| (in (0, 100));
     ///     100 = the plain max (`amax / 127`). Ignored when `method` is given.
     ///   - method: how the clipping value is chosen; when both are nil, `defaultMethod`.
+    ///   - separateKV: also derive separate K and V scales (written as `k_scaling_factor` /
+    ///     `v_scaling_factor`); false gives only the shared scale of vLLM's schema.
     ///   - isCancelled: checked between windows; when true the run throws `KvantError(.cancelled)`.
     ///   - progress: `(tokensDone, tokensTotal)` after each window.
     /// - Throws: `.invalidArgument` for too few tokens or a bad window/percentile, `.cancelled`,
     ///   forward-pass errors.
     public static func run(session: ForwardSession, tokens: [Int32], window: Int = 512, perHead: Bool,
-                           percentile: Double? = nil, method: KVClipMethod? = nil, isCancelled: () -> Bool = { false },
+                           percentile: Double? = nil, method: KVClipMethod? = nil, separateKV: Bool = true,
+                           isCancelled: () -> Bool = { false },
                            progress: (Int, Int) -> Void = { _, _ in }) throws -> Result {
         guard tokens.count >= 2 else {
             throw KvantError(.invalidArgument, "calibration needs at least 2 tokens of text, got \(tokens.count)")
@@ -84,12 +89,15 @@ public enum KVCalibrator {
             done += chunk.count
             progress(done, tokens.count)
         }
-        let scales = try recorder.scales(perHead: perHead, method: method)
+        let scales = try recorder.scales(perHead: perHead, method: method, separateKV: separateKV)
         let keyAmax = (0..<config.numLayers).map { l in (0..<config.numKVHeads).map { recorder.keyAmax(layer: l, head: $0) }.max()! }
         let valueAmax = (0..<config.numLayers).map { l in (0..<config.numKVHeads).map { recorder.valueAmax(layer: l, head: $0) }.max()! }
         let H = config.numKVHeads
         func saturation(_ l: Int, keys: Bool) -> Double {
-            (0..<H).map { h in recorder.saturationFraction(layer: l, head: h, ofKeys: keys, clip: scales.scale(layer: l, head: h) * 127) ?? 0 }.max()!
+            (0..<H).map { h in
+                let s = keys ? scales.keyScale(layer: l, head: h) : scales.valueScale(layer: l, head: h)
+                return recorder.saturationFraction(layer: l, head: h, ofKeys: keys, clip: s * 127) ?? 0
+            }.max()!
         }
         return Result(scales: scales, tokens: tokens.count, keyAmax: keyAmax, valueAmax: valueAmax, method: method,
                       keySaturation: (0..<config.numLayers).map { saturation($0, keys: true) },

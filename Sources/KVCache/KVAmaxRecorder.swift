@@ -188,6 +188,24 @@ public final class KVAmaxRecorder: @unchecked Sendable {
         return best.map { (clip: $0.1, keySaturation: $0.2, valueSaturation: $0.3) }
     }
 
+    /// The clipping value that minimizes the expected int8 quantization error `mse / E[x²]` of K alone
+    /// (`ofKeys`) or V alone, for separate K and V scales; same grid and error model as the shared
+    /// `mseOptimalClip(layer:head:keyWeight:)`, from the tensor's own amax down. Nil without a histogram or data.
+    /// - Returns: the clipping value and the fraction of that tensor's values it would saturate.
+    public func mseOptimalClip(layer: Int, head: Int? = nil, ofKeys: Bool) -> (clip: Float, saturation: Double)? {
+        guard let h = histogram(layer: layer, head: head, ofKeys: ofKeys) else { return nil }
+        let top = amax(layer: layer, head: head, ofKeys: ofKeys)
+        guard top > 0, top.isFinite else { return nil }
+        var best: (Double, Float)? = nil
+        for i in 0...(8 * 32) {
+            let c = top * Float(pow(2.0, -Double(i) / 32))
+            let e = Self.quantizationError(h, clip: c)
+            let obj = e.energy > 0 ? e.mse / e.energy : 0
+            if best == nil || obj < best!.0 { best = (obj, c) }
+        }
+        return best.map { (clip: $0.1, saturation: Self.saturated(h, amax: top, clip: $0.1)) }
+    }
+
     /// Root mean square of the recorded K (`ofKeys`) or V values of a layer (one head or all), from
     /// the histogram (bin centres, ≤ 5 % off). With the amax it gives the crest factor amax/rms that
     /// decides how coarse a shared int8 step is for the typical value. Nil without a histogram or data.
@@ -214,7 +232,40 @@ public final class KVAmaxRecorder: @unchecked Sendable {
     }
 
     /// Static scales `clip / 127` per layer or per (layer, KV head), K and V sharing the scale, with
-    /// the clipping value chosen by `method` (see `KVClipMethod`).
+    /// the clipping value chosen by `method` (see `KVClipMethod`). With `separateKV` the result also
+    /// carries separate K and V scales (`KVScales.withSeparateKV`), each chosen by the same method
+    /// from that tensor alone: `amax_K / 127` and `amax_V / 127` for `.max`, the tensor's own
+    /// percentile cap, or its own MSE-optimal clip (`mseOptimalClip(layer:head:ofKeys:)`).
+    /// - Throws: `KvantError(.failedPrecondition)` naming the layer/head when nothing was recorded,
+    ///   or when `.percentile`/`.mse` is asked of a recorder without a histogram.
+    public func scales(perHead: Bool, method: KVClipMethod, separateKV: Bool) throws -> KVScales {
+        let shared = try scales(perHead: perHead, method: method)
+        guard separateKV else { return shared }
+        var kRows: [[Float]] = [], vRows: [[Float]] = []
+        for l in 0..<numLayers {
+            func clips(_ keys: Bool) -> [Float] {
+                let heads: [Int?] = perHead ? (0..<numKVHeads).map { $0 } : [nil]
+                return heads.map { h in
+                    let a = amax(layer: l, head: h, ofKeys: keys)
+                    var c = a
+                    switch method {
+                    case .max: break
+                    case .percentile(let p): c = min(a, percentileAmax(layer: l, head: h, ofKeys: keys, percentile: p) ?? a)
+                    case .mse: c = min(a, mseOptimalClip(layer: l, head: h, ofKeys: keys)?.clip ?? a)
+                    }
+                    // A tensor that was all zeros on the calibration text: its shared scale is as good as any.
+                    return c > 0 && c.isFinite ? c / 127 : shared.scale(layer: l, head: h ?? 0)
+                }
+            }
+            kRows.append(clips(true)); vRows.append(clips(false))
+        }
+        let k = perHead ? try KVScales(perHead: kRows) : try KVScales(perTensor: kRows.map { $0[0] })
+        let v = perHead ? try KVScales(perHead: vRows) : try KVScales(perTensor: vRows.map { $0[0] })
+        return try shared.withSeparateKV(key: k, value: v)
+    }
+
+    /// Static scales `clip / 127` per layer or per (layer, KV head), K and V sharing the scale (vLLM's
+    /// schema), with the clipping value chosen by `method` (see `KVClipMethod`).
     /// - Throws: `KvantError(.failedPrecondition)` naming the layer/head when nothing was recorded,
     ///   or when `.percentile`/`.mse` is asked of a recorder without a histogram.
     public func scales(perHead: Bool, method: KVClipMethod) throws -> KVScales {

@@ -49,8 +49,9 @@ public final class KVCachePool: @unchecked Sendable {
     // Static int8 modes.
     private let isStatic: Bool
     private let blockEpoch: UnsafeMutablePointer<Int32>      // [numLayers, numBlocks], -1 = unwritten
-    private let blockScales: UnsafeMutablePointer<Float>     // [numLayers, numBlocks, numKVHeads]
-    private var epochTables: [Int: [Float]] = [:]            // epoch -> [numLayers, numKVHeads]
+    private let blockScales: UnsafeMutablePointer<Float>     // K scales [numLayers, numBlocks, numKVHeads]
+    private let blockVScales: UnsafeMutablePointer<Float>    // V scales [numLayers, numBlocks, numKVHeads]
+    private var epochTables: [Int: ScaleTables] = [:]        // epoch -> K and V scales [numLayers, numKVHeads]
     private var currentEpoch = 0
     private var currentScales: KVScales?
     private let saturation: UnsafeMutablePointer<Int64>      // [numLayers]
@@ -129,10 +130,13 @@ public final class KVCachePool: @unchecked Sendable {
         blockEpoch.initialize(repeating: -1, count: max(epochCount, 1))
         blockScales = .allocate(capacity: max(epochCount * H, 1))
         blockScales.initialize(repeating: 1, count: max(epochCount * H, 1))
+        blockVScales = .allocate(capacity: max(epochCount * H, 1))
+        blockVScales.initialize(repeating: 1, count: max(epochCount * H, 1))
         saturation = .allocate(capacity: spec.numLayers)
         saturation.initialize(repeating: 0, count: spec.numLayers)
         if isStatic {
-            epochTables[0] = [Float](repeating: 1, count: spec.numLayers * H)
+            let ones = [Float](repeating: 1, count: spec.numLayers * H)
+            epochTables[0] = ScaleTables(key: ones, value: ones)
         }
         if let scales {
             guard isStatic else {
@@ -149,6 +153,7 @@ public final class KVCachePool: @unchecked Sendable {
         free_aligned(storage)
         blockEpoch.deallocate()
         blockScales.deallocate()
+        blockVScales.deallocate()
         saturation.deallocate()
     }
 
@@ -273,6 +278,7 @@ public final class KVCachePool: @unchecked Sendable {
                 let o = l * numBlocks + Int(old), n = l * numBlocks + Int(new)
                 blockEpoch[n] = blockEpoch[o]
                 (blockScales + n * H).update(from: blockScales + o * H, count: H)
+                (blockVScales + n * H).update(from: blockVScales + o * H, count: H)
             }
         }
         blocks.release(old)
@@ -324,7 +330,10 @@ public final class KVCachePool: @unchecked Sendable {
         for e in epochTables.keys where !live.contains(Int32(e)) { epochTables[e] = nil }
     }
 
-    static func scaleTable(_ scales: KVScales, for spec: KVCacheSpec) throws -> [Float] {
+    /// K and V scales of one epoch, `[numLayers, numKVHeads]` each (equal unless the file has separate K/V scales).
+    struct ScaleTables { var key: [Float]; var value: [Float] }
+
+    static func scaleTable(_ scales: KVScales, for spec: KVCacheSpec) throws -> ScaleTables {
         let src = scales.path.map { "scale file '\($0)'" } ?? "KV scales"
         guard scales.numLayers == spec.numLayers else {
             throw KvantError(.invalidArgument, "\(src): \(scales.numLayers) layers; the KV cache has num_layers \(spec.numLayers)")
@@ -340,14 +349,16 @@ public final class KVCachePool: @unchecked Sendable {
             }
         case .perTensor: break
         }
-        var table = [Float](repeating: 1, count: spec.numLayers * H)
+        var table = ScaleTables(key: [Float](repeating: 1, count: spec.numLayers * H), value: [Float](repeating: 1, count: spec.numLayers * H))
         for l in 0..<spec.numLayers {
             for h in 0..<H {
-                let s = scales.scale(layer: l, head: h)
-                guard s.isFinite, s > 0 else {
-                    throw KvantError(.invalidArgument, "\(src): layer \(l) head \(h): scale \(s); expected a finite positive number")
+                for (name, s) in [("K", scales.keyScale(layer: l, head: h)), ("V", scales.valueScale(layer: l, head: h))] {
+                    guard s.isFinite, s > 0 else {
+                        throw KvantError(.invalidArgument, "\(src): layer \(l) head \(h): \(name) scale \(s); expected a finite positive number")
+                    }
                 }
-                table[l * H + h] = s
+                table.key[l * H + h] = scales.keyScale(layer: l, head: h)
+                table.value[l * H + h] = scales.valueScale(layer: l, head: h)
             }
         }
         return table
@@ -389,7 +400,10 @@ public final class KVCachePool: @unchecked Sendable {
         if isStatic && blockEpoch[slot] < 0 {
             blockEpoch[slot] = Int32(currentEpoch)
             let t = epochTables[currentEpoch]!
-            for h in 0..<H { blockScales[slot * H + h] = t[layer * H + h] }
+            for h in 0..<H {
+                blockScales[slot * H + h] = t.key[layer * H + h]
+                blockVScales[slot * H + h] = t.value[layer * H + h]
+            }
         }
         let rec = recorder
         lock.unlock()
@@ -416,9 +430,8 @@ public final class KVCachePool: @unchecked Sendable {
                     _ = kv_store_row(dtypeCode, vr, vDst, Int32(D), vs)
                 }
             case Int32(KV_DT_I8_STATIC):
-                let s = blockScales[slot * H + h]
-                clipped += kv_store_row(dtypeCode, k, kDst, Int32(D), s)
-                clipped += kv_store_row(dtypeCode, v, vDst, Int32(D), s)
+                clipped += kv_store_row(dtypeCode, k, kDst, Int32(D), blockScales[slot * H + h])
+                clipped += kv_store_row(dtypeCode, v, vDst, Int32(D), blockVScales[slot * H + h])
             default:
                 _ = kv_store_row(dtypeCode, k, kDst, Int32(D), 1)
                 _ = kv_store_row(dtypeCode, v, vDst, Int32(D), 1)
@@ -453,7 +466,7 @@ public final class KVCachePool: @unchecked Sendable {
                 ks = (blk + ksOffset).assumingMemoryBound(to: Float.self)[h * B + off]
                 vs = (blk + vsOffset).assumingMemoryBound(to: Float.self)[h * B + off]
             } else if isStatic {
-                ks = blockScales[slot * H + h]; vs = ks
+                ks = blockScales[slot * H + h]; vs = blockVScales[slot * H + h]
             }
             kv_load_row(dtypeCode, blk + (h * B + off) * rowBytes, key + h * D, Int32(D), ks)
             kv_load_row(dtypeCode, blk + vOffset + (h * B + off) * rowBytes, value + h * D, Int32(D), vs)
@@ -529,6 +542,7 @@ public final class KVCachePool: @unchecked Sendable {
                 base: UnsafePointer(storage.assumingMemoryBound(to: UInt8.self) + layer * numBlocks * blockStride),
                 block_stride: blockStride, v_offset: vOffset, ks_offset: ksOffset, vs_offset: vsOffset,
                 static_scales: UnsafePointer(blockScales + (isStatic ? layer * numBlocks * spec.numKVHeads : 0)),
+                static_v_scales: UnsafePointer(blockVScales + (isStatic ? layer * numBlocks * spec.numKVHeads : 0)),
                 block_ids: ids.baseAddress, dtype: dtypeCode, num_kv_heads: Int32(spec.numKVHeads),
                 head_dim: Int32(spec.headDim), block_size: Int32(spec.blockSize),
                 use_avx512: useAVX512 ? 1 : 0)
@@ -574,6 +588,7 @@ public final class KVCachePool: @unchecked Sendable {
         let source: String
         var path: String? = nil, sha: String? = nil, epoch: Int? = nil
         var layerScales: [[Float]]? = nil
+        var keyScales: [[Float]]? = nil, valueScales: [[Float]]? = nil
         var saturations: [Int64]? = nil
         var liveEpochs: [Int] = []
         var warnings: [String] = []
@@ -589,8 +604,16 @@ public final class KVCachePool: @unchecked Sendable {
             }
             let H = spec.numKVHeads
             let t = epochTables[currentEpoch]!
-            layerScales = (0..<spec.numLayers).map { l in
-                spec.dtype == .int8PerTensor ? [t[l * H]] : Array(t[(l * H)..<(l * H + H)])
+            func rows(_ v: [Float]) -> [[Float]] {
+                (0..<spec.numLayers).map { l in spec.dtype == .int8PerTensor ? [v[l * H]] : Array(v[(l * H)..<(l * H + H)]) }
+            }
+            if let s = currentScales, s.hasSeparateKV {
+                layerScales = (0..<spec.numLayers).map { l in
+                    spec.dtype == .int8PerTensor ? [s.layerScales(l).max()!] : (0..<H).map { s.scale(layer: l, head: $0) }
+                }
+                keyScales = rows(t.key); valueScales = rows(t.value)
+            } else {
+                layerScales = rows(t.key)
             }
             saturations = (0..<spec.numLayers).map { saturation[$0] }
             collectEpochs()
@@ -605,7 +628,8 @@ public final class KVCachePool: @unchecked Sendable {
             bytesPerTokenRatioToFP16: Double(spec.bytesPerToken) / Double(spec.fp16BytesPerToken),
             usage: numBlocks == 0 ? 0 : Double(used) / Double(numBlocks), sequences: tables.count,
             scaleSource: source, scalePath: path, scaleSHA256: sha, scaleEpoch: epoch, liveEpochs: liveEpochs,
-            layerScales: layerScales, saturationCounts: saturations, scaleWarnings: warnings,
+            layerScales: layerScales, layerKeyScales: keyScales, layerValueScales: valueScales,
+            saturationCounts: saturations, scaleWarnings: warnings,
             attentionKernel: usesAVX512 ? "avx512" : "avx2",
             rotation: rotationGroup > 1 ? "hadamard-\(rotationGroup)" : nil)
     }

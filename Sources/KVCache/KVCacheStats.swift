@@ -30,8 +30,13 @@ public struct KVCacheStats: Codable, Sendable, Equatable {
     public var scaleEpoch: Int?
     /// Epochs whose tables are still alive (the current one and those some block was written with).
     public var liveEpochs: [Int]
-    /// Current scales per layer: one value (int8_pertensor) or one per KV head (int8_pertensor_perhead).
+    /// Current scales per layer: one value (int8_pertensor) or one per KV head (int8_pertensor_perhead):
+    /// the file's `scaling_factor`, shared by K and V (what vLLM would use).
     public var layerScales: [[Float]]?
+    /// When the scale file has separate K and V scales (`k_scaling_factor` / `v_scaling_factor`, a Kvant
+    /// extension) the scales in force for K and for V, in the same form as `layerScales`; else absent.
+    public var layerKeyScales: [[Float]]?
+    public var layerValueScales: [[Float]]?
     /// Values clipped at ±127 per layer since the pool was built (static modes).
     public var saturationCounts: [Int64]?
     /// Warnings of the loaded scale file (e.g. a null model_type).
@@ -45,7 +50,8 @@ public struct KVCacheStats: Codable, Sendable, Equatable {
     public init(kvCacheDType: String, blockSize: Int, numBlocks: Int, usedBlocks: Int, freeBlocks: Int,
                 tokensCached: Int, capacityTokens: Int, bytesPerToken: Int, bytesPerTokenRatioToFP16: Double,
                 usage: Double, sequences: Int, scaleSource: String, scalePath: String?, scaleSHA256: String?,
-                scaleEpoch: Int?, liveEpochs: [Int], layerScales: [[Float]]?, saturationCounts: [Int64]?,
+                scaleEpoch: Int?, liveEpochs: [Int], layerScales: [[Float]]?, layerKeyScales: [[Float]]? = nil,
+                layerValueScales: [[Float]]? = nil, saturationCounts: [Int64]?,
                 scaleWarnings: [String], attentionKernel: String = "avx2", rotation: String? = nil) {
         self.kvCacheDType = kvCacheDType; self.blockSize = blockSize; self.numBlocks = numBlocks
         self.usedBlocks = usedBlocks; self.freeBlocks = freeBlocks; self.tokensCached = tokensCached
@@ -53,6 +59,7 @@ public struct KVCacheStats: Codable, Sendable, Equatable {
         self.bytesPerTokenRatioToFP16 = bytesPerTokenRatioToFP16; self.usage = usage; self.sequences = sequences
         self.scaleSource = scaleSource; self.scalePath = scalePath; self.scaleSHA256 = scaleSHA256
         self.scaleEpoch = scaleEpoch; self.liveEpochs = liveEpochs; self.layerScales = layerScales
+        self.layerKeyScales = layerKeyScales; self.layerValueScales = layerValueScales
         self.saturationCounts = saturationCounts; self.scaleWarnings = scaleWarnings
         self.attentionKernel = attentionKernel
         self.rotation = rotation
@@ -65,6 +72,7 @@ public struct KVCacheStats: Codable, Sendable, Equatable {
         case bytesPerTokenRatioToFP16 = "bytes_per_token_ratio_to_fp16", usage, sequences
         case scaleSource = "scale_source", scalePath = "scale_path", scaleSHA256 = "scale_sha256"
         case scaleEpoch = "scale_epoch", liveEpochs = "live_epochs", layerScales = "layer_scales"
+        case layerKeyScales = "layer_k_scales", layerValueScales = "layer_v_scales"
         case saturationCounts = "saturation_counts", scaleWarnings = "scale_warnings"
         case attentionKernel = "attention_kernel", rotation = "kv_rotation"
     }

@@ -6,6 +6,13 @@ import KvantCore
 /// (`{"model_type":…, "kv_cache":{"dtype":…, "scaling_factor":{"<tp_rank>":{"<layer>": scale | [per-head list]}}}}`,
 /// vLLM `QuantParamSchema` rules) and encoded back to it for calibration.
 ///
+/// Kvant extension (optional, both or neither): `kv_cache.k_scaling_factor` and
+/// `kv_cache.v_scaling_factor`, in the same form as `scaling_factor`, give K and V their own scales.
+/// When present Kvant uses them (and still validates `scaling_factor`); vLLM's schema ignores
+/// unknown keys and keeps reading the shared `scaling_factor`, so such a file stays a valid vLLM
+/// file. `calibrate` writes them because one scale cannot fit K and V whose ranges differ by up
+/// to 30× (docs/kv-cache.md).
+///
 /// Policy (see docs/kv-cache.md): `model_type: null` (or missing) is accepted with a warning;
 /// the `dtype` string is recorded, never refused; several TP ranks merge into one process —
 /// per-tensor values by max over ranks (conservative: no rank's values clip more than in its own
@@ -21,8 +28,14 @@ public struct KVScales: Sendable, Equatable {
     public let numLayers: Int
     /// 1 for per-tensor, num_kv_heads for per-head.
     public let headsPerLayer: Int
-    /// `[numLayers, headsPerLayer]`, row-major, finite and positive.
+    /// `[numLayers, headsPerLayer]`, row-major, finite and positive: `scaling_factor`, shared by K and V.
     public let values: [Float]
+    /// The scales K and V are quantized with, `[numLayers, headsPerLayer]` each: `values` for a
+    /// vLLM file, `k_scaling_factor` / `v_scaling_factor` when the file has them.
+    public private(set) var keyValues: [Float]
+    public private(set) var valueValues: [Float]
+    /// True when K and V have their own scales (the Kvant extension).
+    public private(set) var hasSeparateKV = false
     /// model_type of the file (nil when null/missing or not from a file).
     public internal(set) var modelType: String?
     /// `kv_cache.dtype` string of the file, recorded as is (vLLM files say float8_e4m3fn even for int8).
@@ -42,6 +55,7 @@ public struct KVScales: Sendable, Equatable {
         guard !perTensor.isEmpty else { throw KvantError(.invalidArgument, "KV scales: no layers") }
         for (l, s) in perTensor.enumerated() { try Self.check(s, "KV scales", "layer \(l)") }
         granularity = .perTensor; numLayers = perTensor.count; headsPerLayer = 1; values = perTensor
+        keyValues = values; valueValues = values
     }
 
     /// Per-head scales `[numLayers][numKVHeads]`. Throws `KvantError(.invalidArgument)` for ragged
@@ -55,6 +69,27 @@ public struct KVScales: Sendable, Equatable {
             for (h, s) in row.enumerated() { try Self.check(s, "KV scales", "layer \(l) head \(h)") }
         }
         granularity = .perHead; numLayers = perHead.count; headsPerLayer = first.count; values = perHead.flatMap { $0 }
+        keyValues = values; valueValues = values
+    }
+
+    /// These scales (the shared `scaling_factor`) with separate K and V scales of the same form.
+    /// Throws `KvantError(.invalidArgument)` when `key` or `value` differs in granularity, layers or heads.
+    public func withSeparateKV(key: KVScales, value: KVScales) throws -> KVScales {
+        for (name, o) in [("K", key), ("V", value)] {
+            guard o.granularity == granularity, o.numLayers == numLayers, o.headsPerLayer == headsPerLayer else {
+                throw KvantError(.invalidArgument, "KV scales: \(name) scales are \(o.granularity.rawValue) with \(o.numLayers) layers × \(o.headsPerLayer); expected \(granularity.rawValue) with \(numLayers) layers × \(headsPerLayer) like scaling_factor")
+            }
+        }
+        var r = self
+        r.keyValues = key.values; r.valueValues = value.values; r.hasSeparateKV = true
+        return r
+    }
+
+    /// Only the shared `scaling_factor` (drops separate K/V scales): what vLLM reads from the file.
+    public var sharedOnly: KVScales {
+        var r = self
+        r.keyValues = values; r.valueValues = values; r.hasSeparateKV = false
+        return r
     }
 
     private static func check(_ s: Float, _ src: String, _ where_: String) throws {
@@ -71,11 +106,11 @@ public struct KVScales: Sendable, Equatable {
     /// below 1e-5 clips nearly everything and one above 1e3 rounds nearly everything to 0.
     public static let plausibleScales: ClosedRange<Float> = 1e-5...1e3
 
-    /// Warnings for implausible scales (see `plausibleScales`), one per layer at most.
+    /// Warnings for implausible scales in force (see `plausibleScales`), one per layer at most.
     func plausibilityWarnings(source src: String) -> [String] {
         var out: [String] = []
         for l in 0..<numLayers {
-            let row = layerScales(l)
+            let row = keyLayerScales(l) + valueLayerScales(l)
             if let bad = row.first(where: { !Self.plausibleScales.contains($0) }) {
                 let effect = bad < Self.plausibleScales.lowerBound
                     ? "|x| above \(127 * bad) is clipped (watch saturation_counts)" : "|x| below \(bad / 2) is stored as 0"
@@ -85,14 +120,34 @@ public struct KVScales: Sendable, Equatable {
         return out
     }
 
-    /// The scale of (layer, KV head); per-tensor scales ignore the head.
+    /// The shared scale (`scaling_factor`) of (layer, KV head); per-tensor scales ignore the head.
     public func scale(layer: Int, head: Int) -> Float {
         values[layer * headsPerLayer + (granularity == .perTensor ? 0 : head)]
     }
 
-    /// The scales of one layer (1 or headsPerLayer values).
+    /// The scale K of (layer, KV head) is quantized with (`scale` unless the file has separate K/V scales).
+    public func keyScale(layer: Int, head: Int) -> Float {
+        keyValues[layer * headsPerLayer + (granularity == .perTensor ? 0 : head)]
+    }
+
+    /// The scale V of (layer, KV head) is quantized with.
+    public func valueScale(layer: Int, head: Int) -> Float {
+        valueValues[layer * headsPerLayer + (granularity == .perTensor ? 0 : head)]
+    }
+
+    /// The shared scales of one layer (1 or headsPerLayer values).
     public func layerScales(_ layer: Int) -> [Float] {
         Array(values[(layer * headsPerLayer)..<((layer + 1) * headsPerLayer)])
+    }
+
+    /// The K scales of one layer (1 or headsPerLayer values).
+    public func keyLayerScales(_ layer: Int) -> [Float] {
+        Array(keyValues[(layer * headsPerLayer)..<((layer + 1) * headsPerLayer)])
+    }
+
+    /// The V scales of one layer (1 or headsPerLayer values).
+    public func valueLayerScales(_ layer: Int) -> [Float] {
+        Array(valueValues[(layer * headsPerLayer)..<((layer + 1) * headsPerLayer)])
     }
 
     /// Largest accepted scale file (bytes).
@@ -167,22 +222,51 @@ public struct KVScales: Sendable, Equatable {
                 warnings.append("\(src): model_type is null; accepted for model_type '\(expected)' (fix the file to make it checkable)")
             }
         }
+        var (result, tp) = try parseFactor(file.kvCache.scalingFactor, field: "scaling_factor", src: src,
+                                           numLayers: numLayers, numKVHeads: numKVHeads, tpSize: tpSize)
+        switch (file.kvCache.keyScalingFactor, file.kvCache.valueScalingFactor) {
+        case (nil, nil):
+            break
+        case (let k?, let v?):
+            let (ks, _) = try parseFactor(k, field: "k_scaling_factor", src: src, numLayers: numLayers, numKVHeads: numKVHeads, tpSize: tp)
+            let (vs, _) = try parseFactor(v, field: "v_scaling_factor", src: src, numLayers: numLayers, numKVHeads: numKVHeads, tpSize: tp)
+            for (name, o) in [("k_scaling_factor", ks), ("v_scaling_factor", vs)] where o.granularity != result.granularity {
+                throw KvantError(.invalidArgument, "\(src): kv_cache.\(name) has \(o.granularity == .perHead ? "per-head lists" : "single per-layer scales") but scaling_factor has \(result.granularity == .perHead ? "per-head lists" : "single per-layer scales"); expected the same form")
+            }
+            result = try result.withSeparateKV(key: ks, value: vs)
+        case (.some, nil):
+            throw KvantError(.invalidArgument, "\(src): kv_cache.k_scaling_factor is given without kv_cache.v_scaling_factor; expected both (separate K and V scales) or neither")
+        case (nil, .some):
+            throw KvantError(.invalidArgument, "\(src): kv_cache.v_scaling_factor is given without kv_cache.k_scaling_factor; expected both (separate K and V scales) or neither")
+        }
+        result.modelType = file.modelType
+        result.fileDType = file.kvCache.dtype
+        result.tpSize = tp
+        result.warnings = warnings + result.plausibilityWarnings(source: src)
+        return result
+    }
+
+    /// One `{"<tp_rank>": {"<layer>": scale | [per-head list]}}` object (`kv_cache.<field>`) validated
+    /// with vLLM's rules and merged over TP ranks (per-tensor by max, per-head by concatenation).
+    private static func parseFactor(_ factor: [String: [String: ScaleEntry]], field: String, src: String, numLayers: Int,
+                                    numKVHeads: Int, tpSize: Int?) throws -> (KVScales, Int) {
+        let at = field == "scaling_factor" ? "" : "kv_cache.\(field): "
         // Ranks.
         var ranks: [Int: [String: ScaleEntry]] = [:]
-        for (key, layers) in file.kvCache.scalingFactor {
+        for (key, layers) in factor {
             guard let r = Int(key), r >= 0 else {
-                throw KvantError(.invalidArgument, "\(src): TP rank key '\(key)' in kv_cache.scaling_factor is not a non-negative integer (expected \"0\", \"1\", …)")
+                throw KvantError(.invalidArgument, "\(src): TP rank key '\(key)' in kv_cache.\(field) is not a non-negative integer (expected \"0\", \"1\", …)")
             }
-            guard ranks[r] == nil else { throw KvantError(.invalidArgument, "\(src): TP rank \(r) appears twice") }
+            guard ranks[r] == nil else { throw KvantError(.invalidArgument, "\(src): \(at)TP rank \(r) appears twice") }
             ranks[r] = layers
         }
         let tp = tpSize ?? ranks.count
-        guard tp >= 1 else { throw KvantError(.invalidArgument, "\(src): kv_cache.scaling_factor has no TP ranks; expected ranks 0..<\(tpSize ?? 1)") }
+        guard tp >= 1 else { throw KvantError(.invalidArgument, "\(src): kv_cache.\(field) has no TP ranks; expected ranks 0..<\(tpSize ?? 1)") }
         for r in 0..<tp where ranks[r] == nil {
-            throw KvantError(.invalidArgument, "\(src): TP rank \(r) missing from kv_cache.scaling_factor; expected ranks 0..<\(tp) (tp_size \(tp))")
+            throw KvantError(.invalidArgument, "\(src): TP rank \(r) missing from kv_cache.\(field); expected ranks 0..<\(tp) (tp_size \(tp))")
         }
         if let extra = ranks.keys.filter({ $0 >= tp }).min() {
-            throw KvantError(.invalidArgument, "\(src): unexpected TP rank \(extra); expected ranks 0..<\(tp) (tp_size \(tp))")
+            throw KvantError(.invalidArgument, "\(src): \(at)unexpected TP rank \(extra); expected ranks 0..<\(tp) (tp_size \(tp))")
         }
         // Layers per rank; granularity from the first entry.
         var granularity: Granularity? = nil
@@ -191,16 +275,16 @@ public struct KVScales: Sendable, Equatable {
             var layers: [Int: ScaleEntry] = [:]
             for (key, entry) in ranks[r]! {
                 guard let l = Int(key) else {
-                    throw KvantError(.invalidArgument, "\(src): rank \(r): layer key '\(key)' is not an integer; expected layers 0..<\(numLayers)")
+                    throw KvantError(.invalidArgument, "\(src): \(at)rank \(r): layer key '\(key)' is not an integer; expected layers 0..<\(numLayers)")
                 }
                 guard l >= 0, l < numLayers else {
-                    throw KvantError(.invalidArgument, "\(src): rank \(r): layer \(l) out of range; expected exactly layers 0..<\(numLayers)")
+                    throw KvantError(.invalidArgument, "\(src): \(at)rank \(r): layer \(l) out of range; expected exactly layers 0..<\(numLayers)")
                 }
-                guard layers[l] == nil else { throw KvantError(.invalidArgument, "\(src): rank \(r): layer \(l) appears twice") }
+                guard layers[l] == nil else { throw KvantError(.invalidArgument, "\(src): \(at)rank \(r): layer \(l) appears twice") }
                 layers[l] = entry
             }
             for l in 0..<numLayers where layers[l] == nil {
-                throw KvantError(.invalidArgument, "\(src): rank \(r): layer \(l) missing; expected exactly \(numLayers) layers 0..<\(numLayers)")
+                throw KvantError(.invalidArgument, "\(src): \(at)rank \(r): layer \(l) missing; expected exactly \(numLayers) layers 0..<\(numLayers)")
             }
             var row: [ScaleEntry] = []
             for l in 0..<numLayers {
@@ -208,26 +292,25 @@ public struct KVScales: Sendable, Equatable {
                 let g: Granularity = { if case .list = e { return .perHead } else { return .perTensor } }()
                 if granularity == nil { granularity = g }
                 guard g == granularity else {
-                    throw KvantError(.invalidArgument, "\(src): rank \(r) layer \(l): \(g == .perHead ? "a per-head list" : "a single scale") in a file of \(granularity == .perHead ? "per-head lists" : "single per-layer scales"); expected the same form for every layer")
+                    throw KvantError(.invalidArgument, "\(src): \(at)rank \(r) layer \(l): \(g == .perHead ? "a per-head list" : "a single scale") in a file of \(granularity == .perHead ? "per-head lists" : "single per-layer scales"); expected the same form for every layer")
                 }
                 switch e {
                 case .scalar(let d):
-                    try check(Float(d), src, "rank \(r) layer \(l)")
+                    try check(Float(d), src, "\(at)rank \(r) layer \(l)")
                 case .list(let ds):
-                    for (i, d) in ds.enumerated() { try check(Float(d), src, "rank \(r) layer \(l) entry \(i)") }
+                    for (i, d) in ds.enumerated() { try check(Float(d), src, "\(at)rank \(r) layer \(l) entry \(i)") }
                 }
                 row.append(e)
             }
             perRank.append(row)
         }
         // Merge ranks.
-        var result: KVScales
         if granularity == .perTensor {
             var merged = [Float](repeating: 0, count: numLayers)
             for r in 0..<tp {
                 for l in 0..<numLayers { if case .scalar(let d) = perRank[r][l] { merged[l] = max(merged[l], Float(d)) } }
             }
-            result = try KVScales(perTensor: merged)
+            return (try KVScales(perTensor: merged), tp)
         } else {
             guard numKVHeads % tp == 0 || tp % numKVHeads == 0 else {
                 throw KvantError(.invalidArgument, "\(src): num_kv_heads \(numKVHeads) cannot be split over tp_size \(tp)")
@@ -238,7 +321,7 @@ public struct KVScales: Sendable, Equatable {
                 for l in 0..<numLayers {
                     guard case .list(let ds) = perRank[r][l] else { continue }
                     guard ds.count == each else {
-                        throw KvantError(.invalidArgument, "\(src): rank \(r) layer \(l): per-head list has \(ds.count) entries; expected \(each) (num_kv_heads \(numKVHeads) / tp_size \(tp))")
+                        throw KvantError(.invalidArgument, "\(src): \(at)rank \(r) layer \(l): per-head list has \(ds.count) entries; expected \(each) (num_kv_heads \(numKVHeads) / tp_size \(tp))")
                     }
                     for (i, d) in ds.enumerated() {
                         let head = tp <= numKVHeads ? r * each + i : r / (tp / numKVHeads)
@@ -246,21 +329,18 @@ public struct KVScales: Sendable, Equatable {
                     }
                 }
             }
-            result = try KVScales(perHead: merged)
+            return (try KVScales(perHead: merged), tp)
         }
-        result.modelType = file.modelType
-        result.fileDType = file.kvCache.dtype
-        result.tpSize = tp
-        result.warnings = warnings + result.plausibilityWarnings(source: src)
-        return result
     }
 
     /// Encodes the scales in vLLM's schema. Per-tensor: every rank gets the same per-layer value
     /// (per-head scales are reduced by max over heads). Per-head: the heads are split over the ranks
     /// in order, `numKVHeads / tpSize` each (one replicated head per rank when tpSize > numKVHeads).
+    /// Separate K/V scales are written as `k_scaling_factor` / `v_scaling_factor` beside
+    /// `scaling_factor` (same form) unless `separateKV` is false.
     /// - Throws: `KvantError(.invalidArgument)` for tpSize < 1, per-head output from per-tensor
     ///   scales, or heads that don't split over tpSize.
-    public func encode(modelType: String?, tpSize: Int, perHead: Bool, dtype: String = "int8") throws -> Data {
+    public func encode(modelType: String?, tpSize: Int, perHead: Bool, dtype: String = "int8", separateKV: Bool = true) throws -> Data {
         guard tpSize >= 1, tpSize <= 4096 else { throw KvantError(.invalidArgument, "KV scales encode: tp_size \(tpSize) out of range 1...4096") }
         let H = headsPerLayer
         if perHead {
@@ -276,21 +356,29 @@ public struct KVScales: Sendable, Equatable {
             return String(data: try! JSONEncoder().encode(s), encoding: .utf8)!
         }
         func num(_ f: Float) -> String { "\(Double(f))" }
-        var out = "{\"model_type\": \(str(modelType)), \"kv_cache\": {\"dtype\": \(str(dtype)), \"scaling_factor\": {"
-        for r in 0..<tpSize {
-            out += (r > 0 ? ", " : "") + "\"\(r)\": {"
-            for l in 0..<numLayers {
-                out += (l > 0 ? ", " : "") + "\"\(l)\": "
-                if perHead {
-                    let heads: [Int] = tpSize <= H ? Array((r * (H / tpSize))..<((r + 1) * (H / tpSize))) : [r / (tpSize / H)]
-                    out += "[" + heads.map { num(scale(layer: l, head: $0)) }.joined(separator: ", ") + "]"
-                } else {
-                    out += num(layerScales(l).max()!)
+        func factor(_ v: [Float]) -> String {
+            var out = "{"
+            for r in 0..<tpSize {
+                out += (r > 0 ? ", " : "") + "\"\(r)\": {"
+                for l in 0..<numLayers {
+                    out += (l > 0 ? ", " : "") + "\"\(l)\": "
+                    let row = Array(v[(l * H)..<((l + 1) * H)])
+                    if perHead {
+                        let heads: [Int] = tpSize <= H ? Array((r * (H / tpSize))..<((r + 1) * (H / tpSize))) : [r / (tpSize / H)]
+                        out += "[" + heads.map { num(row[$0]) }.joined(separator: ", ") + "]"
+                    } else {
+                        out += num(row.max()!)
+                    }
                 }
+                out += "}"
             }
-            out += "}"
+            return out + "}"
         }
-        out += "}}}\n"
+        var out = "{\"model_type\": \(str(modelType)), \"kv_cache\": {\"dtype\": \(str(dtype)), \"scaling_factor\": \(factor(values))"
+        if hasSeparateKV && separateKV {
+            out += ", \"k_scaling_factor\": \(factor(keyValues)), \"v_scaling_factor\": \(factor(valueValues))"
+        }
+        out += "}}\n"
         return Data(out.utf8)
     }
 
@@ -298,9 +386,10 @@ public struct KVScales: Sendable, Equatable {
         func path(_ p: [CodingKey]) -> String {
             let keys = p.map { $0.intValue.map(String.init) ?? $0.stringValue }
             var s = keys.isEmpty ? "top level" : keys.joined(separator: ".")
-            if keys.count >= 4, keys[0] == "kv_cache", keys[1] == "scaling_factor" {
+            let factors: Set<String> = ["scaling_factor", "k_scaling_factor", "v_scaling_factor"]
+            if keys.count >= 4, keys[0] == "kv_cache", factors.contains(keys[1]) {
                 s += " (rank \(keys[2]), layer \(keys[3]))"
-            } else if keys.count == 3, keys[0] == "kv_cache", keys[1] == "scaling_factor" {
+            } else if keys.count == 3, keys[0] == "kv_cache", factors.contains(keys[1]) {
                 s += " (rank \(keys[2]))"
             }
             return s
@@ -325,7 +414,12 @@ private struct ScaleFile: Decodable {
     struct Section: Decodable {
         var dtype: String?
         var scalingFactor: [String: [String: ScaleEntry]]
-        enum CodingKeys: String, CodingKey { case dtype, scalingFactor = "scaling_factor" }
+        var keyScalingFactor: [String: [String: ScaleEntry]]?
+        var valueScalingFactor: [String: [String: ScaleEntry]]?
+        enum CodingKeys: String, CodingKey {
+            case dtype, scalingFactor = "scaling_factor"
+            case keyScalingFactor = "k_scaling_factor", valueScalingFactor = "v_scaling_factor"
+        }
     }
 }
 

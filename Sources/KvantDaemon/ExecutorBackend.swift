@@ -121,9 +121,14 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
     }
 
     static func report(_ s: KVScales, epoch: Int?) -> ScalesReport {
-        ScalesReport(path: s.path, layers: s.numLayers, perHead: s.granularity == .perHead,
-                     min: Double(s.values.min() ?? 0), max: Double(s.values.max() ?? 0),
-                     sha256: s.sha256 ?? "", epoch: epoch, warnings: s.warnings)
+        let inForce = s.keyValues + s.valueValues
+        func rows(_ f: (Int) -> [Float]) -> [[Double]] { (0..<s.numLayers).map { f($0).map(Double.init) } }
+        return ScalesReport(path: s.path, layers: s.numLayers, perHead: s.granularity == .perHead,
+                            min: Double(inForce.min() ?? 0), max: Double(inForce.max() ?? 0),
+                            sha256: s.sha256 ?? "", epoch: epoch, warnings: s.warnings,
+                            layerScales: rows(s.layerScales),
+                            layerKeyScales: s.hasSeparateKV ? rows(s.keyLayerScales) : nil,
+                            layerValueScales: s.hasSeparateKV ? rows(s.valueLayerScales) : nil)
     }
 
     private func current() -> (KVCachePool, KVCacheDType, KVScales?) {
@@ -284,7 +289,7 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
             result = try KVCalibrator.run(
                 session: session, tokens: tokens, window: min(512, maxModelLen), perHead: request.perHead,
                 method: request.percentile.map { $0 < 100 ? .percentile($0) : .max } ?? KVCalibrator.defaultMethod,
-                isCancelled: { control.isCancelled }, progress: { control.progress(done: $0, total: $1) })
+                separateKV: request.separateKV, isCancelled: { control.isCancelled }, progress: { control.progress(done: $0, total: $1) })
         } catch let e as KvantError where e.reason == .cancelled {
             throw KvantError(.cancelled, "calibrate: \(e.message); '\(output)' was not written")
         }

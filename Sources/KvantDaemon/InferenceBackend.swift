@@ -163,10 +163,14 @@ public struct CalibrationRequest: Sendable, Equatable {
     /// clip is capped at that percentile; nil = the backend's default method (Kvant: the
     /// MSE-optimal shared K/V clip, `KVCalibrator.defaultMethod`).
     public var percentile: Double?
+    /// Also derive and write separate K and V scales (`k_scaling_factor` / `v_scaling_factor`).
+    public var separateKV: Bool
     /// File to write (`kv_cache_scales.json` schema); its directory exists.
     public var outputPath: String
 
-    public init(textPath: String?, numTokens: Int, perHead: Bool, tpSize: Int, percentile: Double?, outputPath: String) {
+    public init(textPath: String?, numTokens: Int, perHead: Bool, tpSize: Int, percentile: Double?,
+                separateKV: Bool = true, outputPath: String) {
+        self.separateKV = separateKV
         self.textPath = textPath
         self.numTokens = numTokens
         self.perHead = perHead

@@ -190,7 +190,8 @@ public final class RequestHandler: Sendable {
             try PathPolicy.checkWritable(output, field: "output", method: "calibrate")
             let calibration = CalibrationRequest(
                 textPath: text, numTokens: params.numTokens ?? 2048, perHead: params.perHead ?? false,
-                tpSize: params.tpSize ?? 1, percentile: params.percentile, outputPath: output)
+                tpSize: params.tpSize ?? 1, percentile: params.percentile, separateKV: params.separateKV ?? true,
+                outputPath: output)
             let progress = progressSender(.calibrateProgress, id: request.id, context: context)
             let result: CalibrateResult
             do {

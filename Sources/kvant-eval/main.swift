@@ -94,6 +94,8 @@ struct Calibrate: ParsableCommand {
     var method: String?
     @Option(name: .customLong("key-weight"), help: "For --method mse: weight of K's relative error against V's.") var keyWeight: Double = 1
     @Option(help: "Output kv_cache_scales.json.") var output: String
+    @Flag(name: .customLong("shared-kv-scale"), help: "Only vLLM's shared K/V scale (no k_scaling_factor / v_scaling_factor).")
+    var sharedKVScale = false
 
     func run() throws {
         let clip: KVClipMethod
@@ -115,14 +117,16 @@ struct Calibrate: ParsableCommand {
         if tokens.count > numTokens { tokens.removeLast(tokens.count - numTokens) }
         let session = ForwardSession(model: m, threads: threads)
         let t0 = Date()
-        let r = try KVCalibrator.run(session: session, tokens: tokens, window: 512, perHead: perHead, method: clip)
+        let r = try KVCalibrator.run(session: session, tokens: tokens, window: 512, perHead: perHead, method: clip,
+                                     separateKV: !sharedKVScale)
         let data = try r.scales.encode(modelType: m.config.architecture.rawValue, tpSize: tpSize, perHead: perHead)
         try data.write(to: URL(fileURLWithPath: output), options: .atomic)
         let back = try KVScales.load(path: output, expectedModelType: m.config.architecture.rawValue,
                                      numLayers: m.config.numLayers, numKVHeads: m.config.numKVHeads)
         let layers = (0..<m.config.numLayers).map { l in
-            String(format: "{\"layer\": %d, \"k_amax\": %.4g, \"v_amax\": %.4g, \"k_rms\": %.4g, \"v_rms\": %.4g, \"clip\": %.4g, \"k_saturation\": %.3g, \"v_saturation\": %.3g}",
-                   l, r.keyAmax[l], r.valueAmax[l], r.keyRMS[l], r.valueRMS[l], back.layerScales(l).max()! * 127, r.keySaturation[l], r.valueSaturation[l])
+            String(format: "{\"layer\": %d, \"k_amax\": %.4g, \"v_amax\": %.4g, \"k_rms\": %.4g, \"v_rms\": %.4g, \"clip\": %.4g, \"k_clip\": %.4g, \"v_clip\": %.4g, \"k_saturation\": %.3g, \"v_saturation\": %.3g}",
+                   l, r.keyAmax[l], r.valueAmax[l], r.keyRMS[l], r.valueRMS[l], back.layerScales(l).max()! * 127,
+                   back.keyLayerScales(l).max()! * 127, back.valueLayerScales(l).max()! * 127, r.keySaturation[l], r.valueSaturation[l])
         }
         print("{\"output\": \"\(output)\", \"method\": \"\(r.method)\", \"tokens\": \(r.tokens), \"per_head\": \(perHead), \"tp_size\": \(tpSize), "
               + String(format: "\"seconds\": %.2f, ", Date().timeIntervalSince(t0)) + "\"layers\": [\n  " + layers.joined(separator: ",\n  ") + "]}")

@@ -93,6 +93,14 @@ func scalesRows(_ report: ScalesReport) -> [(String, String)] {
              ("min", "\(report.min)"), ("max", "\(report.max)"), ("sha256", report.sha256)]
     if let epoch = report.epoch { rows.append(("epoch", "\(epoch)")) }
     for warning in report.warnings { rows.append(("warning", warning)) }
+    rows.append(("K/V scales", report.layerKeyScales == nil ? "shared (scaling_factor)" : "separate (k_scaling_factor, v_scaling_factor)"))
+    // The scales per layer (a list per layer for per-head files): shared, or K and V when separate.
+    func list(_ v: [Double]) -> String { v.map { String(format: "%.6g", $0) }.joined(separator: ", ") }
+    if let k = report.layerKeyScales, let v = report.layerValueScales {
+        for l in 0..<min(k.count, v.count) { rows.append(("layer \(l)", "K \(list(k[l]))  V \(list(v[l]))")) }
+    } else if let s = report.layerScales {
+        for (l, row) in s.enumerated() { rows.append(("layer \(l)", list(row))) }
+    }
     return rows
 }
 
@@ -317,11 +325,15 @@ struct Calibrate: ParsableCommand {
     @Flag(name: .customLong("per-head")) var perHead = false
     @Option(name: .customLong("tp-size")) var tpSize: Int?
     @Option var percentile: Double?
+    @Flag(name: .customLong("shared-kv-scale"),
+          help: "Write only vLLM's shared K/V scale per layer (no k_scaling_factor / v_scaling_factor).")
+    var sharedKVScale = false
 
     func run() throws {
         try runClient {
             let params = CalibrateParams(textPath: textPath.map(absolute), numTokens: numTokens, perHead: perHead,
-                                         tpSize: tpSize, percentile: percentile, output: absolute(output))
+                                         tpSize: tpSize, percentile: percentile, separateKV: sharedKVScale ? false : nil,
+                                         output: absolute(output))
             try params.validate()
             let client = try connection.connect()
             let id = client.makeID()

@@ -9,12 +9,12 @@ import Testing
 @Suite(.serialized, .enabled(if: Fixtures.realModelPath != nil, Fixtures.noModel)) struct CalibrationTests {
     static let model: Model? = Fixtures.realModelPath.flatMap { try? Model(path: $0) }
 
-    func calibrate(perHead: Bool, tokens: Int = 64, method: KVClipMethod? = nil) throws -> (Model, KVCalibrator.Result) {
+    func calibrate(perHead: Bool, tokens: Int = 64, method: KVClipMethod? = nil, separateKV: Bool = true) throws -> (Model, KVCalibrator.Result) {
         let m = try #require(Self.model)
         var toks = try TextTokenizer.tokenize(text: CalibrationSample.text, model: m)
         toks = Array(toks.prefix(tokens))
         let r = try KVCalibrator.run(session: ForwardSession(model: m, threads: 2), tokens: toks, window: 512,
-                                     perHead: perHead, method: method)
+                                     perHead: perHead, method: method, separateKV: separateKV)
         return (m, r)
     }
 
@@ -27,12 +27,16 @@ import Testing
     }
 
     /// vLLM's QuantParamSchema checks, done on the raw JSON (independently of `KVScales.decode`).
-    func checkSchema(_ data: Data, tp: Int, numLayers: Int, perHeadEntries: Int?) throws {
+    /// `separateKV`: `k_scaling_factor` and `v_scaling_factor` (Kvant's extension) must be there with the same
+    /// ranks, layers and form; otherwise they must be absent.
+    func checkSchema(_ data: Data, tp: Int, numLayers: Int, perHeadEntries: Int?, separateKV: Bool = true) throws {
         let obj = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
         #expect(obj["model_type"] as? String == "gemma3")
         let kv = try #require(obj["kv_cache"] as? [String: Any])
         #expect(kv["dtype"] is String)
-        let sf = try #require(kv["scaling_factor"] as? [String: Any])
+        #expect(Set(kv.keys) == Set(["dtype", "scaling_factor"] + (separateKV ? ["k_scaling_factor", "v_scaling_factor"] : [])))
+        for field in ["scaling_factor", "k_scaling_factor", "v_scaling_factor"] where kv[field] != nil {
+        let sf = try #require(kv[field] as? [String: Any])
         #expect(Set(sf.keys) == Set((0..<tp).map(String.init)), "ranks \(sf.keys.sorted())")
         for r in 0..<tp {
             let layers = try #require(sf[String(r)] as? [String: Any])
@@ -47,6 +51,7 @@ import Testing
                     #expect(d > 0 && d.isFinite)
                 }
             }
+        }
         }
     }
 
@@ -63,7 +68,17 @@ import Testing
         let back = try KVScales.load(path: path, expectedModelType: c.architecture.rawValue, numLayers: c.numLayers,
                                      numKVHeads: c.numKVHeads)
         #expect(back.values == r.scales.values)
+        #expect(back.hasSeparateKV && back.keyValues == r.scales.keyValues && back.valueValues == r.scales.valueValues)
         #expect(back.tpSize == tp && back.modelType == "gemma3" && back.warnings.isEmpty)
+        // K and V clips are each at most their own amax, and the shared one at most the larger amax.
+        for l in 0..<c.numLayers {
+            #expect(back.keyLayerScales(l)[0] <= r.keyAmax[l] / 127 && back.valueLayerScales(l)[0] <= r.valueAmax[l] / 127)
+        }
+        // Without separate K/V scales the file is plain vLLM.
+        let (_, shared) = try calibrate(perHead: false, separateKV: false)
+        #expect(!shared.scales.hasSeparateKV && shared.scales.values == r.scales.values)
+        try checkSchema(try shared.scales.encode(modelType: c.architecture.rawValue, tpSize: tp, perHead: false),
+                        tp: tp, numLayers: c.numLayers, perHeadEntries: nil, separateKV: false)
         let again = try KVScales.load(path: path, expectedModelType: c.architecture.rawValue, numLayers: c.numLayers,
                                       numKVHeads: c.numKVHeads, tpSize: tp)
         #expect(again.values == r.scales.values)
@@ -90,11 +105,14 @@ import Testing
         let spec = c.kvCacheSpec(dtype: .int8PerTensorPerHead)
         let pool = try KVCachePool(spec: spec, byteBudget: 64 * spec.bytesPerToken, scales: back)
         #expect(pool.stats().layerScales?.flatMap { $0 } == r.scales.values)
+        #expect(pool.stats().layerKeyScales?.flatMap { $0 } == r.scales.keyValues)
+        #expect(pool.stats().layerValueScales?.flatMap { $0 } == r.scales.valueValues)
     }
 
-    // Issue 5's target is +1.5 % over fp32; measured +2.8 % on these 2 chunks (+2.5 % on all of GPL-3): the shared
-    // K/V scale cannot serve layers whose K and V ranges differ 30× (docs/kv-cache.md). This guards what is reached.
-    @Test("perplexity on GPL-3 (2 chunks, ctx 512): calibrated int8_pertensor within 4 % of fp32, far better than the 1.0 default",
+    // Issue 5's target is +1.5 % over fp32 (all of GPL-3 in BENCHMARKS.md). With vLLM's shared K/V scale only,
+    // layers whose K and V ranges differ 30× cannot get a fine step for both (docs/kv-cache.md); separate K/V
+    // scales fix that. This guards both on 2 chunks.
+    @Test("perplexity on GPL-3 (2 chunks, ctx 512): calibrated int8_pertensor near fp32 with separate K/V scales, within 4 % shared-only, far better than the 1.0 default",
           .enabled(if: Fixtures.isRelease, Fixtures.needsRelease))
     func calibratedPerplexity() throws {
         let g = try Fixtures.json("gemma3_gpl3_perplexity.json")
@@ -107,8 +125,11 @@ import Testing
             return try PerplexityEvaluator.run(session: s, pool: pool, tokens: tokens, ctx: 512, maxChunks: 2).perplexity
         }
         let fp32 = try ppl(.fp32, nil), calibrated = try ppl(.int8PerTensor, r.scales), unit = try ppl(.int8PerTensor, nil)
-        print("GPL-3 ctx 512, 2 chunks: fp32 \(fp32), int8_pertensor calibrated (\(r.method), \(r.tokens) tokens of the built-in sample) \(calibrated), default 1.0 \(unit)")
-        #expect(calibrated <= fp32 * 1.04)
+        let shared = try ppl(.int8PerTensor, r.scales.sharedOnly)
+        print("GPL-3 ctx 512, 2 chunks: fp32 \(fp32), int8_pertensor calibrated (\(r.method), \(r.tokens) tokens of the built-in sample) separate K/V \(calibrated), shared only \(shared), default 1.0 \(unit)")
+        #expect(calibrated <= fp32 * 1.02)
+        #expect(shared <= fp32 * 1.04)
+        #expect(calibrated < shared)
         // Measured on these chunks: fp32 13.90, calibrated 14.29 (+2.8 %), default 1.0 16.29 (+17 %).
         #expect(unit > fp32 * 1.1)
         #expect((unit - fp32) > 4 * (calibrated - fp32))

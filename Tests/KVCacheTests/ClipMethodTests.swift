@@ -26,7 +26,7 @@ import Testing
                 let q = min(max((a / s).rounded(.toNearestOrEven), -127), 127)
                 e += Double(a - q * s) * Double(a - q * s); p += Double(a) * Double(a)
             }
-            return e / p
+            return p > 0 ? e / p : 0
         }
         return w * rel(k) + rel(v)
     }
@@ -88,5 +88,44 @@ import Testing
         let empty = try KVAmaxRecorder(numLayers: 1, numKVHeads: 1, histogram: true)
         #expect(kvantError { _ = try empty.scales(perHead: false, method: .mse(keyWeight: 1)) }?.message.contains("layer 0 head 0") == true)
         #expect(empty.mseOptimalClip(layer: 0, keyWeight: 1) == nil)
+    }
+
+    @Test("separate K/V scales: each tensor gets its own max, percentile or MSE clip; the shared scale is unchanged")
+    func separateKVScales() throws {
+        var rng = TestRNG(seed: 21)
+        func gauss() -> Float { (0..<4).map { _ in rng.unit() }.reduce(0, +) * 0.87 }  // ~N(0, 1), |x| < 3.5
+        // K ~ N(0, 1); V ~ N(0, 20²) with rare outliers to ±120: the 20–30× K/V range gap of Gemma 3's layers.
+        let k = (0..<1024).map { _ in (0..<8).map { _ in gauss() } }
+        let v = (0..<1024).map { t in (0..<8).map { i in (t * 8 + i) % 512 == 5 ? 100 + abs(rng.unit()) * 20 : gauss() * 20 } }
+        let rec = try record(n: 1024, key: { k[$0][$1] }, value: { v[$0][$1] })
+        let ak = rec.keyAmax(layer: 0, head: 0), av = rec.valueAmax(layer: 0, head: 0)
+        let maxS = try rec.scales(perHead: false, method: .max, separateKV: true)
+        #expect(maxS.hasSeparateKV)
+        #expect(maxS.keyScale(layer: 0, head: 0) == ak / 127 && maxS.valueScale(layer: 0, head: 0) == av / 127)
+        #expect(maxS.scale(layer: 0, head: 0) == max(ak, av) / 127)
+        #expect(maxS.sharedOnly == (try rec.scales(perHead: false, method: .max)))
+        #expect(try !rec.scales(perHead: false, method: .max, separateKV: false).hasSeparateKV)
+
+        // MSE per tensor: each clip is the grid optimum of that tensor's own exact relative error.
+        let mse = try rec.scales(perHead: true, method: .mse(keyWeight: 4), separateKV: true)
+        let kf = k.flatMap { $0 }, vf = v.flatMap { $0 }
+        for (name, x, a, got) in [("K", kf, ak, mse.keyScale(layer: 0, head: 0) * 127), ("V", vf, av, mse.valueScale(layer: 0, head: 0) * 127)] {
+            func rel(_ c: Float) -> Double { exactObjective(x, [], clip: c, keyWeight: 1) }
+            let best = (0...256).map { rel(a * Float(pow(2.0, -Double($0) / 32))) }.min()!
+            #expect(got <= a, "\(name) clip \(got) above its amax \(a)")
+            let bestClip = (0...256).map { a * Float(pow(2.0, -Double($0) / 32)) }.min { rel($0) < rel($1) }!
+            #expect(rel(got) <= best * 1.15 + 1e-9, "\(name): relative error at the chosen clip \(got): \(rel(got)), grid optimum \(best) at \(bestClip), amax \(a)")
+        }
+        // K gets its own step: over 10× finer than the shared scale would give it.
+        #expect(mse.keyScale(layer: 0, head: 0) * 10 < mse.scale(layer: 0, head: 0))
+        let single = try #require(rec.mseOptimalClip(layer: 0, ofKeys: false))
+        #expect(single.clip == mse.valueScale(layer: 0, head: 0) * 127)
+        #expect(abs(single.saturation - Double(vf.filter { abs($0) > single.clip }.count) / Double(vf.count)) < 0.01)
+
+        // Percentile per tensor: V capped at its own 99th percentile, K at its own.
+        let p = try rec.scales(perHead: false, method: .percentile(99), separateKV: true)
+        #expect(p.valueScale(layer: 0, head: 0) == min(av, rec.percentileAmax(layer: 0, ofKeys: false, percentile: 99)!) / 127)
+        #expect(p.keyScale(layer: 0, head: 0) == min(ak, rec.percentileAmax(layer: 0, ofKeys: true, percentile: 99)!) / 127)
+        #expect(p.valueScale(layer: 0, head: 0) < av / 127)
     }
 }

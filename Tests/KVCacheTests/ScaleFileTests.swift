@@ -10,6 +10,13 @@ struct ScaleFileTests {
         let sf = ranks.map { r, layers in "\"\(r)\": {" + layers.map { "\"\($0)\": \($1)" }.joined(separator: ", ") + "}" }
         return "{\"model_type\": \(mt), \"kv_cache\": {\"dtype\": \"\(dtype)\", \"scaling_factor\": {\(sf.joined(separator: ", "))}}}"
     }
+    /// A valid 3-layer per-tensor file with the given `k_scaling_factor` / `v_scaling_factor` objects (nil = absent).
+    static func withKV(k: String?, v: String?) -> String {
+        var extra = ""
+        if let k { extra += ", \"k_scaling_factor\": \(k)" }
+        if let v { extra += ", \"v_scaling_factor\": \(v)" }
+        return "{\"model_type\": \"gemma3\", \"kv_cache\": {\"dtype\": \"int8\", \"scaling_factor\": {\"0\": {\"0\": 0.5, \"1\": 0.5, \"2\": 0.5}}\(extra)}}"
+    }
     static func layers(_ values: [String]) -> [String: String] {
         Dictionary(uniqueKeysWithValues: values.enumerated().map { ("\($0)", $1) })
     }
@@ -95,6 +102,18 @@ struct ScaleFileTests {
         .init(name: "mixed scalar and list", text: file(ranks: ["0": layers(["[0.1, 0.2]", "0.3", "[0.1, 0.2]"])]),
               mustContain: ["rank 0 layer 1", "same form"]),
         .init(name: "missing kv_cache", text: "{\"model_type\": \"gemma3\"}", mustContain: ["missing key 'kv_cache'"]),
+        .init(name: "k_scaling_factor without v_scaling_factor", text: withKV(k: "{\"0\": {\"0\": 0.1, \"1\": 0.1, \"2\": 0.1}}", v: nil),
+              mustContain: ["k_scaling_factor is given without kv_cache.v_scaling_factor", "both"]),
+        .init(name: "v_scaling_factor without k_scaling_factor", text: withKV(k: nil, v: "{\"0\": {\"0\": 0.1, \"1\": 0.1, \"2\": 0.1}}"),
+              mustContain: ["v_scaling_factor is given without kv_cache.k_scaling_factor"]),
+        .init(name: "k_scaling_factor missing a layer", text: withKV(k: "{\"0\": {\"0\": 0.1, \"2\": 0.1}}", v: "{\"0\": {\"0\": 0.1, \"1\": 0.1, \"2\": 0.1}}"),
+              mustContain: ["kv_cache.k_scaling_factor: rank 0: layer 1 missing"]),
+        .init(name: "negative V scale", text: withKV(k: "{\"0\": {\"0\": 0.1, \"1\": 0.1, \"2\": 0.1}}", v: "{\"0\": {\"0\": 0.1, \"1\": -2, \"2\": 0.1}}"),
+              mustContain: ["kv_cache.v_scaling_factor: rank 0 layer 1", "-2", "finite positive"]),
+        .init(name: "k_scaling_factor with another TP size", text: withKV(k: "{\"0\": {\"0\": 0.1, \"1\": 0.1, \"2\": 0.1}, \"1\": {\"0\": 0.1, \"1\": 0.1, \"2\": 0.1}}", v: "{\"0\": {\"0\": 0.1, \"1\": 0.1, \"2\": 0.1}}"),
+              mustContain: ["kv_cache.k_scaling_factor: unexpected TP rank 1", "tp_size 1"]),
+        .init(name: "per-head K/V lists beside per-layer scaling_factor", text: withKV(k: "{\"0\": {\"0\": [0.1, 0.1], \"1\": [0.1, 0.1], \"2\": [0.1, 0.1]}}", v: "{\"0\": {\"0\": [0.1, 0.1], \"1\": [0.1, 0.1], \"2\": [0.1, 0.1]}}"),
+              mustContain: ["kv_cache.k_scaling_factor has per-head lists", "same form"]),
     ]
 
     @Test("every broken file throws a KvantError naming the file, rank, layer and expectation", arguments: badCases)
@@ -168,5 +187,45 @@ struct ScaleFileTests {
         let path = writeFile(dir, "x.json", String(decoding: try s.encode(modelType: "llama", tpSize: 2, perHead: true), as: UTF8.self))
         let back = try KVScales.load(path: path, expectedModelType: "llama", numLayers: 5, numKVHeads: 2, tpSize: 2)
         #expect(back.values == s.values)
+    }
+
+    @Test("separate K/V scales (Kvant extension): load, merge over TP ranks, encode with and without, round trip")
+    func separateKV() throws {
+        let dir = tempDir()
+        let text = Self.withKV(k: "{\"0\": {\"0\": 0.01, \"1\": 0.02, \"2\": 0.03}}", v: "{\"0\": {\"0\": 0.4, \"1\": 0.5, \"2\": 0.25}}")
+        let s = try KVScales.load(path: writeFile(dir, "kv.json", text), expectedModelType: "gemma3", numLayers: 3, numKVHeads: 2)
+        #expect(s.hasSeparateKV && s.values == [0.5, 0.5, 0.5])
+        #expect(s.keyValues == [0.01, 0.02, 0.03] && s.valueValues == [0.4, 0.5, 0.25])
+        #expect(s.keyScale(layer: 1, head: 1) == 0.02 && s.valueScale(layer: 2, head: 0) == 0.25 && s.scale(layer: 2, head: 0) == 0.5)
+        // A vLLM file (no extension): K and V use scaling_factor.
+        let plain = try KVScales.load(path: writeFile(dir, "plain.json", Self.withKV(k: nil, v: nil)), expectedModelType: "gemma3", numLayers: 3, numKVHeads: 2)
+        #expect(!plain.hasSeparateKV && plain.keyValues == plain.values && plain.valueValues == plain.values)
+        let dropped = s.sharedOnly
+        #expect(!dropped.hasSeparateKV && dropped.values == plain.values && dropped.keyValues == plain.values && dropped.valueValues == plain.values)
+
+        // Encoding: per-head with TP 2 splits K and V lists like scaling_factor; loading merges them back.
+        let ph = try KVScales(perHead: [[0.5, 0.6], [0.7, 0.8]])
+            .withSeparateKV(key: try KVScales(perHead: [[0.01, 0.02], [0.03, 0.04]]), value: try KVScales(perHead: [[0.1, 0.2], [0.3, 0.4]]))
+        let data = try ph.encode(modelType: "gemma3", tpSize: 2, perHead: true)
+        let json = try JSONSerialization.jsonObject(with: data) as! [String: Any]
+        let kv = json["kv_cache"] as! [String: Any]
+        #expect((kv["k_scaling_factor"] as! [String: [String: [Double]]])["1"]!["0"]! == [Double(Float(0.02))])
+        #expect((kv["v_scaling_factor"] as! [String: [String: [Double]]])["0"]!["1"]! == [Double(Float(0.3))])
+        #expect((kv["scaling_factor"] as! [String: [String: [Double]]])["1"]!["1"]! == [Double(Float(0.8))])
+        let back = try KVScales.load(path: writeFile(dir, "ph.json", String(decoding: data, as: UTF8.self)),
+                                     expectedModelType: "gemma3", numLayers: 2, numKVHeads: 2, tpSize: 2)
+        #expect(back.hasSeparateKV && back.values == ph.values && back.keyValues == ph.keyValues && back.valueValues == ph.valueValues)
+        // separateKV: false writes a plain vLLM file.
+        let vllm = try ph.encode(modelType: "gemma3", tpSize: 1, perHead: false, separateKV: false)
+        let vj = (try JSONSerialization.jsonObject(with: vllm) as! [String: Any])["kv_cache"] as! [String: Any]
+        #expect(vj["k_scaling_factor"] == nil && vj["v_scaling_factor"] == nil)
+        #expect((vj["scaling_factor"] as! [String: [String: Double]])["0"]!["1"]! == Double(Float(0.8)))
+        // Per-tensor K/V scales from several TP ranks merge by max, like scaling_factor.
+        let tp2 = "{\"model_type\": \"gemma3\", \"kv_cache\": {\"dtype\": \"int8\", \"scaling_factor\": {\"0\": {\"0\": 0.5}, \"1\": {\"0\": 0.5}}, "
+            + "\"k_scaling_factor\": {\"0\": {\"0\": 0.01}, \"1\": {\"0\": 0.03}}, \"v_scaling_factor\": {\"0\": {\"0\": 0.2}, \"1\": {\"0\": 0.1}}}}"
+        let m = try KVScales.load(path: writeFile(dir, "tp2.json", tp2), expectedModelType: "gemma3", numLayers: 1, numKVHeads: 1)
+        #expect(m.keyValues == [0.03] && m.valueValues == [0.2])
+        // Mismatched forms are refused when combining in code too.
+        #expect(kvantError { _ = try KVScales(perTensor: [0.1]).withSeparateKV(key: try KVScales(perTensor: [0.1, 0.2]), value: try KVScales(perTensor: [0.1])) }?.reason == .invalidArgument)
     }
 }

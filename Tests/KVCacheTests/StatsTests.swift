@@ -144,6 +144,68 @@ struct StatsTests {
         #expect(kvantError { _ = try fp16.installScales(try KVScales(perTensor: [1, 1])) }?.reason == .failedPrecondition)
     }
 
+    @Test("separate K/V scales: K and V stored, clipped and attended with their own scales; epochs keep each block's pair")
+    func separateKVScales() throws {
+        let spec = KVCacheSpec(numLayers: 2, numKVHeads: 2, headDim: 16, dtype: .int8PerTensorPerHead, blockSize: 4)
+        let dir = tempDir()
+        // Shared scaling_factor (what vLLM reads) plus the Kvant extension: K fine, V 10× coarser.
+        let text = """
+            {"model_type": "gemma3", "kv_cache": {"dtype": "int8",
+             "scaling_factor": {"0": {"0": [0.1, 0.1], "1": [0.1, 0.1]}},
+             "k_scaling_factor": {"0": {"0": [0.001, 0.002], "1": [0.001, 0.002]}},
+             "v_scaling_factor": {"0": {"0": [0.01, 0.02], "1": [0.01, 0.02]}}}}
+            """
+        let scales = try KVScales.load(path: writeFile(dir, "kv.json", text), expectedModelType: "gemma3", numLayers: 2, numKVHeads: 2)
+        #expect(scales.hasSeparateKV)
+        let pool = try KVCachePool(spec: spec, byteBudget: 1 << 16, scales: scales)
+        var rng = TestRNG(seed: 31)
+        let T = 6
+        let keys = (0..<T).map { _ in rng.floats(32, scale: 0.2) }, values = (0..<T).map { _ in rng.floats(32, scale: 2) }
+        func q(_ x: Float, _ s: Float) -> Float { min(max((x / s).rounded(.toNearestOrEven), -127), 127) * s }
+        let seq = pool.createSequence()
+        for l in 0..<2 { writeAll(pool, seq, layer: l, keys: keys, values: values) }
+        var clipped: Int64 = 0
+        for p in 0..<T {
+            let (k, v) = readBack(pool, seq, layer: 1, position: p)
+            for h in 0..<2 {
+                let ks: Float = h == 0 ? 0.001 : 0.002, vs: Float = h == 0 ? 0.01 : 0.02
+                for i in (h * 16)..<(h * 16 + 16) {
+                    #expect(k[i] == q(keys[p][i], ks), "K pos \(p) elem \(i)")
+                    #expect(v[i] == q(values[p][i], vs), "V pos \(p) elem \(i)")
+                    if abs(keys[p][i] / ks) > 127.5 { clipped += 1 }
+                    if abs(values[p][i] / vs) > 127.5 { clipped += 1 }
+                }
+            }
+        }
+        #expect(clipped > 0)  // |K| up to 0.2 > 127 · 0.001, |V| up to 2 > 127 · 0.01
+        #expect(pool.stats().saturationCounts?[1] == clipped)
+        // Attention reads V with V's scale (fp64 reference on the expected int8 values).
+        let query = rng.floats(4 * 16)
+        let out = attend(pool, seq, layer: 1, position: T - 1, query: query, numHeads: 4, window: nil, scale: 0.5)
+        let dk = keys.map { row in (0..<32).map { q(row[$0], $0 < 16 ? 0.001 : 0.002) } }
+        let dv = values.map { row in (0..<32).map { q(row[$0], $0 < 16 ? 0.01 : 0.02) } }
+        let ref = referenceAttention(keys: dk, values: dv, query: query, numHeads: 4, numKVHeads: 2, headDim: 16,
+                                     position: T - 1, window: nil, scale: 0.5)
+        #expect(zip(out, ref).map { abs(Double($0) - $1) }.max()! < 2e-5)
+        let st = pool.stats()
+        #expect(st.layerScales == [[0.1, 0.1], [0.1, 0.1]])
+        #expect(st.layerKeyScales == [[0.001, 0.002], [0.001, 0.002]])
+        #expect(st.layerValueScales == [[0.01, 0.02], [0.01, 0.02]])
+        let json = String(decoding: try JSONEncoder().encode(st), as: UTF8.self)
+        #expect(json.contains("\"layer_k_scales\"") && json.contains("\"layer_v_scales\""))
+
+        // Reload to a shared-only file: old blocks keep their K/V pair, new blocks use the shared scale for both.
+        #expect(try pool.installScales(try KVScales(perHead: [[0.05, 0.05], [0.05, 0.05]])) == 2)
+        #expect(pool.stats().layerKeyScales == nil)
+        #expect(pool.reserve(seq, newLength: T + 4) == .ok)
+        let more = (0..<4).map { _ in rng.floats(32, scale: 1.2) }
+        for l in 0..<2 { writeAll(pool, seq, layer: l, keys: keys + more, values: values + more, from: T) }
+        let (k0, v0) = readBack(pool, seq, layer: 0, position: 0)
+        #expect(k0[0] == q(keys[0][0], 0.001) && v0[0] == q(values[0][0], 0.01))
+        let (k8, v8) = readBack(pool, seq, layer: 0, position: 8)  // block 2: written under epoch 2
+        #expect(k8[3] == q(more[2][3], 0.05) && v8[3] == q(more[2][3], 0.05))
+    }
+
     @Test("a per-tensor file broadcasts to every head of an int8_pertensor_perhead pool")
     func perTensorOnPerHeadPool() throws {
         let spec = KVCacheSpec(numLayers: 1, numKVHeads: 3, headDim: 8, dtype: .int8PerTensorPerHead, blockSize: 4)

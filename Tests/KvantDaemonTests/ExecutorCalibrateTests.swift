@@ -32,11 +32,12 @@ struct ExecutorCalibrateTests {
     init() throws { dir = try makeTempDir("calib") }
 
     func run(text: String?, output: String, cancelled: Bool = false, perHead: Bool = false,
-             numTokens: Int = 64) throws -> CalibrateResult {
+             numTokens: Int = 64, separateKV: Bool = true) throws -> CalibrateResult {
         let model = try #require(Self.loaded)
         let control = OperationControl(isCancelled: { cancelled }, progress: { _, _ in })
         return try model.calibrate(CalibrationRequest(textPath: text, numTokens: numTokens, perHead: perHead, tpSize: 1,
-                                                      percentile: 100, outputPath: output), control: control)
+                                                      percentile: 100, separateKV: separateKV, outputPath: output),
+                                    control: control)
     }
 
     func error(_ body: () throws -> Void) -> KvantError? {
@@ -120,5 +121,20 @@ struct ExecutorCalibrateTests {
         #expect(checked.perHead && checked.layers == 18 && checked.warnings.isEmpty)
         #expect(checked.sha256 == r.scales.sha256 && checked.min == r.scales.min && checked.max == r.scales.max)
         #expect(checked.min > 0 && checked.max < 10)
+        // Separate K and V scales (percentile 100 = plain max: amax_K / 127 and amax_V / 127) beside the shared one.
+        let k = try #require(checked.layerKeyScales), v = try #require(checked.layerValueScales)
+        let shared = try #require(checked.layerScales)
+        #expect(k.count == 18 && v.count == 18 && shared.count == 18)
+        for l in 0..<18 { #expect(shared[l][0] == max(k[l][0], v[l][0]), "layer \(l): shared = max(K, V) for plain max") }
+        #expect(r.scales.layerKeyScales == k && r.scales.layerValueScales == v)
+        let text = try String(contentsOfFile: output, encoding: .utf8)
+        #expect(text.contains("\"k_scaling_factor\"") && text.contains("\"v_scaling_factor\""))
+
+        // separate_kv false: a plain vLLM file.
+        let plain = dir + "/vllm.json"
+        let p = try run(text: nil, output: plain, separateKV: false)
+        #expect(p.scales.layerKeyScales == nil)
+        let ptext = try String(contentsOfFile: plain, encoding: .utf8)
+        #expect(!ptext.contains("k_scaling_factor") && ptext.contains("\"scaling_factor\""))
     }
 }

@@ -20,7 +20,8 @@ enum {
  *   K values [num_kv_heads, block_size, head_dim] at offset 0,
  *   V values [num_kv_heads, block_size, head_dim] at v_offset,
  *   (KV_DT_I8_TOKEN) K scales [num_kv_heads, block_size] fp32 at ks_offset, V scales at vs_offset.
- * static_scales (KV_DT_I8_STATIC): [num_blocks, num_kv_heads] fp32, the scale each block was written with. */
+ * static_scales / static_v_scales (KV_DT_I8_STATIC): [num_blocks, num_kv_heads] fp32, the K / V scale each
+ * block was written with (equal unless the scale file gives K and V separate scales). */
 typedef struct {
     const uint8_t *base;
     size_t block_stride;
@@ -28,6 +29,7 @@ typedef struct {
     size_t ks_offset;
     size_t vs_offset;
     const float *static_scales;
+    const float *static_v_scales;
     const int32_t *block_ids;   /* the sequence's block table: logical block i -> block id */
     int32_t dtype;
     int32_t num_kv_heads;
