@@ -3,8 +3,10 @@
 # the delta against an fp32 KV cache, as a Markdown table on stdout (progress on stderr).
 #
 # Static int8 scales are calibrated on the BUILT-IN calibration sample (the text used for
-# perplexity stays held out): per tensor and per head with the default method of `calibrate`,
-# per tensor with plain max (amax/127), and the 1.0 default for comparison.
+# perplexity stays held out): per tensor and per head with the default method of `calibrate`
+# (separate K and V scales), per tensor with the shared K/V scale only (a plain vLLM file), per
+# tensor with plain max (amax/127, shared: the vendor guide's calibration), and the 1.0 default.
+# int8_pertoken is also measured without its Hadamard rotation, for comparison.
 # llama.cpp's own perplexity (f16 and q8_0 K+V, flash attention; llama-cpp-python) is added as
 # reference rows when the python module is installed (set ORACLE=0 to skip; cached in OUT).
 # llama.cpp's f32 KV is not a separate row: with flash attention it measured the same as f16 to 6 digits.
@@ -32,7 +34,8 @@ EVAL=.build/release/kvant-eval
 echo "calibrating on the built-in sample..." >&2
 $EVAL calibrate --model "$MODEL" --threads "$THREADS" --output "$OUT/scales_pertensor.json" > "$OUT/calib_pertensor.json"
 $EVAL calibrate --model "$MODEL" --threads "$THREADS" --per-head --output "$OUT/scales_perhead.json" > "$OUT/calib_perhead.json"
-$EVAL calibrate --model "$MODEL" --threads "$THREADS" --method max --output "$OUT/scales_pertensor_max.json" > "$OUT/calib_pertensor_max.json"
+$EVAL calibrate --model "$MODEL" --threads "$THREADS" --shared-kv-scale --output "$OUT/scales_pertensor_shared.json" > "$OUT/calib_pertensor_shared.json"
+$EVAL calibrate --model "$MODEL" --threads "$THREADS" --method max --shared-kv-scale --output "$OUT/scales_pertensor_max.json" > "$OUT/calib_pertensor_max.json"
 METHOD=$(jq -r .method "$OUT/calib_pertensor.json")
 
 # name|kv_cache_dtype|extra kvant-eval arguments
@@ -42,12 +45,13 @@ ROWS=(
   "bf16|bf16|"
   "int8_pertoken|int8_pertoken|"
   "int8_pertoken, no Hadamard rotation|int8_pertoken|--no-kv-rotation"
-  "int8_pertensor, calibrated ($METHOD)|int8_pertensor|--quantization-param-path $OUT/scales_pertensor.json"
-  "int8_pertensor_perhead, calibrated per head ($METHOD)|int8_pertensor_perhead|--quantization-param-path $OUT/scales_perhead.json"
+  "int8_pertensor, calibrated ($METHOD, separate K/V scales)|int8_pertensor|--quantization-param-path $OUT/scales_pertensor.json"
+  "int8_pertensor_perhead, calibrated per head ($METHOD, separate K/V scales)|int8_pertensor_perhead|--quantization-param-path $OUT/scales_perhead.json"
+  "int8_pertensor, calibrated ($METHOD, shared K/V scale only: a plain vLLM file)|int8_pertensor|--quantization-param-path $OUT/scales_pertensor_shared.json"
   "int8_pertensor, default 1.0|int8_pertensor|--default-scales"
 )
 if [[ $METHOD != max ]]; then
-  ROWS+=("int8_pertensor, calibrated (max: amax/127)|int8_pertensor|--quantization-param-path $OUT/scales_pertensor_max.json")
+  ROWS+=("int8_pertensor, calibrated (max: amax/127, shared K/V scale: the vendor guide's calibration)|int8_pertensor|--quantization-param-path $OUT/scales_pertensor_max.json")
 fi
 HAVE_ORACLE=0
 if [[ $ORACLE == 1 ]] && python3 -c "import llama_cpp" 2>/dev/null; then HAVE_ORACLE=1; fi

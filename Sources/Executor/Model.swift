@@ -131,9 +131,10 @@ public final class ForwardSession: @unchecked Sendable {
 
     /// One decode step for several sequences at once (continuous batching): row `i` runs `items[i].token` at
     /// `items[i].position` of `items[i].sequence`, all rows sharing each weight pass. Each sequence must appear at
-    /// most once and `position` must equal its cached length (the next position). Calls `body(i, logits[vocab])`
-    /// for every row.
-    /// - Throws: `KvantError(.invalidArgument)` for a bad token, a position other than the cached length, a repeated
+    /// most once and `position` must be at most its length in the pool: the next position (the sequence grows by
+    /// one), or a position already reserved ahead (admission control reserves prompt + max_tokens up front).
+    /// Calls `body(i, logits[vocab])` for every row.
+    /// - Throws: `KvantError(.invalidArgument)` for a bad token, a position beyond the sequence's length, a repeated
     ///   sequence or more than `maxBatch` rows; `.resourceExhausted` when a sequence cannot grow (no sequence is
     ///   grown then); `.failedPrecondition` for a mismatched pool; errors thrown by `body`.
     public func decode(_ items: [DecodeItem], pool: KVCachePool,
@@ -151,17 +152,18 @@ public final class ForwardSession: @unchecked Sendable {
             guard it.token >= 0, Int(it.token) < c.vocabSize else {
                 throw KvantError(.invalidArgument, "token \(it.token) of row \(i) is outside the vocabulary (size \(c.vocabSize))")
             }
-            guard it.position == pool.length(of: it.sequence) else {
-                throw KvantError(.invalidArgument, "row \(i): position \(it.position) is not the next position (\(pool.length(of: it.sequence))) of \(it.sequence)")
+            guard it.position >= 0, it.position <= pool.length(of: it.sequence) else {
+                throw KvantError(.invalidArgument, "row \(i): position \(it.position) is beyond the next position (\(pool.length(of: it.sequence))) of \(it.sequence)")
             }
         }
-        // Rows starting a new block need one free block each; check them all before growing any sequence.
+        // Rows growing their sequence into a new block need one free block each; check them all before growing any.
         let B = pool.spec.blockSize
-        let newBlocks = items.filter { $0.position % B == 0 }.count
+        let growing = items.filter { $0.position == pool.length(of: $0.sequence) }
+        let newBlocks = growing.filter { $0.position % B == 0 }.count
         guard newBlocks <= pool.freeBlocks else {
             throw KvantError(.resourceExhausted, "KV cache: decode batch needs \(newBlocks) new blocks, \(pool.freeBlocks) free")
         }
-        for it in items {
+        for it in growing {
             let st = pool.reserve(it.sequence, newLength: it.position + 1)
             guard st == .ok else {
                 // Only reachable when a shared last block needs a copy (fork): the rows before it were grown and

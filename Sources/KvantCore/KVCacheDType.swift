@@ -4,10 +4,12 @@
 /// - `auto`: fp16 storage (the model's GGUF weights carry no preferred KV type).
 /// - `fp16`, `bf16`, `fp32`: unquantized storage.
 /// - `int8_pertensor`: static, one scale per layer shared by K and V, from a
-///   `kv_cache_scales.json` (vLLM schema).
+///   `kv_cache_scales.json` (vLLM schema; K and V get their own scales when the file has Kvant's
+///   `k_scaling_factor` / `v_scaling_factor`).
 /// - `int8_pertensor_perhead`: static, one scale per layer per KV head, same file.
 /// - `int8_pertoken`: dynamic, one fp32 scale per (token, KV head) for K and for V,
-///   computed as `amax / 127` when the cache is written.
+///   computed as `amax / 127` when the cache is written (of the Hadamard-rotated row, see
+///   `KVCachePool.rotationGroup`).
 ///
 /// Quantization is symmetric: `q = clamp(round(x / s), -127, 127)`, `x̂ = q · s`.
 public enum KVCacheDType: String, CaseIterable, Codable, Sendable {

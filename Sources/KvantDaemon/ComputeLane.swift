@@ -53,6 +53,15 @@ final class ComputeLane: @unchecked Sendable {
         }
     }
 
+    /// Queues `body` on the lane without waiting for it (it must not throw; it reports its own results).
+    func submit(_ body: @escaping () -> Void) {
+        enqueue {
+            self.markBusy(true)
+            defer { self.markBusy(false) }
+            body()
+        }
+    }
+
     /// Records progress inside a long item (called from `OperationControl.progress`).
     func beat() {
         lock.lock()

@@ -8,7 +8,8 @@ import Logging
 /// models only after a new load succeeded, and keeps the figures `stats` reports.
 ///
 /// Model work runs on one compute lane (see `ComputeLane`); up to `maxNumSeqs` sequences are
-/// live at once and their decode steps interleave; further `generate` requests wait.
+/// live at once and their decode steps run batched (`DecodeBatcher`: every sequence waiting for
+/// its next token shares one pass over the weights); further `generate` requests wait.
 public actor Engine {
     /// Engine limits and defaults for loads (from the configuration).
     public struct Settings: Sendable {
@@ -42,6 +43,7 @@ public actor Engine {
     public nonisolated let settings: Settings
     private let logger: Logger
     private let lane = ComputeLane(label: "kvant.engine.compute")
+    private nonisolated let batcher = DecodeBatcher()
     private let startTime = DispatchTime.now().uptimeNanoseconds
 
     private var model: (any LoadedModel)?
@@ -221,7 +223,7 @@ public actor Engine {
             let started = DispatchTime.now().uptimeNanoseconds
             let outcome: Result<GenerateResult, Error>
             do {
-                outcome = .success(try await run(sequence, prompt: prompt, params: params, budget: budget, queued: queued,
+                outcome = .success(try await run(sequence, model: model, prompt: prompt, params: params, budget: budget, queued: queued,
                                                  started: started, onToken: onToken))
             } catch {
                 outcome = .failure(error)
@@ -307,7 +309,7 @@ public actor Engine {
     }
 
     /// Prefill, then decode until end-of-sequence, a stop string, the token budget or cancellation.
-    private func run(_ sequence: (any GenerationSequence)?, prompt: [Int], params: GenerateParams, budget: Int,
+    private func run(_ sequence: (any GenerationSequence)?, model: any LoadedModel, prompt: [Int], params: GenerateParams, budget: Int,
                      queued: UInt64, started: UInt64,
                      onToken: @escaping @Sendable (GeneratedToken) async -> Void) async throws -> GenerateResult {
         var text = ""
@@ -323,6 +325,8 @@ public actor Engine {
             let sequence = sequence!
             var next = try await onLane { try sequence.prefill() }
             prefillEnd = DispatchTime.now().uptimeNanoseconds
+            batcher.enter()
+            defer { batcher.leave() }
             promptTokens += prompt.count
             prefillNanos += prefillEnd - started
             loop: while true {
@@ -343,7 +347,7 @@ public actor Engine {
                 }
                 if tokens.count >= budget { finish = .length; break loop }
                 if Task.isCancelled { finish = .cancelled; break loop }
-                next = try await onLane { try sequence.decode() }
+                next = try await batcher.decode(sequence, model: model, on: lane)
                 decodedCount += 1
             }
         }
@@ -416,6 +420,7 @@ public actor Engine {
             promptTokens: promptTokens, generatedTokens: generatedTokens,
             prefillTokensPerSecond: prefillNanos > 0 ? Double(promptTokens) / (Double(prefillNanos) / 1e9) : 0,
             decodeTokensPerSecond: decodeNanos > 0 ? Double(decodeTokens) / (Double(decodeNanos) / 1e9) : 0,
+            decodeBatchMean: { let f = batcher.figures; return f.batches > 0 ? Double(f.rows) / Double(f.batches) : 0 }(),
             uptimeSeconds: uptimeSeconds, rssBytes: residentSetBytes(), connections: connections)
     }
 

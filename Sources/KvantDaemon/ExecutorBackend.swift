@@ -309,6 +309,48 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
     }
 }
 
+extension ExecutorModel {
+    /// Continuous batching: the sequences of this model that share a pool decode in one
+    /// `ForwardSession.decode` call (up to `maxBatch` rows each), sampling each row with its own
+    /// sampler and history. Others (another pool after `set-kv-dtype`, at `max_model_len`) and a
+    /// batch that fails decode one by one, so an error stays with its sequence. Per-row arithmetic
+    /// is the same as a single decode (rows are independent in every kernel).
+    func decodeBatch(_ sequences: [any GenerationSequence]) -> DecodeBatchOutcome {
+        var results = [Result<GeneratedToken, Error>?](repeating: nil, count: sequences.count)
+        var passes = 0
+        var groups: [ObjectIdentifier: [Int]] = [:]
+        var order: [ObjectIdentifier] = []
+        for (i, s) in sequences.enumerated() {
+            guard let e = s as? ExecutorSequence, e.owner === self, e.canDecode else { continue }
+            let key = ObjectIdentifier(e.pool)
+            if groups[key] == nil { order.append(key) }
+            groups[key, default: []].append(i)
+        }
+        for key in order {
+            let all = groups[key]!
+            for start in stride(from: 0, to: all.count, by: session.maxBatch) {
+                let idx = Array(all[start..<min(all.count, start + session.maxBatch)])
+                guard idx.count > 1 else { continue }
+                let rows = idx.map { sequences[$0] as! ExecutorSequence }
+                var next = [Int32](repeating: 0, count: rows.count)
+                do {
+                    try session.decode(rows.map(\.decodeItem), pool: rows[0].pool) { r, logits in
+                        next[r] = rows[r].sampler.sample(logits: logits, history: rows[r].history)
+                    }
+                } catch {
+                    logger.warning("batched decode failed; decoding the sequences one by one", metadata: ["error": "\(error)"])
+                    continue
+                }
+                passes += 1
+                for (j, i) in idx.enumerated() { results[i] = .success(rows[j].accept(next[j])) }
+            }
+        }
+        passes += results.filter { $0 == nil }.count
+        return DecodeBatchOutcome(results: results.enumerated().map { i, r in r ?? Result { try sequences[i].decode() } },
+                                  passes: passes)
+    }
+}
+
 /// One generation on the pool it started on.
 final class ExecutorSequence: GenerationSequence {
     let owner: ExecutorModel
@@ -335,6 +377,17 @@ final class ExecutorSequence: GenerationSequence {
         try owner.session.forward(tokens: tokens, startPosition: start, sequence: sequence, pool: pool, logits: .last) { _, logits in
             next = sampler.sample(logits: logits, history: history)
         }
+        return accept(next)
+    }
+
+    /// True while one more decode step fits (below max_model_len, not released).
+    var canDecode: Bool { !released && history.count < owner.maxModelLen }
+
+    /// The decode row of this sequence: its last token at the next position.
+    var decodeItem: DecodeItem { DecodeItem(token: history[history.count - 1], position: history.count - 1, sequence: sequence) }
+
+    /// Appends a sampled token and turns it into text (streaming UTF-8) or the end of the sequence.
+    func accept(_ next: Int32) -> GeneratedToken {
         history.append(next)
         if owner.tokenizer.isEndOfGeneration(next) {
             return GeneratedToken(token: Int(next), text: decoder.finish(), isEndOfSequence: true)

@@ -198,6 +198,11 @@ public protocol LoadedModel: AnyObject, Sendable {
     ///   `kv_cache_bytes`).
     func makeSequence(prompt: [Int], maxTokens: Int, sampling: SamplingConfig) throws -> any GenerationSequence
 
+    /// One decode step of several live sequences of this model at once (continuous batching: the
+    /// rows share each pass over the weights). Results in the order given; one sequence's failure
+    /// does not fail the others. Runs on the compute lane. The default decodes them one by one.
+    func decodeBatch(_ sequences: [any GenerationSequence]) -> DecodeBatchOutcome
+
     /// The KV cache's statistics (blocks total/used, bytes, dtype, epoch, …) as any Encodable value
     /// that encodes to a JSON object; sent verbatim as `stats.kv_cache`. systemd's `STATUS=` shows
     /// the cache usage from its `usage` field (0…1), or from `used_blocks`/`total_blocks`
@@ -224,6 +229,25 @@ public protocol LoadedModel: AnyObject, Sendable {
 }
 
 /// One sequence being generated. Methods run on the compute thread, one at a time.
+/// What one `LoadedModel.decodeBatch` call did.
+public struct DecodeBatchOutcome {
+    /// One result per sequence, in the order given.
+    public var results: [Result<GeneratedToken, Error>]
+    /// Forward passes run: 1 when every row shared one pass, `results.count` when decoded one by one.
+    public var passes: Int
+
+    public init(results: [Result<GeneratedToken, Error>], passes: Int) {
+        self.results = results
+        self.passes = passes
+    }
+}
+
+extension LoadedModel {
+    public func decodeBatch(_ sequences: [any GenerationSequence]) -> DecodeBatchOutcome {
+        DecodeBatchOutcome(results: sequences.map { sequence in Result { try sequence.decode() } }, passes: sequences.count)
+    }
+}
+
 public protocol GenerationSequence: AnyObject {
     /// Prefill: runs the prompt through the model, writes its K/V, samples the first token.
     func prefill() throws -> GeneratedToken

@@ -220,6 +220,7 @@ struct Stats: ParsableCommand {
                 ("tokens", "\(e.promptTokens) prompt, \(e.generatedTokens) generated"),
                 ("prefill", String(format: "%.1f tokens/s", e.prefillTokensPerSecond)),
                 ("decode", String(format: "%.1f tokens/s", e.decodeTokensPerSecond)),
+                ("decode batch", String(format: "%.2f sequences/step (mean)", e.decodeBatchMean)),
             ]
             if let model = stats.model { rows += modelRows(model) } else { rows.append(("model", "(none loaded)")) }
             if case .object(let cache) = stats.kvCache {

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Layer-0 post-RoPE K and V of Gemma 3 270M recomputed with numpy from the GGUF (gguf + llama-cpp-python for
 the tokenizer only) over the first 1024 GPL-3 tokens; prints the per-token crest factor and the relative int8
-quantization error with one scale (amax/127) per (token, head) = 256 values vs one per 32 values (llama.cpp q8_0
-blocks). Supports the int8_pertoken analysis in docs/kv-cache.md. Usage: python3 scripts/oracle/kv_int8_granularity.py"""
+quantization error with one scale (amax/127) per (token, head) = 256 values, per 64, per 32 values (llama.cpp q8_0
+blocks), and per 256 after a normalized 256-point Hadamard rotation of each row (Kvant's int8_pertoken). Supports the int8_pertoken analysis in docs/kv-cache.md. Usage: python3 scripts/oracle/kv_int8_granularity.py"""
 import numpy as np, gguf, llama_cpp
-M="/work/models/gemma-3-270m-q4_k_m.gguf"
+import os
+M=os.environ.get("MODEL", "models/gemma-3-270m-q4_k_m.gguf")
 r=gguf.GGUFReader(M)
 T={t.name:t for t in r.tensors}
 def deq(name):
@@ -31,3 +32,12 @@ for n,t in (("K",k),("V",v)):
     print(n, "amax", np.abs(t).max().round(2), "rms", np.sqrt((t**2).mean()).round(3),
           "per-token crest (median amax/rms)", np.median(np.abs(t).max(1)/np.sqrt((t**2).mean(1))).round(2),
           "rel MSE g256 %.2e g32 %.2e" % (err(t,256), err(t,32)))
+def hadamard(n):
+    h = np.array([[1.0]])
+    while h.shape[0] < n: h = np.block([[h, h], [h, -h]])
+    return h / np.sqrt(n)
+H = hadamard(256)
+for n,t in (("K",k),("V",v)):
+    tr = t @ H
+    print(n, "rotated per-token crest %.2f" % np.median(np.abs(tr).max(1)/np.sqrt((tr**2).mean(1))),
+          "rel MSE g64 %.2e, rotated g256 %.2e" % (err(t,64), err(tr,256)))
