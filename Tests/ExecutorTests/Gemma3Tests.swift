@@ -1,6 +1,7 @@
 import Executor
 import Foundation
 import KVCache
+import KvantCore
 import Tokenizers
 import Testing
 
