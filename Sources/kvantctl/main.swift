@@ -24,8 +24,14 @@ struct ConnectionOptions: ParsableArguments {
 /// written to stderr (the final table, an error message).
 enum ProgressLine {
     nonisolated(unsafe) private static var open = false
+    /// On a terminal the line is redrawn in place (`\r`); to a file or pipe (logs, CI) each update is a line.
+    private static let isTerminal = isatty(STDERR_FILENO) == 1
 
     static func update(_ text: String) {
+        guard isTerminal else {
+            FileHandle.standardError.write(Data("\(text)\n".utf8))
+            return
+        }
         FileHandle.standardError.write(Data("\r\(text)".utf8))
         open = true
     }
@@ -37,18 +43,27 @@ enum ProgressLine {
     }
 }
 
-/// Runs `body`, turning errors into a message on stderr and the exit code of their reason.
+/// Runs `body`, turning errors into a message on stderr and the exit code of their reason. With
+/// `--json` the error is also printed on stdout as `{"error": {"reason", "message", "exit_code"}}`,
+/// so a script that parses stdout always gets JSON.
 func runClient(_ body: () throws -> Void) throws {
+    func fail(_ reason: ErrorReason, _ message: String) -> ExitCode {
+        ProgressLine.finish()
+        FileHandle.standardError.write(Data("kvantctl: \(reason.rawValue): \(message)\n".utf8))
+        let code = ClientExitCode.code(for: reason)
+        if CommandLine.arguments.dropFirst().contains("--json") {
+            let object: JSONValue = .object(["error": .object(["reason": .string(reason.rawValue), "message": .string(message),
+                                                                 "exit_code": .int(Int(code))])])
+            try? printJSON(object)
+        }
+        return ExitCode(code)
+    }
     do {
         try body()
     } catch let error as RPCErrorObject {
-        ProgressLine.finish()
-        FileHandle.standardError.write(Data("kvantctl: \(error.reason.rawValue): \(error.message)\n".utf8))
-        throw ExitCode(ClientExitCode.code(for: error.reason))
+        throw fail(error.reason, error.message)
     } catch let error as KvantError {
-        ProgressLine.finish()
-        FileHandle.standardError.write(Data("kvantctl: \(error.reason.rawValue): \(error.message)\n".utf8))
-        throw ExitCode(ClientExitCode.code(for: error.reason))
+        throw fail(error.reason, error.message)
     }
 }
 

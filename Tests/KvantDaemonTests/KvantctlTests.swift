@@ -103,6 +103,15 @@ struct KvantctlTests {
         #expect(badDType.status == ClientExitCode.code(for: .invalidArgument))
         let usage = try await ctl.run(["generate"])
         #expect(usage.status == ClientExitCode.usage)
+        // --json: errors are JSON on stdout too (plus the message on stderr and the exit code).
+        let jsonError = try await ctl.run(["set-kv-dtype", "int4", "--json"])
+        #expect(jsonError.status == ClientExitCode.code(for: .invalidArgument))
+        let errorObject = try #require(try JSONSerialization.jsonObject(with: Data(jsonError.stdout.utf8)) as? [String: Any])
+        let inner = try #require(errorObject["error"] as? [String: Any])
+        #expect(inner["reason"] as? String == "invalid_argument")
+        #expect((inner["message"] as? String)?.contains("int4") == true)
+        #expect(inner["exit_code"] as? Int == Int(ClientExitCode.code(for: .invalidArgument)))
+        #expect(jsonError.stderr.contains("invalid_argument"))
         let noDaemon = try await Kvantctl(socket: daemon.dir + "/none.sock").run(["version"])
         #expect(noDaemon.status == ClientExitCode.code(for: .unavailable))
         #expect(noDaemon.stderr.contains("is kvantd running?"))
@@ -137,7 +146,7 @@ struct KvantctlTests {
         try await daemon.stop()
     }
 
-    @Test("output order with 2>&1: the text's newline before the summary; progress lines end before the next message")
+    @Test("output order with 2>&1: the text's newline before the summary; progress lines (one per update off a terminal) before the next message")
     func outputOrder() async throws {
         let daemon = try TestDaemon(tag: "ctlord")
         try await daemon.start()
@@ -153,12 +162,14 @@ struct KvantctlTests {
         let good = try await ctl.runMerged(["calibrate", "--output", daemon.allowed + "/s.json", "--text-path", text,
                                             "--num-tokens", "512"])
         #expect(good.status == 0)
-        #expect(good.output.contains("\rcalibrate: 512/512 tokens\noutput"), "\(good.output)")
+        // Not a terminal: one progress line per update (no \r redraws in logs), ended before the result.
+        #expect(good.output.hasPrefix("calibrate: 256/512 tokens\ncalibrate: 512/512 tokens\noutput"), "\(good.output)")
+        #expect(!good.output.contains("\r"))
         let bad = try daemon.writeAllowed("bad.txt", "FAIL text")
         let failed = try await ctl.runMerged(["calibrate", "--output", daemon.allowed + "/s2.json", "--text-path", bad,
                                               "--num-tokens", "512"])
         #expect(failed.status == ClientExitCode.code(for: .invalidArgument))
-        #expect(failed.output.contains("\rcalibrate: 512/512 tokens\nkvantctl: invalid_argument: fake: calibration text"),
+        #expect(failed.output.contains("calibrate: 512/512 tokens\nkvantctl: invalid_argument: fake: calibration text"),
                 "\(failed.output)")
         try await daemon.stop()
     }
