@@ -92,9 +92,17 @@ public struct KVScales: Sendable, Equatable {
         return r
     }
 
-    private static func check(_ s: Float, _ src: String, _ where_: String) throws {
+    /// `fileValue`: the number as written in the file, shown instead of its fp32 conversion (1e39
+    /// overflows fp32 to inf, 1e-50 underflows to 0: the message says so rather than "inf" / "0.0").
+    private static func check(_ s: Float, _ src: String, _ where_: String, fileValue: Double? = nil) throws {
+        if let d = fileValue, d.isFinite, d > 0, !s.isFinite {
+            throw KvantError(.invalidArgument, "\(src): \(where_): scale \(d) overflows fp32 (largest \(Float.greatestFiniteMagnitude)); expected a finite positive number")
+        }
+        if let d = fileValue, d > 0, s == 0 {
+            throw KvantError(.invalidArgument, "\(src): \(where_): scale \(d) underflows fp32 to 0; expected a normal positive number (at least \(Float.leastNormalMagnitude))")
+        }
         guard s.isFinite, s > 0 else {
-            throw KvantError(.invalidArgument, "\(src): \(where_): scale \(s); expected a finite positive number")
+            throw KvantError(.invalidArgument, "\(src): \(where_): scale \(fileValue.map { "\($0)" } ?? "\(s)"); expected a finite positive number")
         }
         guard s.isNormal else {
             throw KvantError(.invalidArgument, "\(src): \(where_): scale \(s) is subnormal in fp32 (below \(Float.leastNormalMagnitude)); expected a normal positive number")
@@ -207,6 +215,9 @@ public struct KVScales: Sendable, Equatable {
         }
         let file: ScaleFile
         do { file = try JSONDecoder().decode(ScaleFile.self, from: data) } catch let e as DecodingError {
+            if case .dataCorrupted(let c) = e, c.codingPath.isEmpty {
+                throw KvantError(.invalidArgument, "\(src): not valid JSON\(syntaxDetail(data)); note that NaN and Infinity are not JSON numbers")
+            }
             throw KvantError(.invalidArgument, "\(src): \(describe(e))")
         } catch {
             throw KvantError(.invalidArgument, "\(src): not valid JSON")
@@ -250,7 +261,7 @@ public struct KVScales: Sendable, Equatable {
     /// with vLLM's rules and merged over TP ranks (per-tensor by max, per-head by concatenation).
     private static func parseFactor(_ factor: [String: [String: ScaleEntry]], field: String, src: String, numLayers: Int,
                                     numKVHeads: Int, tpSize: Int?) throws -> (KVScales, Int) {
-        let at = field == "scaling_factor" ? "" : "kv_cache.\(field): "
+        let at = "kv_cache.\(field): "
         // Ranks.
         var ranks: [Int: [String: ScaleEntry]] = [:]
         for (key, layers) in factor {
@@ -268,8 +279,9 @@ public struct KVScales: Sendable, Equatable {
         if let extra = ranks.keys.filter({ $0 >= tp }).min() {
             throw KvantError(.invalidArgument, "\(src): \(at)unexpected TP rank \(extra); expected ranks 0..<\(tp) (tp_size \(tp))")
         }
-        // Layers per rank; granularity from the first entry.
+        // Layers per rank; granularity from the first layer of rank 0.
         var granularity: Granularity? = nil
+        var formSetBy = "" 
         var perRank: [[ScaleEntry]] = []
         for r in 0..<tp {
             var layers: [Int: ScaleEntry] = [:]
@@ -290,15 +302,18 @@ public struct KVScales: Sendable, Equatable {
             for l in 0..<numLayers {
                 let e = layers[l]!
                 let g: Granularity = { if case .list = e { return .perHead } else { return .perTensor } }()
-                if granularity == nil { granularity = g }
+                if case .list(let ds) = e, ds.isEmpty {
+                    throw KvantError(.invalidArgument, "\(src): \(at)rank \(r) layer \(l): empty per-head list; expected one scale per KV head of the rank")
+                }
+                if granularity == nil { granularity = g; formSetBy = "rank \(r) layer \(l)" }
                 guard g == granularity else {
-                    throw KvantError(.invalidArgument, "\(src): \(at)rank \(r) layer \(l): \(g == .perHead ? "a per-head list" : "a single scale") in a file of \(granularity == .perHead ? "per-head lists" : "single per-layer scales"); expected the same form for every layer")
+                    throw KvantError(.invalidArgument, "\(src): \(at)rank \(r) layer \(l): \(g == .perHead ? "a per-head list" : "a single scale"), but \(formSetBy) has \(granularity == .perHead ? "a per-head list" : "a single scale"); expected the same form for every layer")
                 }
                 switch e {
                 case .scalar(let d):
-                    try check(Float(d), src, "\(at)rank \(r) layer \(l)")
+                    try check(Float(d), src, "\(at)rank \(r) layer \(l)", fileValue: d)
                 case .list(let ds):
-                    for (i, d) in ds.enumerated() { try check(Float(d), src, "\(at)rank \(r) layer \(l) entry \(i)") }
+                    for (i, d) in ds.enumerated() { try check(Float(d), src, "\(at)rank \(r) layer \(l) entry \(i)", fileValue: d) }
                 }
                 row.append(e)
             }
@@ -382,6 +397,15 @@ public struct KVScales: Sendable, Equatable {
         return Data(out.utf8)
     }
 
+    /// The parser's account of a JSON syntax error (position included where Foundation gives one).
+    private static func syntaxDetail(_ data: Data) -> String {
+        do { _ = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed]); return "" } catch {
+            let e = error as NSError
+            let text = (e.userInfo[NSDebugDescriptionErrorKey] as? String) ?? e.localizedDescription
+            return text.isEmpty ? "" : " (\(text))"
+        }
+    }
+
     private static func describe(_ e: DecodingError) -> String {
         func path(_ p: [CodingKey]) -> String {
             let keys = p.map { $0.intValue.map(String.init) ?? $0.stringValue }
@@ -394,13 +418,36 @@ public struct KVScales: Sendable, Equatable {
             }
             return s
         }
+        /// The JSON type a Swift type stands for, for messages.
+        func jsonType(_ t: Any.Type) -> String {
+            switch t {
+            case is [String: Any].Type, is [String: [String: ScaleEntry]].Type, is [String: ScaleEntry].Type: return "an object"
+            case is [Any].Type, is [Double].Type: return "a list"
+            case is String.Type: return "a string"
+            case is Double.Type, is Float.Type, is Int.Type: return "a number"
+            default:
+                let name = "\(t)"
+                return name.hasPrefix("Dictionary") ? "an object" : name.hasPrefix("Array") ? "a list" : "a value of type \(name)"
+            }
+        }
+        /// What stands at a path in the schema.
+        func expected(_ p: [CodingKey]) -> String {
+            let keys = p.map { $0.intValue.map(String.init) ?? $0.stringValue }
+            let factors: Set<String> = ["scaling_factor", "k_scaling_factor", "v_scaling_factor"]
+            if keys.count == 2, keys[0] == "kv_cache", factors.contains(keys[1]) { return " ({\"<tp_rank>\": {\"<layer>\": scale}})" }
+            if keys.count == 3, keys[0] == "kv_cache", factors.contains(keys[1]) { return " ({\"<layer>\": scale})" }
+            return ""
+        }
         switch e {
         case .dataCorrupted(let c):
             return c.codingPath.isEmpty ? "not valid JSON" : "at \(path(c.codingPath)): \(c.debugDescription)"
         case .keyNotFound(let k, let c):
             return "missing key '\(k.stringValue)' at \(path(c.codingPath)); expected {\"model_type\", \"kv_cache\": {\"dtype\", \"scaling_factor\"}}"
-        case .typeMismatch(_, let c), .valueNotFound(_, let c):
-            return "at \(path(c.codingPath)): \(c.debugDescription)"
+        case .typeMismatch(let t, let c):
+            if c.debugDescription.hasPrefix("expected a scale") { return "at \(path(c.codingPath)): \(c.debugDescription)" }
+            return "at \(path(c.codingPath)): expected \(jsonType(t))\(expected(c.codingPath)), found something else"
+        case .valueNotFound(let t, let c):
+            return "at \(path(c.codingPath)): expected \(jsonType(t))\(expected(c.codingPath)), found null"
         @unknown default:
             return "not a valid scale file"
         }
@@ -431,6 +478,6 @@ private enum ScaleEntry: Decodable {
         if let d = try? c.decode(Double.self) { self = .scalar(d); return }
         if let l = try? c.decode([Double].self) { self = .list(l); return }
         throw DecodingError.typeMismatch(Double.self, .init(codingPath: decoder.codingPath,
-            debugDescription: "expected a scale (number) or a per-head list of numbers"))
+            debugDescription: "expected a scale (a positive number within fp32's range) or a per-head list of them"))
     }
 }

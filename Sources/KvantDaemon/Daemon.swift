@@ -109,7 +109,9 @@ final class StatusReporter: @unchecked Sendable {
 /// - READY=1 once the socket listens and the start-up model (if configured) is loaded; a failed
 ///   start-up load still gets READY=1 with the error in STATUS= (the daemon serves `load-model`).
 /// - On a reload request (SIGHUP): RELOADING=1 + MONOTONIC_USEC, reload scales, READY=1; a failed
-///   reload keeps the old scales and says so in STATUS=.
+///   reload keeps the old scales and says so in STATUS=. When the configured start-up model failed
+///   to load (say its scale file was broken) and nothing was loaded since, a reload retries that
+///   load, so "fix the file, then `systemctl reload`" works at start-up too.
 /// - WATCHDOG=1 every WATCHDOG_USEC/2 while the engine's compute lane is idle or making progress.
 /// - STOPPING=1 when graceful shutdown begins.
 public final class DaemonSupervisor: Service, @unchecked Sendable {
@@ -122,6 +124,8 @@ public final class DaemonSupervisor: Service, @unchecked Sendable {
     private let reloadRequests: AsyncStream<Void>?
     private let (listeningStream, listeningContinuation) = AsyncStream<Void>.makeStream()
     let ready = OneShotEvent()
+    /// True while the configured start-up model failed to load and no load succeeded since (a reload retries it).
+    private var startupLoadFailed = false
     /// Signalled once the start-up model is loaded or failed (or shutdown came first); requests wait for it.
     let startupFinished: OneShotEvent
 
@@ -184,10 +188,12 @@ public final class DaemonSupervisor: Service, @unchecked Sendable {
             _ = try await engine.loadModel(path: path, kvCacheDType: configuration.kvCacheDType,
                                            quantizationParamPath: scales, kvCacheBytes: nil, maxModelLen: nil,
                                            progress: { [status] in status.loadProgress($0) })
+            startupLoadFailed = false
         } catch {
             let error = Engine.kvantError(error)
             logger.error("start-up model failed to load", metadata: ["model": "\(model)", "error": "\(error.message)"])
             await engine.recordFailure("start-up model failed: \(error.message)")
+            startupLoadFailed = true
         }
     }
 
@@ -205,7 +211,16 @@ public final class DaemonSupervisor: Service, @unchecked Sendable {
         logger.notice("reloading scales")
         var message: String
         var failure: String?
-        if await engine.modelInfo == nil {
+        if await engine.modelInfo == nil, startupLoadFailed, let model = configuration.model {
+            await loadStartupModel()
+            if await engine.modelInfo != nil {
+                message = "reload: loaded the configured model \(model)"
+                logger.notice("\(message)")
+            } else {
+                message = "reload: the configured model \(model) still fails to load"
+                failure = await engine.lastFailure
+            }
+        } else if await engine.modelInfo == nil {
             message = "reload: no model loaded, nothing to reload"
             logger.notice("\(message)")
         } else if let info = await engine.modelInfo, await !engine.hasScalesToReload {

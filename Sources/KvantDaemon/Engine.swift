@@ -153,9 +153,15 @@ public actor Engine {
         return model.info
     }
 
-    /// Installs scales from `path`, or re-reads the last scale file when nil.
+    /// Installs scales from `path`, or re-reads the last scale file when nil. Asking this of a dtype
+    /// without static scales is the caller's mistake (`failed_precondition`), not a degraded server.
     public func reloadScales(path: String?) async throws -> ScalesReport {
         let model = try requireModel("reload-scales")
+        let dtype = model.info.kvCacheDType
+        guard dtype.usesStaticScales else {
+            throw KvantError(.failedPrecondition,
+                             "reload-scales: kv_cache_dtype \(dtype.rawValue) uses no static scales (only int8_pertensor and int8_pertensor_perhead do); switch with set-kv-dtype first")
+        }
         guard let path = path ?? lastScalesPath else {
             let error = KvantError(.failedPrecondition,
                                    "reload-scales: no scale file given and none loaded before (kv_cache_dtype \(model.info.kvCacheDType.rawValue))")
@@ -169,7 +175,7 @@ public actor Engine {
             return report
         } catch {
             let error = Engine.kvantError(error)
-            lastError = "reload-scales \(path): \(error.message)"
+            lastError = error.message.hasPrefix("reload-scales") ? error.message : "reload-scales: \(error.message)"
             throw error
         }
     }
@@ -317,6 +323,7 @@ public actor Engine {
         var finish = FinishReason.length
         var stopReason: String?
         var decodedCount = 0
+        var prefilled = false
         let prefillEnd: UInt64
         if Task.isCancelled || sequence == nil {   // cancelled while it waited for a slot or KV blocks
             prefillEnd = DispatchTime.now().uptimeNanoseconds
@@ -325,6 +332,7 @@ public actor Engine {
             let sequence = sequence!
             var next = try await onLane { try sequence.prefill() }
             prefillEnd = DispatchTime.now().uptimeNanoseconds
+            prefilled = true
             batcher.enter()
             defer { batcher.leave() }
             promptTokens += prompt.count
@@ -362,7 +370,7 @@ public actor Engine {
             finishReason: finish, stopReason: stopReason,
             timings: GenerateTimings(
                 queueMs: Double(started - queued) / 1e6, prefillMs: prefillMs, decodeMs: decodeMs,
-                prefillTokensPerSecond: prefillMs > 0 ? Double(prompt.count) / (prefillMs / 1000) : 0,
+                prefillTokensPerSecond: prefilled && prefillMs > 0 ? Double(prompt.count) / (prefillMs / 1000) : 0,
                 decodeTokensPerSecond: decodeMs > 0 ? Double(decodedCount) / (decodeMs / 1000) : 0))
     }
 
@@ -456,10 +464,11 @@ public actor Engine {
     /// refused path): `health` turns `degraded` with it as `last_error` until the next success.
     public func recordFailure(_ message: String) { lastError = message }
 
-    /// True when a scale file is in force or the dtype uses static scales (what SIGHUP reloads).
+    /// True when the dtype in force uses static scales (what SIGHUP reloads: the last scale file).
+    /// After `set-kv-dtype` to fp16 or int8_pertoken a reload has nothing to do, even if a file was used before.
     public var hasScalesToReload: Bool {
         guard let model else { return false }
-        return lastScalesPath != nil || model.info.kvCacheDType.usesStaticScales
+        return model.info.kvCacheDType.usesStaticScales
     }
 
     /// True when the compute lane is idle or progressed within `window` nanoseconds (watchdog).

@@ -94,6 +94,10 @@ func formatBytes(_ bytes: Int) -> String {
 }
 
 func modelRows(_ info: ModelInfo) -> [(String, String)] {
+    modelFacts(info) + (info.warnings ?? []).map { ("warning", $0) }
+}
+
+private func modelFacts(_ info: ModelInfo) -> [(String, String)] {
     [("model", info.name), ("path", info.path), ("architecture", info.architecture),
      ("layers", "\(info.numLayers)"), ("kv heads", "\(info.numKVHeads)"), ("head dim", "\(info.headDim)"),
      ("vocab", "\(info.vocabSize)"), ("max model len", "\(info.maxModelLen)"),
@@ -275,7 +279,11 @@ struct Generate: ParsableCommand {
                     FileHandle.standardOutput.write(Data(token.text.utf8))
                 }
             }
-            if connection.json { return try printJSON(result) }
+            if connection.json {
+                try printJSON(result)
+                if result.finishReason == .cancelled { throw ExitCode(ClientExitCode.code(for: .cancelled)) }
+                return
+            }
             // Through the same FileHandle as the streamed pieces (unbuffered), so the newline is out
             // before the summary on stderr even when both go to one pipe.
             if !params.stream { FileHandle.standardOutput.write(Data(result.text.utf8)) }
