@@ -219,6 +219,7 @@ public final class DaemonSupervisor: Service, @unchecked Sendable {
             } else {
                 message = "reload: the configured model \(model) still fails to load"
                 failure = await engine.lastFailure
+                logger.error("\(message)", metadata: ["error": "\(failure ?? "")"])
             }
         } else if await engine.modelInfo == nil {
             message = "reload: no model loaded, nothing to reload"

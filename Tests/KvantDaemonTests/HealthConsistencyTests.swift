@@ -91,6 +91,82 @@ struct HealthConsistencyTests {
         try await daemon.stop()
     }
 
+    /// Polls `health` until `predicate` holds (reloads run asynchronously), at most 2 s.
+    func waitForHealth(_ socket: String, _ predicate: (HealthResult) -> Bool) async throws -> HealthResult {
+        var h = try await health(socket)
+        for _ in 0..<200 where !predicate(h) {
+            try await Task.sleep(for: .milliseconds(10))
+            h = try await health(socket)
+        }
+        return h
+    }
+
+    @Test("after set-kv-dtype to a dtype without static scales, SIGHUP is a no-op and an explicit reload-scales is the caller's error; health stays ok")
+    func reloadAfterLeavingStaticDType() async throws {
+        let logs = LogCapture()
+        let daemon = try TestDaemon(tag: "hupfp", logs: logs)
+        try await daemon.start()
+        let scales = try daemon.writeAllowed("scales.json", #"{"layers": 2, "scales": [0.1, 0.2]}"#)
+        let socket = daemon.socketPath
+        _ = try await offPool {
+            try ControlClient(socketPath: socket, timeout: 20).call(
+                .loadModel, LoadModelParams(path: try daemon.writeAllowed("m.gguf", "GGUF"), kvCacheDType: .int8PerTensor,
+                                            quantizationParamPath: scales), as: LoadModelResult.self)
+        }
+        _ = try await offPool {
+            try ControlClient(socketPath: socket, timeout: 20).call(.setKVDType, SetKVDTypeParams(kvCacheDType: .fp16), as: ModelInfo.self)
+        }
+        daemon.reloads.yield()
+        var found = false
+        for _ in 0..<200 where !found {
+            found = logs.messages(atLeast: .notice).contains { $0.contains("kv_cache_dtype fp16 uses no scale file, nothing to reload") }
+            if !found { try await Task.sleep(for: .milliseconds(10)) }
+        }
+        #expect(found, "\(logs.messages(atLeast: .notice))")
+        #expect(try await health(socket).status == "ok")
+        let explicit = try await failing(socket, .reloadScales, ReloadScalesParams(path: scales))
+        #expect(explicit?.reason == .failedPrecondition)
+        #expect(explicit?.message.contains("kv_cache_dtype fp16 uses no static scales") == true, "\(String(describing: explicit))")
+        #expect(try await health(socket).status == "ok")
+        try await daemon.stop()
+    }
+
+    @Test("a start-up model whose scale file is broken: fix the file, SIGHUP loads the configured model and health recovers")
+    func reloadRetriesFailedStartupLoad() async throws {
+        let logs = LogCapture()
+        var scalesPath = ""
+        let daemon = try TestDaemon(tag: "hupst", logs: logs) { config, allowed in
+            let model = allowed + "/m.gguf"
+            scalesPath = allowed + "/scales.json"
+            FileManager.default.createFile(atPath: model, contents: Data("GGUF".utf8))
+            FileManager.default.createFile(atPath: scalesPath, contents: Data(#"{"layers": 2}"#.utf8))   // no 'scales'
+            config.model = model
+            config.kvCacheDType = .int8PerTensor
+            config.quantizationParamPath = scalesPath
+        }
+        try await daemon.start()
+        let socket = daemon.socketPath
+        var h = try await health(socket)
+        #expect(h.status == "degraded" && !h.modelLoaded)
+        #expect(h.lastError?.contains("missing non-empty array 'scales'") == true, "\(String(describing: h.lastError))")
+        // Still broken: the reload says so and health stays degraded.
+        daemon.reloads.yield()
+        var stillFails = false
+        for _ in 0..<200 where !stillFails {
+            stillFails = logs.messages(atLeast: .notice).contains { $0.contains("still fails to load") }
+            if !stillFails { try await Task.sleep(for: .milliseconds(10)) }
+        }
+        #expect(stillFails)
+        #expect(try await health(socket).status == "degraded")
+        // Fixed: the next reload loads the configured model.
+        FileManager.default.createFile(atPath: scalesPath, contents: Data(#"{"layers": 2, "scales": [0.1, 0.2]}"#.utf8))
+        daemon.reloads.yield()
+        h = try await waitForHealth(socket) { $0.modelLoaded }
+        #expect(h.modelLoaded && h.status == "ok" && h.kvCacheDType == .int8PerTensor, "\(h)")
+        #expect(logs.messages(atLeast: .notice).contains { $0.contains("reload: loaded the configured model") })
+        try await daemon.stop()
+    }
+
     @Test("when the shutdown grace runs out, the number of cancelled requests is logged")
     func graceRunsOut() async throws {
         let logs = LogCapture()

@@ -146,6 +146,24 @@ struct KvantctlTests {
         try await daemon.stop()
     }
 
+    @Test("Ctrl-C during generate --json: the JSON result says cancelled and the exit code is still cancelled's")
+    func interruptCancelsJSON() async throws {
+        let daemon = try TestDaemon(tag: "ctlintj", decodeDelay: 0.02)
+        try await daemon.start()
+        _ = try await daemon.loadModel()
+        let (process, out, _) = try Kvantctl(socket: daemon.socketPath).start(
+            ["generate", String(repeating: "z", count: 120), "--max-tokens", "120", "--json"])
+        defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+        try await Task.sleep(for: .milliseconds(400))   // no streaming with --json: let some tokens decode
+        kill(process.processIdentifier, SIGINT)
+        let stdout = try await offPool { out.fileHandleForReading.readDataToEndOfFile() }
+        try await waitForExit(process)
+        #expect(process.terminationStatus == ClientExitCode.code(for: .cancelled))
+        let result = try WireCodec.decoder.decode(GenerateResult.self, from: stdout)
+        #expect(result.finishReason == .cancelled && result.completionTokens < 120)
+        try await daemon.stop()
+    }
+
     @Test("output order with 2>&1: the text's newline before the summary; progress lines (one per update off a terminal) before the next message")
     func outputOrder() async throws {
         let daemon = try TestDaemon(tag: "ctlord")
