@@ -330,6 +330,16 @@ public final class KVCachePool: @unchecked Sendable {
         for e in epochTables.keys where !live.contains(Int32(e)) { epochTables[e] = nil }
     }
 
+    /// Checks `scales` against a cache of `spec` exactly as `init(scales:)` and `installScales` do
+    /// (static dtype, layer count, per-head scales only for `int8_pertensor_perhead`, head count).
+    /// - Throws: `KvantError(.failedPrecondition)` for a dtype without static scales, `.invalidArgument` on a mismatch.
+    public static func checkScales(_ scales: KVScales, for spec: KVCacheSpec) throws {
+        guard spec.dtype.usesStaticScales else {
+            throw KvantError(.failedPrecondition, "kv_cache_dtype \(spec.dtype.rawValue) uses no scale file (only int8_pertensor and int8_pertensor_perhead do)")
+        }
+        _ = try scaleTable(scales, for: spec)
+    }
+
     /// K and V scales of one epoch, `[numLayers, numKVHeads]` each (equal unless the file has separate K/V scales).
     struct ScaleTables { var key: [Float]; var value: [Float] }
 

@@ -36,7 +36,17 @@ public struct ExecutorBackend: InferenceBackend {
             throw KvantError(.failedPrecondition,
                              "scales-validate '\(path)': no model is loaded; a scale file is checked against the loaded model's layers, KV heads and model_type")
         }
-        return ExecutorModel.report(try model.loadScales(path: path), epoch: nil)
+        let scales = try model.loadScales(path: path)
+        var report = ExecutorModel.report(scales, epoch: nil)
+        // The same checks reload-scales makes against the pool in force; for a dtype without
+        // static scales the file is only checked against the model, and the report says so.
+        let dtype = model.info.kvCacheDType
+        if dtype.usesStaticScales {
+            try KVCachePool.checkScales(scales, for: model.model.config.kvCacheSpec(dtype: dtype))
+        } else {
+            report.warnings.append("kv_cache_dtype \(dtype.rawValue) uses no scale file; checked against the model only (it applies after set-kv-dtype \(scales.granularity == .perHead ? "int8_pertensor_perhead" : "int8_pertensor or int8_pertensor_perhead"))")
+        }
+        return report
     }
 }
 
@@ -269,7 +279,11 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
         try PathPolicy.checkWritable(request.outputPath, field: "output", method: "calibrate")
         let text = try request.textPath.map(TextTokenizer.readText(path:)) ?? CalibrationSample.text
         let source = request.textPath.map { "'\($0)'" } ?? "the built-in calibration sample"
+        guard request.numTokens >= 16 else {
+            throw KvantError(.invalidArgument, "calibrate: num_tokens \(request.numTokens) is too few; at least 16 are needed")
+        }
         var tokens = tokenizer.encode(text, addSpecial: true, parseSpecial: false)
+        let available = tokens.count
         if tokens.count > request.numTokens { tokens.removeLast(tokens.count - request.numTokens) }
         guard tokens.count >= 16 else {
             throw KvantError(.invalidArgument, "calibrate: \(source) gives \(tokens.count) tokens; at least 16 are needed")
@@ -304,8 +318,12 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
         let written = try loadScales(path: output)
         logger.notice("calibrated KV scales", metadata: ["output": "\(output)", "tokens": "\(result.tokens)",
                                                          "source": "\(source)"])
+        var report = Self.report(written, epoch: nil)
+        if available < request.numTokens {
+            report.warnings.append("calibrated on all \(available) tokens of \(source), fewer than num_tokens \(request.numTokens)")
+        }
         return CalibrateResult(output: output, tokens: result.tokens, seconds: Date().timeIntervalSince(started),
-                               scales: Self.report(written, epoch: nil))
+                               scales: report)
     }
 }
 

@@ -344,11 +344,15 @@ struct Calibrate: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Record K/V amax over text and write a kv_cache_scales.json. Ctrl-C cancels.")
     @OptionGroup var connection: ConnectionOptions
     @Option(help: "Output scale file (its directory under allowed_dirs).") var output: String
-    @Option(name: .customLong("text-path")) var textPath: String?
-    @Option(name: .customLong("num-tokens")) var numTokens: Int?
-    @Flag(name: .customLong("per-head")) var perHead = false
-    @Option(name: .customLong("tp-size")) var tpSize: Int?
-    @Option var percentile: Double?
+    @Option(name: .customLong("text-path"), help: "Calibration text file under allowed_dirs (default: the built-in English/code/Chinese sample, 1016 tokens).")
+    var textPath: String?
+    @Option(name: .customLong("num-tokens"), help: "Tokens of the text to run, at least 16 (default 2048, or all of a shorter text).")
+    var numTokens: Int?
+    @Flag(name: .customLong("per-head"), help: "One scale per (layer, KV head) instead of per layer.") var perHead = false
+    @Option(name: .customLong("tp-size"), help: "Tensor-parallel ranks to write (vLLM schema), heads split in order (default 1).")
+    var tpSize: Int?
+    @Option(help: "Clip at this percentile of |K| and |V| in (0, 100); 100 = plain amax/127 (default: the MSE-optimal clip).")
+    var percentile: Double?
     @Flag(name: .customLong("shared-kv-scale"),
           help: "Write only vLLM's shared K/V scale per layer (no k_scaling_factor / v_scaling_factor).")
     var sharedKVScale = false

@@ -206,6 +206,20 @@ struct StatsTests {
         #expect(k8[3] == q(more[2][3], 0.05) && v8[3] == q(more[2][3], 0.05))
     }
 
+    @Test("checkScales (scales validate) applies the pool's rules without a pool")
+    func checkScalesWithoutPool() throws {
+        let perHead = try KVScales(perHead: [[0.1, 0.2], [0.3, 0.4]])
+        let perTensor = try KVScales(perTensor: [0.1, 0.2])
+        let spec = { (d: KVCacheDType) in KVCacheSpec(numLayers: 2, numKVHeads: 2, headDim: 8, dtype: d) }
+        try KVCachePool.checkScales(perHead, for: spec(.int8PerTensorPerHead))
+        try KVCachePool.checkScales(perTensor, for: spec(.int8PerTensorPerHead))
+        try KVCachePool.checkScales(perTensor, for: spec(.int8PerTensor))
+        let e = kvantError { try KVCachePool.checkScales(perHead, for: spec(.int8PerTensor)) }
+        #expect(e?.reason == .invalidArgument && e?.message.contains("per-head scales need kv_cache_dtype int8_pertensor_perhead") == true)
+        #expect(kvantError { try KVCachePool.checkScales(perTensor, for: spec(.fp16)) }?.reason == .failedPrecondition)
+        #expect(kvantError { try KVCachePool.checkScales(try KVScales(perTensor: [0.1]), for: spec(.int8PerTensor)) }?.message.contains("num_layers 2") == true)
+    }
+
     @Test("a per-tensor file broadcasts to every head of an int8_pertensor_perhead pool")
     func perTensorOnPerHeadPool() throws {
         let spec = KVCacheSpec(numLayers: 1, numKVHeads: 3, headDim: 8, dtype: .int8PerTensorPerHead, blockSize: 4)
