@@ -319,7 +319,8 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
         logger.notice("calibrated KV scales", metadata: ["output": "\(output)", "tokens": "\(result.tokens)",
                                                          "source": "\(source)"])
         var report = Self.report(written, epoch: nil)
-        if available < request.numTokens {
+        // Worth saying when the user chose the text or the count; the built-in sample under the default count is expected.
+        if available < request.numTokens, request.textPath != nil || request.numTokens != CalibrationRequest.defaultNumTokens {
             report.warnings.append("calibrated on all \(available) tokens of \(source), fewer than num_tokens \(request.numTokens)")
         }
         return CalibrateResult(output: output, tokens: result.tokens, seconds: Date().timeIntervalSince(started),

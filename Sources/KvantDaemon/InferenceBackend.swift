@@ -151,6 +151,9 @@ public final class OperationControl: @unchecked Sendable {
 
 /// What `calibrate` is asked to do; paths are realpath'd and checked.
 public struct CalibrationRequest: Sendable, Equatable {
+    /// `num_tokens` when a request gives none.
+    public static let defaultNumTokens = 2048
+
     /// Text file; nil = the backend's built-in calibration text.
     public var textPath: String?
     /// Tokens of text to run through the model.

@@ -189,7 +189,7 @@ public final class RequestHandler: Sendable {
             // Up front: a run takes minutes, its output must not fail only at the end.
             try PathPolicy.checkWritable(output, field: "output", method: "calibrate")
             let calibration = CalibrationRequest(
-                textPath: text, numTokens: params.numTokens ?? 2048, perHead: params.perHead ?? false,
+                textPath: text, numTokens: params.numTokens ?? CalibrationRequest.defaultNumTokens, perHead: params.perHead ?? false,
                 tpSize: params.tpSize ?? 1, percentile: params.percentile, separateKV: params.separateKV ?? true,
                 outputPath: output)
             let progress = progressSender(.calibrateProgress, id: request.id, context: context)
