@@ -1,6 +1,18 @@
 import Foundation
 import Testing
 
+/// Runs a compute-heavy part of a test on a thread of its own and returns its result. All test targets
+/// share one process, and Swift concurrency's cooperative pool is as wide as the cores (2 here): a
+/// synchronous test computing for seconds on it would starve the daemon tests' actors and NIO tasks.
+/// Keep `#expect` outside `body` (issues are recorded through the test's task-local context).
+func offPool<T>(_ body: @escaping () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread {
+            do { continuation.resume(returning: try body()) } catch { continuation.resume(throwing: error) }
+        }.start()
+    }
+}
+
 /// Paths and JSON of the committed fixtures (written by scripts/oracle/llama_goldens.py and tiny_llama.py).
 enum Fixtures {
     static let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures")

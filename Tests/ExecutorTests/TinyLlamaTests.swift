@@ -177,10 +177,19 @@ import Testing
             #expect(worst <= 1e-4 * scale, "row \(i): max |Δ| \(worst)")
         }
         #expect(seqs.map { pool.length(of: $0) } == prompts.map { $0.count + 1 })
-        // Wrong position and repeated sequence are rejected.
-        #expect(throws: KvantError.self) {
-            try s.decode([DecodeItem(token: 5, position: 0, sequence: seqs[0])], pool: pool) { _, _ in }
+        // A position beyond the next one and a repeated sequence are rejected (positions up to the
+        // sequence's length are allowed: admission control reserves prompt + max_tokens ahead).
+        let beyond = pool.length(of: seqs[0]) + 1
+        let e = #expect(throws: KvantError.self) {
+            try s.decode([DecodeItem(token: 5, position: beyond, sequence: seqs[0])], pool: pool) { _, _ in }
         }
+        #expect(e?.message.contains("position \(beyond) is beyond the next position") == true)
+        // A position reserved ahead decodes in place and does not grow the sequence.
+        let lengthBefore = pool.length(of: seqs[2])
+        #expect(pool.reserve(seqs[2], newLength: lengthBefore + 3) == .ok)
+        var rows = 0
+        try s.decode([DecodeItem(token: 5, position: lengthBefore, sequence: seqs[2])], pool: pool) { _, _ in rows += 1 }
+        #expect(rows == 1 && pool.length(of: seqs[2]) == lengthBefore + 3)
         let again = DecodeItem(token: 5, position: pool.length(of: seqs[1]), sequence: seqs[1])
         #expect(throws: KvantError.self) { try s.decode([again, again], pool: pool) { _, _ in } }
     }
