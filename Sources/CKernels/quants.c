@@ -173,6 +173,74 @@ void kvant_quantize_row_q8a(const float *x, kvant_block_q8a *y, int64_t n) {
     }
 }
 
+/* ggml's quantize_row_q8_0 (x86): d = amax/127 rounded to fp16, q = round-half-even(x · 127/amax). */
+static void quantize_row_q8_0_ggml(const float *x, kvant_block_q8a *y, int64_t n) {
+    for (int64_t b = 0; b < n / 32; b++) {
+        const float *xb = x + 32 * b;
+        float amax = 0.0f;
+        for (int j = 0; j < 32; j++) { float a = fabsf(xb[j]); amax = a > amax ? a : amax; }
+        const float d = fp16_to_f32(_cvtss_sh(amax / 127.0f, 0));
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        int sum = 0;
+        for (int j = 0; j < 32; j++) {
+            int q = (int)lrintf(xb[j] * id);
+            q = q > 127 ? 127 : (q < -128 ? -128 : q);
+            y[b].q[j] = (int8_t)q;
+            sum += q;
+        }
+        y[b].d = d;
+        y[b].s = d * (float)sum;
+    }
+}
+
+/* ggml's quantize_row_q8_K_ref: per 256 values, max = the value of largest |x| (first one), iscale = -127/max,
+ * q = min(127, round-half-even(iscale · x)), d = 1/iscale. Written as 8 blocks of 32 sharing d, s = Σq of the 32. */
+static void quantize_row_q8_K_ggml(const float *x, kvant_block_q8a *y, int64_t n) {
+    for (int64_t b = 0; b < n / 256; b++) {
+        const float *xb = x + 256 * b;
+        kvant_block_q8a *yb = y + 8 * b;
+        float amax = 0.0f, max = 0.0f;
+        for (int j = 0; j < 256; j++) {
+            const float ax = fabsf(xb[j]);
+            if (ax > amax) { amax = ax; max = xb[j]; }
+        }
+        if (amax == 0.0f) {
+            for (int k = 0; k < 8; k++) { memset(yb[k].q, 0, 32); yb[k].d = 0.0f; yb[k].s = 0.0f; }
+            continue;
+        }
+        const float iscale = -127.0f / max;
+        const float d = 1.0f / iscale;
+        for (int k = 0; k < 8; k++) {
+            int sum = 0;
+            for (int j = 0; j < 32; j++) {
+                int v = (int)lrintf(iscale * xb[32 * k + j]);
+                v = v > 127 ? 127 : v;
+                yb[k].q[j] = (int8_t)v;
+                sum += v;
+            }
+            yb[k].d = d;
+            yb[k].s = (float)sum;
+        }
+    }
+}
+
+int kvant_act_format(int type) {
+    switch (type) {
+    case T_Q4_0: case T_Q5_0: case T_Q8_0: return KVANT_ACT_Q8_0;
+    case T_Q4_K: case T_Q5_K: case T_Q6_K: return KVANT_ACT_Q8_K;
+    default: return KVANT_ACT_Q8A;
+    }
+}
+
+int kvant_quantize_row_act(int format, const float *x, kvant_block_q8a *y, int64_t n) {
+    switch (format) {
+    case KVANT_ACT_Q8A: if (n % 32) return -1; kvant_quantize_row_q8a(x, y, n); return 0;
+    case KVANT_ACT_Q8_0: if (n % 32) return -1; quantize_row_q8_0_ggml(x, y, n); return 0;
+    case KVANT_ACT_Q8_K: if (n % 256) return -1; quantize_row_q8_K_ggml(x, y, n); return 0;
+    default: return -1;
+    }
+}
+
 /* ---------------------------------------------------------------- AVX2 int8 path */
 
 static inline float hsum256(__m256 v) {
@@ -180,6 +248,13 @@ static inline float hsum256(__m256 v) {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
+}
+
+static inline int hsum_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+    return _mm_cvtsi128_si32(s);
 }
 
 /* 32 nibbles of 16 bytes: lanes 0..15 = low nibbles, 16..31 = high nibbles. */

@@ -1,7 +1,7 @@
 /* The int8 block kernels, included twice by quants.c: once for AVX2 (maddubs + madd) and once for AVX-VNNI
  * (vpdpbusd). KV_SFX names the variant; KV_DOT_U8S8 / KV_DOT_S8S8 are its 32-byte dot products (8 int32 sums). */
 
-/* One weight row against `na` (1..4) activation rows. `astride` = blocks between activation rows. */
+/* One weight row against `na` (1..NA_MAX) activation rows. `astride` = blocks between activation rows. */
 static inline __attribute__((always_inline))
 void KV_SFX(dot_row_q)(const int type, const uint8_t *w, int64_t n, const kvant_block_q8a *a, int64_t astride, const int na,
                float *res) {
@@ -42,6 +42,17 @@ void KV_SFX(dot_row_q)(const int type, const uint8_t *w, int64_t n, const kvant_
                 u = nibbles32(w + (has_m ? 4 : 2));
                 m = has_m ? fp16_to_f32(rd16(w + 2)) : -8.0f * d;
             }
+            if (!has_m) {
+                /* Signed weights (u - 8 / u - 16) against the activations: exact int32 lanes as ggml_vec_dot_q5_0_q8_0. */
+                const __m256i ws = _mm256_sub_epi8(u, _mm256_set1_epi8(five ? 16 : 8));
+                for (int i = 0; i < na; i++) {
+                    const kvant_block_q8a *ab = a + i * astride + b;
+                    __m256i av = _mm256_loadu_si256((const __m256i *)ab->q);
+                    __m256 p = _mm256_cvtepi32_ps(KV_DOT_S8S8(ws, av));
+                    acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(d), _mm256_broadcast_ss(&ab->d)), p, acc[i]);
+                }
+                continue;
+            }
             for (int i = 0; i < na; i++) {
                 const kvant_block_q8a *ab = a + i * astride + b;
                 __m256i av = _mm256_loadu_si256((const __m256i *)ab->q);
@@ -54,21 +65,28 @@ void KV_SFX(dot_row_q)(const int type, const uint8_t *w, int64_t n, const kvant_
     }
     case T_Q4_K:
     case T_Q5_K: {
+        /* Q8_K activations: per super-block one int32 Σ_j scale_j·Σ u·q and one Σ_j min_j·Σq, each scaled once
+         * (ggml_gemm_q4_K_8x8_q8_K: acc += isum·(d·d_a), accm += imin·(dmin·d_a), result acc - accm). */
         const int five = type == T_Q5_K;
         const int bs = five ? 176 : 144;
         const __m256i lo4 = _mm256_set1_epi8(0x0F), one8 = _mm256_set1_epi8(1);
+        float sacc[NA_MAX], macc2[NA_MAX];
+        for (int i = 0; i < NA_MAX; i++) { sacc[i] = 0.0f; macc2[i] = 0.0f; }
         for (int64_t b = 0; b < n / 256; b++, w += bs) {
             const float d = fp16_to_f32(rd16(w)), dmin = fp16_to_f32(rd16(w + 2));
             const uint8_t *sc = w + 4;
             const uint8_t *qs = five ? w + 48 : w + 16;
             __m256i qhv = five ? _mm256_loadu_si256((const __m256i *)(w + 16)) : _mm256_setzero_si256();
+            __m256i isum[NA_MAX];
+            int imin[NA_MAX];
+            for (int i = 0; i < NA_MAX; i++) { isum[i] = _mm256_setzero_si256(); imin[i] = 0; }
             for (int j2 = 0; j2 < 4; j2++) {
                 const __m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 32 * j2));
                 for (int half = 0; half < 2; half++) {
                     const int j = 2 * j2 + half;
                     uint8_t s, mm;
                     scale_min_k4(j, sc, &s, &mm);
-                    const float d1 = d * (float)s, m1 = -dmin * (float)mm;
+                    const __m256i s16 = _mm256_set1_epi16((short)s);
                     __m256i u = half ? _mm256_and_si256(_mm256_srli_epi16(raw, 4), lo4) : _mm256_and_si256(raw, lo4);
                     if (five) {
                         __m256i hb = _mm256_and_si256(_mm256_srli_epi16(qhv, j), one8);
@@ -77,21 +95,30 @@ void KV_SFX(dot_row_q)(const int type, const uint8_t *w, int64_t n, const kvant_
                     for (int i = 0; i < na; i++) {
                         const kvant_block_q8a *ab = a + i * astride + 8 * b + j;
                         __m256i av = _mm256_loadu_si256((const __m256i *)ab->q);
-                        __m256 p = _mm256_cvtepi32_ps(KV_DOT_U8S8(u, av));
-                        acc[i] = _mm256_fmadd_ps(p, _mm256_mul_ps(_mm256_set1_ps(d1), _mm256_broadcast_ss(&ab->d)), acc[i]);
-                        macc[i] += m1 * ab->s;
+                        isum[i] = _mm256_add_epi32(isum[i], _mm256_madd_epi16(_mm256_maddubs_epi16(u, av), s16));
+                        imin[i] += (int)mm * (int)ab->s;
                     }
                 }
             }
+            for (int i = 0; i < na; i++) {
+                const float da = a[i * astride + 8 * b].d;
+                sacc[i] = fmaf((float)hsum_epi32(isum[i]), d * da, sacc[i]);
+                macc2[i] = fmaf((float)imin[i], dmin * da, macc2[i]);
+            }
         }
+        for (int i = 0; i < na; i++) macc[i] = sacc[i] - macc2[i];
         break;
     }
     case T_Q6_K: {
+        /* Q8_K activations: int32 lanes summed over the super-block, one FMA by d_w·d_a per super-block
+         * (ggml_vec_dot_q6_K_q8_K). */
         const __m256i lo4 = _mm256_set1_epi8(0x0F), three = _mm256_set1_epi8(3), off = _mm256_set1_epi8(32);
         for (int64_t b = 0; b < n / 256; b++, w += 210) {
             const uint8_t *ql = w, *qh = w + 128;
             const int8_t *sc = (const int8_t *)(w + 192);
             const float d = fp16_to_f32(rd16(w + 208));
+            __m256i isum[NA_MAX];
+            for (int i = 0; i < NA_MAX; i++) isum[i] = _mm256_setzero_si256();
             for (int h = 0; h < 2; h++) {
                 const __m256i qhv = _mm256_loadu_si256((const __m256i *)(qh + 32 * h));
                 const __m256i qlA = _mm256_loadu_si256((const __m256i *)(ql + 64 * h));
@@ -107,10 +134,13 @@ void KV_SFX(dot_row_q)(const int type, const uint8_t *w, int64_t n, const kvant_
                     for (int i = 0; i < na; i++) {
                         const kvant_block_q8a *ab = a + i * astride + 8 * b + j;
                         __m256i av = _mm256_loadu_si256((const __m256i *)ab->q);
-                        __m256 p = _mm256_cvtepi32_ps(dot_s8s8_w(q, av, s16));
-                        acc[i] = _mm256_fmadd_ps(p, _mm256_mul_ps(_mm256_set1_ps(d), _mm256_broadcast_ss(&ab->d)), acc[i]);
+                        isum[i] = _mm256_add_epi32(isum[i], dot_s8s8_w(q, av, s16));
                     }
                 }
+            }
+            for (int i = 0; i < na; i++) {
+                const float dd = a[i * astride + 8 * b].d * d;
+                acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(isum[i]), acc[i]);
             }
         }
         break;

@@ -1,3 +1,4 @@
+import CKernels
 import Dispatch
 import Foundation
 import Kernels
@@ -273,7 +274,14 @@ public final class ForwardSession: @unchecked Sendable {
         for t in 0..<T {
             pool.write(layer: l, sequence: seqs[t], position: pos[t], key: ws.k + t * kvDim, value: ws.v + t * kvDim)
         }
-        let window = c.window(layer: l), scale = c.attentionScale, nh = c.numHeads
+        var scale = c.attentionScale
+        if pool.spec.dtype == .fp16 || pool.spec.dtype == .auto {
+            // llama.cpp (flash attention off): Q scaled, then converted to the f16 of the K cache for KQ.
+            Ops.scale(ws.q, by: scale, n: T * qDim)
+            kvant_round_f16(ws.q, Int64(T * qDim))
+            scale = 1
+        }
+        let window = c.window(layer: l), nh = c.numHeads
         let q = ws.q, out = ws.attn
         let workers = min(threads, T)
         if workers <= 1 {

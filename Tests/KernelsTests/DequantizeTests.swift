@@ -97,17 +97,22 @@ extension DequantGolden.Entry {
             mm.multiply(w, x, m: m, out: &fast)
             mm.multiplyReference(w, x, m: m, out: &ref)
         }
+        // Activation blocks: 256 values for K-quant weights (llama.cpp's Q8_K), 32 otherwise.
+        let format = QuantizedActivations.format(for: e.ggmlType)
+        let L = format == KVANT_ACT_Q8_K ? 256 : 32
         for i in 0..<m {
-            // Bound of the int8 activation error: per element |x - q·d| ≤ d/2 = amax(block)/254.
-            var amax = [Float](repeating: 0, count: e.cols / 32)
-            for k in 0..<e.cols { amax[k / 32] = max(amax[k / 32], abs(x[i * e.cols + k])) }
+            // Bound of the int8 activation error: per element |x - q·d| ≤ d/2 = amax(block)/254, plus for Q8_0
+            // activations the fp16 rounding of d: 127·|d - fp16(d)| ≤ amax·2⁻¹¹.
+            var amax = [Float](repeating: 0, count: e.cols / L)
+            for k in 0..<e.cols { amax[k / L] = max(amax[k / L], abs(x[i * e.cols + k])) }
+            let perAmax = 1.0 / 254 + (format == KVANT_ACT_Q8_0 ? 1.0 / 2048 : 0)
             for r in 0..<nRows {
                 var exact = 0.0, absSum = 0.0, qBound = 0.0
                 for k in 0..<e.cols {
                     let wv = Double(deq[r * e.cols + k]), xv = Double(x[i * e.cols + k])
                     exact += wv * xv
                     absSum += abs(wv * xv)
-                    qBound += abs(wv) * Double(amax[k / 32]) / 254
+                    qBound += abs(wv) * Double(amax[k / L]) * perAmax
                 }
                 let refErr = abs(Double(ref[i * nRows + r]) - exact)
                 #expect(refErr <= 1e-5 * absSum + 1e-6, "\(e.type) reference path row \(r) act \(i): \(ref[i * nRows + r]) vs \(exact)")

@@ -27,9 +27,26 @@ int kvant_dequantize_row(int type, const void *src, float *dst, int64_t n);
 /* Quantizes `n` floats (n % 32 == 0) to n/32 activation blocks: d = amax/127, q = round(x/d). */
 void kvant_quantize_row_q8a(const float *x, kvant_block_q8a *y, int64_t n);
 
+/* Activation formats of the int8 path, chosen per weight type as llama.cpp's `vec_dot_type` does, so that the
+ * products round like llama.cpp's:
+ *   KVANT_ACT_Q8A  (Q4_1, Q5_1): kvant_quantize_row_q8a above (fp32 d per 32, s = d·Σq);
+ *   KVANT_ACT_Q8_0 (Q4_0, Q5_0, Q8_0): ggml `quantize_row_q8_0`: d = fp16(amax/127) (kept as its fp32 value),
+ *                  q = round-half-even(x·127/amax), s = d·Σq;
+ *   KVANT_ACT_Q8_K (Q4_K, Q5_K, Q6_K): ggml `quantize_row_q8_K`: one fp32 d per 256 values (iscale = -127/max with
+ *                  the signed value of largest magnitude, d = 1/iscale), stored as 8 consecutive blocks of 32 that
+ *                  share d, s = Σq of the block (an integer). */
+enum { KVANT_ACT_Q8A = 0, KVANT_ACT_Q8_0 = 1, KVANT_ACT_Q8_K = 2 };
+int kvant_act_format(int type);
+/* Quantizes `n` floats to n/32 blocks in `format`. Returns 0, or -1 for a bad format or an `n` that is not a multiple
+ * of 32 (256 for KVANT_ACT_Q8_K). */
+int kvant_quantize_row_act(int format, const float *x, kvant_block_q8a *y, int64_t n);
+
 /* Fast int8 path (block types Q4_0…Q6_K and Q8_0): for weight rows r in [row0, row1) of a row-major weight matrix
  * (`row_bytes` bytes per row, `n` elements per row) and activation rows i in [0, na) (each n/32 blocks,
- * consecutive), out[i * out_stride + r] = dot(W[r], A[i]). Returns 0, or -1 for an unsupported type. */
+ * consecutive, quantized with kvant_quantize_row_act(kvant_act_format(type), ...)),
+ * out[i * out_stride + r] = dot(W[r], A[i]). Products are exact int32 sums per block (Q4_0/Q5_0/Q8_0: fp32 FMA of
+ * int32 lanes by d_w·d_a per block of 32, as ggml_vec_dot_q*_0_q8_0; K-quants: one int32 sum per super-block of
+ * 256 scaled by d_w·d_a, as ggml's q4_K/q6_K kernels). Returns 0, or -1 for an unsupported type. */
 int kvant_matmul_q8a(int type, const void *w, size_t row_bytes, int64_t n, int64_t row0, int64_t row1,
                      const kvant_block_q8a *a, int64_t na, float *out, int64_t out_stride);
 
@@ -52,5 +69,11 @@ int kvant_type_has_q8a_path(int type);
 void kvant_geglu(float *gate, const float *up, int64_t n);
 /* SwiGLU in place: gate[i] = gate[i] / (1 + exp(-gate[i])) * up[i]. */
 void kvant_swiglu(float *gate, const float *up, int64_t n);
+
+/* GeGLU as ggml computes it with GGML_GELU_FP16 (ggml_vec_geglu_f32): gate[i] = fp16(gelu_tanh(fp16(x))) · up[i] for
+ * -10 < x < 10 (a 65 536-entry fp16 table built once), x · up[i] for x ≥ 10, 0 for x ≤ -10. */
+void kvant_geglu_f16_table(float *gate, const float *up, int64_t n);
+/* x[i] = fp16(x[i]) (round to nearest even), n elements. */
+void kvant_round_f16(float *x, int64_t n);
 
 #endif
