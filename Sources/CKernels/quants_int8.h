@@ -95,8 +95,10 @@ void KV_SFX(dot_row_q)(const int type, const uint8_t *w, int64_t n, const kvant_
                     for (int i = 0; i < na; i++) {
                         const kvant_block_q8a *ab = a + i * astride + 8 * b + j;
                         __m256i av = _mm256_loadu_si256((const __m256i *)ab->q);
-                        isum[i] = _mm256_add_epi32(isum[i], _mm256_madd_epi16(_mm256_maddubs_epi16(u, av), s16));
-                        imin[i] += (int)mm * (int)ab->s;
+                        isum[i] = KV_DPWSSD(isum[i], _mm256_maddubs_epi16(u, av), s16);
+                        int16_t bs2[2];
+                        memcpy(bs2, &ab->s, 4);
+                        imin[i] += (int)mm * ((int)bs2[0] + (int)bs2[1]);
                     }
                 }
             }
@@ -112,7 +114,7 @@ void KV_SFX(dot_row_q)(const int type, const uint8_t *w, int64_t n, const kvant_
     case T_Q6_K: {
         /* Q8_K activations: int32 lanes summed over the super-block, one FMA by d_w·d_a per super-block
          * (ggml_vec_dot_q6_K_q8_K). */
-        const __m256i lo4 = _mm256_set1_epi8(0x0F), three = _mm256_set1_epi8(3), off = _mm256_set1_epi8(32);
+        const __m256i lo4 = _mm256_set1_epi8(0x0F), three = _mm256_set1_epi8(3);
         for (int64_t b = 0; b < n / 256; b++, w += 210) {
             const uint8_t *ql = w, *qh = w + 128;
             const int8_t *sc = (const int8_t *)(w + 192);
@@ -127,16 +129,23 @@ void KV_SFX(dot_row_q)(const int type, const uint8_t *w, int64_t n, const kvant_
                     const __m256i src = (k & 1) ? qlB : qlA;
                     __m256i lo = (k >= 2) ? _mm256_and_si256(_mm256_srli_epi16(src, 4), lo4) : _mm256_and_si256(src, lo4);
                     __m256i hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qhv, 2 * k), three), 4);
-                    __m256i q = _mm256_sub_epi8(_mm256_or_si256(lo, hi), off);
+                    const __m256i q = _mm256_or_si256(lo, hi);   /* 0..63; the -32 is subtracted via the bsums */
                     const __m256i s16 = _mm256_set_m128i(_mm_set1_epi16(sc[8 * h + 2 * k + 1]),
                                                          _mm_set1_epi16(sc[8 * h + 2 * k]));
                     const int j = 4 * h + k;
                     for (int i = 0; i < na; i++) {
                         const kvant_block_q8a *ab = a + i * astride + 8 * b + j;
                         __m256i av = _mm256_loadu_si256((const __m256i *)ab->q);
-                        isum[i] = _mm256_add_epi32(isum[i], dot_s8s8_w(q, av, s16));
+                        isum[i] = KV_DPWSSD(isum[i], _mm256_maddubs_epi16(q, av), s16);
                     }
                 }
+            }
+            /* lane k -= 32·(bsum[2k]·sc[2k] + bsum[2k+1]·sc[2k+1]) (ggml's q8sclsub) */
+            const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
+            const __m256i bidx = _mm256_setr_epi32(0, 10, 20, 30, 40, 50, 60, 70);   /* s of blocks 0..7, 40 bytes apart */
+            for (int i = 0; i < na; i++) {
+                const __m256i bs = _mm256_i32gather_epi32((const int *)&a[i * astride + 8 * b].s, bidx, 4);
+                isum[i] = _mm256_sub_epi32(isum[i], _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16), 5));
             }
             for (int i = 0; i < na; i++) {
                 const float dd = a[i * astride + 8 * b].d * d;

@@ -34,7 +34,8 @@ void kvant_quantize_row_q8a(const float *x, kvant_block_q8a *y, int64_t n);
  *                  q = round-half-even(x·127/amax), s = d·Σq;
  *   KVANT_ACT_Q8_K (Q4_K, Q5_K, Q6_K): ggml `quantize_row_q8_K`: one fp32 d per 256 values (iscale = -127/max with
  *                  the signed value of largest magnitude, d = 1/iscale), stored as 8 consecutive blocks of 32 that
- *                  share d, s = Σq of the block (an integer). */
+ *                  share d; the 4 bytes of `s` hold two int16: Σq of the block's first and second 16 values
+ *                  (ggml's bsums). */
 enum { KVANT_ACT_Q8A = 0, KVANT_ACT_Q8_0 = 1, KVANT_ACT_Q8_K = 2 };
 int kvant_act_format(int type);
 /* Quantizes `n` floats to n/32 blocks in `format`. Returns 0, or -1 for a bad format or an `n` that is not a multiple
@@ -46,7 +47,8 @@ int kvant_quantize_row_act(int format, const float *x, kvant_block_q8a *y, int64
  * consecutive, quantized with kvant_quantize_row_act(kvant_act_format(type), ...)),
  * out[i * out_stride + r] = dot(W[r], A[i]). Products are exact int32 sums per block (Q4_0/Q5_0/Q8_0: fp32 FMA of
  * int32 lanes by d_w·d_a per block of 32, as ggml_vec_dot_q*_0_q8_0; K-quants: one int32 sum per super-block of
- * 256 scaled by d_w·d_a, as ggml's q4_K/q6_K kernels). Returns 0, or -1 for an unsupported type. */
+ * 256 scaled by d_w·d_a, as ggml's q4_K/q6_K kernels, Q6_K with ggml's int32 lanes: Σ scale·q6·a - 32·Σ scale·bsum).
+ * Returns 0, or -1 for an unsupported type. */
 int kvant_matmul_q8a(int type, const void *w, size_t row_bytes, int64_t n, int64_t row0, int64_t row1,
                      const kvant_block_q8a *a, int64_t na, float *out, int64_t out_stride);
 
