@@ -63,6 +63,7 @@ void KV_SFX(dot_row_q)(const int type, const uint8_t *w, int64_t n, const kvant_
         }
         break;
     }
+    case T_Q4_K_SB64:
     case T_Q4_K:
     case T_Q5_K: {
         /* Q8_K activations: per super-block one int32 Σ_j scale_j·Σ u·q and one Σ_j min_j·Σq, each scaled once
@@ -101,8 +102,18 @@ void KV_SFX(dot_row_q)(const int type, const uint8_t *w, int64_t n, const kvant_
                         imin[i] += (int)mm * ((int)bs2[0] + (int)bs2[1]);
                     }
                 }
+                if (type == T_Q4_K_SB64) {
+                    /* ggml's AVX-512 q4_K_8x8 gemm (4+ activation rows): one FMA per 64 values */
+                    for (int i = 0; i < na; i++) {
+                        const float da = a[i * astride + 8 * b].d;
+                        sacc[i] = fmaf((float)hsum_epi32(isum[i]), d * da, sacc[i]);
+                        macc2[i] = fmaf((float)imin[i], dmin * da, macc2[i]);
+                        isum[i] = _mm256_setzero_si256();
+                        imin[i] = 0;
+                    }
+                }
             }
-            for (int i = 0; i < na; i++) {
+            for (int i = 0; i < na && type != T_Q4_K_SB64; i++) {
                 const float da = a[i * astride + 8 * b].d;
                 sacc[i] = fmaf((float)hsum_epi32(isum[i]), d * da, sacc[i]);
                 macc2[i] = fmaf((float)imin[i], dmin * da, macc2[i]);
@@ -193,19 +204,29 @@ KV_DEFINE_ROWS(rows_q4_1, T_Q4_1)
 KV_DEFINE_ROWS(rows_q5_0, T_Q5_0)
 KV_DEFINE_ROWS(rows_q5_1, T_Q5_1)
 KV_DEFINE_ROWS(rows_q4_k, T_Q4_K)
+KV_DEFINE_ROWS(rows_q4_k_sb64, T_Q4_K_SB64)
 KV_DEFINE_ROWS(rows_q5_k, T_Q5_K)
 KV_DEFINE_ROWS(rows_q6_k, T_Q6_K)
 
 static int KV_SFX(matmul_q8a)(int type, const void *w, size_t row_bytes, int64_t n, int64_t row0, int64_t row1,
                      const kvant_block_q8a *a, int64_t na, float *out, int64_t out_stride) {
-    if (!kvant_type_has_q8a_path(type) || n % block_elems(type) != 0 || n % 32 != 0) return -1;
+    const int base = type == T_Q4_K_SB64 ? T_Q4_K : type;
+    if (!kvant_type_has_q8a_path(base) || n % block_elems(base) != 0 || n % 32 != 0) return -1;
     typedef void (*rows_fn)(int, const uint8_t *, size_t, int64_t, int64_t, int64_t, const kvant_block_q8a *, int64_t,
                             float *, int64_t);
-    rows_fn fn = type == T_Q8_0 ? KV_SFX(rows_q8_0) : type == T_Q4_0 ? KV_SFX(rows_q4_0) : type == T_Q4_1 ? KV_SFX(rows_q4_1)
+    rows_fn fn = type == T_Q4_K_SB64 ? KV_SFX(rows_q4_k_sb64) : type == T_Q8_0 ? KV_SFX(rows_q8_0) : type == T_Q4_0 ? KV_SFX(rows_q4_0) : type == T_Q4_1 ? KV_SFX(rows_q4_1)
                : type == T_Q5_0 ? KV_SFX(rows_q5_0) : type == T_Q5_1 ? KV_SFX(rows_q5_1) : type == T_Q4_K ? KV_SFX(rows_q4_k)
                : type == T_Q5_K ? KV_SFX(rows_q5_k) : KV_SFX(rows_q6_k);
     const uint8_t *wb = (const uint8_t *)w;
     const int64_t astride = n / 32;
+    if (type == T_Q4_K && na >= 4) {
+        /* As ggml's repacked Q4_K: activation rows in whole groups of 4 go through its gemm (one FMA per 64
+         * values), the rest through its gemv (one FMA per super-block). */
+        const int64_t g4 = na - na % 4;
+        KV_SFX(matmul_q8a)(T_Q4_K_SB64, w, row_bytes, n, row0, row1, a, g4, out, out_stride);
+        if (na > g4) KV_SFX(matmul_q8a)(T_Q4_K, w, row_bytes, n, row0, row1, a + g4 * astride, na - g4, out + g4 * out_stride, out_stride);
+        return 0;
+    }
     /* Tile: a few weight rows stay in L1 while every group of up to 4 activation rows passes over them. */
     const int64_t RT = na > NA_MAX ? 8 : (row1 - row0);
     for (int64_t r0 = row0; r0 < row1; r0 += RT) {

@@ -46,17 +46,19 @@ public enum Ops {
         let half = headDim / 2
         for h in 0..<heads {
             let v = x + h * headDim
+            // Rounded as llama.cpp's ggml (GCC contracts `x0·cos - x1·sin` to fma(x0, cos, -(x1·sin)) and
+            // `x0·sin + x1·cos` to fma(x0, sin, x1·cos)); checked bit for bit against its layer-0 Kcur/Qcur.
             if neox {
                 for i in 0..<half {
                     let a = v[i], b = v[i + half]
-                    v[i] = a * cos[i] - b * sin[i]
-                    v[i + half] = a * sin[i] + b * cos[i]
+                    v[i] = (-(b * sin[i])).addingProduct(a, cos[i])
+                    v[i + half] = (b * cos[i]).addingProduct(a, sin[i])
                 }
             } else {
                 for i in 0..<half {
                     let a = v[2 * i], b = v[2 * i + 1]
-                    v[2 * i] = a * cos[i] - b * sin[i]
-                    v[2 * i + 1] = a * sin[i] + b * cos[i]
+                    v[2 * i] = (-(b * sin[i])).addingProduct(a, cos[i])
+                    v[2 * i + 1] = (b * cos[i]).addingProduct(a, sin[i])
                 }
             }
         }
