@@ -9,7 +9,8 @@
 enum {
     T_F32 = 0, T_F16 = 1, T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8,
     T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14, T_BF16 = 30,
-    T_Q4_K_SB64 = 1012   /* internal: Q4_K accumulated per 64 values (ggml's batched gemm) */
+    T_Q4_K_SB64 = 1012,  /* internal: Q4_K accumulated per 64 values (ggml's batched gemm) */
+    T_Q6_K_TILED = 1014  /* internal: Q6_K scaled per super-block as ggml's tiled kernel */
 };
 
 static inline float fp16_to_f32(uint16_t h) { return _cvtsh_ss(h); }

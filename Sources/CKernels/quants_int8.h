@@ -122,6 +122,7 @@ void KV_SFX(dot_row_q)(const int type, const uint8_t *w, int64_t n, const kvant_
         for (int i = 0; i < na; i++) macc[i] = sacc[i] - macc2[i];
         break;
     }
+    case T_Q6_K_TILED:
     case T_Q6_K: {
         /* Q8_K activations: int32 lanes summed over the super-block, one FMA by d_w·d_a per super-block
          * (ggml_vec_dot_q6_K_q8_K). */
@@ -157,6 +158,15 @@ void KV_SFX(dot_row_q)(const int type, const uint8_t *w, int64_t n, const kvant_
             for (int i = 0; i < na; i++) {
                 const __m256i bs = _mm256_i32gather_epi32((const int *)&a[i * astride + 8 * b].s, bidx, 4);
                 isum[i] = _mm256_sub_epi32(isum[i], _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16), 5));
+            }
+            if (type == T_Q6_K_TILED) {
+                /* ggml's tiled K-quant matmul (8+ activation rows): one int32 per super-block,
+                 * buf += (isum·d_w)·d_a (GCC contracts the add and the second multiply to one FMA) */
+                for (int i = 0; i < na; i++) {
+                    const float da = a[i * astride + 8 * b].d;
+                    macc[i] = fmaf((float)hsum_epi32(isum[i]) * d, da, macc[i]);
+                }
+                continue;
             }
             for (int i = 0; i < na; i++) {
                 const float dd = a[i * astride + 8 * b].d * d;
@@ -207,14 +217,16 @@ KV_DEFINE_ROWS(rows_q4_k, T_Q4_K)
 KV_DEFINE_ROWS(rows_q4_k_sb64, T_Q4_K_SB64)
 KV_DEFINE_ROWS(rows_q5_k, T_Q5_K)
 KV_DEFINE_ROWS(rows_q6_k, T_Q6_K)
+KV_DEFINE_ROWS(rows_q6_k_tiled, T_Q6_K_TILED)
 
 static int KV_SFX(matmul_q8a)(int type, const void *w, size_t row_bytes, int64_t n, int64_t row0, int64_t row1,
                      const kvant_block_q8a *a, int64_t na, float *out, int64_t out_stride) {
-    const int base = type == T_Q4_K_SB64 ? T_Q4_K : type;
+    const int base = type == T_Q4_K_SB64 ? T_Q4_K : type == T_Q6_K_TILED ? T_Q6_K : type;
     if (!kvant_type_has_q8a_path(base) || n % block_elems(base) != 0 || n % 32 != 0) return -1;
     typedef void (*rows_fn)(int, const uint8_t *, size_t, int64_t, int64_t, int64_t, const kvant_block_q8a *, int64_t,
                             float *, int64_t);
-    rows_fn fn = type == T_Q4_K_SB64 ? KV_SFX(rows_q4_k_sb64) : type == T_Q8_0 ? KV_SFX(rows_q8_0) : type == T_Q4_0 ? KV_SFX(rows_q4_0) : type == T_Q4_1 ? KV_SFX(rows_q4_1)
+    if (type == T_Q6_K && na >= 8) type = T_Q6_K_TILED;   /* as ggml: its tiled kernel takes batches of 8+ rows */
+    rows_fn fn = type == T_Q6_K_TILED ? KV_SFX(rows_q6_k_tiled) : type == T_Q4_K_SB64 ? KV_SFX(rows_q4_k_sb64) : type == T_Q8_0 ? KV_SFX(rows_q8_0) : type == T_Q4_0 ? KV_SFX(rows_q4_0) : type == T_Q4_1 ? KV_SFX(rows_q4_1)
                : type == T_Q5_0 ? KV_SFX(rows_q5_0) : type == T_Q5_1 ? KV_SFX(rows_q5_1) : type == T_Q4_K ? KV_SFX(rows_q4_k)
                : type == T_Q5_K ? KV_SFX(rows_q5_k) : KV_SFX(rows_q6_k);
     const uint8_t *wb = (const uint8_t *)w;

@@ -26,6 +26,40 @@ import Testing
         #expect(abs(c.attentionScale - 1.0 / 16) < 1e-7 && abs(Double(c.embeddingScale) - 640.0.squareRoot()) < 1e-4)
     }
 
+    /// With `attentionNumerics: .llamaCpp` Kvant computes every operation as llama.cpp 0.3.36 does on an AVX-512 CPU
+    /// (the fixture's machine): the teacher-forced logits are bit-identical, so top-1 agrees at every position.
+    @Test(.enabled(if: Fixtures.isRelease, Fixtures.needsRelease),
+          .enabled(if: KVAttentionNumerics.llamaCppAvailable, "needs AVX-512 (llama.cpp's kernels on the fixture's CPU)"))
+    func teacherForcedLogitsMatchLlamaCppExactly() throws {
+        let g = try Fixtures.json("gemma3_gpl3_teacher_forced.json")
+        let tokens = (g["tokens"] as! [Int]).map { Int32($0) }
+        let top1 = g["top1"] as! [Int], lp = g["logprob"] as! [Double]
+        let m = try Model(path: Fixtures.realModelPath!)
+        let s = ForwardSession(model: m, threads: 2, attentionNumerics: .llamaCpp)
+        let p = try pool(m, tokens: tokens.count)
+        let seq = p.createSequence()
+        var agree = 0, n = 0, maxDlp = 0.0, dlp = 0.0
+        try s.forward(tokens: tokens, startPosition: 0, sequence: seq, pool: p, logits: .range(0..<(tokens.count - 1))) { i, l in
+            var best = 0
+            for k in 1..<l.count where l[k] > l[best] { best = k }
+            if best == top1[i] { agree += 1 }
+            var mx = -Float.infinity
+            for v in l { mx = max(mx, v) }
+            var z = 0.0
+            for v in l { z += exp(Double(v - mx)) }
+            let d = abs(Double(l[Int(tokens[i + 1])] - mx) - log(z) - lp[i])
+            dlp += d
+            maxDlp = max(maxDlp, d)
+            n += 1
+        }
+        let rate = Double(agree) / Double(n)
+        print("llama.cpp numerics: teacher-forced top-1 agreement \(rate) over \(n) positions; mean |Δ log p| \(dlp / Double(n)), max \(maxDlp)")
+        #expect(n == 1023)
+        #expect(rate >= 0.97)
+        // Bit-identical logits: only the log-softmax's own rounding (double here, numpy there) remains.
+        #expect(maxDlp < 1e-4)
+    }
+
     @Test(.enabled(if: Fixtures.isRelease, Fixtures.needsRelease))
     func teacherForcedTop1AgreesWithLlamaCpp() throws {
         let g = try Fixtures.json("gemma3_gpl3_teacher_forced.json")
