@@ -45,10 +45,11 @@ int kvant_quantize_row_act(int format, const float *x, kvant_block_q8a *y, int64
 /* Fast int8 path (block types Q4_0…Q6_K and Q8_0): for weight rows r in [row0, row1) of a row-major weight matrix
  * (`row_bytes` bytes per row, `n` elements per row) and activation rows i in [0, na) (each n/32 blocks,
  * consecutive, quantized with kvant_quantize_row_act(kvant_act_format(type), ...)),
- * out[i * out_stride + r] = dot(W[r], A[i]). Products are exact int32 sums per block (Q4_0/Q5_0/Q8_0: fp32 FMA of
- * int32 lanes by d_w·d_a per block of 32, as ggml_vec_dot_q*_0_q8_0; K-quants: one int32 sum per super-block of
- * 256 scaled by d_w·d_a, as ggml's q4_K/q6_K kernels, Q6_K with ggml's int32 lanes: Σ scale·q6·a - 32·Σ scale·bsum).
- * Returns 0, or -1 for an unsupported type. */
+ * out[i * out_stride + r] = dot(W[r], A[i]). Products are exact int32 sums rounded as llama.cpp 0.3.36's CPU kernels
+ * round them: Q4_0/Q5_0/Q8_0: fp32 FMA of int32 lanes by d_w·d_a per block of 32 (ggml_vec_dot_q*_0_q8_0, tinyBLAS);
+ * Q4_K: activation rows in whole groups of 4 one FMA per 64 values (ggml's repacked q4_K_8x8 gemm), the others one
+ * per super-block (its gemv); Q6_K: na >= 8 one int32 per super-block, fma(isum·d_w, d_a) (ggml's tiled kernel),
+ * fewer rows ggml_vec_dot_q6_K_q8_K's int32 lanes. Returns 0, or -1 for an unsupported type. */
 int kvant_matmul_q8a(int type, const void *w, size_t row_bytes, int64_t n, int64_t row0, int64_t row1,
                      const kvant_block_q8a *a, int64_t na, float *out, int64_t out_stride);
 
