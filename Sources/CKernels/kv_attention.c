@@ -255,8 +255,109 @@ static void kv_attend_impl(const kv_layer_view *vw, int32_t first, int32_t last,
     }
 }
 
+#include <stdlib.h>
+/* GCC's _mm512_reduce_add_ps order on 16 lanes. */
+static inline float kv_reduce16(const float *x) {
+    float t3[8], t6[4];
+    for (int j = 0; j < 8; j++) t3[j] = x[j + 8] + x[j];
+    for (int j = 0; j < 4; j++) t6[j] = t3[j + 4] + t3[j];
+    return (t6[0] + t6[2]) + (t6[1] + t6[3]);
+}
+/* ggml_v_expf (AVX-512) on 16 floats. */
+__attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma,f16c")))
+static void kv_ggml_expf16(const float *x, float *y) {
+    const __m512 xv = _mm512_loadu_ps(x);
+    const __m512 r = _mm512_set1_ps(0x1.8p23f);
+    const __m512 z = _mm512_fmadd_ps(xv, _mm512_set1_ps(0x1.715476p+0f), r);
+    const __m512 n = _mm512_sub_ps(z, r);
+    const __m512 b = _mm512_fnmadd_ps(n, _mm512_set1_ps(0x1.7f7d1cp-20f), _mm512_fnmadd_ps(n, _mm512_set1_ps(0x1.62e4p-1f), xv));
+    const __mmask16 d = _mm512_cmp_ps_mask(_mm512_abs_ps(n), _mm512_set1_ps(192), _CMP_GT_OQ);
+    const __m512 u = _mm512_mul_ps(b, b);
+    const __m512 j = _mm512_fmadd_ps(
+        _mm512_fmadd_ps(_mm512_fmadd_ps(_mm512_set1_ps(0x1.0e4020p-7f), b, _mm512_set1_ps(0x1.573e2ep-5f)), u,
+                        _mm512_fmadd_ps(_mm512_set1_ps(0x1.555e66p-3f), b, _mm512_set1_ps(0x1.fffdb6p-2f))),
+        u, _mm512_fmadd_ps(_mm512_set1_ps(0x1.ffffecp-1f), b, _mm512_set1_ps(1.0F)));
+    __m512 res = _mm512_scalef_ps(j, n);
+    if (!_mm512_kortestz(d, d)) {
+        const __m512 alt = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(n, _mm512_setzero_ps(), _CMP_LE_OQ),
+                                                _mm512_set1_ps(INFINITY), _mm512_setzero_ps());
+        res = _mm512_mask_blend_ps(d, res, alt);
+    }
+    _mm512_storeu_ps(y, res);
+}
+/* llama.cpp's CPU attention with flash attention off over an f16 cache (ggml `mul_mat` through llamafile's tinyBLAS
+ * and `soft_max_ext`, AVX-512 build), reproduced operation for operation: KQ = f16 K · f16 Q with 16 fp32 lanes over
+ * head_dim and GCC's `_mm512_reduce_add_ps` order; softmax with ggml_v_expf per 16 cells (cells = positions, chunks
+ * aligned to 16), the sum in double, P = fp16(exp · (float)(1/sum)); KQV = Σ P·V with 16 lanes over cells. The query
+ * must already be scaled and rounded to f16 (pass scale 1). Returns 0, or -1 when the buffers cannot be allocated. */
+static int kv_attend_ggml_f16(const kv_layer_view *vw, int32_t first, int32_t last, const float *query,
+                              int32_t num_heads, float scale, float *output) {
+    const int H = vw->num_kv_heads, D = vw->head_dim, B = vw->block_size;
+    const int G = num_heads / H;
+    const int c0 = first / 16 * 16, c1 = (last / 16 + 1) * 16;
+    const int n = c1 - c0;
+    const size_t row = (size_t)D * 2;
+    float *sc = malloc(sizeof(float) * (size_t)n);
+    float *pr = malloc(sizeof(float) * (size_t)n);
+    float *lanes = malloc(sizeof(float) * 16 * (size_t)D);
+    if (!sc || !pr || !lanes) { free(sc); free(pr); free(lanes); return -1; }
+    for (int h = 0; h < num_heads; h++) {
+        const int g = h / G;
+        const float *q = query + (size_t)h * D;
+        float mx = -INFINITY;
+        for (int t = c0; t < c1; t++) {
+            if (t < first || t > last) { sc[t - c0] = -INFINITY; continue; }
+            const int lb = t / B, off = t - lb * B;
+            const uint8_t *kr = vw->base + (size_t)vw->block_ids[lb] * vw->block_stride + ((size_t)g * B + off) * row;
+            __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
+            for (int d = 0; d < D; d += 16) {
+                a = _mm256_fmadd_ps(kv_load8(kr, d, KV_DT_F16), _mm256_loadu_ps(q + d), a);
+                b = _mm256_fmadd_ps(kv_load8(kr, d + 8, KV_DT_F16), _mm256_loadu_ps(q + d + 8), b);
+            }
+            float l16[16];
+            _mm256_storeu_ps(l16, a);
+            _mm256_storeu_ps(l16 + 8, b);
+            const float s = kv_reduce16(l16) * scale;
+            sc[t - c0] = s;
+            mx = s > mx ? s : mx;
+        }
+        double sum = 0.0;
+        for (int i = 0; i < n; i += 16) {
+            float xm[16];
+            for (int k = 0; k < 16; k++) xm[k] = sc[i + k] - mx;
+            kv_ggml_expf16(xm, pr + i);
+            sum += (double)kv_reduce16(pr + i);
+        }
+        const float inv = (float)(1.0 / sum);
+        for (int i = 0; i < n; i++) pr[i] = _cvtsh_ss(_cvtss_sh(pr[i] * inv, 0));
+        memset(lanes, 0, sizeof(float) * 16 * (size_t)D);
+        for (int t = first; t <= last; t++) {
+            const int lb = t / B, off = t - lb * B;
+            const uint8_t *vr = vw->base + (size_t)vw->block_ids[lb] * vw->block_stride + vw->v_offset + ((size_t)g * B + off) * row;
+            float *ln = lanes + (size_t)(t & 15) * D;
+            const __m256 p = _mm256_set1_ps(pr[t - c0]);
+            for (int d = 0; d < D; d += 8)
+                _mm256_storeu_ps(ln + d, _mm256_fmadd_ps(kv_load8(vr, d, KV_DT_F16), p, _mm256_loadu_ps(ln + d)));
+        }
+        float *o = output + (size_t)h * D;
+        for (int d = 0; d < D; d++) {
+            float l16[16];
+            for (int k = 0; k < 16; k++) l16[k] = lanes[(size_t)k * D + d];
+            o[d] = kv_reduce16(l16);
+        }
+    }
+    free(sc); free(pr); free(lanes);
+    return 0;
+}
+
+int32_t kv_llamacpp_numerics_available(void) { return kv_cpu_has_avx512(); }
+
 void kv_attend(const kv_layer_view *vw, int32_t first, int32_t last,
                const float *query, int32_t num_heads, float scale, float *output) {
+    if (vw->numerics == KV_NUMERICS_LLAMACPP && vw->dtype == KV_DT_F16 && (vw->head_dim & 15) == 0 &&
+        kv_cpu_has_avx512()) {
+        if (kv_attend_ggml_f16(vw, first < 0 ? 0 : first, last, query, num_heads, scale, output) == 0) return;
+    }
     kv_attend_impl(vw, first, last, query, num_heads, scale, output, NULL, NULL);
 }
 

@@ -8,7 +8,9 @@
 
 enum {
     T_F32 = 0, T_F16 = 1, T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8,
-    T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14, T_BF16 = 30
+    T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14, T_BF16 = 30,
+    T_Q4_K_SB64 = 1012,  /* internal: Q4_K accumulated per 64 values (ggml's batched gemm) */
+    T_Q6_K_TILED = 1014  /* internal: Q6_K scaled per super-block as ggml's tiled kernel */
 };
 
 static inline float fp16_to_f32(uint16_t h) { return _cvtsh_ss(h); }
@@ -173,6 +175,85 @@ void kvant_quantize_row_q8a(const float *x, kvant_block_q8a *y, int64_t n) {
     }
 }
 
+static inline int hsum_epi32(__m256i v);
+
+/* ggml's quantize_row_q8_0 (x86): d = amax/127 rounded to fp16, q = round-half-even(x · 127/amax). */
+static void quantize_row_q8_0_ggml(const float *x, kvant_block_q8a *y, int64_t n) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int64_t b = 0; b < n / 32; b++) {
+        const float *xb = x + 32 * b;
+        __m256 m = _mm256_andnot_ps(sign, _mm256_loadu_ps(xb));
+        for (int k = 1; k < 4; k++) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(xb + 8 * k)));
+        __m128 m4 = _mm_max_ps(_mm256_extractf128_ps(m, 1), _mm256_castps256_ps128(m));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        const float amax = _mm_cvtss_f32(m4);
+        const float d = fp16_to_f32(_cvtss_sh(amax / 127.0f, 0));
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        const __m256 mul = _mm256_set1_ps(id);
+        __m256i q[4];
+        for (int k = 0; k < 4; k++)
+            q[k] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(xb + 8 * k), mul),
+                                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        const __m256i s32 = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        /* int32 -> int8 with saturation, then undo the 128-bit lane interleave of the packs */
+        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)y[b].q, p);
+        y[b].d = d;
+        y[b].s = d * (float)hsum_epi32(s32);
+    }
+}
+
+/* ggml's quantize_row_q8_K_ref: per 256 values, max = the value of largest |x| (first one), iscale = -127/max,
+ * q = min(127, round-half-even(iscale · x)), d = 1/iscale. Written as 8 blocks of 32 sharing d; the 4 bytes of `s`
+ * hold the block's two int16 sums of 16 q (ggml's bsums). */
+static void quantize_row_q8_K_ggml(const float *x, kvant_block_q8a *y, int64_t n) {
+    for (int64_t b = 0; b < n / 256; b++) {
+        const float *xb = x + 256 * b;
+        kvant_block_q8a *yb = y + 8 * b;
+        float amax = 0.0f, max = 0.0f;
+        for (int j = 0; j < 256; j++) {
+            const float ax = fabsf(xb[j]);
+            if (ax > amax) { amax = ax; max = xb[j]; }
+        }
+        if (amax == 0.0f) {
+            for (int k = 0; k < 8; k++) { memset(yb[k].q, 0, 32); yb[k].d = 0.0f; yb[k].s = 0.0f; }
+            continue;
+        }
+        const float iscale = -127.0f / max;
+        const float d = 1.0f / iscale;
+        for (int k = 0; k < 8; k++) {
+            int16_t bsums[2] = {0, 0};
+            for (int j = 0; j < 32; j++) {
+                int v = (int)lrintf(iscale * xb[32 * k + j]);
+                v = v > 127 ? 127 : v;
+                yb[k].q[j] = (int8_t)v;
+                bsums[j / 16] = (int16_t)(bsums[j / 16] + v);
+            }
+            yb[k].d = d;
+            memcpy(&yb[k].s, bsums, 4);
+        }
+    }
+}
+
+int kvant_act_format(int type) {
+    switch (type) {
+    case T_Q4_0: case T_Q5_0: case T_Q8_0: return KVANT_ACT_Q8_0;
+    case T_Q4_K: case T_Q5_K: case T_Q6_K: return KVANT_ACT_Q8_K;
+    default: return KVANT_ACT_Q8A;
+    }
+}
+
+int kvant_quantize_row_act(int format, const float *x, kvant_block_q8a *y, int64_t n) {
+    switch (format) {
+    case KVANT_ACT_Q8A: if (n % 32) return -1; kvant_quantize_row_q8a(x, y, n); return 0;
+    case KVANT_ACT_Q8_0: if (n % 32) return -1; quantize_row_q8_0_ggml(x, y, n); return 0;
+    case KVANT_ACT_Q8_K: if (n % 256) return -1; quantize_row_q8_K_ggml(x, y, n); return 0;
+    default: return -1;
+    }
+}
+
 /* ---------------------------------------------------------------- AVX2 int8 path */
 
 static inline float hsum256(__m256 v) {
@@ -180,6 +261,13 @@ static inline float hsum256(__m256 v) {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
+}
+
+static inline int hsum_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+    return _mm_cvtsi128_si32(s);
 }
 
 /* 32 nibbles of 16 bytes: lanes 0..15 = low nibbles, 16..31 = high nibbles. */
@@ -213,21 +301,141 @@ static inline __m256i dot_s8s8_w(__m256i w, __m256i a, __m256i w16) {
 #define NA_MAX 8
 
 #define KV_SFX(x) x##_avx2
+#define KV_DPWSSD(acc, p16, w16) _mm256_add_epi32(acc, _mm256_madd_epi16(p16, w16))
 #define KV_DOT_U8S8(u, a) dot_u8s8(u, a)
 #define KV_DOT_S8S8(w, a) dot_s8s8_w(w, a, ones16)
 #include "quants_int8.h"
 #undef KV_SFX
+#undef KV_DPWSSD
 #undef KV_DOT_U8S8
 #undef KV_DOT_S8S8
 
 #pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avxvnni"))), apply_to = function)
 #define KV_SFX(x) x##_vnni
+#define KV_DPWSSD(acc, p16, w16) _mm256_add_epi32(acc, _mm256_madd_epi16(p16, w16))  /* vpdpwssd measured slower on Zen 4 */
 #define KV_DOT_U8S8(u, a) _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, a)
 #define KV_DOT_S8S8(w, a) _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w))
 #include "quants_int8.h"
 #undef KV_SFX
+#undef KV_DPWSSD
 #undef KV_DOT_U8S8
 #undef KV_DOT_S8S8
+#pragma clang attribute pop
+
+/* ---------------------------------------------------------------- AVX-512 prefill tiles (Q4_0, Q5_0, Q8_0) */
+
+/* A tile of R weight rows × NA activation rows for the Q8_0-activation types: each weight block is decoded once
+ * for NA activation rows and each activation block loaded once for R weight rows; the 32 ymm registers of
+ * AVX-512VL hold the R·NA accumulators. Per block the same int32 lanes and FMA as the AVX2 kernel (and as
+ * ggml_vec_dot_q5_0_q8_0 / llamafile's tinyBLAS_Q0_AVX), so results are bit-identical to it. */
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"))), apply_to = function)
+
+static inline __attribute__((always_inline)) __m256i q0_decode_signed(const int type, const uint8_t *w) {
+    if (type == T_Q8_0) return _mm256_loadu_si256((const __m256i *)(w + 2));
+    if (type == T_Q4_0) return _mm256_sub_epi8(nibbles32(w + 2), _mm256_set1_epi8(8));
+    uint32_t qh;
+    memcpy(&qh, w + 2, 4);
+    /* u - 16 = nibble - 16 where the fifth bit is clear */
+    return _mm256_sub_epi8(nibbles32(w + 6), _mm256_maskz_mov_epi8((__mmask32)~qh, _mm256_set1_epi8(16)));
+}
+
+/* Exact signed int8 dot lanes without the sign trick: with a' = a + 128 (unsigned) and w signed,
+ * Σ a'·w = Σ a·w + 128·Σ w, so vpdpbusd started from -128·Σw (per 4-byte lane, once per weight block) gives the
+ * lanes of Σ a·w. The scale d_w·d_a of every (weight row, activation row) pair comes from one vector multiply per
+ * weight block (`da` holds the 8 activation rows' d of the block contiguously) and an embedded broadcast. */
+static inline __attribute__((always_inline))
+void q0_tile512(const int type, const int R, const int NA, const uint8_t *w, size_t row_bytes, int64_t nb,
+                const kvant_block_q8a *a, int64_t astride, const float *da, float *out, int64_t out_stride) {
+    const int bs = type == T_Q8_0 ? 34 : type == T_Q4_0 ? 18 : 22;
+    const __m256i x80 = _mm256_set1_epi8((char)0x80);
+    __m256 acc[2][8];
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < NA; i++) acc[r][i] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i ws[2], bias[2];
+        __m256 dw[2];
+        for (int r = 0; r < R; r++) {
+            const uint8_t *wb = w + (size_t)r * row_bytes + (size_t)b * bs;
+            ws[r] = q0_decode_signed(type, wb);
+            bias[r] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_epi32(_mm256_setzero_si256(), x80, ws[r]));
+            dw[r] = _mm256_set1_ps(fp16_to_f32(rd16(wb)));
+        }
+        for (int i = 0; i < NA; i++) {
+            const __m256i au = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)a[i * astride + b].q), x80);
+            for (int r = 0; r < R; r++) {
+                const __m256i p = _mm256_dpbusd_epi32(bias[r], au, ws[r]);
+                acc[r][i] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], _mm256_set1_ps(da[8 * b + i])), _mm256_cvtepi32_ps(p), acc[r][i]);
+            }
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < NA; i++) out[i * out_stride + r] = hsum256(acc[r][i]);
+}
+
+#define Q0_TILES(NAME, TYPE) \
+    static void NAME(int R, int NA, const uint8_t *w, size_t rb, int64_t nb, const kvant_block_q8a *a, int64_t as, \
+                     const float *da, float *out, int64_t os) { \
+        if (R == 2) { \
+            switch (NA) { \
+            case 1: q0_tile512(TYPE, 2, 1, w, rb, nb, a, as, da, out, os); break; \
+            case 2: q0_tile512(TYPE, 2, 2, w, rb, nb, a, as, da, out, os); break; \
+            case 3: q0_tile512(TYPE, 2, 3, w, rb, nb, a, as, da, out, os); break; \
+            case 4: q0_tile512(TYPE, 2, 4, w, rb, nb, a, as, da, out, os); break; \
+            case 5: q0_tile512(TYPE, 2, 5, w, rb, nb, a, as, da, out, os); break; \
+            case 6: q0_tile512(TYPE, 2, 6, w, rb, nb, a, as, da, out, os); break; \
+            case 7: q0_tile512(TYPE, 2, 7, w, rb, nb, a, as, da, out, os); break; \
+            default: q0_tile512(TYPE, 2, 8, w, rb, nb, a, as, da, out, os); break; \
+            } \
+        } else { \
+            switch (NA) { \
+            case 1: q0_tile512(TYPE, 1, 1, w, rb, nb, a, as, da, out, os); break; \
+            case 2: q0_tile512(TYPE, 1, 2, w, rb, nb, a, as, da, out, os); break; \
+            case 3: q0_tile512(TYPE, 1, 3, w, rb, nb, a, as, da, out, os); break; \
+            case 4: q0_tile512(TYPE, 1, 4, w, rb, nb, a, as, da, out, os); break; \
+            case 5: q0_tile512(TYPE, 1, 5, w, rb, nb, a, as, da, out, os); break; \
+            case 6: q0_tile512(TYPE, 1, 6, w, rb, nb, a, as, da, out, os); break; \
+            case 7: q0_tile512(TYPE, 1, 7, w, rb, nb, a, as, da, out, os); break; \
+            default: q0_tile512(TYPE, 1, 8, w, rb, nb, a, as, da, out, os); break; \
+            } \
+        } \
+    }
+Q0_TILES(tiles_q4_0_512, T_Q4_0)
+Q0_TILES(tiles_q5_0_512, T_Q5_0)
+Q0_TILES(tiles_q8_0_512, T_Q8_0)
+#undef Q0_TILES
+
+static void matmul_q0_avx512(int type, const uint8_t *wb, size_t row_bytes, int64_t n, int64_t row0, int64_t row1,
+                             const kvant_block_q8a *a, int64_t na, float *out, int64_t out_stride) {
+    typedef void (*tiles_fn)(int, int, const uint8_t *, size_t, int64_t, const kvant_block_q8a *, int64_t, const float *,
+                             float *, int64_t);
+    const tiles_fn fn = type == T_Q4_0 ? tiles_q4_0_512 : type == T_Q5_0 ? tiles_q5_0_512 : tiles_q8_0_512;
+    const int64_t nb = n / 32, astride = n / 32;
+    const int64_t groups = (na + 7) / 8;
+    /* da[g][b][0..7]: the d of block b of activation rows 8g..8g+7 (0 past the last row). */
+    float stack_da[4096];
+    float *da = groups * nb * 8 <= 4096 ? stack_da : malloc(sizeof(float) * (size_t)(groups * nb * 8));
+    if (!da) { matmul_q8a_vnni(type, wb, row_bytes, n, row0, row1, a, na, out, out_stride); return; }
+    for (int64_t g = 0; g < groups; g++)
+        for (int64_t b = 0; b < nb; b++)
+            for (int64_t i = 0; i < 8; i++) {
+                const int64_t row = 8 * g + i;
+                da[(g * nb + b) * 8 + i] = row < na ? a[row * astride + b].d : 0.0f;
+            }
+    /* Weight tiles of 8 rows stay in L1 while every group of 8 activation rows passes over them. */
+    for (int64_t t0 = row0; t0 < row1; t0 += 8) {
+        const int64_t t1 = t0 + 8 < row1 ? t0 + 8 : row1;
+        for (int64_t g = 0; g < groups; g++) {
+            const int64_t i0 = 8 * g;
+            const int cnt = (int)(na - i0 < 8 ? na - i0 : 8);
+            for (int64_t r = t0; r < t1; r += 2) {
+                const int R = t1 - r >= 2 ? 2 : 1;
+                fn(R, cnt, wb + (size_t)r * row_bytes, row_bytes, nb, a + i0 * astride, astride, da + g * nb * 8,
+                   out + i0 * out_stride + r, out_stride);
+            }
+        }
+    }
+    if (da != stack_da) free(da);
+}
 #pragma clang attribute pop
 
 #include <cpuid.h>
@@ -244,20 +452,45 @@ static int has_avx_vnni(void) {
     }
     return cached;
 }
+/* AVX-512 F/BW/VL/VNNI with the OS saving the ZMM state (checked by __builtin_cpu_supports). */
+static int cached_avx512 = -1;
+static int has_avx512_vnni(void) {
+    int cached = cached_avx512;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        const int ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+        const char *env = getenv("KVANT_NO_AVX512");
+        cached = ok && !(env && env[0] == '1') && has_avx_vnni();
+        cached_avx512 = cached;
+    }
+    return cached;
+}
 
 int kvant_matmul_q8a(int type, const void *w, size_t row_bytes, int64_t n, int64_t row0, int64_t row1,
                      const kvant_block_q8a *a, int64_t na, float *out, int64_t out_stride) {
+    if (has_avx512_vnni() && na >= 2 && (type == T_Q4_0 || type == T_Q5_0 || type == T_Q8_0) && n % 32 == 0) {
+        matmul_q0_avx512(type, (const uint8_t *)w, row_bytes, n, row0, row1, a, na, out, out_stride);
+        return 0;
+    }
     if (has_avx_vnni()) return matmul_q8a_vnni(type, w, row_bytes, n, row0, row1, a, na, out, out_stride);
     return matmul_q8a_avx2(type, w, row_bytes, n, row0, row1, a, na, out, out_stride);
 }
 
-int kvant_int8_kernel_variant(void) { return has_avx_vnni() ? 1 : 0; }
+int kvant_int8_kernel_variant(void) { return has_avx512_vnni() ? 2 : has_avx_vnni() ? 1 : 0; }
 
 int kvant_force_int8_kernel_variant(int variant) {
     unsigned a = 0, b = 0, c = 0, d = 0;
     int ok = __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 4));
     if (variant == 1 && !ok) return -1;
+    if (variant == 2) {
+        cached_avx512 = -1;
+        cached_vnni = -1;
+        if (!has_avx512_vnni()) return -1;
+        return 0;
+    }
     cached_vnni = variant == 1 ? 1 : variant == 0 ? 0 : -1;
+    cached_avx512 = variant == -1 ? -1 : 0;
     return 0;
 }
 

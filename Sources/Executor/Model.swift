@@ -1,3 +1,4 @@
+import CKernels
 import Dispatch
 import Foundation
 import Kernels
@@ -67,9 +68,15 @@ public final class ForwardSession: @unchecked Sendable {
     var rowPositions: [Int] = []
     var rowSequences: [SequenceID] = []
 
-    /// - Parameters: threads: workers for matmuls and attention (≥ 1); maxBatch: micro-batch in tokens (1…4096).
-    public init(model: Model, threads: Int = 2, maxBatch: Int = 512) {
+    /// Attention rounding over fp16 caches: `.fast` (default) or `.llamaCpp` (bit-identical to llama.cpp's CPU run with
+    /// flash attention off, for comparisons; ~10 % slower prefill). See `KVAttentionNumerics`.
+    public let attentionNumerics: KVAttentionNumerics
+
+    /// - Parameters: threads: workers for matmuls and attention (≥ 1); maxBatch: micro-batch in tokens (1…4096);
+    ///   attentionNumerics: see the property.
+    public init(model: Model, threads: Int = 2, maxBatch: Int = 512, attentionNumerics: KVAttentionNumerics = .fast) {
         self.model = model
+        self.attentionNumerics = attentionNumerics
         self.threads = max(1, threads)
         self.maxBatch = min(max(1, maxBatch), 4096)
         self.mm = MatMul(threads: self.threads)
@@ -275,14 +282,21 @@ public final class ForwardSession: @unchecked Sendable {
         for t in 0..<T {
             pool.write(layer: l, sequence: seqs[t], position: pos[t], key: ws.k + t * kvDim, value: ws.v + t * kvDim)
         }
-        let window = c.window(layer: l), scale = c.attentionScale, nh = c.numHeads
+        var scale = c.attentionScale
+        if pool.spec.dtype == .fp16 || pool.spec.dtype == .auto {
+            // llama.cpp (flash attention off): Q scaled, then converted to the f16 of the K cache for KQ.
+            Ops.scale(ws.q, by: scale, n: T * qDim)
+            kvant_round_f16(ws.q, Int64(T * qDim))
+            scale = 1
+        }
+        let window = c.window(layer: l), nh = c.numHeads, numerics = attentionNumerics
         let q = ws.q, out = ws.attn
         let workers = min(threads, T)
         if workers <= 1 {
             // Decode: one position; the pool splits long contexts over the threads (split-K).
             for t in 0..<T {
                 pool.attend(layer: l, sequence: seqs[t], position: pos[t], query: q + t * qDim, numHeads: nh,
-                            window: window, scale: scale, output: out + t * qDim, threads: threads)
+                            window: window, scale: scale, output: out + t * qDim, threads: threads, numerics: numerics)
             }
             return
         }
@@ -290,7 +304,7 @@ public final class ForwardSession: @unchecked Sendable {
             var t = w
             while t < T {
                 pool.attend(layer: l, sequence: seqs[t], position: pos[t], query: q + t * qDim, numHeads: nh,
-                            window: window, scale: scale, output: out + t * qDim)
+                            window: window, scale: scale, output: out + t * qDim, numerics: numerics)
                 t += workers
             }
         }

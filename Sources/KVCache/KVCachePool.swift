@@ -504,6 +504,7 @@ public final class KVCachePool: @unchecked Sendable {
     ///     threads (`DispatchQueue.concurrentPerform`, at least 256 keys each) and merge the partial
     ///     softmaxes (split-K, "flash-decoding"). Leave at 1 when the caller already runs positions in
     ///     parallel (prefill).
+    ///   - numerics: `.fast` (default) or `.llamaCpp` (fp16 cache: llama.cpp's rounding, see `KVAttentionNumerics`).
     /// int8 blocks are read directly with the scale folded in; fp16/bf16 widened in registers. With a
     /// Hadamard-rotated cache (`rotationGroup > 1`) the query is rotated into the cache's basis first and
     /// the output rotated back (the transform is orthogonal and its own inverse).
@@ -511,7 +512,7 @@ public final class KVCachePool: @unchecked Sendable {
     /// `numHeads` a multiple of numKVHeads, `window >= 1`.
     public func attend(layer: Int, sequence: SequenceID, position: Int, query: UnsafePointer<Float>,
                        numHeads: Int, window: Int?, scale: Float, output: UnsafeMutablePointer<Float>,
-                       threads: Int = 1) {
+                       threads: Int = 1, numerics: KVAttentionNumerics = .fast) {
         precondition(layer >= 0 && layer < spec.numLayers, "KVCachePool.attend: layer \(layer) out of range")
         precondition(numHeads > 0 && numHeads % spec.numKVHeads == 0,
                      "KVCachePool.attend: num_heads \(numHeads) is not a multiple of num_kv_heads \(spec.numKVHeads)")
@@ -527,7 +528,7 @@ public final class KVCachePool: @unchecked Sendable {
             first = max(0, position - window + 1)
         }
         let keys = position - first + 1
-        let parts = threads > 1 ? min(threads, keys / 256, 64) : 1
+        let parts = threads > 1 && numerics == .fast ? min(threads, keys / 256, 64) : 1
         let D = spec.headDim, G = Int32(rotationGroup)
         if G > 1 {
             withUnsafeTemporaryAllocation(of: Float.self, capacity: numHeads * D) { q in
@@ -535,18 +536,18 @@ public final class KVCachePool: @unchecked Sendable {
                 qr.update(from: query, count: numHeads * D)
                 kv_hadamard(qr, Int32(numHeads * D), G)
                 attendInCacheBasis(table: table, layer: layer, first: first, position: position, keys: keys, parts: parts,
-                                   query: qr, numHeads: numHeads, scale: scale, output: output)
+                                   query: qr, numHeads: numHeads, scale: scale, output: output, numerics: numerics)
             }
             kv_hadamard(output, Int32(numHeads * D), G)
         } else {
             attendInCacheBasis(table: table, layer: layer, first: first, position: position, keys: keys, parts: parts,
-                               query: query, numHeads: numHeads, scale: scale, output: output)
+                               query: query, numHeads: numHeads, scale: scale, output: output, numerics: numerics)
         }
     }
 
     private func attendInCacheBasis(table: BlockTable, layer: Int, first: Int, position: Int, keys: Int, parts: Int,
                                     query: UnsafePointer<Float>, numHeads: Int, scale: Float,
-                                    output: UnsafeMutablePointer<Float>) {
+                                    output: UnsafeMutablePointer<Float>, numerics: KVAttentionNumerics) {
         table.blockIDs.withUnsafeBufferPointer { ids in
             var view = kv_layer_view(
                 base: UnsafePointer(storage.assumingMemoryBound(to: UInt8.self) + layer * numBlocks * blockStride),
@@ -555,7 +556,8 @@ public final class KVCachePool: @unchecked Sendable {
                 static_v_scales: UnsafePointer(blockVScales + (isStatic ? layer * numBlocks * spec.numKVHeads : 0)),
                 block_ids: ids.baseAddress, dtype: dtypeCode, num_kv_heads: Int32(spec.numKVHeads),
                 head_dim: Int32(spec.headDim), block_size: Int32(spec.blockSize),
-                use_avx512: useAVX512 ? 1 : 0)
+                use_avx512: useAVX512 ? 1 : 0,
+                numerics: numerics == .llamaCpp ? Int32(KV_NUMERICS_LLAMACPP) : Int32(KV_NUMERICS_DEFAULT))
             if parts <= 1 {
                 kv_attend(&view, Int32(first), Int32(position), query, Int32(numHeads), scale, output)
                 return
@@ -652,3 +654,17 @@ private func aligned_alloc_checked(_ bytes: Int) -> UnsafeMutableRawPointer? {
 }
 
 private func free_aligned(_ p: UnsafeMutableRawPointer) { Foundation.free(p) }
+
+/// How `KVCachePool.attend` rounds.
+public enum KVAttentionNumerics: Sendable, Equatable {
+    /// Online softmax in fp32 over the cache dtype (the default; FlashAttention-style, one pass).
+    case fast
+    /// For an fp16 cache on CPUs with AVX-512: llama.cpp's CPU attention with flash attention off, operation for
+    /// operation (probabilities rounded to f16, ggml's exp and summation orders), so that logits can be compared with
+    /// llama.cpp bit for bit. The query must already be scaled and rounded to f16 (pass scale 1). Other dtypes and
+    /// CPUs use `.fast`; one thread per query position (no split-K).
+    case llamaCpp
+
+    /// True when `.llamaCpp` is honoured on this CPU.
+    public static var llamaCppAvailable: Bool { kv_llamacpp_numerics_available() != 0 }
+}

@@ -26,7 +26,7 @@ public final class MatMul: @unchecked Sendable {
                          outStride: Int? = nil) {
         let stride = outStride ?? w.rows
         if w.hasInt8Path {
-            act.quantize(x, count: m, cols: w.cols)
+            act.quantize(x, count: m, cols: w.cols, format: QuantizedActivations.format(for: w.type))
             act.blocks.withUnsafeBufferPointer { ab in
                 let a = ab.baseAddress!
                 parallelRows(w.rows, work: Double(m) * Double(w.rows) * Double(w.cols)) { r0, r1, _ in
@@ -45,11 +45,12 @@ public final class MatMul: @unchecked Sendable {
     public func multiply(_ ws: [WeightMatrix], _ x: UnsafePointer<Float>, m: Int, outs: [UnsafeMutablePointer<Float>]) {
         precondition(ws.count == outs.count)
         guard let first = ws.first else { return }
-        guard ws.allSatisfy({ $0.cols == first.cols && $0.hasInt8Path }) else {
+        let format = QuantizedActivations.format(for: first.type)
+        guard ws.allSatisfy({ $0.cols == first.cols && $0.hasInt8Path && QuantizedActivations.format(for: $0.type) == format }) else {
             for (w, o) in zip(ws, outs) { multiply(w, x, m: m, out: o) }
             return
         }
-        act.quantize(x, count: m, cols: first.cols)
+        act.quantize(x, count: m, cols: first.cols, format: format)
         var starts = [0]
         for w in ws { starts.append(starts.last! + w.rows) }
         let total = starts.last!

@@ -9,9 +9,10 @@ public enum Ops {
     @inline(__always)
     public static func rmsNorm(_ x: UnsafePointer<Float>, weight: UnsafePointer<Float>, n: Int, eps: Float,
                                out: UnsafeMutablePointer<Float>) {
-        var ss: Float = 0
-        for i in 0..<n { ss += x[i] * x[i] }
-        let scale = 1 / (ss / Float(n) + eps).squareRoot()
+        var ss = 0.0      // ggml_float: the squares (fp32) summed in double, as ggml's rms_norm
+        for i in 0..<n { ss += Double(x[i] * x[i]) }
+        let mean = Float(ss / Double(n))
+        let scale = 1 / (mean + eps).squareRoot()
         for i in 0..<n { out[i] = x[i] * scale * weight[i] }
     }
 
@@ -21,14 +22,19 @@ public enum Ops {
     }
 
     /// Rotary position embedding tables for one position: `cos/sin[i] = cos/sin(position · base^(-2i/headDim))`,
-    /// i in 0..<headDim/2 (RoFormer, Su et al. 2021; ggml `rope` with freq_scale 1, no YaRN).
+    /// i in 0..<headDim/2 (RoFormer, Su et al. 2021; ggml `rope` with freq_scale 1, no YaRN). The angle is computed
+    /// as ggml does (fp32, `theta_scale = powf(base, -2/headDim)` multiplied in repeatedly), not in double.
     public static func ropeTables(position: Int, headDim: Int, base: Float, cos: UnsafeMutablePointer<Float>,
                                   sin: UnsafeMutablePointer<Float>) {
         let half = headDim / 2
+        // As ggml's rope_cache_init: theta_i = position · theta_scale^i by repeated fp32 multiplication,
+        // theta_scale = powf(base, -2/headDim), then cosf/sinf.
+        let thetaScale = powf(base, -2.0 / Float(headDim))
+        var theta = Float(position)
         for i in 0..<half {
-            let theta = Double(position) * pow(Double(base), -2.0 * Double(i) / Double(headDim))
-            cos[i] = Float(Foundation.cos(theta))
-            sin[i] = Float(Foundation.sin(theta))
+            cos[i] = cosf(theta)
+            sin[i] = sinf(theta)
+            theta *= thetaScale
         }
     }
 
@@ -40,17 +46,19 @@ public enum Ops {
         let half = headDim / 2
         for h in 0..<heads {
             let v = x + h * headDim
+            // Rounded as llama.cpp's ggml (GCC contracts `x0·cos - x1·sin` to fma(x0, cos, -(x1·sin)) and
+            // `x0·sin + x1·cos` to fma(x0, sin, x1·cos)); checked bit for bit against its layer-0 Kcur/Qcur.
             if neox {
                 for i in 0..<half {
                     let a = v[i], b = v[i + half]
-                    v[i] = a * cos[i] - b * sin[i]
-                    v[i + half] = a * sin[i] + b * cos[i]
+                    v[i] = (-(b * sin[i])).addingProduct(a, cos[i])
+                    v[i + half] = (b * cos[i]).addingProduct(a, sin[i])
                 }
             } else {
                 for i in 0..<half {
                     let a = v[2 * i], b = v[2 * i + 1]
-                    v[2 * i] = a * cos[i] - b * sin[i]
-                    v[2 * i + 1] = a * sin[i] + b * cos[i]
+                    v[2 * i] = (-(b * sin[i])).addingProduct(a, cos[i])
+                    v[2 * i + 1] = (b * cos[i]).addingProduct(a, sin[i])
                 }
             }
         }
@@ -86,9 +94,11 @@ public enum Ops {
     /// SiLU `x·σ(x)` (ggml `silu`).
     @inline(__always) public static func silu(_ x: Float) -> Float { x / (1 + expf(-x)) }
 
-    /// GeGLU in place: `gate[i] = gelu(gate[i]) · up[i]`, n elements.
+    /// GeGLU in place as llama.cpp computes it (ggml `geglu` with GGML_GELU_FP16): `gate[i] = g(gate[i]) · up[i]`,
+    /// `g(x) = fp16(gelu(fp16(x)))` for -10 < x < 10 (a 65 536-entry fp16 table), `x` for x ≥ 10, 0 for x ≤ -10;
+    /// `gelu` is the tanh approximation. n elements.
     public static func geglu(gate: UnsafeMutablePointer<Float>, up: UnsafePointer<Float>, n: Int) {
-        kvant_geglu(gate, up, Int64(n))
+        kvant_geglu_f16_table(gate, up, Int64(n))
     }
 
     /// SwiGLU in place: `gate[i] = silu(gate[i]) · up[i]`, n elements.

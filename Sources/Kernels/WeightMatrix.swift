@@ -40,7 +40,10 @@ public struct WeightMatrix: @unchecked Sendable {
     }
 
     /// True when the int8-activation fast path exists (block types); F32/F16/BF16 use fp32 activations.
-    public var hasInt8Path: Bool { kvant_type_has_q8a_path(Int32(type.rawValue)) != 0 && cols % 32 == 0 }
+    public var hasInt8Path: Bool {
+        kvant_type_has_q8a_path(Int32(type.rawValue)) != 0 && cols % 32 == 0
+            && (QuantizedActivations.format(for: type) != KVANT_ACT_Q8_K || cols % 256 == 0)
+    }
 
     /// Pointer to row `r` (0 ≤ r < rows).
     @inline(__always) public func row(_ r: Int) -> UnsafeRawPointer { base + r * rowBytes }
@@ -60,21 +63,27 @@ public struct WeightMatrix: @unchecked Sendable {
     }
 }
 
-/// Activations quantized to int8 blocks of 32 with an fp32 scale (`kvant_block_q8a`), for the int8 path.
+/// Activations quantized to int8 blocks of 32 (`kvant_block_q8a`) for the int8 path, in the format the weight type
+/// needs (`kvant_act_format`: llama.cpp's Q8_0 for Q4_0/Q5_0/Q8_0 weights, Q8_K for K-quants, see kvant_quants.h).
 public struct QuantizedActivations {
     public private(set) var blocks: [kvant_block_q8a] = []
     public private(set) var count = 0
     public private(set) var cols = 0
+    public private(set) var format: Int32 = -1
 
     public init() {}
 
-    /// Quantizes `count` rows of `cols` floats (cols % 32 == 0): `d = amax/127`, `q = round(x/d)` per block of 32.
-    public mutating func quantize(_ x: UnsafePointer<Float>, count: Int, cols: Int) {
-        precondition(cols % 32 == 0)
+    /// The activation format of weight type `type` (`KVANT_ACT_*`).
+    public static func format(for type: GGMLType) -> Int32 { kvant_act_format(Int32(type.rawValue)) }
+
+    /// Quantizes `count` rows of `cols` floats in `format` (cols % 32 == 0; % 256 for Q8_K).
+    public mutating func quantize(_ x: UnsafePointer<Float>, count: Int, cols: Int, format: Int32) {
+        precondition(cols % (format == KVANT_ACT_Q8_K ? 256 : 32) == 0)
         let nb = count * cols / 32
         if blocks.count < nb { blocks = [kvant_block_q8a](repeating: kvant_block_q8a(), count: nb) }
         self.count = count
         self.cols = cols
+        self.format = format
         blocks.withUnsafeMutableBufferPointer { b in
             let base = b.baseAddress!
             if count >= 8 {
@@ -82,11 +91,11 @@ public struct QuantizedActivations {
                 DispatchQueue.concurrentPerform(iterations: chunks) { c in
                     let lo = count * c / chunks, hi = count * (c + 1) / chunks
                     if hi > lo {
-                        kvant_quantize_row_q8a(x + lo * cols, base + lo * cols / 32, Int64((hi - lo) * cols))
+                        _ = kvant_quantize_row_act(format, x + lo * cols, base + lo * cols / 32, Int64((hi - lo) * cols))
                     }
                 }
             } else {
-                kvant_quantize_row_q8a(x, base, Int64(count * cols))
+                _ = kvant_quantize_row_act(format, x, base, Int64(count * cols))
             }
         }
     }

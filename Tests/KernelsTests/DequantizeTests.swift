@@ -75,7 +75,8 @@ extension DequantGolden.Entry {
     }
 }
 
-@Suite struct MatMulTests {
+/// Serialized: the tests force the process-wide int8 kernel variant.
+@Suite(.serialized) struct MatMulTests {
     /// Builds an 11-row matrix by cycling the fixture rows (exercises row tiles and the 4-row activation groups).
     func check(_ e: DequantGolden.Entry, m: Int, threads: Int) throws {
         let rowBytes = e.raw.count / e.rows
@@ -97,17 +98,22 @@ extension DequantGolden.Entry {
             mm.multiply(w, x, m: m, out: &fast)
             mm.multiplyReference(w, x, m: m, out: &ref)
         }
+        // Activation blocks: 256 values for K-quant weights (llama.cpp's Q8_K), 32 otherwise.
+        let format = QuantizedActivations.format(for: e.ggmlType)
+        let L = format == KVANT_ACT_Q8_K ? 256 : 32
         for i in 0..<m {
-            // Bound of the int8 activation error: per element |x - q·d| ≤ d/2 = amax(block)/254.
-            var amax = [Float](repeating: 0, count: e.cols / 32)
-            for k in 0..<e.cols { amax[k / 32] = max(amax[k / 32], abs(x[i * e.cols + k])) }
+            // Bound of the int8 activation error: per element |x - q·d| ≤ d/2 = amax(block)/254, plus for Q8_0
+            // activations the fp16 rounding of d: 127·|d - fp16(d)| ≤ amax·2⁻¹¹.
+            var amax = [Float](repeating: 0, count: e.cols / L)
+            for k in 0..<e.cols { amax[k / L] = max(amax[k / L], abs(x[i * e.cols + k])) }
+            let perAmax = 1.0 / 254 + (format == KVANT_ACT_Q8_0 ? 1.0 / 2048 : 0)
             for r in 0..<nRows {
                 var exact = 0.0, absSum = 0.0, qBound = 0.0
                 for k in 0..<e.cols {
                     let wv = Double(deq[r * e.cols + k]), xv = Double(x[i * e.cols + k])
                     exact += wv * xv
                     absSum += abs(wv * xv)
-                    qBound += abs(wv) * Double(amax[k / 32]) / 254
+                    qBound += abs(wv) * Double(amax[k / L]) * perAmax
                 }
                 let refErr = abs(Double(ref[i * nRows + r]) - exact)
                 #expect(refErr <= 1e-5 * absSum + 1e-6, "\(e.type) reference path row \(r) act \(i): \(ref[i * nRows + r]) vs \(exact)")
@@ -122,9 +128,9 @@ extension DequantGolden.Entry {
     @Test func matvecAndMatmulMatchFp64ReferenceForEveryType() throws {
         let golden = try DequantGolden.load()
         var seen = Set<GGMLType>()
-        // Both int8 kernel variants: AVX2 (maddubs) and, when the CPU has it, AVX-VNNI (vpdpbusd).
-        for variant: Int32 in [0, 1] {
-            if kvant_force_int8_kernel_variant(variant) != 0 { print("AVX-VNNI not available: variant \(variant) skipped"); continue }
+        // Every int8 kernel variant: AVX2 (maddubs) and, when the CPU has them, AVX-VNNI (vpdpbusd) and the AVX-512 tiles.
+        for variant: Int32 in [0, 1, 2] {
+            if kvant_force_int8_kernel_variant(variant) != 0 { print("int8 kernel variant \(variant) not available: skipped"); continue }
             seen = []
             for e in golden.entries where !seen.contains(e.ggmlType) {
                 seen.insert(e.ggmlType)
@@ -154,5 +160,85 @@ struct SplitMix {
     mutating func nextGaussian() -> Double {
         let u1 = max(nextUniform(), 1e-12), u2 = nextUniform()
         return (-2 * log(u1)).squareRoot() * cos(2 * .pi * u2)
+    }
+}
+
+/// The int8 kernels (every variant: AVX2, AVX-VNNI, AVX-512 tiles) against the fp32 reference path
+/// (`kvant_matmul_f32` through `MatMul.multiplyReference`) on random weight blocks of each block type, fed the
+/// dequantized activations (q·d of the very blocks the int8 path uses): the two must agree to fp32 rounding, for
+/// weight-row counts and activation-row counts that are and are not multiples of the tiles (2 or 8 weight rows,
+/// 8 activation rows).
+extension MatMulTests {
+    /// Random blocks with finite fp16 scales: (type, bytes per block, values per block, offsets of fp16 scale fields).
+    static let layouts: [(GGMLType, Int, Int, [Int])] = [
+        (.q4_0, 18, 32, [0]), (.q4_1, 20, 32, [0, 2]), (.q5_0, 22, 32, [0]), (.q5_1, 24, 32, [0, 2]),
+        (.q8_0, 34, 32, [0]), (.q4_K, 144, 256, [0, 2]), (.q5_K, 176, 256, [0, 2]), (.q6_K, 210, 256, [208]),
+    ]
+
+    func check(type: GGMLType, blockBytes: Int, blockSize: Int, scaleOffsets: [Int], rows: Int, m: Int, threads: Int,
+               rng: inout SplitMix) throws {
+        let cols = 512
+        let nb = cols / blockSize
+        var bytes = [UInt8](repeating: 0, count: rows * nb * blockBytes)
+        for k in bytes.indices { bytes[k] = UInt8(truncatingIfNeeded: rng.next()) }
+        for blk in 0..<(rows * nb) {
+            for off in scaleOffsets {
+                let v = Float16(Float(0.002 + 0.05 * rng.nextUniform()) * (rng.next() & 1 == 0 ? 1 : -1)).bitPattern
+                bytes[blk * blockBytes + off] = UInt8(v & 0xFF)
+                bytes[blk * blockBytes + off + 1] = UInt8(v >> 8)
+            }
+        }
+        let x: [Float] = (0..<(m * cols)).map { k in Float(rng.nextGaussian()) * ((k % 11 == 0) ? 4 : 1) }
+        var act = QuantizedActivations()
+        act.quantize(x, count: m, cols: cols, format: QuantizedActivations.format(for: type))
+        var xq = [Float](repeating: 0, count: m * cols)
+        for b in 0..<(m * cols / 32) {
+            let blk = act.blocks[b]
+            withUnsafeBytes(of: blk.q) { q in
+                for j in 0..<32 { xq[b * 32 + j] = Float(Int8(bitPattern: q[j])) * blk.d }
+            }
+        }
+        var fast = [Float](repeating: .nan, count: m * rows)
+        var ref = [Float](repeating: .nan, count: m * rows)
+        var absSum = [Double](repeating: 0, count: m * rows)
+        try bytes.withUnsafeBytes { buf in
+            let w = try WeightMatrix(name: "random \(type)", type: type, rows: rows, cols: cols, bytes: buf)
+            #expect(w.hasInt8Path)
+            let mm = MatMul(threads: threads)
+            mm.multiply(w, x, m: m, out: &fast)
+            mm.multiplyReference(w, xq, m: m, out: &ref)
+            for r in 0..<rows {
+                let wr = w.dequantizedRow(r)
+                for i in 0..<m {
+                    var s = 0.0
+                    for k in 0..<cols { s += abs(Double(wr[k]) * Double(xq[i * cols + k])) }
+                    absSum[i * rows + r] = s
+                }
+            }
+        }
+        for i in 0..<m {
+            for r in 0..<rows {
+                let k = i * rows + r
+                #expect(abs(Double(fast[k]) - Double(ref[k])) <= 2e-6 * absSum[k] + 1e-6,
+                        "\(type) rows \(rows) m \(m) threads \(threads): int8 \(fast[k]) vs fp32 \(ref[k]) at act \(i) row \(r)")
+            }
+        }
+    }
+
+    @Test func int8KernelsMatchFp32ReferenceOnRandomBlocks() throws {
+        var tested = 0
+        for variant: Int32 in [0, 1, 2] {
+            if kvant_force_int8_kernel_variant(variant) != 0 { print("int8 kernel variant \(variant) not available: skipped"); continue }
+            var rng = SplitMix(seed: 1234 + UInt64(variant))
+            for (type, bb, bs, offs) in Self.layouts {
+                for (rows, m) in [(1, 1), (2, 2), (3, 5), (7, 8), (8, 9), (9, 17), (17, 3), (5, 33)] {
+                    try check(type: type, blockBytes: bb, blockSize: bs, scaleOffsets: offs, rows: rows, m: m,
+                              threads: rows % 2 + 1, rng: &rng)
+                }
+            }
+            tested += 1
+        }
+        _ = kvant_force_int8_kernel_variant(-1)
+        #expect(tested >= 1)
     }
 }

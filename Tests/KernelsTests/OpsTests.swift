@@ -47,17 +47,23 @@ import Testing
         #expect(abs(Double(Ops.gelu(1)) - g1) < 1e-6)
         #expect(abs(Double(Ops.gelu(-3)) - (-0.0036373920817729943)) < 1e-6)
         #expect(abs(Double(Ops.silu(1)) - 1 / (1 + exp(-1.0))) < 1e-6)
-        // Vectorized GeGLU / SwiGLU against the fp64 formulas over a range of inputs (incl. the scalar tail).
-        let xs: [Float] = (0..<203).map { Float($0 - 101) * 0.07 }
-        let ups: [Float] = (0..<203).map { 1 + Float($0 % 5) * 0.25 }
+        // Vectorized GeGLU / SwiGLU against the fp64 formulas over a range of inputs (incl. the scalar tail and
+        // GeGLU's ±10 cut-offs).
+        let xs: [Float] = (0..<203).map { Float($0 - 101) * 0.07 } + [-10.5, -10, -9.99, 9.99, 10, 12.5, 0.3, -0.2]
+        let ups: [Float] = xs.indices.map { 1 + Float($0 % 5) * 0.25 }
         var g = xs, s = xs
         Ops.geglu(gate: &g, up: ups, n: xs.count)
         Ops.swiglu(gate: &s, up: ups, n: xs.count)
         for i in xs.indices {
             let x = Double(xs[i]), u = Double(ups[i])
-            let ge = 0.5 * x * (1 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))) * u
+            // GeGLU as ggml with GGML_GELU_FP16: fp16(gelu(fp16(x))) · up inside (-10, 10), x · up above, 0 below.
+            func gelu64(_ v: Double) -> Double { 0.5 * v * (1 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v))) }
+            let g16 = gelu64(Double(Float(Float16(xs[i]))))
+            let ge = x >= 10 ? x * u : x <= -10 ? 0 : Double(Float(Float16(g16))) * u
+            // One fp16 step of the table value (its fp32 gelu may round to the neighbouring fp16).
+            let ulp16 = x > -10 && x < 10 ? Double(Float(Float16(g16).ulp)) * u : 0
             let se = x / (1 + exp(-x)) * u
-            #expect(abs(Double(g[i]) - ge) <= 2e-6 * max(1, abs(ge)), "geglu(\(x))")
+            #expect(abs(Double(g[i]) - ge) <= ulp16 + 1e-6 * max(1, abs(ge)), "geglu(\(x))")
             #expect(abs(Double(s[i]) - se) <= 2e-6 * max(1, abs(se)), "swiglu(\(x))")
         }
         let logits: [Float] = [0, log(3)]

@@ -36,7 +36,16 @@ typedef struct {
     int32_t head_dim;
     int32_t block_size;
     int32_t use_avx512;         /* nonzero: use the AVX-512 kernel when head_dim % 16 == 0 and the CPU has it */
+    int32_t numerics;           /* KV_NUMERICS_*: how kv_attend rounds (kv_attend_partial always uses the default) */
 } kv_layer_view;
+
+/* KV_NUMERICS_DEFAULT: online softmax in fp32 (below). KV_NUMERICS_LLAMACPP: for KV_DT_F16 with head_dim % 16 == 0
+ * on CPUs with AVX-512, llama.cpp's CPU attention with flash attention off, operation for operation (f16 P,
+ * ggml_v_expf, its summation orders; the caller passes the query already scaled and rounded to f16, scale 1), so
+ * that logits can be compared with llama.cpp bit for bit; otherwise the default. */
+enum { KV_NUMERICS_DEFAULT = 0, KV_NUMERICS_LLAMACPP = 1 };
+/* 1 when KV_NUMERICS_LLAMACPP is honoured on this CPU (AVX-512F/BW/DQ/VL). */
+int32_t kv_llamacpp_numerics_available(void);
 
 /* 1 when the CPU and OS support AVX-512F/BW/DQ/VL (checked once), else 0. */
 int32_t kv_cpu_has_avx512(void);

@@ -27,9 +27,29 @@ int kvant_dequantize_row(int type, const void *src, float *dst, int64_t n);
 /* Quantizes `n` floats (n % 32 == 0) to n/32 activation blocks: d = amax/127, q = round(x/d). */
 void kvant_quantize_row_q8a(const float *x, kvant_block_q8a *y, int64_t n);
 
+/* Activation formats of the int8 path, chosen per weight type as llama.cpp's `vec_dot_type` does, so that the
+ * products round like llama.cpp's:
+ *   KVANT_ACT_Q8A  (Q4_1, Q5_1): kvant_quantize_row_q8a above (fp32 d per 32, s = d·Σq);
+ *   KVANT_ACT_Q8_0 (Q4_0, Q5_0, Q8_0): ggml `quantize_row_q8_0`: d = fp16(amax/127) (kept as its fp32 value),
+ *                  q = round-half-even(x·127/amax), s = d·Σq;
+ *   KVANT_ACT_Q8_K (Q4_K, Q5_K, Q6_K): ggml `quantize_row_q8_K`: one fp32 d per 256 values (iscale = -127/max with
+ *                  the signed value of largest magnitude, d = 1/iscale), stored as 8 consecutive blocks of 32 that
+ *                  share d; the 4 bytes of `s` hold two int16: Σq of the block's first and second 16 values
+ *                  (ggml's bsums). */
+enum { KVANT_ACT_Q8A = 0, KVANT_ACT_Q8_0 = 1, KVANT_ACT_Q8_K = 2 };
+int kvant_act_format(int type);
+/* Quantizes `n` floats to n/32 blocks in `format`. Returns 0, or -1 for a bad format or an `n` that is not a multiple
+ * of 32 (256 for KVANT_ACT_Q8_K). */
+int kvant_quantize_row_act(int format, const float *x, kvant_block_q8a *y, int64_t n);
+
 /* Fast int8 path (block types Q4_0…Q6_K and Q8_0): for weight rows r in [row0, row1) of a row-major weight matrix
  * (`row_bytes` bytes per row, `n` elements per row) and activation rows i in [0, na) (each n/32 blocks,
- * consecutive), out[i * out_stride + r] = dot(W[r], A[i]). Returns 0, or -1 for an unsupported type. */
+ * consecutive, quantized with kvant_quantize_row_act(kvant_act_format(type), ...)),
+ * out[i * out_stride + r] = dot(W[r], A[i]). Products are exact int32 sums rounded as llama.cpp 0.3.36's CPU kernels
+ * round them: Q4_0/Q5_0/Q8_0: fp32 FMA of int32 lanes by d_w·d_a per block of 32 (ggml_vec_dot_q*_0_q8_0, tinyBLAS);
+ * Q4_K: activation rows in whole groups of 4 one FMA per 64 values (ggml's repacked q4_K_8x8 gemm), the others one
+ * per super-block (its gemv); Q6_K: na >= 8 one int32 per super-block, fma(isum·d_w, d_a) (ggml's tiled kernel),
+ * fewer rows ggml_vec_dot_q6_K_q8_K's int32 lanes. Returns 0, or -1 for an unsupported type. */
 int kvant_matmul_q8a(int type, const void *w, size_t row_bytes, int64_t n, int64_t row0, int64_t row1,
                      const kvant_block_q8a *a, int64_t na, float *out, int64_t out_stride);
 
@@ -39,9 +59,12 @@ int kvant_matmul_q8a(int type, const void *w, size_t row_bytes, int64_t n, int64
 int kvant_matmul_f32(int type, const void *w, size_t row_bytes, int64_t n, int64_t row0, int64_t row1,
                      const float *a, int64_t na, float *out, int64_t out_stride, float *scratch);
 
-/* 1 when the int8 kernels use AVX-VNNI (vpdpbusd, chosen at run time via CPUID; KVANT_NO_VNNI=1 forces AVX2), 0 for AVX2. */
+/* The int8 kernels chosen at run time via CPUID: 2 = AVX-512 (F/BW/VL/VNNI) tiles of 2 weight rows × 8 activation
+ * rows for Q4_0/Q5_0/Q8_0 prefill (na ≥ 2) and AVX-VNNI otherwise (KVANT_NO_AVX512=1 disables them), 1 = AVX-VNNI
+ * (vpdpbusd; KVANT_NO_VNNI=1 forces AVX2), 0 = AVX2. Every variant gives bit-identical results. */
 int kvant_int8_kernel_variant(void);
-/* Tests: force 0 (AVX2) or 1 (AVX-VNNI; -1 when the CPU lacks it), or -1 to re-detect. Not thread-safe. */
+/* Tests: force 0 (AVX2), 1 (AVX-VNNI) or 2 (AVX-512 tiles + AVX-VNNI); returns -1 when the CPU lacks it; -1 re-detects.
+ * Not thread-safe. */
 int kvant_force_int8_kernel_variant(int variant);
 
 /* True when the int8 path exists for `type`. */
@@ -52,5 +75,11 @@ int kvant_type_has_q8a_path(int type);
 void kvant_geglu(float *gate, const float *up, int64_t n);
 /* SwiGLU in place: gate[i] = gate[i] / (1 + exp(-gate[i])) * up[i]. */
 void kvant_swiglu(float *gate, const float *up, int64_t n);
+
+/* GeGLU as ggml computes it with GGML_GELU_FP16 (ggml_vec_geglu_f32): gate[i] = fp16(gelu_tanh(fp16(x))) · up[i] for
+ * -10 < x < 10 (a 65 536-entry fp16 table built once), x · up[i] for x ≥ 10, 0 for x ≤ -10. */
+void kvant_geglu_f16_table(float *gate, const float *up, int64_t n);
+/* x[i] = fp16(x[i]) (round to nearest even), n elements. */
+void kvant_round_f16(float *x, int64_t n);
 
 #endif
