@@ -414,7 +414,7 @@ static void matmul_q0_avx512(int type, const uint8_t *wb, size_t row_bytes, int6
     /* da[g][b][0..7]: the d of block b of activation rows 8g..8g+7 (0 past the last row). */
     float stack_da[4096];
     float *da = groups * nb * 8 <= 4096 ? stack_da : malloc(sizeof(float) * (size_t)(groups * nb * 8));
-    if (!da) { matmul_q8a_vnni(type, wb, row_bytes, n, row0, row1, a, na, out, out_stride); return; }
+    if (!da) { matmul_q8a_vnni(type, wb, row_bytes, n, row0, row1, a, na, out, out_stride, 0); return; }
     for (int64_t g = 0; g < groups; g++)
         for (int64_t b = 0; b < nb; b++)
             for (int64_t i = 0; i < 8; i++) {
@@ -467,14 +467,19 @@ static int has_avx512_vnni(void) {
     return cached;
 }
 
-int kvant_matmul_q8a(int type, const void *w, size_t row_bytes, int64_t n, int64_t row0, int64_t row1,
-                     const kvant_block_q8a *a, int64_t na, float *out, int64_t out_stride) {
+int kvant_matmul_q8a_rounding(int type, const void *w, size_t row_bytes, int64_t n, int64_t row0, int64_t row1,
+                              const kvant_block_q8a *a, int64_t na, float *out, int64_t out_stride, int batch_rounding) {
     if (has_avx512_vnni() && na >= 2 && (type == T_Q4_0 || type == T_Q5_0 || type == T_Q8_0) && n % 32 == 0) {
         matmul_q0_avx512(type, (const uint8_t *)w, row_bytes, n, row0, row1, a, na, out, out_stride);
         return 0;
     }
-    if (has_avx_vnni()) return matmul_q8a_vnni(type, w, row_bytes, n, row0, row1, a, na, out, out_stride);
-    return matmul_q8a_avx2(type, w, row_bytes, n, row0, row1, a, na, out, out_stride);
+    if (has_avx_vnni()) return matmul_q8a_vnni(type, w, row_bytes, n, row0, row1, a, na, out, out_stride, batch_rounding);
+    return matmul_q8a_avx2(type, w, row_bytes, n, row0, row1, a, na, out, out_stride, batch_rounding);
+}
+
+int kvant_matmul_q8a(int type, const void *w, size_t row_bytes, int64_t n, int64_t row0, int64_t row1,
+                     const kvant_block_q8a *a, int64_t na, float *out, int64_t out_stride) {
+    return kvant_matmul_q8a_rounding(type, w, row_bytes, n, row0, row1, a, na, out, out_stride, 0);
 }
 
 int kvant_int8_kernel_variant(void) { return has_avx512_vnni() ? 2 : has_avx_vnni() ? 1 : 0; }

@@ -219,24 +219,26 @@ KV_DEFINE_ROWS(rows_q5_k, T_Q5_K)
 KV_DEFINE_ROWS(rows_q6_k, T_Q6_K)
 KV_DEFINE_ROWS(rows_q6_k_tiled, T_Q6_K_TILED)
 
+/* batch_rounding: 1 = round Q4_K/Q6_K sums as llama.cpp's batched kernels do (depends on na), 0 = one rounding
+ * for every row whatever the batch (batch-invariant: a row's result never depends on its neighbours). */
 static int KV_SFX(matmul_q8a)(int type, const void *w, size_t row_bytes, int64_t n, int64_t row0, int64_t row1,
-                     const kvant_block_q8a *a, int64_t na, float *out, int64_t out_stride) {
+                     const kvant_block_q8a *a, int64_t na, float *out, int64_t out_stride, int batch_rounding) {
     const int base = type == T_Q4_K_SB64 ? T_Q4_K : type == T_Q6_K_TILED ? T_Q6_K : type;
     if (!kvant_type_has_q8a_path(base) || n % block_elems(base) != 0 || n % 32 != 0) return -1;
     typedef void (*rows_fn)(int, const uint8_t *, size_t, int64_t, int64_t, int64_t, const kvant_block_q8a *, int64_t,
                             float *, int64_t);
-    if (type == T_Q6_K && na >= 8) type = T_Q6_K_TILED;   /* as ggml: its tiled kernel takes batches of 8+ rows */
+    if (batch_rounding && type == T_Q6_K && na >= 8) type = T_Q6_K_TILED;   /* as ggml: its tiled kernel takes batches of 8+ rows */
     rows_fn fn = type == T_Q6_K_TILED ? KV_SFX(rows_q6_k_tiled) : type == T_Q4_K_SB64 ? KV_SFX(rows_q4_k_sb64) : type == T_Q8_0 ? KV_SFX(rows_q8_0) : type == T_Q4_0 ? KV_SFX(rows_q4_0) : type == T_Q4_1 ? KV_SFX(rows_q4_1)
                : type == T_Q5_0 ? KV_SFX(rows_q5_0) : type == T_Q5_1 ? KV_SFX(rows_q5_1) : type == T_Q4_K ? KV_SFX(rows_q4_k)
                : type == T_Q5_K ? KV_SFX(rows_q5_k) : KV_SFX(rows_q6_k);
     const uint8_t *wb = (const uint8_t *)w;
     const int64_t astride = n / 32;
-    if (type == T_Q4_K && na >= 4) {
+    if (batch_rounding && type == T_Q4_K && na >= 4) {
         /* As ggml's repacked Q4_K: activation rows in whole groups of 4 go through its gemm (one FMA per 64
          * values), the rest through its gemv (one FMA per super-block). */
         const int64_t g4 = na - na % 4;
-        KV_SFX(matmul_q8a)(T_Q4_K_SB64, w, row_bytes, n, row0, row1, a, g4, out, out_stride);
-        if (na > g4) KV_SFX(matmul_q8a)(T_Q4_K, w, row_bytes, n, row0, row1, a + g4 * astride, na - g4, out + g4 * out_stride, out_stride);
+        KV_SFX(matmul_q8a)(T_Q4_K_SB64, w, row_bytes, n, row0, row1, a, g4, out, out_stride, 1);
+        if (na > g4) KV_SFX(matmul_q8a)(T_Q4_K, w, row_bytes, n, row0, row1, a + g4 * astride, na - g4, out + g4 * out_stride, out_stride, 1);
         return 0;
     }
     /* Tile: a few weight rows stay in L1 while every group of up to 4 activation rows passes over them. */

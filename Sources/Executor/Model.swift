@@ -69,7 +69,10 @@ public final class ForwardSession: @unchecked Sendable {
     var rowSequences: [SequenceID] = []
 
     /// Attention rounding over fp16 caches: `.fast` (default) or `.llamaCpp` (bit-identical to llama.cpp's CPU run with
-    /// flash attention off, for comparisons; ~10 % slower prefill). See `KVAttentionNumerics`.
+    /// flash attention off, for comparisons; ~10 % slower prefill). See `KVAttentionNumerics`. `.llamaCpp` also
+    /// rounds Q4_K/Q6_K products as llama.cpp's batched kernels do (they depend on the batch size); `.fast` keeps
+    /// every row's rounding independent of the batch, so batched decode gives each sequence exactly the tokens
+    /// it gets alone.
     public let attentionNumerics: KVAttentionNumerics
 
     /// - Parameters: threads: workers for matmuls and attention (≥ 1); maxBatch: micro-batch in tokens (1…4096);
@@ -80,6 +83,7 @@ public final class ForwardSession: @unchecked Sendable {
         self.threads = max(1, threads)
         self.maxBatch = min(max(1, maxBatch), 4096)
         self.mm = MatMul(threads: self.threads)
+        self.mm.llamaCppBatchRounding = attentionNumerics == .llamaCpp
         self.ws = Workspace(config: model.config, batch: self.maxBatch)
     }
 

@@ -10,6 +10,10 @@ import KvantCore
 /// across `threads` workers with `DispatchQueue.concurrentPerform`. Not thread-safe: one `MatMul` per caller.
 public final class MatMul: @unchecked Sendable {
     public let threads: Int
+    /// Q4_K/Q6_K rounding: false (default) rounds every activation row the same way whatever `m` (batch-invariant:
+    /// a row's result never depends on the other rows, so batched decode equals single decode); true rounds as
+    /// llama.cpp's batched kernels do (bit-identical to its prefill; `kvant_matmul_q8a_rounding`).
+    public var llamaCppBatchRounding = false
     private var act = QuantizedActivations()
     private var scratch: UnsafeMutablePointer<Float>?
     private var scratchCols = 0
@@ -25,13 +29,14 @@ public final class MatMul: @unchecked Sendable {
     public func multiply(_ w: WeightMatrix, _ x: UnsafePointer<Float>, m: Int, out: UnsafeMutablePointer<Float>,
                          outStride: Int? = nil) {
         let stride = outStride ?? w.rows
+        let rounding: Int32 = llamaCppBatchRounding ? 1 : 0
         if w.hasInt8Path {
             act.quantize(x, count: m, cols: w.cols, format: QuantizedActivations.format(for: w.type))
             act.blocks.withUnsafeBufferPointer { ab in
                 let a = ab.baseAddress!
                 parallelRows(w.rows, work: Double(m) * Double(w.rows) * Double(w.cols)) { r0, r1, _ in
-                    _ = kvant_matmul_q8a(Int32(w.type.rawValue), w.base, w.rowBytes, Int64(w.cols), Int64(r0), Int64(r1),
-                                         a, Int64(m), out, Int64(stride))
+                    _ = kvant_matmul_q8a_rounding(Int32(w.type.rawValue), w.base, w.rowBytes, Int64(w.cols), Int64(r0), Int64(r1),
+                                                  a, Int64(m), out, Int64(stride), rounding)
                 }
             }
         } else {
@@ -51,6 +56,7 @@ public final class MatMul: @unchecked Sendable {
             return
         }
         act.quantize(x, count: m, cols: first.cols, format: format)
+        let rounding: Int32 = llamaCppBatchRounding ? 1 : 0
         var starts = [0]
         for w in ws { starts.append(starts.last! + w.rows) }
         let total = starts.last!
@@ -61,8 +67,9 @@ public final class MatMul: @unchecked Sendable {
                     let lo = max(r0, starts[j]), hi = min(r1, starts[j + 1])
                     if lo >= hi { continue }
                     let w = ws[j]
-                    _ = kvant_matmul_q8a(Int32(w.type.rawValue), w.base, w.rowBytes, Int64(w.cols),
-                                         Int64(lo - starts[j]), Int64(hi - starts[j]), a, Int64(m), outs[j], Int64(w.rows))
+                    _ = kvant_matmul_q8a_rounding(Int32(w.type.rawValue), w.base, w.rowBytes, Int64(w.cols),
+                                                  Int64(lo - starts[j]), Int64(hi - starts[j]), a, Int64(m), outs[j], Int64(w.rows),
+                                                  rounding)
                 }
             }
         }

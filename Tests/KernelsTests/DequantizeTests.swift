@@ -199,6 +199,7 @@ extension MatMulTests {
             }
         }
         var fast = [Float](repeating: .nan, count: m * rows)
+        var batched = [Float](repeating: .nan, count: m * rows)
         var ref = [Float](repeating: .nan, count: m * rows)
         var absSum = [Double](repeating: 0, count: m * rows)
         try bytes.withUnsafeBytes { buf in
@@ -207,6 +208,17 @@ extension MatMulTests {
             let mm = MatMul(threads: threads)
             mm.multiply(w, x, m: m, out: &fast)
             mm.multiplyReference(w, xq, m: m, out: &ref)
+            // Batch invariance (default rounding): each activation row alone gives bit-identical results.
+            for i in 0..<m {
+                var single = [Float](repeating: .nan, count: rows)
+                x.withUnsafeBufferPointer { xb in mm.multiply(w, xb.baseAddress! + i * cols, m: 1, out: &single) }
+                #expect(single == Array(fast[(i * rows)..<((i + 1) * rows)]),
+                        "\(type) rows \(rows) m \(m): row \(i) alone differs from the batch")
+            }
+            // llama.cpp's batch-dependent rounding (K-quants in groups of 4 / 8+ rows): same values to fp32 rounding.
+            let llama = MatMul(threads: threads)
+            llama.llamaCppBatchRounding = true
+            llama.multiply(w, x, m: m, out: &batched)
             for r in 0..<rows {
                 let wr = w.dequantizedRow(r)
                 for i in 0..<m {
@@ -221,6 +233,8 @@ extension MatMulTests {
                 let k = i * rows + r
                 #expect(abs(Double(fast[k]) - Double(ref[k])) <= 2e-6 * absSum[k] + 1e-6,
                         "\(type) rows \(rows) m \(m) threads \(threads): int8 \(fast[k]) vs fp32 \(ref[k]) at act \(i) row \(r)")
+                #expect(abs(Double(batched[k]) - Double(ref[k])) <= 2e-6 * absSum[k] + 1e-6,
+                        "\(type) rows \(rows) m \(m), llama.cpp rounding: \(batched[k]) vs fp32 \(ref[k])")
             }
         }
     }

@@ -47,11 +47,17 @@ int kvant_quantize_row_act(int format, const float *x, kvant_block_q8a *y, int64
  * consecutive, quantized with kvant_quantize_row_act(kvant_act_format(type), ...)),
  * out[i * out_stride + r] = dot(W[r], A[i]). Products are exact int32 sums rounded as llama.cpp 0.3.36's CPU kernels
  * round them: Q4_0/Q5_0/Q8_0: fp32 FMA of int32 lanes by d_w·d_a per block of 32 (ggml_vec_dot_q*_0_q8_0, tinyBLAS);
- * Q4_K: activation rows in whole groups of 4 one FMA per 64 values (ggml's repacked q4_K_8x8 gemm), the others one
- * per super-block (its gemv); Q6_K: na >= 8 one int32 per super-block, fma(isum·d_w, d_a) (ggml's tiled kernel),
- * fewer rows ggml_vec_dot_q6_K_q8_K's int32 lanes. Returns 0, or -1 for an unsupported type. */
+ * Q4_K: one FMA per super-block (ggml's gemv), Q6_K: ggml_vec_dot_q6_K_q8_K's int32 lanes, for every row (see
+ * kvant_matmul_q8a_rounding for llama.cpp's batch-dependent variants). Returns 0, or -1 for an unsupported type. */
 int kvant_matmul_q8a(int type, const void *w, size_t row_bytes, int64_t n, int64_t row0, int64_t row1,
                      const kvant_block_q8a *a, int64_t na, float *out, int64_t out_stride);
+/* kvant_matmul_q8a with a choice of rounding for Q4_K and Q6_K: batch_rounding 0 (what kvant_matmul_q8a does) rounds
+ * every activation row as ggml's single-row kernels (gemv) do, whatever `na`: batch-invariant, so a sequence decodes
+ * the same tokens alone or batched with others. 1 rounds as llama.cpp's batched kernels (Q4_K rows in whole groups of
+ * 4 per 64 values, Q6_K per super-block for na >= 8): bit-identical to llama.cpp's prefill, for the .llamaCpp
+ * numerics mode. Q4_0/Q5_0/Q8_0 are exact int32 sums either way. */
+int kvant_matmul_q8a_rounding(int type, const void *w, size_t row_bytes, int64_t n, int64_t row0, int64_t row1,
+                              const kvant_block_q8a *a, int64_t na, float *out, int64_t out_stride, int batch_rounding);
 
 /* fp32-activation path for every supported type (the reference path for block types, the fast path for
  * F32/F16/BF16): same contract as kvant_matmul_q8a with activation rows of n floats. `scratch` must hold n floats
