@@ -108,9 +108,37 @@ void kv_atomic_add_i64(int64_t *slot, int64_t v) { __atomic_fetch_add(slot, v, _
 
 int32_t kv_hadamard_group(int32_t head_dim) { return head_dim > 0 ? (head_dim & -head_dim) : 1; }
 
+/* One group of g >= 8 values: butterflies of span 1, 2, 4 inside each 8-float vector by lane permutes, the
+ * wider spans between vectors, then the 1/sqrt(g) normalization. */
+static void kv_hadamard_group_avx2(float *y, int32_t g, float norm) {
+    for (int32_t i = 0; i < g; i += 8) {
+        __m256 v = _mm256_loadu_ps(y + i), p;
+        p = _mm256_permute_ps(v, 0xB1);                                             /* span 1: (1,0,3,2) */
+        v = _mm256_blend_ps(_mm256_add_ps(v, p), _mm256_sub_ps(p, v), 0xAA);
+        p = _mm256_permute_ps(v, 0x4E);                                             /* span 2: (2,3,0,1) */
+        v = _mm256_blend_ps(_mm256_add_ps(v, p), _mm256_sub_ps(p, v), 0xCC);
+        p = _mm256_permute2f128_ps(v, v, 1);                                        /* span 4: swap halves */
+        v = _mm256_blend_ps(_mm256_add_ps(v, p), _mm256_sub_ps(p, v), 0xF0);
+        _mm256_storeu_ps(y + i, v);
+    }
+    for (int32_t h = 8; h < g; h <<= 1)
+        for (int32_t i = 0; i < g; i += 2 * h)
+            for (int32_t j = i; j < i + h; j += 8) {
+                const __m256 a = _mm256_loadu_ps(y + j), b = _mm256_loadu_ps(y + j + h);
+                _mm256_storeu_ps(y + j, _mm256_add_ps(a, b));
+                _mm256_storeu_ps(y + j + h, _mm256_sub_ps(a, b));
+            }
+    const __m256 vn = _mm256_set1_ps(norm);
+    for (int32_t i = 0; i < g; i += 8) _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_loadu_ps(y + i), vn));
+}
+
 void kv_hadamard(float *x, int32_t n, int32_t g) {
     if (g <= 1) return;
     const float norm = 1.0f / sqrtf((float)g);
+    if (g >= 8) {
+        for (int32_t base = 0; base + g <= n; base += g) kv_hadamard_group_avx2(x + base, g, norm);
+        return;
+    }
     for (int32_t base = 0; base + g <= n; base += g) {
         float *y = x + base;
         for (int32_t h = 1; h < g; h <<= 1)
