@@ -50,7 +50,9 @@ public enum WireCodec {
             switch rawID {
             case .int(let value): id = .number(value)
             case .string(let value): id = .string(value)
-            case .null: id = nil
+            case .null:
+                // JSON-RPC 2.0 §4 discourages null ids; a silent "notification" would leave the client waiting.
+                return .failure(.invalidRequest(id: nil, "'id' must be an integer or a string (null ids are not supported; leave 'id' out for a notification)"))
             default: return .failure(.invalidRequest(id: nil, "'id' must be an integer or a string"))
             }
         }

@@ -95,6 +95,10 @@ struct CodecTests {
         #expect(failure(#"{"jsonrpc":"2.0","id":3}"#)?.id == .number(3))
         #expect(failure(#"{"id":3,"method":"x"}"#)?.error.message.contains("'jsonrpc'") == true)
         #expect(failure(#"{"jsonrpc":"2.0","id":[1],"method":"x"}"#)?.error.message.contains("'id'") == true)
+        // "id": null is answered (invalid request, id null), never taken for a silent notification.
+        let nullID = failure(#"{"jsonrpc":"2.0","id":null,"method":"health"}"#)
+        #expect(nullID?.error.code == RPCErrorCode.invalidRequest && nullID?.id == nil)
+        #expect(nullID?.error.message.contains("null ids are not supported") == true)
         #expect(failure(#"{"jsonrpc":"2.0","id":1,"method":"x","params":[1]}"#)?.error.code == RPCErrorCode.invalidParams)
         #expect(failure(#"{"jsonrpc":"2.0","id":1,"method":"x","params":5}"#)?.error.code == RPCErrorCode.invalidRequest)
         // CR LF line endings are accepted.
