@@ -76,7 +76,11 @@ public final class ControlServer: Service, @unchecked Sendable {
         let server: NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never>
         let ownsPath: Bool
         if let fd = configuration.listenFD {
-            server = try await bootstrap.bind(fd, childChannelInitializer: initializer)
+            do {
+                server = try await bootstrap.bind(fd, childChannelInitializer: initializer)
+            } catch {
+                throw KvantError(.unavailable, "cannot listen on the socket passed by systemd (fd \(fd)): \(Self.systemText(error))")
+            }
             ownsPath = false
             logger.notice("listening on the socket passed by systemd", metadata: ["fd": "\(fd)"])
         } else {
@@ -130,6 +134,16 @@ public final class ControlServer: Service, @unchecked Sendable {
         return rc == 0
     }
 
+    /// An operator's words for a bind/listen error: the system's message for an errno, plain text for
+    /// NIO's address errors, instead of NIO's type and case names.
+    static func systemText(_ error: Error) -> String {
+        if let io = error as? IOError { return "\(String(cString: strerror(io.errnoCode))) (errno \(io.errnoCode))" }
+        if let address = error as? SocketAddressError, address == .unixDomainSocketPathTooLong {
+            return "the socket path is longer than a Unix socket address allows (107 bytes)"
+        }
+        return "\(error)"
+    }
+
     private func bindPath(_ bootstrap: ServerBootstrap,
                           initializer: @escaping @Sendable (Channel) -> EventLoopFuture<NIOAsyncChannel<ByteBuffer, ByteBuffer>>)
         async throws -> NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never> {
@@ -154,7 +168,7 @@ public final class ControlServer: Service, @unchecked Sendable {
             umask(oldMask)
         } catch {
             umask(oldMask)
-            throw KvantError(.unavailable, "cannot bind \(path): \(error)")
+            throw KvantError(.unavailable, "cannot bind \(path): \(Self.systemText(error))")
         }
         if let gid = configuration.socketGroupID, chown(path, uid_t.max, gid) != 0 {
             let message = String(cString: strerror(errno))

@@ -110,6 +110,26 @@ struct KvantdProcessTests {
         #expect(!FileManager.default.fileExists(atPath: socket))
     }
 
+    @Test("a socket path too long for a Unix address: kvantd exits non-zero naming the path and the limit in plain words")
+    func socketPathTooLong() async throws {
+        let binary = try kvantdBinary()
+        let dir = try makeTempDir("long")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let socket = dir + "/" + String(repeating: "s", count: 120) + ".sock"
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = ["--socket", socket, "--allowed-dir", dir]
+        let stderr = Pipe()
+        process.standardError = stderr
+        try process.run()
+        defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+        let log = String(decoding: try await offPool { stderr.fileHandleForReading.readDataToEndOfFile() }, as: UTF8.self)
+        try await waitForExit(process)
+        #expect(process.terminationStatus != 0)
+        #expect(log.contains("cannot bind \(socket): the socket path is longer than a Unix socket address allows (107 bytes)"), "\(log)")
+        #expect(!log.contains("unixDomainSocketPathTooLong"))
+    }
+
     @Test("socket activation: kvantd serves the socket systemd-socket-activate passes and leaves the path alone")
     func socketActivation() async throws {
         let binary = try kvantdBinary()
