@@ -53,7 +53,9 @@ public actor Engine {
 
     // Figures.
     private var running = 0
-    private var waiters: [CheckedContinuation<Void, Never>] = []
+    /// Requests waiting for a sequence slot (`max_num_seqs`), in arrival order; resumed with true when
+    /// they got the slot, false when cancelled while waiting.
+    private var waiters: [(key: Int, continuation: CheckedContinuation<Bool, Never>)] = []
     /// Requests holding a slot but waiting for KV blocks (admission control), in arrival order.
     private var kvWaiters: [(key: Int, continuation: CheckedContinuation<Void, Never>)] = []
     private var nextWaiterKey = 0
@@ -220,12 +222,13 @@ public actor Engine {
                                  "generate: the prompt is \(prompt.count) tokens; max_model_len is \(maxModelLen)")
             }
             let budget = min(params.maxTokens, maxModelLen - prompt.count)
-            await acquireSlot()
-            defer { releaseSlot() }
+            // A request cancelled while it waits for a slot leaves the queue at once (finish_reason cancelled).
+            let acquired = await acquireSlot()
+            defer { if acquired { releaseSlot() } }
             let sampling = SamplingConfig(params)
             // Admission control: the KV blocks for prompt + budget are reserved up front; when they
             // are not free now, wait (in arrival order) until a running sequence releases its own.
-            let sequence = try await admit(model, prompt: prompt, budget: budget, sampling: sampling)
+            let sequence = acquired ? try await admit(model, prompt: prompt, budget: budget, sampling: sampling) : nil
             let started = DispatchTime.now().uptimeNanoseconds
             let outcome: Result<GenerateResult, Error>
             do {
@@ -499,12 +502,28 @@ public actor Engine {
         try await lane.run(body)
     }
 
-    private func acquireSlot() async {
+    /// Takes a sequence slot, waiting in arrival order while `max_num_seqs` run. Returns false (no slot
+    /// taken) when the calling task is cancelled before it got one.
+    private func acquireSlot() async -> Bool {
         if running < settings.maxNumSeqs {
             running += 1
-            return
+            return true
         }
-        await withCheckedContinuation { waiters.append($0) }
+        let key = nextWaiterKey
+        nextWaiterKey += 1
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+                if Task.isCancelled { continuation.resume(returning: false); return }
+                waiters.append((key, continuation))
+            }
+        } onCancel: {
+            Task { await self.cancelSlotWaiter(key) }
+        }
+    }
+
+    private func cancelSlotWaiter(_ key: Int) {
+        guard let index = waiters.firstIndex(where: { $0.key == key }) else { return }
+        waiters.remove(at: index).continuation.resume(returning: false)
     }
 
     private func releaseSlot() {
@@ -515,7 +534,7 @@ public actor Engine {
     private func resumeWaiter() {
         while running < settings.maxNumSeqs, !waiters.isEmpty {
             running += 1
-            waiters.removeFirst().resume()
+            waiters.removeFirst().continuation.resume(returning: true)
         }
     }
 

@@ -2,6 +2,7 @@ import ControlProtocol
 import Foundation
 import KvantCore
 import KvantDaemon
+import Logging
 import Testing
 
 /// Admission control: a generate reserves KV blocks for prompt + max_tokens up front; when they are
@@ -105,5 +106,32 @@ struct AdmissionTests {
         let longResult = try await long.value
         #expect(longResult.text == String(repeating: "l", count: 15))
         try await daemon.stop()
+    }
+}
+
+@Suite("Slot queue (max_num_seqs) and cancellation")
+struct SlotQueueTests {
+    @Test("a request waiting for a sequence slot that is cancelled replies at once with finish_reason cancelled")
+    func cancelWhileWaitingForSlot() async throws {
+        let dir = try makeTempDir("slot")
+        let model = dir + "/m.gguf"
+        FileManager.default.createFile(atPath: model, contents: Data("GGUF".utf8))
+        let engine = Engine(backend: FakeBackend(decodeDelay: 0.05),
+                            settings: .init(kvCacheBytes: 1 << 20, maxNumSeqs: 1), logger: Logger(label: "test"))
+        _ = try await engine.loadModel(path: model, kvCacheDType: nil, quantizationParamPath: nil, kvCacheBytes: nil, maxModelLen: nil)
+        // A: 100 echo tokens at 50 ms each holds the only slot for ~5 s.
+        let first = Task { try await engine.generate(GenerateParams(prompt: String(repeating: "a", count: 100), maxTokens: 100)) { _ in } }
+        while await engine.figures().requestsRunning < 1 { try await Task.sleep(for: .milliseconds(5)) }
+        let second = Task { try await engine.generate(GenerateParams(prompt: "b", maxTokens: 5)) { _ in } }
+        while await engine.figures().requestsWaiting < 1 { try await Task.sleep(for: .milliseconds(5)) }
+        second.cancel()
+        let cancelled = try await second.value
+        #expect(cancelled.finishReason == .cancelled && cancelled.completionTokens == 0)
+        // The queue is empty again and the first request is still generating: B did not wait for A's slot.
+        let figures = await engine.figures()
+        #expect(figures.requestsWaiting == 0 && figures.requestsRunning == 1)
+        first.cancel()
+        _ = try await first.value
+        try? FileManager.default.removeItem(atPath: dir)
     }
 }
