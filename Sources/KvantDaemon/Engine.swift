@@ -148,10 +148,13 @@ public actor Engine {
 
     /// Switches the KV-cache dtype of the loaded model while serving: running sequences finish on the
     /// pool they started on, new ones use the new pool (the backend keeps both until the old drains).
+    /// The new pool uses exactly the scale file given (none: the static dtypes run on 1.0 with their
+    /// warning), and that is what a later reload re-reads; a failed earlier reload no longer applies.
     public func setKVCacheDType(_ dtype: KVCacheDType, quantizationParamPath: String?) async throws -> ModelInfo {
         let model = try requireModel("set-kv-dtype")
         try await onLane { try model.setKVCacheDType(dtype, quantizationParamPath: quantizationParamPath) }
-        if quantizationParamPath != nil { lastScalesPath = quantizationParamPath }
+        lastScalesPath = quantizationParamPath
+        lastError = nil
         return model.info
     }
 
@@ -165,10 +168,9 @@ public actor Engine {
                              "reload-scales: kv_cache_dtype \(dtype.rawValue) uses no static scales (only int8_pertensor and int8_pertensor_perhead do); switch with set-kv-dtype first")
         }
         guard let path = path ?? lastScalesPath else {
-            let error = KvantError(.failedPrecondition,
-                                   "reload-scales: no scale file given and none loaded before (kv_cache_dtype \(model.info.kvCacheDType.rawValue))")
-            lastError = error.message
-            throw error
+            // The caller's mistake, like the dtype check above: the server itself is as healthy as before.
+            throw KvantError(.failedPrecondition,
+                             "reload-scales: no scale file given and none in use (kv_cache_dtype \(model.info.kvCacheDType.rawValue) runs on the default 1.0 scales); give a path")
         }
         do {
             let report = try await onLane { try model.installScales(path: path) }
@@ -467,11 +469,12 @@ public actor Engine {
     /// refused path): `health` turns `degraded` with it as `last_error` until the next success.
     public func recordFailure(_ message: String) { lastError = message }
 
-    /// True when the dtype in force uses static scales (what SIGHUP reloads: the last scale file).
-    /// After `set-kv-dtype` to fp16 or int8_pertoken a reload has nothing to do, even if a file was used before.
+    /// True when the dtype in force uses static scales from a file (what SIGHUP re-reads). With fp16 or
+    /// int8_pertoken, or a static dtype running on the default 1.0 (already warned about loudly), a reload
+    /// has nothing to re-read.
     public var hasScalesToReload: Bool {
         guard let model else { return false }
-        return model.info.kvCacheDType.usesStaticScales
+        return model.info.kvCacheDType.usesStaticScales && lastScalesPath != nil
     }
 
     /// True when the compute lane is idle or progressed within `window` nanoseconds (watchdog).

@@ -54,24 +54,43 @@ struct HealthConsistencyTests {
         try await daemon.stop()
     }
 
-    @Test("a SIGHUP reload that fails sets health degraded with last_error, like reload-scales over RPC")
+    @Test("a SIGHUP reload that fails sets health degraded with last_error; a later set-kv-dtype clears it")
     func hangupFailureDegrades() async throws {
         let logs = LogCapture()
         let daemon = try TestDaemon(tag: "hup", logs: logs)
         try await daemon.start()
-        // int8_pertensor without a scale file: a reload has no file to re-read.
-        _ = try await daemon.loadModel(kvCacheDType: .int8PerTensor)
         let socket = daemon.socketPath
+        let scales = try daemon.writeAllowed("scales.json", #"{"layers": 2, "scales": [0.1, 0.2]}"#)
+        _ = try await offPool {
+            try ControlClient(socketPath: socket, timeout: 20).call(
+                .loadModel, LoadModelParams(path: try daemon.writeAllowed("m.gguf", "GGUF"), kvCacheDType: .int8PerTensor,
+                                            quantizationParamPath: scales), as: LoadModelResult.self)
+        }
+        #expect(try await health(socket).status == "ok")
+        // The file in use gets broken; SIGHUP re-reads it and fails.
+        FileManager.default.createFile(atPath: scales, contents: Data(#"{"layers": 2}"#.utf8))
+        daemon.reloads.yield()
+        let h = try await waitForHealth(socket) { $0.status != "ok" }
+        #expect(h.status == "degraded")
+        #expect(h.lastError?.contains("missing non-empty array 'scales'") == true, "\(String(describing: h.lastError))")
+        #expect(logs.messages(atLeast: .error).contains { $0.contains("reload failed") })
+        // Switching the dtype (here without a file: static on 1.0) makes the failed file irrelevant: ok again,
+        // and a SIGHUP has nothing to re-read (it does not bring the old file back).
+        _ = try await offPool {
+            try ControlClient(socketPath: socket, timeout: 20).call(.setKVDType, SetKVDTypeParams(kvCacheDType: .int8PerTensor), as: ModelInfo.self)
+        }
         #expect(try await health(socket).status == "ok")
         daemon.reloads.yield()
-        var h = try await health(socket)
-        for _ in 0..<200 where h.status == "ok" {
-            try await Task.sleep(for: .milliseconds(10))
-            h = try await health(socket)
+        var noop = false
+        for _ in 0..<200 where !noop {
+            noop = logs.messages(atLeast: .notice).contains { $0.contains("kv_cache_dtype int8_pertensor uses no scale file, nothing to reload") }
+            if !noop { try await Task.sleep(for: .milliseconds(10)) }
         }
-        #expect(h.status == "degraded")
-        #expect(h.lastError?.contains("no scale file given") == true, "\(String(describing: h.lastError))")
-        #expect(logs.messages(atLeast: .error).contains { $0.contains("reload failed") })
+        #expect(noop)
+        #expect(try await health(socket).status == "ok")
+        let explicit = try await failing(socket, .reloadScales, ReloadScalesParams())
+        #expect(explicit?.reason == .failedPrecondition && explicit?.message.contains("give a path") == true)
+        #expect(try await health(socket).status == "ok")
         try await daemon.stop()
     }
 
