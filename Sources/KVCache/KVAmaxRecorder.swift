@@ -176,16 +176,8 @@ public final class KVAmaxRecorder: @unchecked Sendable {
         let ak = amax(layer: layer, head: head, ofKeys: true), av = amax(layer: layer, head: head, ofKeys: false)
         let top = max(ak, av)
         guard top > 0, top.isFinite else { return nil }
-        var best: (Double, Float, Double, Double)? = nil
-        for i in 0...(8 * 32) {
-            let c = top * Float(pow(2.0, -Double(i) / 32))
-            let ek = Self.quantizationError(hk, clip: c), ev = Self.quantizationError(hv, clip: c)
-            let obj = keyWeight * (ek.energy > 0 ? ek.mse / ek.energy : 0) + (ev.energy > 0 ? ev.mse / ev.energy : 0)
-            if best == nil || obj < best!.0 {
-                best = (obj, c, Self.saturated(hk, amax: ak, clip: c), Self.saturated(hv, amax: av, clip: c))
-            }
-        }
-        return best.map { (clip: $0.1, keySaturation: $0.2, valueSaturation: $0.3) }
+        let c = Self.gridOptimum(top: top) { keyWeight * Self.relativeError(hk, clip: $0) + Self.relativeError(hv, clip: $0) }
+        return (clip: c, keySaturation: Self.saturated(hk, amax: ak, clip: c), valueSaturation: Self.saturated(hv, amax: av, clip: c))
     }
 
     /// The clipping value that minimizes the expected int8 quantization error `mse / E[x²]` of K alone
@@ -196,14 +188,26 @@ public final class KVAmaxRecorder: @unchecked Sendable {
         guard let h = histogram(layer: layer, head: head, ofKeys: ofKeys) else { return nil }
         let top = amax(layer: layer, head: head, ofKeys: ofKeys)
         guard top > 0, top.isFinite else { return nil }
-        var best: (Double, Float)? = nil
+        let c = Self.gridOptimum(top: top) { Self.relativeError(h, clip: $0) }
+        return (clip: c, saturation: Self.saturated(h, amax: top, clip: c))
+    }
+
+    /// `mse / E[x²]` of int8 with clipping value `clip` over a histogram (0 for an empty one).
+    private static func relativeError(_ h: [Int64], clip: Float) -> Double {
+        let e = quantizationError(h, clip: clip)
+        return e.energy > 0 ? e.mse / e.energy : 0
+    }
+
+    /// The clipping value minimizing `objective` on the search grid of the MSE clips: 32 steps per octave
+    /// from `top` down to `top / 2^8` (the first of equal minima).
+    private static func gridOptimum(top: Float, objective: (Float) -> Double) -> Float {
+        var best: (obj: Double, clip: Float)? = nil
         for i in 0...(8 * 32) {
             let c = top * Float(pow(2.0, -Double(i) / 32))
-            let e = Self.quantizationError(h, clip: c)
-            let obj = e.energy > 0 ? e.mse / e.energy : 0
-            if best == nil || obj < best!.0 { best = (obj, c) }
+            let obj = objective(c)
+            if best == nil || obj < best!.obj { best = (obj, c) }
         }
-        return best.map { (clip: $0.1, saturation: Self.saturated(h, amax: top, clip: $0.1)) }
+        return best!.clip
     }
 
     /// Root mean square of the recorded K (`ofKeys`) or V values of a layer (one head or all), from

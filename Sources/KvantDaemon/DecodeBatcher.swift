@@ -11,6 +11,18 @@ import Foundation
 /// finds fewer of them registered than are active waits up to `gatherWindow` seconds for the rest
 /// (they are only passing their previous token to their client), so steps stay full instead of
 /// alternating between one sequence and the others.
+/// Indices `0..<count` grouped by `key` (nil: left out), groups in order of first appearance, indices
+/// ascending within a group.
+func orderedGroups<Key: Hashable>(count: Int, key: (Int) -> Key?) -> [[Int]] {
+    var groups: [Key: Int] = [:]
+    var out: [[Int]] = []
+    for i in 0..<count {
+        guard let k = key(i) else { continue }
+        if let g = groups[k] { out[g].append(i) } else { groups[k] = out.count; out.append([i]) }
+    }
+    return out
+}
+
 final class DecodeBatcher: @unchecked Sendable {
     /// Longest wait of a batch for active sequences that have not registered yet, seconds.
     let gatherWindow: TimeInterval
@@ -69,15 +81,7 @@ final class DecodeBatcher: @unchecked Sendable {
         pending = []
         scheduled = false
         lock.unlock()
-        var groups: [ObjectIdentifier: [Int]] = [:]
-        var order: [ObjectIdentifier] = []
-        for (i, p) in batch.enumerated() {
-            let key = ObjectIdentifier(p.model)
-            if groups[key] == nil { order.append(key) }
-            groups[key, default: []].append(i)
-        }
-        for key in order {
-            let idx = groups[key]!
+        for idx in orderedGroups(count: batch.count, key: { ObjectIdentifier(batch[$0].model) }) {
             let outcome = batch[idx[0]].model.decodeBatch(idx.map { batch[$0].sequence })
             precondition(outcome.results.count == idx.count, "decodeBatch returned \(outcome.results.count) results for \(idx.count) sequences")
             lock.lock(); batchCount += outcome.passes; rowCount += idx.count; lock.unlock()

@@ -337,16 +337,11 @@ extension ExecutorModel {
     func decodeBatch(_ sequences: [any GenerationSequence]) -> DecodeBatchOutcome {
         var results = [Result<GeneratedToken, Error>?](repeating: nil, count: sequences.count)
         var passes = 0
-        var groups: [ObjectIdentifier: [Int]] = [:]
-        var order: [ObjectIdentifier] = []
-        for (i, s) in sequences.enumerated() {
-            guard let e = s as? ExecutorSequence, e.owner === self, e.canDecode else { continue }
-            let key = ObjectIdentifier(e.pool)
-            if groups[key] == nil { order.append(key) }
-            groups[key, default: []].append(i)
+        let groups = orderedGroups(count: sequences.count) { i -> ObjectIdentifier? in
+            guard let e = sequences[i] as? ExecutorSequence, e.owner === self, e.canDecode else { return nil }
+            return ObjectIdentifier(e.pool)
         }
-        for key in order {
-            let all = groups[key]!
+        for all in groups {
             for start in stride(from: 0, to: all.count, by: session.maxBatch) {
                 let idx = Array(all[start..<min(all.count, start + session.maxBatch)])
                 guard idx.count > 1 else { continue }

@@ -81,11 +81,7 @@ struct HealthConsistencyTests {
         }
         #expect(try await health(socket).status == "ok")
         daemon.reloads.yield()
-        var noop = false
-        for _ in 0..<200 where !noop {
-            noop = logs.messages(atLeast: .notice).contains { $0.contains("kv_cache_dtype int8_pertensor uses no scale file, nothing to reload") }
-            if !noop { try await Task.sleep(for: .milliseconds(10)) }
-        }
+        let noop = try await waitForLog(logs, containing: "kv_cache_dtype int8_pertensor uses no scale file, nothing to reload")
         #expect(noop)
         #expect(try await health(socket).status == "ok")
         let explicit = try await failing(socket, .reloadScales, ReloadScalesParams())
@@ -100,14 +96,20 @@ struct HealthConsistencyTests {
         let daemon = try TestDaemon(tag: "hup0", logs: logs)
         try await daemon.start()
         daemon.reloads.yield()
-        var found = false
-        for _ in 0..<200 where !found {
-            found = logs.messages(atLeast: .notice).contains { $0.contains("no model loaded, nothing to reload") }
-            if !found { try await Task.sleep(for: .milliseconds(10)) }
-        }
+        let found = try await waitForLog(logs, containing: "no model loaded, nothing to reload")
         #expect(found)
         #expect(try await health(daemon.socketPath).status == "ok")
         try await daemon.stop()
+    }
+
+    /// Polls the captured log (notice and above) until a message contains `text` (reloads run asynchronously),
+    /// at most 2 s; true when one did.
+    func waitForLog(_ logs: LogCapture, containing text: String) async throws -> Bool {
+        for _ in 0..<200 {
+            if logs.messages(atLeast: .notice).contains(where: { $0.contains(text) }) { return true }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        return false
     }
 
     /// Polls `health` until `predicate` holds (reloads run asynchronously), at most 2 s.
@@ -136,11 +138,7 @@ struct HealthConsistencyTests {
             try ControlClient(socketPath: socket, timeout: 20).call(.setKVDType, SetKVDTypeParams(kvCacheDType: .fp16), as: ModelInfo.self)
         }
         daemon.reloads.yield()
-        var found = false
-        for _ in 0..<200 where !found {
-            found = logs.messages(atLeast: .notice).contains { $0.contains("kv_cache_dtype fp16 uses no scale file, nothing to reload") }
-            if !found { try await Task.sleep(for: .milliseconds(10)) }
-        }
+        let found = try await waitForLog(logs, containing: "kv_cache_dtype fp16 uses no scale file, nothing to reload")
         #expect(found, "\(logs.messages(atLeast: .notice))")
         #expect(try await health(socket).status == "ok")
         let explicit = try await failing(socket, .reloadScales, ReloadScalesParams(path: scales))
@@ -170,11 +168,7 @@ struct HealthConsistencyTests {
         #expect(h.lastError?.contains("missing non-empty array 'scales'") == true, "\(String(describing: h.lastError))")
         // Still broken: the reload says so and health stays degraded.
         daemon.reloads.yield()
-        var stillFails = false
-        for _ in 0..<200 where !stillFails {
-            stillFails = logs.messages(atLeast: .notice).contains { $0.contains("still fails to load") }
-            if !stillFails { try await Task.sleep(for: .milliseconds(10)) }
-        }
+        let stillFails = try await waitForLog(logs, containing: "still fails to load")
         #expect(stillFails)
         #expect(try await health(socket).status == "degraded")
         // Fixed: the next reload loads the configured model.
