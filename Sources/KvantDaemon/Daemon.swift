@@ -47,7 +47,7 @@ public final class Daemon: Sendable {
             configuration: .init(socketPath: configuration.socket, socketMode: configuration.socketMode,
                                  socketGroupID: groupID, listenFD: listenFD,
                                  shutdownTimeout: .milliseconds(Int64(configuration.shutdownTimeoutSeconds * 1000))),
-            handler: handler, logger: logger, onListening: { await supervisor.listening() })
+            handler: handler, logger: logger, onListening: { supervisor.listening() })
     }
 
     /// Returns once READY=1 was sent (socket bound with its final mode and owner, start-up model
@@ -79,10 +79,11 @@ final class StatusReporter: @unchecked Sendable {
 
     func refresh() async {
         let line = await engine.statusLine()
-        lock.lock()
-        let changed = line != lastStatus
-        lastStatus = line
-        lock.unlock()
+        let changed = lock.withLock { () -> Bool in
+            let changed = line != lastStatus
+            lastStatus = line
+            return changed
+        }
         if changed { notifier.status(line) }
     }
 
@@ -190,7 +191,7 @@ public final class DaemonSupervisor: Service, @unchecked Sendable {
                                            progress: { [status] in status.loadProgress($0) })
             startupLoadFailed = false
         } catch {
-            let error = Engine.kvantError(error)
+            let error = KvantError.normalized(error)
             logger.error("start-up model failed to load", metadata: ["model": "\(model)", "error": "\(error.message)"])
             await engine.recordFailure("start-up model failed: \(error.message)")
             startupLoadFailed = true
@@ -233,7 +234,7 @@ public final class DaemonSupervisor: Service, @unchecked Sendable {
                 message = "reloaded scales epoch \(report.epoch.map(String.init) ?? "?") sha256 \(report.sha256.prefix(12))"
                 logger.notice("\(message)")
             } catch {
-                let error = Engine.kvantError(error)
+                let error = KvantError.normalized(error)
                 failure = error.message
                 message = "reload failed, serving with previous scales: \(error.message)"
                 logger.error("reload failed", metadata: ["error": "\(error.message)"])

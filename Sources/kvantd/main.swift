@@ -2,13 +2,8 @@ import ArgumentParser
 import Foundation
 import KvantCore
 import KvantDaemon
+import KvantExecutorBackend
 import Logging
-
-/// The inference backend linked into this build. The lead replaces the body with the adapter over
-/// Executor/KVCache/Tokenizers; until then every model load fails with a clear `unavailable` error.
-func makeInferenceBackend() -> any InferenceBackend {
-    ExecutorBackend(logger: Logger(label: "kvant.executor"))
-}
 
 @main
 struct Kvantd: AsyncParsableCommand {
@@ -67,7 +62,7 @@ struct Kvantd: AsyncParsableCommand {
         let logger = Logger(label: "kvantd")
         do {
             let listenFD = try SocketActivation.listeningSocket()
-            let daemon = try Daemon(configuration: configuration, backend: makeInferenceBackend(),
+            let daemon = try Daemon(configuration: configuration, backend: ExecutorBackend(logger: Logger(label: "kvant.executor")),
                                     notifier: .fromEnvironment(), logger: logger, listenFD: listenFD)
             logger.info("starting", metadata: ["version": "\(kvantDaemonVersion)", "backend": "\(daemon.engine.backend.name)"])
             try await daemon.makeServiceGroup().run()
@@ -79,37 +74,9 @@ struct Kvantd: AsyncParsableCommand {
 
     private func resolveConfiguration() throws -> DaemonConfiguration {
         var configuration = try config.map { try DaemonConfiguration.load(path: $0) } ?? DaemonConfiguration()
-        if let model { configuration.model = model }
-        if let kvCacheDType {
-            do { configuration.kvCacheDType = try KVCacheDType(parsing: kvCacheDType) } catch let error as KvantError {
-                throw KvantError(.invalidArgument, "--kv-cache-dtype: \(error.message)")
-            }
-        }
-        if let quantizationParamPath { configuration.quantizationParamPath = quantizationParamPath }
-        if let blockSize {
-            guard (1...1024).contains(blockSize) else { throw KvantError(.invalidArgument, "--block-size \(blockSize) is out of range 1...1024") }
-            configuration.blockSize = blockSize
-        }
-        if let kvCacheBytes {
-            guard kvCacheBytes > 0 else { throw KvantError(.invalidArgument, "--kv-cache-bytes must be positive") }
-            configuration.kvCacheBytes = kvCacheBytes
-        }
-        if let maxModelLen {
-            guard maxModelLen > 0 else { throw KvantError(.invalidArgument, "--max-model-len must be positive") }
-            configuration.maxModelLen = maxModelLen
-        }
-        if let socket { configuration.socket = socket }
-        if let threads {
-            guard threads >= 0 else { throw KvantError(.invalidArgument, "--threads must be >= 0") }
-            configuration.threads = threads
-        }
-        if let logLevel {
-            guard let level = Logger.Level(rawValue: logLevel) else {
-                throw KvantError(.invalidArgument, "--log-level '\(logLevel)'; expected one of: \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
-            }
-            configuration.logLevel = level
-        }
-        if !allowedDirs.isEmpty { configuration.allowedDirs = allowedDirs }
+        try configuration.applyFlags(model: model, kvCacheDType: kvCacheDType, quantizationParamPath: quantizationParamPath,
+                                     blockSize: blockSize, kvCacheBytes: kvCacheBytes, maxModelLen: maxModelLen,
+                                     socket: socket, threads: threads, logLevel: logLevel, allowedDirs: allowedDirs)
         return configuration
     }
 }
