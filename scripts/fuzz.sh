@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# make fuzz: every libFuzzer harness for FUZZ_SECONDS (default 60) seconds; fails on a crash, leak,
+# make fuzz: every libFuzzer harness (linked with lld through fuzz/toolset.json: gold crashes on the
+# sanitizer objects) for FUZZ_SECONDS (default 60) seconds; fails on a crash, leak,
 # timeout or out-of-memory. See fuzz/README.md.
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -9,7 +10,7 @@ harnesses=${FUZZ_TARGETS:-"line-codec scale-file gguf tokenizer"}
 scratch=.build-fuzz
 echo "fuzz: building kvant-fuzz with -sanitize=fuzzer,address into $scratch"
 scripts/swiftw build -c release --product kvant-fuzz --scratch-path "$scratch" \
-    -Xswiftc -sanitize=fuzzer,address -Xswiftc -DKVANT_LIBFUZZER 2>&1 \
+    -Xswiftc -sanitize=fuzzer,address -Xswiftc -DKVANT_LIBFUZZER --toolset fuzz/toolset.json 2>&1 \
     | grep -vE '^\[[0-9]+/[0-9]+\] (Compiling|Emitting|Linking|Write|Planning|Wrapping)|ld.gold: warning: Cannot export local symbol' || true
 bin="$scratch/release/kvant-fuzz"
 [ -x "$bin" ] || { echo "fuzz: build failed"; exit 1; }

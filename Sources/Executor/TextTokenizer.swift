@@ -16,13 +16,13 @@ public enum TextTokenizer {
     /// - Throws: `KvantError(.notFound)` for a missing file, `.invalidArgument` for a file that is not
     ///   UTF-8 or larger than 64 MiB, `.permissionDenied` for one that cannot be read; each names the file.
     public static func readText(path: String) throws -> String {
-        guard let attrs = try? FileManager.default.attributesOfItem(atPath: path) else {
-            throw KvantError(.notFound, "text file '\(path)' not found")
-        }
-        let size = (attrs[.size] as? Int) ?? 0
-        guard size <= 64 << 20 else { throw KvantError(.invalidArgument, "text file '\(path)' is \(size) bytes; at most 64 MiB") }
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw KvantError(.permissionDenied, "text file '\(path)' cannot be read")
+        let data: Data
+        switch FileBytes.read(path, maxBytes: 64 << 20) {
+        case .bytes(let bytes): data = Data(bytes)
+        case .missing: throw KvantError(.notFound, "text file '\(path)' not found")
+        case .directory, .notRegular: throw KvantError(.invalidArgument, "text file '\(path)' is not a regular file")
+        case .tooLarge(let size): throw KvantError(.invalidArgument, "text file '\(path)' is \(size) bytes; at most 64 MiB")
+        case .failed(let reason): throw KvantError(.permissionDenied, "text file '\(path)' cannot be read: \(reason)")
         }
         guard let text = String(data: data, encoding: .utf8) else {
             throw KvantError(.invalidArgument, "text file '\(path)' is not valid UTF-8")

@@ -185,17 +185,13 @@ public struct KVScales: Sendable, Equatable {
     public static func load(path: String, expectedModelType: String?, numLayers: Int, numKVHeads: Int,
                             tpSize: Int? = nil) throws -> KVScales {
         let src = "scale file '\(path)'"
-        var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir), !isDir.boolValue else {
-            throw KvantError(.notFound, "\(src): no such file")
-        }
-        let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
-        guard size <= maxFileBytes else {
-            throw KvantError(.invalidArgument, "\(src): \(size) bytes; expected at most \(maxFileBytes)")
-        }
         let data: Data
-        do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
-            throw KvantError(.permissionDenied, "\(src): cannot be read (\(error.localizedDescription))")
+        switch FileBytes.read(path, maxBytes: maxFileBytes) {
+        case .bytes(let bytes): data = Data(bytes)
+        case .missing, .directory: throw KvantError(.notFound, "\(src): no such file")
+        case .notRegular: throw KvantError(.invalidArgument, "\(src): not a regular file (a FIFO, socket or device)")
+        case .tooLarge(let size): throw KvantError(.invalidArgument, "\(src): \(size) bytes; expected at most \(maxFileBytes)")
+        case .failed(let reason): throw KvantError(.permissionDenied, "\(src): cannot be read (\(reason))")
         }
         var s = try decode(data: data, source: src, expectedModelType: expectedModelType,
                            numLayers: numLayers, numKVHeads: numKVHeads, tpSize: tpSize)

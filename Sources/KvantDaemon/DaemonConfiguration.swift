@@ -54,11 +54,17 @@ public struct DaemonConfiguration: Sendable, Equatable {
     /// - Throws: `KvantError(.invalidArgument)` naming the file and the key for syntax errors,
     ///   unknown keys, wrong types and out-of-range values; `.notFound` for a missing file.
     public static func load(path: String) throws -> DaemonConfiguration {
-        guard FileManager.default.fileExists(atPath: path) else {
-            throw KvantError(.notFound, "configuration file \(path) does not exist")
-        }
-        guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {
-            throw KvantError(.invalidArgument, "configuration file \(path) is not readable UTF-8 text")
+        let text: String
+        switch FileBytes.read(path, maxBytes: 1 << 20) {
+        case .missing: throw KvantError(.notFound, "configuration file \(path) does not exist")
+        case .bytes(let bytes):
+            guard let decoded = String(validating: bytes, as: UTF8.self) else {
+                throw KvantError(.invalidArgument, "configuration file \(path) is not readable UTF-8 text")
+            }
+            text = decoded
+        case .tooLarge(let size): throw KvantError(.invalidArgument, "configuration file \(path) is \(size) bytes; at most 1 MiB")
+        case .directory, .notRegular: throw KvantError(.invalidArgument, "configuration file \(path) is not a regular file")
+        case .failed(let reason): throw KvantError(.invalidArgument, "configuration file \(path) is not readable UTF-8 text: \(reason)")
         }
         return try parse(toml: text, file: path)
     }

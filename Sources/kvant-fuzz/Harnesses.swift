@@ -81,12 +81,23 @@ enum Harness: String, CaseIterable {
 }
 
 #if KVANT_LIBFUZZER
+/// libFuzzer's entry point for a program with its own `main` (SwiftPM renames an executable's main to
+/// `<module>_main` and links that as `main`, so libFuzzer's own main is not used).
+@_silgen_name("LLVMFuzzerRunDriver")
+func LLVMFuzzerRunDriver(_ argc: UnsafeMutablePointer<CInt>,
+                         _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+                         _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt) -> CInt
+
 private let harness = Harness.selected
 
-@_cdecl("LLVMFuzzerTestOneInput")
-public func kvantFuzzTestOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
-    harness.run(Array(UnsafeBufferPointer(start: data, count: size)))
-    return 0
+@_cdecl("kvant_fuzz_main")
+func kvantFuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
+    var count = argc
+    var arguments = argv
+    return LLVMFuzzerRunDriver(&count, &arguments) { data, size in
+        harness.run(data.map { Array(UnsafeBufferPointer(start: $0, count: size)) } ?? [])
+        return 0
+    }
 }
 #else
 /// Replay: `kvant-fuzz NAME FILE_OR_DIR...` runs every file through the harness NAME.

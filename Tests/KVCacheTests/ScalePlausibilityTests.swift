@@ -46,6 +46,19 @@ struct ScalePlausibilityTests {
         #expect(!s.warnings.contains { $0.contains("v_scaling_factor") })
     }
 
+    @Test("issue 11: a FIFO given as scale file is refused at once (never opened for a blocking read)")
+    func fifoRefused() {
+        let path = tempDir() + "/fifo.json"
+        #expect(mkfifo(path, 0o600) == 0)
+        do {
+            _ = try KVScales.load(path: path, expectedModelType: "gemma3", numLayers: 3, numKVHeads: 1)
+            Issue.record("a FIFO was accepted")
+        } catch let e as KvantError {
+            #expect(e.reason == .invalidArgument)
+            #expect(e.message == "scale file '\(path)': not a regular file (a FIFO, socket or device)")
+        } catch { Issue.record("unexpected error \(error)") }
+    }
+
     @Test("a pool larger than the memory available is refused before anything is allocated")
     func poolOverMemoryRefused() {
         let spec = KVCacheSpec(numLayers: 2, numKVHeads: 1, headDim: 64, dtype: .fp16)
