@@ -9,7 +9,7 @@ MODEL ?= $(CURDIR)/models/gemma-3-270m-q4_k_m.gguf
 THREADS ?= 2
 PREFIX ?= /usr/local
 
-.PHONY: all setup model build demo test test-unit test-systemd bench bench-accuracy fuzz oracles install uninstall clean
+.PHONY: all setup model build demo test test-unit test-systemd bench bench-accuracy fuzz soak oracles install uninstall clean
 
 all: build
 
@@ -38,6 +38,11 @@ test-systemd: build
 # libFuzzer harnesses of every parser of untrusted input, FUZZ_SECONDS (default 60) each; see fuzz/README.md.
 fuzz:
 	scripts/fuzz.sh
+
+# kvantd under concurrent socket (and HTTP) clients, reload storms, dtype switches, disconnects, then
+# SIGTERM: sent / completed / errored / lost, peak RSS, blocks in use (SOAK_SECONDS, default 120).
+soak: setup build
+	python3 scripts/soak.py
 
 # Speed side by side with llama.cpp (llama-cpp-python, same model, same threads).
 bench: setup build
