@@ -22,7 +22,7 @@ struct Token {
         case .variableEnd: return "end of print statement"
         case .blockBegin: return "begin of statement block"
         case .blockEnd: return "end of statement block"
-        case .name: return text
+        case .name: return ChatTemplateError.snippet(text)
         case .string: return "string"
         case .integer: return "integer"
         case .float: return "float"

@@ -263,7 +263,7 @@ enum Methods {
             case "index":
                 let x = try a.required(0, "value")
                 guard let i = xs.firstIndex(where: { Value.pyEqual($0, x) }) else {
-                    throw RenderError.value("\(x.repr()) is not in list")
+                    throw RenderError.value("\(ChatTemplateError.snippet(x.repr())) is not in list")
                 }
                 return .int(i)
             default: break
@@ -283,7 +283,7 @@ enum Methods {
             }
         default: break
         }
-        throw RenderError.type("'\(recv.typeName)' object has no method '\(name)'")
+        throw RenderError.type("'\(recv.typeName)' object has no method '\(ChatTemplateError.snippet(name))'")
     }
 
     private static func scalars(_ v: Value, _ what: String) throws -> [Unicode.Scalar] {

@@ -117,7 +117,7 @@ struct Parser {
     }
 
     private func unknownTag(_ name: String, _ offset: Int) -> TemplateSyntaxError {
-        var msg = "Encountered unknown tag '\(name)'."
+        var msg = "Encountered unknown tag '\(ChatTemplateError.snippet(name))'."
         if let expected = endTokenStack.last {
             msg += " Jinja was looking for the following tags: "
                 + expected.map { "'\($0)'" }.joined(separator: " or ") + "."
@@ -126,9 +126,9 @@ struct Parser {
         return fail(msg, offset)
     }
 
-    private func eofError() -> TemplateSyntaxError {
+    private func eofError(_ expectedTags: [String]?) -> TemplateSyntaxError {
         var msg = "Unexpected end of template."
-        if let expected = endTokenStack.last {
+        if let expected = expectedTags ?? endTokenStack.last {
             msg += " Jinja was looking for the following tags: "
                 + expected.map { "'\($0)'" }.joined(separator: " or ") + "."
             if let tag = tagStack.last { msg += " The innermost block that needs to be closed is '\(tag)'." }
@@ -140,7 +140,7 @@ struct Parser {
         _ = skipOp(":")
         _ = try expect(.blockEnd, "end of statement block")
         let result = try subparse(endTokens)
-        if current.kind == .eof { throw eofError() }
+        if current.kind == .eof { throw eofError(endTokens) }
         if dropNeedle { _ = advance() }
         return result
     }
@@ -229,7 +229,7 @@ struct Parser {
         if skipOp("=") {
             return Stmt(.set(target, try parseTuple()), start)
         }
-        let filters = try parseFilterChain(startInline: false)
+        let filters = try parseFilterChain(startInline: false).map { ($0.0, $0.1) }
         let body = try parseStatements(["endset"], dropNeedle: true)
         return Stmt(.setBlock(target, filters, body), start)
     }
@@ -305,7 +305,7 @@ struct Parser {
 
     private mutating func parseFilterBlock() throws -> Stmt {
         let start = advance().offset
-        let filters = try parseFilterChain(startInline: true)
+        let filters = try parseFilterChain(startInline: true).map { ($0.0, $0.1) }
         let body = try parseStatements(["endfilter"], dropNeedle: true)
         return Stmt(.filterBlock(filters, body), start)
     }
@@ -572,7 +572,7 @@ struct Parser {
         while true {
             if isOp(current, "|") {
                 let filters = try parseFilterChain(startInline: false)
-                for (name, args) in filters { node = Expr(.filter(node, name, args), node.offset) }
+                for (name, args, offset) in filters { node = Expr(.filter(node, name, args), offset) }
             } else if isName(current, "is") {
                 node = try parseTest(node)
             } else if isOp(current, "(") {
@@ -666,12 +666,11 @@ struct Parser {
     }
 
     private mutating func parseCall(_ node: Expr) throws -> Expr {
-        let start = current.offset
-        return Expr(.call(node, try parseCallArgs()), start)
+        Expr(.call(node, try parseCallArgs()), node.offset)
     }
 
-    private mutating func parseFilterChain(startInline: Bool) throws -> [(String, CallArgs)] {
-        var out: [(String, CallArgs)] = []
+    private mutating func parseFilterChain(startInline: Bool) throws -> [(String, CallArgs, Int)] {
+        var out: [(String, CallArgs, Int)] = []
         var inline = startInline
         while isOp(current, "|") || inline {
             if !inline { _ = advance() }
@@ -682,9 +681,9 @@ struct Parser {
                 _ = advance()
                 name += "." + (try expect(.name, "name").text)
             }
-            guard Filters.known.contains(name) else { throw fail("No filter named '\(name)'.", nameTok.offset) }
+            guard Filters.known.contains(name) else { throw fail("No filter named '\(ChatTemplateError.snippet(name))'.", nameTok.offset) }
             let args = isOp(current, "(") ? try parseCallArgs() : CallArgs()
-            out.append((name, args))
+            out.append((name, args, nameTok.offset))
         }
         return out
     }
@@ -698,7 +697,7 @@ struct Parser {
             _ = advance()
             name += "." + (try expect(.name, "name").text)
         }
-        guard Tests.known.contains(name) else { throw fail("No test named '\(name)'.", nameTok.offset) }
+        guard Tests.known.contains(name) else { throw fail("No test named '\(ChatTemplateError.snippet(name))'.", nameTok.offset) }
         var args = CallArgs()
         if isOp(current, "(") {
             args = try parseCallArgs()

@@ -12,13 +12,15 @@ struct UndefinedInfo {
     }
     var reason: Reason
 
+    /// Names and keys come from the template or its data: capped and escaped.
     var message: String {
+        func c(_ s: String) -> String { ChatTemplateError.snippet(s) }
         switch reason {
-        case .name(let n): return "'\(n)' is undefined"
-        case .attribute(let t, let a): return "'\(t) object' has no attribute '\(a)'"
-        case .element(let t, let e): return "\(t) object has no element \(e)"
+        case .name(let n): return "'\(c(n))' is undefined"
+        case .attribute(let t, let a): return "'\(t) object' has no attribute '\(c(a))'"
+        case .element(let t, let e): return "\(t) object has no element \(c(e))"
         case .hint(let h): return h
-        case .unsafe(let t, let a): return "access to attribute '\(a)' of '\(t)' object is unsafe."
+        case .unsafe(let t, let a): return "access to attribute '\(c(a))' of '\(t)' object is unsafe."
         }
     }
     var isSecurity: Bool { if case .unsafe = reason { return true } else { return false } }

@@ -89,6 +89,8 @@ TEMPLATES = {
                                  "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B"),
     "granite-3.3": ("<|end_of_text|>", "<|end_of_text|>", "ibm-granite/granite-3.3-2b-instruct"),
     "smollm3": (None, "<|im_end|>", "HuggingFaceTB/SmolLM3-3B (Unsloth edit, as llama.cpp ships it)"),
+    "chatml-default": ("<|im_start|>", "<|im_end|>",
+                       "Kvant's fallback for models without a template (ChatTemplate.chatML): ChatML, text parts joined"),
     "hermes-3-tool-use": ("<|begin_of_text|>", "<|im_end|>", "NousResearch/Hermes-3-Llama-3.1-8B, tool_use"),
 }
 
