@@ -66,15 +66,19 @@ enum PyFormat {
     static func strip(_ s: String, chars: String?, left: Bool, right: Bool) -> String {
         let set: Set<UInt32>? = chars.map { Set($0.unicodeScalars.map { $0.value }) }
         func drop(_ c: Unicode.Scalar) -> Bool { set.map { $0.contains(c.value) } ?? isSpace(c) }
-        let scalars = Array(s.unicodeScalars)
-        var lo = 0
-        var hi = scalars.count
-        if left { while lo < hi, drop(scalars[lo]) { lo += 1 } }
-        if right { while hi > lo, drop(scalars[hi - 1]) { hi -= 1 } }
-        if lo == 0 && hi == scalars.count { return s }
-        var v = String.UnicodeScalarView()
-        v.append(contentsOf: scalars[lo..<hi])
-        return String(v)
+        let v = s.unicodeScalars
+        var lo = v.startIndex
+        var hi = v.endIndex
+        if left { while lo < hi, drop(v[lo]) { lo = v.index(after: lo) } }
+        if right {
+            while hi > lo {
+                let p = v.index(before: hi)
+                guard drop(v[p]) else { break }
+                hi = p
+            }
+        }
+        if lo == v.startIndex && hi == v.endIndex { return s }
+        return String(v[lo..<hi])
     }
 
     static func fromScalars<S: Sequence>(_ s: S) -> String where S.Element == Unicode.Scalar {
