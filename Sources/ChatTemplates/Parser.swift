@@ -443,11 +443,10 @@ struct Parser {
     }
 
     private mutating func parseMath1() throws -> Expr {
-        let start = current.offset
         var left = try parseConcat()
         while current.kind == .op, current.text == "+" || current.text == "-" {
-            let op = advance().text
-            left = Expr(.binary(op, left, try parseConcat()), start)
+            let op = advance()
+            left = Expr(.binary(op.text, left, try parseConcat()), op.offset)
         }
         return left
     }
@@ -460,19 +459,20 @@ struct Parser {
     }
 
     private mutating func parseMath2() throws -> Expr {
-        let start = current.offset
         var left = try parsePow()
         while current.kind == .op, ["*", "/", "//", "%"].contains(current.text) {
-            let op = advance().text
-            left = Expr(.binary(op, left, try parsePow()), start)
+            let op = advance()
+            left = Expr(.binary(op.text, left, try parsePow()), op.offset)
         }
         return left
     }
 
     private mutating func parsePow() throws -> Expr {
-        let start = current.offset
         var left = try parseUnary()
-        while skipOp("**") { left = Expr(.binary("**", left, try parseUnary()), start) }
+        while isOp(current, "**") {
+            let op = advance()
+            left = Expr(.binary("**", left, try parseUnary()), op.offset)
+        }
         return left
     }
 

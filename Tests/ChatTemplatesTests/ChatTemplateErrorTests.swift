@@ -68,12 +68,13 @@ import Testing
         #expect(undefinedAttr.kind == .undefined)
         #expect(undefinedAttr.message == "'nope' is undefined")
         #expect(undefinedAttr.construct == "attribute '.attr'")
-        #expect(undefinedAttr.line == 2)
+        #expect(undefinedAttr.description == "chat template line 2, column 8 (attribute '.attr'): undefined error: 'nope' is undefined")
 
         let concat = try #require(renderError("{{ 'a' + messages }}", ["messages": [1]]))
         #expect(concat.kind == .runtime)
         #expect(concat.message == "can only concatenate str (not \"list\") to str")
         #expect(concat.construct == "operator '+'")
+        #expect(concat.description == "chat template line 1, column 8 (operator '+'): runtime error: can only concatenate str (not \"list\") to str")
 
         let unsafe = try #require(renderError("{% set xs = [] %}{{ xs.append(1) }}"))
         #expect(unsafe.kind == .security)
