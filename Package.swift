@@ -33,6 +33,8 @@ let package = Package(
         .target(name: "Executor",
                 dependencies: ["KvantCore", "Kernels", "CKernels", "ModelFormats", "Tokenizers", "KVCache"],
                 swiftSettings: kernelSwiftFlags),
+        // Chat templates: a Jinja2 subset rendering as transformers' apply_chat_template does.
+        .target(name: "ChatTemplates"),
         // Wire types only: the client links this and never the engine.
         .target(name: "ControlProtocol", dependencies: ["KvantCore"]),
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd",
@@ -84,6 +86,7 @@ let package = Package(
         .testTarget(name: "KVCacheTests", dependencies: ["KVCache", "Kernels", "KvantCore", "KvantTestSupport"]),
         .testTarget(name: "ExecutorTests", dependencies: ["Executor", "KVCache", "ModelFormats", "Tokenizers", "KvantCore", "KvantTestSupport"], exclude: ["Fixtures"]),
         .testTarget(name: "ControlProtocolTests", dependencies: ["ControlProtocol", "KvantCore"]),
+        .testTarget(name: "ChatTemplatesTests", dependencies: ["ChatTemplates"], exclude: ["Fixtures"]),
         .testTarget(name: "KvantDaemonTests", dependencies: [
             "KvantDaemon", "ControlProtocol", "KvantCore", "KvantTestSupport",
             .product(name: "Logging", package: "swift-log"),
