@@ -208,6 +208,21 @@ public actor Engine {
         return try await onLane { try model.tokenize(text) }
     }
 
+    /// Token ids of `text`, with or without the model's BOS/EOS (chat prompts whose template writes them).
+    public func tokenize(_ text: String, addSpecialTokens: Bool) async throws -> [Int] {
+        let model = try requireModel("tokenize")
+        return try await onLane { try model.tokenize(text, addSpecialTokens: addSpecialTokens) }
+    }
+
+    /// The text of token ids. - Throws: `.invalidArgument` for an id outside the vocabulary.
+    public func detokenize(_ tokens: [Int]) async throws -> String {
+        let model = try requireModel("detokenize")
+        return try await onLane { try model.detokenize(tokens) }
+    }
+
+    /// The loaded model's chat template and BOS/EOS texts; nil without a model.
+    public var chatTemplate: ChatTemplateSource? { model?.chatTemplate }
+
     /// Generates for `params` (validated here); `onToken` is called for every output token in order
     /// (not for the end-of-sequence token) and may be used to stream. Cancellation of the calling
     /// task ends the generation with `finish_reason: cancelled`.
@@ -217,7 +232,8 @@ public actor Engine {
         let model = try requireModel("generate")
         let queued = DispatchTime.now().uptimeNanoseconds
         do {
-            let prompt = try await onLane { try model.tokenize(params.prompt) }
+            let prompt: [Int]
+            if let ids = params.promptTokenIDs { prompt = ids } else { prompt = try await onLane { try model.tokenize(params.prompt) } }
             let maxModelLen = model.info.maxModelLen
             guard prompt.count < maxModelLen else {
                 throw KvantError(.invalidArgument,
@@ -329,6 +345,7 @@ public actor Engine {
         var stopReason: String?
         var decodedCount = 0
         var prefilled = false
+        var promptLogprobs: [TokenLogprobs?]?
         let prefillEnd: UInt64
         if Task.isCancelled || sequence == nil {   // cancelled while it waited for a slot or KV blocks
             prefillEnd = DispatchTime.now().uptimeNanoseconds
@@ -338,6 +355,7 @@ public actor Engine {
             var next = try await onLane { try sequence.prefill() }
             prefillEnd = DispatchTime.now().uptimeNanoseconds
             prefilled = true
+            promptLogprobs = sequence.promptLogprobs
             batcher.enter()
             defer { batcher.leave() }
             promptTokens += prompt.count
@@ -370,13 +388,15 @@ public actor Engine {
         served += 1
         let prefillMs = Double(prefillEnd - started) / 1e6
         let decodeMs = Double(end - prefillEnd) / 1e6
-        return GenerateResult(
+        var result = GenerateResult(
             text: text, tokens: tokens, promptTokens: prompt.count, completionTokens: tokens.count,
             finishReason: finish, stopReason: stopReason,
             timings: GenerateTimings(
                 queueMs: Double(started - queued) / 1e6, prefillMs: prefillMs, decodeMs: decodeMs,
                 prefillTokensPerSecond: prefilled && prefillMs > 0 ? Double(prompt.count) / (prefillMs / 1000) : 0,
                 decodeTokensPerSecond: decodeMs > 0 ? Double(decodedCount) / (decodeMs / 1000) : 0))
+        result.promptLogprobs = promptLogprobs
+        return result
     }
 
     /// Perplexity of a text file; progress via `onProgress(done, total)`; cancellable.

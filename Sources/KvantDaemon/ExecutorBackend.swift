@@ -163,6 +163,30 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
         tokenizer.encode(text, addSpecial: true).map(Int.init)
     }
 
+    func tokenize(_ text: String, addSpecialTokens: Bool) throws -> [Int] {
+        tokenizer.encode(text, addSpecial: addSpecialTokens).map(Int.init)
+    }
+
+    func detokenize(_ tokens: [Int]) throws -> String {
+        let vocab = model.config.vocabSize
+        if let (index, bad) = tokens.enumerated().first(where: { $0.element < 0 || $0.element >= vocab }) {
+            throw KvantError(.invalidArgument, "token id \(bad) at index \(index) is outside the vocabulary (0..<\(vocab))")
+        }
+        return tokenizer.decode(tokens.map { Int32($0) })
+    }
+
+    var chatTemplate: ChatTemplateSource {
+        func text(_ id: Int32?) -> String { id.map { tokenizer.decode([$0], renderSpecial: true) } ?? "" }
+        return ChatTemplateSource(template: try? model.file.string("tokenizer.chat_template"),
+                                  bosToken: text(tokenizer.bos), eosToken: text(tokenizer.eos))
+    }
+
+    /// A token's own text and bytes, for logprobs.
+    func logprobEntry(_ id: Int32, _ logprob: Double) -> TokenLogprob {
+        let bytes = tokenizer.bytes(for: id, renderSpecial: true)
+        return TokenLogprob(token: Int(id), text: String(decoding: bytes, as: UTF8.self), bytes: bytes, logprob: logprob)
+    }
+
     func makeSequence(prompt: [Int], maxTokens: Int, sampling: SamplingConfig) throws -> any GenerationSequence {
         guard !prompt.isEmpty else { throw KvantError(.invalidArgument, "generate: the prompt has no tokens") }
         guard prompt.count < maxModelLen else {
@@ -175,7 +199,9 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
         }
         let sampler = try Sampler(SamplingParameters(
             temperature: Float(sampling.temperature), topK: max(0, sampling.topK), topP: Float(sampling.topP),
-            minP: Float(sampling.minP), repetitionPenalty: Float(sampling.repetitionPenalty), seed: sampling.seed))
+            minP: Float(sampling.minP), repetitionPenalty: Float(sampling.repetitionPenalty), seed: sampling.seed,
+            presencePenalty: Float(sampling.presencePenalty), frequencyPenalty: Float(sampling.frequencyPenalty),
+            suppressedTokens: sampling.ignoreEOS ? tokenizer.endOfGenerationTokens.sorted() : []))
         let (pool, dtype, _) = current()
         // Admission control: reserve the whole sequence (prompt + max_tokens, capped at max_model_len)
         // now, so a running sequence never meets a full cache mid-decode.
@@ -197,7 +223,8 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
             throw KvantError(.resourceExhausted,
                              "\(what), more than the whole KV cache: \(capacity); lower max_tokens or raise kv_cache_bytes")
         }
-        return ExecutorSequence(owner: self, pool: pool, sequence: seq, prompt: prompt.map { Int32($0) }, sampler: sampler)
+        return ExecutorSequence(owner: self, pool: pool, sequence: seq, prompt: prompt.map { Int32($0) }, sampler: sampler,
+                                logprobs: sampling.logprobs, promptLogprobs: sampling.promptLogprobs)
     }
 
     func kvCacheStats() -> any Encodable & Sendable {
@@ -349,7 +376,7 @@ extension ExecutorModel {
                 var next = [Int32](repeating: 0, count: rows.count)
                 do {
                     try session.decode(rows.map(\.decodeItem), pool: rows[0].pool) { r, logits in
-                        next[r] = rows[r].sampler.sample(logits: logits, history: rows[r].history)
+                        next[r] = rows[r].sample(logits)
                     }
                 } catch {
                     logger.warning("batched decode failed; decoding the sequences one by one", metadata: ["error": "\(error)"])
@@ -375,22 +402,61 @@ final class ExecutorSequence: GenerationSequence {
     var history: [Int32]
     var decoder: StreamingDecoder
     var released = false
+    /// Alternatives per generated token's logprob; nil = no logprobs.
+    let logprobs: Int?
+    /// Alternatives per prompt token's logprob; nil = none.
+    let promptLogprobCount: Int?
+    /// Logprobs of the token sampled last, attached by `accept`.
+    private var pendingLogprobs: TokenLogprobs?
+    private(set) var promptLogprobs: [TokenLogprobs?]?
 
-    init(owner: ExecutorModel, pool: KVCachePool, sequence: SequenceID, prompt: [Int32], sampler: Sampler) {
+    init(owner: ExecutorModel, pool: KVCachePool, sequence: SequenceID, prompt: [Int32], sampler: Sampler,
+         logprobs: Int? = nil, promptLogprobs: Int? = nil) {
         self.owner = owner
         self.pool = pool
         self.sequence = sequence
         self.prompt = prompt
         self.sampler = sampler
+        self.logprobs = logprobs
+        self.promptLogprobCount = promptLogprobs
         history = prompt
         decoder = owner.tokenizer.makeStreamingDecoder()
+    }
+
+    /// Samples the next token from this row's logits (penalties count the output after the prompt) and
+    /// keeps its logprobs for `accept` when they were asked for.
+    func sample(_ logits: UnsafeBufferPointer<Float>) -> Int32 {
+        let next = sampler.sample(logits: logits, history: history, outputStart: prompt.count)
+        if let logprobs { pendingLogprobs = entry(logits, chosen: next, top: logprobs) }
+        return next
+    }
+
+    private func entry(_ logits: UnsafeBufferPointer<Float>, chosen: Int32, top: Int) -> TokenLogprobs {
+        let lp = Sampler.logprobs(logits: logits, chosen: chosen, top: top)
+        return TokenLogprobs(chosen: owner.logprobEntry(chosen, lp.chosen),
+                             top: lp.top.map { owner.logprobEntry($0.token, $0.logprob) })
     }
 
     private func step(tokens: [Int32], start: Int) throws -> GeneratedToken {
         var next: Int32 = 0
         try owner.session.forward(tokens: tokens, startPosition: start, sequence: sequence, pool: pool, logits: .last) { _, logits in
-            next = sampler.sample(logits: logits, history: history)
+            next = sample(logits)
         }
+        return accept(next)
+    }
+
+    /// Prefill with the logits of every prompt position: each row scores the next prompt token, the last samples.
+    private func prefillScoringPrompt(top: Int) throws -> GeneratedToken {
+        var next: Int32 = 0
+        var scored: [TokenLogprobs?] = [nil]
+        try owner.session.forward(tokens: prompt, startPosition: 0, sequence: sequence, pool: pool, logits: .all) { i, logits in
+            if i + 1 < prompt.count {
+                scored.append(entry(logits, chosen: prompt[i + 1], top: top))
+            } else {
+                next = sample(logits)
+            }
+        }
+        promptLogprobs = scored
         return accept(next)
     }
 
@@ -403,14 +469,17 @@ final class ExecutorSequence: GenerationSequence {
     /// Appends a sampled token and turns it into text (streaming UTF-8) or the end of the sequence.
     func accept(_ next: Int32) -> GeneratedToken {
         history.append(next)
+        let logprobs = pendingLogprobs
+        pendingLogprobs = nil
         if owner.tokenizer.isEndOfGeneration(next) {
-            return GeneratedToken(token: Int(next), text: decoder.finish(), isEndOfSequence: true)
+            return GeneratedToken(token: Int(next), text: decoder.finish(), isEndOfSequence: true, logprobs: logprobs)
         }
-        return GeneratedToken(token: Int(next), text: decoder.append(next), isEndOfSequence: false)
+        return GeneratedToken(token: Int(next), text: decoder.append(next), isEndOfSequence: false, logprobs: logprobs)
     }
 
     func prefill() throws -> GeneratedToken {
-        try step(tokens: prompt, start: 0)
+        if let top = promptLogprobCount { return try prefillScoringPrompt(top: top) }
+        return try step(tokens: prompt, start: 0)
     }
 
     func decode() throws -> GeneratedToken {
