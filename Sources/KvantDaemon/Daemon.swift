@@ -1,4 +1,5 @@
 import ControlProtocol
+import CoreMetrics
 import Dispatch
 import Foundation
 import KvantCore
@@ -22,15 +23,19 @@ public final class Daemon: Sendable {
     /// - Parameters:
     ///   - listenFD: a socket passed by systemd (`SocketActivation.listeningSocket()`), or nil to bind `configuration.socket`.
     ///   - reloadRequests: reload triggers; nil = SIGHUP.
+    ///   - metricsFactory: where the engine's counters and histograms go (`EngineCounters`); kvantd passes
+    ///     the Prometheus factory whose registry `GET /metrics` exposes.
     /// - Throws: `KvantError(.invalidArgument)` for a missing allowed dir or an unknown `socket_group`.
     public init(configuration: DaemonConfiguration, backend: any InferenceBackend, notifier: SystemdNotifier,
-                logger: Logger, listenFD: Int32? = nil, reloadRequests: AsyncStream<Void>? = nil) throws {
+                logger: Logger, listenFD: Int32? = nil, reloadRequests: AsyncStream<Void>? = nil,
+                metricsFactory: any MetricsFactory = NOOPMetricsHandler.instance) throws {
         self.configuration = configuration
         self.notifier = notifier
         self.logger = logger
         let groupID = try configuration.socketGroup.map { try AccessPolicy.groupID(named: $0) }
         let paths = try PathPolicy(allowedDirs: configuration.allowedDirs)
-        let engine = Engine(backend: backend, settings: configuration.engineSettings, logger: logger)
+        let engine = Engine(backend: backend, settings: configuration.engineSettings, logger: logger,
+                            counters: EngineCounters(factory: metricsFactory))
         self.engine = engine
         let statusReporter = StatusReporter(engine: engine, notifier: notifier)
         let startupFinished = OneShotEvent()

@@ -41,6 +41,8 @@ public actor Engine {
 
     public nonisolated let backend: any InferenceBackend
     public nonisolated let settings: Settings
+    /// Request and token totals and latency histograms, shared by `stats` and `/metrics`.
+    public nonisolated let counters: EngineCounters
     private let logger: Logger
     private let lane = ComputeLane(label: "kvant.engine.compute")
     private nonisolated let batcher = DecodeBatcher()
@@ -67,17 +69,17 @@ public actor Engine {
     private var releaseCount = 0
     private var served = 0
     private var failed = 0
-    private var promptTokens = 0
-    private var generatedTokens = 0
     private var prefillNanos: UInt64 = 0
     private var decodeNanos: UInt64 = 0
     private var decodeTokens = 0
     private var connections = 0
 
-    public init(backend: any InferenceBackend, settings: Settings = Settings(), logger: Logger = Logger(label: "kvant.engine")) {
+    public init(backend: any InferenceBackend, settings: Settings = Settings(), logger: Logger = Logger(label: "kvant.engine"),
+                counters: EngineCounters = EngineCounters()) {
         self.backend = backend
         self.settings = settings
         self.logger = logger
+        self.counters = counters
     }
 
     // MARK: Model lifecycle
@@ -358,8 +360,9 @@ public actor Engine {
             promptLogprobs = sequence.promptLogprobs
             batcher.enter()
             defer { batcher.leave() }
-            promptTokens += prompt.count
+            counters.promptProcessed(prompt.count)
             prefillNanos += prefillEnd - started
+            var previousToken: UInt64?
             loop: while true {
                 if next.isEndOfSequence {
                     finish = .stop
@@ -368,7 +371,10 @@ public actor Engine {
                 }
                 tokens.append(next.token)
                 text += next.text
-                generatedTokens += 1
+                let now = DispatchTime.now().uptimeNanoseconds
+                counters.tokenGenerated(sinceArrival: previousToken == nil ? now - queued : nil,
+                                        sincePrevious: previousToken.map { now - $0 })
+                previousToken = now
                 await onToken(next)
                 if let match = Engine.firstStop(in: text, stops: params.stop) {
                     text = String(text[..<match.range.lowerBound])
@@ -386,6 +392,8 @@ public actor Engine {
         decodeNanos += end - prefillEnd
         decodeTokens += decodedCount
         served += 1
+        counters.requestFinished(finish, promptTokens: prefilled ? prompt.count : 0, generationTokens: tokens.count,
+                                 latencyNanoseconds: end - queued)
         let prefillMs = Double(prefillEnd - started) / 1e6
         let decodeMs = Double(end - prefillEnd) / 1e6
         var result = GenerateResult(
@@ -447,11 +455,12 @@ public actor Engine {
     public var uptimeSeconds: Double { Double(DispatchTime.now().uptimeNanoseconds - startTime) / 1e9 }
 
     public func figures() -> EngineFigures {
-        EngineFigures(
+        let totals = counters.snapshot()
+        return EngineFigures(
             requestsServed: served, requestsRunning: running - kvWaiters.count,
             requestsWaiting: waiters.count + kvWaiters.count, requestsFailed: failed,
-            promptTokens: promptTokens, generatedTokens: generatedTokens,
-            prefillTokensPerSecond: prefillNanos > 0 ? Double(promptTokens) / (Double(prefillNanos) / 1e9) : 0,
+            promptTokens: totals.promptTokens, generatedTokens: totals.generationTokens,
+            prefillTokensPerSecond: prefillNanos > 0 ? Double(totals.promptTokens) / (Double(prefillNanos) / 1e9) : 0,
             decodeTokensPerSecond: decodeNanos > 0 ? Double(decodeTokens) / (Double(decodeNanos) / 1e9) : 0,
             decodeBatchMean: { let f = batcher.figures; return f.batches > 0 ? Double(f.rows) / Double(f.batches) : 0 }(),
             uptimeSeconds: uptimeSeconds, rssBytes: residentSetBytes(), connections: connections)
