@@ -59,11 +59,17 @@ public final class Daemon: Sendable {
     /// loaded or failed), or at once if that happened already.
     public func waitUntilReady() async { await supervisor.ready.wait() }
 
+    /// True until the configured start-up model is loaded or failed (the HTTP API answers 503 "loading" meanwhile).
+    public var isStartingUp: Bool { !supervisor.startupFinished.isSignalled }
+
     /// The service group: graceful shutdown on `gracefulShutdownSignals` (kvantd passes SIGTERM, SIGINT).
-    /// Shutdown runs in reverse order: the supervisor (STOPPING=1) first, then the server drains.
-    public func makeServiceGroup(gracefulShutdownSignals: [UnixSignal] = [.sigterm, .sigint]) -> ServiceGroup {
-        ServiceGroup(configuration: .init(
-            services: [.init(service: server), .init(service: supervisor)],
+    /// Shutdown runs in reverse order: the supervisor (STOPPING=1) first, then the `listeners` (the HTTP
+    /// API) drain, then the control server. READY=1 waits until every listener listens.
+    public func makeServiceGroup(gracefulShutdownSignals: [UnixSignal] = [.sigterm, .sigint],
+                                 listeners: [any ListeningService] = []) -> ServiceGroup {
+        supervisor.listeners = listeners
+        return ServiceGroup(configuration: .init(
+            services: [.init(service: server)] + listeners.map { .init(service: $0) } + [.init(service: supervisor)],
             gracefulShutdownSignals: gracefulShutdownSignals,
             logger: logger))
     }
@@ -133,6 +139,8 @@ public final class DaemonSupervisor: Service, @unchecked Sendable {
     private var startupLoadFailed = false
     /// Signalled once the start-up model is loaded or failed (or shutdown came first); requests wait for it.
     let startupFinished: OneShotEvent
+    /// Services that must listen before READY=1 (set by `Daemon.makeServiceGroup` before the group runs).
+    var listeners: [any ListeningService] = []
 
     init(engine: Engine, notifier: SystemdNotifier, configuration: DaemonConfiguration, paths: PathPolicy,
          status: StatusReporter, logger: Logger, reloadRequests: AsyncStream<Void>?, startupFinished: OneShotEvent) {
@@ -158,6 +166,7 @@ public final class DaemonSupervisor: Service, @unchecked Sendable {
         let hangups: UnixSignalsSequence? = reloadRequests == nil ? await UnixSignalsSequence(trapping: .sighup) : nil
         // Wait for the socket (or shutdown before it ever listened).
         for await _ in listeningStream.cancelOnGracefulShutdown() { break }
+        for listener in listeners { await listener.waitUntilListening() }
         guard !Task.isShuttingDownGracefully, !Task.isCancelled else {
             startupFinished.signal()
             notifier.stopping(status: "stopping")
@@ -282,6 +291,8 @@ final class OneShotEvent: @unchecked Sendable {
     private let lock = NSLock()
     private var signalled = false
     private var waiters: [CheckedContinuation<Void, Never>] = []
+
+    var isSignalled: Bool { lock.lock(); defer { lock.unlock() }; return signalled }
 
     func signal() {
         lock.lock()

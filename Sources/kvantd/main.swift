@@ -2,7 +2,9 @@ import ArgumentParser
 import Foundation
 import KvantCore
 import KvantDaemon
+import KvantHTTP
 import Logging
+import Prometheus
 
 /// The inference backend linked into this build. The lead replaces the body with the adapter over
 /// Executor/KVCache/Tokenizers; until then every model load fails with a clear `unavailable` error.
@@ -51,6 +53,27 @@ struct Kvantd: AsyncParsableCommand {
     @Option(name: .customLong("allowed-dir"), help: "Directory model/scale/text paths must lie under (repeatable; replaces allowed_dirs).")
     var allowedDirs: [String] = []
 
+    @Option(help: "HTTP API (OpenAI-compatible) listen address (http_host; default 127.0.0.1).")
+    var host: String?
+
+    @Option(help: "HTTP API port (http_port; default 8000; 0 = no TCP listener).")
+    var port: Int?
+
+    @Flag(name: .customLong("no-http"), help: "No HTTP API (neither TCP nor http_unix_socket).")
+    var noHTTP = false
+
+    @Option(name: .customLong("http-unix-socket"), help: "Also serve the HTTP API on this Unix socket.")
+    var httpUnixSocket: String?
+
+    @Option(name: .customLong("api-key"), help: "Require 'Authorization: Bearer KEY' on the HTTP API (api_key).")
+    var apiKey: String?
+
+    @Option(name: .customLong("served-model-name"), help: "Model id in /v1/models and responses (default: the model file's name without .gguf).")
+    var servedModelName: String?
+
+    @Option(name: .customLong("chat-template"), help: "Jinja chat template file overriding the model's tokenizer.chat_template.")
+    var chatTemplate: String?
+
     func run() async throws {
         // A closed stdout/stderr pipe (`kvantd 2>&1 | head`) must not end the daemon: writes then
         // fail with EPIPE, which the log handler ignores. Sockets use MSG_NOSIGNAL/NIO anyway.
@@ -67,10 +90,16 @@ struct Kvantd: AsyncParsableCommand {
         let logger = Logger(label: "kvantd")
         do {
             let listenFD = try SocketActivation.listeningSocket()
+            // One registry: the engine's counters write to it, GET /metrics renders it.
+            let registry = PrometheusCollectorRegistry()
             let daemon = try Daemon(configuration: configuration, backend: makeInferenceBackend(),
-                                    notifier: .fromEnvironment(), logger: logger, listenFD: listenFD)
+                                    notifier: .fromEnvironment(), logger: logger, listenFD: listenFD,
+                                    metricsFactory: MetricsExporter.makeMetricsFactory(registry: registry))
+            let settings = HTTPSettings(configuration)
+            let http = settings.isEnabled
+                ? try KvantHTTPServer(daemon: daemon, metrics: MetricsExporter(registry: registry), logger: logger) : nil
             logger.info("starting", metadata: ["version": "\(kvantDaemonVersion)", "backend": "\(daemon.engine.backend.name)"])
-            try await daemon.makeServiceGroup().run()
+            try await daemon.makeServiceGroup(listeners: http.map { [$0] } ?? []).run()
         } catch let error as KvantError {
             logger.critical("\(error.message)", metadata: ["reason": "\(error.reason.rawValue)"])
             throw ExitCode(1)
@@ -110,6 +139,22 @@ struct Kvantd: AsyncParsableCommand {
             configuration.logLevel = level
         }
         if !allowedDirs.isEmpty { configuration.allowedDirs = allowedDirs }
+        if let host { configuration.httpHost = host }
+        if let port {
+            guard (0...65535).contains(port) else { throw KvantError(.invalidArgument, "--port \(port) is out of range 0...65535") }
+            configuration.httpPort = port
+        }
+        if let httpUnixSocket { configuration.httpUnixSocket = httpUnixSocket }
+        if noHTTP {
+            configuration.httpPort = 0
+            configuration.httpUnixSocket = nil
+        }
+        if let apiKey {
+            guard !apiKey.isEmpty else { throw KvantError(.invalidArgument, "--api-key is empty; leave it out for no key") }
+            configuration.apiKey = apiKey
+        }
+        if let servedModelName { configuration.servedModelName = servedModelName }
+        if let chatTemplate { configuration.chatTemplate = chatTemplate }
         return configuration
     }
 }
