@@ -93,7 +93,8 @@ extension OpenAIAPI {
                           params: sampling.params(prompt: tokens, maxTokens: budget, choice: j, logprobs: logprobs, promptLogprobs: nil))
         }
         let admission = try tracker.admit(choices.count)
-        let run = GenerationRun(engine: engine, choices: choices, channel: context.channel, tracker: tracker, admission: admission)
+        let run = GenerationRun(engine: engine, choices: choices, disconnect: await ClientDisconnectHandler.of(context.channel),
+                                tracker: tracker, admission: admission)
         let id = requestID("chatcmpl-")
         let created = Self.now()
         let model = servedName(info)

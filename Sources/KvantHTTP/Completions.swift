@@ -46,7 +46,8 @@ extension OpenAIAPI {
             }
         }
         let admission = try tracker.admit(choices.count)
-        let run = GenerationRun(engine: engine, choices: choices, channel: context.channel, tracker: tracker, admission: admission)
+        let run = GenerationRun(engine: engine, choices: choices, disconnect: await ClientDisconnectHandler.of(context.channel),
+                                tracker: tracker, admission: admission)
         let id = requestID("cmpl-")
         let created = Self.now()
         let model = servedName(info)

@@ -127,7 +127,8 @@ final class GenerationRun: @unchecked Sendable {
     private var task: Task<Void, Never>?
     private var cancelled = false
 
-    init(engine: Engine, choices: [PlannedChoice], channel: (any Channel)?, tracker: GenerationTracker,
+    /// - Parameter disconnect: the connection's handler; its client going away cancels the run.
+    init(engine: Engine, choices: [PlannedChoice], disconnect: ClientDisconnectHandler?, tracker: GenerationTracker,
          admission: GenerationTracker.Admission) {
         let (stream, continuation) = AsyncStream<GenerationEvent>.makeStream()
         events = stream
@@ -151,12 +152,15 @@ final class GenerationRun: @unchecked Sendable {
             admission.release()
             continuation.finish()
         }
+        let disconnectKey = disconnect?.onDisconnect { [weak self] in self?.cancel() }
         lock.lock()
         self.task = task
         let cancelNow = cancelled
         lock.unlock()
         if cancelNow { task.cancel() }
-        channel?.closeFuture.whenComplete { [weak self] _ in self?.cancel() }
+        if let disconnect, let disconnectKey {
+            Task { _ = await task.value; disconnect.remove(disconnectKey) }
+        }
     }
 
     /// Ends every choice: each finishes with `finish_reason` cancelled (reported as `abort`) and frees its KV blocks.

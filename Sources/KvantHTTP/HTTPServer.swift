@@ -105,6 +105,7 @@ public final class KvantHTTPServer: ListeningService, @unchecked Sendable {
                     for (address, name) in zip(addresses, names) {
                         let app = Application(
                             router: api.makeRouter(),
+                            server: .http1(configuration: .init(additionalChannelHandlers: [ClientDisconnectHandler()])),
                             configuration: .init(address: address, serverName: "kvantd"),
                             onServerRunning: { [self] channel in self.up(channel, name: name, expected: expected) },
                             logger: logger)
