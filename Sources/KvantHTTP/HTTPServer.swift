@@ -98,6 +98,9 @@ public final class KvantHTTPServer: ListeningService, @unchecked Sendable {
         }
         guard !addresses.isEmpty else { listening.signal(); return }
         let expected = addresses.count
+        // Hummingbird's own start-up lines repeat ours; its errors still come through.
+        var serverLogger = logger
+        serverLogger.logLevel = max(logger.logLevel, .notice)
         let timeout = TimeoutBox()
         do {
             try await withGracefulShutdownHandler {
@@ -108,7 +111,7 @@ public final class KvantHTTPServer: ListeningService, @unchecked Sendable {
                             server: .http1(configuration: .init(additionalChannelHandlers: [ClientDisconnectHandler()])),
                             configuration: .init(address: address, serverName: "kvantd"),
                             onServerRunning: { [self] channel in self.up(channel, name: name, expected: expected) },
-                            logger: logger)
+                            logger: serverLogger)
                         group.addTask {
                             do { try await app.run() } catch { throw Self.bindError(error, name) }
                         }

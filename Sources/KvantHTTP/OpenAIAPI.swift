@@ -30,6 +30,8 @@ struct OpenAIAPI: Sendable {
     let tracker: GenerationTracker
     let metrics: MetricsExporter
     let logger: Logger
+    /// Models whose chat-template origin was logged (once per model file).
+    let templateLog = OnceSet()
 
     func makeRouter() -> Router<KvantRequestContext> {
         let router = Router(context: KvantRequestContext.self)
@@ -96,7 +98,7 @@ struct OpenAIAPI: Sendable {
 
     static func encodeJSON(_ value: JSONValue) -> Data {
         let encoder = JSONEncoder()
-        encoder.outputFormatting = [.withoutEscapingSlashes]
+        encoder.outputFormatting = [.withoutEscapingSlashes, .sortedKeys]
         return (try? encoder.encode(value)) ?? Data("null".utf8)
     }
 
@@ -231,5 +233,15 @@ struct BearerAuthMiddleware<Context: Hummingbird.RequestContext>: RouterMiddlewa
             diff |= (i < a.count ? a[i] : 0) ^ (i < b.count ? b[i] : 0)
         }
         return diff == 0
+    }
+}
+
+/// Keys seen so far; `first(_:)` is true once per key. Thread-safe.
+final class OnceSet: @unchecked Sendable {
+    private let lock = NSLock()
+    private var seen: Set<String> = []
+    func first(_ key: String) -> Bool {
+        lock.lock(); defer { lock.unlock() }
+        return seen.insert(key).inserted
     }
 }

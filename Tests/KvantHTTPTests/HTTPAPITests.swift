@@ -468,6 +468,40 @@ struct HTTPHelperTests {
         #expect(none.append("é") == "é")
     }
 
+    @Test("HTTP configuration keys and their errors")
+    func configuration() throws {
+        let c = try DaemonConfiguration.parse(toml: """
+            http_host = "0.0.0.0"
+            http_port = 9000
+            http_unix_socket = "/run/kvant/http.sock"
+            api_key = "k"
+            served_model_name = "m"
+            chat_template = "/t.jinja"
+            max_request_body_bytes = 4096
+            max_queued_requests = 3
+            max_num_seqs = 2
+            shutdown_timeout_seconds = 1.5
+            """, file: "k.toml")
+        let s = HTTPSettings(c)
+        #expect(s.host == "0.0.0.0" && s.port == 9000 && s.unixSocket == "/run/kvant/http.sock")
+        #expect(s.apiKey == "k" && s.servedModelName == "m" && s.chatTemplatePath == "/t.jinja")
+        #expect(s.maxRequestBodyBytes == 4096 && s.maxQueuedRequests == 3 && s.maxNumSeqs == 2)
+        #expect(s.shutdownTimeout == .milliseconds(1500))
+        #expect(HTTPSettings(DaemonConfiguration()).port == 8000)
+        var off = DaemonConfiguration()
+        off.httpPort = 0
+        #expect(!HTTPSettings(off).isEnabled)
+        for (line, expected) in [("http_port = 70000", "key 'http_port' = 70000 is out of range 0...65535"),
+                                 ("api_key = \"\"", "key 'api_key' is empty"),
+                                 ("http_port = \"80\"", "key 'http_port' must be an integer"),
+                                 ("max_request_body_bytes = 10", "out of range 1024...")] {
+            #expect(throws: KvantError.self) { try DaemonConfiguration.parse(toml: line, file: "k.toml") }
+            do { _ = try DaemonConfiguration.parse(toml: line, file: "k.toml") } catch let e as KvantError {
+                #expect(e.message.contains(expected), "\(e.message)")
+            }
+        }
+    }
+
     @Test("chat templates: ChatML without a template, the override file's name when given")
     func templates() throws {
         let none = try ChatTemplateResolver(overridePath: nil)
