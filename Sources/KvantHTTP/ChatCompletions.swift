@@ -175,7 +175,7 @@ extension OpenAIAPI {
 /// One entry of chat `logprobs.content`: `{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}`.
 func chatLogprob(_ entry: TokenLogprobs) -> JSONValue {
     func one(_ t: TokenLogprob) -> [String: JSONValue] {
-        ["token": .string(t.text), "logprob": .double(t.logprob), "bytes": .array(t.bytes.map { .int(Int($0)) })]
+        ["token": .string(t.text), "logprob": logprobValue(t.logprob), "bytes": .array(t.bytes.map { .int(Int($0)) })]
     }
     var chosen = one(entry.chosen)
     chosen["top_logprobs"] = .array(entry.top.map { .object(one($0)) })

@@ -196,6 +196,9 @@ func errorObject(_ error: OpenAIError) -> JSONValue {
              "param": error.param.map { .string($0) } ?? .null, "code": .int(error.status.code)])
 }
 
+/// A logprob as JSON: −∞ (a token the model cannot produce) as vLLM's −9999.0, since JSON has no infinity.
+func logprobValue(_ value: Double) -> JSONValue { .double(value.isFinite ? value : -9999.0) }
+
 /// OpenAI's completions `logprobs` object: `tokens`, `token_logprobs`, `top_logprobs`, `text_offset`.
 struct CompletionLogprobs {
     var offset: Int
@@ -206,9 +209,9 @@ struct CompletionLogprobs {
 
     mutating func add(_ entry: TokenLogprobs, text: String) {
         tokens.append(.string(entry.chosen.text))
-        tokenLogprobs.append(.double(entry.chosen.logprob))
+        tokenLogprobs.append(logprobValue(entry.chosen.logprob))
         var alternatives: [String: JSONValue] = [:]
-        for alt in entry.top where alternatives[alt.text] == nil { alternatives[alt.text] = .double(alt.logprob) }
+        for alt in entry.top where alternatives[alt.text] == nil { alternatives[alt.text] = logprobValue(alt.logprob) }
         top.append(.object(alternatives))
         offsets.append(.int(offset))
         offset += text.unicodeScalars.count
