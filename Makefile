@@ -9,7 +9,7 @@ MODEL ?= $(CURDIR)/models/gemma-3-270m-q4_k_m.gguf
 THREADS ?= 2
 PREFIX ?= /usr/local
 
-.PHONY: all setup model build demo test test-unit test-systemd bench bench-accuracy oracles install uninstall clean
+.PHONY: all setup model build demo test test-unit test-systemd bench bench-accuracy fuzz oracles install uninstall clean
 
 all: build
 
@@ -35,6 +35,10 @@ test-unit:
 test-systemd: build
 	KVANT_MODEL=$(MODEL) scripts/systemd-test.sh
 
+# libFuzzer harnesses of every parser of untrusted input, FUZZ_SECONDS (default 60) each; see fuzz/README.md.
+fuzz:
+	scripts/fuzz.sh
+
 # Speed side by side with llama.cpp (llama-cpp-python, same model, same threads).
 bench: setup build
 	scripts/bench.sh
@@ -54,4 +58,4 @@ uninstall:
 	scripts/install.sh --uninstall "$(PREFIX)"
 
 clean:
-	rm -rf .build
+	rm -rf .build .build-fuzz

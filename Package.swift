@@ -16,7 +16,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
-        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
@@ -33,7 +33,7 @@ let package = Package(
         .target(name: "Kernels", dependencies: ["KvantCore", "CKernels"], swiftSettings: kernelSwiftFlags),
         .target(name: "ModelFormats", dependencies: ["KvantCore"]),
         .target(name: "Tokenizers", dependencies: ["KvantCore", "ModelFormats"]),
-        .target(name: "KVCache", dependencies: ["KvantCore", "Kernels", "CKernels"], swiftSettings: kernelSwiftFlags),
+        .target(name: "KVCache", dependencies: ["KvantCore", "CKernels"], swiftSettings: kernelSwiftFlags),
         .target(name: "Executor",
                 dependencies: ["KvantCore", "Kernels", "CKernels", "ModelFormats", "Tokenizers", "KVCache"],
                 swiftSettings: kernelSwiftFlags),
@@ -41,8 +41,10 @@ let package = Package(
         .target(name: "ControlProtocol", dependencies: ["KvantCore"]),
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd",
                        providers: [.apt(["libsystemd-dev"])]),
+        // The daemon: engine, control server, systemd, configuration, and the backend protocols. It never
+        // sees executor types: the adapter lives in KvantExecutorBackend (the compiler keeps the boundary).
         .target(name: "KvantDaemon", dependencies: [
-            "KvantCore", "ModelFormats", "Tokenizers", "KVCache", "Executor", "ControlProtocol", "CSystemd",
+            "KvantCore", "ControlProtocol", "CSystemd",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -62,8 +64,13 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // The InferenceBackend over Executor/KVCache/Tokenizers/ModelFormats.
+        .target(name: "KvantExecutorBackend", dependencies: [
+            "KvantDaemon", "KvantCore", "ControlProtocol", "Executor", "KVCache", "Tokenizers", "ModelFormats",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .executableTarget(name: "kvantd", dependencies: [
-            "KvantDaemon", "KvantHTTP", "KvantCore",
+            "KvantDaemon", "KvantExecutorBackend", "KvantHTTP", "KvantCore",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "Logging", package: "swift-log"),
@@ -71,8 +78,6 @@ let package = Package(
         .executableTarget(name: "kvantctl", dependencies: [
             "ControlProtocol", "KvantCore",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            .product(name: "NIOCore", package: "swift-nio"),
-            .product(name: "NIOPosix", package: "swift-nio"),
         ]),
         // Offline evaluation: perplexity, top-1 agreement, speed (used by `make bench*`).
         .executableTarget(name: "kvant-eval", dependencies: [
@@ -80,20 +85,32 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: kernelSwiftFlags),
 
-        .testTarget(name: "KvantCoreTests", dependencies: ["KvantCore"]),
-        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "CKernels", "KvantCore"], exclude: ["Fixtures"]),
-        .testTarget(name: "ModelFormatsTests", dependencies: ["ModelFormats", "Kernels", "KvantCore"], exclude: ["Fixtures"]),
-        .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers", "ModelFormats"], exclude: ["Fixtures"]),
-        .testTarget(name: "KVCacheTests", dependencies: ["KVCache", "Kernels", "KvantCore"]),
-        .testTarget(name: "ExecutorTests", dependencies: ["Executor", "KVCache", "ModelFormats", "Tokenizers", "KvantCore"], exclude: ["Fixtures"]),
-        .testTarget(name: "ControlProtocolTests", dependencies: ["ControlProtocol", "KvantCore"]),
-        .testTarget(name: "KvantDaemonTests", dependencies: [
+        // libFuzzer harnesses for the parsers of untrusted input (`make fuzz`: built with -sanitize=fuzzer,address
+        // and -DKVANT_LIBFUZZER into .build-fuzz; a normal build gives a replay tool: kvant-fuzz NAME FILE...).
+        .executableTarget(name: "kvant-fuzz", dependencies: ["ControlProtocol", "KVCache", "ModelFormats", "Tokenizers", "KvantCore"]),
+        // Shared by the test targets only: seeded RNG, real-model locator, offPool, TestDaemon, FakeBackend, log capture.
+        .target(name: "KvantTestSupport", dependencies: [
             "KvantDaemon", "ControlProtocol", "KvantCore",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ], path: "Tests/KvantTestSupport"),
+        .testTarget(name: "KvantCoreTests", dependencies: ["KvantCore"]),
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "CKernels", "KvantCore", "KvantTestSupport"], exclude: ["Fixtures"]),
+        .testTarget(name: "ModelFormatsTests", dependencies: ["ModelFormats", "Kernels", "KvantCore", "KvantTestSupport"], exclude: ["Fixtures"]),
+        .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers", "ModelFormats", "KvantTestSupport"], exclude: ["Fixtures"]),
+        .testTarget(name: "KVCacheTests", dependencies: ["KVCache", "Kernels", "KvantCore", "KvantTestSupport"]),
+        .testTarget(name: "ExecutorTests", dependencies: ["Executor", "KVCache", "ModelFormats", "Tokenizers", "KvantCore", "KvantTestSupport"], exclude: ["Fixtures"]),
+        .testTarget(name: "ControlProtocolTests", dependencies: ["ControlProtocol", "KvantCore"]),
+        .testTarget(name: "KvantDaemonTests", dependencies: [
+            "KvantDaemon", "ControlProtocol", "KvantCore", "KvantTestSupport",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
+        .testTarget(name: "KvantExecutorBackendTests", dependencies: [
+            "KvantExecutorBackend", "KvantDaemon", "ControlProtocol", "KvantCore", "KvantTestSupport",
         ]),
         .testTarget(name: "KvantHTTPTests", dependencies: [
-            "KvantHTTP", "KvantDaemon", "ControlProtocol", "KvantCore",
+            "KvantHTTP", "KvantDaemon", "ControlProtocol", "KvantCore", "KvantTestSupport",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),

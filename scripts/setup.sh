@@ -5,7 +5,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 need=()
-for p in libsystemd-dev pkg-config socat systemd systemd-container debootstrap zstd util-linux; do
+for p in libsystemd-dev pkg-config socat systemd systemd-container debootstrap zstd util-linux stress-ng; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -7,6 +7,7 @@
 #include <math.h>
 #include <string.h>
 #include "kv_kernels.h"
+#include "kv_block_walk.h"
 
 #define KV_CHUNK 32
 
@@ -77,7 +78,7 @@ static inline __attribute__((always_inline)) void
 kv_attend_lanes(const kv_layer_view *vw, const int dt, const int NL, const int g,
                 const int first, const int last, const float *const *q, const float scale, float *acc,
                 float *ml) {
-    const int D = vw->head_dim, B = vw->block_size, H = vw->num_kv_heads;
+    const int D = vw->head_dim;
     const size_t eb = dt == KV_DT_F32 ? 4 : (dt == KV_DT_F16 || dt == KV_DT_BF16) ? 2 : 1;
     const size_t row = (size_t)D * eb;
     const int D8 = D & ~7;
@@ -91,33 +92,9 @@ kv_attend_lanes(const kv_layer_view *vw, const int dt, const int NL, const int g
 
     int t = first;
     while (t <= last) {
-        const int lb = t / B, off = t - lb * B;
-        int n = B - off;
-        if (n > last - t + 1) n = last - t + 1;
-        if (n > KV_CHUNK) n = KV_CHUNK;
-        const int32_t bid = vw->block_ids[lb];
-        const uint8_t *blk = vw->base + (size_t)bid * vw->block_stride;
-        const uint8_t *K = blk + ((size_t)g * B + off) * row;
-        const uint8_t *V = blk + vw->v_offset + ((size_t)g * B + off) * row;
-        if (off + n == B && t + n <= last) {
-            /* next block: prefetch its K and V rows of this head (blocks are not contiguous) */
-            const uint8_t *nb = vw->base + (size_t)vw->block_ids[lb + 1] * vw->block_stride + (size_t)g * B * row;
-            const size_t bytes = (size_t)B * row;
-            for (size_t o = 0; o < bytes; o += 64) {
-                _mm_prefetch((const char *)(nb + o), _MM_HINT_T0);
-                _mm_prefetch((const char *)(nb + vw->v_offset + o), _MM_HINT_T0);
-            }
-        }
-        if (dt == KV_DT_I8_TOKEN) {
-            const float *ks = (const float *)(blk + vw->ks_offset) + (size_t)g * B + off;
-            const float *vs = (const float *)(blk + vw->vs_offset) + (size_t)g * B + off;
-            for (int i = 0; i < n; i++) { ksv[i] = ks[i] * scale; vsv[i] = vs[i]; }
-        } else if (dt == KV_DT_I8_STATIC) {
-            const float s = vw->static_scales[(size_t)bid * H + g], sv = vw->static_v_scales[(size_t)bid * H + g];
-            for (int i = 0; i < n; i++) { ksv[i] = s * scale; vsv[i] = sv; }
-        } else {
-            for (int i = 0; i < n; i++) { ksv[i] = scale; vsv[i] = 1.0f; }
-        }
+        const kv_chunk c = kv_walk_chunk(vw, dt, g, t, last, row, scale, KV_CHUNK, ksv, vsv);
+        const int n = c.n;
+        const uint8_t *K = c.K, *V = c.V;
 
         /* scores: one pass over each key row, NL dot products at once */
         for (int i = 0; i < n; i++) {
@@ -159,9 +136,7 @@ kv_attend_lanes(const kv_layer_view *vw, const int dt, const int NL, const int g
             const __m256 vmx = _mm256_set1_ps(mx);
             for (int i = 0; i < n8; i += 8)
                 _mm256_store_ps(&pr[j][i], kv_exp256(_mm256_sub_ps(_mm256_load_ps(&sc[j][i]), vmx)));
-            float sum = 0.0f;
-            for (int i = 0; i < n; i++) { sum += pr[j][i]; pr[j][i] *= vsv[i]; }
-            l[j] += sum;
+            l[j] += kv_probs_fold(pr[j], n, vsv);
             m[j] = mx;
         }
 
@@ -184,15 +159,7 @@ kv_attend_lanes(const kv_layer_view *vw, const int dt, const int NL, const int g
         }
         t += n;
     }
-    if (ml) { /* partial result: unnormalized acc, running max and sum */
-        for (int j = 0; j < NL; j++) { ml[j] = m[j]; ml[4 + j] = l[j]; }
-        return;
-    }
-    for (int j = 0; j < NL; j++) {
-        const float inv = l[j] > 0.0f ? 1.0f / l[j] : 0.0f;
-        float *aj = acc + (size_t)j * D;
-        for (int d = 0; d < D; d++) aj[d] *= inv;
-    }
+    kv_walk_finish(NL, D, m, l, acc, ml);
 }
 
 #define KV_LANES_CASE(DT)                                                                  \

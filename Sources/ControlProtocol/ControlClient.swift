@@ -79,6 +79,12 @@ public final class ControlClient: @unchecked Sendable {
         if fd >= 0 { _ = Glibc.close(fd) }
     }
 
+    /// Half-closes the connection (`shutdown(SHUT_WR)`): the daemon sees the end of the requests and
+    /// still answers the last one, even without its newline; replies can still be read.
+    public func finishWriting() {
+        if fd >= 0 { _ = shutdown(fd, Int32(SHUT_WR)) }
+    }
+
     /// Closes the connection; later calls fail with `.unavailable`.
     public func close() {
         writeLock.lock()

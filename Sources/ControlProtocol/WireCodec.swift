@@ -38,9 +38,7 @@ public enum WireCodec {
         do {
             raw = try decoder.decode(JSONValue.self, from: data)
         } catch {
-            return .failure(RPCResponseError(id: nil, error: RPCErrorObject(
-                code: RPCErrorCode.parseError, message: "parse error: the line is not valid JSON (\(data.count) bytes)",
-                reason: .invalidArgument)))
+            return .failure(parseFailure(Array(data)))
         }
         guard case .object(let object) = raw else {
             return .failure(.invalidRequest(id: nil, "a request must be a JSON object"))
@@ -73,6 +71,30 @@ public enum WireCodec {
             }
         }
         return .success(RPCRequest(id: id, method: method, params: params == .null ? nil : params))
+    }
+
+    /// The error reply for a line `JSONDecoder` refused, saying where and what (`JSONDiagnosis`): a
+    /// parse error with its byte position, or, for valid JSON with a number out of range, an
+    /// invalid-params error naming the field and keeping the request's id.
+    static func parseFailure(_ bytes: [UInt8]) -> RPCResponseError {
+        func parseError(_ message: String) -> RPCResponseError {
+            RPCResponseError(id: nil, error: RPCErrorObject(code: RPCErrorCode.parseError, message: "parse error: \(message)",
+                                                            reason: .invalidArgument))
+        }
+        switch JSONDiagnosis.diagnose(bytes) {
+        case .syntax(let offset, let expected):
+            let place = offset < bytes.count ? "at byte \(offset + 1) of \(bytes.count)" : "at the end of the line (\(bytes.count) bytes)"
+            return parseError("the line is not valid JSON: \(place), expected \(expected)")
+        case .notUTF8:
+            return parseError("the line is not valid UTF-8 (\(bytes.count) bytes)")
+        case .numberOutOfRange(let path, let literal, let id):
+            let field = path.hasPrefix("params.") ? String(path.dropFirst("params.".count)) : path
+            return RPCResponseError(id: id, error: RPCErrorObject(
+                code: RPCErrorCode.invalidParams,
+                message: "'\(field)' = \(literal) is out of range (numbers must fit a 64-bit float)", reason: .invalidArgument))
+        case .valid:
+            return parseError("the line is not valid JSON (\(bytes.count) bytes)")
+        }
     }
 
     /// Decodes one line the daemon sent: a response (has `id` and `result`/`error`) or a notification.
@@ -144,6 +166,14 @@ public struct LineFramer: Sendable {
 
     public init(maxLineBytes: Int) {
         self.maxLineBytes = maxLineBytes
+    }
+
+    /// At the end of the input (EOF or the peer's half-close): the bytes of a last line that had no
+    /// newline, as a line (nil when nothing is pending or an over-long line was being discarded).
+    public mutating func finish() -> Event? {
+        defer { buffer.removeAll(); scanned = 0; discarding = false; discardedCount = 0 }
+        guard !discarding, !buffer.isEmpty else { return nil }
+        return .line(buffer)
     }
 
     /// Bytes buffered and not yet returned as a line.

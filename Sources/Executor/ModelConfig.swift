@@ -61,53 +61,54 @@ public struct ModelConfig: Sendable, Equatable {
 
     /// Reads the hyper-parameters of `file`.
     /// - Throws: `KvantError(.invalidArgument)` for an unsupported architecture or inconsistent values,
-    ///   `.notFound` for a missing required key (both naming the key and the file).
+    ///   a missing required key or tensor (naming the key or tensor and the file): a bad model file.
     public init(file: GGUFFile) throws {
         let archName = try file.string("general.architecture")
         guard let arch = Architecture(rawValue: archName) else {
             throw KvantError(.invalidArgument, "\(file.path): general.architecture '\(archName)' is not supported (supported: gemma3, llama)")
         }
         let p = archName + "."
-        func opt<T>(_ f: () throws -> T) throws -> T? {
-            do { return try f() } catch let e as KvantError where e.reason == .notFound { return nil }
+        /// An optional key: nil when absent, its value (checked by `read`) when present.
+        func opt<T>(_ key: String, _ read: (String) throws -> T) throws -> T? {
+            file[key] == nil ? nil : try read(key)
         }
         architecture = arch
         numLayers = try file.uint(p + "block_count")
         hiddenSize = try file.uint(p + "embedding_length")
         ffnSize = try file.uint(p + "feed_forward_length")
         numHeads = try file.uint(p + "attention.head_count")
-        numKVHeads = try opt { try file.uint(p + "attention.head_count_kv") } ?? numHeads
+        numKVHeads = try opt(p + "attention.head_count_kv", file.uint) ?? numHeads
         guard numHeads > 0 else { throw KvantError(.invalidArgument, "\(file.path): \(p)attention.head_count is 0") }
-        headDim = try opt { try file.uint(p + "attention.key_length") } ?? (hiddenSize / numHeads)
-        let vdim = try opt { try file.uint(p + "attention.value_length") } ?? headDim
+        headDim = try opt(p + "attention.key_length", file.uint) ?? (hiddenSize / numHeads)
+        let vdim = try opt(p + "attention.value_length", file.uint) ?? headDim
         rmsNormEps = try file.float(p + "attention.layer_norm_rms_epsilon")
-        ropeBase = try opt { try file.float(p + "rope.freq_base") } ?? 10_000
-        ropeBaseLocal = try opt { try file.float(p + "rope.freq_base_swa") } ?? 10_000
-        contextLength = try opt { try file.uint(p + "context_length") } ?? 2048
-        finalLogitSoftcap = try opt { try file.float(p + "final_logit_softcapping") }
+        ropeBase = try opt(p + "rope.freq_base", file.float) ?? 10_000
+        ropeBaseLocal = try opt(p + "rope.freq_base_swa", file.float) ?? 10_000
+        contextLength = try opt(p + "context_length", file.uint) ?? 2048
+        finalLogitSoftcap = try opt(p + "final_logit_softcapping", file.float)
         if finalLogitSoftcap == 0 { finalLogitSoftcap = nil }
         guard let embd = file.tensor(named: TensorName.tokenEmbedding), embd.dims.count == 2 else {
-            throw KvantError(.notFound, "\(file.path): tensor '\(TensorName.tokenEmbedding)' is missing or not 2-D")
+            throw KvantError(.invalidArgument, "\(file.path): tensor '\(TensorName.tokenEmbedding)' is missing or not 2-D")
         }
         vocabSize = embd.dims[1]
         switch arch {
         case .gemma3:
-            let sw = try opt { try file.uint(p + "attention.sliding_window") }
+            let sw = try opt(p + "attention.sliding_window", file.uint)
             slidingWindow = (sw ?? 0) > 0 ? sw : nil
-            slidingWindowPattern = try opt { try file.uint(p + "attention.sliding_window_pattern") } ?? 6
+            slidingWindowPattern = try opt(p + "attention.sliding_window_pattern", file.uint) ?? 6
             ropeNeox = true
             // llama.cpp gemma3.cpp: 1/sqrt(head_dim), except the 27B (62 layers): 1/sqrt(hidden/heads).
             attentionScale = numLayers == 62 ? 1 / Float(hiddenSize / numHeads).squareRoot() : 1 / Float(headDim).squareRoot()
             embeddingScale = Float(hiddenSize).squareRoot()
         case .llama:
-            let sw = try opt { try file.uint(p + "attention.sliding_window") }
+            let sw = try opt(p + "attention.sliding_window", file.uint)
             slidingWindow = (sw ?? 0) > 0 ? sw : nil
             slidingWindowPattern = 0   // Mistral's window (when given) applies to every layer
             ropeBaseLocal = ropeBase
             ropeNeox = false
             attentionScale = 1 / Float(headDim).squareRoot()
             embeddingScale = 1
-            if let rot = try opt({ try file.uint(p + "rope.dimension_count") }), rot != headDim {
+            if let rot = try opt(p + "rope.dimension_count", file.uint), rot != headDim {
                 throw KvantError(.invalidArgument, "\(file.path): \(p)rope.dimension_count \(rot) != head_dim \(headDim) (partial RoPE is not supported)")
             }
         }

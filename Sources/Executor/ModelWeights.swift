@@ -28,12 +28,12 @@ public struct ModelWeights: @unchecked Sendable {
     public var layers: [LayerWeights]
 
     /// Loads and validates every tensor `config` needs from `file`.
-    /// - Throws: `KvantError(.notFound)` for a missing tensor, `.invalidArgument` for a wrong shape or an
+    /// - Throws: `KvantError(.invalidArgument)` for a missing tensor (a bad model file), a wrong shape or an
     ///   unsupported type, both naming the tensor and the file.
     public init(file: GGUFFile, config c: ModelConfig) throws {
         func info(_ name: String) throws -> GGUFTensorInfo {
             guard let t = file.tensor(named: name) else {
-                throw KvantError(.notFound, "\(file.path): tensor '\(name)' is missing (architecture \(c.architecture.rawValue))")
+                throw KvantError(.invalidArgument, "\(file.path): tensor '\(name)' is missing (architecture \(c.architecture.rawValue))")
             }
             return t
         }

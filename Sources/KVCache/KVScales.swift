@@ -114,15 +114,24 @@ public struct KVScales: Sendable, Equatable {
     /// below 1e-5 clips nearly everything and one above 1e3 rounds nearly everything to 0.
     public static let plausibleScales: ClosedRange<Float> = 1e-5...1e3
 
-    /// Warnings for implausible scales in force (see `plausibleScales`), one per layer at most.
+    /// Warnings for implausible scales (see `plausibleScales`): at most one per layer and field, naming the
+    /// field and whether it scales K, V or both. With separate K/V scales the shared `scaling_factor` is
+    /// checked too: Kvant does not use it, but vLLM reads only that one.
     func plausibilityWarnings(source src: String) -> [String] {
+        var fields: [(name: String, role: String, row: (Int) -> [Float])] = []
+        if hasSeparateKV {
+            fields = [("k_scaling_factor", "K", keyLayerScales), ("v_scaling_factor", "V", valueLayerScales),
+                      ("scaling_factor", "K and V in vLLM; not used by Kvant with separate K/V scales", layerScales)]
+        } else {
+            fields = [("scaling_factor", "K and V", layerScales)]
+        }
         var out: [String] = []
         for l in 0..<numLayers {
-            let row = keyLayerScales(l) + valueLayerScales(l)
-            if let bad = row.first(where: { !Self.plausibleScales.contains($0) }) {
+            for field in fields {
+                guard let bad = field.row(l).first(where: { !Self.plausibleScales.contains($0) }) else { continue }
                 let effect = bad < Self.plausibleScales.lowerBound
                     ? "|x| above \(127 * bad) is clipped (watch saturation_counts)" : "|x| below \(bad / 2) is stored as 0"
-                out.append("\(src): layer \(l): scale \(bad) is outside the plausible range \(Self.plausibleScales.lowerBound)…\(Self.plausibleScales.upperBound); \(effect)")
+                out.append("\(src): layer \(l): \(field.name) (\(field.role)) \(bad) is outside the plausible range \(Self.plausibleScales.lowerBound)…\(Self.plausibleScales.upperBound); \(effect)")
             }
         }
         return out

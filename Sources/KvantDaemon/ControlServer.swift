@@ -13,9 +13,11 @@ import ServiceLifecycle
 /// whole lines at a time. Bad input (an over-long line, invalid JSON, unknown method, bad params)
 /// gets an error reply and the connection keeps working.
 ///
-/// Graceful shutdown: stop accepting, refuse new requests (`unavailable`), let in-flight requests
-/// finish for `shutdownTimeout`, then cancel them, close connections and remove the socket file
-/// (unless it came from socket activation).
+/// Graceful shutdown: stop accepting, refuse new requests (`unavailable`) on every open connection,
+/// idle ones included, while the in-flight requests of all connections finish (for at most
+/// `shutdownTimeout`, then they are cancelled); only then close the connections and remove the socket
+/// file (unless it came from socket activation). So a client never sees its connection drop while the
+/// daemon still drains: it gets an answer it can act on.
 public final class ControlServer: Service, @unchecked Sendable {
     /// - Configuration keys: `socket`, `socket_mode`, `socket_group`, `shutdown_timeout_seconds`
     ///   (see `DaemonConfiguration`).
@@ -48,6 +50,8 @@ public final class ControlServer: Service, @unchecked Sendable {
     private let handler: RequestHandler
     private let logger: Logger
     private let onListening: @Sendable () async -> Void
+    /// Every open connection's session, for the server-wide drain at shutdown.
+    private let sessions = SessionRegistry()
 
     /// - Parameter onListening: called once the socket accepts connections (the daemon then loads
     ///   the start-up model and sends READY=1).
@@ -65,12 +69,8 @@ public final class ControlServer: Service, @unchecked Sendable {
             .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
         let initializer: @Sendable (Channel) -> EventLoopFuture<NIOAsyncChannel<ByteBuffer, ByteBuffer>> = { channel in
             channel.eventLoop.makeCompletedFuture {
-                // The deinit-closing variant: a connection accepted while the listener closes can be
-                // dropped by NIO before it reaches the accept loop; the non-closing variant traps
-                // ("Deinited NIOAsyncWriter without calling finish()"), this one closes it instead.
-                try NIOAsyncChannel<ByteBuffer, ByteBuffer>(
-                    synchronouslyWrapping: channel,
-                    configuration: .init(isOutboundHalfClosureEnabled: true))
+                try makeClosingOnDeinit(NIOAsyncChannel<ByteBuffer, ByteBuffer>.self, channel,
+                                        configuration: .init(isOutboundHalfClosureEnabled: true))
             }
         }
         let server: NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never>
@@ -206,6 +206,9 @@ public final class ControlServer: Service, @unchecked Sendable {
             try await connection.executeThenClose { inbound, outbound in
                 let writer = ConnectionWriter(outbound)
                 let session = ConnectionSession()
+                let sessions = self.sessions
+                await sessions.add(session)
+                defer { Task { await sessions.remove(session) } }
                 let channel = connection.channel
                 let timeout = configuration.shutdownTimeout
                 // The peer closed its end (EPOLLHUP; a half-close only ends our input): cancel what it
@@ -220,7 +223,7 @@ public final class ControlServer: Service, @unchecked Sendable {
                         }
                     }
                 }
-                try await withGracefulShutdownHandler {
+                await withGracefulShutdownHandler {
                     var framer = LineFramer(maxLineBytes: configuration.maxLineBytes)
                     do {
                         for try await buffer in inbound {
@@ -241,10 +244,17 @@ public final class ControlServer: Service, @unchecked Sendable {
                     } catch {
                         log.debug("connection read ended", metadata: ["error": "\(error)"])
                     }
+                    // A last request without its newline before EOF or half-close is still answered.
+                    if case .line(let line)? = framer.finish() {
+                        await self.dispatch(line, peer: peer, writer: writer, session: session, log: log)
+                    }
                     // Input ended (EOF, half-close or shutdown): finish what was asked, then close.
                     await session.waitUntilIdle()
                 } onGracefulShutdown: {
-                    Task { await session.shutDown(timeout: timeout, channel: channel, log: log) }
+                    Task {
+                        await session.shutDown(timeout: timeout, channel: channel, log: log,
+                                               othersBusy: { await sessions.anyBusy(besides: session) })
+                    }
                 }
             }
         } catch {
@@ -278,7 +288,7 @@ public final class ControlServer: Service, @unchecked Sendable {
                 let cancelled = await session.cancel(params.id)
                 response = RPCResponse(id: request.id, result: try JSONValue(encoding: CancelResult(cancelled: cancelled)))
             } catch {
-                response = RPCResponse(id: request.id, error: RPCErrorObject(Engine.kvantError(error)))
+                response = RPCResponse(id: request.id, error: RPCErrorObject(KvantError.normalized(error)))
             }
             if request.id != nil { await writer.send(response) }
             return
@@ -295,6 +305,22 @@ public final class ControlServer: Service, @unchecked Sendable {
                 reason: .invalidArgument)))
         }
     }
+}
+
+/// NIO's deinit-closing wrapper of an accepted connection (`init(synchronouslyWrapping:)`), reached
+/// through a protocol so the build stays free of its deprecation warning. It is the variant Kvant
+/// needs: a connection accepted while the listener closes can be dropped by NIO before it reaches the
+/// accept loop; the non-closing `init(wrappingChannelSynchronously:)` then traps ("Deinited
+/// NIOAsyncWriter without calling finish()"), this one closes the connection instead.
+protocol ClosingOnDeinitWrapping {
+    init(synchronouslyWrapping channel: Channel, configuration: NIOAsyncChannel<ByteBuffer, ByteBuffer>.Configuration) throws
+}
+
+extension NIOAsyncChannel: ClosingOnDeinitWrapping where Inbound == ByteBuffer, Outbound == ByteBuffer {}
+
+func makeClosingOnDeinit<T: ClosingOnDeinitWrapping>(_ type: T.Type, _ channel: Channel,
+                                                     configuration: NIOAsyncChannel<ByteBuffer, ByteBuffer>.Configuration) throws -> T {
+    try T(synchronouslyWrapping: channel, configuration: configuration)
 }
 
 /// `struct ucred` of <sys/socket.h> (hidden behind _GNU_SOURCE in the Glibc module): pid, uid, gid.
@@ -402,12 +428,15 @@ actor ConnectionSession {
         await withCheckedContinuation { idleWaiters.append($0) }
     }
 
-    /// Refuses new requests, waits up to `timeout` for in-flight ones, cancels the rest (logging
-    /// how many), closes.
-    func shutDown(timeout: Duration, channel: Channel, log: Logger) async {
+    /// Refuses new requests (`unavailable`), waits up to `timeout` until this connection's in-flight
+    /// requests and those of every other connection (`othersBusy`) finished, cancels what is left of
+    /// its own (logging how many), then closes. An idle connection therefore stays open, answering
+    /// `unavailable`, while the daemon drains.
+    func shutDown(timeout: Duration, channel: Channel, log: Logger, othersBusy: @Sendable () async -> Bool) async {
         isShuttingDown = true
         let deadline = ContinuousClock.now + timeout
-        while !isIdle, ContinuousClock.now < deadline {
+        while ContinuousClock.now < deadline {
+            if isIdle, !(await othersBusy()) { break }
             try? await Task.sleep(for: .milliseconds(20))
         }
         if !tasks.isEmpty {
@@ -417,5 +446,22 @@ actor ConnectionSession {
         for task in tasks.values { task.cancel() }
         await waitUntilIdle()
         try? await channel.close()
+    }
+}
+
+/// The sessions of all open connections (for the server-wide drain at shutdown).
+actor SessionRegistry {
+    private var sessions: [ObjectIdentifier: ConnectionSession] = [:]
+
+    func add(_ session: ConnectionSession) { sessions[ObjectIdentifier(session)] = session }
+
+    func remove(_ session: ConnectionSession) { sessions[ObjectIdentifier(session)] = nil }
+
+    /// True while a connection other than `session` has requests running.
+    func anyBusy(besides session: ConnectionSession) async -> Bool {
+        for (key, other) in sessions where key != ObjectIdentifier(session) {
+            if await other.runningCount > 0 { return true }
+        }
+        return false
     }
 }

@@ -23,7 +23,7 @@ public final class Daemon: Sendable {
     /// - Parameters:
     ///   - listenFD: a socket passed by systemd (`SocketActivation.listeningSocket()`), or nil to bind `configuration.socket`.
     ///   - reloadRequests: reload triggers; nil = SIGHUP.
-    ///   - metricsFactory: where the engine's counters and histograms go (`EngineCounters`); kvantd passes
+    ///   - metricsFactory: where the engine's counters and histograms also go (`EngineMetrics`); kvantd passes
     ///     the Prometheus factory whose registry `GET /metrics` exposes.
     /// - Throws: `KvantError(.invalidArgument)` for a missing allowed dir or an unknown `socket_group`.
     public init(configuration: DaemonConfiguration, backend: any InferenceBackend, notifier: SystemdNotifier,
@@ -35,7 +35,7 @@ public final class Daemon: Sendable {
         let groupID = try configuration.socketGroup.map { try AccessPolicy.groupID(named: $0) }
         let paths = try PathPolicy(allowedDirs: configuration.allowedDirs)
         let engine = Engine(backend: backend, settings: configuration.engineSettings, logger: logger,
-                            counters: EngineCounters(factory: metricsFactory))
+                            metrics: EngineMetrics(factory: metricsFactory))
         self.engine = engine
         let statusReporter = StatusReporter(engine: engine, notifier: notifier)
         let startupFinished = OneShotEvent()
@@ -52,7 +52,7 @@ public final class Daemon: Sendable {
             configuration: .init(socketPath: configuration.socket, socketMode: configuration.socketMode,
                                  socketGroupID: groupID, listenFD: listenFD,
                                  shutdownTimeout: .milliseconds(Int64(configuration.shutdownTimeoutSeconds * 1000))),
-            handler: handler, logger: logger, onListening: { await supervisor.listening() })
+            handler: handler, logger: logger, onListening: { supervisor.listening() })
     }
 
     /// Returns once READY=1 was sent (socket bound with its final mode and owner, start-up model
@@ -90,10 +90,11 @@ final class StatusReporter: @unchecked Sendable {
 
     func refresh() async {
         let line = await engine.statusLine()
-        lock.lock()
-        let changed = line != lastStatus
-        lastStatus = line
-        lock.unlock()
+        let changed = lock.withLock { () -> Bool in
+            let changed = line != lastStatus
+            lastStatus = line
+            return changed
+        }
         if changed { notifier.status(line) }
     }
 
@@ -204,7 +205,7 @@ public final class DaemonSupervisor: Service, @unchecked Sendable {
                                            progress: { [status] in status.loadProgress($0) })
             startupLoadFailed = false
         } catch {
-            let error = Engine.kvantError(error)
+            let error = KvantError.normalized(error)
             logger.error("start-up model failed to load", metadata: ["model": "\(model)", "error": "\(error.message)"])
             await engine.recordFailure("start-up model failed: \(error.message)")
             startupLoadFailed = true
@@ -247,7 +248,7 @@ public final class DaemonSupervisor: Service, @unchecked Sendable {
                 message = "reloaded scales epoch \(report.epoch.map(String.init) ?? "?") sha256 \(report.sha256.prefix(12))"
                 logger.notice("\(message)")
             } catch {
-                let error = Engine.kvantError(error)
+                let error = KvantError.normalized(error)
                 failure = error.message
                 message = "reload failed, serving with previous scales: \(error.message)"
                 logger.error("reload failed", metadata: ["error": "\(error.message)"])

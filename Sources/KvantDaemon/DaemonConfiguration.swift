@@ -111,10 +111,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
         }
         func int(_ range: ClosedRange<Int>) throws -> Int {
             guard let number = value.int else { throw bad("an integer") }
-            guard range.contains(number) else {
-                throw KvantError(.invalidArgument, "\(file): key '\(key)' = \(number) is out of range \(range.lowerBound)...\(range.upperBound)")
-            }
-            return number
+            return try Self.checked(number, range, what: "\(file): key '\(key)' =")
         }
         switch key {
         case "socket": socket = try string()
@@ -128,11 +125,11 @@ public struct DaemonConfiguration: Sendable, Equatable {
                 throw KvantError(.invalidArgument, "\(file): key 'kv_cache_dtype': \(error.message)")
             }
         case "quantization_param_path": quantizationParamPath = try string()
-        case "kv_cache_bytes": kvCacheBytes = try int(1...Int.max)
-        case "block_size": blockSize = try int(1...1024)
-        case "max_model_len": maxModelLen = try int(1...(1 << 24))
-        case "max_num_seqs": maxNumSeqs = try int(1...1024)
-        case "threads": threads = try int(0...4096)
+        case "kv_cache_bytes": kvCacheBytes = try int(Limits.kvCacheBytes)
+        case "block_size": blockSize = try int(Limits.blockSize)
+        case "max_model_len": maxModelLen = try int(Limits.maxModelLen)
+        case "max_num_seqs": maxNumSeqs = try int(Limits.maxNumSeqs)
+        case "threads": threads = try int(Limits.threads)
         case "allowed_dirs":
             guard let array = value.array else { throw bad("an array of strings") }
             allowedDirs = try array.map {
@@ -152,9 +149,9 @@ public struct DaemonConfiguration: Sendable, Equatable {
                 throw KvantError(.invalidArgument, "\(file): key 'shutdown_timeout_seconds' = \(seconds) is out of range 0...3600")
             }
             shutdownTimeoutSeconds = seconds
-        case "perplexity_ctx": perplexityContext = try int(2...(1 << 24))
+        case "perplexity_ctx": perplexityContext = try int(Limits.perplexityContext)
         case "http_host": httpHost = try string()
-        case "http_port": httpPort = try int(0...65535)
+        case "http_port": httpPort = try int(Limits.httpPort)
         case "http_unix_socket": httpUnixSocket = try string()
         case "api_key":
             let key = try string()
@@ -162,11 +159,85 @@ public struct DaemonConfiguration: Sendable, Equatable {
             apiKey = key
         case "served_model_name": servedModelName = try string()
         case "chat_template": chatTemplate = try string()
-        case "max_request_body_bytes": maxRequestBodyBytes = try int(1024...(1 << 30))
-        case "max_queued_requests": maxQueuedRequests = try int(0...1_000_000)
+        case "max_request_body_bytes": maxRequestBodyBytes = try int(Limits.maxRequestBodyBytes)
+        case "max_queued_requests": maxQueuedRequests = try int(Limits.maxQueuedRequests)
         default:
             throw KvantError(.invalidArgument, "\(file): unknown key '\(key)'")
         }
+    }
+
+    /// The allowed values of the integer settings, the same for the file's keys and the flags.
+    public enum Limits {
+        public static let kvCacheBytes = 1...Int.max
+        public static let blockSize = 1...1024
+        public static let maxModelLen = 1...(1 << 24)
+        public static let maxNumSeqs = 1...1024
+        public static let threads = 0...4096
+        public static let perplexityContext = 2...(1 << 24)
+        public static let httpPort = 0...65535
+        public static let maxRequestBodyBytes = 1024...(1 << 30)
+        public static let maxQueuedRequests = 0...1_000_000
+    }
+
+    /// `value` when it lies in `range`.
+    /// - Throws: `KvantError(.invalidArgument)` "`what` N is out of range A...B" (`what` names the key or flag).
+    public static func checked(_ value: Int, _ range: ClosedRange<Int>, what: String) throws -> Int {
+        guard range.contains(value) else {
+            if range.upperBound == Int.max {
+                throw KvantError(.invalidArgument, "\(what) \(value) must be at least \(range.lowerBound)")
+            }
+            throw KvantError(.invalidArgument, "\(what) \(value) is out of range \(range.lowerBound)...\(range.upperBound)")
+        }
+        return value
+    }
+
+    /// Applies command-line flags over the file's values (flags win), with the same checks as the file.
+    /// Every parameter is optional; nil leaves the setting as it is.
+    /// - Throws: `KvantError(.invalidArgument)` naming the flag.
+    public mutating func applyFlags(model: String? = nil, kvCacheDType: String? = nil, quantizationParamPath: String? = nil,
+                                    blockSize: Int? = nil, kvCacheBytes: Int? = nil, maxModelLen: Int? = nil,
+                                    socket: String? = nil, threads: Int? = nil, logLevel: String? = nil,
+                                    allowedDirs: [String] = []) throws {
+        if let model { self.model = model }
+        if let kvCacheDType {
+            do { self.kvCacheDType = try KVCacheDType(parsing: kvCacheDType) } catch let error as KvantError {
+                throw KvantError(.invalidArgument, "--kv-cache-dtype: \(error.message)")
+            }
+        }
+        if let quantizationParamPath { self.quantizationParamPath = quantizationParamPath }
+        if let blockSize { self.blockSize = try Self.checked(blockSize, Limits.blockSize, what: "--block-size") }
+        if let kvCacheBytes { self.kvCacheBytes = try Self.checked(kvCacheBytes, Limits.kvCacheBytes, what: "--kv-cache-bytes") }
+        if let maxModelLen { self.maxModelLen = try Self.checked(maxModelLen, Limits.maxModelLen, what: "--max-model-len") }
+        if let socket { self.socket = socket }
+        if let threads { self.threads = try Self.checked(threads, Limits.threads, what: "--threads") }
+        if let logLevel {
+            guard let level = Logger.Level(rawValue: logLevel) else {
+                throw KvantError(.invalidArgument,
+                                 "--log-level '\(logLevel)'; expected one of: \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            self.logLevel = level
+        }
+        if !allowedDirs.isEmpty { self.allowedDirs = allowedDirs }
+    }
+
+    /// Applies the HTTP API's flags (vLLM's `--host`, `--port`, `--api-key`, `--served-model-name`,
+    /// `--chat-template`; `--no-http` turns off both listeners), with the file's checks.
+    /// - Throws: `KvantError(.invalidArgument)` naming the flag.
+    public mutating func applyHTTPFlags(host: String? = nil, port: Int? = nil, noHTTP: Bool = false, unixSocket: String? = nil,
+                                        apiKey: String? = nil, servedModelName: String? = nil, chatTemplate: String? = nil) throws {
+        if let host { httpHost = host }
+        if let port { httpPort = try Self.checked(port, Limits.httpPort, what: "--port") }
+        if let unixSocket { httpUnixSocket = unixSocket }
+        if noHTTP {
+            httpPort = 0
+            httpUnixSocket = nil
+        }
+        if let apiKey {
+            guard !apiKey.isEmpty else { throw KvantError(.invalidArgument, "--api-key is empty; leave it out for no key") }
+            self.apiKey = apiKey
+        }
+        if let servedModelName { self.servedModelName = servedModelName }
+        if let chatTemplate { self.chatTemplate = chatTemplate }
     }
 
     /// Parses an octal mode such as `0660`.

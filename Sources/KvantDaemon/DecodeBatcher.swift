@@ -1,4 +1,5 @@
 import Foundation
+import KvantCore
 
 /// Continuous batching of decode steps (the scheduling idea of Orca, Yu et al., OSDI 2022, and
 /// vLLM): a sequence that wants its next token registers here instead of queueing its own lane
@@ -11,18 +12,6 @@ import Foundation
 /// finds fewer of them registered than are active waits up to `gatherWindow` seconds for the rest
 /// (they are only passing their previous token to their client), so steps stay full instead of
 /// alternating between one sequence and the others.
-/// Indices `0..<count` grouped by `key` (nil: left out), groups in order of first appearance, indices
-/// ascending within a group.
-func orderedGroups<Key: Hashable>(count: Int, key: (Int) -> Key?) -> [[Int]] {
-    var groups: [Key: Int] = [:]
-    var out: [[Int]] = []
-    for i in 0..<count {
-        guard let k = key(i) else { continue }
-        if let g = groups[k] { out[g].append(i) } else { groups[k] = out.count; out.append([i]) }
-    }
-    return out
-}
-
 final class DecodeBatcher: @unchecked Sendable {
     /// Longest wait of a batch for active sequences that have not registered yet, seconds.
     let gatherWindow: TimeInterval

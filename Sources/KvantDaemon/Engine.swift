@@ -41,8 +41,6 @@ public actor Engine {
 
     public nonisolated let backend: any InferenceBackend
     public nonisolated let settings: Settings
-    /// Request and token totals and latency histograms, shared by `stats` and `/metrics`.
-    public nonisolated let counters: EngineCounters
     private let logger: Logger
     private let lane = ComputeLane(label: "kvant.engine.compute")
     private nonisolated let batcher = DecodeBatcher()
@@ -51,35 +49,36 @@ public actor Engine {
     private var model: (any LoadedModel)?
     private var loading = false
     private var lastScalesPath: String?
-    private var lastError: String?
+    /// The last failure since the last success (`health`, `STATUS=`), capped so that no reply or status
+    /// line carries more than `KvantError.maxMessageCharacters` of it.
+    private var lastError: String? {
+        didSet { if let lastError, lastError.count > KvantError.maxMessageCharacters { self.lastError = KvantError.capped(lastError) } }
+    }
 
-    // Figures.
+    /// Sequence slots taken (`max_num_seqs`), including requests that hold a slot and wait for KV blocks.
     private var running = 0
-    /// Requests waiting for a sequence slot (`max_num_seqs`), in arrival order; resumed with true when
-    /// they got the slot, false when cancelled while waiting.
-    private var waiters: [(key: Int, continuation: CheckedContinuation<Bool, Never>)] = []
-    /// Requests holding a slot but waiting for KV blocks (admission control), in arrival order.
-    private var kvWaiters: [(key: Int, continuation: CheckedContinuation<Void, Never>)] = []
-    private var nextWaiterKey = 0
+    /// Requests waiting for a sequence slot, in arrival order; resumed with true when they got the slot,
+    /// false when cancelled while waiting.
+    private nonisolated let slotWaiters = WaiterQueue<Bool>()
+    /// Requests holding a slot but waiting for KV blocks (admission control), in arrival order;
+    /// resumed with false when a release may have freed enough, true when cancelled.
+    private nonisolated let blockWaiters = WaiterQueue<Bool>()
     /// True while a request tries to reserve its blocks (newcomers queue behind it).
     private var kvRetrying = false
     /// Sequences created and not yet released (all models and pools).
     private var liveSequences = 0
     /// Sequences released so far (a waiter retries at once when one was released while it tried).
     private var releaseCount = 0
-    private var served = 0
-    private var failed = 0
-    private var prefillNanos: UInt64 = 0
-    private var decodeNanos: UInt64 = 0
-    private var decodeTokens = 0
-    private var connections = 0
+    private var counters: EngineCounters
 
+    /// - Parameter metrics: where the counters' increments and the latency histograms also go (the
+    ///   swift-metrics handlers behind `GET /metrics`); the default keeps only the totals of `stats`.
     public init(backend: any InferenceBackend, settings: Settings = Settings(), logger: Logger = Logger(label: "kvant.engine"),
-                counters: EngineCounters = EngineCounters()) {
+                metrics: EngineMetrics = EngineMetrics()) {
         self.backend = backend
         self.settings = settings
         self.logger = logger
-        self.counters = counters
+        self.counters = EngineCounters(metrics: metrics)
     }
 
     // MARK: Model lifecycle
@@ -120,7 +119,7 @@ public actor Engine {
                 }
             }
         } catch {
-            let error = Engine.kvantError(error)
+            let error = KvantError.normalized(error)
             lastError = "load-model \(path): \(error.message)"
             throw error
         }
@@ -180,7 +179,7 @@ public actor Engine {
             lastError = nil
             return report
         } catch {
-            let error = Engine.kvantError(error)
+            let error = KvantError.normalized(error)
             lastError = error.message.hasPrefix("reload-scales") ? error.message : "reload-scales: \(error.message)"
             throw error
         }
@@ -197,7 +196,7 @@ public actor Engine {
         return try await withCheckedThrowingContinuation { continuation in
             Engine.onLoaderThread {
                 do { continuation.resume(returning: try backend.validateScales(path: path, for: model)) } catch {
-                    continuation.resume(throwing: Engine.kvantError(error))
+                    continuation.resume(throwing: KvantError.normalized(error))
                 }
             }
         }
@@ -252,8 +251,8 @@ public actor Engine {
             let started = DispatchTime.now().uptimeNanoseconds
             let outcome: Result<GenerateResult, Error>
             do {
-                outcome = .success(try await run(sequence, model: model, prompt: prompt, params: params, budget: budget, queued: queued,
-                                                 started: started, onToken: onToken))
+                outcome = .success(try await run(sequence, model: model, prompt: prompt, params: params, budget: budget,
+                                                 queued: queued, started: started, onToken: onToken))
             } catch {
                 outcome = .failure(error)
             }
@@ -264,8 +263,8 @@ public actor Engine {
             }
             return try outcome.get()
         } catch {
-            failed += 1
-            throw Engine.kvantError(error)
+            counters.failed += 1
+            throw KvantError.normalized(error)
         }
     }
 
@@ -276,7 +275,7 @@ public actor Engine {
     private func admit(_ model: any LoadedModel, prompt: [Int], budget: Int,
                        sampling: SamplingConfig) async throws -> (any GenerationSequence)? {
         // Behind requests already waiting for KV blocks: first come, first served.
-        if !kvWaiters.isEmpty || kvRetrying {
+        if !blockWaiters.isEmpty || kvRetrying {
             if await waitForBlocks(atFront: false) { return nil }
         }
         while true {
@@ -308,27 +307,12 @@ public actor Engine {
 
     /// Waits until a sequence releases its blocks; true when cancelled meanwhile.
     private func waitForBlocks(atFront: Bool) async -> Bool {
-        let key = nextWaiterKey
-        nextWaiterKey += 1
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                if Task.isCancelled { continuation.resume(); return }
-                if atFront { kvWaiters.insert((key, continuation), at: 0) } else { kvWaiters.append((key, continuation)) }
-            }
-        } onCancel: {
-            Task { await self.cancelKVWaiter(key) }
-        }
-        return Task.isCancelled
-    }
-
-    private func cancelKVWaiter(_ key: Int) {
-        guard let index = kvWaiters.firstIndex(where: { $0.key == key }) else { return }
-        kvWaiters.remove(at: index).continuation.resume()
+        let cancelled = await blockWaiters.wait(atFront: atFront, cancelled: true)
+        return cancelled || Task.isCancelled
     }
 
     private func wakeNextKVWaiter() {
-        guard !kvWaiters.isEmpty else { return }
-        kvWaiters.removeFirst().continuation.resume()
+        blockWaiters.resumeFirst(false)
     }
 
     private func sequenceReleased() {
@@ -337,73 +321,56 @@ public actor Engine {
         wakeNextKVWaiter()
     }
 
-    /// Prefill, then decode until end-of-sequence, a stop string, the token budget or cancellation.
-    private func run(_ sequence: (any GenerationSequence)?, model: any LoadedModel, prompt: [Int], params: GenerateParams, budget: Int,
-                     queued: UInt64, started: UInt64,
+    /// Prefill, then decode until end-of-sequence, a stop string, the token budget or cancellation
+    /// (`GenerationLoop`); decode steps go through the batcher. A nil sequence was cancelled while it
+    /// waited for a slot or KV blocks.
+    private func run(_ sequence: (any GenerationSequence)?, model: any LoadedModel, prompt: [Int], params: GenerateParams,
+                     budget: Int, queued: UInt64, started: UInt64,
                      onToken: @escaping @Sendable (GeneratedToken) async -> Void) async throws -> GenerateResult {
-        var text = ""
-        var tokens: [Int] = []
-        var finish = FinishReason.length
-        var stopReason: String?
-        var decodedCount = 0
-        var prefilled = false
-        var promptLogprobs: [TokenLogprobs?]?
-        let prefillEnd: UInt64
-        if Task.isCancelled || sequence == nil {   // cancelled while it waited for a slot or KV blocks
-            prefillEnd = DispatchTime.now().uptimeNanoseconds
-            finish = .cancelled
+        let loop = GenerationLoop(stops: params.stop, budget: budget)
+        let batcher = self.batcher
+        let lane = self.lane
+        var decoding = false
+        defer { if decoding { batcher.leave() } }
+        var out: GenerationLoop.Outcome
+        var previousToken: UInt64?
+        if let sequence, !Task.isCancelled {
+            out = try await loop.run(
+                prefill: { try await lane.run { try sequence.prefill() } },
+                decode: { try await batcher.decode(sequence, model: model, on: lane) },
+                onPrefilled: {
+                    batcher.enter()
+                    decoding = true
+                    counters.promptProcessed(prompt.count)
+                    counters.prefillNanos += DispatchTime.now().uptimeNanoseconds - started
+                },
+                emit: { token in
+                    let now = DispatchTime.now().uptimeNanoseconds
+                    counters.tokenGenerated(sinceArrival: previousToken == nil ? now - queued : nil,
+                                            sincePrevious: previousToken.map { now - $0 })
+                    previousToken = now
+                    await onToken(token)
+                })
         } else {
-            let sequence = sequence!
-            var next = try await onLane { try sequence.prefill() }
-            prefillEnd = DispatchTime.now().uptimeNanoseconds
-            prefilled = true
-            promptLogprobs = sequence.promptLogprobs
-            batcher.enter()
-            defer { batcher.leave() }
-            counters.promptProcessed(prompt.count)
-            prefillNanos += prefillEnd - started
-            var previousToken: UInt64?
-            loop: while true {
-                if next.isEndOfSequence {
-                    finish = .stop
-                    stopReason = "eos"
-                    break loop
-                }
-                tokens.append(next.token)
-                text += next.text
-                let now = DispatchTime.now().uptimeNanoseconds
-                counters.tokenGenerated(sinceArrival: previousToken == nil ? now - queued : nil,
-                                        sincePrevious: previousToken.map { now - $0 })
-                previousToken = now
-                await onToken(next)
-                if let match = Engine.firstStop(in: text, stops: params.stop) {
-                    text = String(text[..<match.range.lowerBound])
-                    finish = .stop
-                    stopReason = match.stop
-                    break loop
-                }
-                if tokens.count >= budget { finish = .length; break loop }
-                if Task.isCancelled { finish = .cancelled; break loop }
-                next = try await batcher.decode(sequence, model: model, on: lane)
-                decodedCount += 1
-            }
+            out = GenerationLoop.Outcome(finishReason: .cancelled, prefillEnd: DispatchTime.now().uptimeNanoseconds)
         }
+        let prefillEnd = out.prefillEnd
         let end = DispatchTime.now().uptimeNanoseconds
-        decodeNanos += end - prefillEnd
-        decodeTokens += decodedCount
-        served += 1
-        counters.requestFinished(finish, promptTokens: prefilled ? prompt.count : 0, generationTokens: tokens.count,
-                                 latencyNanoseconds: end - queued)
+        counters.decodeNanos += end - prefillEnd
+        counters.decodeTokens += out.decodeSteps
+        counters.served += 1
+        counters.requestFinished(out.finishReason, promptTokens: out.prefilled ? prompt.count : 0,
+                                 generationTokens: out.tokens.count, latencyNanoseconds: end - queued)
         let prefillMs = Double(prefillEnd - started) / 1e6
         let decodeMs = Double(end - prefillEnd) / 1e6
         var result = GenerateResult(
-            text: text, tokens: tokens, promptTokens: prompt.count, completionTokens: tokens.count,
-            finishReason: finish, stopReason: stopReason,
+            text: out.text, tokens: out.tokens, promptTokens: prompt.count, completionTokens: out.tokens.count,
+            finishReason: out.finishReason, stopReason: out.stopReason,
             timings: GenerateTimings(
                 queueMs: Double(started - queued) / 1e6, prefillMs: prefillMs, decodeMs: decodeMs,
-                prefillTokensPerSecond: prefilled && prefillMs > 0 ? Double(prompt.count) / (prefillMs / 1000) : 0,
-                decodeTokensPerSecond: decodeMs > 0 ? Double(decodedCount) / (decodeMs / 1000) : 0))
-        result.promptLogprobs = promptLogprobs
+                prefillTokensPerSecond: out.prefilled && prefillMs > 0 ? Double(prompt.count) / (prefillMs / 1000) : 0,
+                decodeTokensPerSecond: decodeMs > 0 ? Double(out.decodeSteps) / (decodeMs / 1000) : 0))
+        result.promptLogprobs = out.prefilled ? sequence?.promptLogprobs : nil
         return result
     }
 
@@ -442,28 +409,34 @@ public actor Engine {
                 flag.set()
             }
         } catch {
-            failed += 1
-            throw Engine.kvantError(error)
+            counters.failed += 1
+            throw KvantError.normalized(error)
         }
     }
 
     // MARK: Figures
 
-    public func connectionOpened() { connections += 1 }
-    public func connectionClosed() { connections -= 1 }
+    public func connectionOpened() { counters.connections += 1 }
+    public func connectionClosed() { counters.connections -= 1 }
 
     public var uptimeSeconds: Double { Double(DispatchTime.now().uptimeNanoseconds - startTime) / 1e9 }
 
+    /// Requests generating now (holding a slot and not waiting for KV blocks).
+    private var requestsRunning: Int { running - blockWaiters.count }
+
+    /// Requests waiting for a slot or for KV blocks.
+    private var requestsWaiting: Int { slotWaiters.count + blockWaiters.count }
+
     public func figures() -> EngineFigures {
-        let totals = counters.snapshot()
+        let batches = batcher.figures
         return EngineFigures(
-            requestsServed: served, requestsRunning: running - kvWaiters.count,
-            requestsWaiting: waiters.count + kvWaiters.count, requestsFailed: failed,
-            promptTokens: totals.promptTokens, generatedTokens: totals.generationTokens,
-            prefillTokensPerSecond: prefillNanos > 0 ? Double(totals.promptTokens) / (Double(prefillNanos) / 1e9) : 0,
-            decodeTokensPerSecond: decodeNanos > 0 ? Double(decodeTokens) / (Double(decodeNanos) / 1e9) : 0,
-            decodeBatchMean: { let f = batcher.figures; return f.batches > 0 ? Double(f.rows) / Double(f.batches) : 0 }(),
-            uptimeSeconds: uptimeSeconds, rssBytes: residentSetBytes(), connections: connections)
+            requestsServed: counters.served, requestsRunning: requestsRunning,
+            requestsWaiting: requestsWaiting, requestsFailed: counters.failed,
+            promptTokens: counters.promptTokens, generatedTokens: counters.generatedTokens,
+            prefillTokensPerSecond: counters.prefillTokensPerSecond,
+            decodeTokensPerSecond: counters.decodeTokensPerSecond,
+            decodeBatchMean: batches.batches > 0 ? Double(batches.rows) / Double(batches.batches) : 0,
+            uptimeSeconds: uptimeSeconds, rssBytes: residentSetBytes(), connections: counters.connections)
     }
 
     public func stats() throws -> StatsResult {
@@ -488,8 +461,8 @@ public actor Engine {
         guard let model else { return lastError.map { "no model loaded; \($0)" } ?? "no model loaded" }
         let info = model.info
         var line = "serving \(info.name) kv_cache_dtype=\(info.kvCacheDType.rawValue)"
-        if let usage = Engine.cacheUsage(model) { line += String(format: " kv_cache=%.1f%%", usage * 100) }
-        line += " running=\(running - kvWaiters.count) waiting=\(waiters.count + kvWaiters.count)"
+        line += String(format: " kv_cache=%.1f%%", model.kvCacheUsage().fraction * 100)
+        line += " running=\(requestsRunning) waiting=\(requestsWaiting)"
         if let lastError { line += "; \(lastError)" }
         return line
     }
@@ -509,21 +482,10 @@ public actor Engine {
     /// True when the compute lane is idle or progressed within `window` nanoseconds (watchdog).
     public nonisolated func isAlive(window: UInt64) -> Bool { lane.isAlive(window: window) }
 
-    /// Reads `usage` (0…1) from the backend's stats object when it has one
-    /// (`usage`, or `used_blocks`/`total_blocks`, or `blocks_used`/`blocks_total`).
-    static func cacheUsage(_ model: any LoadedModel) -> Double? {
-        guard let stats = try? JSONValue(encoding: AnyEncodable(model.kvCacheStats())) else { return nil }
-        if let usage = stats["usage"]?.doubleValue { return usage }
-        for (usedKey, totalKey) in [("used_blocks", "total_blocks"), ("blocks_used", "blocks_total"), ("usedBlocks", "totalBlocks")] {
-            if let used = stats[usedKey]?.doubleValue, let total = stats[totalKey]?.doubleValue, total > 0 { return used / total }
-        }
-        return nil
-    }
-
     // MARK: Internals
 
     /// Loads and scale validation run on a thread of their own, beside the compute lane.
-    private static func onLoaderThread(_ body: @escaping () -> Void) {
+    private static func onLoaderThread(_ body: @escaping @Sendable () -> Void) {
         let thread = Thread(block: body)
         thread.name = "kvant.engine.loader"
         thread.stackSize = 8 << 20
@@ -537,55 +499,20 @@ public actor Engine {
     /// Takes a sequence slot, waiting in arrival order while `max_num_seqs` run. Returns false (no slot
     /// taken) when the calling task is cancelled before it got one.
     private func acquireSlot() async -> Bool {
-        if running < settings.maxNumSeqs {
+        if running < settings.maxNumSeqs, slotWaiters.isEmpty {
             running += 1
             return true
         }
-        let key = nextWaiterKey
-        nextWaiterKey += 1
-        return await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
-                if Task.isCancelled { continuation.resume(returning: false); return }
-                waiters.append((key, continuation))
-            }
-        } onCancel: {
-            Task { await self.cancelSlotWaiter(key) }
-        }
-    }
-
-    private func cancelSlotWaiter(_ key: Int) {
-        guard let index = waiters.firstIndex(where: { $0.key == key }) else { return }
-        waiters.remove(at: index).continuation.resume(returning: false)
+        return await slotWaiters.wait(cancelled: false)
     }
 
     private func releaseSlot() {
         running -= 1
-        resumeWaiter()
-    }
-
-    private func resumeWaiter() {
-        while running < settings.maxNumSeqs, !waiters.isEmpty {
+        // The slot passes to the longest waiter (counted as taken before it resumes).
+        while running < settings.maxNumSeqs {
             running += 1
-            waiters.removeFirst().continuation.resume(returning: true)
+            if !slotWaiters.resumeFirst(true) { running -= 1; break }
         }
-    }
-
-    static func firstStop(in text: String, stops: [String]) -> (stop: String, range: Range<String.Index>)? {
-        var best: (stop: String, range: Range<String.Index>)?
-        for stop in stops {
-            if let range = text.range(of: stop), best == nil || range.lowerBound < best!.range.lowerBound {
-                best = (stop, range)
-            }
-        }
-        return best
-    }
-
-    /// Any error as a `KvantError`: backend errors of other types become `.internal` without details
-    /// that could echo file contents.
-    static func kvantError(_ error: Error) -> KvantError {
-        if let error = error as? KvantError { return error }
-        if error is CancellationError { return KvantError(.cancelled, "the request was cancelled") }
-        return KvantError(.internal, "backend error: \(type(of: error))")
     }
 }
 

@@ -130,6 +130,22 @@ public struct KVCacheAdmissionLater: Error, Sendable, Equatable {
     }
 }
 
+/// How full a KV-cache pool is: blocks in use of all blocks.
+public struct KVCacheUsage: Sendable, Equatable {
+    /// Blocks held by live sequences.
+    public var usedBlocks: Int
+    /// Blocks in the pool.
+    public var totalBlocks: Int
+
+    public init(usedBlocks: Int, totalBlocks: Int) {
+        self.usedBlocks = usedBlocks
+        self.totalBlocks = totalBlocks
+    }
+
+    /// usedBlocks / totalBlocks in 0…1 (0 for an empty pool).
+    public var fraction: Double { totalBlocks > 0 ? Double(usedBlocks) / Double(totalBlocks) : 0 }
+}
+
 /// One sampled token.
 public struct GeneratedToken: Sendable, Equatable {
     /// Token id in the model's vocabulary.
@@ -237,10 +253,11 @@ public protocol LoadedModel: AnyObject, Sendable {
     func decodeBatch(_ sequences: [any GenerationSequence]) -> DecodeBatchOutcome
 
     /// The KV cache's statistics (blocks total/used, bytes, dtype, epoch, …) as any Encodable value
-    /// that encodes to a JSON object; sent verbatim as `stats.kv_cache`. systemd's `STATUS=` shows
-    /// the cache usage from its `usage` field (0…1), or from `used_blocks`/`total_blocks`
-    /// (also `blocks_used`/`blocks_total`, `usedBlocks`/`totalBlocks`). Thread-safe.
+    /// that encodes to a JSON object; sent verbatim as `stats.kv_cache`. Thread-safe.
     func kvCacheStats() -> any Encodable & Sendable
+
+    /// Blocks in use of the current pool (systemd's `STATUS=`, `kv_cache_usage_perc`). Thread-safe.
+    func kvCacheUsage() -> KVCacheUsage
 
     /// The installed static scales, nil when the dtype uses none. Thread-safe.
     func currentScales() -> ScalesReport?
@@ -261,7 +278,6 @@ public protocol LoadedModel: AnyObject, Sendable {
     func calibrate(_ request: CalibrationRequest, control: OperationControl) throws -> CalibrateResult
 }
 
-/// One sequence being generated. Methods run on the compute thread, one at a time.
 /// What one `LoadedModel.decodeBatch` call did.
 public struct DecodeBatchOutcome {
     /// One result per sequence, in the order given.
@@ -281,6 +297,7 @@ extension LoadedModel {
     }
 }
 
+/// One sequence being generated. Methods run on the compute thread, one at a time.
 public protocol GenerationSequence: AnyObject {
     /// Prefill: runs the prompt through the model, writes its K/V, samples the first token.
     func prefill() throws -> GeneratedToken
@@ -323,21 +340,4 @@ extension LoadedModel {
     }
 
     public var chatTemplate: ChatTemplateSource { ChatTemplateSource(template: nil, bosToken: "", eosToken: "") }
-}
-
-/// The backend of a daemon built without an executor: every load fails with a clear error.
-/// `kvantd` uses it until the real adapter is linked in (`makeInferenceBackend()` in kvantd).
-public struct UnavailableBackend: InferenceBackend {
-    public init() {}
-
-    public var name: String { "none" }
-
-    public func loadModel(_ request: ModelLoadRequest, progress: @escaping @Sendable (String) -> Void) throws -> any LoadedModel {
-        throw KvantError(.unavailable,
-                         "this kvantd build has no inference backend; cannot load \(request.path) (model loading is not wired in yet)")
-    }
-
-    public func validateScales(path: String, for model: (any LoadedModel)?) throws -> ScalesReport {
-        throw KvantError(.unavailable, "this kvantd build has no inference backend; cannot validate \(path)")
-    }
 }

@@ -65,7 +65,7 @@ public final class RequestHandler: Sendable {
             let result = try await call(method, request, context)
             return RPCResponse(id: request.id, result: result)
         } catch {
-            let error = Engine.kvantError(error)
+            let error = KvantError.normalized(error)
             if method == .loadModel || method == .reloadScales || method == .setKVDType {
                 // Operator actions that change what is served: failures belong in the journal.
                 logger.error("\(method.rawValue) failed", metadata: ["reason": "\(error.reason.rawValue)", "error": "\(error.message)"])
@@ -112,7 +112,7 @@ public final class RequestHandler: Sendable {
                 scales = try params.quantizationParamPath.map { try paths.existingFile($0, field: "quantization_param_path") }
             } catch {
                 // Refused paths count as failed loads for health/last_error, like failures of the load itself.
-                await engine.recordFailure("load-model \(params.path): \(Engine.kvantError(error).message)")
+                await engine.recordFailure("load-model \(params.path): \(KvantError.normalized(error).message)")
                 throw error
             }
             let result = try await engine.loadModel(path: path, kvCacheDType: params.kvCacheDType,
@@ -137,7 +137,7 @@ public final class RequestHandler: Sendable {
             do {
                 path = try params.path.map { try paths.existingFile($0, field: "path") }
             } catch {
-                await engine.recordFailure("reload-scales \(params.path ?? ""): \(Engine.kvantError(error).message)")
+                await engine.recordFailure("reload-scales \(params.path ?? ""): \(KvantError.normalized(error).message)")
                 throw error
             }
             let report = try await engine.reloadScales(path: path)
@@ -186,7 +186,8 @@ public final class RequestHandler: Sendable {
             try params.validate()
             let text = try params.textPath.map { try paths.existingFile($0, field: "text_path") }
             let output = try paths.outputFile(params.output, field: "output")
-            // Up front: a run takes minutes, its output must not fail only at the end.
+            // Up front: a run takes minutes, its output must not fail only at the end. This is the one
+            // policy check (the backend then creates its temporary file before any compute).
             try PathPolicy.checkWritable(output, field: "output", method: "calibrate")
             let calibration = CalibrationRequest(
                 textPath: text, numTokens: params.numTokens ?? CalibrationRequest.defaultNumTokens, perHead: params.perHead ?? false,

@@ -1,6 +1,7 @@
 import CSystemd
 import Dispatch
 import Foundation
+import KvantCore
 import Logging
 
 /// Talks to the service manager with libsystemd's `sd_notify(3)`: readiness, reload, status,
@@ -80,12 +81,12 @@ public enum SocketActivation {
     public static func listeningSocket() throws -> Int32? {
         let count = sd_listen_fds(1)
         if count < 0 {
-            throw KvantErrorBridge.make(.internal, "sd_listen_fds failed: \(String(cString: strerror(-count)))")
+            throw KvantError(.internal, "sd_listen_fds failed: \(String(cString: strerror(-count)))")
         }
         guard count >= 1 else { return nil }
         let fd = Int32(SD_LISTEN_FDS_START)
         guard sd_is_socket_unix(fd, Int32(SOCK_STREAM.rawValue), 1, nil, 0) > 0 else {
-            throw KvantErrorBridge.make(.invalidArgument,
+            throw KvantError(.invalidArgument,
                                         "socket activation passed fd \(fd), which is not a listening Unix stream socket (check ListenStream= in kvantd.socket)")
         }
         return fd

@@ -5,7 +5,7 @@ import Prometheus
 
 /// `GET /metrics`: the Prometheus text format of one registry.
 ///
-/// Counters and histograms (`EngineCounters.Name`) are written by the engine through the swift-metrics
+/// Counters and histograms (`EngineMetrics.Name`) are written by the engine through the swift-metrics
 /// factory made by `makeMetricsFactory(registry:)`; the gauges below are read from the engine's
 /// `stats` at scrape time, so `/metrics` and the control socket's `stats` show the same numbers:
 ///
@@ -29,13 +29,13 @@ public final class MetricsExporter: @unchecked Sendable {
         self.registry = registry
     }
 
-    /// The swift-metrics factory the engine's `EngineCounters` write through: vLLM's buckets per histogram.
+    /// The swift-metrics factory the engine's `EngineMetrics` write through: vLLM's buckets per histogram.
     public static func makeMetricsFactory(registry: PrometheusCollectorRegistry) -> PrometheusMetricsFactory {
         var factory = PrometheusMetricsFactory(registry: registry)
-        factory.durationHistogramBuckets = EngineCounters.durationBuckets.mapValues { $0.map { Duration.nanoseconds(Int64($0 * 1e9)) } }
-        let tokens = EngineCounters.tokenBuckets()
-        factory.valueHistogramBuckets = [EngineCounters.Name.requestPromptTokens: tokens,
-                                         EngineCounters.Name.requestGenerationTokens: tokens]
+        factory.durationHistogramBuckets = EngineMetrics.durationBuckets.mapValues { $0.map { Duration.nanoseconds(Int64($0 * 1e9)) } }
+        let tokens = EngineMetrics.tokenBuckets()
+        factory.valueHistogramBuckets = [EngineMetrics.Name.requestPromptTokens: tokens,
+                                         EngineMetrics.Name.requestGenerationTokens: tokens]
         return factory
     }
 

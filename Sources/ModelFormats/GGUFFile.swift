@@ -149,7 +149,8 @@ public final class GGUFFile: @unchecked Sendable {
 
     private func value(_ key: String) throws -> GGUFValue {
         guard let v = metadata[key] else {
-            throw KvantError(.notFound, "\(path): metadata key '\(key)' is missing")
+            // A required key the file lacks makes it a bad model file, not a missing file.
+            throw KvantError(.invalidArgument, "\(path): metadata key '\(key)' is missing")
         }
         return v
     }
@@ -161,8 +162,8 @@ public final class GGUFFile: @unchecked Sendable {
     /// The metadata value for `key`, or nil.
     public subscript(key: String) -> GGUFValue? { metadata[key] }
 
-    /// An integer value (any GGUF integer type) that is >= 0. Throws `.notFound` when missing,
-    /// `.invalidArgument` for another type or a negative value.
+    /// An integer value (any GGUF integer type) that is >= 0. Throws `.invalidArgument` when missing,
+    /// of another type or negative (use the subscript for optional keys).
     public func uint(_ key: String) throws -> Int {
         let v = try value(key)
         guard let i = v.intValue else { throw wrongType(key, v, "an unsigned integer") }
@@ -313,8 +314,43 @@ private struct GGUFParser {
         return T(littleEndian: v)
     }
 
-    mutating func readString(_ field: @autoclosure () -> String) throws -> String {
+    /// Longest metadata key accepted, bytes (real keys are a few dozen; a corrupted length field
+    /// would otherwise turn megabytes of the file into a "key").
+    static let maxKeyBytes = 65_535
+    /// Longest tensor name accepted, bytes: ggml's `GGML_MAX_NAME` (64) less the terminating NUL, as llama.cpp's gguf reader.
+    static let maxTensorNameBytes = 63
+
+    /// A name read from the file as errors show it: quoted, control characters, quotes and invalid UTF-8
+    /// (U+FFFD) escaped, cut at 48 characters of output with the full length (UTF-8 bytes after
+    /// decoding) named, so an error never carries file bytes in bulk.
+    static func quoted(_ s: String) -> String {
+        var out = "'"
+        var shown = 0
+        for scalar in s.unicodeScalars {
+            let piece: String
+            switch scalar {
+            case "'": piece = "\\'"
+            case "\\": piece = "\\\\"
+            case _ where scalar.value < 0x20 || scalar.value == 0x7F || scalar == "\u{FFFD}":
+                piece = "\\u{\(String(scalar.value, radix: 16))}"
+            default: piece = String(scalar)
+            }
+            if shown + piece.count > 48 {
+                return out + "…' (\(s.utf8.count) bytes)"
+            }
+            out += piece
+            shown += piece.count
+        }
+        return out + "'"
+    }
+
+    /// Reads a length-prefixed string.
+    /// - Parameter limit: longest accepted length in bytes (keys and tensor names); nil for values.
+    mutating func readString(_ field: @autoclosure () -> String, limit: Int? = nil) throws -> String {
         let len = try read(UInt64.self, "\(field()) length")
+        if let limit, len > UInt64(limit) {
+            throw fail("\(field()): length \(len) at offset \(pos - 8) exceeds the limit of \(limit) bytes (a corrupted length field?)")
+        }
         guard len <= UInt64(remaining) else {
             throw fail("\(field()): string length \(len) at offset \(pos - 8) runs past the end of the file (\(size) bytes)")
         }
@@ -413,11 +449,11 @@ private struct GGUFParser {
         valueOffsets.reserveCapacity(Int(kvCount))
         keys.reserveCapacity(Int(kvCount))
         for i in 0..<Int(kvCount) {
-            let key = try readString("metadata KV #\(i) key")
-            let t = try read(UInt32.self, "metadata '\(key)' value type")
+            let key = try readString("metadata KV #\(i) key", limit: GGUFParser.maxKeyBytes)
+            let t = try read(UInt32.self, "metadata \(GGUFParser.quoted(key)) value type")
             valueOffsets[key] = pos
-            let v = try readValue(type: t, "metadata '\(key)'", depth: 0)
-            guard metadata[key] == nil else { throw fail("metadata key '\(key)' appears twice") }
+            let v = try readValue(type: t, "metadata \(GGUFParser.quoted(key))", depth: 0)
+            guard metadata[key] == nil else { throw fail("metadata key \(GGUFParser.quoted(key)) appears twice") }
             metadata[key] = v
             keys.append(key)
         }
@@ -439,39 +475,39 @@ private struct GGUFParser {
         var seen = Set<String>()
         seen.reserveCapacity(Int(tensorCount))
         for i in 0..<Int(tensorCount) {
-            let name = try readString("tensor info #\(i) name")
-            guard seen.insert(name).inserted else { throw fail("tensor '\(name)' appears twice") }
-            let nDims = try read(UInt32.self, "tensor '\(name)' n_dims")
+            let name = try readString("tensor info #\(i) name", limit: GGUFParser.maxTensorNameBytes)
+            guard seen.insert(name).inserted else { throw fail("tensor \(GGUFParser.quoted(name)) appears twice") }
+            let nDims = try read(UInt32.self, "tensor \(GGUFParser.quoted(name)) n_dims")
             guard nDims <= UInt32(GGUFFile.maxDims) else {
-                throw fail("tensor '\(name)': n_dims \(nDims) exceeds the maximum of \(GGUFFile.maxDims)")
+                throw fail("tensor \(GGUFParser.quoted(name)): n_dims \(nDims) exceeds the maximum of \(GGUFFile.maxDims)")
             }
             var dims: [Int] = []
             dims.reserveCapacity(Int(nDims))
             var elements = 1
             for d in 0..<Int(nDims) {
-                let ne = try read(UInt64.self, "tensor '\(name)' dims[\(d)]")
+                let ne = try read(UInt64.self, "tensor \(GGUFParser.quoted(name)) dims[\(d)]")
                 guard ne <= UInt64(Int64.max) else {
-                    throw fail("tensor '\(name)': dims[\(d)] = \(ne) is out of range")
+                    throw fail("tensor \(GGUFParser.quoted(name)): dims[\(d)] = \(ne) is out of range")
                 }
                 let (p, o) = elements.multipliedReportingOverflow(by: Int(ne))
-                guard !o else { throw fail("tensor '\(name)': element count overflows (dims[\(d)] = \(ne))") }
+                guard !o else { throw fail("tensor \(GGUFParser.quoted(name)): element count overflows (dims[\(d)] = \(ne))") }
                 elements = p
                 dims.append(Int(ne))
             }
-            let rawType = try read(UInt32.self, "tensor '\(name)' type")
+            let rawType = try read(UInt32.self, "tensor \(GGUFParser.quoted(name)) type")
             guard let type = GGMLType(rawValue: rawType) else {
-                throw fail("tensor '\(name)': unknown tensor type \(rawType)")
+                throw fail("tensor \(GGUFParser.quoted(name)): unknown tensor type \(rawType)")
             }
             let rowLength = dims.first ?? 1
             guard rowLength % type.blockSize == 0 else {
-                throw fail("tensor '\(name)': row length dims[0] = \(rowLength) is not a multiple of the \(type) block size \(type.blockSize)")
+                throw fail("tensor \(GGUFParser.quoted(name)): row length dims[0] = \(rowLength) is not a multiple of the \(type) block size \(type.blockSize)")
             }
             guard let bytes = type.byteCount(elements: elements) else {
-                throw fail("tensor '\(name)': byte size of \(elements) \(type) elements is out of range")
+                throw fail("tensor \(GGUFParser.quoted(name)): byte size of \(elements) \(type) elements is out of range")
             }
-            let rel = try read(UInt64.self, "tensor '\(name)' offset")
+            let rel = try read(UInt64.self, "tensor \(GGUFParser.quoted(name)) offset")
             guard rel % UInt64(alignment) == 0 else {
-                throw fail("tensor '\(name)': data offset \(rel) is not aligned to \(alignment) bytes")
+                throw fail("tensor \(GGUFParser.quoted(name)): data offset \(rel) is not aligned to \(alignment) bytes")
             }
             raw.append(RawTensor(name: name, dims: dims, type: type, rel: rel, elements: elements, bytes: bytes))
         }
@@ -486,11 +522,11 @@ private struct GGUFParser {
         tensors.reserveCapacity(raw.count)
         for t in raw {
             guard t.rel <= UInt64(size - min(dataOffset, size)) else {
-                throw fail("tensor '\(t.name)': data offset \(t.rel) (absolute \(UInt64(dataOffset) &+ t.rel)) is past the end of the file (\(size) bytes)")
+                throw fail("tensor \(GGUFParser.quoted(t.name)): data offset \(t.rel) (absolute \(UInt64(dataOffset) &+ t.rel)) is past the end of the file (\(size) bytes)")
             }
             let abs = dataOffset + Int(t.rel)
             guard t.bytes <= size - abs else {
-                throw fail("tensor '\(t.name)': data [\(abs), \(UInt(abs) + UInt(t.bytes))) ends past the end of the file (\(size) bytes)")
+                throw fail("tensor \(GGUFParser.quoted(t.name)): data [\(abs), \(UInt(abs) + UInt(t.bytes))) ends past the end of the file (\(size) bytes)")
             }
             tensors.append(GGUFTensorInfo(name: t.name, dims: t.dims, type: t.type, offset: abs,
                                           byteCount: t.bytes, elementCount: t.elements))
@@ -500,7 +536,7 @@ private struct GGUFParser {
         for (a, b) in zip(byOffset, byOffset.dropFirst()) {
             let ta = tensors[a], tb = tensors[b]
             if ta.byteCount > 0 && tb.byteCount > 0 && ta.offset + ta.byteCount > tb.offset {
-                throw fail("tensor '\(tb.name)': data [\(tb.offset), \(tb.offset + tb.byteCount)) overlaps tensor '\(ta.name)' [\(ta.offset), \(ta.offset + ta.byteCount))")
+                throw fail("tensor \(GGUFParser.quoted(tb.name)): data [\(tb.offset), \(tb.offset + tb.byteCount)) overlaps tensor \(GGUFParser.quoted(ta.name)) [\(ta.offset), \(ta.offset + ta.byteCount))")
             }
         }
         return GGUFParsed(version: Int(version), alignment: alignment, metadata: metadata, metadataKeys: keys,

@@ -2,15 +2,10 @@ import ArgumentParser
 import Foundation
 import KvantCore
 import KvantDaemon
+import KvantExecutorBackend
 import KvantHTTP
 import Logging
 import Prometheus
-
-/// The inference backend linked into this build. The lead replaces the body with the adapter over
-/// Executor/KVCache/Tokenizers; until then every model load fails with a clear `unavailable` error.
-func makeInferenceBackend() -> any InferenceBackend {
-    ExecutorBackend(logger: Logger(label: "kvant.executor"))
-}
 
 @main
 struct Kvantd: AsyncParsableCommand {
@@ -92,11 +87,10 @@ struct Kvantd: AsyncParsableCommand {
             let listenFD = try SocketActivation.listeningSocket()
             // One registry: the engine's counters write to it, GET /metrics renders it.
             let registry = PrometheusCollectorRegistry()
-            let daemon = try Daemon(configuration: configuration, backend: makeInferenceBackend(),
+            let daemon = try Daemon(configuration: configuration, backend: ExecutorBackend(logger: Logger(label: "kvant.executor")),
                                     notifier: .fromEnvironment(), logger: logger, listenFD: listenFD,
                                     metricsFactory: MetricsExporter.makeMetricsFactory(registry: registry))
-            let settings = HTTPSettings(configuration)
-            let http = settings.isEnabled
+            let http = HTTPSettings(configuration).isEnabled
                 ? try KvantHTTPServer(daemon: daemon, metrics: MetricsExporter(registry: registry), logger: logger) : nil
             logger.info("starting", metadata: ["version": "\(kvantDaemonVersion)", "backend": "\(daemon.engine.backend.name)"])
             try await daemon.makeServiceGroup(listeners: http.map { [$0] } ?? []).run()
@@ -108,53 +102,11 @@ struct Kvantd: AsyncParsableCommand {
 
     private func resolveConfiguration() throws -> DaemonConfiguration {
         var configuration = try config.map { try DaemonConfiguration.load(path: $0) } ?? DaemonConfiguration()
-        if let model { configuration.model = model }
-        if let kvCacheDType {
-            do { configuration.kvCacheDType = try KVCacheDType(parsing: kvCacheDType) } catch let error as KvantError {
-                throw KvantError(.invalidArgument, "--kv-cache-dtype: \(error.message)")
-            }
-        }
-        if let quantizationParamPath { configuration.quantizationParamPath = quantizationParamPath }
-        if let blockSize {
-            guard (1...1024).contains(blockSize) else { throw KvantError(.invalidArgument, "--block-size \(blockSize) is out of range 1...1024") }
-            configuration.blockSize = blockSize
-        }
-        if let kvCacheBytes {
-            guard kvCacheBytes > 0 else { throw KvantError(.invalidArgument, "--kv-cache-bytes must be positive") }
-            configuration.kvCacheBytes = kvCacheBytes
-        }
-        if let maxModelLen {
-            guard maxModelLen > 0 else { throw KvantError(.invalidArgument, "--max-model-len must be positive") }
-            configuration.maxModelLen = maxModelLen
-        }
-        if let socket { configuration.socket = socket }
-        if let threads {
-            guard threads >= 0 else { throw KvantError(.invalidArgument, "--threads must be >= 0") }
-            configuration.threads = threads
-        }
-        if let logLevel {
-            guard let level = Logger.Level(rawValue: logLevel) else {
-                throw KvantError(.invalidArgument, "--log-level '\(logLevel)'; expected one of: \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
-            }
-            configuration.logLevel = level
-        }
-        if !allowedDirs.isEmpty { configuration.allowedDirs = allowedDirs }
-        if let host { configuration.httpHost = host }
-        if let port {
-            guard (0...65535).contains(port) else { throw KvantError(.invalidArgument, "--port \(port) is out of range 0...65535") }
-            configuration.httpPort = port
-        }
-        if let httpUnixSocket { configuration.httpUnixSocket = httpUnixSocket }
-        if noHTTP {
-            configuration.httpPort = 0
-            configuration.httpUnixSocket = nil
-        }
-        if let apiKey {
-            guard !apiKey.isEmpty else { throw KvantError(.invalidArgument, "--api-key is empty; leave it out for no key") }
-            configuration.apiKey = apiKey
-        }
-        if let servedModelName { configuration.servedModelName = servedModelName }
-        if let chatTemplate { configuration.chatTemplate = chatTemplate }
+        try configuration.applyFlags(model: model, kvCacheDType: kvCacheDType, quantizationParamPath: quantizationParamPath,
+                                     blockSize: blockSize, kvCacheBytes: kvCacheBytes, maxModelLen: maxModelLen,
+                                     socket: socket, threads: threads, logLevel: logLevel, allowedDirs: allowedDirs)
+        try configuration.applyHTTPFlags(host: host, port: port, noHTTP: noHTTP, unixSocket: httpUnixSocket, apiKey: apiKey,
+                                         servedModelName: servedModelName, chatTemplate: chatTemplate)
         return configuration
     }
 }

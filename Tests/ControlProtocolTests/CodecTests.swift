@@ -184,4 +184,50 @@ struct CodecTests {
         framer.append(Array("12345678\n".utf8))
         #expect(framer.nextLine() == .line(Array("12345678".utf8)))
     }
+
+    @Test("issue 11: parse errors give the byte position; a number out of range names the field and keeps the id")
+    func parseErrorDetails() throws {
+        func failure(_ line: String) -> RPCResponseError? {
+            if case .failure(let error) = WireCodec.decodeRequest(line: Array(line.utf8)) { return error }
+            return nil
+        }
+        // Valid JSON whose number no Double holds: invalid params naming the field, with the request's id.
+        let huge = failure(#"{"jsonrpc":"2.0","id":7,"method":"generate","params":{"prompt":"x","max_tokens":1e400}}"#)
+        #expect(huge?.id == .number(7))
+        #expect(huge?.error.code == RPCErrorCode.invalidParams)
+        #expect(huge?.error.message == "'max_tokens' = 1e400 is out of range (numbers must fit a 64-bit float)")
+        let nested = failure(#"{"jsonrpc":"2.0","id":"a","method":"generate","params":{"stop":["x"],"seed":-2e308}}"#)
+        #expect(nested?.id == .string("a"))
+        #expect(nested?.error.message.hasPrefix("'seed' = -2e308 is out of range") == true, "\(String(describing: nested))")
+        // Syntax errors: the position (1-based byte) and what was expected there.
+        #expect(failure(#"{"jsonrpc":"2.0","id":1,"method" "health"}"#)?.error.message
+                == "parse error: the line is not valid JSON: at byte 34 of 42, expected ':' after an object key")
+        #expect(failure("{")?.error.message == "parse error: the line is not valid JSON: at the end of the line (1 bytes), expected a string key in double quotes")
+        #expect(failure(#"{"a":tru}"#)?.error.message == "parse error: the line is not valid JSON: at byte 9 of 9, expected 'true'")
+        #expect(failure(#"{"a":1}x"#)?.error.message
+                == "parse error: the line is not valid JSON: at byte 8 of 8, expected the end of the line after the JSON value")
+        if case .failure(let bad) = WireCodec.decodeRequest(line: [UInt8(ascii: "{"), 0xFF, UInt8(ascii: "}")]) {
+            #expect(bad.error.message == "parse error: the line is not valid UTF-8 (3 bytes)")
+        } else {
+            Issue.record("invalid UTF-8 was accepted")
+        }
+        let deep = String(repeating: "[", count: 600) + String(repeating: "]", count: 600)
+        #expect(failure(deep)?.error.code == RPCErrorCode.parseError)
+    }
+
+    @Test("issue 11: a last line without a newline is returned at the end of the input")
+    func framerFinish() {
+        var framer = LineFramer(maxLineBytes: 8)
+        framer.append(Array("ab\ncd".utf8))
+        #expect(framer.nextLine() == .line(Array("ab".utf8)))
+        #expect(framer.nextLine() == nil)
+        #expect(framer.finish() == .line(Array("cd".utf8)))
+        #expect(framer.finish() == nil)
+        // A line being discarded as over-long is not returned.
+        framer.append(Array("0123456789".utf8))
+        #expect(framer.nextLine() == .overlong(bytesSeen: 10))
+        framer.append(Array("xy".utf8))
+        #expect(framer.nextLine() == nil)
+        #expect(framer.finish() == nil)
+    }
 }

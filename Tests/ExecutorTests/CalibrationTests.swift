@@ -2,6 +2,7 @@ import KvantCore
 import Executor
 import Foundation
 import KVCache
+import KvantTestSupport
 import Testing
 
 /// Issue 5: built-in calibration on the real model. The file `KVCalibrator` + `KVScales.encode` write

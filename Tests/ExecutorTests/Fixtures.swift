@@ -1,30 +1,13 @@
 import Foundation
+import KvantTestSupport
 import Testing
-
-/// Runs a compute-heavy part of a test on a thread of its own and returns its result. All test targets
-/// share one process, and Swift concurrency's cooperative pool is as wide as the cores (2 here): a
-/// synchronous test computing for seconds on it would starve the daemon tests' actors and NIO tasks.
-/// Keep `#expect` outside `body` (issues are recorded through the test's task-local context).
-func offPool<T>(_ body: @escaping () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        Thread {
-            do { continuation.resume(returning: try body()) } catch { continuation.resume(throwing: error) }
-        }.start()
-    }
-}
 
 /// Paths and JSON of the committed fixtures (written by scripts/oracle/llama_goldens.py and tiny_llama.py).
 enum Fixtures {
     static let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures")
-    /// The real model: $KVANT_MODEL, else <repo>/models/gemma-3-270m-q4_k_m.gguf, else /work/models/…; nil when absent.
-    static let realModelPath: String? = {
-        let env = ProcessInfo.processInfo.environment["KVANT_MODEL"]
-        let repo = dir.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-            .appendingPathComponent("models/gemma-3-270m-q4_k_m.gguf").path
-        return [env, repo, "/work/models/gemma-3-270m-q4_k_m.gguf"].compactMap { $0 }
-            .first { FileManager.default.fileExists(atPath: $0) }
-    }()
-    static let noModel: Comment = "real model not found (set KVANT_MODEL or run `make model`)"
+    /// The real model (KvantTestSupport's one locator); nil when absent.
+    static var realModelPath: String? { RealModel.path }
+    static var noModel: Comment { RealModel.skipReason }
     static let needsRelease: Comment = "compute-heavy: runs in release builds only (swift test -c release)"
     static var tinyLlamaPath: String { dir.appendingPathComponent("tiny_llama.gguf").path }
 

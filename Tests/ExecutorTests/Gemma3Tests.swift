@@ -3,6 +3,7 @@ import Foundation
 import KVCache
 import KvantCore
 import Tokenizers
+import KvantTestSupport
 import Testing
 
 /// Gemma 3 270M Q4_K_M against llama.cpp goldens (f16 KV on both sides). Compute-heavy checks run in release builds.

@@ -1,6 +1,7 @@
 import Executor
 import Foundation
 import KVCache
+import KvantTestSupport
 import Testing
 
 /// The generation loop on the tiny model, with a stand-in detokenizer (token id → "<id>").

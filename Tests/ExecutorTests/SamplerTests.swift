@@ -1,6 +1,7 @@
 import Executor
 import Foundation
 import KvantCore
+import KvantTestSupport
 import Testing
 
 @Suite struct SamplerTests {

@@ -1,6 +1,7 @@
 import Foundation
 import KVCache
 import KvantCore
+import KvantTestSupport
 import Testing
 
 struct AttentionCase: CustomStringConvertible, Sendable {
@@ -42,7 +43,7 @@ struct AttentionTests {
 
     func roundTrip(dtype: KVCacheDType, rotation: Bool) throws {
         let spec = KVCacheSpec(numLayers: 2, numKVHeads: 2, headDim: 24, dtype: dtype, blockSize: 4)
-        var rng = TestRNG(seed: 7)
+        var rng = SplitMix64(seed: 7)
         let T = 11, n = 2 * 24
         // Rows with very different magnitudes, an all-zero row and exact ties.
         var keys = (0..<T).map { t in rng.floats(n, scale: Float(1 << (t % 5))) }
@@ -115,7 +116,7 @@ struct AttentionTests {
     @Test("int8_pertoken Hadamard rotation: an outlier channel no longer sets the step of the whole row")
     func rotationHelpsOutliers() throws {
         // Gemma-like rows: head_dim 256, rms ~1, one channel 40× larger (crest factor ~40 unrotated).
-        var rng = TestRNG(seed: 5)
+        var rng = SplitMix64(seed: 5)
         let D = 256, T = 32
         let rows = (0..<T).map { t -> [Float] in
             var r = rng.floats(D, scale: 1.7)
@@ -185,7 +186,7 @@ struct AttentionTests {
 
     func attendMatchesReference(dtype: KVCacheDType, allowAVX512: Bool) throws {
         for (ci, c) in attentionCases.enumerated() {
-            var rng = TestRNG(seed: UInt64(100 + ci))
+            var rng = SplitMix64(seed: UInt64(100 + ci))
             let n = c.numKVHeads * c.headDim
             let keys = (0..<c.length).map { _ in rng.floats(n) }
             let values = (0..<c.length).map { _ in rng.floats(n) }
@@ -274,7 +275,7 @@ struct AttentionTests {
             let spec = KVCacheSpec(numLayers: 1, numKVHeads: 2, headDim: 64, dtype: dtype, blockSize: 16)
             let scales = dtype == .int8PerTensor ? try KVScales(perTensor: [1.0 / 127]) : nil
             let pool = try KVCachePool(spec: spec, byteBudget: 1 << 22, scales: scales, allowAVX512: avx512)
-            var rng = TestRNG(seed: 77)
+            var rng = SplitMix64(seed: 77)
             let T = 1500
             let keys = (0..<T).map { _ in rng.floats(128) }, values = (0..<T).map { _ in rng.floats(128) }
             let seq = pool.createSequence()
@@ -295,7 +296,7 @@ struct AttentionTests {
     func concurrentUse() throws {
         let spec = KVCacheSpec(numLayers: 2, numKVHeads: 1, headDim: 64, dtype: .int8PerToken, blockSize: 16)
         let pool = try KVCachePool(spec: spec, byteBudget: 1 << 22)
-        var rng = TestRNG(seed: 99)
+        var rng = SplitMix64(seed: 99)
         let T = 48
         let keys = (0..<T).map { _ in rng.floats(64) }, values = (0..<T).map { _ in rng.floats(64) }
         let queries = (0..<T).map { _ in rng.floats(4 * 64) }

@@ -1,6 +1,7 @@
 import Foundation
 import KVCache
 import KvantCore
+import KvantTestSupport
 import Testing
 
 @Suite("Block pool, block tables, fork and copy-on-write")
@@ -179,7 +180,7 @@ struct BlockPoolTests {
     func forkQuantized() throws {
         let spec = KVCacheSpec(numLayers: 2, numKVHeads: 2, headDim: 8, dtype: .int8PerTensorPerHead, blockSize: 4)
         let pool = try KVCachePool(spec: spec, byteBudget: 1 << 16, scales: try KVScales(perHead: [[0.01, 0.02], [0.03, 0.04]]))
-        var rng = TestRNG(seed: 5)
+        var rng = SplitMix64(seed: 5)
         let keys = (0..<6).map { _ in rng.floats(16) }, values = (0..<6).map { _ in rng.floats(16) }
         let parent = pool.createSequence()
         for l in 0..<2 { writeAll(pool, parent, layer: l, keys: keys, values: values) }

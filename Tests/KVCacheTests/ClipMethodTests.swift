@@ -1,6 +1,7 @@
 import Foundation
 import KVCache
 import KvantCore
+import KvantTestSupport
 import Testing
 
 /// Calibration clipping methods of `KVAmaxRecorder` (shared K/V scale, vLLM's schema).
@@ -33,7 +34,7 @@ import Testing
 
     @Test("mse: the histogram optimum is (near) the exact optimum of the raw values; saturation reported", arguments: [1.0, 16.0])
     func mseMatchesExactObjective(keyWeight: Double) throws {
-        var rng = TestRNG(seed: 11)
+        var rng = SplitMix64(seed: 11)
         // K in ±2; V mostly in ±4 with a heavy tail (1 value in 16 at ±30..60), the shape of a layer whose V range dwarfs K's.
         let k = (0..<512).map { _ in (0..<8).map { _ in rng.unit() * 2 } }
         let v = (0..<512).map { t in (0..<8).map { i in (t * 8 + i) % 16 == 3 ? (30 + abs(rng.unit()) * 30) * (i % 2 == 0 ? 1 : -1) : rng.unit() * 4 } }
@@ -58,7 +59,7 @@ import Testing
 
     @Test("mse: without outliers the clip stays at (nearly) the amax")
     func mseKeepsBoundedRange() throws {
-        var rng = TestRNG(seed: 5)
+        var rng = SplitMix64(seed: 5)
         let kv = (0..<256).map { _ in (0..<16).map { _ in rng.unit() * 3 } }
         let rec = try record(n: 256, key: { kv[$0][$1] }, value: { kv[$0][$1 + 8] })
         let amax = max(rec.keyAmax(layer: 0, head: 0), rec.valueAmax(layer: 0, head: 0))
@@ -68,7 +69,7 @@ import Testing
 
     @Test("mse: the key weight moves the clip toward K's range when V has a heavy tail")
     func keyWeightFavoursKeys() throws {
-        var rng = TestRNG(seed: 9)
+        var rng = SplitMix64(seed: 9)
         // K in ±1; V with a heavy tail: 1 value in 16 at ±40..80.
         let k = (0..<512).map { _ in (0..<8).map { _ in rng.unit() } }
         let v = (0..<512).map { t in (0..<8).map { i in (t * 8 + i) % 16 == 3 ? 40 + abs(rng.unit()) * 40 : rng.unit() * 4 } }
@@ -92,7 +93,7 @@ import Testing
 
     @Test("separate K/V scales: each tensor gets its own max, percentile or MSE clip; the shared scale is unchanged")
     func separateKVScales() throws {
-        var rng = TestRNG(seed: 21)
+        var rng = SplitMix64(seed: 21)
         func gauss() -> Float { (0..<4).map { _ in rng.unit() }.reduce(0, +) * 0.87 }  // ~N(0, 1), |x| < 3.5
         // K ~ N(0, 1); V ~ N(0, 20²) with rare outliers to ±120: the 20–30× K/V range gap of Gemma 3's layers.
         let k = (0..<1024).map { _ in (0..<8).map { _ in gauss() } }

@@ -1,6 +1,7 @@
 import Foundation
 import KVCache
 import KvantCore
+import KvantTestSupport
 import Testing
 
 /// Decode-time attention at a long context for the Gemma 3 270M shape (1 KV head, head_dim 256,
@@ -23,7 +24,7 @@ struct DecodeSpeedTests {
         let pool = try KVCachePool(spec: spec, byteBudget: spec.bytesPerToken * (context + 64) + (1 << 20), scales: scales, allowAVX512: avx512)
         let seq = pool.createSequence()
         #expect(pool.reserve(seq, newLength: context) == .ok)
-        var rng = TestRNG(seed: 42)
+        var rng = SplitMix64(seed: 42)
         var k = [Float](repeating: 0, count: 256), v = k
         for p in 0..<context {
             for i in 0..<256 { k[i] = rng.unit(); v[i] = rng.unit() }

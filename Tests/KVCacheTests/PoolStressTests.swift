@@ -1,6 +1,7 @@
 import Foundation
 import KVCache
 import KvantCore
+import KvantTestSupport
 import Testing
 
 @Suite("Block pool under random create/fork/append/free")
@@ -10,7 +11,7 @@ struct PoolStressTests {
         let spec = KVCacheSpec(numLayers: 2, numKVHeads: 1, headDim: 8, dtype: .fp32, blockSize: 4)
         let pool = try KVCachePool(spec: spec, byteBudget: 2 * 2 * 8 * 4 * 4 * 24)
         #expect(pool.numBlocks == 24)
-        var rng = TestRNG(seed: 2024)
+        var rng = SplitMix64(seed: 2024)
         var model: [SequenceID: [[Float]]] = [:]
         var counter: Float = 0
         var sawLater = false, sawNever = false

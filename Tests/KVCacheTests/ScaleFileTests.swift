@@ -1,6 +1,7 @@
 import Foundation
 import KVCache
 import KvantCore
+import KvantTestSupport
 import Testing
 
 @Suite("kv_cache_scales.json: loading, validation, TP merge, encoding")
@@ -194,7 +195,7 @@ struct ScaleFileTests {
 
     @Test("encode → load round trip is exact for per-head scales with awkward values")
     func roundTripExact() throws {
-        var rng = TestRNG(seed: 3)
+        var rng = SplitMix64(seed: 3)
         let rows = (0..<5).map { _ in (0..<2).map { _ in abs(rng.unit()) * 0.37 + 1e-6 } }
         let s = try KVScales(perHead: rows)
         let dir = tempDir()

@@ -1,6 +1,7 @@
 import Foundation
 import KVCache
 import KvantCore
+import KvantTestSupport
 import Testing
 
 /// Scale values that are valid numbers but cannot be right: subnormal scales are refused, and
@@ -31,6 +32,18 @@ struct ScalePlausibilityTests {
         #expect(s.warnings.contains { $0.contains("layer 0:") && $0.contains("stored as 0") })
         #expect(s.warnings.contains { $0.contains("layer 2:") && $0.contains("clipped") })
         #expect(!s.warnings.contains { $0.contains("layer 1:") || $0.contains("layer 3:") })
+        #expect(s.warnings.allSatisfy { $0.contains("scaling_factor (K and V)") }, "\(s.warnings)")
+    }
+
+    @Test("issue 11: with separate K/V scales each warning names K or V, and an implausible shared scaling_factor (vLLM's) is warned about")
+    func implausibleSeparateKV() throws {
+        let dir = tempDir()
+        let text = #"{"model_type": "gemma3", "kv_cache": {"dtype": "int8", "scaling_factor": {"0": {"0": 0.5, "1": 5000}}, "k_scaling_factor": {"0": {"0": 1e-9, "1": 0.5}}, "v_scaling_factor": {"0": {"0": 0.5, "1": 0.5}}}}"#
+        let s = try KVScales.load(path: writeFile(dir, "kv.json", text), expectedModelType: "gemma3", numLayers: 2, numKVHeads: 1)
+        #expect(s.warnings.count == 2, "\(s.warnings)")
+        #expect(s.warnings.contains { $0.contains("layer 0: k_scaling_factor (K) 1e-09") && $0.contains("clipped") }, "\(s.warnings)")
+        #expect(s.warnings.contains { $0.contains("layer 1: scaling_factor (K and V in vLLM") && $0.contains("stored as 0") }, "\(s.warnings)")
+        #expect(!s.warnings.contains { $0.contains("v_scaling_factor") })
     }
 
     @Test("a pool larger than the memory available is refused before anything is allocated")

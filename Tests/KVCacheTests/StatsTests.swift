@@ -1,6 +1,7 @@
 import Foundation
 import KVCache
 import KvantCore
+import KvantTestSupport
 import Testing
 
 @Suite("Bytes per token, stats, scale epochs and hot reload")
@@ -91,7 +92,7 @@ struct StatsTests {
         let spec = KVCacheSpec(numLayers: 2, numKVHeads: 1, headDim: 16, dtype: .int8PerTensor, blockSize: 4)
         let a: Float = 0.01, b: Float = 0.002
         let pool = try KVCachePool(spec: spec, byteBudget: 1 << 16, scales: try KVScales(perTensor: [a, a]))
-        var rng = TestRNG(seed: 11)
+        var rng = SplitMix64(seed: 11)
         let T = 16
         let keys = (0..<T).map { _ in rng.floats(16, scale: 0.35) }, values = (0..<T).map { _ in rng.floats(16, scale: 0.35) }
         func expected(_ x: [Float], _ s: Float) -> [Float] { x.map { min(max(($0 / s).rounded(.toNearestOrEven), -127), 127) * s } }
@@ -158,7 +159,7 @@ struct StatsTests {
         let scales = try KVScales.load(path: writeFile(dir, "kv.json", text), expectedModelType: "gemma3", numLayers: 2, numKVHeads: 2)
         #expect(scales.hasSeparateKV)
         let pool = try KVCachePool(spec: spec, byteBudget: 1 << 16, scales: scales)
-        var rng = TestRNG(seed: 31)
+        var rng = SplitMix64(seed: 31)
         let T = 6
         let keys = (0..<T).map { _ in rng.floats(32, scale: 0.2) }, values = (0..<T).map { _ in rng.floats(32, scale: 2) }
         func q(_ x: Float, _ s: Float) -> Float { min(max((x / s).rounded(.toNearestOrEven), -127), 127) * s }

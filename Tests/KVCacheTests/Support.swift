@@ -1,23 +1,9 @@
 import Foundation
 import KVCache
 import KvantCore
+import KvantTestSupport
 import Testing
 
-/// Deterministic random numbers (SplitMix64) so failures reproduce.
-struct TestRNG {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    mutating func unit() -> Float { Float(Double(next() >> 11) / Double(1 << 53) * 2 - 1) }
-    mutating func floats(_ n: Int, scale: Float = 1) -> [Float] { (0..<n).map { _ in unit() * scale } }
-}
 
 /// Straightforward fp64 attention of one query position (the definition, no tricks):
 /// keys/values `[T][numKVHeads * headDim]`, query `[numHeads * headDim]`.

@@ -2,6 +2,7 @@ import CKernels
 import Foundation
 import Kernels
 import KvantCore
+import KvantTestSupport
 import Testing
 
 /// Fixture written by scripts/oracle/kernels_goldens.py: raw GGUF blocks + python gguf's dequantization.
@@ -88,7 +89,7 @@ extension DequantGolden.Entry {
             bytes += e.raw[(s * rowBytes)..<((s + 1) * rowBytes)]
             deq += e.expected[(s * e.cols)..<((s + 1) * e.cols)]
         }
-        var rng = SplitMix(seed: UInt64(e.typeId) &+ 77)
+        var rng = SplitMix64(seed: UInt64(e.typeId) &+ 77)
         let x: [Float] = (0..<(m * e.cols)).map { k in Float(rng.nextGaussian()) * ((k % 7 == 0) ? 3 : 1) }
         var fast = [Float](repeating: .nan, count: m * nRows)
         var ref = [Float](repeating: .nan, count: m * nRows)
@@ -145,23 +146,6 @@ extension DequantGolden.Entry {
     }
 }
 
-/// Deterministic test RNG (SplitMix64) with a Box–Muller Gaussian.
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    mutating func nextUniform() -> Double { Double(next() >> 11) / Double(1 << 53) }
-    mutating func nextGaussian() -> Double {
-        let u1 = max(nextUniform(), 1e-12), u2 = nextUniform()
-        return (-2 * log(u1)).squareRoot() * cos(2 * .pi * u2)
-    }
-}
 
 /// The int8 kernels (every variant: AVX2, AVX-VNNI, AVX-512 tiles) against the fp32 reference path
 /// (`kvant_matmul_f32` through `MatMul.multiplyReference`) on random weight blocks of each block type, fed the
@@ -176,7 +160,7 @@ extension MatMulTests {
     ]
 
     func check(type: GGMLType, blockBytes: Int, blockSize: Int, scaleOffsets: [Int], rows: Int, m: Int, threads: Int,
-               rng: inout SplitMix) throws {
+               rng: inout SplitMix64) throws {
         let cols = 512
         let nb = cols / blockSize
         var bytes = [UInt8](repeating: 0, count: rows * nb * blockBytes)
@@ -243,7 +227,7 @@ extension MatMulTests {
         var tested = 0
         for variant: Int32 in [0, 1, 2] {
             if kvant_force_int8_kernel_variant(variant) != 0 { print("int8 kernel variant \(variant) not available: skipped"); continue }
-            var rng = SplitMix(seed: 1234 + UInt64(variant))
+            var rng = SplitMix64(seed: 1234 + UInt64(variant))
             for (type, bb, bs, offs) in Self.layouts {
                 for (rows, m) in [(1, 1), (2, 2), (3, 5), (7, 8), (8, 9), (9, 17), (17, 3), (5, 33)] {
                     try check(type: type, blockBytes: bb, blockSize: bs, scaleOffsets: offs, rows: rows, m: m,

@@ -2,6 +2,7 @@ import ControlProtocol
 import Foundation
 import KvantCore
 import KvantDaemon
+import KvantTestSupport
 import Logging
 import Testing
 
@@ -18,19 +19,7 @@ struct AdmissionTests {
         let socket = daemon.socketPath
         // Each: 10 prompt tokens + max_tokens 10 = 20 slots; at most 2 fit at once.
         let prompts = (0..<6).map { "req\($0)-" + String(repeating: Character(UnicodeScalar(97 + $0)!), count: 5) }
-        let results = try await withThrowingTaskGroup(of: (String, GenerateResult).self) { group in
-            for prompt in prompts {
-                group.addTask {
-                    (prompt, try await offPool {
-                        try ControlClient(socketPath: socket, timeout: 20).call(
-                            .generate, GenerateParams(prompt: prompt, maxTokens: 10), as: GenerateResult.self)
-                    })
-                }
-            }
-            var all: [(String, GenerateResult)] = []
-            for try await item in group { all.append(item) }
-            return all
-        }
+        let results = Array(zip(prompts, try await daemon.generateConcurrently(prompts.map { GenerateParams(prompt: $0, maxTokens: 10) })))
         #expect(results.count == 6)
         for (prompt, result) in results {
             #expect(result.text == prompt)
@@ -115,7 +104,7 @@ struct SlotQueueTests {
     func cancelWhileWaitingForSlot() async throws {
         let dir = try makeTempDir("slot")
         let model = dir + "/m.gguf"
-        FileManager.default.createFile(atPath: model, contents: Data("GGUF".utf8))
+        _ = FileManager.default.createFile(atPath: model, contents: Data("GGUF".utf8))
         let engine = Engine(backend: FakeBackend(decodeDelay: 0.05),
                             settings: .init(kvCacheBytes: 1 << 20, maxNumSeqs: 1), logger: Logger(label: "test"))
         _ = try await engine.loadModel(path: model, kvCacheDType: nil, quantizationParamPath: nil, kvCacheBytes: nil, maxModelLen: nil)

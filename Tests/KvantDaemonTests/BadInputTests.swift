@@ -2,10 +2,32 @@ import ControlProtocol
 import Foundation
 import KvantCore
 import KvantDaemon
+import KvantTestSupport
 import Testing
 
 @Suite("Bad input gets an error reply and the daemon keeps serving")
 struct BadInputTests {
+    @Test("issue 11: a last request without a newline before a half-close is answered; 1e400 names the field and keeps the id")
+    func lastLineAndHugeNumber() async throws {
+        let daemon = try TestDaemon(tag: "lastline")
+        try await daemon.start()
+        let socket = daemon.socketPath
+        let (huge, last) = try await offPool { () -> (RPCResponse, RPCResponse) in
+            let client = try ControlClient(socketPath: socket, timeout: 20)
+            let huge = try exchange(client, #"{"jsonrpc":"2.0","id":1,"method":"generate","params":{"prompt":"x","max_tokens":1e400}}"#)
+            try client.sendRaw(Array(#"{"jsonrpc":"2.0","id":2,"method":"version"}"#.utf8))   // no newline
+            client.finishWriting()
+            guard case .response(let last) = try client.readMessage() else { throw KvantError(.internal, "expected a response") }
+            return (huge, last)
+        }
+        #expect(huge.id == .number(1))
+        #expect(huge.error?.code == RPCErrorCode.invalidParams)
+        #expect(huge.error?.message.contains("'max_tokens' = 1e400 is out of range") == true, "\(String(describing: huge.error))")
+        #expect(last.id == .number(2))
+        #expect(last.result?["protocol_version"] == .int(controlProtocolVersion))
+        try await daemon.stop()
+    }
+
     @Test("over-long line, invalid JSON, unknown method, bad params: errors on one connection that keeps working")
     func badLinesOnOneConnection() async throws {
         let daemon = try TestDaemon(tag: "bad")

@@ -1,6 +1,7 @@
 import Foundation
 import KvantCore
 import KvantDaemon
+import KvantTestSupport
 import Logging
 import Testing
 

@@ -2,6 +2,7 @@ import ControlProtocol
 import Foundation
 import KvantCore
 import KvantDaemon
+import KvantTestSupport
 import Testing
 
 @Suite("Connection lifecycle: id reuse, disconnects")
@@ -142,5 +143,49 @@ struct CalibrateOutputTests {
         #expect(error?.message.contains("directory \(dir) is not writable") == true, "\(String(describing: error))")
         #expect(progress == 0)
         try await daemon.stop()
+    }
+
+    @Test("after SIGTERM an idle connection answers unavailable while another connection's generate drains")
+    func idleConnectionAnswersDuringDrain() async throws {
+        // The grace is far longer than needed: the test waits for events, the long grace never slows it.
+        let daemon = try TestDaemon(tag: "drain", decodeDelay: 0.03) { config, _ in config.shutdownTimeoutSeconds = 600 }
+        try await daemon.start()
+        _ = try await daemon.loadModel()
+        let socket = daemon.socketPath
+        let idle = try daemon.client()   // connected before the signal, then idle
+        let prompt = String(repeating: "x", count: 100)   // 100 echo steps of 30 ms: the drain lasts seconds
+        let (started, startedContinuation) = AsyncStream<Void>.makeStream()
+        let generation = Task {
+            try await offPool {
+                try ControlClient(socketPath: socket, timeout: 120).call(
+                    .generate, GenerateParams(prompt: prompt, maxTokens: 150, stream: true), as: GenerateResult.self) { _ in
+                    startedContinuation.yield()
+                }
+            }
+        }
+        for await _ in started { break }
+        let stopping = Task { try await daemon.stop() }
+        // Ask on the idle connection until the daemon says it is shutting down (an error reply); a
+        // dropped connection ("closed the connection", EPIPE: a KvantError) is the defect guarded against.
+        var refusal: RPCErrorObject?
+        var dropped: KvantError?
+        for _ in 0..<100_000 {
+            do {
+                _ = try await offPool { try idle.call(.health, EmptyParams(), as: HealthResult.self) }
+            } catch let e as RPCErrorObject {
+                refusal = e
+                break
+            } catch let e as KvantError {
+                dropped = e
+                break
+            }
+        }
+        #expect(dropped == nil, "\(String(describing: dropped))")
+        #expect(refusal?.reason == .unavailable)
+        #expect(refusal?.message == "kvantd is shutting down", "\(String(describing: refusal))")
+        let result = try await generation.value
+        #expect(result.text == prompt)
+        #expect(result.finishReason == .stop)
+        try await stopping.value
     }
 }

@@ -2,6 +2,7 @@ import ControlProtocol
 import Foundation
 import KvantCore
 import KvantDaemon
+import KvantTestSupport
 import Testing
 
 @Suite("Daemon end to end (FakeBackend)")
@@ -103,20 +104,7 @@ struct DaemonEndToEndTests {
         _ = try await daemon.loadModel()
         let socket = daemon.socketPath
         let prompts = (0..<6).map { "client-\($0)-" + String(repeating: Character(UnicodeScalar(97 + $0)!), count: 10) }
-        let results = try await withThrowingTaskGroup(of: (String, GenerateResult).self) { group in
-            for prompt in prompts {
-                group.addTask {
-                    let result = try await offPool {
-                        try ControlClient(socketPath: socket, timeout: 20).call(.generate, GenerateParams(prompt: prompt, maxTokens: 100, stream: true),
-                                                                   as: GenerateResult.self)
-                    }
-                    return (prompt, result)
-                }
-            }
-            var all: [(String, GenerateResult)] = []
-            for try await item in group { all.append(item) }
-            return all
-        }
+        let results = Array(zip(prompts, try await daemon.generateConcurrently(prompts.map { GenerateParams(prompt: $0, maxTokens: 100, stream: true) })))
         #expect(results.count == 6)
         for (prompt, result) in results {
             #expect(result.text == prompt)
@@ -288,7 +276,9 @@ struct DaemonEndToEndTests {
 
     @Test("graceful shutdown lets an in-flight generate finish and removes the socket")
     func gracefulShutdown() async throws {
-        let daemon = try TestDaemon(tag: "stop", decodeDelay: 0.01)
+        // A grace far longer than the generation needs even on a busy machine: the test waits for the
+        // generation's end (an event), so the long grace never slows it down.
+        let daemon = try TestDaemon(tag: "stop", decodeDelay: 0.01) { config, _ in config.shutdownTimeoutSeconds = 600 }
         try await daemon.start()
         _ = try await daemon.loadModel()
         let socket = daemon.socketPath

@@ -2,6 +2,7 @@ import ControlProtocol
 import Foundation
 import KvantCore
 import KvantDaemon
+import KvantTestSupport
 import Testing
 
 /// Paths that are valid names but dangerous things: a FIFO (opening it blocks), an output path
@@ -47,7 +48,7 @@ struct FileSafetyTests {
         try " {\"model_type\": \"gemma3\"}".write(toFile: scales, atomically: true, encoding: .utf8)
         try PathPolicy.checkWritable(scales, field: "output", method: "calibrate")
         let empty = d + "/empty.json"
-        FileManager.default.createFile(atPath: empty, contents: Data())
+        _ = FileManager.default.createFile(atPath: empty, contents: Data())
         try PathPolicy.checkWritable(empty, field: "output", method: "calibrate")
         try PathPolicy.checkWritable(d + "/new.json", field: "output", method: "calibrate")
     }
@@ -72,7 +73,7 @@ struct FileSafetyTests {
         close(fd)
         #expect(!ControlServer.socketIsLive(path))     // stale: the file remains, nobody listens
         let regular = d + "/plain"
-        FileManager.default.createFile(atPath: regular, contents: Data("x".utf8))
+        _ = FileManager.default.createFile(atPath: regular, contents: Data("x".utf8))
         #expect(!ControlServer.socketIsLive(regular))
     }
 }

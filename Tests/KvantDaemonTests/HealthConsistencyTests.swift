@@ -2,6 +2,7 @@ import ControlProtocol
 import Foundation
 import KvantCore
 import KvantDaemon
+import KvantTestSupport
 import Logging
 import Testing
 
@@ -68,7 +69,7 @@ struct HealthConsistencyTests {
         }
         #expect(try await health(socket).status == "ok")
         // The file in use gets broken; SIGHUP re-reads it and fails.
-        FileManager.default.createFile(atPath: scales, contents: Data(#"{"layers": 2}"#.utf8))
+        _ = FileManager.default.createFile(atPath: scales, contents: Data(#"{"layers": 2}"#.utf8))
         daemon.reloads.yield()
         let h = try await waitForHealth(socket) { $0.status != "ok" }
         #expect(h.status == "degraded")
@@ -155,8 +156,8 @@ struct HealthConsistencyTests {
         let daemon = try TestDaemon(tag: "hupst", logs: logs) { config, allowed in
             let model = allowed + "/m.gguf"
             scalesPath = allowed + "/scales.json"
-            FileManager.default.createFile(atPath: model, contents: Data("GGUF".utf8))
-            FileManager.default.createFile(atPath: scalesPath, contents: Data(#"{"layers": 2}"#.utf8))   // no 'scales'
+            _ = FileManager.default.createFile(atPath: model, contents: Data("GGUF".utf8))
+            _ = FileManager.default.createFile(atPath: scalesPath, contents: Data(#"{"layers": 2}"#.utf8))   // no 'scales'
             config.model = model
             config.kvCacheDType = .int8PerTensor
             config.quantizationParamPath = scalesPath
@@ -172,7 +173,7 @@ struct HealthConsistencyTests {
         #expect(stillFails)
         #expect(try await health(socket).status == "degraded")
         // Fixed: the next reload loads the configured model.
-        FileManager.default.createFile(atPath: scalesPath, contents: Data(#"{"layers": 2, "scales": [0.1, 0.2]}"#.utf8))
+        _ = FileManager.default.createFile(atPath: scalesPath, contents: Data(#"{"layers": 2, "scales": [0.1, 0.2]}"#.utf8))
         daemon.reloads.yield()
         h = try await waitForHealth(socket) { $0.modelLoaded }
         #expect(h.modelLoaded && h.status == "ok" && h.kvCacheDType == .int8PerTensor, "\(h)")

@@ -1,6 +1,7 @@
 import ControlProtocol
 import Foundation
 import KvantCore
+import KvantTestSupport
 import Testing
 
 /// Runs the built `kvantctl` against an in-process daemon with the FakeBackend.

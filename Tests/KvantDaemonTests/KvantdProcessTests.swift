@@ -1,6 +1,7 @@
 import ControlProtocol
 import Foundation
 import KvantCore
+import KvantTestSupport
 import Testing
 
 /// The built `kvantd` binary beside the test bundle (swift build --build-tests builds it too).

@@ -2,6 +2,7 @@ import ControlProtocol
 import Foundation
 import KvantCore
 import KvantDaemon
+import KvantTestSupport
 import Testing
 
 /// Requests that arrive while the start-up model loads (the client whose connection started kvantd

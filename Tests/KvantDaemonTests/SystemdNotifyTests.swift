@@ -2,6 +2,7 @@ import ControlProtocol
 import Foundation
 import KvantCore
 import KvantDaemon
+import KvantTestSupport
 import Testing
 
 /// Binds a Unix datagram socket (what systemd's NOTIFY_SOCKET is) and collects every datagram.

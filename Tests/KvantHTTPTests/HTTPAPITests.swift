@@ -3,6 +3,7 @@ import Foundation
 import KvantCore
 import KvantDaemon
 @testable import KvantHTTP
+import KvantTestSupport
 import Testing
 
 /// The HTTP API end to end: an in-process daemon with the fake echo backend, real sockets.
@@ -207,7 +208,7 @@ struct HTTPAPITests {
 
     @Test("errors: OpenAI shape, status, the field named; the daemon keeps serving")
     func errors() async throws {
-        let d = try TestHTTPDaemon(tag: "err", backend: HTTPFakeBackend(tokenCapacity: 100))
+        let d = try TestHTTPDaemon(tag: "err", backend: FakeBackend(tokenCapacity: 100)) { c, _ in c.kvCacheBytes = 6400 }   // 100 tokens
         try await d.start()
         try await d.loadModel()
         func check(_ json: String, path: String = "/v1/completions", status: Int, param: String?, contains: String) async throws {
@@ -288,7 +289,7 @@ struct HTTPAPITests {
 
     @Test("over capacity: 429 with Retry-After while max_num_seqs + max_queued_requests sequences are in flight")
     func overCapacity() async throws {
-        let d = try TestHTTPDaemon(tag: "429", backend: HTTPFakeBackend(decodeDelay: 0.02)) { c, _ in
+        let d = try TestHTTPDaemon(tag: "429", backend: FakeBackend(decodeDelay: 0.02)) { c, _ in
             c.maxNumSeqs = 1
             c.maxQueuedRequests = 1
         }
@@ -317,7 +318,7 @@ struct HTTPAPITests {
 
     @Test("a client that disconnects mid-stream (or before a non-streamed reply) frees its KV blocks at once")
     func disconnectFreesBlocks() async throws {
-        let d = try TestHTTPDaemon(tag: "disc", backend: HTTPFakeBackend(decodeDelay: 0.02))
+        let d = try TestHTTPDaemon(tag: "disc", backend: FakeBackend(decodeDelay: 0.02))
         try await d.start()
         try await d.loadModel()
         let prompt = String(repeating: "d", count: 200)   // 200 steps of 20 ms: still running when we leave
@@ -407,7 +408,7 @@ struct HTTPAPITests {
 
     @Test("graceful shutdown: a stream still running at the deadline ends with finish_reason abort and [DONE]")
     func shutdownEndsStreams() async throws {
-        let d = try TestHTTPDaemon(tag: "shut", backend: HTTPFakeBackend(decodeDelay: 0.05)) { c, _ in c.shutdownTimeoutSeconds = 0.3 }
+        let d = try TestHTTPDaemon(tag: "shut", backend: FakeBackend(decodeDelay: 0.05)) { c, _ in c.shutdownTimeoutSeconds = 0.3 }
         try await d.start()
         try await d.loadModel()
         let prompt = String(repeating: "g", count: 100)   // at least 5 s of decoding

@@ -3,19 +3,10 @@ import Foundation
 import KvantCore
 import KvantDaemon
 import KvantHTTP
+import KvantTestSupport
 import Logging
 import Prometheus
 import ServiceLifecycle
-
-/// Runs a blocking closure on a thread of its own (the blocking clients must not starve the daemon's
-/// tasks on the cooperative pool).
-func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        Thread {
-            do { continuation.resume(returning: try body()) } catch { continuation.resume(throwing: error) }
-        }.start()
-    }
-}
 
 struct TestFailure: Error, CustomStringConvertible {
     let description: String
@@ -31,11 +22,11 @@ final class TestHTTPDaemon: @unchecked Sendable {
     let daemon: Daemon
     let http: KvantHTTPServer
     let group: ServiceGroup
-    let backend: HTTPFakeBackend
+    let backend: FakeBackend
     private var runTask: Task<Void, Error>?
 
     /// - Parameter tcp: listen on an ephemeral loopback port (else only on `http_unix_socket`).
-    init(tag: String, backend: HTTPFakeBackend = HTTPFakeBackend(), tcp: Bool = true,
+    init(tag: String, backend: FakeBackend = FakeBackend(), tcp: Bool = true,
          configure: (inout DaemonConfiguration, String) -> Void = { _, _ in }) throws {
         dir = "/tmp/kvh-\(tag)-\(UUID().uuidString.prefix(8))"
         allowed = dir + "/allowed"

@@ -1,4 +1,5 @@
 import Foundation
+import KvantTestSupport
 import Testing
 import KvantCore
 import ModelFormats
@@ -247,14 +248,54 @@ private func failure(_ spec: Spec, _ name: String) -> String {
     }
 }
 
-struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
+/// Issue 11: a corrupted length field must never turn file bytes into an error message.
+@Suite struct GGUFErrorSizeTests {
+    private func error(_ bytes: [UInt8], _ name: String) -> KvantError? {
+        do { _ = try GGUFFile(path: TestFiles.write(bytes, name: name)); return nil } catch let e as KvantError { return e } catch { return nil }
+    }
+
+    @Test("a key length corrupted to 2^26 + 21 inside a large file: an error naming the field and the offset, not the bytes")
+    func corruptedKeyLength() throws {
+        // A large string value (2^26 + 100 bytes) makes the corrupted key length fit inside the file, as in
+        // the real model, where the old reader read 64 MiB of the file as the key and quoted it.
+        var w = GGUFBytes()
+        w.header(tensors: 0, kvs: 2)
+        let keyLengthOffset = w.bytes.count
+        w.str("tokenizer.ggml.model"); w.u32(8); w.str("llama")
+        w.str("big.value"); w.u32(8)
+        w.u64(UInt64(1 << 26) + 100)
+        w.bytes += [UInt8](repeating: UInt8(ascii: "A"), count: (1 << 26) + 100)
+        var bytes = w.bytes
+        withUnsafeBytes(of: (UInt64(1 << 26) + 21).littleEndian) { for (i, b) in $0.enumerated() { bytes[keyLengthOffset + i] = b } }
+        let e = try #require(error(bytes, "keylen.gguf"))
+        #expect(e.reason == .invalidArgument)
+        #expect(e.message.count < 300, "\(e.message.prefix(400))")
+        #expect(e.message.contains("metadata KV #0 key: length 67108885 at offset \(keyLengthOffset) exceeds the limit of 65535 bytes"), "\(e.message)")
+    }
+
+    @Test("a tensor name read from garbage is quoted escaped and cut, never raw")
+    func garbledTensorName() throws {
+        var w = GGUFBytes()
+        w.header(tensors: 1, kvs: 0)
+        // The name's length (60) runs over the tensor info's binary fields: those bytes become the "name".
+        w.u64(60); w.bytes += Array("blk.0.attn_q.weight".utf8)
+        w.u32(1); w.u64(4); w.u32(0xFFFF_FFFF); w.u64(0)
+        w.bytes += [UInt8](repeating: 0x07, count: 64)
+        let e = try #require(error(w.bytes, "name.gguf"))
+        #expect(e.message.count < 300)
+        #expect(!e.message.unicodeScalars.contains { $0.value < 0x20 }, "\(e.message)")
+        #expect(e.message.contains("tensor 'blk.0.attn_q.weight\\u{1}\\u{0}"), "\(e.message)")
+        #expect(e.message.contains("…' ("), "\(e.message)")
+    }
+
+    @Test("quoting: escapes, caps at 48 characters with the length")
+    func quoting() throws {
+        var w = GGUFBytes()
+        w.header(tensors: 0, kvs: 2)
+        let key = "k\u{1}'" + String(repeating: "z", count: 80)
+        w.kvU32(key, 1); w.kvU32(key, 2)   // the same key twice: the error quotes it
+        let e = try #require(error(w.bytes, "dup.gguf"))
+        #expect(e.message.contains("metadata key 'k\\u{1}\\'" + String(repeating: "z", count: 40) + "…' (83 bytes) appears twice"), "\(e.message)")
     }
 }
+

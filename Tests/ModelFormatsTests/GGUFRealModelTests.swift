@@ -117,7 +117,7 @@ struct GGUFRealModelTests {
     @Test func typedAccessorErrorsNameTheKey() throws {
         guard let (f, _) = try load() else { return }
         let missing = kvantError { _ = try f.uint("gemma3.nope") }
-        #expect(missing?.reason == .notFound)
+        #expect(missing?.reason == .invalidArgument)   // a required key missing: a bad file, not a missing one
         #expect(missing?.message.contains("'gemma3.nope'") == true)
         let wrong = kvantError { _ = try f.string("gemma3.block_count") }
         #expect(wrong?.reason == .invalidArgument)

@@ -1,4 +1,5 @@
 import Foundation
+import KvantTestSupport
 import Testing
 import KvantCore
 import ModelFormats
@@ -53,19 +54,10 @@ enum TestFiles {
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/\(name)").path
     }
 
-    /// The real model: $KVANT_MODEL, else <repo>/models/gemma-3-270m-q4_k_m.gguf, else
-    /// /work/models/gemma-3-270m-q4_k_m.gguf; nil when none exists (tests are then skipped with a reason).
-    static let realModelPath: String? = {
-        let env = ProcessInfo.processInfo.environment["KVANT_MODEL"]
-        let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("models/gemma-3-270m-q4_k_m.gguf").path
-        for p in [env, repo, "/work/models/gemma-3-270m-q4_k_m.gguf"].compactMap({ $0 }) where FileManager.default.fileExists(atPath: p) {
-            return p
-        }
-        return nil
-    }()
+    /// The real model (KvantTestSupport's one locator); nil when absent (tests are then skipped with a reason).
+    static var realModelPath: String? { RealModel.path }
 
-    static let skipReason: Comment = "real model not found (set KVANT_MODEL or run `make model`)"
+    static var skipReason: Comment { RealModel.skipReason }
 
     static func realModel() -> String? { realModelPath }
 }

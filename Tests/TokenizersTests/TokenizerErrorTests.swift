@@ -40,7 +40,7 @@ private func error(_ path: String) -> KvantError? {
         var w = MetaWriter(); w.strings("tokenizer.ggml.tokens", ["a"])
         let p = w.write("nomodel.gguf")
         let e = error(p)
-        #expect(e?.reason == .notFound)
+        #expect(e?.reason == .invalidArgument)
         #expect(e?.message == "\(p): metadata key 'tokenizer.ggml.model' is missing")
     }
 

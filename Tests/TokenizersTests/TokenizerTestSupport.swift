@@ -1,4 +1,5 @@
 import Foundation
+import KvantTestSupport
 import Testing
 import ModelFormats
 import Tokenizers
@@ -12,19 +13,10 @@ enum TokFixtures {
         try JSONDecoder().decode(T.self, from: Data(contentsOf: URL(fileURLWithPath: path(name))))
     }
 
-    /// The real model: $KVANT_MODEL, else <repo>/models/gemma-3-270m-q4_k_m.gguf, else
-    /// /work/models/gemma-3-270m-q4_k_m.gguf; nil when none exists (tests are then skipped with a reason).
-    static let modelPath: String? = {
-        let env = ProcessInfo.processInfo.environment["KVANT_MODEL"]
-        let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("models/gemma-3-270m-q4_k_m.gguf").path
-        for p in [env, repo, "/work/models/gemma-3-270m-q4_k_m.gguf"].compactMap({ $0 }) where FileManager.default.fileExists(atPath: p) {
-            return p
-        }
-        return nil
-    }()
+    /// The real model (KvantTestSupport's one locator); nil when absent (tests are then skipped with a reason).
+    static var modelPath: String? { RealModel.path }
 
-    static let skipReason: Comment = "real model not found (set KVANT_MODEL or run `make model`)"
+    static var skipReason: Comment { RealModel.skipReason }
 
     static func realModelPath() -> String? { modelPath }
 

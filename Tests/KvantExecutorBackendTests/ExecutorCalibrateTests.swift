@@ -2,22 +2,14 @@ import ControlProtocol
 import Foundation
 import KvantCore
 import KvantDaemon
+import KvantExecutorBackend
+import KvantTestSupport
 import Testing
 
 /// Issue 5: `calibrate` through the daemon's real adapter (`ExecutorBackend`) on the real model:
 /// bad inputs give the right `KvantError` reason with a message naming the file, and nothing is
 /// written when a run fails or is cancelled.
-enum RealModel {
-    /// $KVANT_MODEL, else <repo>/models/gemma-3-270m-q4_k_m.gguf.
-    static let path: String? = {
-        let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("models/gemma-3-270m-q4_k_m.gguf").path
-        return [ProcessInfo.processInfo.environment["KVANT_MODEL"], repo]
-            .compactMap { $0 }.first { FileManager.default.fileExists(atPath: $0) }
-    }()
-}
-
-@Suite(.serialized, .enabled(if: RealModel.path != nil, "real model not found (set KVANT_MODEL or run `make model`)"))
+@Suite(.serialized, .enabled(if: RealModel.path != nil, RealModel.skipReason))
 struct ExecutorCalibrateTests {
     static var modelPath: String? { RealModel.path }
 
@@ -59,7 +51,7 @@ struct ExecutorCalibrateTests {
     @Test("empty text file: invalid_argument naming the file and the token count")
     func emptyText() throws {
         let text = dir + "/empty.txt"
-        FileManager.default.createFile(atPath: text, contents: Data())
+        _ = FileManager.default.createFile(atPath: text, contents: Data())
         let e = error { _ = try run(text: text, output: dir + "/out.json") }
         #expect(e?.reason == .invalidArgument)
         #expect(e?.message.contains(text) == true && e?.message.contains("tokens") == true, "\(String(describing: e))")
@@ -72,7 +64,7 @@ struct ExecutorCalibrateTests {
         #expect(e?.reason == .invalidArgument)
         #expect(e?.message == "calibrate: num_tokens 1 is too few; at least 16 are needed", "\(String(describing: e))")
         let text = dir + "/short.txt"
-        FileManager.default.createFile(atPath: text, contents: Data(String(repeating: "The quick brown fox jumps over the lazy dog. ", count: 8).utf8))
+        _ = FileManager.default.createFile(atPath: text, contents: Data(String(repeating: "The quick brown fox jumps over the lazy dog. ", count: 8).utf8))
         let r = try run(text: text, output: dir + "/short.json", numTokens: 4096)
         #expect(r.tokens < 200)
         #expect(r.scales.warnings.contains("calibrated on all \(r.tokens) tokens of '\(text)', fewer than num_tokens 4096"), "\(r.scales.warnings)")
@@ -82,7 +74,7 @@ struct ExecutorCalibrateTests {
     func unwritableOutput() throws {
         // A regular file where the directory should be: not writable even for root.
         let blocker = dir + "/not-a-dir"
-        FileManager.default.createFile(atPath: blocker, contents: Data("x".utf8))
+        _ = FileManager.default.createFile(atPath: blocker, contents: Data("x".utf8))
         let output = blocker + "/kv_cache_scales.json"
         let e = error { _ = try run(text: nil, output: output) }
         #expect(e?.reason == .permissionDenied)
@@ -111,6 +103,22 @@ struct ExecutorCalibrateTests {
         #expect(e?.message.contains("\(target) is a directory") == true, "\(String(describing: e))")
         #expect(progressCalls == 0)
         #expect(files() == ["scales"])
+    }
+
+    @Test("issue 11: a symlink planted at the old temporary name is never written through; the output is a regular file")
+    func plantedSymlinkIgnored() throws {
+        let victim = dir + "/victim.txt"
+        _ = FileManager.default.createFile(atPath: victim, contents: Data("precious".utf8))
+        let output = dir + "/kv_cache_scales.json"
+        // The name the old writer used for its temporary file, and a symlink at the output itself.
+        try FileManager.default.createSymbolicLink(atPath: output + ".partial-\(getpid())", withDestinationPath: victim)
+        try FileManager.default.createSymbolicLink(atPath: output, withDestinationPath: victim)
+        let r = try run(text: nil, output: output)
+        #expect(r.tokens >= 16)
+        #expect(String(decoding: FileManager.default.contents(atPath: victim) ?? Data(), as: UTF8.self) == "precious")
+        #expect((try? FileManager.default.destinationOfSymbolicLink(atPath: output)) == nil)
+        let written = try String(contentsOfFile: output, encoding: .utf8)
+        #expect(written.contains("\"scaling_factor\""))
     }
 
     @Test("cancelled run: cancelled naming the output, and no file (nor partial file) written")

@@ -8,33 +8,36 @@ import KvantDaemon
 /// - Model file: any file under the allowed dirs; a file whose text starts with `FAIL` fails to load
 ///   with `invalid_argument`.
 /// - Tokenizer: one token per UTF-8 byte (token id = byte value).
-/// - Generation echoes the prompt's tokens in order, then emits end-of-sequence (token 0).
-///   `decodeDelay` slows each step (for cancellation and concurrency tests).
+/// - Generation echoes the prompt's tokens in order, then emits end-of-sequence (token 0); with
+///   `ignore_eos` it goes on with "." (46). `decodeDelay` slows each step (for cancellation and concurrency tests).
+/// - Detokenize: the inverse of the tokenizer (ids are bytes).
+/// - Logprobs (when asked for): the chosen token −0.25, alternatives token+1, +2, … (mod 128) at −1, −2, …;
+///   prompt logprobs the same for every prompt token but the first.
 /// - Scale files: JSON `{"layers": N, "per_head": bool, "scales": [numbers]}`; installing bumps the epoch.
 ///   The `sha256` field of fake reports is an FNV-1a digest (the fake has no SHA-256).
 /// - Perplexity: one "token" per byte, progress every 64; value = 1 + bytes/1000.
-final class FakeBackend: InferenceBackend, @unchecked Sendable {
-    let decodeDelay: TimeInterval
+public final class FakeBackend: InferenceBackend, @unchecked Sendable {
+    public let decodeDelay: TimeInterval
     /// Seconds each model load takes (start-up gate tests).
-    let loadDelay: TimeInterval
+    public let loadDelay: TimeInterval
     /// KV capacity of loaded models in token slots (admission-control tests); nil = unlimited.
-    let tokenCapacity: Int?
+    public let tokenCapacity: Int?
     private let lock = NSLock()
-    private(set) var loads: [ModelLoadRequest] = []
+    public private(set) var loads: [ModelLoadRequest] = []
     private var lastModel: FakeModel?
 
     /// Most sequences live at once on the model loaded last.
-    var peakSequencesOfLastModel: Int { lock.lock(); defer { lock.unlock() }; return lastModel?.peakSequences ?? 0 }
+    public var peakSequencesOfLastModel: Int { lock.lock(); defer { lock.unlock() }; return lastModel?.peakSequences ?? 0 }
 
-    init(decodeDelay: TimeInterval = 0, loadDelay: TimeInterval = 0, tokenCapacity: Int? = nil) {
+    public init(decodeDelay: TimeInterval = 0, loadDelay: TimeInterval = 0, tokenCapacity: Int? = nil) {
         self.decodeDelay = decodeDelay
         self.loadDelay = loadDelay
         self.tokenCapacity = tokenCapacity
     }
 
-    var name: String { "fake" }
+    public var name: String { "fake" }
 
-    func loadModel(_ request: ModelLoadRequest, progress: @escaping @Sendable (String) -> Void) throws -> any LoadedModel {
+    public func loadModel(_ request: ModelLoadRequest, progress: @escaping @Sendable (String) -> Void) throws -> any LoadedModel {
         progress("reading \(request.path)")
         if loadDelay > 0 { Thread.sleep(forTimeInterval: loadDelay) }
         guard let data = FileManager.default.contents(atPath: request.path) else {
@@ -55,32 +58,33 @@ final class FakeBackend: InferenceBackend, @unchecked Sendable {
         return model
     }
 
-    func validateScales(path: String, for model: (any LoadedModel)?) throws -> ScalesReport {
+    public func validateScales(path: String, for model: (any LoadedModel)?) throws -> ScalesReport {
         try FakeModel.readScales(path: path, epoch: nil)
     }
 }
 
-final class FakeModel: LoadedModel, @unchecked Sendable {
-    struct CacheStats: Codable, Sendable {
+public final class FakeModel: LoadedModel, @unchecked Sendable {
+    public struct CacheStats: Codable, Sendable {
         var total_blocks: Int
         var used_blocks: Int
         var usage: Double
         var kv_cache_dtype: String
         var epoch: Int
+        var bytes_per_token: Int
     }
 
     private let lock = NSLock()
     private var _info: ModelInfo
     private var scales: ScalesReport?
     private var epoch = 0
-    fileprivate var liveSequences = 0
+    var liveSequences = 0
     private var maxLiveSequences = 0
     private var usedTokens = 0
     /// KV capacity model: token slots shared by all sequences; each reserves prompt + max_tokens. nil = unlimited.
-    let tokenCapacity: Int?
-    let decodeDelay: TimeInterval
+    public let tokenCapacity: Int?
+    public let decodeDelay: TimeInterval
 
-    init(request: ModelLoadRequest, decodeDelay: TimeInterval, tokenCapacity: Int? = nil) {
+    public init(request: ModelLoadRequest, decodeDelay: TimeInterval, tokenCapacity: Int? = nil) {
         self.decodeDelay = decodeDelay
         self.tokenCapacity = tokenCapacity
         let capacity = request.kvCacheBytes / 64
@@ -90,11 +94,18 @@ final class FakeModel: LoadedModel, @unchecked Sendable {
                           kvCacheBytes: request.kvCacheBytes, kvCacheCapacityTokens: capacity)
     }
 
-    var info: ModelInfo { lock.lock(); defer { lock.unlock() }; return _info }
+    public var info: ModelInfo { lock.lock(); defer { lock.unlock() }; return _info }
 
-    func tokenize(_ text: String) throws -> [Int] { text.utf8.map { Int($0) } }
+    public func tokenize(_ text: String) throws -> [Int] { text.utf8.map { Int($0) } }
 
-    func makeSequence(prompt: [Int], maxTokens: Int, sampling: SamplingConfig) throws -> any GenerationSequence {
+    public func detokenize(_ tokens: [Int]) throws -> String {
+        if let bad = tokens.first(where: { $0 < 0 || $0 > 255 }) {
+            throw KvantError(.invalidArgument, "token id \(bad) is outside the vocabulary (0..<256)")
+        }
+        return String(decoding: tokens.map { UInt8($0) }, as: UTF8.self)
+    }
+
+    public func makeSequence(prompt: [Int], maxTokens: Int, sampling: SamplingConfig) throws -> any GenerationSequence {
         let needed = min(prompt.count + maxTokens, info.maxModelLen)
         lock.lock()
         defer { lock.unlock() }
@@ -110,10 +121,10 @@ final class FakeModel: LoadedModel, @unchecked Sendable {
         usedTokens += needed
         liveSequences += 1
         maxLiveSequences = max(maxLiveSequences, liveSequences)
-        return FakeSequence(model: self, prompt: prompt, reserved: needed)
+        return FakeSequence(model: self, prompt: prompt, reserved: needed, sampling: sampling)
     }
 
-    func sequenceReleased(reserved: Int) {
+    public func sequenceReleased(reserved: Int) {
         lock.lock()
         liveSequences -= 1
         usedTokens -= reserved
@@ -121,18 +132,24 @@ final class FakeModel: LoadedModel, @unchecked Sendable {
     }
 
     /// Most sequences live at once so far.
-    var peakSequences: Int { lock.lock(); defer { lock.unlock() }; return maxLiveSequences }
+    public var peakSequences: Int { lock.lock(); defer { lock.unlock() }; return maxLiveSequences }
 
-    func kvCacheStats() -> any Encodable & Sendable {
+    public func kvCacheStats() -> any Encodable & Sendable {
         lock.lock()
         defer { lock.unlock() }
         return CacheStats(total_blocks: 100, used_blocks: liveSequences, usage: Double(liveSequences) / 100,
-                          kv_cache_dtype: _info.kvCacheDType.rawValue, epoch: epoch)
+                          kv_cache_dtype: _info.kvCacheDType.rawValue, epoch: epoch, bytes_per_token: 64)
     }
 
-    func currentScales() -> ScalesReport? { lock.lock(); defer { lock.unlock() }; return scales }
+    public func kvCacheUsage() -> KVCacheUsage {
+        lock.lock()
+        defer { lock.unlock() }
+        return KVCacheUsage(usedBlocks: liveSequences, totalBlocks: 100)
+    }
 
-    func installScales(path: String) throws -> ScalesReport {
+    public func currentScales() -> ScalesReport? { lock.lock(); defer { lock.unlock() }; return scales }
+
+    public func installScales(path: String) throws -> ScalesReport {
         lock.lock()
         let next = epoch + 1
         lock.unlock()
@@ -144,7 +161,7 @@ final class FakeModel: LoadedModel, @unchecked Sendable {
         return report
     }
 
-    static func readScales(path: String, epoch: Int?) throws -> ScalesReport {
+    public static func readScales(path: String, epoch: Int?) throws -> ScalesReport {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw KvantError(.notFound, "scale file \(path) is not readable")
         }
@@ -164,7 +181,7 @@ final class FakeModel: LoadedModel, @unchecked Sendable {
                             warnings: values.contains(0) ? ["a scale is 0"] : [])
     }
 
-    func setKVCacheDType(_ dtype: KVCacheDType, quantizationParamPath: String?) throws {
+    public func setKVCacheDType(_ dtype: KVCacheDType, quantizationParamPath: String?) throws {
         if dtype.usesStaticScales && quantizationParamPath == nil && currentScales() == nil {
             throw KvantError(.failedPrecondition, "\(dtype.rawValue) needs a scale file (quantization_param_path)")
         }
@@ -174,7 +191,7 @@ final class FakeModel: LoadedModel, @unchecked Sendable {
         if let quantizationParamPath { _ = try installScales(path: quantizationParamPath) }
     }
 
-    func perplexity(path: String, contextLength: Int, control: OperationControl) throws -> PerplexityResult {
+    public func perplexity(path: String, contextLength: Int, control: OperationControl) throws -> PerplexityResult {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw KvantError(.notFound, "\(path) is not readable")
         }
@@ -190,7 +207,7 @@ final class FakeModel: LoadedModel, @unchecked Sendable {
                                 chunks: (data.count + contextLength - 1) / contextLength, seconds: 0)
     }
 
-    func calibrate(_ request: CalibrationRequest, control: OperationControl) throws -> CalibrateResult {
+    public func calibrate(_ request: CalibrationRequest, control: OperationControl) throws -> CalibrateResult {
         for step in stride(from: 256, through: request.numTokens, by: 256) {
             if control.isCancelled { throw KvantError(.cancelled, "calibration cancelled") }
             control.progress(done: step, total: request.numTokens)
@@ -210,27 +227,49 @@ final class FakeModel: LoadedModel, @unchecked Sendable {
     }
 }
 
-final class FakeSequence: GenerationSequence {
-    let model: FakeModel
-    let prompt: [Int]
-    let reserved: Int
-    var position = 0
+public final class FakeSequence: GenerationSequence {
+    public let model: FakeModel
+    public let prompt: [Int]
+    public let reserved: Int
+    public let sampling: SamplingConfig
+    public var position = 0
 
-    init(model: FakeModel, prompt: [Int], reserved: Int) {
+    public init(model: FakeModel, prompt: [Int], reserved: Int, sampling: SamplingConfig = SamplingConfig()) {
         self.model = model
         self.prompt = prompt
         self.reserved = reserved
+        self.sampling = sampling
+    }
+
+    /// The fake's logprobs of `token` with `top` alternatives.
+    public static func logprobs(_ token: Int, top: Int) -> TokenLogprobs {
+        func entry(_ t: Int, _ lp: Double) -> TokenLogprob {
+            TokenLogprob(token: t, text: String(decoding: [UInt8(t & 0xff)], as: UTF8.self), bytes: [UInt8(t & 0xff)], logprob: lp)
+        }
+        return TokenLogprobs(chosen: entry(token, -0.25), top: (0..<top).map { entry((token + 1 + $0) & 0x7f, -Double($0 + 1)) })
     }
 
     private func next() -> GeneratedToken {
         if model.decodeDelay > 0 { Thread.sleep(forTimeInterval: model.decodeDelay) }
-        guard position < prompt.count else { return GeneratedToken(token: 0, text: "", isEndOfSequence: true) }
-        let token = prompt[position]
+        let token: Int
+        if position < prompt.count {
+            token = prompt[position]
+        } else if sampling.ignoreEOS {
+            token = 46
+        } else {
+            return GeneratedToken(token: 0, text: "", isEndOfSequence: true)
+        }
         position += 1
-        return GeneratedToken(token: token, text: String(decoding: [UInt8(token)], as: UTF8.self), isEndOfSequence: false)
+        return GeneratedToken(token: token, text: String(decoding: [UInt8(token)], as: UTF8.self), isEndOfSequence: false,
+                              logprobs: sampling.logprobs.map { Self.logprobs(token, top: $0) })
     }
 
-    func prefill() throws -> GeneratedToken { next() }
-    func decode() throws -> GeneratedToken { next() }
-    func release() { model.sequenceReleased(reserved: reserved) }
+    public var promptLogprobs: [TokenLogprobs?]? {
+        guard let top = sampling.promptLogprobs else { return nil }
+        return prompt.enumerated().map { i, t in i == 0 ? nil : Self.logprobs(t, top: top) }
+    }
+
+    public func prefill() throws -> GeneratedToken { next() }
+    public func decode() throws -> GeneratedToken { next() }
+    public func release() { model.sequenceReleased(reserved: reserved) }
 }

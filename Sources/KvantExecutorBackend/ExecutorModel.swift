@@ -3,52 +3,10 @@ import Executor
 import Foundation
 import KVCache
 import KvantCore
+import KvantDaemon
 import Logging
 import ModelFormats
 import Tokenizers
-
-/// The inference backend over Kvant's own CPU executor: GGUF weights (`Executor.Model`), the
-/// GGUF tokenizer, and a paged `KVCachePool` built from the model's KV geometry and the requested
-/// `kv_cache_dtype`.
-///
-/// `set-kv-dtype` policy: the new pool is built beside the old one; sequences already running keep
-/// the pool they started on (each holds a reference) and finish there, new sequences use the new
-/// pool. The old pool's memory is returned when its last sequence ends, so for that while both
-/// budgets are allocated.
-public struct ExecutorBackend: InferenceBackend {
-    let logger: Logger
-
-    public init(logger: Logger = Logger(label: "kvant.executor")) { self.logger = logger }
-
-    public var name: String { "kvant-cpu" }
-
-    public func loadModel(_ request: ModelLoadRequest, progress: @escaping @Sendable (String) -> Void) throws -> any LoadedModel {
-        progress("mapping weights of \((request.path as NSString).lastPathComponent)")
-        let model = try Model(path: request.path)
-        progress("building the tokenizer")
-        let tokenizer = try makeTokenizer(from: model.file)
-        progress("allocating the KV cache")
-        return try ExecutorModel(model: model, tokenizer: tokenizer, request: request, logger: logger)
-    }
-
-    public func validateScales(path: String, for model: (any LoadedModel)?) throws -> ScalesReport {
-        guard let model = model as? ExecutorModel else {
-            throw KvantError(.failedPrecondition,
-                             "scales-validate '\(path)': no model is loaded; a scale file is checked against the loaded model's layers, KV heads and model_type")
-        }
-        let scales = try model.loadScales(path: path)
-        var report = ExecutorModel.report(scales, epoch: nil)
-        // The same checks reload-scales makes against the pool in force; for a dtype without
-        // static scales the file is only checked against the model, and the report says so.
-        let dtype = model.info.kvCacheDType
-        if dtype.usesStaticScales {
-            try KVCachePool.checkScales(scales, for: model.model.config.kvCacheSpec(dtype: dtype))
-        } else {
-            report.warnings.append("kv_cache_dtype \(dtype.rawValue) uses no scale file; checked against the model only (it applies after set-kv-dtype \(scales.granularity == .perHead ? "int8_pertensor_perhead" : "int8_pertensor or int8_pertensor_perhead"))")
-        }
-        return report
-    }
-}
 
 /// A loaded model: weights, tokenizer, one forward session (used only on the engine's compute
 /// thread) and the current KV-cache pool.
@@ -64,10 +22,10 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
     let maxModelLen: Int
     let logger: Logger
 
-    private let lock = NSLock()
-    private var pool: KVCachePool          // guarded by lock
-    private var dtype: KVCacheDType        // guarded by lock
-    private var scales: KVScales?          // installed static scales; nil = none or default 1.0
+    let lock = NSLock()
+    var pool: KVCachePool          // guarded by lock
+    var dtype: KVCacheDType        // guarded by lock
+    var scales: KVScales?          // installed static scales; nil = none or default 1.0
 
     init(model: Model, tokenizer: any Tokenizer, request: ModelLoadRequest, logger: Logger) throws {
         self.model = model
@@ -122,7 +80,7 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
         try Self.loadScales(model: model, path: path, logger: logger)
     }
 
-    private static func loadScales(model: Model, path: String, logger: Logger) throws -> KVScales {
+    static func loadScales(model: Model, path: String, logger: Logger) throws -> KVScales {
         let c = model.config
         let s = try KVScales.load(path: path, expectedModelType: c.architecture.rawValue,
                                   numLayers: c.numLayers, numKVHeads: c.numKVHeads)
@@ -141,7 +99,7 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
                             layerValueScales: s.hasSeparateKV ? rows(s.valueLayerScales) : nil)
     }
 
-    private func current() -> (KVCachePool, KVCacheDType, KVScales?) {
+    func current() -> (KVCachePool, KVCacheDType, KVScales?) {
         lock.lock(); defer { lock.unlock() }
         return (pool, dtype, scales)
     }
@@ -231,6 +189,11 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
         current().0.stats()
     }
 
+    func kvCacheUsage() -> KVCacheUsage {
+        let pool = current().0
+        return KVCacheUsage(usedBlocks: pool.numBlocks - pool.freeBlocks, totalBlocks: pool.numBlocks)
+    }
+
     func currentScales() -> ScalesReport? {
         let (pool, dtype, scales) = current()
         guard dtype.usesStaticScales else { return nil }
@@ -266,92 +229,6 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
         lock.unlock()
         logger.notice("KV cache switched", metadata: ["kv_cache_dtype": "\(newDType.rawValue)",
                                                       "capacity_tokens": "\(newPool.capacityTokens)"])
-    }
-
-    /// A pool of the current dtype and scales sized for one window of `tokens` tokens (evaluation
-    /// runs beside serving and never takes the serving pool's blocks).
-    private func scratchPool(tokens: Int) throws -> KVCachePool {
-        let (_, dtype, scales) = current()
-        let spec = model.config.kvCacheSpec(dtype: dtype, blockSize: blockSize)
-        return try KVCachePool(spec: spec, byteBudget: spec.bytesPerToken * (tokens + 2 * blockSize), scales: scales)
-    }
-
-    func perplexity(path: String, contextLength: Int, control: OperationControl) throws -> PerplexityResult {
-        guard contextLength >= 4, contextLength <= maxModelLen else {
-            throw KvantError(.invalidArgument, "perplexity: ctx \(contextLength) must be in 4...\(maxModelLen) (max_model_len)")
-        }
-        let started = Date()
-        // The loaded tokenizer, with llama.cpp's file tokenization (BOS, no special-token parsing).
-        let tokens = tokenizer.encode(try TextTokenizer.readText(path: path), addSpecial: true, parseSpecial: false)
-        let pool = try scratchPool(tokens: contextLength)
-        let total = (tokens.count / contextLength) * contextLength
-        let result = try PerplexityEvaluator.run(session: session, pool: pool, tokens: tokens, ctx: contextLength,
-                                                 isCancelled: { control.isCancelled }) { chunk, _ in
-            control.progress(done: (chunk + 1) * contextLength, total: total)
-        }
-        return PerplexityResult(perplexity: result.perplexity, meanNLL: result.nll / Double(result.count),
-                                tokens: result.count, chunks: result.chunks, seconds: Date().timeIntervalSince(started))
-    }
-
-    /// The system's text for a file error (e.g. "No such file or directory").
-    private static func reasonText(_ error: Error) -> String {
-        if let u = (error as NSError).userInfo[NSUnderlyingErrorKey] as? NSError, u.domain == NSPOSIXErrorDomain {
-            return String(cString: strerror(Int32(u.code)))
-        }
-        return error.localizedDescription
-    }
-
-    func calibrate(_ request: CalibrationRequest, control: OperationControl) throws -> CalibrateResult {
-        let started = Date()
-        try PathPolicy.checkWritable(request.outputPath, field: "output", method: "calibrate")
-        let text = try request.textPath.map(TextTokenizer.readText(path:)) ?? CalibrationSample.text
-        let source = request.textPath.map { "'\($0)'" } ?? "the built-in calibration sample"
-        guard request.numTokens >= 16 else {
-            throw KvantError(.invalidArgument, "calibrate: num_tokens \(request.numTokens) is too few; at least 16 are needed")
-        }
-        var tokens = tokenizer.encode(text, addSpecial: true, parseSpecial: false)
-        let available = tokens.count
-        if tokens.count > request.numTokens { tokens.removeLast(tokens.count - request.numTokens) }
-        guard tokens.count >= 16 else {
-            throw KvantError(.invalidArgument, "calibrate: \(source) gives \(tokens.count) tokens; at least 16 are needed")
-        }
-        // Fail on an unwritable output before spending minutes on the model.
-        let output = request.outputPath
-        let tmp = output + ".partial-\(getpid())"
-        func write(_ data: Data) throws {
-            do { try data.write(to: URL(fileURLWithPath: tmp)) } catch {
-                throw KvantError(.permissionDenied, "calibrate: cannot write '\(output)': \(Self.reasonText(error))")
-            }
-        }
-        try write(Data())
-        defer { unlink(tmp) }
-        let result: KVCalibrator.Result
-        do {
-            result = try KVCalibrator.run(
-                session: session, tokens: tokens, window: min(512, maxModelLen), perHead: request.perHead,
-                method: request.percentile.map { $0 < 100 ? .percentile($0) : .max } ?? KVCalibrator.defaultMethod,
-                separateKV: request.separateKV, isCancelled: { control.isCancelled }, progress: { control.progress(done: $0, total: $1) })
-        } catch let e as KvantError where e.reason == .cancelled {
-            throw KvantError(.cancelled, "calibrate: \(e.message); '\(output)' was not written")
-        }
-        let data = try result.scales.encode(modelType: model.config.architecture.rawValue, tpSize: request.tpSize,
-                                            perHead: request.perHead)
-        // Write beside the target and rename: a cancelled or failed run never leaves a partial file.
-        try write(data)
-        guard rename(tmp, output) == 0 else {
-            throw KvantError(.permissionDenied, "calibrate: cannot write '\(output)': \(String(cString: strerror(errno)))")
-        }
-        // Read the file back with the rules reload-scales uses: what was written is what will load.
-        let written = try loadScales(path: output)
-        logger.notice("calibrated KV scales", metadata: ["output": "\(output)", "tokens": "\(result.tokens)",
-                                                         "source": "\(source)"])
-        var report = Self.report(written, epoch: nil)
-        // Worth saying when the user chose the text or the count; the built-in sample under the default count is expected.
-        if available < request.numTokens, request.textPath != nil || request.numTokens != CalibrationRequest.defaultNumTokens {
-            report.warnings.append("calibrated on all \(available) tokens of \(source), fewer than num_tokens \(request.numTokens)")
-        }
-        return CalibrateResult(output: output, tokens: result.tokens, seconds: Date().timeIntervalSince(started),
-                               scales: report)
     }
 }
 
@@ -389,111 +266,5 @@ extension ExecutorModel {
         passes += results.filter { $0 == nil }.count
         return DecodeBatchOutcome(results: results.enumerated().map { i, r in r ?? Result { try sequences[i].decode() } },
                                   passes: passes)
-    }
-}
-
-/// One generation on the pool it started on.
-final class ExecutorSequence: GenerationSequence {
-    let owner: ExecutorModel
-    let pool: KVCachePool
-    let sequence: SequenceID
-    let prompt: [Int32]
-    var sampler: Sampler
-    var history: [Int32]
-    var decoder: StreamingDecoder
-    var released = false
-    /// Alternatives per generated token's logprob; nil = no logprobs.
-    let logprobs: Int?
-    /// Alternatives per prompt token's logprob; nil = none.
-    let promptLogprobCount: Int?
-    /// Logprobs of the token sampled last, attached by `accept`.
-    private var pendingLogprobs: TokenLogprobs?
-    private(set) var promptLogprobs: [TokenLogprobs?]?
-
-    init(owner: ExecutorModel, pool: KVCachePool, sequence: SequenceID, prompt: [Int32], sampler: Sampler,
-         logprobs: Int? = nil, promptLogprobs: Int? = nil) {
-        self.owner = owner
-        self.pool = pool
-        self.sequence = sequence
-        self.prompt = prompt
-        self.sampler = sampler
-        self.logprobs = logprobs
-        self.promptLogprobCount = promptLogprobs
-        history = prompt
-        decoder = owner.tokenizer.makeStreamingDecoder()
-    }
-
-    /// Samples the next token from this row's logits (penalties count the output after the prompt) and
-    /// keeps its logprobs for `accept` when they were asked for.
-    func sample(_ logits: UnsafeBufferPointer<Float>) -> Int32 {
-        let next = sampler.sample(logits: logits, history: history, outputStart: prompt.count)
-        if let logprobs { pendingLogprobs = entry(logits, chosen: next, top: logprobs) }
-        return next
-    }
-
-    private func entry(_ logits: UnsafeBufferPointer<Float>, chosen: Int32, top: Int) -> TokenLogprobs {
-        let lp = Sampler.logprobs(logits: logits, chosen: chosen, top: top)
-        return TokenLogprobs(chosen: owner.logprobEntry(chosen, lp.chosen),
-                             top: lp.top.map { owner.logprobEntry($0.token, $0.logprob) })
-    }
-
-    private func step(tokens: [Int32], start: Int) throws -> GeneratedToken {
-        var next: Int32 = 0
-        try owner.session.forward(tokens: tokens, startPosition: start, sequence: sequence, pool: pool, logits: .last) { _, logits in
-            next = sample(logits)
-        }
-        return accept(next)
-    }
-
-    /// Prefill with the logits of every prompt position: each row scores the next prompt token, the last samples.
-    private func prefillScoringPrompt(top: Int) throws -> GeneratedToken {
-        var next: Int32 = 0
-        var scored: [TokenLogprobs?] = [nil]
-        try owner.session.forward(tokens: prompt, startPosition: 0, sequence: sequence, pool: pool, logits: .all) { i, logits in
-            if i + 1 < prompt.count {
-                scored.append(entry(logits, chosen: prompt[i + 1], top: top))
-            } else {
-                next = sample(logits)
-            }
-        }
-        promptLogprobs = scored
-        return accept(next)
-    }
-
-    /// True while one more decode step fits (below max_model_len, not released).
-    var canDecode: Bool { !released && history.count < owner.maxModelLen }
-
-    /// The decode row of this sequence: its last token at the next position.
-    var decodeItem: DecodeItem { DecodeItem(token: history[history.count - 1], position: history.count - 1, sequence: sequence) }
-
-    /// Appends a sampled token and turns it into text (streaming UTF-8) or the end of the sequence.
-    func accept(_ next: Int32) -> GeneratedToken {
-        history.append(next)
-        let logprobs = pendingLogprobs
-        pendingLogprobs = nil
-        if owner.tokenizer.isEndOfGeneration(next) {
-            return GeneratedToken(token: Int(next), text: decoder.finish(), isEndOfSequence: true, logprobs: logprobs)
-        }
-        return GeneratedToken(token: Int(next), text: decoder.append(next), isEndOfSequence: false, logprobs: logprobs)
-    }
-
-    func prefill() throws -> GeneratedToken {
-        if let top = promptLogprobCount { return try prefillScoringPrompt(top: top) }
-        return try step(tokens: prompt, start: 0)
-    }
-
-    func decode() throws -> GeneratedToken {
-        let position = history.count - 1
-        guard position + 1 < owner.maxModelLen else {
-            // The engine's token budget ends a sequence at max_model_len (finish_reason "length") first.
-            throw KvantError(.internal, "decode past max_model_len \(owner.maxModelLen) tokens")
-        }
-        return try step(tokens: [history[position]], start: position)
-    }
-
-    func release() {
-        guard !released else { return }
-        released = true
-        pool.free(sequence)
     }
 }

@@ -6,37 +6,18 @@ import KvantDaemon
 import Logging
 import ServiceLifecycle
 
-/// Runs a blocking closure off the cooperative pool (the blocking client must not starve the
-/// daemon's tasks, which share the pool in-process).
-func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        // A thread of its own: GCD's pool is as wide as the cores and grows slowly when blocked.
-        Thread {
-            do { continuation.resume(returning: try body()) } catch { continuation.resume(throwing: error) }
-        }.start()
-    }
-}
-
-/// A short temporary directory (sockaddr_un paths are limited to 107 bytes).
-func makeTempDir(_ tag: String) throws -> String {
-    let path = "/tmp/kvt-\(tag)-\(UUID().uuidString.prefix(8))"
-    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-    chmod(path, 0o755)
-    return path
-}
-
 /// An in-process daemon with the fake backend on a temporary socket.
-final class TestDaemon: @unchecked Sendable {
-    let dir: String
-    let allowed: String
-    let socketPath: String
-    let daemon: Daemon
-    let group: ServiceGroup
-    let backend: FakeBackend
+public final class TestDaemon: @unchecked Sendable {
+    public let dir: String
+    public let allowed: String
+    public let socketPath: String
+    public let daemon: Daemon
+    public let group: ServiceGroup
+    public let backend: FakeBackend
     private var runTask: Task<Void, Error>?
-    let reloads: AsyncStream<Void>.Continuation
+    public let reloads: AsyncStream<Void>.Continuation
 
-    init(tag: String, decodeDelay: TimeInterval = 0, loadDelay: TimeInterval = 0, tokenCapacity: Int? = nil,
+    public init(tag: String, decodeDelay: TimeInterval = 0, loadDelay: TimeInterval = 0, tokenCapacity: Int? = nil,
          notifier: SystemdNotifier = .disabled,
          logs: LogCapture? = nil, configure: (inout DaemonConfiguration, String) -> Void = { _, _ in }) throws {
         dir = try makeTempDir(tag)
@@ -60,13 +41,13 @@ final class TestDaemon: @unchecked Sendable {
     }
 
     /// Starts the group without waiting for READY=1.
-    func launch() {
+    public func launch() {
         let group = self.group
         runTask = Task { try await group.run() }
     }
 
     /// Starts the group and waits until the daemon is ready (READY=1 point).
-    func start() async throws {
+    public func start() async throws {
         launch()
         let daemon = self.daemon
         let ready = Task { await daemon.waitUntilReady(); return true }
@@ -79,24 +60,24 @@ final class TestDaemon: @unchecked Sendable {
     }
 
     /// Graceful shutdown; waits for the group to finish.
-    func stop() async throws {
+    public func stop() async throws {
         await group.triggerGracefulShutdown()
         try await runTask?.value
         try? FileManager.default.removeItem(atPath: dir)
     }
 
-    func client() throws -> ControlClient { try ControlClient(socketPath: socketPath, timeout: 20) }
+    public func client() throws -> ControlClient { try ControlClient(socketPath: socketPath, timeout: 20) }
 
     /// Writes a file under the allowed directory and returns its path.
     @discardableResult
-    func writeAllowed(_ name: String, _ text: String) throws -> String {
+    public func writeAllowed(_ name: String, _ text: String) throws -> String {
         let path = allowed + "/" + name
         try text.write(toFile: path, atomically: true, encoding: .utf8)
         return path
     }
 
     /// Loads a fake model file `model.gguf`.
-    func loadModel(kvCacheDType: KVCacheDType? = nil) async throws -> LoadModelResult {
+    public func loadModel(kvCacheDType: KVCacheDType? = nil) async throws -> LoadModelResult {
         let path = try writeAllowed("model.gguf", "GGUF fake")
         let socketPath = self.socketPath
         return try await offPool {
@@ -106,8 +87,34 @@ final class TestDaemon: @unchecked Sendable {
     }
 }
 
+extension TestDaemon {
+    /// Runs one `generate` per params at once, each on a client connection of its own, and returns
+    /// the results in the order of `params`.
+    public func generateConcurrently(_ params: [GenerateParams]) async throws -> [GenerateResult] {
+        let socket = socketPath
+        return try await withThrowingTaskGroup(of: (Int, GenerateResult).self) { group in
+            for (i, p) in params.enumerated() {
+                group.addTask {
+                    (i, try await offPool {
+                        try ControlClient(socketPath: socket, timeout: 20).call(.generate, p, as: GenerateResult.self)
+                    })
+                }
+            }
+            var all = [GenerateResult?](repeating: nil, count: params.count)
+            for try await (i, result) in group { all[i] = result }
+            return all.map { $0! }
+        }
+    }
+
+    /// `stats` over a new connection.
+    public func stats() async throws -> StatsResult {
+        let socket = socketPath
+        return try await offPool { try ControlClient(socketPath: socket, timeout: 20).call(.stats, EmptyParams(), as: StatsResult.self) }
+    }
+}
+
 /// Sends raw request lines and returns the decoded reply lines (blocking; call via offPool).
-func exchange(_ client: ControlClient, _ line: String) throws -> RPCResponse {
+public func exchange(_ client: ControlClient, _ line: String) throws -> RPCResponse {
     try client.sendRaw(Array((line + "\n").utf8))
     while true {
         if case .response(let response) = try client.readMessage() { return response }
@@ -115,31 +122,35 @@ func exchange(_ client: ControlClient, _ line: String) throws -> RPCResponse {
 }
 
 /// Log records kept in memory (level and the message with its metadata).
-final class LogCapture: @unchecked Sendable {
+public final class LogCapture: @unchecked Sendable {
     private let lock = NSLock()
     private var records: [(Logger.Level, String)] = []
 
-    func append(_ level: Logger.Level, _ text: String) { lock.lock(); records.append((level, text)); lock.unlock() }
+    public init() {}
+
+    public func append(_ level: Logger.Level, _ text: String) { lock.lock(); records.append((level, text)); lock.unlock() }
 
     /// Messages logged at `level` or more severe.
-    func messages(atLeast level: Logger.Level) -> [String] {
+    public func messages(atLeast level: Logger.Level) -> [String] {
         lock.lock(); defer { lock.unlock() }
         return records.filter { $0.0 >= level }.map(\.1)
     }
 }
 
-struct CapturingLogHandler: LogHandler {
-    let capture: LogCapture
-    var logLevel: Logger.Level = .trace
-    var metadata: Logger.Metadata = [:]
+public struct CapturingLogHandler: LogHandler {
+    public let capture: LogCapture
+    public var logLevel: Logger.Level = .trace
+    public var metadata: Logger.Metadata = [:]
 
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+    public init(capture: LogCapture) { self.capture = capture }
+
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
         get { metadata[key] }
         set { metadata[key] = newValue }
     }
 
-    func log(level: Logger.Level, message: Logger.Message, metadata explicit: Logger.Metadata?, source: String,
-             file: String, function: String, line: UInt) {
+    public func log(event: LogEvent) {
+        let level = event.level, message = event.message, explicit = event.metadata
         var merged = metadata
         if let explicit { merged.merge(explicit) { $1 } }
         capture.append(level, "\(message)" + merged.sorted { $0.key < $1.key }.map { " \($0.key)=\($0.value)" }.joined())

@@ -2,12 +2,14 @@ import ControlProtocol
 import Foundation
 import KvantCore
 import KvantDaemon
+import KvantExecutorBackend
+import KvantTestSupport
 import Logging
 import Testing
 
 /// Admission control through the real adapter (`ExecutorBackend`) and engine on the real model,
 /// with a KV cache of 2 blocks (32 tokens at block_size 16).
-@Suite(.serialized, .enabled(if: RealModel.path != nil, "real model not found (set KVANT_MODEL or run `make model`)"))
+@Suite(.serialized, .enabled(if: RealModel.path != nil, RealModel.skipReason))
 struct ExecutorAdmissionTests {
     /// Gemma 3 270M, fp16 KV: 18 layers × (K + V) × 1 KV head × 256 × 2 bytes = 18432 bytes/token.
     static let blockBytes = 18 * 2 * 1 * 256 * 2 * 16

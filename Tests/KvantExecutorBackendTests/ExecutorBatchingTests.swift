@@ -2,13 +2,15 @@ import ControlProtocol
 import Foundation
 import KvantCore
 import KvantDaemon
+import KvantExecutorBackend
+import KvantTestSupport
 import Logging
 import Testing
 
 /// Continuous batching in the engine (`DecodeBatcher` + `ExecutorModel.decodeBatch`) on the real model:
 /// concurrent sequences decode together in one pass over the weights and get exactly the tokens
 /// they get alone (every kernel computes each row independently).
-@Suite(.serialized, .enabled(if: RealModel.path != nil, "real model not found (set KVANT_MODEL or run `make model`)"))
+@Suite(.serialized, .enabled(if: RealModel.path != nil, RealModel.skipReason))
 struct ExecutorBatchingTests {
     func makeEngine(_ dtype: KVCacheDType) async throws -> Engine {
         let engine = Engine(backend: ExecutorBackend(),

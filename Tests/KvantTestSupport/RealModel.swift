@@ -1,0 +1,26 @@
+import Foundation
+import Testing
+
+/// Where the tests find real model files (never committed; `make model` fetches them), with the
+/// reason a test is skipped when one is missing.
+public enum RealModel {
+    /// The repository's root (this file is Tests/KvantTestSupport/RealModel.swift).
+    public static let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
+
+    /// The default model (Gemma 3 270M Q4_K_M): `$KVANT_MODEL`, else `<repo>/models/gemma-3-270m-q4_k_m.gguf`,
+    /// else `/work/models/gemma-3-270m-q4_k_m.gguf`; nil when none exists.
+    public static let path: String? = locate("gemma-3-270m-q4_k_m.gguf", environment: "KVANT_MODEL")
+
+    /// Why a real-model test is skipped.
+    public static let skipReason: Comment = "real model not found (set KVANT_MODEL or run `make model`)"
+
+    /// A model file: the environment variable's path if set and present, else `<repo>/models/NAME`, else
+    /// `/work/models/NAME`; nil when none exists.
+    public static func locate(_ name: String, environment variable: String) -> String? {
+        let candidates: [String?] = [ProcessInfo.processInfo.environment[variable],
+                          repoRoot.appendingPathComponent("models/\(name)").path,
+                          "/work/models/\(name)"]
+        return candidates.compactMap { $0 }.first { FileManager.default.fileExists(atPath: $0) }
+    }
+}
