@@ -221,6 +221,9 @@ public actor Engine {
         return try await onLane { try model.detokenize(tokens) }
     }
 
+    /// How full the loaded model's KV cache is (as STATUS= and `/metrics` report it); nil without a model.
+    public var kvCacheUsage: KVCacheUsage? { model?.kvCacheUsage() }
+
     /// The loaded model's chat template and BOS/EOS texts; nil without a model.
     public var chatTemplate: ChatTemplateSource? { model?.chatTemplate }
 

@@ -13,7 +13,7 @@ import Prometheus
 /// |---|---|---|
 /// | `kvant:num_requests_running` | gauge | requests prefilling or decoding (`requests_running`) |
 /// | `kvant:num_requests_waiting` | gauge | requests waiting for a sequence slot or KV blocks (`requests_waiting`) |
-/// | `kvant:kv_cache_usage_perc` | gauge | fraction 0…1 of the KV blocks in use (vLLM's name; `kv_cache.usage`) |
+/// | `kvant:kv_cache_usage_perc` | gauge | fraction 0…1 of the KV blocks in use (vLLM's name; `Engine.kvCacheUsage`, as STATUS=) |
 /// | `kvant:cache_config_info{cache_dtype, block_size, scale_source, scale_sha256}` | gauge = 1 | the KV cache in force |
 /// | `kvant:kv_scale_epoch` | gauge | epoch of the installed static scales (0 when none) |
 /// | `kvant:kv_scale_saturation_total{layer}` | counter | int8 values clipped at ±127, per layer |
@@ -42,19 +42,19 @@ public final class MetricsExporter: @unchecked Sendable {
     /// Refreshes the gauges from `engine.stats()` and renders the registry.
     public func scrape(engine: Engine) async -> String {
         let stats = try? await engine.stats()
-        update(stats)
+        update(stats, usage: await engine.kvCacheUsage)
         return registry.emitToString()
     }
 
     private func gauge(_ name: String, _ help: String) -> Gauge { registry.makeGauge(name: name, help: help) }
 
-    func update(_ stats: StatsResult?) {
+    func update(_ stats: StatsResult?, usage: KVCacheUsage?) {
         lock.lock(); defer { lock.unlock() }
         let engine = stats?.engine
         gauge("kvant:num_requests_running", "Requests prefilling or decoding.").set(Double(engine?.requestsRunning ?? 0))
         gauge("kvant:num_requests_waiting", "Requests waiting for a sequence slot or KV-cache blocks.").set(Double(engine?.requestsWaiting ?? 0))
         let cache = stats?.kvCache ?? .null
-        gauge("kvant:kv_cache_usage_perc", "Fraction of KV-cache blocks in use, 0 to 1.").set(Double(cache["usage"]?.doubleValue ?? 0))
+        gauge("kvant:kv_cache_usage_perc", "Fraction of KV-cache blocks in use, 0 to 1.").set(usage?.fraction ?? 0)
         gauge("kvant:kv_cache_bytes_per_token", "Bytes of K and V per token, all layers.").set(Double(cache["bytes_per_token"]?.doubleValue ?? 0))
         gauge("kvant:kv_scale_epoch", "Epoch of the installed static KV scales (0 when none).").set(Double(cache["scale_epoch"]?.doubleValue ?? 0))
 
