@@ -20,6 +20,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.4.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.0.0"),
     ],
     targets: [
         // Shared vocabulary: KVCacheDType, errors with stable reasons.
@@ -49,6 +53,18 @@ let package = Package(
             .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "TOMLKit", package: "TOMLKit"),
+            .product(name: "CoreMetrics", package: "swift-metrics"),
+        ]),
+        // The OpenAI-compatible HTTP API (data plane) and /metrics, on Hummingbird.
+        .target(name: "KvantHTTP", dependencies: [
+            "KvantDaemon", "ControlProtocol", "KvantCore",
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "HTTPTypes", package: "swift-http-types"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "CoreMetrics", package: "swift-metrics"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "Logging", package: "swift-log"),
         ]),
         // The InferenceBackend over Executor/KVCache/Tokenizers/ModelFormats.
         .target(name: "KvantExecutorBackend", dependencies: [
@@ -56,8 +72,9 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "kvantd", dependencies: [
-            "KvantDaemon", "KvantExecutorBackend", "KvantCore",
+            "KvantDaemon", "KvantExecutorBackend", "KvantHTTP", "KvantCore",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "kvantctl", dependencies: [
@@ -94,6 +111,11 @@ let package = Package(
         ]),
         .testTarget(name: "KvantExecutorBackendTests", dependencies: [
             "KvantExecutorBackend", "KvantDaemon", "ControlProtocol", "KvantCore", "KvantTestSupport",
+        ]),
+        .testTarget(name: "KvantHTTPTests", dependencies: [
+            "KvantHTTP", "KvantDaemon", "ControlProtocol", "KvantCore", "KvantTestSupport",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
     ],
     swiftLanguageModes: [.v5]

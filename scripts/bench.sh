@@ -50,3 +50,9 @@ row "512 + 128" int8_pertoken q8_0 512 128 1024 --flash-attn
 row "3968 + 64" fp16 f16 3968 64 4096 --flash-attn
 for d in int8_pertoken int8_pertensor; do row "3968 + 64" "$d" q8_0 3968 64 4096 --flash-attn; done
 for d in bf16 fp32; do row "3968 + 64" "$d" f16 3968 64 4096 --flash-attn; done
+
+# The HTTP path: aggregate tokens/s and TTFT at 1/4/8/16 concurrent streaming clients, kvantd's OpenAI API
+# next to llama.cpp's llama-server (same model, threads, KV type), and the HTTP layer's per-token overhead.
+echo
+[ -x .build/release/kvantd ] || scripts/swiftw build -c release --product kvantd
+python3 scripts/bench_http.py --model "$model" --threads "$threads"

@@ -103,7 +103,8 @@ install -d -m 0755 "$root/var/lib/kvant/models"
 touch "$root$ct_model"                                   # mount point of the model (bound read-only)
 install -d -m 0750 "$root/var/lib/kvant/scales"
 chroot "$root" chown kvant:kvant /var/lib/kvant /var/lib/kvant/scales
-# The shipped config, with the start-up model, int8_pertensor and its scale file switched on.
+# The shipped config, with the start-up model, int8_pertensor and its scale file switched on
+# (and no HTTP listener: the container shares the host's network, where port 8000 may be taken).
 install -d "$root/etc/kvant"
 sed -e "s|^# model = .*|model = \"$ct_model\"|" \
     -e 's|^kv_cache_dtype = .*|kv_cache_dtype = "int8_pertensor"|' \
@@ -111,6 +112,7 @@ sed -e "s|^# model = .*|model = \"$ct_model\"|" \
     -e 's|^kv_cache_bytes = .*|kv_cache_bytes = 67108864|' \
     -e 's|^threads = .*|threads = 2|' \
     -e 's|^shutdown_timeout_seconds = .*|shutdown_timeout_seconds = 2|' \
+    -e 's|^http_port = .*|http_port = 0|' \
     config/kvantd.toml > "$root/etc/kvant/kvantd.toml"
 # Scale files (vLLM kv_cache_scales.json): a uniform one to start with, a broken one (negative scale).
 scale_file() {  # scale_file LAYER3_SCALE

@@ -2,7 +2,10 @@
 # Runs every test tier and ends with one summary line "kvant: N passed, N failed, N skipped".
 #   1. swift test -c release: unit tests, the in-process daemon, and the real-model tests
 #      (model: $KVANT_MODEL, default models/gemma-3-270m-q4_k_m.gguf; fetched by `make setup`).
-#   2. the systemd tier: a Debian container booted with systemd-nspawn runs kvantd as a
+#   2. the HTTP API tier: the official `openai` Python client and prometheus_client's parser against a
+#      real kvantd on the real model (scripts/http_api_test.py; skipped with the reason when the
+#      Python packages or the model are missing).
+#   3. the systemd tier: a Debian container booted with systemd-nspawn runs kvantd as a
 #      Type=notify service (scripts/systemd-test.sh).
 # Compute-heavy tests need a release build (debug Swift is 10-100x slower in kernels).
 set -uo pipefail
@@ -36,7 +39,17 @@ ns=$(grep -Ec '^➜ Test .* skipped' "$log" || true)
 if [ "$rc" -ne 0 ] && [ "$nf" -eq 0 ]; then nf=1; fi
 passed=$((passed + n - nf - ns)); failed=$((failed + nf)); skipped=$((skipped + ns))
 
-echo "== tier 4: systemd container"
+echo "== tier 4: HTTP API with the official openai client on the real model (scripts/http_api_test.py)"
+scripts/swiftw build -c release --product kvantd 2>&1 | grep -E 'error|warning: unre' || true
+python3 scripts/http_api_test.py --kvantd .build/release/kvantd --model "$KVANT_MODEL" \
+    --chat-model "${KVANT_CHAT_MODEL:-$here/models/SmolLM2-135M-Instruct.Q4_1.gguf}" 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+p=$(grep -E '^ok ' "$log" | grep -vc '# SKIP' || true); f=$(grep -Ec '^not ok ' "$log" || true)
+s=$(grep -Ec '^(ok .*# SKIP|1\.\.0 # SKIP)' "$log" || true)
+if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
+
+echo "== tier 5: systemd container"
 if [ "$(id -u)" != 0 ]; then
     echo "test: tier 'systemd' skipped: needs root (systemd-nspawn)"; skipped=$((skipped + 1))
 elif ! command -v systemd-nspawn >/dev/null; then

@@ -1,4 +1,5 @@
 import ControlProtocol
+import CoreMetrics
 import Dispatch
 import Foundation
 import KvantCore
@@ -22,15 +23,19 @@ public final class Daemon: Sendable {
     /// - Parameters:
     ///   - listenFD: a socket passed by systemd (`SocketActivation.listeningSocket()`), or nil to bind `configuration.socket`.
     ///   - reloadRequests: reload triggers; nil = SIGHUP.
+    ///   - metricsFactory: where the engine's counters and histograms also go (`EngineMetrics`); kvantd passes
+    ///     the Prometheus factory whose registry `GET /metrics` exposes.
     /// - Throws: `KvantError(.invalidArgument)` for a missing allowed dir or an unknown `socket_group`.
     public init(configuration: DaemonConfiguration, backend: any InferenceBackend, notifier: SystemdNotifier,
-                logger: Logger, listenFD: Int32? = nil, reloadRequests: AsyncStream<Void>? = nil) throws {
+                logger: Logger, listenFD: Int32? = nil, reloadRequests: AsyncStream<Void>? = nil,
+                metricsFactory: any MetricsFactory = NOOPMetricsHandler.instance) throws {
         self.configuration = configuration
         self.notifier = notifier
         self.logger = logger
         let groupID = try configuration.socketGroup.map { try AccessPolicy.groupID(named: $0) }
         let paths = try PathPolicy(allowedDirs: configuration.allowedDirs)
-        let engine = Engine(backend: backend, settings: configuration.engineSettings, logger: logger)
+        let engine = Engine(backend: backend, settings: configuration.engineSettings, logger: logger,
+                            metrics: EngineMetrics(factory: metricsFactory))
         self.engine = engine
         let statusReporter = StatusReporter(engine: engine, notifier: notifier)
         let startupFinished = OneShotEvent()
@@ -54,11 +59,17 @@ public final class Daemon: Sendable {
     /// loaded or failed), or at once if that happened already.
     public func waitUntilReady() async { await supervisor.ready.wait() }
 
+    /// True until the configured start-up model is loaded or failed (the HTTP API answers 503 "loading" meanwhile).
+    public var isStartingUp: Bool { !supervisor.startupFinished.isSignalled }
+
     /// The service group: graceful shutdown on `gracefulShutdownSignals` (kvantd passes SIGTERM, SIGINT).
-    /// Shutdown runs in reverse order: the supervisor (STOPPING=1) first, then the server drains.
-    public func makeServiceGroup(gracefulShutdownSignals: [UnixSignal] = [.sigterm, .sigint]) -> ServiceGroup {
-        ServiceGroup(configuration: .init(
-            services: [.init(service: server), .init(service: supervisor)],
+    /// Shutdown runs in reverse order: the supervisor (STOPPING=1) first, then the `listeners` (the HTTP
+    /// API) drain, then the control server. READY=1 waits until every listener listens.
+    public func makeServiceGroup(gracefulShutdownSignals: [UnixSignal] = [.sigterm, .sigint],
+                                 listeners: [any ListeningService] = []) -> ServiceGroup {
+        supervisor.listeners = listeners
+        return ServiceGroup(configuration: .init(
+            services: [.init(service: server)] + listeners.map { .init(service: $0) } + [.init(service: supervisor)],
             gracefulShutdownSignals: gracefulShutdownSignals,
             logger: logger))
     }
@@ -129,6 +140,8 @@ public final class DaemonSupervisor: Service, @unchecked Sendable {
     private var startupLoadFailed = false
     /// Signalled once the start-up model is loaded or failed (or shutdown came first); requests wait for it.
     let startupFinished: OneShotEvent
+    /// Services that must listen before READY=1 (set by `Daemon.makeServiceGroup` before the group runs).
+    var listeners: [any ListeningService] = []
 
     init(engine: Engine, notifier: SystemdNotifier, configuration: DaemonConfiguration, paths: PathPolicy,
          status: StatusReporter, logger: Logger, reloadRequests: AsyncStream<Void>?, startupFinished: OneShotEvent) {
@@ -154,6 +167,7 @@ public final class DaemonSupervisor: Service, @unchecked Sendable {
         let hangups: UnixSignalsSequence? = reloadRequests == nil ? await UnixSignalsSequence(trapping: .sighup) : nil
         // Wait for the socket (or shutdown before it ever listened).
         for await _ in listeningStream.cancelOnGracefulShutdown() { break }
+        for listener in listeners { await listener.waitUntilListening() }
         guard !Task.isShuttingDownGracefully, !Task.isCancelled else {
             startupFinished.signal()
             notifier.stopping(status: "stopping")
@@ -278,6 +292,8 @@ final class OneShotEvent: @unchecked Sendable {
     private let lock = NSLock()
     private var signalled = false
     private var waiters: [CheckedContinuation<Void, Never>] = []
+
+    var isSignalled: Bool { lock.lock(); defer { lock.unlock() }; return signalled }
 
     func signal() {
         lock.lock()

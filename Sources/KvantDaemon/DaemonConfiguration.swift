@@ -24,6 +24,13 @@ import TOMLKit
 ///   - `shutdown_timeout_seconds` (number, default 30): how long in-flight requests may run after
 ///     SIGTERM before they are cancelled.
 ///   - `perplexity_ctx` (integer, default 512): default window of `perplexity`.
+///   - HTTP API (OpenAI-compatible, vLLM's spelling; see docs/http.md):
+///     `http_host` (string, default `127.0.0.1`), `http_port` (integer, default 8000; 0 = no HTTP listener),
+///     `http_unix_socket` (string: also serve the API on this Unix socket), `api_key` (string: required as
+///     `Authorization: Bearer …`), `served_model_name` (string, default the model file's name without `.gguf`),
+///     `chat_template` (string: Jinja file overriding the model's `tokenizer.chat_template`),
+///     `max_request_body_bytes` (integer, default 8388608), `max_queued_requests` (integer, default 64:
+///     HTTP generation requests that may wait beyond `max_num_seqs`; more get 429).
 public struct DaemonConfiguration: Sendable, Equatable {
     public var socket: String = "/run/kvant/kvantd.sock"
     public var socketGroup: String?
@@ -40,6 +47,15 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var logLevel: Logger.Level = .info
     public var shutdownTimeoutSeconds: Double = 30
     public var perplexityContext: Int = 512
+    public var httpHost: String = "127.0.0.1"
+    /// 0 = no TCP listener for the HTTP API.
+    public var httpPort: Int = 8000
+    public var httpUnixSocket: String?
+    public var apiKey: String?
+    public var servedModelName: String?
+    public var chatTemplate: String?
+    public var maxRequestBodyBytes: Int = 8 << 20
+    public var maxQueuedRequests: Int = 64
 
     public init() {}
 
@@ -48,6 +64,8 @@ public struct DaemonConfiguration: Sendable, Equatable {
         "socket", "socket_group", "socket_mode", "model", "kv_cache_dtype", "quantization_param_path",
         "kv_cache_bytes", "block_size", "max_model_len", "max_num_seqs", "threads", "allowed_dirs", "log_level",
         "shutdown_timeout_seconds", "perplexity_ctx",
+        "http_host", "http_port", "http_unix_socket", "api_key", "served_model_name", "chat_template",
+        "max_request_body_bytes", "max_queued_requests",
     ]
 
     /// Reads a TOML file over the defaults.
@@ -138,6 +156,17 @@ public struct DaemonConfiguration: Sendable, Equatable {
             }
             shutdownTimeoutSeconds = seconds
         case "perplexity_ctx": perplexityContext = try int(Limits.perplexityContext)
+        case "http_host": httpHost = try string()
+        case "http_port": httpPort = try int(Limits.httpPort)
+        case "http_unix_socket": httpUnixSocket = try string()
+        case "api_key":
+            let key = try string()
+            guard !key.isEmpty else { throw KvantError(.invalidArgument, "\(file): key 'api_key' is empty; leave it out for no key") }
+            apiKey = key
+        case "served_model_name": servedModelName = try string()
+        case "chat_template": chatTemplate = try string()
+        case "max_request_body_bytes": maxRequestBodyBytes = try int(Limits.maxRequestBodyBytes)
+        case "max_queued_requests": maxQueuedRequests = try int(Limits.maxQueuedRequests)
         default:
             throw KvantError(.invalidArgument, "\(file): unknown key '\(key)'")
         }
@@ -151,6 +180,9 @@ public struct DaemonConfiguration: Sendable, Equatable {
         public static let maxNumSeqs = 1...1024
         public static let threads = 0...4096
         public static let perplexityContext = 2...(1 << 24)
+        public static let httpPort = 0...65535
+        public static let maxRequestBodyBytes = 1024...(1 << 30)
+        public static let maxQueuedRequests = 0...1_000_000
     }
 
     /// `value` when it lies in `range`.
@@ -192,6 +224,26 @@ public struct DaemonConfiguration: Sendable, Equatable {
             self.logLevel = level
         }
         if !allowedDirs.isEmpty { self.allowedDirs = allowedDirs }
+    }
+
+    /// Applies the HTTP API's flags (vLLM's `--host`, `--port`, `--api-key`, `--served-model-name`,
+    /// `--chat-template`; `--no-http` turns off both listeners), with the file's checks.
+    /// - Throws: `KvantError(.invalidArgument)` naming the flag.
+    public mutating func applyHTTPFlags(host: String? = nil, port: Int? = nil, noHTTP: Bool = false, unixSocket: String? = nil,
+                                        apiKey: String? = nil, servedModelName: String? = nil, chatTemplate: String? = nil) throws {
+        if let host { httpHost = host }
+        if let port { httpPort = try Self.checked(port, Limits.httpPort, what: "--port") }
+        if let unixSocket { httpUnixSocket = unixSocket }
+        if noHTTP {
+            httpPort = 0
+            httpUnixSocket = nil
+        }
+        if let apiKey {
+            guard !apiKey.isEmpty else { throw KvantError(.invalidArgument, "--api-key is empty; leave it out for no key") }
+            self.apiKey = apiKey
+        }
+        if let servedModelName { self.servedModelName = servedModelName }
+        if let chatTemplate { self.chatTemplate = chatTemplate }
     }
 
     /// Parses an octal mode such as `0660`.

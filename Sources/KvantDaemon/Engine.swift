@@ -69,12 +69,16 @@ public actor Engine {
     private var liveSequences = 0
     /// Sequences released so far (a waiter retries at once when one was released while it tried).
     private var releaseCount = 0
-    private var counters = EngineCounters()
+    private var counters: EngineCounters
 
-    public init(backend: any InferenceBackend, settings: Settings = Settings(), logger: Logger = Logger(label: "kvant.engine")) {
+    /// - Parameter metrics: where the counters' increments and the latency histograms also go (the
+    ///   swift-metrics handlers behind `GET /metrics`); the default keeps only the totals of `stats`.
+    public init(backend: any InferenceBackend, settings: Settings = Settings(), logger: Logger = Logger(label: "kvant.engine"),
+                metrics: EngineMetrics = EngineMetrics()) {
         self.backend = backend
         self.settings = settings
         self.logger = logger
+        self.counters = EngineCounters(metrics: metrics)
     }
 
     // MARK: Model lifecycle
@@ -205,6 +209,24 @@ public actor Engine {
         return try await onLane { try model.tokenize(text) }
     }
 
+    /// Token ids of `text`, with or without the model's BOS/EOS (chat prompts whose template writes them).
+    public func tokenize(_ text: String, addSpecialTokens: Bool) async throws -> [Int] {
+        let model = try requireModel("tokenize")
+        return try await onLane { try model.tokenize(text, addSpecialTokens: addSpecialTokens) }
+    }
+
+    /// The text of token ids. - Throws: `.invalidArgument` for an id outside the vocabulary.
+    public func detokenize(_ tokens: [Int]) async throws -> String {
+        let model = try requireModel("detokenize")
+        return try await onLane { try model.detokenize(tokens) }
+    }
+
+    /// How full the loaded model's KV cache is (as STATUS= and `/metrics` report it); nil without a model.
+    public var kvCacheUsage: KVCacheUsage? { model?.kvCacheUsage() }
+
+    /// The loaded model's chat template and BOS/EOS texts; nil without a model.
+    public var chatTemplate: ChatTemplateSource? { model?.chatTemplate }
+
     /// Generates for `params` (validated here); `onToken` is called for every output token in order
     /// (not for the end-of-sequence token) and may be used to stream. Cancellation of the calling
     /// task ends the generation with `finish_reason: cancelled`.
@@ -214,7 +236,8 @@ public actor Engine {
         let model = try requireModel("generate")
         let queued = DispatchTime.now().uptimeNanoseconds
         do {
-            let prompt = try await onLane { try model.tokenize(params.prompt) }
+            let prompt: [Int]
+            if let ids = params.promptTokenIDs { prompt = ids } else { prompt = try await onLane { try model.tokenize(params.prompt) } }
             let maxModelLen = model.info.maxModelLen
             guard prompt.count < maxModelLen else {
                 throw KvantError(.invalidArgument,
@@ -313,6 +336,7 @@ public actor Engine {
         var decoding = false
         defer { if decoding { batcher.leave() } }
         var out: GenerationLoop.Outcome
+        var previousToken: UInt64?
         if let sequence, !Task.isCancelled {
             out = try await loop.run(
                 prefill: { try await lane.run { try sequence.prefill() } },
@@ -320,11 +344,14 @@ public actor Engine {
                 onPrefilled: {
                     batcher.enter()
                     decoding = true
-                    counters.promptTokens += prompt.count
+                    counters.promptProcessed(prompt.count)
                     counters.prefillNanos += DispatchTime.now().uptimeNanoseconds - started
                 },
                 emit: { token in
-                    counters.generatedTokens += 1
+                    let now = DispatchTime.now().uptimeNanoseconds
+                    counters.tokenGenerated(sinceArrival: previousToken == nil ? now - queued : nil,
+                                            sincePrevious: previousToken.map { now - $0 })
+                    previousToken = now
                     await onToken(token)
                 })
         } else {
@@ -335,15 +362,19 @@ public actor Engine {
         counters.decodeNanos += end - prefillEnd
         counters.decodeTokens += out.decodeSteps
         counters.served += 1
+        counters.requestFinished(out.finishReason, promptTokens: out.prefilled ? prompt.count : 0,
+                                 generationTokens: out.tokens.count, latencyNanoseconds: end - queued)
         let prefillMs = Double(prefillEnd - started) / 1e6
         let decodeMs = Double(end - prefillEnd) / 1e6
-        return GenerateResult(
+        var result = GenerateResult(
             text: out.text, tokens: out.tokens, promptTokens: prompt.count, completionTokens: out.tokens.count,
             finishReason: out.finishReason, stopReason: out.stopReason,
             timings: GenerateTimings(
                 queueMs: Double(started - queued) / 1e6, prefillMs: prefillMs, decodeMs: decodeMs,
                 prefillTokensPerSecond: out.prefilled && prefillMs > 0 ? Double(prompt.count) / (prefillMs / 1000) : 0,
                 decodeTokensPerSecond: decodeMs > 0 ? Double(out.decodeSteps) / (decodeMs / 1000) : 0))
+        result.promptLogprobs = out.prefilled ? sequence?.promptLogprobs : nil
+        return result
     }
 
     /// Perplexity of a text file; progress via `onProgress(done, total)`; cancellable.

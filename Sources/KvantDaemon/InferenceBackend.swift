@@ -82,6 +82,16 @@ public struct SamplingConfig: Sendable, Equatable {
     public var repetitionPenalty: Double
     /// RNG seed; nil = nondeterministic.
     public var seed: UInt64?
+    /// Subtracted once from the logit of every token already generated (output only); 0 = off.
+    public var presencePenalty: Double = 0
+    /// Subtracted from a token's logit per time it was generated (output only); 0 = off.
+    public var frequencyPenalty: Double = 0
+    /// End-of-sequence tokens are never sampled (llama.cpp's `ignore_eos`).
+    public var ignoreEOS: Bool = false
+    /// Alternatives reported with each generated token's log-probability (0…20); nil = no logprobs.
+    public var logprobs: Int?
+    /// Alternatives reported with each prompt token's log-probability (0…20); nil = none.
+    public var promptLogprobs: Int?
 
     public init(temperature: Double = 1, topP: Double = 1, topK: Int = 0, minP: Double = 0,
                 repetitionPenalty: Double = 1, seed: UInt64? = nil) {
@@ -96,6 +106,11 @@ public struct SamplingConfig: Sendable, Equatable {
     public init(_ params: GenerateParams) {
         self.init(temperature: params.temperature, topP: params.topP, topK: params.topK, minP: params.minP,
                   repetitionPenalty: params.repetitionPenalty, seed: params.seed)
+        presencePenalty = params.presencePenalty
+        frequencyPenalty = params.frequencyPenalty
+        ignoreEOS = params.ignoreEOS
+        logprobs = params.logprobs
+        promptLogprobs = params.promptLogprobs
     }
 }
 
@@ -139,11 +154,14 @@ public struct GeneratedToken: Sendable, Equatable {
     public var text: String
     /// True for an end-of-sequence / end-of-turn token; its text is not part of the output.
     public var isEndOfSequence: Bool
+    /// Its log-probability and the top alternatives, when the sampling config asked for logprobs.
+    public var logprobs: TokenLogprobs?
 
-    public init(token: Int, text: String, isEndOfSequence: Bool) {
+    public init(token: Int, text: String, isEndOfSequence: Bool, logprobs: TokenLogprobs? = nil) {
         self.token = token
         self.text = text
         self.isEndOfSequence = isEndOfSequence
+        self.logprobs = logprobs
     }
 }
 
@@ -206,6 +224,18 @@ public protocol LoadedModel: AnyObject, Sendable {
 
     /// Token ids of `text` (with the BOS token if the model adds one).
     func tokenize(_ text: String) throws -> [Int]
+
+    /// Token ids of `text`; `addSpecialTokens: false` leaves out BOS/EOS (a chat prompt whose template
+    /// writes them itself). Special tokens written in the text (`<|im_start|>`) are parsed either way.
+    func tokenize(_ text: String, addSpecialTokens: Bool) throws -> [Int]
+
+    /// The text of `tokens` (control tokens left out, invalid UTF-8 replaced by U+FFFD).
+    /// - Throws: `.invalidArgument` naming the first id outside the vocabulary.
+    func detokenize(_ tokens: [Int]) throws -> String
+
+    /// The model's chat template (GGUF `tokenizer.chat_template`; nil when the file has none) and the
+    /// texts of its BOS and EOS tokens, which templates refer to as `bos_token` / `eos_token`. Thread-safe.
+    var chatTemplate: ChatTemplateSource { get }
 
     /// Creates a sequence for `prompt` (token ids) and reserves KV blocks up front for
     /// `min(prompt.count + maxTokens, max_model_len)` tokens, so decoding never runs out of blocks
@@ -276,4 +306,38 @@ public protocol GenerationSequence: AnyObject {
     func decode() throws -> GeneratedToken
     /// Frees the sequence's KV blocks; called exactly once, also after errors and cancellation.
     func release()
+    /// After `prefill`, when the sampling config asked for prompt logprobs: one entry per prompt token,
+    /// the first nil. Nil otherwise.
+    var promptLogprobs: [TokenLogprobs?]? { get }
+}
+
+extension GenerationSequence {
+    public var promptLogprobs: [TokenLogprobs?]? { nil }
+}
+
+/// A model's chat template and the special-token texts it uses.
+public struct ChatTemplateSource: Sendable, Equatable {
+    /// Jinja source from GGUF `tokenizer.chat_template`; nil when the model has none.
+    public var template: String?
+    /// Text of the BOS token (`bos_token` in templates), "" when the vocabulary has none.
+    public var bosToken: String
+    /// Text of the EOS token (`eos_token` in templates), "" when the vocabulary has none.
+    public var eosToken: String
+
+    public init(template: String?, bosToken: String, eosToken: String) {
+        self.template = template
+        self.bosToken = bosToken
+        self.eosToken = eosToken
+    }
+}
+
+extension LoadedModel {
+    /// Backends written before `addSpecialTokens` existed: special tokens are added as `tokenize(_:)` does.
+    public func tokenize(_ text: String, addSpecialTokens: Bool) throws -> [Int] { try tokenize(text) }
+
+    public func detokenize(_ tokens: [Int]) throws -> String {
+        throw KvantError(.unavailable, "this inference backend cannot detokenize")
+    }
+
+    public var chatTemplate: ChatTemplateSource { ChatTemplateSource(template: nil, bosToken: "", eosToken: "") }
 }

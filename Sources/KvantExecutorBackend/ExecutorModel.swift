@@ -121,6 +121,30 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
         tokenizer.encode(text, addSpecial: true).map(Int.init)
     }
 
+    func tokenize(_ text: String, addSpecialTokens: Bool) throws -> [Int] {
+        tokenizer.encode(text, addSpecial: addSpecialTokens).map(Int.init)
+    }
+
+    func detokenize(_ tokens: [Int]) throws -> String {
+        let vocab = model.config.vocabSize
+        if let (index, bad) = tokens.enumerated().first(where: { $0.element < 0 || $0.element >= vocab }) {
+            throw KvantError(.invalidArgument, "token id \(bad) at index \(index) is outside the vocabulary (0..<\(vocab))")
+        }
+        return tokenizer.decode(tokens.map { Int32($0) })
+    }
+
+    var chatTemplate: ChatTemplateSource {
+        func text(_ id: Int32?) -> String { id.map { tokenizer.decode([$0], renderSpecial: true) } ?? "" }
+        return ChatTemplateSource(template: try? model.file.string("tokenizer.chat_template"),
+                                  bosToken: text(tokenizer.bos), eosToken: text(tokenizer.eos))
+    }
+
+    /// A token's own text and bytes, for logprobs.
+    func logprobEntry(_ id: Int32, _ logprob: Double) -> TokenLogprob {
+        let bytes = tokenizer.bytes(for: id, renderSpecial: true)
+        return TokenLogprob(token: Int(id), text: String(decoding: bytes, as: UTF8.self), bytes: bytes, logprob: logprob)
+    }
+
     func makeSequence(prompt: [Int], maxTokens: Int, sampling: SamplingConfig) throws -> any GenerationSequence {
         guard !prompt.isEmpty else { throw KvantError(.invalidArgument, "generate: the prompt has no tokens") }
         guard prompt.count < maxModelLen else {
@@ -133,7 +157,9 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
         }
         let sampler = try Sampler(SamplingParameters(
             temperature: Float(sampling.temperature), topK: max(0, sampling.topK), topP: Float(sampling.topP),
-            minP: Float(sampling.minP), repetitionPenalty: Float(sampling.repetitionPenalty), seed: sampling.seed))
+            minP: Float(sampling.minP), repetitionPenalty: Float(sampling.repetitionPenalty), seed: sampling.seed,
+            presencePenalty: Float(sampling.presencePenalty), frequencyPenalty: Float(sampling.frequencyPenalty),
+            suppressedTokens: sampling.ignoreEOS ? tokenizer.endOfGenerationTokens.sorted() : []))
         let (pool, dtype, _) = current()
         // Admission control: reserve the whole sequence (prompt + max_tokens, capped at max_model_len)
         // now, so a running sequence never meets a full cache mid-decode.
@@ -155,7 +181,8 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
             throw KvantError(.resourceExhausted,
                              "\(what), more than the whole KV cache: \(capacity); lower max_tokens or raise kv_cache_bytes")
         }
-        return ExecutorSequence(owner: self, pool: pool, sequence: seq, prompt: prompt.map { Int32($0) }, sampler: sampler)
+        return ExecutorSequence(owner: self, pool: pool, sequence: seq, prompt: prompt.map { Int32($0) }, sampler: sampler,
+                                logprobs: sampling.logprobs, promptLogprobs: sampling.promptLogprobs)
     }
 
     func kvCacheStats() -> any Encodable & Sendable {
@@ -226,7 +253,7 @@ extension ExecutorModel {
                 var next = [Int32](repeating: 0, count: rows.count)
                 do {
                     try session.decode(rows.map(\.decodeItem), pool: rows[0].pool) { r, logits in
-                        next[r] = rows[r].sampler.sample(logits: logits, history: rows[r].history)
+                        next[r] = rows[r].sample(logits)
                     }
                 } catch {
                     logger.warning("batched decode failed; decoding the sequences one by one", metadata: ["error": "\(error)"])

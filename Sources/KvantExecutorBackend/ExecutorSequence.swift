@@ -18,22 +18,61 @@ final class ExecutorSequence: GenerationSequence {
     var history: [Int32]
     var decoder: StreamingDecoder
     var released = false
+    /// Alternatives per generated token's logprob; nil = no logprobs.
+    let logprobs: Int?
+    /// Alternatives per prompt token's logprob; nil = none.
+    let promptLogprobCount: Int?
+    /// Logprobs of the token sampled last, attached by `accept`.
+    private var pendingLogprobs: TokenLogprobs?
+    private(set) var promptLogprobs: [TokenLogprobs?]?
 
-    init(owner: ExecutorModel, pool: KVCachePool, sequence: SequenceID, prompt: [Int32], sampler: Sampler) {
+    init(owner: ExecutorModel, pool: KVCachePool, sequence: SequenceID, prompt: [Int32], sampler: Sampler,
+         logprobs: Int? = nil, promptLogprobs: Int? = nil) {
         self.owner = owner
         self.pool = pool
         self.sequence = sequence
         self.prompt = prompt
         self.sampler = sampler
+        self.logprobs = logprobs
+        self.promptLogprobCount = promptLogprobs
         history = prompt
         decoder = owner.tokenizer.makeStreamingDecoder()
+    }
+
+    /// Samples the next token from this row's logits (penalties count the output after the prompt) and
+    /// keeps its logprobs for `accept` when they were asked for.
+    func sample(_ logits: UnsafeBufferPointer<Float>) -> Int32 {
+        let next = sampler.sample(logits: logits, history: history, outputStart: prompt.count)
+        if let logprobs { pendingLogprobs = entry(logits, chosen: next, top: logprobs) }
+        return next
+    }
+
+    private func entry(_ logits: UnsafeBufferPointer<Float>, chosen: Int32, top: Int) -> TokenLogprobs {
+        let lp = Sampler.logprobs(logits: logits, chosen: chosen, top: top)
+        return TokenLogprobs(chosen: owner.logprobEntry(chosen, lp.chosen),
+                             top: lp.top.map { owner.logprobEntry($0.token, $0.logprob) })
     }
 
     private func step(tokens: [Int32], start: Int) throws -> GeneratedToken {
         var next: Int32 = 0
         try owner.session.forward(tokens: tokens, startPosition: start, sequence: sequence, pool: pool, logits: .last) { _, logits in
-            next = sampler.sample(logits: logits, history: history)
+            next = sample(logits)
         }
+        return accept(next)
+    }
+
+    /// Prefill with the logits of every prompt position: each row scores the next prompt token, the last samples.
+    private func prefillScoringPrompt(top: Int) throws -> GeneratedToken {
+        var next: Int32 = 0
+        var scored: [TokenLogprobs?] = [nil]
+        try owner.session.forward(tokens: prompt, startPosition: 0, sequence: sequence, pool: pool, logits: .all) { i, logits in
+            if i + 1 < prompt.count {
+                scored.append(entry(logits, chosen: prompt[i + 1], top: top))
+            } else {
+                next = sample(logits)
+            }
+        }
+        promptLogprobs = scored
         return accept(next)
     }
 
@@ -46,14 +85,17 @@ final class ExecutorSequence: GenerationSequence {
     /// Appends a sampled token and turns it into text (streaming UTF-8) or the end of the sequence.
     func accept(_ next: Int32) -> GeneratedToken {
         history.append(next)
+        let logprobs = pendingLogprobs
+        pendingLogprobs = nil
         if owner.tokenizer.isEndOfGeneration(next) {
-            return GeneratedToken(token: Int(next), text: decoder.finish(), isEndOfSequence: true)
+            return GeneratedToken(token: Int(next), text: decoder.finish(), isEndOfSequence: true, logprobs: logprobs)
         }
-        return GeneratedToken(token: Int(next), text: decoder.append(next), isEndOfSequence: false)
+        return GeneratedToken(token: Int(next), text: decoder.append(next), isEndOfSequence: false, logprobs: logprobs)
     }
 
     func prefill() throws -> GeneratedToken {
-        try step(tokens: prompt, start: 0)
+        if let top = promptLogprobCount { return try prefillScoringPrompt(top: top) }
+        return try step(tokens: prompt, start: 0)
     }
 
     func decode() throws -> GeneratedToken {

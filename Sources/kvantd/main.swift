@@ -3,7 +3,9 @@ import Foundation
 import KvantCore
 import KvantDaemon
 import KvantExecutorBackend
+import KvantHTTP
 import Logging
+import Prometheus
 
 @main
 struct Kvantd: AsyncParsableCommand {
@@ -46,6 +48,27 @@ struct Kvantd: AsyncParsableCommand {
     @Option(name: .customLong("allowed-dir"), help: "Directory model/scale/text paths must lie under (repeatable; replaces allowed_dirs).")
     var allowedDirs: [String] = []
 
+    @Option(help: "HTTP API (OpenAI-compatible) listen address (http_host; default 127.0.0.1).")
+    var host: String?
+
+    @Option(help: "HTTP API port (http_port; default 8000; 0 = no TCP listener).")
+    var port: Int?
+
+    @Flag(name: .customLong("no-http"), help: "No HTTP API (neither TCP nor http_unix_socket).")
+    var noHTTP = false
+
+    @Option(name: .customLong("http-unix-socket"), help: "Also serve the HTTP API on this Unix socket.")
+    var httpUnixSocket: String?
+
+    @Option(name: .customLong("api-key"), help: "Require 'Authorization: Bearer KEY' on the HTTP API (api_key).")
+    var apiKey: String?
+
+    @Option(name: .customLong("served-model-name"), help: "Model id in /v1/models and responses (default: the model file's name without .gguf).")
+    var servedModelName: String?
+
+    @Option(name: .customLong("chat-template"), help: "Jinja chat template file overriding the model's tokenizer.chat_template.")
+    var chatTemplate: String?
+
     func run() async throws {
         // A closed stdout/stderr pipe (`kvantd 2>&1 | head`) must not end the daemon: writes then
         // fail with EPIPE, which the log handler ignores. Sockets use MSG_NOSIGNAL/NIO anyway.
@@ -62,10 +85,15 @@ struct Kvantd: AsyncParsableCommand {
         let logger = Logger(label: "kvantd")
         do {
             let listenFD = try SocketActivation.listeningSocket()
+            // One registry: the engine's counters write to it, GET /metrics renders it.
+            let registry = PrometheusCollectorRegistry()
             let daemon = try Daemon(configuration: configuration, backend: ExecutorBackend(logger: Logger(label: "kvant.executor")),
-                                    notifier: .fromEnvironment(), logger: logger, listenFD: listenFD)
+                                    notifier: .fromEnvironment(), logger: logger, listenFD: listenFD,
+                                    metricsFactory: MetricsExporter.makeMetricsFactory(registry: registry))
+            let http = HTTPSettings(configuration).isEnabled
+                ? try KvantHTTPServer(daemon: daemon, metrics: MetricsExporter(registry: registry), logger: logger) : nil
             logger.info("starting", metadata: ["version": "\(kvantDaemonVersion)", "backend": "\(daemon.engine.backend.name)"])
-            try await daemon.makeServiceGroup().run()
+            try await daemon.makeServiceGroup(listeners: http.map { [$0] } ?? []).run()
         } catch let error as KvantError {
             logger.critical("\(error.message)", metadata: ["reason": "\(error.reason.rawValue)"])
             throw ExitCode(1)
@@ -77,6 +105,8 @@ struct Kvantd: AsyncParsableCommand {
         try configuration.applyFlags(model: model, kvCacheDType: kvCacheDType, quantizationParamPath: quantizationParamPath,
                                      blockSize: blockSize, kvCacheBytes: kvCacheBytes, maxModelLen: maxModelLen,
                                      socket: socket, threads: threads, logLevel: logLevel, allowedDirs: allowedDirs)
+        try configuration.applyHTTPFlags(host: host, port: port, noHTTP: noHTTP, unixSocket: httpUnixSocket, apiKey: apiKey,
+                                         servedModelName: servedModelName, chatTemplate: chatTemplate)
         return configuration
     }
 }

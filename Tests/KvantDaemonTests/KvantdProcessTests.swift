@@ -26,7 +26,7 @@ struct KvantdProcessTests {
         let socket = dir + "/kvantd.sock"
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = ["--socket", socket, "--allowed-dir", dir, "--log-level", "warning"]
+        process.arguments = ["--socket", socket, "--allowed-dir", dir, "--log-level", "warning", "--no-http"]
         var environment = ProcessInfo.processInfo.environment
         environment["NOTIFY_SOCKET"] = receiver.path
         environment["WATCHDOG_USEC"] = "200000"
@@ -83,7 +83,7 @@ struct KvantdProcessTests {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
         // debug: every connection logs, so the daemon writes to the closed pipe below.
-        process.arguments = ["--socket", socket, "--allowed-dir", dir, "--log-level", "debug"]
+        process.arguments = ["--socket", socket, "--allowed-dir", dir, "--log-level", "debug", "--no-http"]
         let stderr = Pipe()
         process.standardError = stderr
         try process.run()
@@ -119,7 +119,7 @@ struct KvantdProcessTests {
         let socket = dir + "/" + String(repeating: "s", count: 120) + ".sock"
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = ["--socket", socket, "--allowed-dir", dir]
+        process.arguments = ["--socket", socket, "--allowed-dir", dir, "--no-http"]
         let stderr = Pipe()
         process.standardError = stderr
         try process.run()
@@ -145,7 +145,7 @@ struct KvantdProcessTests {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: activate)
         // --socket names a different path: with a passed fd, it must not be bound.
-        process.arguments = ["-l", socket, binary, "--socket", dir + "/unused.sock", "--allowed-dir", dir, "--log-level", "error"]
+        process.arguments = ["-l", socket, binary, "--socket", dir + "/unused.sock", "--allowed-dir", dir, "--log-level", "error", "--no-http"]
         process.standardError = FileHandle.nullDevice
         try process.run()
         defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }

@@ -8,8 +8,11 @@ import KvantDaemon
 /// - Model file: any file under the allowed dirs; a file whose text starts with `FAIL` fails to load
 ///   with `invalid_argument`.
 /// - Tokenizer: one token per UTF-8 byte (token id = byte value).
-/// - Generation echoes the prompt's tokens in order, then emits end-of-sequence (token 0).
-///   `decodeDelay` slows each step (for cancellation and concurrency tests).
+/// - Generation echoes the prompt's tokens in order, then emits end-of-sequence (token 0); with
+///   `ignore_eos` it goes on with "." (46). `decodeDelay` slows each step (for cancellation and concurrency tests).
+/// - Detokenize: the inverse of the tokenizer (ids are bytes).
+/// - Logprobs (when asked for): the chosen token −0.25, alternatives token+1, +2, … (mod 128) at −1, −2, …;
+///   prompt logprobs the same for every prompt token but the first.
 /// - Scale files: JSON `{"layers": N, "per_head": bool, "scales": [numbers]}`; installing bumps the epoch.
 ///   The `sha256` field of fake reports is an FNV-1a digest (the fake has no SHA-256).
 /// - Perplexity: one "token" per byte, progress every 64; value = 1 + bytes/1000.
@@ -67,6 +70,7 @@ public final class FakeModel: LoadedModel, @unchecked Sendable {
         var usage: Double
         var kv_cache_dtype: String
         var epoch: Int
+        var bytes_per_token: Int
     }
 
     private let lock = NSLock()
@@ -94,6 +98,13 @@ public final class FakeModel: LoadedModel, @unchecked Sendable {
 
     public func tokenize(_ text: String) throws -> [Int] { text.utf8.map { Int($0) } }
 
+    public func detokenize(_ tokens: [Int]) throws -> String {
+        if let bad = tokens.first(where: { $0 < 0 || $0 > 255 }) {
+            throw KvantError(.invalidArgument, "token id \(bad) is outside the vocabulary (0..<256)")
+        }
+        return String(decoding: tokens.map { UInt8($0) }, as: UTF8.self)
+    }
+
     public func makeSequence(prompt: [Int], maxTokens: Int, sampling: SamplingConfig) throws -> any GenerationSequence {
         let needed = min(prompt.count + maxTokens, info.maxModelLen)
         lock.lock()
@@ -110,7 +121,7 @@ public final class FakeModel: LoadedModel, @unchecked Sendable {
         usedTokens += needed
         liveSequences += 1
         maxLiveSequences = max(maxLiveSequences, liveSequences)
-        return FakeSequence(model: self, prompt: prompt, reserved: needed)
+        return FakeSequence(model: self, prompt: prompt, reserved: needed, sampling: sampling)
     }
 
     public func sequenceReleased(reserved: Int) {
@@ -127,7 +138,7 @@ public final class FakeModel: LoadedModel, @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         return CacheStats(total_blocks: 100, used_blocks: liveSequences, usage: Double(liveSequences) / 100,
-                          kv_cache_dtype: _info.kvCacheDType.rawValue, epoch: epoch)
+                          kv_cache_dtype: _info.kvCacheDType.rawValue, epoch: epoch, bytes_per_token: 64)
     }
 
     public func kvCacheUsage() -> KVCacheUsage {
@@ -220,20 +231,42 @@ public final class FakeSequence: GenerationSequence {
     public let model: FakeModel
     public let prompt: [Int]
     public let reserved: Int
+    public let sampling: SamplingConfig
     public var position = 0
 
-    public init(model: FakeModel, prompt: [Int], reserved: Int) {
+    public init(model: FakeModel, prompt: [Int], reserved: Int, sampling: SamplingConfig = SamplingConfig()) {
         self.model = model
         self.prompt = prompt
         self.reserved = reserved
+        self.sampling = sampling
+    }
+
+    /// The fake's logprobs of `token` with `top` alternatives.
+    public static func logprobs(_ token: Int, top: Int) -> TokenLogprobs {
+        func entry(_ t: Int, _ lp: Double) -> TokenLogprob {
+            TokenLogprob(token: t, text: String(decoding: [UInt8(t & 0xff)], as: UTF8.self), bytes: [UInt8(t & 0xff)], logprob: lp)
+        }
+        return TokenLogprobs(chosen: entry(token, -0.25), top: (0..<top).map { entry((token + 1 + $0) & 0x7f, -Double($0 + 1)) })
     }
 
     private func next() -> GeneratedToken {
         if model.decodeDelay > 0 { Thread.sleep(forTimeInterval: model.decodeDelay) }
-        guard position < prompt.count else { return GeneratedToken(token: 0, text: "", isEndOfSequence: true) }
-        let token = prompt[position]
+        let token: Int
+        if position < prompt.count {
+            token = prompt[position]
+        } else if sampling.ignoreEOS {
+            token = 46
+        } else {
+            return GeneratedToken(token: 0, text: "", isEndOfSequence: true)
+        }
         position += 1
-        return GeneratedToken(token: token, text: String(decoding: [UInt8(token)], as: UTF8.self), isEndOfSequence: false)
+        return GeneratedToken(token: token, text: String(decoding: [UInt8(token)], as: UTF8.self), isEndOfSequence: false,
+                              logprobs: sampling.logprobs.map { Self.logprobs(token, top: $0) })
+    }
+
+    public var promptLogprobs: [TokenLogprobs?]? {
+        guard let top = sampling.promptLogprobs else { return nil }
+        return prompt.enumerated().map { i, t in i == 0 ? nil : Self.logprobs(t, top: top) }
     }
 
     public func prefill() throws -> GeneratedToken { next() }

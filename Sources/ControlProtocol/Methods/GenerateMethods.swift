@@ -18,6 +18,24 @@ public struct GenerateParams: Codable, Equatable, Sendable {
     public var stop: [String]
     /// Send a `generate.token` notification per token before the response.
     public var stream: Bool
+    /// OpenAI/vLLM presence penalty in [-2, 2]: subtracted once from the logit of every token already
+    /// generated (output tokens only); 0 = off.
+    public var presencePenalty: Double = 0
+    /// OpenAI/vLLM frequency penalty in [-2, 2]: subtracted from a token's logit once per time it was
+    /// generated (output tokens only); 0 = off.
+    public var frequencyPenalty: Double = 0
+    /// Keep generating past end-of-sequence tokens: they are never sampled (llama.cpp's `ignore_eos`),
+    /// so generation ends only at `max_tokens`, `max_model_len` or a stop string.
+    public var ignoreEOS: Bool = false
+    /// Token ids to use as the prompt instead of tokenizing `prompt` (the HTTP API's token-id prompts and
+    /// chat prompts tokenized without BOS). Not on the wire.
+    public var promptTokenIDs: [Int]?
+    /// Report the log-probability of each generated token and this many alternatives (0…20);
+    /// nil = none. Not on the wire (the HTTP API reads them from `GeneratedToken.logprobs`).
+    public var logprobs: Int?
+    /// Report the log-probability of each prompt token (from the second on) and this many
+    /// alternatives (0…20) in `GenerateResult.promptLogprobs`; nil = none. Not on the wire.
+    public var promptLogprobs: Int?
 
     public static let maxStopStrings = 16
     public static let maxStopStringBytes = 256
@@ -40,6 +58,25 @@ public struct GenerateParams: Codable, Equatable, Sendable {
     enum CodingKeys: String, CodingKey {
         case prompt, maxTokens = "max_tokens", temperature, topP = "top_p", topK = "top_k", minP = "min_p"
         case repetitionPenalty = "repetition_penalty", seed, stop, stream
+        case presencePenalty = "presence_penalty", frequencyPenalty = "frequency_penalty", ignoreEOS = "ignore_eos"
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(prompt, forKey: .prompt)
+        try c.encode(maxTokens, forKey: .maxTokens)
+        try c.encode(temperature, forKey: .temperature)
+        try c.encode(topP, forKey: .topP)
+        try c.encode(topK, forKey: .topK)
+        try c.encode(minP, forKey: .minP)
+        try c.encode(repetitionPenalty, forKey: .repetitionPenalty)
+        try c.encodeIfPresent(seed, forKey: .seed)
+        try c.encode(stop, forKey: .stop)
+        try c.encode(stream, forKey: .stream)
+        // Additive fields: only when set, so older daemons see the messages they know.
+        if presencePenalty != 0 { try c.encode(presencePenalty, forKey: .presencePenalty) }
+        if frequencyPenalty != 0 { try c.encode(frequencyPenalty, forKey: .frequencyPenalty) }
+        if ignoreEOS { try c.encode(ignoreEOS, forKey: .ignoreEOS) }
     }
 
     public init(from decoder: Decoder) throws {
@@ -61,6 +98,9 @@ public struct GenerateParams: Codable, Equatable, Sendable {
         }
         stop = try c.decodeIfPresent([String].self, forKey: .stop) ?? []
         stream = try c.decodeIfPresent(Bool.self, forKey: .stream) ?? false
+        presencePenalty = try c.decodeIfPresent(Double.self, forKey: .presencePenalty) ?? 0
+        frequencyPenalty = try c.decodeIfPresent(Double.self, forKey: .frequencyPenalty) ?? 0
+        ignoreEOS = try c.decodeIfPresent(Bool.self, forKey: .ignoreEOS) ?? false
     }
 
     /// Range checks. - Throws: `KvantError(.invalidArgument)` naming the field and the allowed range.
@@ -74,6 +114,14 @@ public struct GenerateParams: Codable, Equatable, Sendable {
         if !(repetitionPenalty > 0 && repetitionPenalty.isFinite) {
             throw bad("'repetition_penalty' must be a finite number > 0, got \(repetitionPenalty)")
         }
+        if !(presencePenalty >= -2 && presencePenalty <= 2) { throw bad("'presence_penalty' must be in [-2, 2], got \(presencePenalty)") }
+        if !(frequencyPenalty >= -2 && frequencyPenalty <= 2) { throw bad("'frequency_penalty' must be in [-2, 2], got \(frequencyPenalty)") }
+        for (name, value) in [("logprobs", logprobs), ("prompt_logprobs", promptLogprobs)] {
+            if let value, !(0...TokenLogprobs.maxTopLogprobs).contains(value) {
+                throw bad("'\(name)' must be in 0...\(TokenLogprobs.maxTopLogprobs), got \(value)")
+            }
+        }
+        if let ids = promptTokenIDs, ids.isEmpty { throw bad("the prompt has no tokens") }
         if stop.count > Self.maxStopStrings { throw bad("'stop' has \(stop.count) strings; at most \(Self.maxStopStrings)") }
         for (index, text) in stop.enumerated() {
             if text.isEmpty { throw bad("'stop[\(index)]' is empty") }
@@ -144,6 +192,9 @@ public struct GenerateResult: Codable, Equatable, Sendable {
     /// The stop string matched, or `eos` for the end-of-sequence token; nil otherwise.
     public var stopReason: String?
     public var timings: GenerateTimings
+    /// Log-probabilities of the prompt's tokens when `GenerateParams.promptLogprobs` asked for them:
+    /// one entry per prompt token, the first nil (nothing precedes it). Not on the wire.
+    public var promptLogprobs: [TokenLogprobs?]? = nil
 
     public init(text: String, tokens: [Int], promptTokens: Int, completionTokens: Int, finishReason: FinishReason,
                 stopReason: String?, timings: GenerateTimings) {

@@ -1,0 +1,173 @@
+import Foundation
+import Hummingbird
+import KvantCore
+import KvantDaemon
+import Logging
+import NIOCore
+import Prometheus
+import ServiceLifecycle
+
+/// Settings of the HTTP API (from `DaemonConfiguration`; see docs/http.md).
+public struct HTTPSettings: Sendable {
+    /// TCP listener; nil = none (`http_port = 0`, `--no-http`).
+    public var host: String
+    public var port: Int?
+    /// Also listen on this Unix socket.
+    public var unixSocket: String?
+    /// Required as `Authorization: Bearer …` on every route but /health and /metrics; nil = no key.
+    public var apiKey: String?
+    public var servedModelName: String?
+    /// Jinja chat template file overriding the model's.
+    public var chatTemplatePath: String?
+    public var maxRequestBodyBytes: Int
+    public var maxNumSeqs: Int
+    public var maxQueuedRequests: Int
+    /// How long in-flight generations may run after graceful shutdown began before they are cancelled.
+    public var shutdownTimeout: Duration
+
+    public init(_ c: DaemonConfiguration) {
+        host = c.httpHost
+        port = c.httpPort == 0 ? nil : c.httpPort
+        unixSocket = c.httpUnixSocket
+        apiKey = c.apiKey
+        servedModelName = c.servedModelName
+        chatTemplatePath = c.chatTemplate
+        maxRequestBodyBytes = c.maxRequestBodyBytes
+        maxNumSeqs = c.maxNumSeqs
+        maxQueuedRequests = c.maxQueuedRequests
+        shutdownTimeout = .milliseconds(Int64(c.shutdownTimeoutSeconds * 1000))
+    }
+
+    /// True when the configuration asks for any HTTP listener.
+    public var isEnabled: Bool { port != nil || unixSocket != nil }
+}
+
+/// The OpenAI-compatible HTTP API as a service of the daemon's `ServiceGroup` (Hummingbird 2).
+///
+/// Listens on `host:port` and/or a Unix socket before READY=1 (`waitUntilListening`). Graceful
+/// shutdown: the listeners close, requests in flight go on; generations still running
+/// `shutdown_timeout_seconds` later are cancelled, so every stream ends with a final chunk
+/// (`finish_reason: "abort"`) and `data: [DONE]`.
+public final class KvantHTTPServer: ListeningService, @unchecked Sendable {
+    public let settings: HTTPSettings
+    let api: OpenAIAPI
+    private let logger: Logger
+    private let listening = ListeningSignal()
+    private let lock = NSLock()
+    private var listenersUp = 0
+    private var port: Int?
+
+    /// - Parameters:
+    ///   - isStartingUp: true while the start-up model loads (`Daemon.isStartingUp`).
+    ///   - metrics: the exporter of the registry the engine's counters write to.
+    /// - Throws: `KvantError` for an unreadable `chat_template` file.
+    public init(settings: HTTPSettings, engine: Engine, isStartingUp: @escaping @Sendable () -> Bool,
+                metrics: MetricsExporter, logger: Logger) throws {
+        self.settings = settings
+        self.logger = logger
+        api = OpenAIAPI(engine: engine, isStartingUp: isStartingUp, settings: settings,
+                        templates: try ChatTemplateResolver(overridePath: settings.chatTemplatePath),
+                        tracker: GenerationTracker(capacity: settings.maxNumSeqs + settings.maxQueuedRequests),
+                        metrics: metrics, logger: logger)
+    }
+
+    /// The HTTP API of `daemon`, configured by its configuration.
+    public convenience init(daemon: Daemon, metrics: MetricsExporter, logger: Logger) throws {
+        try self.init(settings: HTTPSettings(daemon.configuration), engine: daemon.engine,
+                      isStartingUp: { daemon.isStartingUp }, metrics: metrics, logger: logger)
+    }
+
+    /// The TCP port bound (useful with port 0), once listening.
+    public var boundPort: Int? { lock.lock(); defer { lock.unlock() }; return port }
+
+    public func waitUntilListening() async { await listening.wait() }
+
+    public func run() async throws {
+        var addresses: [BindAddress] = []
+        var names: [String] = []
+        if let port = settings.port {
+            addresses.append(.hostname(settings.host, port: port))
+            names.append("\(settings.host):\(port)")
+            if settings.apiKey == nil && !Self.isLoopback(settings.host) {
+                logger.warning("the HTTP API listens on a non-loopback address without an API key: anyone who can reach \(settings.host):\(port) can use the model; set api_key (--api-key)")
+            }
+        }
+        if let path = settings.unixSocket {
+            addresses.append(.unixDomainSocket(path: path))
+            names.append(path)
+        }
+        guard !addresses.isEmpty else { listening.signal(); return }
+        let expected = addresses.count
+        // Hummingbird's own start-up lines repeat ours; its errors still come through.
+        var serverLogger = logger
+        serverLogger.logLevel = max(logger.logLevel, .notice)
+        let timeout = TimeoutBox()
+        do {
+            try await withGracefulShutdownHandler {
+                try await withThrowingDiscardingTaskGroup { group in
+                    for (address, name) in zip(addresses, names) {
+                        let app = Application(
+                            router: api.makeRouter(),
+                            server: .http1(configuration: .init(additionalChannelHandlers: [ClientDisconnectHandler()])),
+                            configuration: .init(address: address, serverName: "kvantd"),
+                            onServerRunning: { [self] channel in self.up(channel, name: name, expected: expected) },
+                            logger: serverLogger)
+                        group.addTask {
+                            do { try await app.run() } catch { throw Self.bindError(error, name) }
+                        }
+                    }
+                }
+            } onGracefulShutdown: { [api] in
+                timeout.set(api.tracker.beginShutdown(timeout: self.settings.shutdownTimeout))
+            }
+        } catch {
+            listening.signal()
+            timeout.cancel()
+            throw error
+        }
+        timeout.cancel()
+        if let path = settings.unixSocket { unlink(path) }
+        logger.notice("HTTP API stopped")
+    }
+
+    private func up(_ channel: any Channel, name: String, expected: Int) {
+        lock.lock()
+        listenersUp += 1
+        if let p = channel.localAddress?.port { port = p }
+        let all = listenersUp == expected
+        lock.unlock()
+        logger.notice("HTTP API listening", metadata: ["address": "\(channel.localAddress?.port.map { "\(name) (port \($0))" } ?? name)"])
+        if all { listening.signal() }
+    }
+
+    static func isLoopback(_ host: String) -> Bool {
+        host == "localhost" || host == "::1" || host.hasPrefix("127.")
+    }
+
+    /// An operator's words for a listener that could not start.
+    static func bindError(_ error: Error, _ name: String) -> Error {
+        if let io = error as? IOError {
+            return KvantError(.unavailable, "cannot listen for HTTP on \(name): \(String(cString: strerror(io.errnoCode))) (errno \(io.errnoCode))")
+        }
+        if error is SocketAddressError {
+            return KvantError(.unavailable, "cannot listen for HTTP on \(name): not a usable address (\(error))")
+        }
+        return error
+    }
+}
+
+/// The shutdown-deadline task, cancelled when the server stops first.
+private final class TimeoutBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var task: Task<Void, Never>?
+    private var done = false
+    func set(_ task: Task<Void, Never>) {
+        lock.lock(); defer { lock.unlock() }
+        if done { task.cancel() } else { self.task = task }
+    }
+    func cancel() {
+        lock.lock(); defer { lock.unlock() }
+        done = true
+        task?.cancel()
+    }
+}

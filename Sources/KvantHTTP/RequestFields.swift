@@ -1,0 +1,133 @@
+import ControlProtocol
+import Foundation
+
+/// The JSON object of a request body with typed getters whose errors name the field (400).
+///
+/// JSON `null` counts as absent (clients send `"stop": null`); unknown fields are ignored, as vLLM does.
+struct RequestFields {
+    let object: [String: JSONValue]
+    /// Prefix of field names in errors (`messages[2].`).
+    let path: String
+
+    /// Parses a request body. - Throws: 400 for invalid JSON or a body that is not a JSON object.
+    init(body: Data) throws {
+        guard !body.isEmpty else { throw OpenAIError(.badRequest, "the request body is empty; expected a JSON object") }
+        let value: JSONValue
+        do {
+            value = try JSONDecoder().decode(JSONValue.self, from: body)
+        } catch {
+            throw OpenAIError(.badRequest, "the request body is not valid JSON (\(body.count) bytes)\(Self.position(error))")
+        }
+        guard case .object(let object) = value else {
+            throw OpenAIError(.badRequest, "the request body must be a JSON object, got \(Self.typeName(value))")
+        }
+        self.init(object, path: "")
+    }
+
+    init(_ object: [String: JSONValue], path: String) {
+        self.object = object
+        self.path = path
+    }
+
+    private static func position(_ error: Error) -> String {
+        let description = "\((error as NSError).userInfo[NSDebugDescriptionErrorKey] ?? "")"
+        guard let range = description.range(of: #"(line \d+, column \d+|around (line|character) \d+[^.]*)"#, options: .regularExpression)
+        else { return "" }
+        return " near \(description[range])"
+    }
+
+    /// JSON's name of a value's type, for error messages.
+    static func typeName(_ value: JSONValue) -> String {
+        switch value {
+        case .null: return "null"
+        case .bool: return "a boolean"
+        case .int: return "an integer"
+        case .double: return "a number"
+        case .string: return "a string"
+        case .array: return "an array"
+        case .object: return "an object"
+        }
+    }
+
+    func name(_ key: String) -> String { path + key }
+
+    subscript(key: String) -> JSONValue? {
+        guard let value = object[key], value != .null else { return nil }
+        return value
+    }
+
+    func has(_ key: String) -> Bool { self[key] != nil }
+
+    func wrongType(_ key: String, _ expected: String, _ value: JSONValue) -> OpenAIError {
+        .invalidField(name(key), "expected \(expected), got \(Self.typeName(value))")
+    }
+
+    func string(_ key: String) throws -> String? {
+        guard let value = self[key] else { return nil }
+        guard case .string(let text) = value else { throw wrongType(key, "a string", value) }
+        return text
+    }
+
+    func bool(_ key: String) throws -> Bool? {
+        guard let value = self[key] else { return nil }
+        guard case .bool(let flag) = value else { throw wrongType(key, "a boolean", value) }
+        return flag
+    }
+
+    /// An integer (a JSON number without a fraction), in `range`.
+    func int(_ key: String, in range: ClosedRange<Int>? = nil) throws -> Int? {
+        guard let value = self[key] else { return nil }
+        let number: Int
+        switch value {
+        case .int(let n): number = n
+        case .double(let d) where d == d.rounded() && abs(d) < 9e15: number = Int(d)
+        default: throw wrongType(key, "an integer", value)
+        }
+        if let range, !range.contains(number) {
+            throw OpenAIError.invalidField(name(key), "must be in \(range.lowerBound)...\(range.upperBound), got \(number)")
+        }
+        return number
+    }
+
+    /// A finite number, in `range` when given.
+    func double(_ key: String, in range: ClosedRange<Double>? = nil, exclusiveLower: Bool = false) throws -> Double? {
+        guard let value = self[key] else { return nil }
+        guard let number = value.doubleValue, number.isFinite else { throw wrongType(key, "a number", value) }
+        if let range {
+            let lowOK = exclusiveLower ? number > range.lowerBound : number >= range.lowerBound
+            if !lowOK || number > range.upperBound {
+                let low = exclusiveLower ? "(\(range.lowerBound)" : "[\(range.lowerBound)"
+                throw OpenAIError.invalidField(name(key), "must be in \(low), \(range.upperBound)], got \(number)")
+            }
+        }
+        return number
+    }
+
+    func object(_ key: String) throws -> RequestFields? {
+        guard let value = self[key] else { return nil }
+        guard case .object(let object) = value else { throw wrongType(key, "an object", value) }
+        return RequestFields(object, path: name(key) + ".")
+    }
+
+    func array(_ key: String) throws -> [JSONValue]? {
+        guard let value = self[key] else { return nil }
+        guard case .array(let array) = value else { throw wrongType(key, "an array", value) }
+        return array
+    }
+
+    /// `stop`: a string or a list of strings.
+    func stringOrStrings(_ key: String) throws -> [String] {
+        guard let value = self[key] else { return [] }
+        switch value {
+        case .string(let text): return [text]
+        case .array(let items):
+            return try items.enumerated().map { index, item in
+                guard case .string(let text) = item else {
+                    throw OpenAIError.invalidField("\(name(key))[\(index)]", "expected a string, got \(Self.typeName(item))")
+                }
+                return text
+            }
+        default: throw wrongType(key, "a string or an array of strings", value)
+        }
+    }
+}
