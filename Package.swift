@@ -57,7 +57,7 @@ let package = Package(
         ]),
         // The OpenAI-compatible HTTP API (data plane) and /metrics, on Hummingbird.
         .target(name: "KvantHTTP", dependencies: [
-            "KvantDaemon", "ControlProtocol", "KvantCore",
+            "KvantDaemon", "ControlProtocol", "KvantCore", "ChatTemplates",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HTTPTypes", package: "swift-http-types"),
             .product(name: "Prometheus", package: "swift-prometheus"),
@@ -113,7 +113,7 @@ let package = Package(
             "KvantExecutorBackend", "KvantDaemon", "ControlProtocol", "KvantCore", "KvantTestSupport",
         ]),
         .testTarget(name: "KvantHTTPTests", dependencies: [
-            "KvantHTTP", "KvantDaemon", "ControlProtocol", "KvantCore", "KvantTestSupport",
+            "KvantHTTP", "ChatTemplates", "KvantDaemon", "ControlProtocol", "KvantCore", "KvantTestSupport",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),

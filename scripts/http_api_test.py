@@ -388,6 +388,34 @@ def run_checks(r, client, control, port, args):
         _eq(c.usage.prompt_tokens, json.loads(tok)["count"])
     r.check(f"chat completion on {chat_name}{' answers (Paris)' if smol else ''}, usage = /tokenize of the messages", chat)
 
+    def chat_template_oracle():
+        # The prompt the server renders equals jinja2's rendering (transformers' environment) of the model's own
+        # tokenizer.chat_template, read from the GGUF with gguf's reader: same tokens through /tokenize.
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "oracle"))
+        import chat_template_goldens as oracle
+        from gguf import GGUFReader
+        reader = GGUFReader(args.chat_model if smol else args.model)
+
+        def field(key):
+            f = reader.fields.get(key)
+            return None if f is None else f.contents()
+        template = field("tokenizer.chat_template")
+        if template is None:
+            print(f"# {chat_name} has no tokenizer.chat_template: the server uses ChatML")
+            template = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "Tests", "ChatTemplatesTests",
+                                         "Fixtures", "templates", "chatml-default.jinja")).read()
+        tokens = field("tokenizer.ggml.tokens")
+        bos_id, eos_id = field("tokenizer.ggml.bos_token_id"), field("tokenizer.ggml.eos_token_id")
+        context = oracle.conversation_context({"messages": messages, "add_generation_prompt": True},
+                                              tokens[bos_id] if bos_id is not None else None,
+                                              tokens[eos_id] if eos_id is not None else None)
+        rendered = oracle.render(oracle.make_environment(), template, context)
+        assert "output" in rendered, rendered
+        _, _, a = raw_http(port, "POST", "/tokenize", {"prompt": rendered["output"], "add_special_tokens": False})
+        _, _, b = raw_http(port, "POST", "/tokenize", {"messages": messages})
+        _eq(json.loads(b)["tokens"], json.loads(a)["tokens"])
+    r.check(f"chat prompt on {chat_name} = jinja2's rendering of its GGUF chat template (same token ids)", chat_template_oracle)
+
     def chat_streamed():
         stream = client.chat.completions.create(model=chat_name, messages=messages, max_tokens=32, temperature=0,
                                                 stream=True, stream_options={"include_usage": True})

@@ -2,7 +2,7 @@ import Foundation
 
 /// Python's text conventions that templates expose: `repr` of floats and strings, `str.isspace`,
 /// `strftime`, and `json.dumps` (the `tojson` filter transformers installs).
-enum PyFormat {
+public enum PyFormat {
     /// `repr(float)`: shortest round-trip digits; exponent form below 1e-4 and from 1e16 on
     /// (Swift's `description` follows the same rules), `inf`, `nan`.
     static func floatRepr(_ d: Double) -> String {
@@ -34,7 +34,7 @@ enum PyFormat {
     }
 
     /// `repr(str)`: single quotes unless the text has a `'` and no `"`.
-    static func stringRepr(_ s: String) -> String {
+    public static func stringRepr(_ s: String) -> String {
         let useDouble = s.unicodeScalars.contains("'") && !s.unicodeScalars.contains("\"")
         let q: Unicode.Scalar = useDouble ? "\"" : "'"
         var out = String.UnicodeScalarView()
@@ -81,7 +81,7 @@ enum PyFormat {
         return String(v[lo..<hi])
     }
 
-    static func fromScalars<S: Sequence>(_ s: S) -> String where S.Element == Unicode.Scalar {
+    public static func fromScalars<S: Sequence>(_ s: S) -> String where S.Element == Unicode.Scalar {
         var v = String.UnicodeScalarView()
         v.append(contentsOf: s)
         return String(v)

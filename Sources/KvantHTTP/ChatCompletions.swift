@@ -57,7 +57,7 @@ extension OpenAIAPI {
         let addGenerationPrompt = try f.bool("add_generation_prompt") ?? true
         let kwargs = try f.object("chat_template_kwargs")?.object ?? [:]
         guard let source = await engine.chatTemplate else { _ = try await requireModel(); return "" }
-        let (renderer, origin) = templates.resolve(source)
+        let (renderer, origin) = try templates.resolve(source)
         if let info = await engine.modelInfo, templateLog.first(info.path) {
             logger.notice("chat prompts use \(origin)", metadata: ["model": "\(info.path)"])
         }

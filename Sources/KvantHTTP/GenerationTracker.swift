@@ -95,18 +95,18 @@ final class GenerationTracker: @unchecked Sendable {
 
 /// Streamed text that must not show a stop string: holds back a tail that could still become one and
 /// stops at the first complete one (the engine ends the generation there and cuts its text before it).
-struct StopStringHoldBack {
+public struct StopStringHoldBack {
     let stops: [[Unicode.Scalar]]
     private var pending: [Unicode.Scalar] = []
     private(set) var emitted: [Unicode.Scalar] = []
     private var stopped = false
 
-    init(stops: [String]) {
+    public init(stops: [String]) {
         self.stops = stops.filter { !$0.isEmpty }.map { Array($0.unicodeScalars) }
     }
 
     /// Adds a piece of generated text; returns the text that may be sent now.
-    mutating func append(_ piece: String) -> String {
+    public mutating func append(_ piece: String) -> String {
         guard !stopped else { return "" }
         pending += piece.unicodeScalars
         guard !stops.isEmpty else { return flush() }
@@ -125,7 +125,7 @@ struct StopStringHoldBack {
     }
 
     /// At the end: the rest of `finalText` (the engine's text, cut before a stop string) not sent yet.
-    mutating func finish(finalText: String) -> String {
+    public mutating func finish(finalText: String) -> String {
         let final = Array(finalText.unicodeScalars)
         guard final.starts(with: emitted), final.count > emitted.count else { return "" }
         let rest = Array(final[emitted.count...])

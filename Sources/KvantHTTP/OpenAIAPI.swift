@@ -136,7 +136,7 @@ struct OpenAIAPI: Sendable {
     /// Where the loaded model's chat prompts come from (see `ChatTemplateResolver.resolve`).
     func chatTemplateSource() async -> String {
         guard let source = await engine.chatTemplate else { return "none (no model)" }
-        return templates.resolve(source).source
+        do { return try templates.resolve(source).source } catch { return "unusable: \(error)" }
     }
 
     func metricsResponse() async -> Response {

@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import ChatTemplates
+import ChatTemplates
 
 /// Errors, resource limits and the public API. Expected positions and messages are worked out by hand
 /// from the templates (or are jinja2's wording, see the golden cases).

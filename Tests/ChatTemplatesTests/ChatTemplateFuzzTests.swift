@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import ChatTemplates
+import ChatTemplates
 
 /// SplitMix64: a small seeded generator, so every run mutates the same way.
 struct SplitMix64: RandomNumberGenerator {

@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import ChatTemplates
+import ChatTemplates
 
 /// Fixtures written by scripts/oracle/chat_template_goldens.py (Python jinja2 in transformers'
 /// apply_chat_template environment). Expected values come from that oracle only.

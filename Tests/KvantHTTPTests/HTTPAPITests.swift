@@ -2,7 +2,7 @@ import ControlProtocol
 import Foundation
 import KvantCore
 import KvantDaemon
-@testable import KvantHTTP
+import KvantHTTP
 import KvantTestSupport
 import Testing
 
@@ -503,19 +503,50 @@ struct HTTPHelperTests {
         }
     }
 
-    @Test("chat templates: ChatML without a template, the override file's name when given")
+    @Test("chat templates: ChatML without a template, the GGUF's own template, the override file's name when given")
     func templates() throws {
         let none = try ChatTemplateResolver(overridePath: nil)
-        #expect(none.resolve(ChatTemplateSource(template: nil, bosToken: "", eosToken: "")).source.hasPrefix("chatml (default"))
-        #expect(none.resolve(ChatTemplateSource(template: "{{ x }}", bosToken: "", eosToken: "")).source == "gguf tokenizer.chat_template")
+        #expect(try none.resolve(ChatTemplateSource(template: nil, bosToken: "", eosToken: "")).source.hasPrefix("chatml (default"))
+        // The model's own template is rendered by the Jinja subset, with its BOS text.
+        let gguf = try none.resolve(ChatTemplateSource(
+            template: "{{ bos_token }}{% for m in messages %}[{{ m.role }}] {{ m.content | trim }}\n{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}",
+            bosToken: "<s>", eosToken: "</s>"))
+        #expect(gguf.source == "gguf tokenizer.chat_template")
+        #expect(try gguf.renderer.render(messages: [.init(role: "system", content: " Be brief. "), .init(role: "user", content: "Hi")],
+                                         addGenerationPrompt: true, bosToken: "<s>", eosToken: "</s>", extraContext: [:])
+            == "<s>[system] Be brief.\n[user] Hi\n[assistant]")
+        // A template that raises is a 400 naming the template's message; kwargs reach the template.
+        let raising = try none.resolve(ChatTemplateSource(
+            template: "{% if messages[0].role != 'user' %}{{ raise_exception('Conversations must start with user') }}{% endif %}{{ greeting }}",
+            bosToken: "", eosToken: ""))
+        #expect(try raising.renderer.render(messages: [.init(role: "user", content: "x")], addGenerationPrompt: false,
+                                            bosToken: "", eosToken: "", extraContext: ["greeting": .string("hello")]) == "hello")
+        do {
+            _ = try raising.renderer.render(messages: [.init(role: "assistant", content: "x")], addGenerationPrompt: false,
+                                            bosToken: "", eosToken: "", extraContext: [:])
+            Issue.record("expected raise_exception to refuse")
+        } catch let e as OpenAIError {
+            #expect(e.status == .badRequest)
+            #expect(e.message.contains("Conversations must start with user"), "\(e.message)")
+        }
+        // A model template that does not parse is a clear error with its position.
+        do {
+            _ = try none.resolve(ChatTemplateSource(template: "{% for m in messages %}{{ m.content }", bosToken: "", eosToken: ""))
+            Issue.record("expected a parse error")
+        } catch let e as KvantError {
+            #expect(e.message.contains("gguf tokenizer.chat_template") && e.message.contains("line 1"), "\(e.message)")
+        }
         let path = "/tmp/kvh-template-\(UUID().uuidString.prefix(8)).jinja"
-        try "{{ messages }}".write(toFile: path, atomically: true, encoding: .utf8)
+        try "{{ messages | length }}".write(toFile: path, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(atPath: path) }
-        #expect(try ChatTemplateResolver(overridePath: path).resolve(ChatTemplateSource(template: nil, bosToken: "", eosToken: "")).source
-            == "file \(path)")
+        let file = try ChatTemplateResolver(overridePath: path).resolve(ChatTemplateSource(template: "{{ x }}", bosToken: "", eosToken: ""))
+        #expect(file.source == "file \(path)")
+        #expect(try file.renderer.render(messages: [.init(role: "user", content: "a"), .init(role: "user", content: "b")],
+                                         addGenerationPrompt: false, bosToken: "", eosToken: "", extraContext: [:]) == "2")
         #expect(throws: KvantError.self) { try ChatTemplateResolver(overridePath: path + ".missing") }
-        let text = try ChatMLRenderer().render(messages: [.init(role: "user", content: "Hi")], addGenerationPrompt: true,
-                                               bosToken: "", eosToken: "", extraContext: [:])
+        #expect(throws: KvantError.self) { try ChatTemplateResolver(overridePath: "/tmp") }
+        let text = try JinjaChatRenderer.chatML.render(messages: [.init(role: "user", content: "Hi")], addGenerationPrompt: true,
+                                                       bosToken: "", eosToken: "", extraContext: [:])
         #expect(text == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
     }
 }
