@@ -89,7 +89,9 @@ let package = Package(
 
         // libFuzzer harnesses for the parsers of untrusted input (`make fuzz`: built with -sanitize=fuzzer,address
         // and -DKVANT_LIBFUZZER into .build-fuzz; a normal build gives a replay tool: kvant-fuzz NAME FILE...).
-        .executableTarget(name: "kvant-fuzz", dependencies: ["ControlProtocol", "KVCache", "ModelFormats", "Tokenizers", "KvantCore"]),
+        .executableTarget(name: "kvant-fuzz", dependencies: [
+            "ControlProtocol", "KVCache", "ModelFormats", "Tokenizers", "KvantCore", "KvantHTTP", "ChatTemplates",
+        ]),
         // Shared by the test targets only: seeded RNG, real-model locator, offPool, TestDaemon, FakeBackend, log capture.
         .target(name: "KvantTestSupport", dependencies: [
             "KvantDaemon", "ControlProtocol", "KvantCore",

@@ -6,7 +6,7 @@ set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 seconds=${FUZZ_SECONDS:-60}
-harnesses=${FUZZ_TARGETS:-"line-codec scale-file gguf tokenizer"}
+harnesses=${FUZZ_TARGETS:-"line-codec scale-file gguf tokenizer http-body chat-template"}
 scratch=.build-fuzz
 echo "fuzz: building kvant-fuzz with -sanitize=fuzzer,address into $scratch"
 scripts/swiftw build -c release --product kvant-fuzz --scratch-path "$scratch" \

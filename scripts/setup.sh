@@ -16,6 +16,6 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 command -v swift >/dev/null || { echo "setup: swift is not on PATH (Swift 6.x toolchain required)" >&2; exit 1; }
 python3 -c "import gguf, numpy" 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore gguf numpy
-# The HTTP API tier's oracles: the official OpenAI client and the Prometheus text parser.
-python3 -c "import openai, prometheus_client" 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore openai prometheus_client
+# The HTTP API tier's oracles: the official OpenAI client, the Prometheus text parser, jinja2 (chat templates as transformers renders them).
+python3 -c "import openai, prometheus_client, jinja2" 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore openai prometheus_client jinja2
 "$here/scripts/fetch-model.sh"

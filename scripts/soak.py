@@ -130,11 +130,27 @@ def socket_client(path, stop, rng):
             c.close()
 
 
+def served_model(port):
+    """The id /v1/models gives (the loaded model's), so requests name the model the server serves."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request("GET", "/v1/models")
+        return json.loads(conn.getresponse().read())["data"][0]["id"]
+    finally:
+        conn.close()
+
+
+# HTTP statuses a correct server may answer under this load: 200, 429 (admission full: retry) and 503
+# (model switching dtype: Retry-After). Anything else is an unexpected error and fails the soak.
+HTTP_EXPECTED = {200, 429, 503}
+
+
 def http_client(port, stop, rng):
+    model = served_model(port)
     while not stop.is_set():
         prompt = rng.choice(PROMPTS)
         stream = rng.random() < 0.5
-        body = json.dumps({"model": "soak", "prompt": prompt, "max_tokens": rng.choice([8, 16, 32]), "stream": stream,
+        body = json.dumps({"model": model, "prompt": prompt, "max_tokens": rng.choice([8, 16, 32]), "stream": stream,
                            "temperature": 0.7, "seed": rng.randrange(1 << 30)})
         count("sent")
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
@@ -144,6 +160,8 @@ def http_client(port, stop, rng):
             if r.status != 200:
                 data = r.read()
                 error(f"http {r.status}")
+                if r.status not in HTTP_EXPECTED:
+                    count("unexpected")
                 continue
             if stream and rng.random() < 0.2:
                 r.fp.readline()   # one chunk, then hang up
@@ -293,7 +311,9 @@ def main():
     if warm:
         print("rss: peak %s MiB; after warm-up %.0f MiB, at the end %.0f MiB" % (peak and peak // 1024, warm[0] / 1024, warm[-1] / 1024))
     print("kv blocks in use at the end:", blocks_used, "; kvantd exit status:", rc, "(crashed)" if crashed else "")
-    failed = crashed or counts["lost"] > 0 or counts.get("admin_lost", 0) > 0 or (blocks_used or 0) != 0 or rc != 0
+    if counts.get("unexpected", 0):
+        print("unexpected HTTP errors (not 200/429/503):", counts["unexpected"])
+    failed = crashed or counts["lost"] > 0 or counts.get("unexpected", 0) > 0 or counts.get("admin_lost", 0) > 0 or (blocks_used or 0) != 0 or rc != 0
     print("soak:", "FAILED" if failed else "ok")
     return 1 if failed else 0
 

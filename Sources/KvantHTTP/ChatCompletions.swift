@@ -9,7 +9,7 @@ extension OpenAIAPI {
     static let chatRoles: Set<String> = ["system", "developer", "user", "assistant", "tool"]
 
     /// The conversation of `messages`: string content or the array-of-text-parts form (parts joined by "\n").
-    func chatMessages(_ f: RequestFields) throws -> [ChatMessage] {
+    static func chatMessages(_ f: RequestFields) throws -> [ChatMessage] {
         guard let items = try f.array("messages") else { throw OpenAIError.invalidField("messages", "required (an array of messages)") }
         guard !items.isEmpty else { throw OpenAIError.invalidField("messages", "is empty") }
         return try items.enumerated().map { index, item in
@@ -53,7 +53,7 @@ extension OpenAIAPI {
 
     /// The prompt text of a chat request: its messages through the model's chat template.
     func renderChat(_ f: RequestFields) async throws -> String {
-        let messages = try chatMessages(f)
+        let messages = try Self.chatMessages(f)
         let addGenerationPrompt = try f.bool("add_generation_prompt") ?? true
         let kwargs = try f.object("chat_template_kwargs")?.object ?? [:]
         guard let source = await engine.chatTemplate else { _ = try await requireModel(); return "" }

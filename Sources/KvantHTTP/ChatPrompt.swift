@@ -40,6 +40,11 @@ public struct JinjaChatRenderer: ChatPromptRenderer {
         }
     }
 
+    /// A renderer of an already parsed template.
+    public init(template: ChatTemplate) {
+        self.template = template
+    }
+
     /// ChatML (`<|im_start|>role\ncontent<|im_end|>\n` per message), the default of Hugging Face's tokenizers and
     /// vLLM for models without a template; SmolLM2's and Qwen's own templates are ChatML.
     public static let chatML: JinjaChatRenderer = try! JinjaChatRenderer(source: ChatTemplate.chatML, origin: "chatml")

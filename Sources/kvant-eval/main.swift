@@ -5,6 +5,7 @@ import Foundation
 import KVCache
 import KvantCore
 import ModelFormats
+import Tokenizers
 
 /// Offline evaluation of the executor: perplexity (llama-perplexity's method), top-1 agreement with a golden
 /// fixture, and prefill/decode speed.
@@ -13,7 +14,7 @@ struct KvantEval: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kvant-eval",
         abstract: "Perplexity, top-1 agreement and speed of Kvant's executor.",
-        subcommands: [Perplexity.self, Calibrate.self, Top1.self, Bench.self])
+        subcommands: [Perplexity.self, Calibrate.self, Top1.self, Bench.self, TokenizeSpeed.self])
 }
 
 struct ModelOptions: ParsableArguments {
@@ -234,4 +235,35 @@ func logSoftmax(_ l: UnsafeBufferPointer<Float>, _ k: Int) -> Double {
     var s = 0.0
     for v in l { s += exp(Double(v - m)) }
     return Double(l[k] - m) - log(s)
+}
+
+/// Tokenizer speed on a text (the suite checks only correctness: a busy machine would fail a speed assertion).
+struct TokenizeSpeed: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tokenize-speed",
+        abstract: "Encode and decode speed of the GGUF's tokenizer on a text file, in MB/s (median of repeats).")
+    @Option(help: "GGUF model path.") var model: String
+    @Option(help: "UTF-8 text file.") var file: String = "/usr/share/common-licenses/GPL-3"
+    @Option var repeats: Int = 5
+
+    func run() throws {
+        let tokenizer = try makeTokenizer(from: GGUFFile(path: model))
+        let text = try TextTokenizer.readText(path: file)
+        let megabytes = Double(text.utf8.count) / 1e6
+        var encodeSeconds: [Double] = [], decodeSeconds: [Double] = []
+        var ids: [Int32] = []
+        for _ in 0..<max(1, repeats) {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            ids = tokenizer.encode(text, addSpecial: false, parseSpecial: false)
+            let t1 = DispatchTime.now().uptimeNanoseconds
+            let back = tokenizer.decode(ids)
+            let t2 = DispatchTime.now().uptimeNanoseconds
+            guard back == text else { throw KvantError(.internal, "decode(encode(text)) differs from the text of \(file)") }
+            encodeSeconds.append(Double(t1 - t0) / 1e9)
+            decodeSeconds.append(Double(t2 - t1) / 1e9)
+        }
+        func median(_ v: [Double]) -> Double { v.sorted()[v.count / 2] }
+        print(String(format: "{\"bytes\": %d, \"tokens\": %d, \"encode_mb_per_s\": %.2f, \"decode_mb_per_s\": %.2f, \"repeats\": %d}",
+                     text.utf8.count, ids.count, megabytes / median(encodeSeconds), megabytes / median(decodeSeconds), encodeSeconds.count))
+    }
 }

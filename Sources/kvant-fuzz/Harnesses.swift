@@ -1,7 +1,9 @@
+import ChatTemplates
 import ControlProtocol
 import Foundation
 import KVCache
 import KvantCore
+import KvantHTTP
 import ModelFormats
 import Tokenizers
 
@@ -20,6 +22,11 @@ enum Harness: String, CaseIterable {
     case gguf
     /// Text through the BPE and SentencePiece tokenizers of the test fixtures: encode, then decode.
     case tokenizer
+    /// A request body of /v1/completions and /v1/chat/completions: fields, sampling, messages, then the
+    /// messages rendered with ChatML and with the Llama 3.1 template of the chat-template fixtures.
+    case httpBody = "http-body"
+    /// A chat template's source: parsed, then rendered over a fixed conversation under tight limits.
+    case chatTemplate = "chat-template"
 
     func run(_ bytes: [UInt8]) {
         switch self {
@@ -43,6 +50,16 @@ enum Harness: String, CaseIterable {
                 _ = try? makeTokenizer(from: file)
                 for tensor in file.tensors.prefix(64) { _ = file.data(of: tensor).count }
             }
+        case .httpBody:
+            // Parsed per input: a template held in a global until exit shows as a leak to LeakSanitizer (Swift
+            // stores enum payload pointers with tag bits, which its scan does not recognise).
+            _ = try? RequestParsing.check(body: bytes, template: Harness.llamaSource.flatMap { try? ChatTemplate(source: $0) })
+        case .chatTemplate:
+            let limits = ChatTemplate.Limits(maxTemplateBytes: 1 << 16, maxOutputBytes: 1 << 20, maxSteps: 200_000, maxDepth: 100)
+            if let template = try? ChatTemplate(source: String(decoding: bytes, as: UTF8.self), limits: limits) {
+                _ = try? template.render(messages: Harness.conversation, addGenerationPrompt: true, bosToken: "<s>", eosToken: "</s>",
+                                         extraContext: ["enable_thinking": .bool(false)])
+            }
         case .tokenizer:
             let text = String(decoding: bytes, as: UTF8.self)
             for tokenizer in Harness.tokenizers {
@@ -61,6 +78,20 @@ enum Harness: String, CaseIterable {
         let names = ["tokenizer_bpe_default.gguf", "tokenizer_bpe_gpt-2.gguf", "tokenizer_spm_prefix.gguf"]
         return names.compactMap { try? makeTokenizer(from: GGUFFile(path: dir + "/" + $0)) }
     }()
+
+    /// Tests/ChatTemplatesTests/Fixtures (KVANT_FUZZ_TEMPLATES overrides the directory).
+    static let templateDirectory: String = ProcessInfo.processInfo.environment["KVANT_FUZZ_TEMPLATES"]
+        ?? URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Tests/ChatTemplatesTests/Fixtures/templates").path
+
+    /// Llama 3.1's template (system prompt, tools, date): the richest of the fixtures.
+    static let llamaSource: String? = FileManager.default.contents(atPath: templateDirectory + "/llama-3.1.jinja")
+        .map { String(decoding: $0, as: UTF8.self) }
+
+    static let conversation: [JinjaValue] = [
+        .message(role: "system", content: "Be brief."), .message(role: "user", content: "Hi"),
+        .message(role: "assistant", textParts: ["Hello", "there"]), .message(role: "user", content: "Bye"),
+    ]
 
     /// Writes `bytes` to a per-process file in /dev/shm (or /tmp) for the parsers that read paths.
     static func scratchFile(_ name: String, _ bytes: [UInt8]) -> String {

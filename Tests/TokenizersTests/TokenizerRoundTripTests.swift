@@ -4,8 +4,7 @@ import ModelFormats
 import Tokenizers
 
 /// The Gemma 3 tokenizer (262 144 tokens) on a whole text: loads, encodes and decodes it back exactly.
-/// Speed is not asserted here (a busy machine would fail it): `make bench` measures it
-/// (`kvant-eval tokenize-speed`).
+/// Speed is not asserted here (a busy machine would fail it): `kvant-eval tokenize-speed --model M` measures it.
 @Suite(.enabled(if: TokFixtures.modelPath != nil, TokFixtures.skipReason))
 struct TokenizerRoundTripTests {
     @Test func wholeTextRoundTrip() throws {
