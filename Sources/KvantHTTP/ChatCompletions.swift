@@ -135,38 +135,20 @@ extension OpenAIAPI {
         let stops = sampling.stop
         let promptCount = tokens.count
         let body = ResponseBody { writer in
-            var states = (0..<count).map { _ in ChatStreamState(stops: stops, logprobs: logprobs != nil) }
-            var completionTokens = 0
-            var pending = first
+            var states = Dictionary(uniqueKeysWithValues: (0..<count).map { ($0, ChatStreamState(stops: stops, logprobs: logprobs != nil)) })
+            // vLLM's first chunk of every choice: the role.
             do {
-                // vLLM's first chunk of every choice: the role.
                 for index in 0..<count {
                     try await writer.write(sseEvent(frame([.object([
                         "index": .int(index), "delta": .object(["role": .string("assistant"), "content": .string("")]),
                         "logprobs": .null, "finish_reason": .null])], nil)))
                 }
-                while let event = pending {
-                    switch event {
-                    case .token(let index, let token):
-                        if let item = states[index].token(token, index: index) { try await writer.write(sseEvent(frame([item], nil))) }
-                    case .done(let index, let result):
-                        completionTokens += result.completionTokens
-                        try await writer.write(sseEvent(frame([states[index].done(result, index: index)], nil)))
-                    case .failed(_, let error):
-                        run.cancel()
-                        try await writer.write(sseEvent(.object(["error": errorObject(error)])))
-                    }
-                    pending = await events.next()
-                }
-                if includeUsage {
-                    try await writer.write(sseEvent(frame([], usageValue(prompt: promptCount, completion: completionTokens))))
-                }
-                try await writer.write(sseDone)
-                try await writer.finish(nil)
             } catch {
                 run.cancel()   // the client went away: free its sequences now
                 throw error
             }
+            try await writeChoiceEvents(&writer, first: first, events: events, run: run, states: &states,
+                                        includeUsage: includeUsage, promptTokens: promptCount, frame: frame)
         }
         return Response(status: .ok, headers: Self.sseHeaders, body: body)
     }
@@ -183,7 +165,7 @@ func chatLogprob(_ entry: TokenLogprobs) -> JSONValue {
 }
 
 /// One streamed chat choice: `delta.content` held back while it may become a stop string.
-struct ChatStreamState {
+struct ChatStreamState: ChoiceStreamState {
     var holdBack: StopStringHoldBack
     let logprobs: Bool
     var pending: [GeneratedToken] = []
@@ -211,7 +193,7 @@ struct ChatStreamState {
         return item(text, index: index, finish: nil)
     }
 
-    mutating func done(_ result: GenerateResult, index: Int) -> JSONValue {
+    mutating func done(_ result: GenerateResult, index: Int) -> JSONValue? {
         item(holdBack.finish(finalText: result.text), index: index, finish: result)
     }
 }

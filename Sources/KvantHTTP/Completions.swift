@@ -107,31 +107,8 @@ extension OpenAIAPI {
         let initialStates = states
         let body = ResponseBody { writer in
             var states = initialStates
-            var completionTokens = 0
-            var pending = first
-            do {
-                while let event = pending {
-                    switch event {
-                    case .token(let index, let token):
-                        if let item = states[index]?.token(token, index: index) { try await writer.write(sseEvent(frame([item], nil))) }
-                    case .done(let index, let result):
-                        completionTokens += result.completionTokens
-                        if let item = states[index]?.done(result, index: index) { try await writer.write(sseEvent(frame([item], nil))) }
-                    case .failed(_, let error):
-                        run.cancel()
-                        try await writer.write(sseEvent(.object(["error": errorObject(error)])))
-                    }
-                    pending = await events.next()
-                }
-                if includeUsage {
-                    try await writer.write(sseEvent(frame([], usageValue(prompt: promptTokens, completion: completionTokens))))
-                }
-                try await writer.write(sseDone)
-                try await writer.finish(nil)
-            } catch {
-                run.cancel()   // the client went away: free its sequences now
-                throw error
-            }
+            try await writeChoiceEvents(&writer, first: first, events: events, run: run, states: &states,
+                                        includeUsage: includeUsage, promptTokens: promptTokens, frame: frame)
         }
         return Response(status: .ok, headers: Self.sseHeaders, body: body)
     }
@@ -236,7 +213,7 @@ struct CompletionLogprobs {
 
 /// One streamed completion choice: text held back while it may become a stop string, logprobs of the
 /// tokens since the last chunk, the echoed prompt first.
-struct CompletionStreamState {
+struct CompletionStreamState: ChoiceStreamState {
     var holdBack: StopStringHoldBack
     let logprobs: Bool
     var echo: String?
@@ -276,7 +253,7 @@ struct CompletionStreamState {
     }
 
     /// The last chunk: the rest of the text and the finish reason.
-    mutating func done(_ result: GenerateResult, index: Int) -> JSONValue {
+    mutating func done(_ result: GenerateResult, index: Int) -> JSONValue? {
         item(holdBack.finish(finalText: result.text), index: index, finish: result)
     }
 }

@@ -1,5 +1,6 @@
 import ControlProtocol
 import Foundation
+import Hummingbird
 import KvantDaemon
 import NIOCore
 
@@ -173,6 +174,50 @@ final class GenerationRun: @unchecked Sendable {
     }
 
     deinit { task?.cancel() }
+}
+
+/// The streamed state of one choice: turns its events into the `choices` items of SSE chunks
+/// (nil: nothing to send yet, e.g. text held back while it may still become a stop string).
+protocol ChoiceStreamState {
+    mutating func token(_ token: GeneratedToken, index: Int) -> JSONValue?
+    mutating func done(_ result: GenerateResult, index: Int) -> JSONValue?
+}
+
+/// Writes a run's events as SSE chunks, starting with `first` (already read by the route to choose the
+/// status): one chunk per item, an `{"error": …}` chunk when a choice fails (the run is cancelled), the
+/// usage chunk when `includeUsage`, then `[DONE]`. A write that fails (the client went away) cancels the
+/// run, freeing its sequences at once, and rethrows.
+/// - Parameter frame: the chunk object around `choices` items and the usage value.
+func writeChoiceEvents<State: ChoiceStreamState>(
+    _ writer: inout any ResponseBodyWriter, first: GenerationEvent?, events: EventIterator, run: GenerationRun,
+    states: inout [Int: State], includeUsage: Bool, promptTokens: Int,
+    frame: (_ choices: [JSONValue], _ usage: JSONValue?) -> JSONValue
+) async throws {
+    var completionTokens = 0
+    var pending = first
+    do {
+        while let event = pending {
+            switch event {
+            case .token(let index, let token):
+                if let item = states[index]?.token(token, index: index) { try await writer.write(sseEvent(frame([item], nil))) }
+            case .done(let index, let result):
+                completionTokens += result.completionTokens
+                if let item = states[index]?.done(result, index: index) { try await writer.write(sseEvent(frame([item], nil))) }
+            case .failed(_, let error):
+                run.cancel()
+                try await writer.write(sseEvent(.object(["error": errorObject(error)])))
+            }
+            pending = await events.next()
+        }
+        if includeUsage {
+            try await writer.write(sseEvent(frame([], usageValue(prompt: promptTokens, completion: completionTokens))))
+        }
+        try await writer.write(sseDone)
+        try await writer.finish(nil)
+    } catch {
+        run.cancel()   // the client went away: free its sequences now
+        throw error
+    }
 }
 
 /// An iterator handed from the route to the response body writer (one consumer).
