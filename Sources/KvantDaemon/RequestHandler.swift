@@ -36,7 +36,7 @@ public final class RequestHandler: Sendable {
     /// Longest wait of `drain` for the requests in flight (`shutdown_timeout_seconds`).
     private let drainTimeout: Duration
 
-    /// - Parameter waitForStartup: every method except `health` and `version` waits for it first, so a
+    /// - Parameter waitForStartup: every method except `health`, `version` and `drain` waits for it first, so a
     ///   client that connects while the start-up model loads (e.g. the one whose connection started
     ///   kvantd through socket activation) is served with the model rather than `no model loaded`.
     public init(engine: Engine, paths: PathPolicy, access: AccessPolicy, daemonVersion: String, logger: Logger,

@@ -25,6 +25,8 @@ final class GenerationTracker: @unchecked Sendable {
     /// Admits `sequences` more sequences, or throws 429 (over capacity) / 503 (draining).
     func admit(_ sequences: Int) throws -> Admission {
         lock.lock(); defer { lock.unlock() }
+        // Draining wins over capacity: a 503 is resent to another daemon by a load balancer, a 429 is not.
+        if let reason = drain.drainReason { throw Self.drainingError(reason) }
         guard active + sequences <= capacity else {
             throw OpenAIError(.tooManyRequests,
                               "the server is over capacity: \(active) sequences running or waiting, this request needs \(sequences) more, at most \(capacity) (max_num_seqs + max_queued_requests); retry later",

@@ -4,7 +4,7 @@ import KvantCore
 /// the HTTP API's `/health` answers 503 `draining` and new HTTP requests get 503 with `Retry-After`,
 /// while the requests in flight run to their end. kvantd drains the same way on SIGTERM before it exits.
 public struct DrainParams: Codable, Equatable, Sendable {
-    /// Wait (at most `shutdown_timeout_seconds`) until no HTTP request is in flight; default true.
+    /// Wait (at most `shutdown_timeout_seconds`) until no HTTP generation request is in flight; default true.
     public var wait: Bool?
     /// End a drain instead: `/health` answers 200 again and new requests are served. Refused
     /// (`failed_precondition`) once shutdown began.
@@ -20,7 +20,7 @@ public struct DrainParams: Codable, Equatable, Sendable {
 public struct DrainResult: Codable, Equatable, Sendable {
     /// True while the daemon refuses new HTTP requests.
     public var draining: Bool
-    /// HTTP requests still running or waiting when the reply was sent.
+    /// HTTP generation requests (completions, chat completions) still running or waiting when the reply was sent.
     public var inFlight: Int
     /// True when nothing is in flight any more (the daemon can be stopped without cutting a request).
     public var drained: Bool
