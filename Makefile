@@ -9,7 +9,7 @@ MODEL ?= $(CURDIR)/models/gemma-3-270m-q4_k_m.gguf
 THREADS ?= 2
 PREFIX ?= /usr/local
 
-.PHONY: all setup model build demo test test-unit test-systemd bench bench-accuracy fuzz soak oracles install uninstall clean
+.PHONY: all setup model build demo test test-unit test-systemd test-cluster bench bench-accuracy fuzz soak oracles install uninstall clean
 
 all: build
 
@@ -34,6 +34,11 @@ test-unit:
 
 test-systemd: build
 	KVANT_MODEL=$(MODEL) scripts/systemd-test.sh
+
+# HAProxy (deploy/haproxy/haproxy.cfg) in front of 3 kvantd on the real model: 8 streaming clients
+# through a rolling restart and a SIGKILL; sent/completed/failed per phase; X-Session-Id affinity.
+test-cluster: build
+	python3 scripts/test_cluster.py --kvantd $(BIN)/kvantd --model $(MODEL)
 
 # libFuzzer harnesses of every parser of untrusted input, FUZZ_SECONDS (default 60) each; see fuzz/README.md.
 fuzz:

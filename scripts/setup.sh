@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building and testing Kvant needs on a fresh Debian 12 machine:
-# apt packages (libsystemd for sd_notify, socat, systemd tools for the container tier),
+# apt packages (libsystemd for sd_notify, socat, systemd tools for the container tier, haproxy for
+# make test-cluster),
 # the Python oracles used by tests (gguf, numpy, openai, prometheus_client) and the default model.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 need=()
-for p in libsystemd-dev pkg-config socat systemd systemd-container debootstrap zstd util-linux stress-ng; do
+for p in libsystemd-dev pkg-config socat systemd systemd-container debootstrap zstd util-linux stress-ng haproxy; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -38,6 +38,7 @@ struct OpenAIAPI: Sendable {
         // Middleware first: routes added later are wrapped by it (and so is the 404 of unknown routes).
         router.add(middleware: OpenAIErrorMiddleware())
         router.add(middleware: BearerAuthMiddleware(apiKey: settings.apiKey, openPaths: ["/health", "/metrics"]))
+        router.add(middleware: DrainMiddleware(drain: tracker.drain, openPaths: ["/health", "/metrics"]))
         router.get("/health") { _, _ in try await health() }
         router.get("/metrics") { _, _ in await metricsResponse() }
         router.get("/v1/models") { _, _ in try await models() }
@@ -104,8 +105,16 @@ struct OpenAIAPI: Sendable {
 
     // MARK: Health, models, metrics
 
-    /// 200 `{"status":"ok","model":…}` when a model serves; 503 `{"status":"loading"|"no_model","message":…}`.
+    /// 200 `{"status":"ok","model":…}` when a model serves; 503 `{"status":"loading"|"no_model"|"draining","message":…}`
+    /// (`draining`: the `drain` method or graceful shutdown began; load balancers take the daemon out of rotation).
     func health() async throws -> Response {
+        if let reason = tracker.drain.drainReason {
+            let message = reason == .shutdown
+                ? "the server is shutting down: requests in flight finish, new ones are refused"
+                : "the server is draining (kvantctl drain): requests in flight finish, new ones are refused"
+            return Self.jsonResponse(.object(["status": .string("draining"), "message": .string(message),
+                                              "in_flight": .int(tracker.drain.inFlightCount)]), status: .serviceUnavailable)
+        }
         if isStartingUp() {
             return Self.jsonResponse(.object(["status": .string("loading"),
                                               "message": .string("the start-up model is loading")]), status: .serviceUnavailable)
@@ -233,6 +242,20 @@ struct BearerAuthMiddleware<Context: Hummingbird.RequestContext>: RouterMiddlewa
             diff |= (i < a.count ? a[i] : 0) ^ (i < b.count ? b[i] : 0)
         }
         return diff == 0
+    }
+}
+
+/// While the daemon drains, every route but `openPaths` answers 503 with `Retry-After` (OpenAI's error
+/// shape), before any work: HAProxy's `retry-on 503` resends such a request to another daemon.
+struct DrainMiddleware<Context: Hummingbird.RequestContext>: RouterMiddleware {
+    let drain: DrainState
+    let openPaths: Set<String>
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        if let reason = drain.drainReason, !openPaths.contains(request.uri.path) {
+            throw GenerationTracker.drainingError(reason)
+        }
+        return try await next(request, context)
     }
 }
 
