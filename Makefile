@@ -9,7 +9,7 @@ MODEL ?= $(CURDIR)/models/gemma-3-270m-q4_k_m.gguf
 THREADS ?= 2
 PREFIX ?= /usr/local
 
-.PHONY: all setup model build demo test test-unit test-systemd bench bench-accuracy oracles install uninstall clean
+.PHONY: all setup model model-smollm2 build demo test test-unit test-systemd bench bench-accuracy oracles install uninstall clean
 
 all: build
 
@@ -18,6 +18,10 @@ setup:
 
 model:
 	scripts/fetch-model.sh
+
+# SmolLM2-135M-Instruct (llama, 3 KV heads, ChatML): models/SmolLM2-135M-Instruct.Q4_1.gguf
+model-smollm2:
+	scripts/fetch-model.sh smollm2
 
 build:
 	$(SWIFT) build -c $(CONFIG)

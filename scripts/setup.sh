@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing Kvant needs on a fresh Debian 12 machine:
 # apt packages (libsystemd for sd_notify, socat, systemd tools for the container tier),
-# the Python oracles used by tests (gguf, numpy) and the default model.
+# the Python oracles used by tests (gguf, numpy), the default model and SmolLM2-135M-Instruct
+# (KVANT_FETCH_MODEL=gemma3 fetches only the default model).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 need=()
@@ -16,4 +17,4 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 command -v swift >/dev/null || { echo "setup: swift is not on PATH (Swift 6.x toolchain required)" >&2; exit 1; }
 python3 -c "import gguf, numpy" 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore gguf numpy
-"$here/scripts/fetch-model.sh"
+"$here/scripts/fetch-model.sh" "${KVANT_FETCH_MODEL:-all}"
