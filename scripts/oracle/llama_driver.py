@@ -43,3 +43,15 @@ def logits(model, tokens, ctx=0, flash=False, type_kv="f16", greedy=0, rows="all
         n = int(np.frombuffer(raw[end:end + 4], dtype=np.int32)[0])
         gen = [int(x) for x in np.frombuffer(raw[end + 4:end + 4 + 4 * n], dtype=np.int32)]
     return lg, gen
+
+
+def tokenize(model, text, add_special=True, parse_special=False):
+    """llama_tokenize (libllama, vocabulary only) of `text`; the tools' default for a text file is
+    add_special=True, parse_special=False (common_tokenize in llama-perplexity)."""
+    with tempfile.TemporaryDirectory() as d:
+        tp, op = os.path.join(d, "text.txt"), os.path.join(d, "ids.txt")
+        with open(tp, "wb") as f:
+            f.write(text.encode("utf-8"))
+        subprocess.run([driver(), model, "--tokenize", tp, op, str(int(add_special)), str(int(parse_special))],
+                       check=True, env=llama_bin.env())
+        return [int(x) for x in open(op).read().split()]

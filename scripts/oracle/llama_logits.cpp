@@ -10,18 +10,24 @@
 // --greedy N: after the tokens, N greedy steps (argmax of the last logits, decoded one token at a time).
 // OUT.bin: int32 n_rows, int32 n_vocab, float32 logits[n_rows][n_vocab]; with --greedy also int32 N, int32 tokens[N]
 // (the logit rows of the greedy steps follow the evaluated rows: row k+1.. is the step after token k).
+//
+//   llama_logits MODEL --tokenize TEXT OUT.txt ADD_SPECIAL(0|1) PARSE_SPECIAL(0|1)
+// llama_tokenize of the file's bytes (vocabulary only), the ids written whitespace-separated.
 #include "llama.h"
 
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
 static void quiet(enum ggml_log_level level, const char * text, void *) {
     if (level >= GGML_LOG_LEVEL_ERROR) fputs(text, stderr);
 }
+
+static bool no_progress(float, void *) { return true; }
 
 static ggml_type kv_type(const std::string & s) {
     if (s == "f32") return GGML_TYPE_F32;
@@ -38,6 +44,27 @@ int main(int argc, char ** argv) {
         return 2;
     }
     const char * model_path = argv[1];
+    if (std::string(argv[2]) == "--tokenize") {
+        if (argc < 7) { fprintf(stderr, "usage: %s MODEL --tokenize TEXT OUT.txt ADD_SPECIAL PARSE_SPECIAL\n", argv[0]); return 2; }
+        std::ifstream in(argv[3], std::ios::binary);
+        std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        llama_log_set(quiet, nullptr);
+        llama_backend_init();
+        llama_model_params mp = llama_model_default_params();
+        mp.vocab_only = true;
+        llama_model * model = llama_model_load_from_file(model_path, mp);
+        if (!model) { fprintf(stderr, "cannot load %s\n", model_path); return 1; }
+        const llama_vocab * vocab = llama_model_get_vocab(model);
+        std::vector<llama_token> ids(text.size() + 16);
+        int n = llama_tokenize(vocab, text.data(), (int32_t) text.size(), ids.data(), (int32_t) ids.size(),
+                               atoi(argv[5]) != 0, atoi(argv[6]) != 0);
+        if (n < 0) { ids.resize(-n); n = llama_tokenize(vocab, text.data(), (int32_t) text.size(), ids.data(), (int32_t) ids.size(), atoi(argv[5]) != 0, atoi(argv[6]) != 0); }
+        FILE * f = fopen(argv[4], "w");
+        for (int i = 0; i < n; i++) fprintf(f, "%d ", ids[i]);
+        fclose(f);
+        llama_model_free(model);
+        return 0;
+    }
     std::vector<llama_token> tokens;
     {
         std::ifstream in(argv[2]);
@@ -63,6 +90,7 @@ int main(int argc, char ** argv) {
     llama_log_set(quiet, nullptr);
     llama_backend_init();
     llama_model_params mp = llama_model_default_params();
+    mp.progress_callback = no_progress;
     llama_model * model = llama_model_load_from_file(model_path, mp);
     if (!model) { fprintf(stderr, "cannot load %s\n", model_path); return 1; }
     llama_context_params cp = llama_context_default_params();
