@@ -5,6 +5,7 @@ import Kernels
 import KVCache
 import KvantCore
 import ModelFormats
+import Tokenizers
 
 /// A loaded model: the mmap'd GGUF, its hyper-parameters and validated weight views. Immutable and shareable;
 /// run it with a `ForwardSession`.
@@ -42,8 +43,9 @@ public final class Model: @unchecked Sendable {
     public var bosTokenID: Int32? { (try? file.uint("tokenizer.ggml.bos_token_id")).map { Int32(truncatingIfNeeded: $0) } }
     /// EOS token id (`tokenizer.ggml.eos_token_id`), nil when absent.
     public var eosTokenID: Int32? { (try? file.uint("tokenizer.ggml.eos_token_id")).map { Int32(truncatingIfNeeded: $0) } }
-    /// Whether the tokenizer adds BOS (`tokenizer.ggml.add_bos_token`, default true).
-    public var addsBOS: Bool { (try? file.bool("tokenizer.ggml.add_bos_token")) ?? true }
+    /// Whether the tokenizer adds BOS (`tokenizer.ggml.add_bos_token`, else llama.cpp's default for the vocabulary:
+    /// SentencePiece yes, BPE only for the llama3/tekken pre-tokenizers; see `ggufAddsBOS`).
+    public var addsBOS: Bool { ggufAddsBOS(file) }
 }
 
 /// Which rows of a forward pass produce logits.
