@@ -122,14 +122,15 @@ import Testing
     }
 
     /// Greedy continuations of three prompts and three ChatML conversations (rendered by jinja2 from the model's
-    /// template) equal llama.cpp's for their 8 tokens. Where llama.cpp is itself undecided (a top-1/top-2 margin under
-    /// 0.1 whose winner changes when it evaluates the same tokens as one batch or with flash attention) Kvant may take
-    /// llama.cpp's other answer, and the comparison ends there (the contexts differ afterwards).
+    /// template) equal llama.cpp's for their 8 tokens: its continuation with flash attention off, or the one with
+    /// flash attention on (llama.cpp's two attention kernels disagree with each other on some of these prompts).
+    /// Where llama.cpp is itself undecided (a top-1/top-2 margin under 0.1 whose winner changes when it evaluates the
+    /// same tokens as one batch) Kvant may take llama.cpp's other answer, and the comparison ends there.
     @Test func greedyContinuationsMatchLlamaCpp() throws {
         let g = try Fixtures.json("smollm2_greedy.json")
         let (m, s) = try load()
         let p = try pool(m, tokens: 128)
-        var exact = 0
+        var exact = 0, exactFlash = 0
         let cases = g["continuations"] as! [[String: Any]]
         #expect(cases.count == 6)
         for c in cases {
@@ -142,21 +143,24 @@ import Testing
             let r = try gen.run(prompt: prompt)
             let margin = c["top1_margin"] as! [Double]
             let batched = (c["top1_batched"] as! [Int]).map { Int32($0) }, flash = (c["greedy_flash_attn"] as! [Int]).map { Int32($0) }
-            print("SmolLM2 greedy \((c["prompt"] as! String).suffix(30).debugDescription): kvant \(r.tokens) llama.cpp \(want)")
+            print("SmolLM2 greedy \((c["prompt"] as! String).suffix(30).debugDescription): kvant \(r.tokens) llama.cpp \(want) (flash attention on: \(flash))")
             #expect(r.tokens.count == 8)
             if r.tokens == want { exact += 1; continue }
+            if r.tokens == flash { exactFlash += 1; continue }
             for i in 0..<min(8, r.tokens.count) where r.tokens[i] != want[i] {
-                #expect(margin[i] < 0.1 && (r.tokens[i] == batched[i] || (r.tokens[i] == flash[i] && Array(want.prefix(i)) == Array(flash.prefix(i)))),
-                        "step \(i): kvant \(r.tokens[i]), llama.cpp \(want[i]) (margin \(margin[i]), batched \(batched[i]), flash \(flash[i]))")
+                #expect(margin[i] < 0.1 && r.tokens[i] == batched[i],
+                        "step \(i): kvant \(r.tokens[i]), llama.cpp \(want[i]) (margin \(margin[i]), batched \(batched[i]), flash \(flash))")
                 break
             }
         }
-        print("SmolLM2 greedy: \(exact) of \(cases.count) continuations equal llama.cpp's for all 8 tokens")
+        print("SmolLM2 greedy: \(exact) of \(cases.count) continuations equal llama.cpp's (flash attention off) for all 8 tokens, \(exactFlash) more its flash-attention one")
+        #expect(exact + exactFlash >= 4)
     }
 
     /// Chat through the generation loop with the GGUF tokenizer: the ChatML rendering of a question ("Name three
-    /// primary colors.", llama.cpp's greedy answer starts "The primary colors are: red, blue") is answered and
-    /// generation ends at <|im_end|> (an end-of-generation token) before max_tokens.
+    /// primary colors.") is answered as llama.cpp answers it (its first 8 greedy tokens, flash attention off or on:
+    /// "The primary colors are: red, blue" / "The primary colors are:\n\nRed") and generation ends at <|im_end|>
+    /// (an end-of-generation token) before max_tokens.
     @Test func chatEndsAtImEnd() throws {
         let g = try Fixtures.json("smollm2_greedy.json")
         let chat = (g["continuations"] as! [[String: Any]])[4]
@@ -170,7 +174,8 @@ import Testing
         let r = try gen.run(prompt: prompt, onToken: { _, piece in streamed += piece })
         print("SmolLM2 chat answer: \(r.text.debugDescription)")
         #expect(r.finishReason == .eos)
-        #expect(r.text.hasPrefix("The primary colors are: red, blue"))
+        let answers = ["greedy", "greedy_flash_attn"].map { tok.decode((chat[$0] as! [Int]).map { Int32($0) }) }
+        #expect(answers.contains { r.text.hasPrefix($0) }, "\(r.text.debugDescription) starts with neither of \(answers)")
         #expect(!r.text.contains("<|im_end|>") && streamed == r.text)
     }
 }
