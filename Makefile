@@ -6,6 +6,8 @@ SWIFT := scripts/swiftw
 CONFIG ?= release
 BIN := .build/$(CONFIG)
 MODEL ?= $(CURDIR)/models/gemma-3-270m-q4_k_m.gguf
+# Models `make bench-accuracy` measures, one table each.
+ACCURACY_MODELS ?= gemma smollm2
 THREADS ?= 2
 PREFIX ?= /usr/local
 
@@ -43,9 +45,9 @@ test-systemd: build
 bench: setup build
 	scripts/bench.sh
 
-# Perplexity of every kv_cache_dtype on GPL-3, ctx 512 and 2048.
+# Perplexity of every kv_cache_dtype on GPL-3, ctx 512 and 2048, for each of ACCURACY_MODELS.
 bench-accuracy: setup build
-	scripts/bench-accuracy.sh
+	for m in $(ACCURACY_MODELS); do MODEL=$$m scripts/bench-accuracy.sh || exit 1; done
 
 # Installs llama-cpp-python (builds llama.cpp, ~10 min) for regenerating goldens and benchmarks.
 oracles:

@@ -121,6 +121,49 @@ import Testing
         }
     }
 
+    /// Per-head scales that matter (issue 13): SmolLM2 has 3 KV heads, and `calibrate --per-head` (KVCalibrator, the
+    /// path of the daemon's `calibrate` and of `kvant-eval calibrate`: built-in sample, default method, separate K and V
+    /// scales) gives every layer 3 different K scales and 3 different V scales, spread apart (the largest head's over the
+    /// smallest's; measured median 1.28 for K, 1.34 for V, so above 1.1). With them int8_pertensor_perhead scores all of
+    /// GPL-3 at ctx 512 (14 chunks, 3 570 tokens: BENCHMARKS.md's row) no worse than int8_pertensor with the per-tensor
+    /// scales of the same calibration, and both stay within the issue's +1.5 % of an fp32 KV cache. Measured on the
+    /// project VM: fp32 18.3876, per tensor 18.5407 (+0.83 %), per head 18.4201 (+0.18 %). No tolerance on "no worse":
+    /// the gap (0.65 %) is 7× the rounding noise of these 3 570 tokens (fp16 / bf16 vs fp32 KV: −0.09 … +0.07 %), which
+    /// is about what other CPUs' kernels (AVX2 vs AVX-512) move a figure by.
+    @Test(.enabled(if: Fixtures.isRelease, Fixtures.needsRelease))
+    func perHeadScalesDifferAndDoNoWorseThanPerTensor() async throws {
+        let g = try Fixtures.json("smollm2_gpl3_perplexity.json")
+        let tokens = (g["tokens"] as! [Int]).map { Int32($0) }
+        let (perTensor, perHead, ppl) = try await offPool { () throws -> (KVScales, KVScales, [KVCacheDType: Double]) in
+            let (m, s) = try self.load()
+            let calib = Array(try TextTokenizer.tokenize(text: CalibrationSample.text, model: m).prefix(2048))
+            let t = try KVCalibrator.run(session: s, tokens: calib, perHead: false).scales
+            let h = try KVCalibrator.run(session: s, tokens: calib, perHead: true).scales
+            var ppl: [KVCacheDType: Double] = [:]
+            for (dtype, scales) in [(KVCacheDType.fp32, nil), (.int8PerTensor, t), (.int8PerTensorPerHead, h)] as [(KVCacheDType, KVScales?)] {
+                let p = try self.pool(m, tokens: 512, dtype: dtype, scales: scales)
+                ppl[dtype] = try PerplexityEvaluator.run(session: s, pool: p, tokens: tokens, ctx: 512).perplexity
+            }
+            return (t, h, ppl)
+        }
+        #expect(perTensor.granularity == .perTensor && perTensor.hasSeparateKV)
+        #expect(perHead.granularity == .perHead && perHead.headsPerLayer == 3 && perHead.numLayers == 30 && perHead.hasSeparateKV)
+        var kSpread: [Float] = [], vSpread: [Float] = []
+        for l in 0..<perHead.numLayers {
+            let k = perHead.keyLayerScales(l), v = perHead.valueLayerScales(l)
+            #expect(k.count == 3 && Set(k).count == 3 && v.count == 3 && Set(v).count == 3, "layer \(l): K \(k), V \(v)")
+            kSpread.append(k.max()! / k.min()!)
+            vSpread.append(v.max()! / v.min()!)
+        }
+        let kMedian = kSpread.sorted()[kSpread.count / 2], vMedian = vSpread.sorted()[vSpread.count / 2]
+        let fp32 = try #require(ppl[.fp32]), tensor = try #require(ppl[.int8PerTensor]), head = try #require(ppl[.int8PerTensorPerHead])
+        func pct(_ x: Double) -> String { String(format: "%+.2f %%", 100 * (x / fp32 - 1)) }
+        print("SmolLM2 per-head scales: median max/min over heads K \(kMedian), V \(vMedian); GPL-3 ctx 512: fp32 \(fp32), int8_pertensor \(tensor) (\(pct(tensor))), int8_pertensor_perhead \(head) (\(pct(head)))")
+        #expect(kMedian > 1.1 && vMedian > 1.1)
+        #expect(head <= tensor, "per head \(head) vs per tensor \(tensor)")
+        #expect(tensor / fp32 - 1 < 0.015 && head / fp32 - 1 < 0.015)
+    }
+
     /// Greedy continuations of three prompts and three ChatML conversations (rendered by jinja2 from the model's
     /// template) equal llama.cpp's for their 8 tokens: its continuation with flash attention off, or the one with
     /// flash attention on (llama.cpp's two attention kernels disagree with each other on some of these prompts).
