@@ -6,6 +6,8 @@ SWIFT := scripts/swiftw
 CONFIG ?= release
 BIN := .build/$(CONFIG)
 MODEL ?= $(CURDIR)/models/gemma-3-270m-q4_k_m.gguf
+# MODEL is a GGUF path or the name of a model fetch-model.sh fetches: gemma, smollm2.
+MODEL_PATH = $(if $(filter smollm2,$(MODEL)),$(CURDIR)/models/SmolLM2-135M-Instruct.Q4_1.gguf,$(if $(filter gemma gemma3,$(MODEL)),$(CURDIR)/models/gemma-3-270m-q4_k_m.gguf,$(MODEL)))
 # Models `make bench-accuracy` measures, one table each.
 ACCURACY_MODELS ?= gemma smollm2
 THREADS ?= 2
@@ -28,8 +30,9 @@ model-smollm2:
 build:
 	$(SWIFT) build -c $(CONFIG)
 
+# make demo MODEL=smollm2: the same on SmolLM2-135M-Instruct (3 KV heads, ChatML chat).
 demo: setup build
-	scripts/demo.sh
+	KVANT_MODEL=$(MODEL_PATH) scripts/demo.sh
 
 # Every tier; each says when it is skipped and why.
 test: setup
@@ -39,7 +42,7 @@ test-unit:
 	$(SWIFT) test -c $(CONFIG)
 
 test-systemd: build
-	KVANT_MODEL=$(MODEL) scripts/systemd-test.sh
+	KVANT_MODEL=$(MODEL_PATH) scripts/systemd-test.sh
 
 # Speed side by side with llama.cpp (llama-cpp-python, same model, same threads).
 bench: setup build
