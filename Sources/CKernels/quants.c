@@ -177,7 +177,6 @@ void kvant_quantize_row_q8a(const float *x, kvant_block_q8a *y, int64_t n) {
 
 static inline int hsum_epi32(__m256i v);
 
-/* ggml's quantize_row_q8_0 (x86): d = amax/127 rounded to fp16, q = round-half-even(x · 127/amax). */
 /* ggml's quantize_row_q8_0 (AVX2): d = fp16(amax/127), q = round-half-even(x·127/amax). With `q8_1`, ggml's
  * quantize_row_q8_1 instead: same d and q, s = fp16(d_fp32·Σq) (the unrounded d), as ggml_vec_dot_q4_1_q8_1 and
  * ggml_vec_dot_q5_1_q8_1 read them; otherwise s = d·Σq. */
