@@ -177,8 +177,10 @@ void kvant_quantize_row_q8a(const float *x, kvant_block_q8a *y, int64_t n) {
 
 static inline int hsum_epi32(__m256i v);
 
-/* ggml's quantize_row_q8_0 (x86): d = amax/127 rounded to fp16, q = round-half-even(x · 127/amax). */
-static void quantize_row_q8_0_ggml(const float *x, kvant_block_q8a *y, int64_t n) {
+/* ggml's quantize_row_q8_0 (AVX2): d = fp16(amax/127), q = round-half-even(x·127/amax). With `q8_1`, ggml's
+ * quantize_row_q8_1 instead: same d and q, s = fp16(d_fp32·Σq) (the unrounded d), as ggml_vec_dot_q4_1_q8_1 and
+ * ggml_vec_dot_q5_1_q8_1 read them; otherwise s = d·Σq. */
+static void quantize_row_q8_01_ggml(const float *x, kvant_block_q8a *y, int64_t n, int q8_1) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     for (int64_t b = 0; b < n / 32; b++) {
         const float *xb = x + 32 * b;
@@ -188,7 +190,8 @@ static void quantize_row_q8_0_ggml(const float *x, kvant_block_q8a *y, int64_t n
         m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
         m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
         const float amax = _mm_cvtss_f32(m4);
-        const float d = fp16_to_f32(_cvtss_sh(amax / 127.0f, 0));
+        const float draw = amax / 127.0f;
+        const float d = fp16_to_f32(_cvtss_sh(draw, 0));
         const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
         const __m256 mul = _mm256_set1_ps(id);
         __m256i q[4];
@@ -201,7 +204,7 @@ static void quantize_row_q8_0_ggml(const float *x, kvant_block_q8a *y, int64_t n
         p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         _mm256_storeu_si256((__m256i *)y[b].q, p);
         y[b].d = d;
-        y[b].s = d * (float)hsum_epi32(s32);
+        y[b].s = q8_1 ? fp16_to_f32(_cvtss_sh(draw * (float)hsum_epi32(s32), 0)) : d * (float)hsum_epi32(s32);
     }
 }
 
@@ -241,6 +244,7 @@ int kvant_act_format(int type) {
     switch (type) {
     case T_Q4_0: case T_Q5_0: case T_Q8_0: return KVANT_ACT_Q8_0;
     case T_Q4_K: case T_Q5_K: case T_Q6_K: return KVANT_ACT_Q8_K;
+    case T_Q4_1: case T_Q5_1: return KVANT_ACT_Q8_1;
     default: return KVANT_ACT_Q8A;
     }
 }
@@ -248,7 +252,8 @@ int kvant_act_format(int type) {
 int kvant_quantize_row_act(int format, const float *x, kvant_block_q8a *y, int64_t n) {
     switch (format) {
     case KVANT_ACT_Q8A: if (n % 32) return -1; kvant_quantize_row_q8a(x, y, n); return 0;
-    case KVANT_ACT_Q8_0: if (n % 32) return -1; quantize_row_q8_0_ggml(x, y, n); return 0;
+    case KVANT_ACT_Q8_0: if (n % 32) return -1; quantize_row_q8_01_ggml(x, y, n, 0); return 0;
+    case KVANT_ACT_Q8_1: if (n % 32) return -1; quantize_row_q8_01_ggml(x, y, n, 1); return 0;
     case KVANT_ACT_Q8_K: if (n % 256) return -1; quantize_row_q8_K_ggml(x, y, n); return 0;
     default: return -1;
     }

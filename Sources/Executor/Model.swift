@@ -5,6 +5,7 @@ import Kernels
 import KVCache
 import KvantCore
 import ModelFormats
+import Tokenizers
 
 /// A loaded model: the mmap'd GGUF, its hyper-parameters and validated weight views. Immutable and shareable;
 /// run it with a `ForwardSession`.
@@ -12,11 +13,12 @@ public final class Model: @unchecked Sendable {
     public let file: GGUFFile
     public let config: ModelConfig
     public let weights: ModelWeights
-    /// EOS plus end-of-turn ids (`<end_of_turn>` for Gemma, `<|eot_id|>`/`<|end_of_text|>` for LLaMA 3) found in the
-    /// GGUF vocabulary; the generator's default stop tokens.
+    /// EOS plus end-of-turn ids (`<end_of_turn>` for Gemma, `<|eot_id|>`/`<|end_of_text|>` for LLaMA 3,
+    /// `<|im_end|>`/`<|endoftext|>` for ChatML models: SmolLM2, Qwen) found in the GGUF vocabulary; the generator's
+    /// default stop tokens.
     public let endOfGenerationTokenIDs: Set<Int32>
 
-    /// Opens and validates a GGUF model (gemma3 or llama architecture, any supported weight type).
+    /// Opens and validates a GGUF model (an `Architecture`: gemma3, llama, qwen2, qwen3; any supported weight type).
     /// - Throws: `KvantError` naming the file and the key/tensor at fault.
     public convenience init(path: String) throws {
         try self.init(file: GGUFFile(path: path))
@@ -30,7 +32,7 @@ public final class Model: @unchecked Sendable {
         if let e = try? file.uint("tokenizer.ggml.eos_token_id") { ids.insert(Int32(truncatingIfNeeded: e)) }
         if let eot = try? file.uint("tokenizer.ggml.eot_token_id") { ids.insert(Int32(truncatingIfNeeded: eot)) }
         if let toks = try? file.stringArray("tokenizer.ggml.tokens") {
-            for name in ["<end_of_turn>", "<|eot_id|>", "<|end_of_text|>"] {
+            for name in ["<end_of_turn>", "<|eot_id|>", "<|end_of_text|>", "<|im_end|>", "<|endoftext|>"] {
                 if let i = toks.firstIndex(of: name) { ids.insert(Int32(i)) }
             }
         }
@@ -41,8 +43,9 @@ public final class Model: @unchecked Sendable {
     public var bosTokenID: Int32? { (try? file.uint("tokenizer.ggml.bos_token_id")).map { Int32(truncatingIfNeeded: $0) } }
     /// EOS token id (`tokenizer.ggml.eos_token_id`), nil when absent.
     public var eosTokenID: Int32? { (try? file.uint("tokenizer.ggml.eos_token_id")).map { Int32(truncatingIfNeeded: $0) } }
-    /// Whether the tokenizer adds BOS (`tokenizer.ggml.add_bos_token`, default true).
-    public var addsBOS: Bool { (try? file.bool("tokenizer.ggml.add_bos_token")) ?? true }
+    /// Whether the tokenizer adds BOS (`tokenizer.ggml.add_bos_token`, else llama.cpp's default for the vocabulary:
+    /// SentencePiece yes, BPE only for the llama3/tekken pre-tokenizers; see `ggufAddsBOS`).
+    public var addsBOS: Bool { ggufAddsBOS(file) }
 }
 
 /// Which rows of a forward pass produce logits.
@@ -200,6 +203,8 @@ public final class ForwardSession: @unchecked Sendable {
         switch model.config.architecture {
         case .gemma3: Gemma3.forward(self, tokens: tokens, pool: pool)
         case .llama: Llama.forward(self, tokens: tokens, pool: pool)
+        case .qwen2: Qwen2.forward(self, tokens: tokens, pool: pool)
+        case .qwen3: Qwen3.forward(self, tokens: tokens, pool: pool)
         }
     }
 
@@ -242,6 +247,26 @@ public final class ForwardSession: @unchecked Sendable {
             model.weights.tokenEmbedding.dequantizeRow(Int(id), into: ws.x + t * H)
             if scale != 1 { Ops.scale(ws.x + t * H, by: scale, n: H) }
         }
+    }
+
+    /// Adds the layer's Q/K/V biases (when it has them) to `q: [T, numHeads·hd]`, `k`, `v: [T, numKVHeads·hd]`, row by
+    /// row in fp32 after the products (llama.cpp's `ggml_add(Qcur, wq_b)` in build_qkv).
+    func addQKVBiases(_ L: LayerWeights, T: Int) {
+        let c = model.config
+        let qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
+        for (bias, dst, n) in [(L.bq, ws.q, qDim), (L.bk, ws.k, kvDim), (L.bv, ws.v, kvDim)] {
+            guard let bias else { continue }
+            bias.withUnsafeBufferPointer { b in
+                for t in 0..<T { Ops.add(dst + t * n, b.baseAddress!, n: n) }
+            }
+        }
+    }
+
+    /// Per-head RMSNorm of Q and K (QK-norm: Gemma 3, Qwen 3) with the layer's `attn_q_norm` / `attn_k_norm [hd]`.
+    func qkNorm(_ L: LayerWeights, T: Int) {
+        let c = model.config
+        L.qNorm!.withUnsafeBufferPointer { Ops.rmsNormRows(ws.q, count: T * c.numHeads, n: c.headDim, weight: $0.baseAddress!, eps: c.rmsNormEps) }
+        L.kNorm!.withUnsafeBufferPointer { Ops.rmsNormRows(ws.k, count: T * c.numKVHeads, n: c.headDim, weight: $0.baseAddress!, eps: c.rmsNormEps) }
     }
 
     /// RMSNorm of each of `T` rows of `src` into `dst` (`[T, n]`).

@@ -344,7 +344,7 @@ struct Calibrate: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Record K/V amax over text and write a kv_cache_scales.json. Ctrl-C cancels.")
     @OptionGroup var connection: ConnectionOptions
     @Option(help: "Output scale file (its directory under allowed_dirs).") var output: String
-    @Option(name: .customLong("text-path"), help: "Calibration text file under allowed_dirs (default: the built-in English/code/Chinese sample, 1016 tokens).")
+    @Option(name: .customLong("text-path"), help: "Calibration text file under allowed_dirs (default: the built-in English/code/Chinese sample: 1016 tokens with Gemma 3, 1221 with SmolLM2).")
     var textPath: String?
     @Option(name: .customLong("num-tokens"), help: "Tokens of the text to run, at least 16 (default 2048, or all of a shorter text).")
     var numTokens: Int?

@@ -212,6 +212,23 @@ extension MatMulTests {
                 }
             }
         }
+        if type == .q4_1 || type == .q5_1 {
+            // Q8_1 activations (llama.cpp's vec_dot_type for these) carry s = fp16(d·Σq), not d·Σq: the int8 path
+            // computes Σ_b m_b·s_b for the offsets, so the reference gets Σ_b m_b·(s_b − d_b·Σq_b) added.
+            for i in 0..<m {
+                for r in 0..<rows {
+                    var corr = 0.0
+                    for b in 0..<nb {
+                        let blk = act.blocks[i * nb + b]
+                        let sumq = withUnsafeBytes(of: blk.q) { q in (0..<32).reduce(0) { $0 + Int(Int8(bitPattern: q[$1])) } }
+                        let o = (r * nb + b) * blockBytes + 2
+                        let mb = Float(Float16(bitPattern: UInt16(bytes[o]) | UInt16(bytes[o + 1]) << 8))
+                        corr += Double(mb) * (Double(blk.s) - Double(blk.d) * Double(sumq))
+                    }
+                    ref[i * rows + r] = Float(Double(ref[i * rows + r]) + corr)
+                }
+            }
+        }
         for i in 0..<m {
             for r in 0..<rows {
                 let k = i * rows + r
