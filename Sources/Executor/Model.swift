@@ -300,14 +300,17 @@ public final class ForwardSession: @unchecked Sendable {
             // Decode: one position; the pool splits long contexts over the threads (split-K).
             for t in 0..<T {
                 pool.attend(layer: l, sequence: seqs[t], position: pos[t], query: q + t * qDim, numHeads: nh,
-                            window: window, scale: scale, output: out + t * qDim, workers: mm.pool, numerics: numerics)
+                            window: window, scale: scale, output: out + t * qDim, threads: threads, numerics: numerics)
             }
             return
         }
-        // One task per position, claimed dynamically (later positions attend over more keys).
-        mm.pool.run(T) { t in
-            pool.attend(layer: l, sequence: seqs[t], position: pos[t], query: q + t * qDim, numHeads: nh,
-                        window: window, scale: scale, output: out + t * qDim, numerics: numerics)
+        DispatchQueue.concurrentPerform(iterations: workers) { w in
+            var t = w
+            while t < T {
+                pool.attend(layer: l, sequence: seqs[t], position: pos[t], query: q + t * qDim, numHeads: nh,
+                            window: window, scale: scale, output: out + t * qDim, numerics: numerics)
+                t += workers
+            }
         }
     }
 }

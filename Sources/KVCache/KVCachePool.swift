@@ -1,6 +1,5 @@
 import CKernels
 import Foundation
-import Kernels
 import KvantCore
 
 /// The paged KV cache: a preallocated pool of blocks shared by all sequences (vLLM's
@@ -505,9 +504,6 @@ public final class KVCachePool: @unchecked Sendable {
     ///     threads (`DispatchQueue.concurrentPerform`, at least 256 keys each) and merge the partial
     ///     softmaxes (split-K, "flash-decoding"). Leave at 1 when the caller already runs positions in
     ///     parallel (prefill).
-    ///   - workers: instead of `threads`, split the keys over this pool's threads (the decode loop's `WorkerPool`,
-    ///     whose spinning workers start a job without a wake-up; the caller takes a late worker's part). The
-    ///     pool runs one job at a time: pass it only from the thread that owns it.
     ///   - numerics: `.fast` (default) or `.llamaCpp` (fp16 cache: llama.cpp's rounding, see `KVAttentionNumerics`).
     /// int8 blocks are read directly with the scale folded in; fp16/bf16 widened in registers. With a
     /// Hadamard-rotated cache (`rotationGroup > 1`) the query is rotated into the cache's basis first and
@@ -516,7 +512,7 @@ public final class KVCachePool: @unchecked Sendable {
     /// `numHeads` a multiple of numKVHeads, `window >= 1`.
     public func attend(layer: Int, sequence: SequenceID, position: Int, query: UnsafePointer<Float>,
                        numHeads: Int, window: Int?, scale: Float, output: UnsafeMutablePointer<Float>,
-                       threads: Int = 1, workers: WorkerPool? = nil, numerics: KVAttentionNumerics = .fast) {
+                       threads: Int = 1, numerics: KVAttentionNumerics = .fast) {
         precondition(layer >= 0 && layer < spec.numLayers, "KVCachePool.attend: layer \(layer) out of range")
         precondition(numHeads > 0 && numHeads % spec.numKVHeads == 0,
                      "KVCachePool.attend: num_heads \(numHeads) is not a multiple of num_kv_heads \(spec.numKVHeads)")
@@ -532,8 +528,7 @@ public final class KVCachePool: @unchecked Sendable {
             first = max(0, position - window + 1)
         }
         let keys = position - first + 1
-        let splitThreads = workers?.threads ?? threads
-        let parts = splitThreads > 1 && numerics == .fast ? min(splitThreads, keys / 256, 64) : 1
+        let parts = threads > 1 && numerics == .fast ? min(threads, keys / 256, 64) : 1
         let D = spec.headDim, G = Int32(rotationGroup)
         if G > 1 {
             withUnsafeTemporaryAllocation(of: Float.self, capacity: numHeads * D) { q in
@@ -541,21 +536,18 @@ public final class KVCachePool: @unchecked Sendable {
                 qr.update(from: query, count: numHeads * D)
                 kv_hadamard(qr, Int32(numHeads * D), G)
                 attendInCacheBasis(table: table, layer: layer, first: first, position: position, keys: keys, parts: parts,
-                                   query: qr, numHeads: numHeads, scale: scale, output: output, workers: workers,
-                                   numerics: numerics)
+                                   query: qr, numHeads: numHeads, scale: scale, output: output, numerics: numerics)
             }
             kv_hadamard(output, Int32(numHeads * D), G)
         } else {
             attendInCacheBasis(table: table, layer: layer, first: first, position: position, keys: keys, parts: parts,
-                               query: query, numHeads: numHeads, scale: scale, output: output, workers: workers,
-                               numerics: numerics)
+                               query: query, numHeads: numHeads, scale: scale, output: output, numerics: numerics)
         }
     }
 
     private func attendInCacheBasis(table: BlockTable, layer: Int, first: Int, position: Int, keys: Int, parts: Int,
                                     query: UnsafePointer<Float>, numHeads: Int, scale: Float,
-                                    output: UnsafeMutablePointer<Float>, workers: WorkerPool?,
-                                    numerics: KVAttentionNumerics) {
+                                    output: UnsafeMutablePointer<Float>, numerics: KVAttentionNumerics) {
         table.blockIDs.withUnsafeBufferPointer { ids in
             var view = kv_layer_view(
                 base: UnsafePointer(storage.assumingMemoryBound(to: UInt8.self) + layer * numBlocks * blockStride),
@@ -582,12 +574,11 @@ public final class KVCachePool: @unchecked Sendable {
             let frozen = view
             withUnsafeTemporaryAllocation(of: Float.self, capacity: parts * (hd + 2 * numHeads)) { buf in
                 let acc = buf.baseAddress!, m = acc + parts * hd, l = m + parts * numHeads
-                let part = { (p: Int) in
+                DispatchQueue.concurrentPerform(iterations: parts) { p in
                     var v = frozen
                     kv_attend_partial(&v, Int32(bounds[p]), Int32(bounds[p + 1] - 1), query, Int32(numHeads), scale,
                                       acc + p * hd, m + p * numHeads, l + p * numHeads)
                 }
-                if let workers { workers.run(parts, part) } else { DispatchQueue.concurrentPerform(iterations: parts, execute: part) }
                 kv_attend_merge(Int32(parts), Int32(numHeads), Int32(spec.headDim), acc, m, l, output)
             }
         }

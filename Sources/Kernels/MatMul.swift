@@ -6,15 +6,10 @@ import KvantCore
 /// `m` activation rows `x: [m, cols]`, giving `out: [m, rows]` (row stride `outStride`, default `rows`).
 ///
 /// Block types use the int8 path (activations quantized once to blocks of 32, AVX2 `maddubs` dot products, as in
-/// llama.cpp's `ggml_vec_dot_*_q8_*`); F32/F16/BF16 use fp32 FMA dot products. The fast path splits the weight rows
-/// into tasks (chunks of whole 8-row tiles, at least ~256 K multiply-adds each, at most 64 per thread in decode and 4
-/// in prefill) claimed by the `threads` threads of a `WorkerPool`; the reference path splits them in `threads` parts
-/// with `DispatchQueue.concurrentPerform`. Not thread-safe: one `MatMul` per caller.
+/// llama.cpp's `ggml_vec_dot_*_q8_*`); F32/F16/BF16 use fp32 FMA dot products. Work is split over weight rows
+/// across `threads` workers with `DispatchQueue.concurrentPerform`. Not thread-safe: one `MatMul` per caller.
 public final class MatMul: @unchecked Sendable {
     public let threads: Int
-    /// The `threads` threads the products run on; the caller's other parallel loops (decode attention) may use it
-    /// between products, from the same thread.
-    public let pool: WorkerPool
     /// Q4_K/Q6_K rounding: false (default) rounds every activation row the same way whatever `m` (batch-invariant:
     /// a row's result never depends on the other rows, so batched decode equals single decode); true rounds as
     /// llama.cpp's batched kernels do (bit-identical to its prefill; `kvant_matmul_q8a_rounding`).
@@ -26,7 +21,6 @@ public final class MatMul: @unchecked Sendable {
     /// - Parameter threads: worker count (≥ 1).
     public init(threads: Int) {
         self.threads = max(1, threads)
-        self.pool = WorkerPool(threads: self.threads)
     }
 
     deinit { scratch?.deallocate() }
@@ -40,7 +34,7 @@ public final class MatMul: @unchecked Sendable {
             act.quantize(x, count: m, cols: w.cols, format: QuantizedActivations.format(for: w.type))
             act.blocks.withUnsafeBufferPointer { ab in
                 let a = ab.baseAddress!
-                parallelTasks(w.rows, work: Double(m) * Double(w.rows) * Double(w.cols)) { r0, r1 in
+                parallelRows(w.rows, work: Double(m) * Double(w.rows) * Double(w.cols)) { r0, r1, _ in
                     _ = kvant_matmul_q8a_rounding(Int32(w.type.rawValue), w.base, w.rowBytes, Int64(w.cols), Int64(r0), Int64(r1),
                                                   a, Int64(m), out, Int64(stride), rounding)
                 }
@@ -68,7 +62,7 @@ public final class MatMul: @unchecked Sendable {
         let total = starts.last!
         act.blocks.withUnsafeBufferPointer { ab in
             let a = ab.baseAddress!
-            parallelTasks(total, work: Double(m) * Double(total) * Double(first.cols)) { r0, r1 in
+            parallelRows(total, work: Double(m) * Double(total) * Double(first.cols)) { r0, r1, _ in
                 for j in 0..<ws.count {
                     let lo = max(r0, starts[j]), hi = min(r1, starts[j + 1])
                     if lo >= hi { continue }
@@ -94,22 +88,6 @@ public final class MatMul: @unchecked Sendable {
         parallelRows(w.rows, work: Double(m) * Double(w.rows) * Double(w.cols)) { r0, r1, t in
             _ = kvant_matmul_f32(Int32(w.type.rawValue), w.base, w.rowBytes, Int64(w.cols), Int64(r0), Int64(r1),
                                  x, Int64(m), out, Int64(stride), s + t * sc)
-        }
-    }
-
-    /// Splits `rows` into tasks of whole 8-row tiles on the pool: ~256 K multiply-adds or more each, at most 64 per
-    /// thread for decode-sized work (a few activation rows) and 4 for prefill (claimed dynamically, so a late worker's
-    /// share is taken by the others); one task when the work is tiny.
-    private func parallelTasks(_ rows: Int, work: Double, _ body: (Int, Int) -> Void) {
-        if threads == 1 || work < 100_000 { body(0, rows); return }
-        let tiles = (rows + 7) / 8
-        // Decode (one activation row per 8-row tile of work): many small tasks; prefill: a few per thread, since
-        // each call sets up per-activation-block tables.
-        let maxTasks = work / Double(rows) < 8 * 4096 ? 64 * threads : 4 * threads
-        let n = max(1, min(tiles, maxTasks, max(threads, Int(work / 262_144))))
-        pool.run(n) { t in
-            let r0 = min(rows, tiles * t / n * 8), r1 = min(rows, tiles * (t + 1) / n * 8)
-            if r1 > r0 { body(r0, r1) }
         }
     }
 
