@@ -8,7 +8,8 @@ each. Reported: median and min–max tokens/s of the runs, the ratio of the medi
 Kvant faster), the 1-minute load average before each case, the CPU model.
 
 Cases (llama.cpp with flash attention, `-fa 1`, its fastest setting and the one its q8_0 V cache needs):
-  tg128, tg128 @ d4096, tg128 @ d8192   for Kvant fp16 / llama.cpp f16 and Kvant int8_pertoken / llama.cpp q8_0
+  tg128, tg128 @ d512, tg128 @ d4096, tg128 @ d8192
+                                         for Kvant fp16 / llama.cpp f16 and Kvant int8_pertoken / llama.cpp q8_0
   pp512, pp4096                          fp16 / f16
   batched decode, 1 and 8 streams        llama-batched-bench -npp 512 -ntg 128 -npl 1 / -npl 8
   tg128 with one core busy               another process spinning a core (a Python busy loop), fp16 / f16
@@ -83,7 +84,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--gen", type=int, default=128, help="decode steps per tg test")
-    ap.add_argument("--only", default="", help="comma-separated case-name substrings to run (default: all)")
+    ap.add_argument("--only", default="", help="comma-separated case-name substrings to run, or =NAME for exactly "
+                    "that case, e.g. '=tg128,pp' (default: all)")
     ap.add_argument("--out", required=True, help="results file (Markdown); raw samples go to OUT.jsonl")
     a = ap.parse_args()
     if a.runs < 1:
@@ -108,7 +110,7 @@ def main():
 
     pairs = [("fp16", "f16"), ("int8_pertoken", "q8_0")]
     cases = []
-    for d in (0, 4096, 8192):
+    for d in (0, 512, 4096, 8192):
         for kd, ld in pairs:
             name = f"tg{n}" + (f" @ d{d}" if d else "")
             cases.append(Case(name, kd, ld,
@@ -131,7 +133,7 @@ def main():
                       p_kvant, p_llama, "tg", busy=True))
     if a.only:
         keys = [k.strip() for k in a.only.split(",") if k.strip()]
-        cases = [c for c in cases if any(k in c.name for k in keys)]
+        cases = [c for c in cases if any(c.name == k[1:] if k.startswith("=") else k in c.name for k in keys)]
 
     started = datetime.datetime.now(datetime.timezone.utc)
     load0 = loadavg()
