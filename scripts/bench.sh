@@ -8,7 +8,7 @@
 # llama.cpp's tools come from scripts/llama-cpp.sh (built once from the pinned llama-cpp-python 0.3.36 sdist,
 # ~10 min, cached in ~/.cache/kvant). llama.cpp busy-waits its threads and collapses under contention, so
 # benchmark on a quiet machine; the table records the load average of every case.
-# Env: KVANT_MODEL, THREADS (2), RUNS (5), GEN (128 decode steps), ONLY (case-name substrings, e.g. "pp512,tg128 @"),
+# Env: KVANT_MODEL, THREADS (2), RUNS (5), GEN (128 decode steps), ONLY (case-name substrings, or =NAME for one exact case, e.g. "pp512,=tg128,tg128 @"),
 #      RESULTS (default .build/bench/bench-<UTC time>.md).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
