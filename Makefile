@@ -58,7 +58,8 @@ fuzz:
 soak: setup build
 	python3 scripts/soak.py
 
-# Speed side by side with llama.cpp (llama-cpp-python, same model, same threads).
+# Speed side by side with llama.cpp's own binaries (llama-bench, llama-batched-bench; built once by
+# scripts/llama-cpp.sh), same model, same threads, interleaved runs, medians, ratios.
 bench: setup build
 	scripts/bench.sh
 

@@ -3,6 +3,7 @@ import Foundation
 import KVCache
 import KvantCore
 import Tokenizers
+import KvantTestSupport
 import Testing
 
 /// SmolLM2-135M-Instruct Q4_1 (llama architecture, 3 KV heads, GPT-2 BPE with the `smollm` pre-tokenizer, ChatML)

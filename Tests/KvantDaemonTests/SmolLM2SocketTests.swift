@@ -1,16 +1,12 @@
 import ControlProtocol
 import Foundation
 import KvantCore
+import KvantTestSupport
 import Testing
 
 /// SmolLM2-135M-Instruct (llama, 3 KV heads, ChatML): $KVANT_SMOLLM2_MODEL, else <repo>/models/…, else /work/models/….
 enum SmolLM2Model {
-    static let path: String? = {
-        let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("models/SmolLM2-135M-Instruct.Q4_1.gguf").path
-        return [ProcessInfo.processInfo.environment["KVANT_SMOLLM2_MODEL"], repo, "/work/models/SmolLM2-135M-Instruct.Q4_1.gguf"]
-            .compactMap { $0 }.first { FileManager.default.fileExists(atPath: $0) }
-    }()
+    static var path: String? { RealModel.smolLM2Path }
 
     static var isRelease: Bool {
         #if DEBUG
@@ -27,7 +23,7 @@ enum SmolLM2Model {
 /// (ExecutorTests/Fixtures/smollm2_greedy.json, from scripts/oracle/smollm2_goldens.py) with the float caches, a chat
 /// answered and ending at <|im_end|>, and perplexity of a short text within 3 % of fp32's (measured: −0.4 … +0.8 %).
 @Suite(.serialized,
-       .enabled(if: SmolLM2Model.path != nil, "SmolLM2 not found (set KVANT_SMOLLM2_MODEL or run `make model-smollm2`)"),
+       .enabled(if: SmolLM2Model.path != nil, RealModel.smolLM2SkipReason),
        .enabled(if: SmolLM2Model.isRelease, "runs a real model in every KV dtype: release builds only (swift test -c release)"))
 struct SmolLM2SocketTests {
     @Test("every kv_cache_dtype: load-model, tokenize, llama.cpp's continuations, a ChatML chat and perplexity through the socket")

@@ -18,17 +18,9 @@ enum TokFixtures {
 
     static var skipReason: Comment { RealModel.skipReason }
 
-    /// SmolLM2-135M-Instruct: $KVANT_SMOLLM2_MODEL, else <repo>/models/SmolLM2-135M-Instruct.Q4_1.gguf, else
-    /// /work/models/…; nil when none exists (its tests are then skipped with `smolLM2SkipReason`).
-    static let smolLM2Path: String? = {
-        let env = ProcessInfo.processInfo.environment["KVANT_SMOLLM2_MODEL"]
-        let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("models/SmolLM2-135M-Instruct.Q4_1.gguf").path
-        return [env, repo, "/work/models/SmolLM2-135M-Instruct.Q4_1.gguf"].compactMap { $0 }
-            .first { FileManager.default.fileExists(atPath: $0) }
-    }()
-
-    static let smolLM2SkipReason: Comment = "SmolLM2 model not found (set KVANT_SMOLLM2_MODEL or run `scripts/fetch-model.sh smollm2`)"
+    /// SmolLM2-135M-Instruct (KvantTestSupport's locator); nil when absent.
+    static var smolLM2Path: String? { RealModel.smolLM2Path }
+    static var smolLM2SkipReason: Comment { RealModel.smolLM2SkipReason }
 
     static func realModelPath() -> String? { modelPath }
 

@@ -67,9 +67,10 @@ int kvant_matmul_q8a_rounding(int type, const void *w, size_t row_bytes, int64_t
 int kvant_matmul_f32(int type, const void *w, size_t row_bytes, int64_t n, int64_t row0, int64_t row1,
                      const float *a, int64_t na, float *out, int64_t out_stride, float *scratch);
 
-/* The int8 kernels chosen at run time via CPUID: 2 = AVX-512 (F/BW/VL/VNNI) tiles of 2 weight rows × 8 activation
- * rows for Q4_0/Q5_0/Q8_0 prefill (na ≥ 2) and AVX-VNNI otherwise (KVANT_NO_AVX512=1 disables them), 1 = AVX-VNNI
- * (vpdpbusd; KVANT_NO_VNNI=1 forces AVX2), 0 = AVX2. Every variant gives bit-identical results. */
+/* The int8 kernels chosen at run time via CPUID: 2 = AVX-512 (F/BW/VL/VNNI, e.g. AMD Zen 4, which has no AVX-VNNI)
+ * for Q4_0/Q5_0/Q8_0: tiles of 2 weight rows × 8 activation rows for prefill (na ≥ 2) and a 4-row gemv with EVEX
+ * vpdpbusd for decode (na = 1), the other types through AVX-VNNI when present, else AVX2 (KVANT_NO_AVX512=1 disables
+ * it); 1 = AVX-VNNI (vpdpbusd; KVANT_NO_VNNI=1 forces AVX2), 0 = AVX2. Every variant gives bit-identical results. */
 int kvant_int8_kernel_variant(void);
 /* Tests: force 0 (AVX2), 1 (AVX-VNNI) or 2 (AVX-512 tiles + AVX-VNNI); returns -1 when the CPU lacks it; -1 re-detects.
  * Not thread-safe. */
