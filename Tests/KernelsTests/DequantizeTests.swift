@@ -268,7 +268,7 @@ extension MatMulTests {
             print("int8 kernel variant 2 (AVX-512 VNNI) not available: skipped")
             return
         }
-        var rng = SplitMix(seed: 99)
+        var rng = SplitMix64(seed: 99)
         for (type, bb, _, offs) in Self.layouts where [.q4_0, .q5_0, .q8_0].contains(type) {
             for (rows, m, cols) in [(5, 1, 512), (3, 1, 32), (9, 1, 8448), (7, 3, 512), (4, 9, 256)] {
                 let nb = cols / 32
