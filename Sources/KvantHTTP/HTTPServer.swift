@@ -22,6 +22,8 @@ public struct HTTPSettings: Sendable {
     public var maxRequestBodyBytes: Int
     public var maxNumSeqs: Int
     public var maxQueuedRequests: Int
+    /// Idle connections (no request in progress, or a request not sent on) are closed after this long.
+    public var timeoutKeepAlive: Duration
     /// How long in-flight generations may run after graceful shutdown began before they are cancelled.
     public var shutdownTimeout: Duration
 
@@ -35,6 +37,7 @@ public struct HTTPSettings: Sendable {
         maxRequestBodyBytes = c.maxRequestBodyBytes
         maxNumSeqs = c.maxNumSeqs
         maxQueuedRequests = c.maxQueuedRequests
+        timeoutKeepAlive = .seconds(c.timeoutKeepAlive)
         shutdownTimeout = .milliseconds(Int64(c.shutdownTimeoutSeconds * 1000))
     }
 
@@ -108,7 +111,8 @@ public final class KvantHTTPServer: ListeningService, @unchecked Sendable {
         let apps = zip(addresses, names).map { address, name in
             BoundApplication(name: name, app: Application(
                 router: api.makeRouter(),
-                server: .http1(configuration: .init(additionalChannelHandlers: [ClientDisconnectHandler()])),
+                server: .http1(configuration: .init(additionalChannelHandlers: [ClientDisconnectHandler()],
+                                                    idleTimeout: .nanoseconds(Int64(settings.timeoutKeepAlive.components.seconds) * 1_000_000_000))),
                 configuration: .init(address: address, serverName: "kvantd"),
                 onServerRunning: { [self] channel in self.up(channel, name: name, expected: expected) },
                 logger: serverLogger))

@@ -42,6 +42,7 @@ struct OpenAIAPI: Sendable {
         router.get("/health") { _, _ in try await health() }
         router.get("/metrics") { _, _ in await metricsResponse() }
         router.get("/v1/models") { _, _ in try await models() }
+        router.get("/v1/models/{id}") { _, context in try await model(id: context.parameters.get("id") ?? "") }
         router.post("/v1/completions") { request, context in try await completions(request, context) }
         router.post("/v1/chat/completions") { request, context in try await chatCompletions(request, context) }
         router.post("/tokenize") { request, _ in try await tokenize(request) }
@@ -129,6 +130,19 @@ struct OpenAIAPI: Sendable {
     }
 
     func models() async throws -> Response {
+        Self.jsonResponse(.object(["object": .string("list"), "data": .array(await modelCards())]))
+    }
+
+    /// `GET /v1/models/{id}` (the openai client's `models.retrieve`): the card of the served model, 404 otherwise.
+    func model(id: String) async throws -> Response {
+        guard let card = await modelCards().first(where: { $0["id"] == .string(id) }) else {
+            throw OpenAIError(.notFound, "The model `\(id.prefix(128))` does not exist.", param: "model")
+        }
+        return Self.jsonResponse(card)
+    }
+
+    /// The model cards of `/v1/models`: the loaded model's, none while starting or without a model.
+    func modelCards() async -> [JSONValue] {
         var data: [JSONValue] = []
         if !isStartingUp(), let info = await engine.modelInfo {
             let template = await chatTemplateSource()
@@ -139,7 +153,7 @@ struct OpenAIAPI: Sendable {
                 "chat_template": .string(template),
             ]))
         }
-        return Self.jsonResponse(.object(["object": .string("list"), "data": .array(data)]))
+        return data
     }
 
     /// Where the loaded model's chat prompts come from (see `ChatTemplateResolver.resolve`).
@@ -166,8 +180,7 @@ struct OpenAIAPI: Sendable {
         try checkModel(fields, info)
         let tokens: [Int]
         if fields.has("messages") {
-            let prompt = try await renderChat(fields)
-            tokens = try await engine.tokenize(prompt, addSpecialTokens: try fields.bool("add_special_tokens") ?? false)
+            tokens = try await chatPromptTokens(fields)
         } else {
             guard let prompt = try fields.string("prompt") else {
                 throw OpenAIError.invalidField("prompt", "required (a string), or give 'messages'")
@@ -224,8 +237,10 @@ struct BearerAuthMiddleware<Context: Hummingbird.RequestContext>: RouterMiddlewa
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         guard let apiKey, !openPaths.contains(request.uri.path) else { return try await next(request, context) }
         let header = request.headers[.authorization] ?? ""
-        let prefix = "Bearer "
-        guard header.hasPrefix(prefix), Self.constantTimeEqual(Array(header.utf8.dropFirst(prefix.utf8.count)), Array(apiKey.utf8)) else {
+        // The scheme is case-insensitive (RFC 7235 §2.1): "Bearer", "bearer", "BEARER".
+        let scheme = "bearer "
+        guard header.utf8.count >= scheme.utf8.count, header.prefix(scheme.count).lowercased() == scheme,
+              Self.constantTimeEqual(Array(header.utf8.dropFirst(scheme.utf8.count)), Array(apiKey.utf8)) else {
             var error = OpenAIError(.unauthorized, header.isEmpty
                 ? "missing API key: send 'Authorization: Bearer <api_key>'"
                 : "invalid API key in the Authorization header")

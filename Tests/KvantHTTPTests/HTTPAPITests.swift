@@ -39,6 +39,13 @@ struct HTTPAPITests {
         #expect(model?["object"] as? String == "model")
         #expect(model?["max_model_len"] as? Int == 256)
         #expect((model?["chat_template"] as? String)?.hasPrefix("chatml (default") == true)
+        // models.retrieve(id): the card of the served model; another id is 404 naming it.
+        r = try await d.request("GET", "/v1/models/model")
+        #expect(r.status == 200)
+        #expect(r.json["id"] as? String == "model" && r.json["max_model_len"] as? Int == 256)
+        r = try await d.request("GET", "/v1/models/gpt-4")
+        #expect(r.status == 404)
+        #expect((r.error["message"] as? String)?.contains("`gpt-4` does not exist") == true)
 
         r = try await d.request("GET", "/v1/nothing")
         #expect(r.status == 404)
@@ -235,6 +242,13 @@ struct HTTPAPITests {
                         status: 400, param: "messages[0].content[0].type", contains: "not supported")
         try await check(#"{"messages": [{"role": "user"}]}"#, path: "/v1/chat/completions", status: 400,
                         param: "messages[0].content", contains: "required")
+        try await check(#"{"messages": [{"role": "assistant", "content": null, "tool_calls": [{"id": "1"}]}]}"#, path: "/v1/chat/completions",
+                        status: 400, param: "messages[0].tool_calls", contains: "not supported")
+        try await check(#"{"prompt": "x", "response_format": {"type": "json_object"}}"#, status: 400, param: "response_format.type",
+                        contains: "'json_object' is not supported")
+        // Valid JSON with a number no double holds: the field is named (as on the control socket).
+        try await check(#"{"prompt": "x", "max_tokens": 1e400}"#, status: 400, param: "max_tokens", contains: "1e400 is out of range")
+        try await check(#"{"prompt": "x", "temperature": NaN}"#, status: 400, param: nil, contains: "at byte 31")
         let long = String(repeating: "a", count: 300)
         try await check(#"{"prompt": "\#(long)"}"#, status: 400, param: "prompt",
                         contains: "maximum context length is 256 tokens. However, your request has 300 input tokens")
@@ -280,6 +294,11 @@ struct HTTPAPITests {
         #expect(r.status == 401)
         r = try await d.request("GET", "/v1/models", headers: ["Authorization": "Bearer sekret-1"])
         #expect(r.status == 200)
+        // The scheme is case-insensitive (RFC 7235); the key is not.
+        r = try await d.request("GET", "/v1/models", headers: ["Authorization": "bearer sekret-1"])
+        #expect(r.status == 200)
+        r = try await d.request("GET", "/v1/models", headers: ["Authorization": "bearer SEKRET-1"])
+        #expect(r.status == 401)
         r = try await d.request("GET", "/health")
         #expect(r.status == 200)
         r = try await d.request("GET", "/metrics")
