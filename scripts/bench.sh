@@ -50,3 +50,8 @@ row "512 + 128" int8_pertoken q8_0 512 128 1024 --flash-attn
 row "3968 + 64" fp16 f16 3968 64 4096 --flash-attn
 for d in int8_pertoken int8_pertensor; do row "3968 + 64" "$d" q8_0 3968 64 4096 --flash-attn; done
 for d in bf16 fp32; do row "3968 + 64" "$d" f16 3968 64 4096 --flash-attn; done
+
+echo
+echo "KV-cache memory and peak RSS at 32 768 tokens of capacity (scripts/bench-memory.sh):"
+echo
+scripts/bench-memory.sh
