@@ -8,7 +8,7 @@
 #     needs; default SWA cache), its KV buffer sizes from its log, the same prompt text, its VmHWM.
 # Optional: KVANTD_BEFORE=/path/to/an/older/kvantd adds a row for a build without sliding-window freeing
 # (its pool sized to 32 768 tokens of every layer).
-# Env: KVANT_MODEL, THREADS (2), LLAMA_BIN (directory of llama-server; default ~/.cache/kvant/llama.cpp-0.3.36/build/bin).
+# Env: KVANT_MODEL, THREADS (2), CAPACITY (32768; a multiple of 16, >= 2048, for a quicker run), LLAMA_BIN (directory of llama-server; default ~/.cache/kvant/llama.cpp-0.3.36/build/bin).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -18,11 +18,11 @@ threads=${THREADS:-2}
 llama_bin=${LLAMA_BIN:-$HOME/.cache/kvant/llama.cpp-0.3.36/build/bin}
 kvantd=.build/release/kvantd
 [ -x "$kvantd" ] || scripts/swiftw build -c release --product kvantd
-exec python3 - "$model" "$threads" "$llama_bin" "$here/$kvantd" "${KVANTD_BEFORE:-}" <<'PY'
+exec python3 - "$model" "$threads" "$llama_bin" "$here/$kvantd" "${KVANTD_BEFORE:-}" "${CAPACITY:-32768}" <<'PY'
 import json, os, re, signal, socket, subprocess, sys, tempfile, time, urllib.request
 
 model, threads, llama_bin, kvantd, before = sys.argv[1:6]
-CAPACITY = 32768
+CAPACITY = int(sys.argv[6])
 text = open("/usr/share/common-licenses/GPL-3", encoding="utf-8").read()
 tmp = tempfile.mkdtemp(prefix="kvant-bench-memory.")
 
@@ -103,7 +103,8 @@ def llama(prompt_text):
     with open(log_path, "w") as log:
         p = subprocess.Popen([os.path.join(llama_bin, "llama-server"), "-m", model, "-c", str(CAPACITY), "-np", "1",
                               "-t", threads, "-ctk", "q8_0", "-ctv", "q8_0", "-fa", "on", "--host", "127.0.0.1",
-                              "--port", str(port), "--no-webui", "-lv", "4"]   # -lv 4: its KV buffer sizes in the log, stdout=log, stderr=subprocess.STDOUT, env=env)
+                              "--port", str(port), "--no-webui", "-lv", "4"],   # -lv 4: its KV buffer sizes in the log
+                             stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         for _ in range(600):
             try:
@@ -119,19 +120,21 @@ def llama(prompt_text):
     finally:
         p.send_signal(signal.SIGTERM); p.wait(timeout=60)
     log = open(log_path).read()
-    sizes = [float(m) for m in re.findall(r"llama_kv_cache: size =\s*([\d.]+) MiB", log)]
-    cells = re.findall(r"llama_kv_cache: size =.*?\(\s*(\d+) cells,\s*(\d+) layers", log)
-    return dict(kv_mib=sum(sizes), kv_lines=[l.strip() for l in log.splitlines() if "llama_kv_cache: size" in l],
-                cells=cells, prompt_tokens=r.get("tokens_evaluated") or r.get("timings", {}).get("prompt_n"),
+    # "llama_kv_cache: size =   51.00 MiB ( 32768 cells,   3 layers, ...": one line per cache (non-SWA, SWA).
+    caches = [(float(m), int(c), int(l)) for m, c, l in
+              re.findall(r"llama_kv_cache: size =\s*([\d.]+) MiB \(\s*(\d+) cells,\s*(\d+) layers", log)]
+    full = [c for c in caches if c[1] == CAPACITY]
+    return dict(kv_mib=sum(c[0] for c in caches), kv_lines=[l.strip() for l in log.splitlines() if "llama_kv_cache: size" in l],
+                bpt=round(full[0][0] * MiB / CAPACITY) if full else None, prompt_tokens=r.get("tokens_evaluated") or r.get("timings", {}).get("prompt_n"),
                 completion=r.get("tokens_predicted"), secs=secs, rss_loaded=rss_loaded, hwm=hwm)
 
 MiB = 1 << 20
-# Kvant: the pool for one 32 768-token sequence. page = 3 layers × 16 positions × 520 bytes (int8_pertoken,
-# head_dim 256, 1 KV head); full-attention group 2048 blocks + 5 window groups × 64 blocks (window 512 plus one
-# 512-token prefill micro-batch) = 2368 blocks.
+# Kvant: the pool for one CAPACITY-token sequence. page = 3 layers × 16 positions × 520 bytes (int8_pertoken,
+# head_dim 256, 1 KV head); full-attention group CAPACITY / 16 blocks + 5 window groups × 64 blocks (window 512
+# plus one 512-token prefill micro-batch): 2368 blocks for 32 768 tokens.
 page = 3 * 16 * 520
 rows = []
-after, prompt = kvant(kvantd, 2368 * page, "Kvant int8_pertoken, sliding-window layers keep their window")
+after, prompt = kvant(kvantd, (CAPACITY // 16 + 5 * 64) * page, "Kvant int8_pertoken, sliding-window layers keep their window")
 rows.append(after)
 if before:
     rows.append(kvant(before, CAPACITY * 18 * 520, "Kvant int8_pertoken, every layer keeps every position (before)", prompt)[0])
@@ -140,12 +143,12 @@ ll = llama(prompt[0])
 print(f"Model {os.path.basename(model)}, {threads} threads, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
       f"{os.cpu_count()} cores, load {open('/proc/loadavg').read().split()[0]}")
 print()
-print("| server, KV cache | KV pool for 32 768 tokens | capacity_tokens | bytes_per_token (beyond the windows) | prompt + generated tokens | RSS after load | peak RSS (VmHWM) | request s |")
+print(f"| server, KV cache | KV pool for {CAPACITY} tokens | capacity_tokens | bytes_per_token (beyond the windows) | prompt + generated tokens | RSS after load | peak RSS (VmHWM) | request s |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|")
 for r in rows:
     print(f"| {r['label']} | {r['kv_bytes'] / MiB:.1f} MiB | {r['capacity']} | {r['bpt']} (all layers {r['bpt_all'] or r['bpt']}) | "
           f"{r['prompt_tokens']} + {r['completion']} | {r['rss_loaded'] / 1e6:.0f} MB | {r['hwm'] / 1e6:.0f} MB | {r['secs']:.1f} |")
-print(f"| llama-server q8_0 K+V (flash attn, SWA cache) | {ll['kv_mib']:.1f} MiB | 32768 | 1632 (3 global layers) | "
+print(f"| llama-server q8_0 K+V (flash attn, SWA cache) | {ll['kv_mib']:.1f} MiB | {CAPACITY} | {ll['bpt']} (non-SWA layers) | "
       f"{ll['prompt_tokens']} + {ll['completion']} | {ll['rss_loaded'] / 1e6:.0f} MB | {ll['hwm'] / 1e6:.0f} MB | {ll['secs']:.1f} |")
 print()
 print("llama-server's KV buffers: " + "; ".join(ll["kv_lines"]))
