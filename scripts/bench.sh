@@ -27,3 +27,7 @@ python3 scripts/bench/bench.py --model "$model" --kvant-eval .build/release/kvan
 # next to llama.cpp's llama-server (same model, threads, KV type), and the HTTP layer's per-token overhead.
 [ "${SKIP_HTTP:-0}" = 1 ] || python3 scripts/bench_http.py --model "$model" --threads "${THREADS:-2}" \
     --llama-server "$llama_bin/llama-server" | tee -a "$results"
+# KV-cache memory and peak RSS at 32 768 tokens of capacity, Kvant next to llama-server (scripts/bench-memory.sh).
+echo | tee -a "$results"
+echo "KV-cache memory and peak RSS at 32 768 tokens of capacity (scripts/bench-memory.sh):" | tee -a "$results"
+LLAMA_BIN="$llama_bin" scripts/bench-memory.sh | tee -a "$results"

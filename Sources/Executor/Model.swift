@@ -111,11 +111,9 @@ public final class ForwardSession: @unchecked Sendable {
         guard startPosition >= 0, startPosition <= pool.length(of: sequence) else {
             throw KvantError(.invalidArgument, "start position \(startPosition) is beyond the cached length \(pool.length(of: sequence)) of \(sequence)")
         }
-        let end = startPosition + tokens.count
-        switch pool.reserve(sequence, newLength: end) {
-        case .ok: break
-        case .later: throw KvantError(.resourceExhausted, "KV cache: no free blocks now for \(end) tokens of \(sequence)")
-        case .never: throw KvantError(.resourceExhausted, "KV cache: \(end) tokens of \(sequence) can never fit in the pool")
+        let earliest = pool.earliestRecomputablePosition(of: sequence)
+        guard startPosition >= earliest else {
+            throw KvantError(.invalidArgument, "start position \(startPosition) of \(sequence): the sliding-window layers no longer hold the keys before position \(earliest)")
         }
         let wanted: Range<Int>
         switch rows {
@@ -129,9 +127,18 @@ public final class ForwardSession: @unchecked Sendable {
             let b1 = min(tokens.count, b0 + maxBatch)
             let T = b1 - b0
             let batch = Array(tokens[b0..<b1])
+            // Blocks per micro-batch: sliding-window layers free what the window left behind after each one
+            // (`commit`), so a long prompt never holds more than window + micro-batch positions of them.
+            let end = startPosition + b1
+            switch pool.reserve(sequence, newLength: end) {
+            case .ok: break
+            case .later: throw KvantError(.resourceExhausted, "KV cache: no free blocks now for \(end) tokens of \(sequence)")
+            case .never: throw KvantError(.resourceExhausted, "KV cache: \(end) tokens of \(sequence) can never fit in the pool")
+            }
             rowPositions = Array((startPosition + b0)..<(startPosition + b1))
             rowSequences = Array(repeating: sequence, count: T)
             runLayers(batch, pool: pool)
+            pool.commit(sequence, tokens: batch, from: startPosition + b0)
             // Output head on the requested rows of this micro-batch, a few rows at a time. After an error from
             // `body` the remaining micro-batches still run, so every reserved position has its K/V in the cache.
             let lo = max(wanted.lowerBound, b0) - b0, hi = min(wanted.upperBound, b1) - b0
@@ -170,24 +177,19 @@ public final class ForwardSession: @unchecked Sendable {
                 throw KvantError(.invalidArgument, "row \(i): position \(it.position) is beyond the next position (\(pool.length(of: it.sequence))) of \(it.sequence)")
             }
         }
-        // Rows growing their sequence into a new block need one free block each; check them all before growing any.
-        let B = pool.spec.blockSize
-        let growing = items.filter { $0.position == pool.length(of: $0.sequence) }
-        let newBlocks = growing.filter { $0.position % B == 0 }.count
-        guard newBlocks <= pool.freeBlocks else {
-            throw KvantError(.resourceExhausted, "KV cache: decode batch needs \(newBlocks) new blocks, \(pool.freeBlocks) free")
+        for (i, it) in items.enumerated() where it.position < pool.earliestRecomputablePosition(of: it.sequence) {
+            throw KvantError(.invalidArgument, "row \(i): position \(it.position) of \(it.sequence) is before the keys its sliding-window layers still hold")
         }
-        for it in growing {
-            let st = pool.reserve(it.sequence, newLength: it.position + 1)
-            guard st == .ok else {
-                // Only reachable when a shared last block needs a copy (fork): the rows before it were grown and
-                // hold one unwritten position; free those sequences or decode them one by one.
-                throw KvantError(.resourceExhausted, "KV cache: no room for position \(it.position) of \(it.sequence) (\(st.rawValue))")
-            }
+        // Rows growing their sequence grow all together or none (their admissions' promised blocks first).
+        let growing = items.filter { $0.position == pool.length(of: $0.sequence) }
+        let st = pool.reserve(growing.map { ($0.sequence, $0.position + 1) })
+        guard st == .ok else {
+            throw KvantError(.resourceExhausted, "KV cache: no room to grow \(growing.count) sequences of the decode batch by one position (\(st.rawValue)); \(pool.freeBlocks) blocks free")
         }
         rowPositions = items.map(\.position)
         rowSequences = items.map(\.sequence)
         runLayers(items.map(\.token), pool: pool)
+        for it in items { pool.commit(it.sequence, tokens: CollectionOfOne(it.token), from: it.position) }
         try outputHead(rows: 0..<items.count, tokenOffset: 0, T: items.count, body: body)
     }
 

@@ -58,9 +58,11 @@ public struct ModelConfig: Sendable, Equatable {
     /// RoPE base of layer `l`.
     public func ropeBase(layer l: Int) -> Float { isSlidingWindowLayer(l) ? ropeBaseLocal : ropeBase }
 
-    /// The KV-cache spec this model needs (`[numLayers, numKVHeads, headDim]`).
+    /// The KV-cache spec this model needs (`[numLayers, numKVHeads, headDim]`, each layer's sliding window),
+    /// so the cache keeps only the window of sliding-window layers.
     public func kvCacheSpec(dtype: KVCacheDType, blockSize: Int = 16) -> KVCacheSpec {
-        KVCacheSpec(numLayers: numLayers, numKVHeads: numKVHeads, headDim: headDim, dtype: dtype, blockSize: blockSize)
+        KVCacheSpec(numLayers: numLayers, numKVHeads: numKVHeads, headDim: headDim, dtype: dtype, blockSize: blockSize,
+                    layerWindows: slidingWindow == nil ? [] : (0..<numLayers).map { window(layer: $0) })
     }
 
     /// Reads the hyper-parameters of `file`.

@@ -27,13 +27,15 @@ extension KVCachePool {
         guard position >= 0, position < table.length else {
             lock.unlock(); preconditionFailure("KVCachePool.write: position \(position) outside the reserved length \(table.length)")
         }
-        let lb = position / B
-        if blocks.refCount(table.blockIDs[lb]) > 1 {
-            guard blocks.numFree > 0 else { lock.unlock(); return false }
-            copyOnWrite(&table, logicalBlock: lb)
+        let lb = position / B, gi = groupOfLayer[layer]
+        precondition(table.groups[gi][lb] != BlockTable.nullBlock,
+                     "KVCachePool.write: position \(position) of layer \(layer) is outside its sliding window (block freed)")
+        if mustCopy(table.groups[gi][lb]) {
+            guard blocksAvailable(to: table) > 0 else { lock.unlock(); return false }
+            copyOnWrite(&table, group: gi, logicalBlock: lb)
             tables[sequence] = table
         }
-        let bid = Int(table.blockIDs[lb])
+        let bid = Int(table.groups[gi][lb])
         let slot = layer * numBlocks + bid
         if isStatic && blockEpoch[slot] < 0 {
             blockEpoch[slot] = Int32(currentEpoch)
@@ -46,7 +48,7 @@ extension KVCachePool {
         let rec = recorder
         lock.unlock()
 
-        let blk = storage + slot * blockStride
+        let blk = blockAddress(layer: layer, block: bid)
         var clipped: Int32 = 0
         let G = Int32(rotationGroup)
         for h in 0..<H {
@@ -91,13 +93,15 @@ extension KVCachePool {
         precondition(layer >= 0 && layer < spec.numLayers, "KVCachePool.read: layer \(layer) out of range")
         let B = spec.blockSize, H = spec.numKVHeads, D = spec.headDim
         lock.lock()
-        guard let table = tables[sequence], position >= 0, position < table.length else {
-            lock.unlock(); preconditionFailure("KVCachePool.read: unknown sequence or position \(position) out of range")
+        guard let table = tables[sequence], position >= 0, position < table.length,
+              table.groups[groupOfLayer[layer]][position / B] != BlockTable.nullBlock else {
+            lock.unlock(); preconditionFailure("KVCachePool.read: unknown sequence, position \(position) out of range or out of layer \(layer)'s window")
         }
-        let slot = layer * numBlocks + Int(table.blockIDs[position / B])
+        let bid = Int(table.groups[groupOfLayer[layer]][position / B])
+        let slot = layer * numBlocks + bid
         lock.unlock()
         let off = position % B
-        let blk = storage + slot * blockStride
+        let blk = blockAddress(layer: layer, block: bid)
         for h in 0..<H {
             var ks: Float = 1, vs: Float = 1
             if dtypeCode == Int32(KV_DT_I8_TOKEN) {
@@ -114,12 +118,13 @@ extension KVCachePool {
     }
 
     /// The epoch whose scales a (layer, position) of a sequence was written with (static modes;
-    /// -1 when not yet written or not a static mode).
+    /// -1 when not yet written, out of the layer's window or not a static mode).
     public func epoch(layer: Int, sequence: SequenceID, position: Int) -> Int {
         lock.lock(); defer { lock.unlock() }
         guard isStatic, layer >= 0, layer < spec.numLayers, let table = tables[sequence],
               position >= 0, position < table.length else { return -1 }
-        return Int(blockEpoch[layer * numBlocks + Int(table.blockIDs[position / spec.blockSize])])
+        let id = table.groups[groupOfLayer[layer]][position / spec.blockSize]
+        return id == BlockTable.nullBlock ? -1 : Int(blockEpoch[layer * numBlocks + Int(id)])
     }
 
     /// Causal attention of one query position over keys `(position - window, position]` (all of
@@ -155,6 +160,8 @@ extension KVCachePool {
             precondition(window >= 1, "KVCachePool.attend: window \(window) < 1")
             first = max(0, position - window + 1)
         }
+        precondition(table.groups[groupOfLayer[layer]][first / spec.blockSize] != BlockTable.nullBlock,
+                     "KVCachePool.attend: keys from position \(first) of layer \(layer) were freed (outside its sliding window \(spec.window(layer: layer).map(String.init) ?? "none"))")
         let keys = position - first + 1
         let parts = threads > 1 && numerics == .fast ? min(threads, keys / 256, 64) : 1
         let D = spec.headDim, G = Int32(rotationGroup)
@@ -176,10 +183,10 @@ extension KVCachePool {
     func attendInCacheBasis(table: BlockTable, layer: Int, first: Int, position: Int, keys: Int, parts: Int,
                                     query: UnsafePointer<Float>, numHeads: Int, scale: Float,
                                     output: UnsafeMutablePointer<Float>, numerics: KVAttentionNumerics) {
-        table.blockIDs.withUnsafeBufferPointer { ids in
+        table.groups[groupOfLayer[layer]].withUnsafeBufferPointer { ids in
             var view = kv_layer_view(
-                base: UnsafePointer(storage.assumingMemoryBound(to: UInt8.self) + layer * numBlocks * blockStride),
-                block_stride: blockStride, v_offset: vOffset, ks_offset: ksOffset, vs_offset: vsOffset,
+                base: UnsafePointer(layerBase(layer).assumingMemoryBound(to: UInt8.self)),
+                block_stride: pageStride, v_offset: vOffset, ks_offset: ksOffset, vs_offset: vsOffset,
                 static_scales: UnsafePointer(blockScales + (isStatic ? layer * numBlocks * spec.numKVHeads : 0)),
                 static_v_scales: UnsafePointer(blockVScales + (isStatic ? layer * numBlocks * spec.numKVHeads : 0)),
                 block_ids: ids.baseAddress, dtype: dtypeCode, num_kv_heads: Int32(spec.numKVHeads),
