@@ -46,7 +46,12 @@ public final class MetricsExporter: @unchecked Sendable {
         return registry.emitToString()
     }
 
-    private func gauge(_ name: String, _ help: String) -> Gauge { registry.makeGauge(name: name, help: help) }
+    /// A metric name as written (`kvant:…`), no unit suffix added: swift-prometheus joins the non-empty parts.
+    private static func descriptor(_ name: String, _ help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(metricName: name, unitName: "", helpText: help)
+    }
+
+    private func gauge(_ name: String, _ help: String) -> Gauge { registry.makeGauge(descriptor: Self.descriptor(name, help)) }
 
     func update(_ stats: StatsResult?, usage: KVCacheUsage?) {
         lock.lock(); defer { lock.unlock() }
@@ -68,7 +73,7 @@ public final class MetricsExporter: @unchecked Sendable {
         if !labels.elementsEqual(infoLabels, by: { $0 == $1 }) {
             if let old = infoGauge { registry.unregisterGauge(old) }
             infoGauge = labels.isEmpty ? nil
-                : registry.makeGauge(name: "kvant:cache_config_info", labels: labels, help: "The KV cache in force (value 1).")
+                : registry.makeGauge(descriptor: Self.descriptor("kvant:cache_config_info", "The KV cache in force (value 1)."), labels: labels)
             infoGauge?.set(Double(1))
             infoLabels = labels
         }
@@ -79,8 +84,9 @@ public final class MetricsExporter: @unchecked Sendable {
                 let now = Int64(value.intValue ?? 0)
                 let seen = saturationSeen[layer] ?? 0
                 let delta = now >= seen ? now - seen : now
-                let counter = registry.makeCounter(name: "kvant:kv_scale_saturation_total", labels: [("layer", String(layer))],
-                                                   help: "int8 KV values clipped at ±127 by a static scale, per layer.")
+                let counter = registry.makeCounter(descriptor: Self.descriptor("kvant:kv_scale_saturation_total",
+                                                                                   "int8 KV values clipped at ±127 by a static scale, per layer."),
+                                                   labels: [("layer", String(layer))])
                 if delta > 0 { counter.increment(by: delta) }
                 saturationSeen[layer] = now
             }

@@ -29,7 +29,7 @@ struct AdmissionTests {
         let queued = results.map(\.1.timings.queueMs).sorted()
         #expect(queued.last! > 40, "queue_ms \(queued)")
         #expect(daemon.backend.peakSequencesOfLastModel == 2)
-        let stats = try await offPool { try ControlClient(socketPath: socket, timeout: 20).call(.stats, EmptyParams(), as: StatsResult.self) }
+        let stats = try await offPool { try ControlClient(socketPath: socket, timeout: 120).call(.stats, EmptyParams(), as: StatsResult.self) }
         #expect(stats.engine.requestsFailed == 0)
         #expect(stats.engine.requestsServed == 6)
         #expect(stats.engine.requestsRunning == 0 && stats.engine.requestsWaiting == 0)
@@ -46,7 +46,7 @@ struct AdmissionTests {
         // within the client's timeout: the resource_exhausted reply itself shows it failed at once.
         let error = try await offPool { () -> RPCErrorObject? in
             do {
-                _ = try ControlClient(socketPath: socket, timeout: 20).call(
+                _ = try ControlClient(socketPath: socket, timeout: 120).call(
                     .generate, GenerateParams(prompt: String(repeating: "z", count: 30), maxTokens: 20), as: GenerateResult.self)
                 return nil
             } catch let error as RPCErrorObject { return error }
@@ -66,14 +66,14 @@ struct AdmissionTests {
         // One long generate holds 30 slots; the second (20 slots) waits, then is cancelled.
         let long = Task {
             try await offPool {
-                try ControlClient(socketPath: socket, timeout: 20).call(
+                try ControlClient(socketPath: socket, timeout: 120).call(
                     .generate, GenerateParams(prompt: String(repeating: "l", count: 15), maxTokens: 15), as: GenerateResult.self)
             }
         }
         try await Task.sleep(for: .milliseconds(50))
         let waited = try await offPool { () -> (GenerateResult, Int) in
-            let client = try ControlClient(socketPath: socket, timeout: 20)
-            let observer = try ControlClient(socketPath: socket, timeout: 20)
+            let client = try ControlClient(socketPath: socket, timeout: 120)
+            let observer = try ControlClient(socketPath: socket, timeout: 120)
             try client.send(try RPCRequest(id: .number(5), method: .generate,
                                            params: GenerateParams(prompt: "0123456789", maxTokens: 10)))
             var waiting = 0

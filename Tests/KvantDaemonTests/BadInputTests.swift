@@ -13,7 +13,7 @@ struct BadInputTests {
         try await daemon.start()
         let socket = daemon.socketPath
         let (huge, last) = try await offPool { () -> (RPCResponse, RPCResponse) in
-            let client = try ControlClient(socketPath: socket, timeout: 20)
+            let client = try ControlClient(socketPath: socket, timeout: 120)
             let huge = try exchange(client, #"{"jsonrpc":"2.0","id":1,"method":"generate","params":{"prompt":"x","max_tokens":1e400}}"#)
             try client.sendRaw(Array(#"{"jsonrpc":"2.0","id":2,"method":"version"}"#.utf8))   // no newline
             client.finishWriting()
@@ -34,7 +34,7 @@ struct BadInputTests {
         try await daemon.start()
         let socket = daemon.socketPath
         let replies = try await offPool { () -> [RPCResponse] in
-            let client = try ControlClient(socketPath: socket, timeout: 20)
+            let client = try ControlClient(socketPath: socket, timeout: 120)
             var replies: [RPCResponse] = []
             // 1 MiB + 1 byte of JSON-looking text without a newline, then the newline.
             var long = Array(#"{"jsonrpc":"2.0","id":1,"method":"tokenize","params":{"text":""#.utf8)
@@ -80,7 +80,7 @@ struct BadInputTests {
         #expect(replies[10].result?["status"] == .string("ok"))
 
         // Another client is served normally meanwhile.
-        let health = try await offPool { try ControlClient(socketPath: socket, timeout: 20).call(.health, EmptyParams(), as: HealthResult.self) }
+        let health = try await offPool { try ControlClient(socketPath: socket, timeout: 120).call(.health, EmptyParams(), as: HealthResult.self) }
         #expect(health.status == "ok")
         try await daemon.stop()
     }
@@ -99,7 +99,7 @@ struct BadInputTests {
         func loadError(_ path: String) async throws -> RPCErrorObject? {
             try await offPool { () -> RPCErrorObject? in
                 do {
-                    _ = try ControlClient(socketPath: socket, timeout: 20).call(.loadModel, LoadModelParams(path: path), as: LoadModelResult.self)
+                    _ = try ControlClient(socketPath: socket, timeout: 120).call(.loadModel, LoadModelParams(path: path), as: LoadModelResult.self)
                     return nil
                 } catch let error as RPCErrorObject { return error }
             }
@@ -117,7 +117,7 @@ struct BadInputTests {
         // Calibration output outside the allowed dirs is refused too.
         let output = try await offPool { () -> RPCErrorObject? in
             do {
-                _ = try ControlClient(socketPath: socket, timeout: 20).call(.calibrate, CalibrateParams(output: "/tmp/evil.json"), as: CalibrateResult.self)
+                _ = try ControlClient(socketPath: socket, timeout: 120).call(.calibrate, CalibrateParams(output: "/tmp/evil.json"), as: CalibrateResult.self)
                 return nil
             } catch let error as RPCErrorObject { return error }
         }

@@ -19,14 +19,14 @@ struct ConnectionLifecycleTests {
         let noise = (0..<(busy ? 3 : 0)).map { _ in
             Task {
                 try await offPool {
-                    let client = try ControlClient(socketPath: socket, timeout: 20)
+                    let client = try ControlClient(socketPath: socket, timeout: 120)
                     while !stop.isSet { _ = try client.call(.stats, EmptyParams(), as: StatsResult.self) }
                 }
             }
         }
         defer { stop.set() }
         let refusals = try await offPool { () -> [String] in
-            let client = try ControlClient(socketPath: socket, timeout: 20)
+            let client = try ControlClient(socketPath: socket, timeout: 120)
             var refusals: [String] = []
             for round in 0..<30 {
                 let result = try client.call(.generate, GenerateParams(prompt: "ab\(round)", maxTokens: 8, stream: true),
@@ -56,10 +56,10 @@ struct ConnectionLifecycleTests {
         let socket = daemon.socketPath
         let prompt = String(repeating: "y", count: 100)
         try await offPool {
-            let client = try ControlClient(socketPath: socket, timeout: 20)
+            let client = try ControlClient(socketPath: socket, timeout: 120)
             try client.send(try RPCRequest(id: .number(1), method: .generate,
                                            params: GenerateParams(prompt: prompt, maxTokens: 150)))
-            let observer = try ControlClient(socketPath: socket, timeout: 20)
+            let observer = try ControlClient(socketPath: socket, timeout: 120)
             var running = 0
             for _ in 0..<200 {
                 running = try observer.call(.stats, EmptyParams(), as: StatsResult.self).engine.requestsRunning
@@ -72,7 +72,7 @@ struct ConnectionLifecycleTests {
         let closed = ContinuousClock.now
         var stats: StatsResult?
         for _ in 0..<100 {
-            stats = try await offPool { try ControlClient(socketPath: socket, timeout: 20).call(.stats, EmptyParams(), as: StatsResult.self) }
+            stats = try await offPool { try ControlClient(socketPath: socket, timeout: 120).call(.stats, EmptyParams(), as: StatsResult.self) }
             if stats?.engine.requestsRunning == 0 { break }
             try await Task.sleep(for: .milliseconds(10))
         }
@@ -99,7 +99,7 @@ struct CalibrateOutputTests {
         return try await offPool { () -> (RPCErrorObject?, Int) in
             var progress = 0
             do {
-                _ = try ControlClient(socketPath: socket, timeout: 20).call(
+                _ = try ControlClient(socketPath: socket, timeout: 120).call(
                     .calibrate, CalibrateParams(numTokens: 1024, output: output), as: CalibrateResult.self) { _ in progress += 1 }
                 return (nil, progress)
             } catch let error as RPCErrorObject { return (error, progress) }

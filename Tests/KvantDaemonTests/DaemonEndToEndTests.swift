@@ -13,7 +13,7 @@ struct DaemonEndToEndTests {
         try await daemon.start()
         let socket = daemon.socketPath
         let (version, health) = try await offPool {
-            let client = try ControlClient(socketPath: socket, timeout: 20)
+            let client = try ControlClient(socketPath: socket, timeout: 120)
             return (try client.call(.version, EmptyParams(), as: VersionResult.self),
                     try client.call(.health, EmptyParams(), as: HealthResult.self))
         }
@@ -39,7 +39,7 @@ struct DaemonEndToEndTests {
 
         let socket = daemon.socketPath
         let result = try await offPool {
-            try ControlClient(socketPath: socket, timeout: 20).call(.generate, GenerateParams(prompt: "hello", maxTokens: 3),
+            try ControlClient(socketPath: socket, timeout: 120).call(.generate, GenerateParams(prompt: "hello", maxTokens: 3),
                                                        as: GenerateResult.self)
         }
         #expect(result.text == "hel")
@@ -50,7 +50,7 @@ struct DaemonEndToEndTests {
 
         // Streamed: one generate.token per token, in order, then the response; eos ends it.
         let (streamed, notifications) = try await offPool { () -> (GenerateResult, [GenerateTokenNotification]) in
-            let client = try ControlClient(socketPath: socket, timeout: 20)
+            let client = try ControlClient(socketPath: socket, timeout: 120)
             var tokens: [GenerateTokenNotification] = []
             let result = try client.call(.generate, GenerateParams(prompt: "abc", maxTokens: 50, stream: true),
                                          as: GenerateResult.self, id: .string("g1")) { notification in
@@ -68,7 +68,7 @@ struct DaemonEndToEndTests {
 
         // Stop strings end the text before the match.
         let stopped = try await offPool {
-            try ControlClient(socketPath: socket, timeout: 20).call(
+            try ControlClient(socketPath: socket, timeout: 120).call(
                 .generate, GenerateParams(prompt: "one, two, three", maxTokens: 50, stop: ["three", ", t"]),
                 as: GenerateResult.self)
         }
@@ -77,13 +77,13 @@ struct DaemonEndToEndTests {
         #expect(stopped.stopReason == ", t")
 
         let tokens = try await offPool {
-            try ControlClient(socketPath: socket, timeout: 20).call(.tokenize, TokenizeParams(text: "hi"), as: TokenizeResult.self)
+            try ControlClient(socketPath: socket, timeout: 120).call(.tokenize, TokenizeParams(text: "hi"), as: TokenizeResult.self)
         }
         #expect(tokens.tokens == [104, 105])
         #expect(tokens.count == 2)
 
         let stats = try await offPool {
-            try ControlClient(socketPath: socket, timeout: 20).call(.stats, EmptyParams(), as: StatsResult.self)
+            try ControlClient(socketPath: socket, timeout: 120).call(.stats, EmptyParams(), as: StatsResult.self)
         }
         #expect(stats.engine.requestsServed == 3)
         #expect(stats.engine.promptTokens == 5 + 3 + 15)
@@ -110,7 +110,7 @@ struct DaemonEndToEndTests {
             #expect(result.text == prompt)
             #expect(result.finishReason == .stop)
         }
-        let stats = try await offPool { try ControlClient(socketPath: socket, timeout: 20).call(.stats, EmptyParams(), as: StatsResult.self) }
+        let stats = try await offPool { try ControlClient(socketPath: socket, timeout: 120).call(.stats, EmptyParams(), as: StatsResult.self) }
         #expect(stats.engine.requestsServed == 6)
         #expect(stats.engine.requestsWaiting == 0)
         #expect(stats.kvCache["used_blocks"] == .int(0))
@@ -125,7 +125,7 @@ struct DaemonEndToEndTests {
         let socket = daemon.socketPath
         let prompt = String(repeating: "x", count: 200)
         let (result, seen) = try await offPool { () -> (GenerateResult, Int) in
-            let client = try ControlClient(socketPath: socket, timeout: 20)
+            let client = try ControlClient(socketPath: socket, timeout: 120)
             var seen = 0
             let id = RPCID.number(42)
             let result = try client.call(.generate, GenerateParams(prompt: prompt, maxTokens: 200, stream: true),
@@ -141,7 +141,7 @@ struct DaemonEndToEndTests {
         #expect(seen == result.completionTokens)
         // Cancelling an id that is not running says so.
         let none = try await offPool {
-            try ControlClient(socketPath: socket, timeout: 20).call(.cancel, CancelParams(id: .number(7)), as: CancelResult.self)
+            try ControlClient(socketPath: socket, timeout: 120).call(.cancel, CancelParams(id: .number(7)), as: CancelResult.self)
         }
         #expect(none.cancelled == false)
         try await daemon.stop()
@@ -157,7 +157,7 @@ struct DaemonEndToEndTests {
         let socket = daemon.socketPath
         let (ppl, pplProgress) = try await offPool { () -> (PerplexityResult, [ProgressNotification]) in
             var progress: [ProgressNotification] = []
-            let result = try ControlClient(socketPath: socket, timeout: 20).call(.perplexity, PerplexityParams(path: text, ctx: 128),
+            let result = try ControlClient(socketPath: socket, timeout: 120).call(.perplexity, PerplexityParams(path: text, ctx: 128),
                                                                     as: PerplexityResult.self) { notification in
                 #expect(notification.method == "perplexity.progress")
                 progress.append(try notification.params.decode(as: ProgressNotification.self))
@@ -172,7 +172,7 @@ struct DaemonEndToEndTests {
 
         let (calibration, calProgress) = try await offPool { () -> (CalibrateResult, [ProgressNotification]) in
             var progress: [ProgressNotification] = []
-            let result = try ControlClient(socketPath: socket, timeout: 20).call(
+            let result = try ControlClient(socketPath: socket, timeout: 120).call(
                 .calibrate, CalibrateParams(textPath: text, numTokens: 1024, perHead: true, output: output),
                 as: CalibrateResult.self) { notification in
                 #expect(notification.method == "calibrate.progress")
@@ -197,7 +197,7 @@ struct DaemonEndToEndTests {
         let bad = try daemon.writeAllowed("bad.json", #"{"layers": 2}"#)
         let socket = daemon.socketPath
         let report = try await offPool {
-            try ControlClient(socketPath: socket, timeout: 20).call(.reloadScales, ReloadScalesParams(path: good), as: ScalesReport.self)
+            try ControlClient(socketPath: socket, timeout: 120).call(.reloadScales, ReloadScalesParams(path: good), as: ScalesReport.self)
         }
         #expect(report.epoch == 1)
         #expect(report.layers == 2)
@@ -205,39 +205,39 @@ struct DaemonEndToEndTests {
         #expect(report.path == good)
         // Without a path, the last file is re-read: a new epoch.
         let again = try await offPool {
-            try ControlClient(socketPath: socket, timeout: 20).call(.reloadScales, ReloadScalesParams(), as: ScalesReport.self)
+            try ControlClient(socketPath: socket, timeout: 120).call(.reloadScales, ReloadScalesParams(), as: ScalesReport.self)
         }
         #expect(again.epoch == 2)
         let shown = try await offPool {
-            try ControlClient(socketPath: socket, timeout: 20).call(.scalesShow, EmptyParams(), as: ScalesShowResult.self)
+            try ControlClient(socketPath: socket, timeout: 120).call(.scalesShow, EmptyParams(), as: ScalesShowResult.self)
         }
         #expect(shown.kvCacheDType == .int8PerTensor)
         #expect(shown.scales?.epoch == 2)
         let validated = try await offPool {
-            try ControlClient(socketPath: socket, timeout: 20).call(.scalesValidate, ScalesValidateParams(path: good), as: ScalesReport.self)
+            try ControlClient(socketPath: socket, timeout: 120).call(.scalesValidate, ScalesValidateParams(path: good), as: ScalesReport.self)
         }
         #expect(validated.epoch == nil)
         #expect(validated.sha256 == report.sha256)
         // A bad file: invalid_argument naming the field; the previous scales stay; health says degraded.
         let failure = try await offPool { () -> RPCErrorObject? in
             do {
-                _ = try ControlClient(socketPath: socket, timeout: 20).call(.reloadScales, ReloadScalesParams(path: bad), as: ScalesReport.self)
+                _ = try ControlClient(socketPath: socket, timeout: 120).call(.reloadScales, ReloadScalesParams(path: bad), as: ScalesReport.self)
                 return nil
             } catch let error as RPCErrorObject { return error }
         }
         #expect(failure?.reason == .invalidArgument)
         #expect(failure?.code == RPCErrorCode.invalidParams)
         #expect(failure?.message.contains("'scales'") == true)
-        let health = try await offPool { try ControlClient(socketPath: socket, timeout: 20).call(.health, EmptyParams(), as: HealthResult.self) }
+        let health = try await offPool { try ControlClient(socketPath: socket, timeout: 120).call(.health, EmptyParams(), as: HealthResult.self) }
         #expect(health.status == "degraded")
         #expect(health.lastError?.contains("bad.json") == true)
         let stillShown = try await offPool {
-            try ControlClient(socketPath: socket, timeout: 20).call(.scalesShow, EmptyParams(), as: ScalesShowResult.self)
+            try ControlClient(socketPath: socket, timeout: 120).call(.scalesShow, EmptyParams(), as: ScalesShowResult.self)
         }
         #expect(stillShown.scales?.epoch == 2)
 
         let info = try await offPool {
-            try ControlClient(socketPath: socket, timeout: 20).call(.setKVDType, SetKVDTypeParams(kvCacheDType: .fp32), as: ModelInfo.self)
+            try ControlClient(socketPath: socket, timeout: 120).call(.setKVDType, SetKVDTypeParams(kvCacheDType: .fp32), as: ModelInfo.self)
         }
         #expect(info.kvCacheDType == .fp32)
         try await daemon.stop()
@@ -253,21 +253,21 @@ struct DaemonEndToEndTests {
         let socket = daemon.socketPath
         let error = try await offPool { () -> RPCErrorObject? in
             do {
-                _ = try ControlClient(socketPath: socket, timeout: 20).call(.loadModel, LoadModelParams(path: broken), as: LoadModelResult.self)
+                _ = try ControlClient(socketPath: socket, timeout: 120).call(.loadModel, LoadModelParams(path: broken), as: LoadModelResult.self)
                 return nil
             } catch let error as RPCErrorObject { return error }
         }
         #expect(error?.reason == .invalidArgument)
         #expect(error?.message.contains("bad magic") == true)
-        let health = try await offPool { try ControlClient(socketPath: socket, timeout: 20).call(.health, EmptyParams(), as: HealthResult.self) }
+        let health = try await offPool { try ControlClient(socketPath: socket, timeout: 120).call(.health, EmptyParams(), as: HealthResult.self) }
         #expect(health.model == first.model.path)
         let replaced = try await offPool {
-            try ControlClient(socketPath: socket, timeout: 20).call(.loadModel, LoadModelParams(path: second, maxModelLen: 32), as: LoadModelResult.self)
+            try ControlClient(socketPath: socket, timeout: 120).call(.loadModel, LoadModelParams(path: second, maxModelLen: 32), as: LoadModelResult.self)
         }
         #expect(replaced.replaced == first.model.path)
         #expect(replaced.model.maxModelLen == 32)
         let unloaded = try await offPool {
-            try ControlClient(socketPath: socket, timeout: 20).call(.unloadModel, EmptyParams(), as: UnloadModelResult.self)
+            try ControlClient(socketPath: socket, timeout: 120).call(.unloadModel, EmptyParams(), as: UnloadModelResult.self)
         }
         #expect(unloaded.unloaded)
         #expect(unloaded.path == second)
@@ -285,7 +285,7 @@ struct DaemonEndToEndTests {
         let (started, startedContinuation) = AsyncStream<Void>.makeStream()
         let generation = Task {
             try await offPool {
-                try ControlClient(socketPath: socket, timeout: 20).call(.generate, GenerateParams(prompt: "0123456789", maxTokens: 20, stream: true),
+                try ControlClient(socketPath: socket, timeout: 120).call(.generate, GenerateParams(prompt: "0123456789", maxTokens: 20, stream: true),
                                                            as: GenerateResult.self) { _ in startedContinuation.yield() }
             }
         }

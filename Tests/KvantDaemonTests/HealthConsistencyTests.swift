@@ -9,13 +9,13 @@ import Testing
 @Suite("Failures are logged at error level and reflected in health")
 struct HealthConsistencyTests {
     func health(_ socket: String) async throws -> HealthResult {
-        try await offPool { try ControlClient(socketPath: socket, timeout: 20).call(.health, EmptyParams(), as: HealthResult.self) }
+        try await offPool { try ControlClient(socketPath: socket, timeout: 120).call(.health, EmptyParams(), as: HealthResult.self) }
     }
 
     func failing<P: Encodable & Sendable>(_ socket: String, _ method: RPCMethod, _ params: P) async throws -> RPCErrorObject? {
         try await offPool { () -> RPCErrorObject? in
             do {
-                _ = try ControlClient(socketPath: socket, timeout: 20).call(method, params, as: JSONValue.self)
+                _ = try ControlClient(socketPath: socket, timeout: 120).call(method, params, as: JSONValue.self)
                 return nil
             } catch let error as RPCErrorObject { return error }
         }
@@ -63,7 +63,7 @@ struct HealthConsistencyTests {
         let socket = daemon.socketPath
         let scales = try daemon.writeAllowed("scales.json", #"{"layers": 2, "scales": [0.1, 0.2]}"#)
         _ = try await offPool {
-            try ControlClient(socketPath: socket, timeout: 20).call(
+            try ControlClient(socketPath: socket, timeout: 120).call(
                 .loadModel, LoadModelParams(path: try daemon.writeAllowed("m.gguf", "GGUF"), kvCacheDType: .int8PerTensor,
                                             quantizationParamPath: scales), as: LoadModelResult.self)
         }
@@ -78,7 +78,7 @@ struct HealthConsistencyTests {
         // Switching the dtype (here without a file: static on 1.0) makes the failed file irrelevant: ok again,
         // and a SIGHUP has nothing to re-read (it does not bring the old file back).
         _ = try await offPool {
-            try ControlClient(socketPath: socket, timeout: 20).call(.setKVDType, SetKVDTypeParams(kvCacheDType: .int8PerTensor), as: ModelInfo.self)
+            try ControlClient(socketPath: socket, timeout: 120).call(.setKVDType, SetKVDTypeParams(kvCacheDType: .int8PerTensor), as: ModelInfo.self)
         }
         #expect(try await health(socket).status == "ok")
         daemon.reloads.yield()
@@ -131,12 +131,12 @@ struct HealthConsistencyTests {
         let scales = try daemon.writeAllowed("scales.json", #"{"layers": 2, "scales": [0.1, 0.2]}"#)
         let socket = daemon.socketPath
         _ = try await offPool {
-            try ControlClient(socketPath: socket, timeout: 20).call(
+            try ControlClient(socketPath: socket, timeout: 120).call(
                 .loadModel, LoadModelParams(path: try daemon.writeAllowed("m.gguf", "GGUF"), kvCacheDType: .int8PerTensor,
                                             quantizationParamPath: scales), as: LoadModelResult.self)
         }
         _ = try await offPool {
-            try ControlClient(socketPath: socket, timeout: 20).call(.setKVDType, SetKVDTypeParams(kvCacheDType: .fp16), as: ModelInfo.self)
+            try ControlClient(socketPath: socket, timeout: 120).call(.setKVDType, SetKVDTypeParams(kvCacheDType: .fp16), as: ModelInfo.self)
         }
         daemon.reloads.yield()
         let found = try await waitForLog(logs, containing: "kv_cache_dtype fp16 uses no scale file, nothing to reload")
@@ -191,7 +191,7 @@ struct HealthConsistencyTests {
         let (started, startedContinuation) = AsyncStream<Void>.makeStream()
         let generation = Task {
             try await offPool {
-                try ControlClient(socketPath: socket, timeout: 20).call(
+                try ControlClient(socketPath: socket, timeout: 120).call(
                     .generate, GenerateParams(prompt: String(repeating: "g", count: 100), maxTokens: 100, stream: true),
                     as: GenerateResult.self) { _ in startedContinuation.yield() }
             }

@@ -141,7 +141,7 @@ struct KvantctlTests {
         #expect(text.count < 120)   // the echo would be 120 z's
         #expect(String(decoding: stderr, as: UTF8.self).contains("finish cancelled"))
         let stats = try await offPool { [socket = daemon.socketPath] in
-            try ControlClient(socketPath: socket, timeout: 20).call(.stats, EmptyParams(), as: StatsResult.self)
+            try ControlClient(socketPath: socket, timeout: 120).call(.stats, EmptyParams(), as: StatsResult.self)
         }
         #expect(stats.engine.requestsRunning == 0)
         try await daemon.stop()

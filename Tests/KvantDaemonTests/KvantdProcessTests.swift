@@ -39,7 +39,7 @@ struct KvantdProcessTests {
         let ready = try await receiver.wait { $0.hasPrefix("READY=1") }
         #expect(ready == "READY=1\nSTATUS=no model loaded")
         #expect(FileManager.default.fileExists(atPath: socket))
-        let health = try await offPool { try ControlClient(socketPath: socket, timeout: 20).call(.health, EmptyParams(), as: HealthResult.self) }
+        let health = try await offPool { try ControlClient(socketPath: socket, timeout: 120).call(.health, EmptyParams(), as: HealthResult.self) }
         #expect(health.status == "ok")
         #expect(try await receiver.wait { $0 == "WATCHDOG=1" } != nil)
 
@@ -56,7 +56,7 @@ struct KvantdProcessTests {
         try "GGUF".write(toFile: model, atomically: true, encoding: .utf8)
         let loadError = try await offPool { () -> RPCErrorObject? in
             do {
-                _ = try ControlClient(socketPath: socket, timeout: 20).call(.loadModel, LoadModelParams(path: model), as: LoadModelResult.self)
+                _ = try ControlClient(socketPath: socket, timeout: 120).call(.loadModel, LoadModelParams(path: model), as: LoadModelResult.self)
                 return nil
             } catch let error as RPCErrorObject { return error }
         }
@@ -94,7 +94,7 @@ struct KvantdProcessTests {
         var answered = 0
         for _ in 0..<300 where answered < 3 {
             if let health = try? await offPool({
-                try ControlClient(socketPath: socket, timeout: 20).call(.health, EmptyParams(), as: HealthResult.self)
+                try ControlClient(socketPath: socket, timeout: 120).call(.health, EmptyParams(), as: HealthResult.self)
             }) {
                 #expect(health.status == "ok")
                 answered += 1
@@ -152,7 +152,7 @@ struct KvantdProcessTests {
         var version: VersionResult?
         for _ in 0..<200 {
             if let result = try? await offPool({
-                try ControlClient(socketPath: socket, timeout: 20).call(.version, EmptyParams(), as: VersionResult.self)
+                try ControlClient(socketPath: socket, timeout: 120).call(.version, EmptyParams(), as: VersionResult.self)
             }) {
                 version = result
                 break

@@ -28,12 +28,12 @@ struct StartupGateTests {
         #expect(listening)
         let started = Date()
         let health = try await offPool {
-            try ControlClient(socketPath: socket, timeout: 20).call(.health, EmptyParams(), as: HealthResult.self)
+            try ControlClient(socketPath: socket, timeout: 120).call(.health, EmptyParams(), as: HealthResult.self)
         }
         // Answered during the 1.5 s load (had it waited, the model would be loaded by now).
         #expect(health.modelLoaded == false)
         let stats = try await offPool {
-            try ControlClient(socketPath: socket, timeout: 20).call(.stats, EmptyParams(), as: StatsResult.self)
+            try ControlClient(socketPath: socket, timeout: 120).call(.stats, EmptyParams(), as: StatsResult.self)
         }
         #expect(stats.model?.path.hasSuffix("/model.gguf") == true)
         #expect(Date().timeIntervalSince(started) > 0.5)

@@ -122,7 +122,7 @@ struct SystemdNotifyTests {
         #expect(failedText.contains("'scales'"))
         #expect(receiver.datagrams.filter { $0.hasPrefix("RELOADING=1") }.count == 2)
         let shown = try await offPool { [socket = daemon.socketPath] in
-            try ControlClient(socketPath: socket, timeout: 20).call(.scalesShow, EmptyParams(), as: ScalesShowResult.self)
+            try ControlClient(socketPath: socket, timeout: 120).call(.scalesShow, EmptyParams(), as: ScalesShowResult.self)
         }
         #expect(shown.scales?.epoch == 2)
 

@@ -531,13 +531,13 @@ struct HTTPAPITests {
 
         let socketPath = d.socketPath
         let noWait = try await offPool {
-            try ControlClient(socketPath: socketPath, timeout: 20).call(.drain, DrainParams(wait: false), as: DrainResult.self)
+            try ControlClient(socketPath: socketPath, timeout: 120).call(.drain, DrainParams(wait: false), as: DrainResult.self)
         }
         #expect(noWait == DrainResult(draining: true, inFlight: 1, drained: false, reason: "drain"))
         let health = try await d.request("GET", "/health")
         #expect(health.status == 503)
         #expect(health.json["status"] as? String == "draining")
-        let control = try await offPool { try ControlClient(socketPath: socketPath, timeout: 20).call(.health, EmptyParams(), as: HealthResult.self) }
+        let control = try await offPool { try ControlClient(socketPath: socketPath, timeout: 120).call(.health, EmptyParams(), as: HealthResult.self) }
         #expect(control.status == "draining")
         let refused = try await d.request("POST", "/v1/completions", json: #"{"prompt":"x"}"#)
         #expect(refused.status == 503)
@@ -554,7 +554,7 @@ struct HTTPAPITests {
         #expect(try await waiter.value == DrainResult(draining: true, inFlight: 0, drained: true, reason: "drain"))
 
         let resumed = try await offPool {
-            try ControlClient(socketPath: socketPath, timeout: 20).call(.drain, DrainParams(resume: true), as: DrainResult.self)
+            try ControlClient(socketPath: socketPath, timeout: 120).call(.drain, DrainParams(resume: true), as: DrainResult.self)
         }
         #expect(resumed.draining == false)
         #expect(try await d.request("GET", "/health").status == 200)

@@ -81,7 +81,7 @@ final class TestHTTPDaemon: @unchecked Sendable {
         try? FileManager.default.removeItem(atPath: dir)
     }
 
-    func client() throws -> ControlClient { try ControlClient(socketPath: socketPath, timeout: 20) }
+    func client() throws -> ControlClient { try ControlClient(socketPath: socketPath, timeout: 120) }
 
     /// Loads a fake model file `model.gguf` through the control socket.
     func loadModel() async throws {
@@ -89,13 +89,13 @@ final class TestHTTPDaemon: @unchecked Sendable {
         try "GGUF fake".write(toFile: path, atomically: true, encoding: .utf8)
         let socketPath = self.socketPath
         _ = try await offPool {
-            try ControlClient(socketPath: socketPath, timeout: 20).call(.loadModel, LoadModelParams(path: path), as: LoadModelResult.self)
+            try ControlClient(socketPath: socketPath, timeout: 120).call(.loadModel, LoadModelParams(path: path), as: LoadModelResult.self)
         }
     }
 
     func stats() async throws -> StatsResult {
         let socketPath = self.socketPath
-        return try await offPool { try ControlClient(socketPath: socketPath, timeout: 20).call(.stats, EmptyParams(), as: StatsResult.self) }
+        return try await offPool { try ControlClient(socketPath: socketPath, timeout: 120).call(.stats, EmptyParams(), as: StatsResult.self) }
     }
 
     /// One request on a new connection (blocking work off the pool).

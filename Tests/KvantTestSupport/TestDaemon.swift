@@ -54,7 +54,7 @@ public final class TestDaemon: @unchecked Sendable {
         let timeout = Task { try await Task.sleep(for: .seconds(10)); ready.cancel() }
         _ = await ready.value
         timeout.cancel()
-        guard (try? ControlClient(socketPath: socketPath, timeout: 20)) != nil else {
+        guard (try? ControlClient(socketPath: socketPath, timeout: 120)) != nil else {
             throw KvantError(.unavailable, "test daemon is not listening on \(socketPath)")
         }
     }
@@ -66,7 +66,7 @@ public final class TestDaemon: @unchecked Sendable {
         try? FileManager.default.removeItem(atPath: dir)
     }
 
-    public func client() throws -> ControlClient { try ControlClient(socketPath: socketPath, timeout: 20) }
+    public func client() throws -> ControlClient { try ControlClient(socketPath: socketPath, timeout: 120) }
 
     /// Writes a file under the allowed directory and returns its path.
     @discardableResult
@@ -81,7 +81,7 @@ public final class TestDaemon: @unchecked Sendable {
         let path = try writeAllowed("model.gguf", "GGUF fake")
         let socketPath = self.socketPath
         return try await offPool {
-            try ControlClient(socketPath: socketPath, timeout: 20).call(
+            try ControlClient(socketPath: socketPath, timeout: 120).call(
                 .loadModel, LoadModelParams(path: path, kvCacheDType: kvCacheDType), as: LoadModelResult.self)
         }
     }
@@ -96,7 +96,7 @@ extension TestDaemon {
             for (i, p) in params.enumerated() {
                 group.addTask {
                     (i, try await offPool {
-                        try ControlClient(socketPath: socket, timeout: 20).call(.generate, p, as: GenerateResult.self)
+                        try ControlClient(socketPath: socket, timeout: 120).call(.generate, p, as: GenerateResult.self)
                     })
                 }
             }
@@ -109,7 +109,7 @@ extension TestDaemon {
     /// `stats` over a new connection.
     public func stats() async throws -> StatsResult {
         let socket = socketPath
-        return try await offPool { try ControlClient(socketPath: socket, timeout: 20).call(.stats, EmptyParams(), as: StatsResult.self) }
+        return try await offPool { try ControlClient(socketPath: socket, timeout: 120).call(.stats, EmptyParams(), as: StatsResult.self) }
     }
 }
 
