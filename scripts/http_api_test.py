@@ -275,7 +275,7 @@ def run_checks(r, client, control, port, args):
         _eq(len(lp.token_logprobs), 6)
         _eq(len(lp.text_offset), 6)
         for chosen, top in zip(lp.token_logprobs, lp.top_logprobs):
-            assert 1 <= len(top) <= 3, top
+            assert 1 <= len(top) <= 4, top   # the top 3 and the chosen token (OpenAI: up to logprobs + 1)
             assert all(v <= 0 for v in top.values()), top
             # greedy: the chosen token is the most likely one
             assert abs(chosen - max(top.values())) < 1e-9, (chosen, top)

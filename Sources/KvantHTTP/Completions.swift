@@ -187,7 +187,9 @@ struct CompletionLogprobs {
     mutating func add(_ entry: TokenLogprobs, text: String) {
         tokens.append(.string(entry.chosen.text))
         tokenLogprobs.append(logprobValue(entry.chosen.logprob))
-        var alternatives: [String: JSONValue] = [:]
+        // The chosen token is always among them, so there may be `logprobs` + 1 entries (OpenAI's legacy
+        // completions and vLLM do the same; `logprobs: 0` gives just the chosen token).
+        var alternatives: [String: JSONValue] = [entry.chosen.text: logprobValue(entry.chosen.logprob)]
         for alt in entry.top where alternatives[alt.text] == nil { alternatives[alt.text] = logprobValue(alt.logprob) }
         top.append(.object(alternatives))
         offsets.append(.int(offset))

@@ -47,6 +47,18 @@ struct OpenAIAPI: Sendable {
         router.post("/v1/chat/completions") { request, context in try await chatCompletions(request, context) }
         router.post("/tokenize") { request, _ in try await tokenize(request) }
         router.post("/detokenize") { request, _ in try await detokenize(request) }
+        // A known path with another method is 405 with `Allow` (as vLLM's FastAPI answers), not 404.
+        let routes: [(String, HTTPRequest.Method)] = [
+            ("/health", .get), ("/metrics", .get), ("/v1/models", .get), ("/v1/models/{id}", .get),
+            ("/v1/completions", .post), ("/v1/chat/completions", .post), ("/tokenize", .post), ("/detokenize", .post),
+        ]
+        for (path, allowed) in routes {
+            for method in [HTTPRequest.Method.get, .post, .put, .patch, .delete, .options] where method != allowed {
+                router.on(RouterPath(path), method: method) { _, _ -> Response in
+                    throw OpenAIError.methodNotAllowed(method, path: path, allowed: allowed)
+                }
+            }
+        }
         return router
     }
 
@@ -180,6 +192,9 @@ struct OpenAIAPI: Sendable {
         try checkModel(fields, info)
         let tokens: [Int]
         if fields.has("messages") {
+            if fields.has("prompt") {
+                throw OpenAIError.invalidField("prompt", "give either 'prompt' or 'messages', not both")
+            }
             tokens = try await chatPromptTokens(fields)
         } else {
             guard let prompt = try fields.string("prompt") else {

@@ -28,6 +28,13 @@ public struct OpenAIError: Error, HTTPResponseError, Sendable, Equatable {
         if let retryAfterSeconds { headers[.retryAfter] = String(retryAfterSeconds) }
     }
 
+    /// 405 for a known path asked with another method, with the `Allow` header (RFC 9110 §15.5.6).
+    public static func methodNotAllowed(_ method: HTTPRequest.Method, path: String, allowed: HTTPRequest.Method) -> OpenAIError {
+        var error = OpenAIError(.methodNotAllowed, "\(path) accepts \(allowed.rawValue), not \(method.rawValue)")
+        error.headers[.allow] = allowed.rawValue
+        return error
+    }
+
     /// 400 naming the field.
     public static func invalidField(_ field: String, _ message: String) -> OpenAIError {
         OpenAIError(.badRequest, "'\(field)': \(message)", param: field)
@@ -74,6 +81,7 @@ public struct OpenAIError: Error, HTTPResponseError, Sendable, Equatable {
         case 401: return "AuthenticationError"
         case 403: return "PermissionDeniedError"
         case 404: return "NotFoundError"
+        case 405: return "MethodNotAllowedError"
         case 413: return "RequestTooLargeError"
         case 429: return "RateLimitError"
         case 503: return "ServiceUnavailableError"

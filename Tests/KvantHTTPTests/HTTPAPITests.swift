@@ -51,8 +51,18 @@ struct HTTPAPITests {
         #expect(r.status == 404)
         #expect(r.error["type"] as? String == "NotFoundError")
         #expect(r.error["code"] as? Int == 404)
-        r = try await d.request("GET", "/v1/completions")   // wrong method
-        #expect(r.status == 404)
+        // A known path with the wrong method: 405 naming the allowed one, with `Allow`.
+        r = try await d.request("GET", "/v1/completions")
+        #expect(r.status == 405)
+        #expect(r.headers["allow"] == "POST")
+        #expect(r.error["message"] as? String == "/v1/completions accepts POST, not GET")
+        r = try await d.request("DELETE", "/health")
+        #expect(r.status == 405 && r.headers["allow"] == "GET")
+        r = try await d.request("POST", "/v1/models/model", json: "{}")
+        #expect(r.status == 405 && r.headers["allow"] == "GET")
+        // /tokenize takes a prompt or messages, not both.
+        r = try await d.request("POST", "/tokenize", json: #"{"prompt":"a","messages":[{"role":"user","content":"b"}]}"#)
+        #expect(r.status == 400 && r.error["param"] as? String == "prompt")
         try await d.stop()
     }
 
@@ -109,7 +119,12 @@ struct HTTPAPITests {
         #expect(lp["text_offset"] as? [Int] == [0, 1])
         let top = lp["top_logprobs"] as? [[String: Double]] ?? []
         #expect(top.count == 2)
-        #expect(top.first == ["I": -1, "J": -2])   // H = 72: alternatives 73, 74
+        #expect(top.first == ["H": -0.25, "I": -1, "J": -2])   // the chosen H = 72, then alternatives 73, 74
+
+        // logprobs: 0 still gives the chosen token's entry (OpenAI's "up to logprobs + 1 elements").
+        r = try await d.request("POST", "/v1/completions", json: #"{"prompt":"Hi","logprobs":0,"max_tokens":2}"#)
+        lp = (r.json["choices"] as? [[String: Any]])?.first?["logprobs"] as? [String: Any] ?? [:]
+        #expect(lp["top_logprobs"] as? [[String: Double]] == [["H": -0.25], ["i": -0.25]])
 
         r = try await d.request("POST", "/v1/completions", json: #"{"prompt":"Hi","logprobs":1,"echo":true,"max_tokens":1}"#)
         let choice = (r.json["choices"] as? [[String: Any]])?.first ?? [:]
