@@ -179,10 +179,12 @@ extension KVCachePool {
         guard var table = tables[seq] else { preconditionFailure("KVCachePool.commit: unknown sequence \(seq)") }
         let end = start + tokens.count
         precondition(start >= 0 && end <= table.length, "KVCachePool.commit: positions \(start)..<\(end) outside the reserved length \(table.length)")
+        if start < table.blockHashes.count * spec.blockSize { dropHashes(&table, from: start / spec.blockSize) }
         if start < table.tokens.count { table.tokens.removeSubrange(start...) }
         if start > table.tokens.count { table.tokens += repeatElement(-1, count: start - table.tokens.count) }
         table.tokens += tokens
         table.computed = end
+        hashFullBlocks(&table)   // before the windows release blocks: every full block is cached with its hash
         let freed = releaseOutOfWindow(&table)
         rebalancePromise(&table, freed: freed)
         tables[seq] = table
@@ -204,6 +206,18 @@ extension KVCachePool {
             return false
         }
         let keep = n / spec.blockSize + (n % spec.blockSize == 0 ? 0 : 1)
+        // Blocks past `n` keep their hashes (their bytes stay valid while cached); a block cut in the middle
+        // will be rewritten, so it leaves the prefix cache unless another sequence shares it (then the
+        // rewrite goes to a copy).
+        if n / spec.blockSize < table.blockHashes.count {
+            if n % spec.blockSize != 0 {
+                for gi in groups.indices where n / spec.blockSize < table.groups[gi].count {
+                    let id = table.groups[gi][n / spec.blockSize]
+                    if id != BlockTable.nullBlock, blocks.refCount(id) == 1 { uncache(id) }
+                }
+            }
+            table.blockHashes.removeSubrange((n / spec.blockSize)...)
+        }
         var freed = 0
         for gi in groups.indices {
             while table.groups[gi].count > keep {
@@ -336,6 +350,7 @@ extension KVCachePool {
     /// Takes a free block for `table`, from its promise first. nil when none is free.
     func allocateBlock(for table: inout BlockTable) -> Int32? {
         guard let id = blocks.allocate() else { return nil }
+        uncache(id)   // evicts a cached block (the least recently freed) before its bytes are overwritten
         if table.promised > 0 {
             table.promised -= 1
             promisedBlocks -= 1
