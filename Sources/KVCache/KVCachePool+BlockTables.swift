@@ -291,11 +291,19 @@ extension KVCachePool {
     }
 
     /// After an admitted sequence freed `freed` blocks: they rejoin its promise, which is then capped at
-    /// what it may still need (`peakBlocks` from its committed position minus the blocks it holds).
+    /// what it may still need (`peakBlocks` from its committed position minus the blocks it holds, plus the
+    /// sliding-window blocks it shares with other sequences: releasing one of those frees nothing, so the
+    /// block that replaces it must stay promised — the case of a prefix-cache hit on blocks in use).
     /// Keeps `numFree >= promisedBlocks` (only blocks that really went back to the free queue are added).
     func rebalancePromise(_ table: inout BlockTable, freed: Int) {
         guard let admission = table.admission else { return }
-        let need = max(0, peakBlocks(admission, from: table.computed) - table.heldBlocks)
+        var sharedWindowBlocks = 0
+        for (gi, group) in groups.enumerated() where group.window != nil {
+            for id in table.groups[gi][table.firstLive[gi]...] where id != BlockTable.nullBlock && blocks.refCount(id) > 1 {
+                sharedWindowBlocks += 1
+            }
+        }
+        let need = max(0, peakBlocks(admission, from: table.computed) - table.heldBlocks + sharedWindowBlocks)
         let promised = min(table.promised + freed, need)
         promisedBlocks += promised - table.promised
         table.promised = promised

@@ -32,9 +32,11 @@ extension KVCachePool {
     /// int8 pools hit only blocks written under the current scale epoch, so outputs never depend on what the
     /// cache held before a `reload-scales`.
     ///
-    /// Blocks taken out of the free queue use the sequence's admission promise first (`admit`), then free
-    /// unpromised blocks; the hit is shortened when there are not enough. Counts `prompt.count` queried
-    /// tokens and `hit` hit tokens (`stats`).
+    /// Blocks taken out of the free queue, and the promise an admitted sequence (`admit`) still needs from
+    /// the hit on (its peak minus the blocks it holds, plus the window blocks it shares with other sequences,
+    /// whose release frees nothing), come out of its promise and the free blocks nobody was promised; the hit
+    /// is shortened when there are not enough. Counts `prompt.count` queried tokens and `hit` hit tokens
+    /// (`stats`).
     /// - Returns: the hit length in tokens; 0 when prefix caching is off, the sequence is unknown or not
     ///   fresh (already grown), or nothing usable is cached.
     @discardableResult
@@ -80,37 +82,47 @@ extension KVCachePool {
             for gi in groups.indices where k - firstNeeded(gi, k) > runs[gi][k - 1] { return false }
             return true
         }
-        func revived(_ k: Int) -> Int {
-            var n = 0
+        // Free blocks a hit of k blocks takes out of the free queue, and the promise the sequence then still
+        // needs (`rebalancePromise`'s rule: its peak from k minus what it holds, plus the window blocks it
+        // shares, whose release frees nothing). Both come out of its promise and the unpromised free blocks.
+        func cost(_ k: Int) -> (revived: Int, promise: Int) {
+            var revived = 0, held = 0, sharedWindow = 0
             for gi in groups.indices {
-                for j in firstNeeded(gi, k)..<k where blocks.refCount(found[gi][j]!) == 0 { n += 1 }
+                for j in firstNeeded(gi, k)..<k {
+                    held += 1
+                    if blocks.refCount(found[gi][j]!) == 0 { revived += 1 } else if groups[gi].window != nil { sharedWindow += 1 }
+                }
             }
-            return n
+            guard let admission = table.admission else { return (revived, 0) }
+            return (revived, max(0, peakBlocks(admission, from: k * B) - held + sharedWindow))
         }
         var k = hashes.count
-        while k > 0, !usable(k) || revived(k) > blocksAvailable(to: table) { k -= 1 }
+        while k > 0 {
+            if usable(k) {
+                let c = cost(k)
+                if c.revived + c.promise <= blocksAvailable(to: table) { break }
+            }
+            k -= 1
+        }
         guard k > 0 else { return 0 }
+        let promise = cost(k).promise
         for gi in groups.indices {
             let first = firstNeeded(gi, k)
             var ids = [Int32](repeating: BlockTable.nullBlock, count: first)
             for j in first..<k {
                 let id = found[gi][j]!
-                if blocks.refCount(id) == 0 {
-                    blocks.take(id)
-                    if table.promised > 0 { table.promised -= 1; promisedBlocks -= 1 }
-                } else {
-                    blocks.retain(id)
-                }
+                if blocks.refCount(id) == 0 { blocks.take(id) } else { blocks.retain(id) }
                 ids.append(id)
             }
             table.groups[gi] = ids
             table.firstLive[gi] = first
         }
+        promisedBlocks += promise - table.promised
+        table.promised = promise
         table.length = k * B
         table.computed = k * B
         table.tokens = Array(prompt[0..<(k * B)])
         table.blockHashes = Array(hashes[0..<k])
-        rebalancePromise(&table, freed: 0)
         tables[seq] = table
         prefixHits += Int64(k * B)
         return k * B
