@@ -114,7 +114,7 @@ struct PrefixCacheTests {
                 for _ in 0..<(1 + random(10)) { prompt.append(Int32(random(4) + 1)) }
             }
             let seq = pool.createSequence()
-            guard pool.admit(seq, promptLength: prompt.count, maxLength: prompt.count + 8) == .ok else { pool.free(seq); return }
+            guard pool.admit(seq, promptLength: prompt.count, maxLength: prompt.count + 40) == .ok else { pool.free(seq); return }
             let hit = pool.attachCachedPrefix(seq, prompt: prompt)
             queries += prompt.count
             hits += hit
@@ -128,7 +128,7 @@ struct PrefixCacheTests {
             // At least as long as the common prefix with a live sequence that still holds every block it needs.
             #expect(hit >= lowerBound(prompt), "hit \(hit) below \(lowerBound(prompt)) for \(prompt)")
             live.append(ModelSeq(id: seq, tokens: prompt, blockEpochs: Array(repeating: epoch, count: hit / B),
-                                 admitted: prompt.count + 8))
+                                 admitted: prompt.count + 40))
             #expect(pool.computedLength(of: seq) == hit && pool.blockTable(of: seq)?.tokens == Array(prompt[0..<hit]))
             let ok = compute(live.count - 1, from: hit, to: prompt.count)
             #expect(ok, "an admitted sequence could not grow")
@@ -245,7 +245,7 @@ struct PrefixCacheTests {
             for _ in 0..<400 {
                 switch h.random(20) {
                 case 0..<7: h.request()
-                case 7..<11: h.decode()
+                case 7..<11: for _ in 0..<6 { h.decode() }
                 case 11..<13: h.fork()
                 case 13..<17: h.free()
                 case 17: if dtype.usesStaticScales { try h.reload() } else { h.pressure() }
@@ -262,7 +262,7 @@ struct PrefixCacheTests {
             totalEvictions += h.evictions
         }
         // The runs exercised what they are meant to.
-        #expect(totalHits > 50 && totalEvictions > 20, "hits \(totalHits), evictions \(totalEvictions)")
+        #expect(totalHits > 30 && totalEvictions > 20, "hits \(totalHits), evictions \(totalEvictions)")
     }
 
     @Test("a hit: whole blocks, at most prompt − 1 tokens, shared by reference; freed blocks stay cached until evicted (LRU)")
