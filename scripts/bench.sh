@@ -9,7 +9,8 @@
 # ~10 min, cached in ~/.cache/kvant). llama.cpp busy-waits its threads and collapses under contention, so
 # benchmark on a quiet machine; the table records the load average of every case.
 # Env: KVANT_MODEL, THREADS (2), RUNS (5), GEN (128 decode steps), ONLY (case-name substrings, or =NAME for one exact case, e.g. "pp512,=tg128,tg128 @"),
-#      RESULTS (default .build/bench/bench-<UTC time>.md), SKIP_HTTP=1 (no HTTP-path table: scripts/bench_http.py).
+#      RESULTS (default .build/bench/bench-<UTC time>.md), SKIP_HTTP=1 (no HTTP-path table: scripts/bench_http.py),
+#      SKIP_PREFIX=1 (no prefix-cache TTFT table: scripts/bench_prefix_cache.py).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -26,6 +27,11 @@ python3 scripts/bench/bench.py --model "$model" --kvant-eval .build/release/kvan
 # The HTTP path: aggregate tokens/s and TTFT at 1/4/8/16 concurrent streaming clients, kvantd's OpenAI API
 # next to llama.cpp's llama-server (same model, threads, KV type), and the HTTP layer's per-token overhead.
 [ "${SKIP_HTTP:-0}" = 1 ] || python3 scripts/bench_http.py --model "$model" --threads "${THREADS:-2}" \
+    --llama-server "$llama_bin/llama-server" | tee -a "$results"
+# Prefix cache: TTFT of a request whose first 1 000 tokens were seen before vs cold, Kvant next to llama-server's
+# cache_prompt (scripts/bench_prefix_cache.py).
+echo | tee -a "$results"
+[ "${SKIP_PREFIX:-0}" = 1 ] || python3 scripts/bench_prefix_cache.py --model "$model" --threads "${THREADS:-2}" \
     --llama-server "$llama_bin/llama-server" | tee -a "$results"
 # KV-cache memory and peak RSS at 32 768 tokens of capacity, Kvant next to llama-server (scripts/bench-memory.sh).
 echo | tee -a "$results"

@@ -1,3 +1,5 @@
+import Foundation
+
 /// Physical blocks of the pool: a free queue and a reference count per block (vLLM's block pool).
 /// The free queue is a doubly linked list in release order, so a block can also leave it from the
 /// middle (`take`), which the prefix cache needs to revive a freed block it still knows. Not
@@ -101,6 +103,10 @@ public struct BlockTable: Sendable, Equatable {
     public internal(set) var admission: KVAdmission?
     /// Blocks promised to this sequence (`admit`) and not yet allocated: free blocks no other sequence may take.
     public internal(set) var promised: Int = 0
+    /// Prefix cache: the chained hash of each full committed block `0 ..< blockHashes.count` (logical block i =
+    /// positions `i*blockSize ..< (i+1)*blockSize`, the same chain for every layer group). Empty when prefix
+    /// caching is off; the chain stops at the first block with an unknown token id or mixed scale epochs.
+    public internal(set) var blockHashes: [BlockHash] = []
 
     init(numGroups: Int) {
         groups = Array(repeating: [], count: numGroups)
@@ -130,4 +136,39 @@ public struct KVAdmission: Sendable, Equatable {
         self.promptLength = promptLength
         self.maxLength = maxLength
     }
+}
+
+/// The prefix cache's identity of a full block (vLLM's block hash): the first 128 bits of
+/// SHA-256(parent hash ‖ the block's token ids ‖ the scale epoch it was written under), chained from a
+/// per-pool seed that holds the kv_cache_dtype, the rotation and the block size. 128 bits because a
+/// collision would silently serve another prompt's K/V.
+public struct BlockHash: Sendable, Hashable, CustomStringConvertible {
+    public var high: UInt64
+    public var low: UInt64
+
+    public init(high: UInt64, low: UInt64) { self.high = high; self.low = low }
+
+    /// The first 16 bytes of SHA-256(`bytes`), big-endian.
+    public init(digestOf bytes: [UInt8]) {
+        let d = SHA256.digest(bytes)
+        var h: UInt64 = 0, l: UInt64 = 0
+        for i in 0..<8 { h = h << 8 | UInt64(d[i]); l = l << 8 | UInt64(d[8 + i]) }
+        high = h; low = l
+    }
+
+    /// The hash of the block after `parent` holding `tokens`, written under scale epoch `epoch` (0 for
+    /// dtypes without static scales): SHA-256 over `parent` (16 bytes), `tokens.count` token ids (int32 LE)
+    /// and `epoch` (int64 LE), truncated to 128 bits.
+    public static func chain(parent: BlockHash, tokens: some Collection<Int32>, epoch: Int) -> BlockHash {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(16 + 4 * tokens.count + 8)
+        for s in stride(from: 56, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: parent.high >> UInt64(s))) }
+        for s in stride(from: 56, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: parent.low >> UInt64(s))) }
+        for t in tokens { let u = UInt32(bitPattern: t); for s in [0, 8, 16, 24] as [UInt32] { bytes.append(UInt8(truncatingIfNeeded: u >> s)) } }
+        let e = UInt64(bitPattern: Int64(epoch))
+        for s in stride(from: 0, through: 56, by: 8) { bytes.append(UInt8(truncatingIfNeeded: e >> UInt64(s))) }
+        return BlockHash(digestOf: bytes)
+    }
+
+    public var description: String { String(format: "%016llx%016llx", high, low) }
 }

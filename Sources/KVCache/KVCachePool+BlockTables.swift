@@ -179,10 +179,12 @@ extension KVCachePool {
         guard var table = tables[seq] else { preconditionFailure("KVCachePool.commit: unknown sequence \(seq)") }
         let end = start + tokens.count
         precondition(start >= 0 && end <= table.length, "KVCachePool.commit: positions \(start)..<\(end) outside the reserved length \(table.length)")
+        if start < table.blockHashes.count * spec.blockSize { dropHashes(&table, from: start / spec.blockSize) }
         if start < table.tokens.count { table.tokens.removeSubrange(start...) }
         if start > table.tokens.count { table.tokens += repeatElement(-1, count: start - table.tokens.count) }
         table.tokens += tokens
         table.computed = end
+        hashFullBlocks(&table)   // before the windows release blocks: every full block is cached with its hash
         let freed = releaseOutOfWindow(&table)
         rebalancePromise(&table, freed: freed)
         tables[seq] = table
@@ -204,6 +206,18 @@ extension KVCachePool {
             return false
         }
         let keep = n / spec.blockSize + (n % spec.blockSize == 0 ? 0 : 1)
+        // Blocks past `n` keep their hashes (their bytes stay valid while cached); a block cut in the middle
+        // will be rewritten, so it leaves the prefix cache unless another sequence shares it (then the
+        // rewrite goes to a copy).
+        if n / spec.blockSize < table.blockHashes.count {
+            if n % spec.blockSize != 0 {
+                for gi in groups.indices where n / spec.blockSize < table.groups[gi].count {
+                    let id = table.groups[gi][n / spec.blockSize]
+                    if id != BlockTable.nullBlock, blocks.refCount(id) == 1 { uncache(id) }
+                }
+            }
+            table.blockHashes.removeSubrange((n / spec.blockSize)...)
+        }
         var freed = 0
         for gi in groups.indices {
             while table.groups[gi].count > keep {
@@ -277,11 +291,19 @@ extension KVCachePool {
     }
 
     /// After an admitted sequence freed `freed` blocks: they rejoin its promise, which is then capped at
-    /// what it may still need (`peakBlocks` from its committed position minus the blocks it holds).
+    /// what it may still need (`peakBlocks` from its committed position minus the blocks it holds, plus the
+    /// sliding-window blocks it shares with other sequences: releasing one of those frees nothing, so the
+    /// block that replaces it must stay promised — the case of a prefix-cache hit on blocks in use).
     /// Keeps `numFree >= promisedBlocks` (only blocks that really went back to the free queue are added).
     func rebalancePromise(_ table: inout BlockTable, freed: Int) {
         guard let admission = table.admission else { return }
-        let need = max(0, peakBlocks(admission, from: table.computed) - table.heldBlocks)
+        var sharedWindowBlocks = 0
+        for (gi, group) in groups.enumerated() where group.window != nil {
+            for id in table.groups[gi][table.firstLive[gi]...] where id != BlockTable.nullBlock && blocks.refCount(id) > 1 {
+                sharedWindowBlocks += 1
+            }
+        }
+        let need = max(0, peakBlocks(admission, from: table.computed) - table.heldBlocks + sharedWindowBlocks)
         let promised = min(table.promised + freed, need)
         promisedBlocks += promised - table.promised
         table.promised = promised
@@ -336,6 +358,7 @@ extension KVCachePool {
     /// Takes a free block for `table`, from its promise first. nil when none is free.
     func allocateBlock(for table: inout BlockTable) -> Int32? {
         guard let id = blocks.allocate() else { return nil }
+        uncache(id)   // evicts a cached block (the least recently freed) before its bytes are overwritten
         if table.promised > 0 {
             table.promised -= 1
             promisedBlocks -= 1

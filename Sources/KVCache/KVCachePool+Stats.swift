@@ -70,6 +70,8 @@ extension KVCachePool {
             layerScales: layerScales, layerKeyScales: keyScales, layerValueScales: valueScales,
             saturationCounts: saturations, scaleWarnings: warnings,
             attentionKernel: usesAVX512 ? "avx512" : "avx2",
-            rotation: rotationGroup > 1 ? "hadamard-\(rotationGroup)" : nil)
+            rotation: rotationGroup > 1 ? "hadamard-\(rotationGroup)" : nil,
+            prefixCaching: prefixCachingEnabled, prefixCacheQueries: prefixQueries, prefixCacheHits: prefixHits,
+            prefixCachedBlocks: numCachedBlocks)
     }
 }

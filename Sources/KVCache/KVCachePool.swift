@@ -80,6 +80,24 @@ public final class KVCachePool: @unchecked Sendable {
     let saturation: UnsafeMutablePointer<Int64>      // [numLayers]
     var recorder: KVAmaxRecorder?
 
+    // Automatic prefix caching (KVCachePool+PrefixCache.swift).
+    /// True when full committed blocks are hashed and `attachCachedPrefix` reuses them (vLLM's
+    /// `enable_prefix_caching`).
+    public let prefixCachingEnabled: Bool
+    /// `hash_{-1}` of every chain: SHA-256 of the pool's kv_cache_dtype, rotation and block size.
+    let prefixSeed: BlockHash
+    /// Cached blocks by (hash, layer group), in use or free (a free one is evicted when `allocate` takes it).
+    /// Several blocks may hold equal contents (sequences that computed the same prefix concurrently), as in
+    /// vLLM's `cached_block_hash_to_block`; each stays cached until evicted.
+    var cachedBlocks: [PrefixKey: [Int32]] = [:]
+    /// Blocks in `cachedBlocks` (Σ of the lists' lengths).
+    var numCachedBlocks = 0
+    /// The key under which each physical block is in `cachedBlocks`, nil when it is not.
+    var blockKey: [PrefixKey?]
+    /// Prompt tokens looked up and tokens served from the cache (vLLM's prefix_cache_queries / _hits).
+    var prefixQueries: Int64 = 0
+    var prefixHits: Int64 = 0
+
     /// MemAvailable from /proc/meminfo in bytes (nil where there is none).
     static func availableMemoryBytes() -> Int? {
         guard let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8) else { return nil }
@@ -106,11 +124,13 @@ public final class KVCachePool: @unchecked Sendable {
     ///     false stores the rows as they are (for comparison). Ignored by the other dtypes.
     ///   - prefillChunk: tokens per prefill micro-batch of the executor (`ForwardSession.maxBatch`), for
     ///     `admit` and `capacityTokens`; ≥ 1.
+    ///   - enablePrefixCaching: hash full committed blocks and reuse them for prompts that start the same way
+    ///     (`attachCachedPrefix`; vLLM's automatic prefix caching). false: no hashing, no hits.
     /// - Throws: `KvantError(.invalidArgument)` for a bad spec, scales given for a dtype that has none,
     ///   or scales not matching the spec; `.resourceExhausted` when the budget holds less than one block
     ///   per layer group (one token) or the allocation fails.
     public init(spec: KVCacheSpec, byteBudget: Int, scales: KVScales? = nil, allowAVX512: Bool = true,
-                hadamardRotation: Bool = true, prefillChunk: Int = 512) throws {
+                hadamardRotation: Bool = true, prefillChunk: Int = 512, enablePrefixCaching: Bool = true) throws {
         try spec.validate()
         guard prefillChunk >= 1 else {
             throw KvantError(.invalidArgument, "KV cache: prefill micro-batch \(prefillChunk) tokens; must be at least 1")
@@ -164,6 +184,9 @@ public final class KVCachePool: @unchecked Sendable {
         memset(mem, 0, total)
         storage = mem
         blocks = BlockPool(numBlocks: numBlocks)
+        prefixCachingEnabled = enablePrefixCaching
+        blockKey = [PrefixKey?](repeating: nil, count: numBlocks)
+        prefixSeed = BlockHash(digestOf: Array("kvant-prefix-cache-v1 \(dt.rawValue) rotation \(rotationGroup) block_size \(B)".utf8))
         let epochCount = isStatic ? spec.numLayers * numBlocks : 0
         blockEpoch = .allocate(capacity: max(epochCount, 1))
         blockEpoch.initialize(repeating: -1, count: max(epochCount, 1))

@@ -60,6 +60,17 @@ public struct KVCacheStats: Codable, Sendable, Equatable {
     /// `int8_pertoken`: "hadamard-<g>" when K and V are stored Hadamard-rotated over groups of g values
     /// of each head before quantization (the default; see `KVCachePool.rotationGroup`), else absent.
     public var rotation: String?
+    /// Automatic prefix caching on (`enable_prefix_caching`, vLLM's key).
+    public var prefixCaching: Bool
+    /// Prompt tokens looked up in the prefix cache since the pool was built (vLLM's `prefix_cache_queries`).
+    public var prefixCacheQueries: Int64
+    /// Of those, tokens served from the cache (their prefill skipped; vLLM's `prefix_cache_hits`).
+    public var prefixCacheHits: Int64
+    /// prefixCacheHits / prefixCacheQueries (0 before the first query).
+    public var prefixCacheHitRate: Double
+    /// Physical blocks holding a cached full block (in use or free, not yet evicted), over every layer group.
+    /// Unlike `tokensCached` a block shared by several sequences counts once.
+    public var prefixCachedBlocks: Int
 
     public init(kvCacheDType: String, blockSize: Int, numBlocks: Int, usedBlocks: Int, freeBlocks: Int,
                 tokensCached: Int, capacityTokens: Int, bytesPerToken: Int, bytesPerTokenAllLayers: Int,
@@ -68,7 +79,9 @@ public struct KVCacheStats: Codable, Sendable, Equatable {
                 usage: Double, sequences: Int, scaleSource: String, scalePath: String?, scaleSHA256: String?,
                 scaleEpoch: Int?, liveEpochs: [Int], layerScales: [[Float]]?, layerKeyScales: [[Float]]? = nil,
                 layerValueScales: [[Float]]? = nil, saturationCounts: [Int64]?,
-                scaleWarnings: [String], attentionKernel: String = "avx2", rotation: String? = nil) {
+                scaleWarnings: [String], attentionKernel: String = "avx2", rotation: String? = nil,
+                prefixCaching: Bool = false, prefixCacheQueries: Int64 = 0, prefixCacheHits: Int64 = 0,
+                prefixCachedBlocks: Int = 0) {
         self.kvCacheDType = kvCacheDType; self.blockSize = blockSize; self.numBlocks = numBlocks
         self.usedBlocks = usedBlocks; self.freeBlocks = freeBlocks; self.tokensCached = tokensCached
         self.capacityTokens = capacityTokens; self.bytesPerToken = bytesPerToken
@@ -81,6 +94,11 @@ public struct KVCacheStats: Codable, Sendable, Equatable {
         self.saturationCounts = saturationCounts; self.scaleWarnings = scaleWarnings
         self.attentionKernel = attentionKernel
         self.rotation = rotation
+        self.prefixCaching = prefixCaching
+        self.prefixCacheQueries = prefixCacheQueries
+        self.prefixCacheHits = prefixCacheHits
+        self.prefixCacheHitRate = prefixCacheQueries > 0 ? Double(prefixCacheHits) / Double(prefixCacheQueries) : 0
+        self.prefixCachedBlocks = prefixCachedBlocks
     }
 
     enum CodingKeys: String, CodingKey {
@@ -96,5 +114,8 @@ public struct KVCacheStats: Codable, Sendable, Equatable {
         case layerKeyScales = "layer_k_scales", layerValueScales = "layer_v_scales"
         case saturationCounts = "saturation_counts", scaleWarnings = "scale_warnings"
         case attentionKernel = "attention_kernel", rotation = "kv_rotation"
+        case prefixCaching = "enable_prefix_caching", prefixCacheQueries = "prefix_cache_queries"
+        case prefixCacheHits = "prefix_cache_hits", prefixCacheHitRate = "prefix_cache_hit_rate"
+        case prefixCachedBlocks = "prefix_cached_blocks"
     }
 }

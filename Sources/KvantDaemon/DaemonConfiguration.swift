@@ -24,6 +24,8 @@ import TOMLKit
 ///   - `shutdown_timeout_seconds` (number, default 30): how long in-flight requests may run after
 ///     SIGTERM before they are cancelled.
 ///   - `perplexity_ctx` (integer, default 512): default window of `perplexity`.
+///   - `enable_prefix_caching` (boolean, default true; vLLM's key): automatic prefix caching — a prompt
+///     that starts like an earlier one reuses its cached KV blocks and prefills only the rest.
 ///   - HTTP API (OpenAI-compatible, vLLM's spelling; see docs/http.md):
 ///     `http_host` (string, default `127.0.0.1`), `http_port` (integer, default 8000; 0 = no HTTP listener),
 ///     `http_unix_socket` (string: also serve the API on this Unix socket), `api_key` (string: required as
@@ -49,6 +51,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var logLevel: Logger.Level = .info
     public var shutdownTimeoutSeconds: Double = 30
     public var perplexityContext: Int = 512
+    public var enablePrefixCaching: Bool = true
     public var httpHost: String = "127.0.0.1"
     /// 0 = no TCP listener for the HTTP API.
     public var httpPort: Int = 8000
@@ -66,7 +69,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public static let keys = [
         "socket", "socket_group", "socket_mode", "model", "kv_cache_dtype", "quantization_param_path",
         "kv_cache_bytes", "block_size", "max_model_len", "max_num_seqs", "threads", "allowed_dirs", "log_level",
-        "shutdown_timeout_seconds", "perplexity_ctx",
+        "shutdown_timeout_seconds", "perplexity_ctx", "enable_prefix_caching",
         "http_host", "http_port", "http_unix_socket", "api_key", "served_model_name", "chat_template",
         "max_request_body_bytes", "max_queued_requests", "timeout_keep_alive",
     ]
@@ -159,6 +162,9 @@ public struct DaemonConfiguration: Sendable, Equatable {
             }
             shutdownTimeoutSeconds = seconds
         case "perplexity_ctx": perplexityContext = try int(Limits.perplexityContext)
+        case "enable_prefix_caching":
+            guard let flag = value.bool else { throw bad("a boolean (true or false)") }
+            enablePrefixCaching = flag
         case "http_host": httpHost = try string()
         case "http_port": httpPort = try int(Limits.httpPort)
         case "http_unix_socket": httpUnixSocket = try string()
@@ -208,8 +214,9 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public mutating func applyFlags(model: String? = nil, kvCacheDType: String? = nil, quantizationParamPath: String? = nil,
                                     blockSize: Int? = nil, kvCacheBytes: Int? = nil, maxModelLen: Int? = nil,
                                     socket: String? = nil, threads: Int? = nil, logLevel: String? = nil,
-                                    allowedDirs: [String] = []) throws {
+                                    allowedDirs: [String] = [], enablePrefixCaching: Bool? = nil) throws {
         if let model { self.model = model }
+        if let enablePrefixCaching { self.enablePrefixCaching = enablePrefixCaching }
         if let kvCacheDType {
             do { self.kvCacheDType = try KVCacheDType(parsing: kvCacheDType) } catch let error as KvantError {
                 throw KvantError(.invalidArgument, "--kv-cache-dtype: \(error.message)")
@@ -265,6 +272,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var engineSettings: Engine.Settings {
         Engine.Settings(kvCacheDType: kvCacheDType, quantizationParamPath: quantizationParamPath,
                         kvCacheBytes: kvCacheBytes, blockSize: blockSize, maxModelLen: maxModelLen, threads: threads,
-                        maxNumSeqs: maxNumSeqs, perplexityContext: perplexityContext)
+                        maxNumSeqs: maxNumSeqs, perplexityContext: perplexityContext,
+                        enablePrefixCaching: enablePrefixCaching)
     }
 }

@@ -24,10 +24,13 @@ public actor Engine {
         public var maxNumSeqs: Int
         /// Default `perplexity` window, tokens.
         public var perplexityContext: Int
+        /// Automatic prefix caching for every loaded model (`enable_prefix_caching`).
+        public var enablePrefixCaching: Bool
 
         public init(kvCacheDType: KVCacheDType = .auto, quantizationParamPath: String? = nil,
                     kvCacheBytes: Int = 256 << 20, blockSize: Int = 16, maxModelLen: Int? = nil, threads: Int = 0,
-                    maxNumSeqs: Int = 4, perplexityContext: Int = 512) {
+                    maxNumSeqs: Int = 4, perplexityContext: Int = 512, enablePrefixCaching: Bool = true) {
+            self.enablePrefixCaching = enablePrefixCaching
             self.kvCacheDType = kvCacheDType
             self.quantizationParamPath = quantizationParamPath
             self.kvCacheBytes = kvCacheBytes
@@ -105,7 +108,8 @@ public actor Engine {
             path: path, kvCacheDType: dtype,
             quantizationParamPath: quantizationParamPath ?? (kvCacheDType == nil ? settings.quantizationParamPath : nil),
             kvCacheBytes: kvCacheBytes ?? settings.kvCacheBytes, blockSize: settings.blockSize,
-            maxModelLen: maxModelLen ?? settings.maxModelLen, threads: settings.threads)
+            maxModelLen: maxModelLen ?? settings.maxModelLen, threads: settings.threads,
+            enablePrefixCaching: settings.enablePrefixCaching)
         let started = DispatchTime.now().uptimeNanoseconds
         let backend = self.backend
         logger.info("loading model", metadata: ["path": "\(path)", "kv_cache_dtype": "\(dtype.rawValue)"])

@@ -55,9 +55,13 @@ public struct ModelLoadRequest: Sendable, Equatable {
     public var maxModelLen: Int?
     /// Compute threads; 0 = one per core.
     public var threads: Int
+    /// Automatic prefix caching (vLLM's `enable_prefix_caching`): prompts that start like an earlier one
+    /// reuse its cached KV blocks and prefill only the rest.
+    public var enablePrefixCaching: Bool
 
     public init(path: String, kvCacheDType: KVCacheDType, quantizationParamPath: String?, kvCacheBytes: Int,
-                blockSize: Int, maxModelLen: Int?, threads: Int) {
+                blockSize: Int, maxModelLen: Int?, threads: Int, enablePrefixCaching: Bool = true) {
+        self.enablePrefixCaching = enablePrefixCaching
         self.path = path
         self.kvCacheDType = kvCacheDType
         self.quantizationParamPath = quantizationParamPath

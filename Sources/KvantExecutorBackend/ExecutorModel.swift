@@ -20,6 +20,8 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
     let blockSize: Int
     /// Longest sequence, tokens (prompt + generated).
     let maxModelLen: Int
+    /// Automatic prefix caching in every pool this model builds (`enable_prefix_caching`).
+    let enablePrefixCaching: Bool
     let logger: Logger
 
     let lock = NSLock()
@@ -40,19 +42,20 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
             throw KvantError(.invalidArgument, "max_model_len \(m) exceeds the model's trained context length \(trained) (\(request.path))")
         }
         maxModelLen = request.maxModelLen ?? trained
+        enablePrefixCaching = request.enablePrefixCaching
         let threads = request.threads > 0 ? request.threads : ProcessInfo.processInfo.activeProcessorCount
         session = ForwardSession(model: model, threads: threads)
         dtype = request.kvCacheDType
         (pool, scales) = try Self.makePool(model: model, dtype: request.kvCacheDType, scalePath: request.quantizationParamPath,
                                            kvCacheBytes: kvCacheBytes, blockSize: blockSize, prefillChunk: session.maxBatch,
-                                           logger: logger)
+                                           enablePrefixCaching: enablePrefixCaching, logger: logger)
     }
 
     /// Builds a pool of `kvCacheBytes` for `dtype`, with the scale file for the static modes.
     /// - Throws: `.invalidArgument` for a scale file with a dtype that uses none, or a bad file;
     ///   `.resourceExhausted` when the budget holds less than one block.
     private static func makePool(model: Model, dtype: KVCacheDType, scalePath: String?, kvCacheBytes: Int, blockSize: Int,
-                                 prefillChunk: Int, logger: Logger) throws -> (KVCachePool, KVScales?) {
+                                 prefillChunk: Int, enablePrefixCaching: Bool, logger: Logger) throws -> (KVCachePool, KVScales?) {
         var scales: KVScales?
         if dtype.usesStaticScales {
             if let scalePath {
@@ -73,7 +76,8 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
             throw KvantError(.resourceExhausted,
                              "kv_cache_bytes \(kvCacheBytes) holds less than one block of \(spec.blockSize) tokens at \(spec.bytesPerToken) bytes/token (kv_cache_dtype \(dtype.rawValue))")
         }
-        return (try KVCachePool(spec: spec, byteBudget: kvCacheBytes, scales: scales, prefillChunk: prefillChunk), scales)
+        return (try KVCachePool(spec: spec, byteBudget: kvCacheBytes, scales: scales, prefillChunk: prefillChunk,
+                                enablePrefixCaching: enablePrefixCaching), scales)
     }
 
     /// Reads and validates a scale file against this model (layers, KV heads, model_type).
@@ -226,7 +230,8 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
         if path == nil, newDType.usesStaticScales, let old = oldScales?.path { path = old }
         let (newPool, newScales) = try Self.makePool(model: model, dtype: newDType, scalePath: path,
                                                      kvCacheBytes: kvCacheBytes, blockSize: blockSize,
-                                                     prefillChunk: session.maxBatch, logger: logger)
+                                                     prefillChunk: session.maxBatch, enablePrefixCaching: enablePrefixCaching,
+                                                     logger: logger)
         lock.lock()
         pool = newPool
         dtype = newDType

@@ -95,7 +95,10 @@ final class ExecutorSequence: GenerationSequence {
 
     func prefill() throws -> GeneratedToken {
         if let top = promptLogprobCount { return try prefillScoringPrompt(top: top) }
-        return try step(tokens: prompt, start: 0)
+        // Automatic prefix caching: the longest cached prefix of the prompt (whole blocks, at most all but the
+        // last token) is attached to the sequence, and only the rest is computed.
+        let start = pool.attachCachedPrefix(sequence, prompt: prompt)
+        return try step(tokens: Array(prompt[start...]), start: start)
     }
 
     func decode() throws -> GeneratedToken {

@@ -18,12 +18,15 @@ import Prometheus
 /// | `kvant:kv_scale_epoch` | gauge | epoch of the installed static scales (0 when none) |
 /// | `kvant:kv_scale_saturation_total{layer}` | counter | int8 values clipped at ±127, per layer |
 /// | `kvant:kv_cache_bytes_per_token` | gauge | bytes of K and V per token, all layers |
+/// | `kvant:prefix_cache_queries_total` | counter | prompt tokens looked up in the prefix cache (vLLM's `vllm:prefix_cache_queries`) |
+/// | `kvant:prefix_cache_hits_total` | counter | of those, tokens served from the cache (vLLM's `vllm:prefix_cache_hits`) |
 public final class MetricsExporter: @unchecked Sendable {
     public let registry: PrometheusCollectorRegistry
     private let lock = NSLock()
     private var infoGauge: Gauge?
     private var infoLabels: [(String, String)] = []
     private var saturationSeen: [Int: Int64] = [:]
+    private var prefixSeen: [String: Int64] = [:]
 
     public init(registry: PrometheusCollectorRegistry) {
         self.registry = registry
@@ -76,6 +79,19 @@ public final class MetricsExporter: @unchecked Sendable {
                 : registry.makeGauge(descriptor: Self.descriptor("kvant:cache_config_info", "The KV cache in force (value 1)."), labels: labels)
             infoGauge?.set(Double(1))
             infoLabels = labels
+        }
+
+        // Prefix-cache counters are cumulative per pool; a new pool (set-kv-dtype) starts again at 0.
+        for (key, name, help) in [
+            ("prefix_cache_queries", "kvant:prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache."),
+            ("prefix_cache_hits", "kvant:prefix_cache_hits_total", "Prompt tokens served from the prefix cache (their prefill skipped)."),
+        ] {
+            let counter = registry.makeCounter(name: name, help: help)
+            guard let now = cache[key]?.intValue.map(Int64.init) else { continue }
+            let seen = prefixSeen[key] ?? 0
+            let delta = now >= seen ? now - seen : now
+            if delta > 0 { counter.increment(by: delta) }
+            prefixSeen[key] = now
         }
 
         // Saturation counts are cumulative per pool; a new pool (set-kv-dtype) starts again at 0.

@@ -45,6 +45,10 @@ struct Kvantd: AsyncParsableCommand {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.")
     var logLevel: String?
 
+    @Flag(name: .customLong("enable-prefix-caching"), inversion: .prefixedNo,
+          help: "Automatic prefix caching: reuse the KV blocks of earlier prompts' common prefix (enable_prefix_caching; default on).")
+    var enablePrefixCaching: Bool?
+
     @Option(name: .customLong("allowed-dir"), help: "Directory model/scale/text paths must lie under (repeatable; replaces allowed_dirs).")
     var allowedDirs: [String] = []
 
@@ -107,7 +111,8 @@ struct Kvantd: AsyncParsableCommand {
         var configuration = try config.map { try DaemonConfiguration.load(path: $0) } ?? DaemonConfiguration()
         try configuration.applyFlags(model: model, kvCacheDType: kvCacheDType, quantizationParamPath: quantizationParamPath,
                                      blockSize: blockSize, kvCacheBytes: kvCacheBytes, maxModelLen: maxModelLen,
-                                     socket: socket, threads: threads, logLevel: logLevel, allowedDirs: allowedDirs)
+                                     socket: socket, threads: threads, logLevel: logLevel, allowedDirs: allowedDirs,
+                                     enablePrefixCaching: enablePrefixCaching)
         try configuration.applyHTTPFlags(host: host, port: port, noHTTP: noHTTP, unixSocket: httpUnixSocket, apiKey: apiKey,
                                          servedModelName: servedModelName, chatTemplate: chatTemplate,
                                          timeoutKeepAlive: timeoutKeepAlive)

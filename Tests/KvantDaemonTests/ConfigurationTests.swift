@@ -25,6 +25,7 @@ struct ConfigurationTests {
         #expect(config.logLevel == .info)
         #expect(config.shutdownTimeoutSeconds == 30)
         #expect(config.perplexityContext == 512)
+        #expect(config.enablePrefixCaching)
         // Every key the parser knows is documented in the shipped file (set or commented out).
         let text = try String(contentsOfFile: Self.repoRoot + "/config/kvantd.toml", encoding: .utf8)
         for key in DaemonConfiguration.keys {
@@ -44,6 +45,7 @@ struct ConfigurationTests {
             log_level = "debug"
             shutdown_timeout_seconds = 2.5
             allowed_dirs = ["/a", "/b"]
+            enable_prefix_caching = false
             """, file: "t.toml")
         #expect(config.model == "/m/x.gguf")
         #expect(config.kvCacheDType == .int8PerTensorPerHead)
@@ -54,6 +56,11 @@ struct ConfigurationTests {
         #expect(config.logLevel == .debug)
         #expect(config.shutdownTimeoutSeconds == 2.5)
         #expect(config.allowedDirs == ["/a", "/b"])
+        #expect(!config.enablePrefixCaching && !config.engineSettings.enablePrefixCaching)
+        // The flag wins over the file.
+        var flagged = config
+        try flagged.applyFlags(enablePrefixCaching: true)
+        #expect(flagged.engineSettings.enablePrefixCaching)
     }
 
     @Test("errors name the key and the file", arguments: [
@@ -67,6 +74,7 @@ struct ConfigurationTests {
         ("log_level = \"loud\"", "key 'log_level' = 'loud'"),
         ("shutdown_timeout_seconds = -1", "key 'shutdown_timeout_seconds' = -1.0 is out of range"),
         ("socket = ", "TOML syntax error at line 1"),
+        ("enable_prefix_caching = \"no\"", "key 'enable_prefix_caching' must be a boolean (true or false)"),
     ])
     func errors(line: String, expected: String) {
         do {
