@@ -72,6 +72,9 @@ public final class ForwardSession: @unchecked Sendable {
     var rowSequences: [SequenceID] = []
     /// A single-row micro-batch may split its keys over the threads (decode); off for prefill chunks.
     var splitKeys = true
+    /// The rows are decode rows of several sequences (`decode`): each splits its keys as a single-row decode
+    /// does, so a sequence's rounding does not depend on how many others share its step.
+    var decodeRows = false
 
     /// Attention rounding over fp16 caches: `.fast` (default) or `.llamaCpp` (bit-identical to llama.cpp's CPU run with
     /// flash attention off, for comparisons; ~10 % slower prefill). See `KVAttentionNumerics`. `.llamaCpp` also
@@ -195,6 +198,8 @@ public final class ForwardSession: @unchecked Sendable {
         }
         rowPositions = items.map(\.position)
         rowSequences = items.map(\.sequence)
+        decodeRows = true
+        defer { decodeRows = false }
         runLayers(items.map(\.token), pool: pool)
         for it in items { pool.commit(it.sequence, tokens: CollectionOfOne(it.token), from: it.position) }
         try outputHead(rows: 0..<items.count, tokenOffset: 0, T: items.count, body: body)
@@ -339,11 +344,13 @@ public final class ForwardSession: @unchecked Sendable {
             }
             return
         }
+        // Decode rows of a batch split their keys exactly as a decode alone does (batch invariance); prefill rows never.
+        let rowThreads = decodeRows ? threads : 1
         DispatchQueue.concurrentPerform(iterations: workers) { w in
             var t = w
             while t < T {
                 pool.attend(layer: l, sequence: seqs[t], position: pos[t], query: q + t * qDim, numHeads: nh,
-                            window: window, scale: scale, output: out + t * qDim, numerics: numerics)
+                            window: window, scale: scale, output: out + t * qDim, threads: rowThreads, numerics: numerics)
                 t += workers
             }
         }
