@@ -10,7 +10,8 @@
 # benchmark on a quiet machine; the table records the load average of every case.
 # Env: KVANT_MODEL, THREADS (2), RUNS (5), GEN (128 decode steps), ONLY (case-name substrings, or =NAME for one exact case, e.g. "pp512,=tg128,tg128 @"),
 #      RESULTS (default .build/bench/bench-<UTC time>.md), SKIP_HTTP=1 (no HTTP-path table: scripts/bench_http.py),
-#      SKIP_PREFIX=1 (no prefix-cache TTFT table: scripts/bench_prefix_cache.py).
+#      SKIP_PREFIX=1 (no prefix-cache TTFT table: scripts/bench_prefix_cache.py),
+#      SKIP_CHUNKED=1 (no chunked-prefill table: scripts/bench_chunked_prefill.py).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -33,6 +34,13 @@ python3 scripts/bench/bench.py --model "$model" --kvant-eval .build/release/kvan
 echo | tee -a "$results"
 [ "${SKIP_PREFIX:-0}" = 1 ] || python3 scripts/bench_prefix_cache.py --model "$model" --threads "${THREADS:-2}" \
     --llama-server "$llama_bin/llama-server" | tee -a "$results"
+# Chunked prefill: a running stream's longest gap between two tokens while a 4000-token prompt is admitted,
+# kvantd at several max_num_batched_tokens next to llama-server -np 2 (scripts/bench_chunked_prefill.py).
+if [ "${SKIP_CHUNKED:-0}" != 1 ]; then
+    echo | tee -a "$results"
+    python3 scripts/bench_chunked_prefill.py --model "$model" --threads "${THREADS:-2}" \
+        --llama-server "$llama_bin/llama-server" | tee -a "$results"
+fi
 # KV-cache memory and peak RSS at 32 768 tokens of capacity, Kvant next to llama-server (scripts/bench-memory.sh).
 echo | tee -a "$results"
 echo "KV-cache memory and peak RSS at 32 768 tokens of capacity (scripts/bench-memory.sh):" | tee -a "$results"

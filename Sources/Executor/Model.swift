@@ -70,6 +70,11 @@ public final class ForwardSession: @unchecked Sendable {
     /// Position and sequence of each row of the current micro-batch.
     var rowPositions: [Int] = []
     var rowSequences: [SequenceID] = []
+    /// A single-row micro-batch may split its keys over the threads (decode); off for prefill chunks.
+    var splitKeys = true
+    /// The rows are decode rows of several sequences (`decode`): each splits its keys as a single-row decode
+    /// does, so a sequence's rounding does not depend on how many others share its step.
+    var decodeRows = false
 
     /// Attention rounding over fp16 caches: `.fast` (default) or `.llamaCpp` (bit-identical to llama.cpp's CPU run with
     /// flash attention off, for comparisons; ~10 % slower prefill). See `KVAttentionNumerics`. `.llamaCpp` also
@@ -96,14 +101,19 @@ public final class ForwardSession: @unchecked Sendable {
     /// cache to that length, writes each layer's post-RoPE K/V and attends over the cached prefix. K/V of positions
     /// `< startPosition` must already be in `pool`. Calls `body(i, logits[vocab])` for each requested row `i`
     /// (index into `tokens`, ascending); the buffer is only valid during the call.
+    /// `splitKeys: false` keeps a single-row call from splitting its keys over the threads (split-K): a prefill
+    /// chunk of one token then rounds as the same row does in a larger chunk (chunked prefill gives the tokens
+    /// of an unchunked one). Decode leaves it on.
     /// - Throws: `KvantError(.invalidArgument)` for an out-of-vocabulary token or a bad position,
     ///   `.resourceExhausted` when the pool has no free blocks now, `.failedPrecondition` for a pool whose spec
     ///   does not match the model; errors thrown by `body`.
     public func forward(tokens: [Int32], startPosition: Int, sequence: SequenceID, pool: KVCachePool,
-                        logits rows: LogitRows = .last,
+                        logits rows: LogitRows = .last, splitKeys: Bool = true,
                         body: (Int, UnsafeBufferPointer<Float>) throws -> Void) throws {
         let c = model.config
         guard !tokens.isEmpty else { return }
+        self.splitKeys = splitKeys
+        defer { self.splitKeys = true }
         try checkPool(pool)
         for (i, t) in tokens.enumerated() where t < 0 || Int(t) >= c.vocabSize {
             throw KvantError(.invalidArgument, "token \(t) at index \(i) is outside the vocabulary (size \(c.vocabSize))")
@@ -188,6 +198,8 @@ public final class ForwardSession: @unchecked Sendable {
         }
         rowPositions = items.map(\.position)
         rowSequences = items.map(\.sequence)
+        decodeRows = true
+        defer { decodeRows = false }
         runLayers(items.map(\.token), pool: pool)
         for it in items { pool.commit(it.sequence, tokens: CollectionOfOne(it.token), from: it.position) }
         try outputHead(rows: 0..<items.count, tokenOffset: 0, T: items.count, body: body)
@@ -327,15 +339,18 @@ public final class ForwardSession: @unchecked Sendable {
             // Decode: one position; the pool splits long contexts over the threads (split-K).
             for t in 0..<T {
                 pool.attend(layer: l, sequence: seqs[t], position: pos[t], query: q + t * qDim, numHeads: nh,
-                            window: window, scale: scale, output: out + t * qDim, threads: threads, numerics: numerics)
+                            window: window, scale: scale, output: out + t * qDim, threads: splitKeys ? threads : 1,
+                            numerics: numerics)
             }
             return
         }
+        // Decode rows of a batch split their keys exactly as a decode alone does (batch invariance); prefill rows never.
+        let rowThreads = decodeRows ? threads : 1
         DispatchQueue.concurrentPerform(iterations: workers) { w in
             var t = w
             while t < T {
                 pool.attend(layer: l, sequence: seqs[t], position: pos[t], query: q + t * qDim, numHeads: nh,
-                            window: window, scale: scale, output: out + t * qDim, numerics: numerics)
+                            window: window, scale: scale, output: out + t * qDim, threads: rowThreads, numerics: numerics)
                 t += workers
             }
         }

@@ -17,6 +17,9 @@ import TOMLKit
 ///   - `block_size` (integer, default 16): token positions per KV block (1…1024).
 ///   - `max_model_len` (integer): longest sequence in tokens; default the model's context length.
 ///   - `max_num_seqs` (integer, default 4): sequences generated at once; more requests wait.
+///   - `max_num_batched_tokens` (integer, default 256, vLLM's name): tokens one engine step computes at most,
+///     decode rows of running sequences plus prefill chunks; longer prompts are prefilled in chunks
+///     (chunked prefill). At least `max_num_seqs`.
 ///   - `threads` (integer, default 0 = one per core): compute threads.
 ///   - `allowed_dirs` (array of strings, default `["/var/lib/kvant"]`): directories model, scale and
 ///     text paths must lie under (realpath'd).
@@ -46,6 +49,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var blockSize: Int = 16
     public var maxModelLen: Int?
     public var maxNumSeqs: Int = 4
+    public var maxNumBatchedTokens: Int = Engine.Settings.defaultMaxNumBatchedTokens
     public var threads: Int = 0
     public var allowedDirs: [String] = ["/var/lib/kvant"]
     public var logLevel: Logger.Level = .info
@@ -68,7 +72,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
     /// Every key the file may contain.
     public static let keys = [
         "socket", "socket_group", "socket_mode", "model", "kv_cache_dtype", "quantization_param_path",
-        "kv_cache_bytes", "block_size", "max_model_len", "max_num_seqs", "threads", "allowed_dirs", "log_level",
+        "kv_cache_bytes", "block_size", "max_model_len", "max_num_seqs", "max_num_batched_tokens", "threads", "allowed_dirs", "log_level",
         "shutdown_timeout_seconds", "perplexity_ctx", "enable_prefix_caching",
         "http_host", "http_port", "http_unix_socket", "api_key", "served_model_name", "chat_template",
         "max_request_body_bytes", "max_queued_requests", "timeout_keep_alive",
@@ -141,6 +145,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
         case "block_size": blockSize = try int(Limits.blockSize)
         case "max_model_len": maxModelLen = try int(Limits.maxModelLen)
         case "max_num_seqs": maxNumSeqs = try int(Limits.maxNumSeqs)
+        case "max_num_batched_tokens": maxNumBatchedTokens = try int(Limits.maxNumBatchedTokens)
         case "threads": threads = try int(Limits.threads)
         case "allowed_dirs":
             guard let array = value.array else { throw bad("an array of strings") }
@@ -188,6 +193,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
         public static let blockSize = 1...1024
         public static let maxModelLen = 1...(1 << 24)
         public static let maxNumSeqs = 1...1024
+        public static let maxNumBatchedTokens = 1...(1 << 20)
         public static let threads = 0...4096
         public static let perplexityContext = 2...(1 << 24)
         public static let httpPort = 0...65535
@@ -214,7 +220,11 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public mutating func applyFlags(model: String? = nil, kvCacheDType: String? = nil, quantizationParamPath: String? = nil,
                                     blockSize: Int? = nil, kvCacheBytes: Int? = nil, maxModelLen: Int? = nil,
                                     socket: String? = nil, threads: Int? = nil, logLevel: String? = nil,
-                                    allowedDirs: [String] = [], enablePrefixCaching: Bool? = nil) throws {
+                                    allowedDirs: [String] = [], maxNumBatchedTokens: Int? = nil,
+                                    enablePrefixCaching: Bool? = nil) throws {
+        if let maxNumBatchedTokens {
+            self.maxNumBatchedTokens = try Self.checked(maxNumBatchedTokens, Limits.maxNumBatchedTokens, what: "--max-num-batched-tokens")
+        }
         if let model { self.model = model }
         if let enablePrefixCaching { self.enablePrefixCaching = enablePrefixCaching }
         if let kvCacheDType {
@@ -260,6 +270,16 @@ public struct DaemonConfiguration: Sendable, Equatable {
         if let chatTemplate { self.chatTemplate = chatTemplate }
     }
 
+    /// Checks the settings that depend on each other, after the file and the flags.
+    /// - Throws: `KvantError(.invalidArgument)` naming both settings: `max_num_batched_tokens` below
+    ///   `max_num_seqs` (vLLM refuses it too: a step must hold a decode row of every running sequence).
+    public func validate() throws {
+        guard maxNumBatchedTokens >= maxNumSeqs else {
+            throw KvantError(.invalidArgument,
+                             "max_num_batched_tokens (\(maxNumBatchedTokens)) must be at least max_num_seqs (\(maxNumSeqs)): a step decodes one token of every running sequence")
+        }
+    }
+
     /// Parses an octal mode such as `0660`.
     public static func parseMode(_ text: String, what: String) throws -> UInt32 {
         guard let mode = UInt32(text, radix: 8), mode <= 0o777 else {
@@ -273,6 +293,6 @@ public struct DaemonConfiguration: Sendable, Equatable {
         Engine.Settings(kvCacheDType: kvCacheDType, quantizationParamPath: quantizationParamPath,
                         kvCacheBytes: kvCacheBytes, blockSize: blockSize, maxModelLen: maxModelLen, threads: threads,
                         maxNumSeqs: maxNumSeqs, perplexityContext: perplexityContext,
-                        enablePrefixCaching: enablePrefixCaching)
+                        maxNumBatchedTokens: maxNumBatchedTokens, enablePrefixCaching: enablePrefixCaching)
     }
 }

@@ -7,9 +7,10 @@ import Logging
 /// The engine: owns the loaded model, serves `generate` and the other model methods, swaps
 /// models only after a new load succeeded, and keeps the figures `stats` reports.
 ///
-/// Model work runs on one compute lane (see `ComputeLane`); up to `maxNumSeqs` sequences are
-/// live at once and their decode steps run batched (`DecodeBatcher`: every sequence waiting for
-/// its next token shares one pass over the weights); further `generate` requests wait.
+/// Model work runs on one compute lane (see `ComputeLane`); which requests run and what each step
+/// computes is the `Scheduler`'s: up to `maxNumSeqs` sequences live at once, prompts prefilled in chunks
+/// of the step's token budget (`maxNumBatchedTokens`) between decode steps that batch every running
+/// sequence into one pass over the weights; further `generate` requests wait.
 public actor Engine {
     /// Engine limits and defaults for loads (from the configuration).
     public struct Settings: Sendable {
@@ -26,11 +27,21 @@ public actor Engine {
         public var perplexityContext: Int
         /// Automatic prefix caching for every loaded model (`enable_prefix_caching`).
         public var enablePrefixCaching: Bool
+        /// Tokens one engine step computes at most: the decode rows of running sequences plus prefill
+        /// chunks of waiting ones (vLLM's `max_num_batched_tokens`); longer prompts are prefilled in
+        /// chunks over several steps. At least `maxNumSeqs`.
+        public var maxNumBatchedTokens: Int
+
+        /// `max_num_batched_tokens` by default: a step of one 256-token chunk and a decode pass stays near
+        /// 0.2 s on 2 cores at 4k tokens of context (BENCHMARKS.md, "Chunked prefill").
+        public static let defaultMaxNumBatchedTokens = 256
 
         public init(kvCacheDType: KVCacheDType = .auto, quantizationParamPath: String? = nil,
                     kvCacheBytes: Int = 256 << 20, blockSize: Int = 16, maxModelLen: Int? = nil, threads: Int = 0,
-                    maxNumSeqs: Int = 4, perplexityContext: Int = 512, enablePrefixCaching: Bool = true) {
+                    maxNumSeqs: Int = 4, perplexityContext: Int = 512,
+                    maxNumBatchedTokens: Int = Settings.defaultMaxNumBatchedTokens, enablePrefixCaching: Bool = true) {
             self.enablePrefixCaching = enablePrefixCaching
+            self.maxNumBatchedTokens = maxNumBatchedTokens
             self.kvCacheDType = kvCacheDType
             self.quantizationParamPath = quantizationParamPath
             self.kvCacheBytes = kvCacheBytes
@@ -45,8 +56,9 @@ public actor Engine {
     public nonisolated let backend: any InferenceBackend
     public nonisolated let settings: Settings
     private let logger: Logger
-    private let lane = ComputeLane(label: "kvant.engine.compute")
-    private nonisolated let batcher = DecodeBatcher()
+    private let lane: ComputeLane
+    /// Waiting and running queues, admission, the token budget of each step.
+    private let scheduler: Scheduler
     private let startTime = DispatchTime.now().uptimeNanoseconds
 
     private var model: (any LoadedModel)?
@@ -58,20 +70,6 @@ public actor Engine {
         didSet { if let lastError, lastError.count > KvantError.maxMessageCharacters { self.lastError = KvantError.capped(lastError) } }
     }
 
-    /// Sequence slots taken (`max_num_seqs`), including requests that hold a slot and wait for KV blocks.
-    private var running = 0
-    /// Requests waiting for a sequence slot, in arrival order; resumed with true when they got the slot,
-    /// false when cancelled while waiting.
-    private nonisolated let slotWaiters = WaiterQueue<Bool>()
-    /// Requests holding a slot but waiting for KV blocks (admission control), in arrival order;
-    /// resumed with false when a release may have freed enough, true when cancelled.
-    private nonisolated let blockWaiters = WaiterQueue<Bool>()
-    /// True while a request tries to reserve its blocks (newcomers queue behind it).
-    private var kvRetrying = false
-    /// Sequences created and not yet released (all models and pools).
-    private var liveSequences = 0
-    /// Sequences released so far (a waiter retries at once when one was released while it tried).
-    private var releaseCount = 0
     private var counters: EngineCounters
 
     /// - Parameter metrics: where the counters' increments and the latency histograms also go (the
@@ -82,6 +80,11 @@ public actor Engine {
         self.settings = settings
         self.logger = logger
         self.counters = EngineCounters(metrics: metrics)
+        let lane = ComputeLane(label: "kvant.engine.compute")
+        self.lane = lane
+        self.scheduler = Scheduler(maxNumSeqs: settings.maxNumSeqs,
+                                   maxNumBatchedTokens: max(settings.maxNumBatchedTokens, settings.maxNumSeqs),
+                                   lane: lane, logger: logger)
     }
 
     // MARK: Model lifecycle
@@ -249,12 +252,13 @@ public actor Engine {
             }
             let budget = min(params.maxTokens, maxModelLen - prompt.count)
             // A request cancelled while it waits for a slot leaves the queue at once (finish_reason cancelled).
-            let acquired = await acquireSlot()
-            defer { if acquired { releaseSlot() } }
+            let scheduler = self.scheduler
+            let acquired = await scheduler.acquireSlot()
+            defer { if acquired { scheduler.releaseSlot() } }
             let sampling = SamplingConfig(params)
             // Admission control: the KV blocks for prompt + budget are reserved up front; when they
             // are not free now, wait (in arrival order) until a running sequence releases its own.
-            let sequence = acquired ? try await admit(model, prompt: prompt, budget: budget, sampling: sampling) : nil
+            let sequence = acquired ? try await scheduler.admit(model, prompt: prompt, budget: budget, sampling: sampling) : nil
             let started = DispatchTime.now().uptimeNanoseconds
             let outcome: Result<GenerateResult, Error>
             do {
@@ -266,7 +270,7 @@ public actor Engine {
             if let sequence {
                 // Free the KV blocks before replying, so `stats` after the reply sees them free.
                 _ = try? await onLane { sequence.release() }
-                sequenceReleased()
+                scheduler.sequenceReleased()
             }
             return try outcome.get()
         } catch {
@@ -275,79 +279,29 @@ public actor Engine {
         }
     }
 
-    /// Creates the sequence, waiting while the KV cache cannot hold it yet (`KVCacheAdmissionLater`).
-    /// Waiting requests retry in arrival order, each time a live sequence releases its blocks. When
-    /// nothing else is live and it still does not fit, it never will: `resource_exhausted`.
-    /// - Returns: nil when the request was cancelled while it waited.
-    private func admit(_ model: any LoadedModel, prompt: [Int], budget: Int,
-                       sampling: SamplingConfig) async throws -> (any GenerationSequence)? {
-        // Behind requests already waiting for KV blocks: first come, first served.
-        if !blockWaiters.isEmpty || kvRetrying {
-            if await waitForBlocks(atFront: false) { return nil }
-        }
-        while true {
-            if Task.isCancelled { wakeNextKVWaiter(); return nil }
-            kvRetrying = true
-            let releasesBefore = releaseCount
-            do {
-                let sequence = try await onLane { try model.makeSequence(prompt: prompt, maxTokens: budget, sampling: sampling) }
-                kvRetrying = false
-                liveSequences += 1
-                wakeNextKVWaiter()   // the next one in line may fit too
-                return sequence
-            } catch let later as KVCacheAdmissionLater {
-                kvRetrying = false
-                if liveSequences == 0 {
-                    wakeNextKVWaiter()
-                    throw KvantError(.resourceExhausted, later.message)
-                }
-                logger.debug("generate waits for KV blocks", metadata: ["tokens": "\(later.tokensNeeded)"])
-                // A release while makeSequence ran may have freed enough already: retry at once then.
-                if releaseCount == releasesBefore, await waitForBlocks(atFront: true) { return nil }
-            } catch {
-                kvRetrying = false
-                wakeNextKVWaiter()
-                throw error
-            }
-        }
-    }
-
-    /// Waits until a sequence releases its blocks; true when cancelled meanwhile.
-    private func waitForBlocks(atFront: Bool) async -> Bool {
-        let cancelled = await blockWaiters.wait(atFront: atFront, cancelled: true)
-        return cancelled || Task.isCancelled
-    }
-
-    private func wakeNextKVWaiter() {
-        blockWaiters.resumeFirst(false)
-    }
-
-    private func sequenceReleased() {
-        liveSequences -= 1
-        releaseCount += 1
-        wakeNextKVWaiter()
-    }
-
-    /// Prefill, then decode until end-of-sequence, a stop string, the token budget or cancellation
-    /// (`GenerationLoop`); decode steps go through the batcher. A nil sequence was cancelled while it
-    /// waited for a slot or KV blocks.
+    /// Prefill (in chunks, between decode steps), then decode until end-of-sequence, a stop string, the
+    /// token budget or cancellation (`GenerationLoop`); both go through the scheduler's steps. A nil
+    /// sequence was cancelled while it waited for a slot or KV blocks.
     private func run(_ sequence: (any GenerationSequence)?, model: any LoadedModel, prompt: [Int], params: GenerateParams,
                      budget: Int, queued: UInt64, started: UInt64,
                      onToken: @escaping @Sendable (GeneratedToken) async -> Void) async throws -> GenerateResult {
         let loop = GenerationLoop(stops: params.stop, budget: budget)
-        let batcher = self.batcher
-        let lane = self.lane
-        var decoding = false
-        defer { if decoding { batcher.leave() } }
+        let scheduler = self.scheduler
         var out: GenerationLoop.Outcome
         var previousToken: UInt64?
         if let sequence, !Task.isCancelled {
+            let job = Scheduler.Job(sequence: sequence, model: model, budget: budget)
+            defer { scheduler.finish(job) }
             out = try await loop.run(
-                prefill: { try await lane.run { try sequence.prefill() } },
-                decode: { try await batcher.decode(sequence, model: model, on: lane) },
+                prefill: {
+                    switch await scheduler.prefill(job) {
+                    case .first(let token): return token
+                    case .failed(let error): throw error
+                    case .cancelled: return nil
+                    }
+                },
+                decode: { try await scheduler.nextToken(job) },
                 onPrefilled: {
-                    batcher.enter()
-                    decoding = true
                     counters.promptProcessed(prompt.count)
                     counters.prefillNanos += DispatchTime.now().uptimeNanoseconds - started
                 },
@@ -429,13 +383,14 @@ public actor Engine {
     public var uptimeSeconds: Double { Double(DispatchTime.now().uptimeNanoseconds - startTime) / 1e9 }
 
     /// Requests generating now (holding a slot and not waiting for KV blocks).
-    private var requestsRunning: Int { running - blockWaiters.count }
+    private var requestsRunning: Int { scheduler.requestsRunning }
 
     /// Requests waiting for a slot or for KV blocks.
-    private var requestsWaiting: Int { slotWaiters.count + blockWaiters.count }
+    private var requestsWaiting: Int { scheduler.requestsWaiting }
 
     public func figures() -> EngineFigures {
-        let batches = batcher.figures
+        let steps = scheduler.figures
+        let batches = (batches: steps.decodePasses, rows: steps.decodeRows)
         return EngineFigures(
             requestsServed: counters.served, requestsRunning: requestsRunning,
             requestsWaiting: requestsWaiting, requestsFailed: counters.failed,
@@ -503,24 +458,6 @@ public actor Engine {
         try await lane.run(body)
     }
 
-    /// Takes a sequence slot, waiting in arrival order while `max_num_seqs` run. Returns false (no slot
-    /// taken) when the calling task is cancelled before it got one.
-    private func acquireSlot() async -> Bool {
-        if running < settings.maxNumSeqs, slotWaiters.isEmpty {
-            running += 1
-            return true
-        }
-        return await slotWaiters.wait(cancelled: false)
-    }
-
-    private func releaseSlot() {
-        running -= 1
-        // The slot passes to the longest waiter (counted as taken before it resumes).
-        while running < settings.maxNumSeqs {
-            running += 1
-            if !slotWaiters.resumeFirst(true) { running -= 1; break }
-        }
-    }
 }
 
 final class CancelFlag: @unchecked Sendable {

@@ -29,14 +29,14 @@ struct GenerationLoop {
         var prefillEnd: UInt64 = 0
     }
 
-    /// Runs the generation. `prefill` runs the prompt and returns the first token, `decode` each next
-    /// one; `emit` streams every output token in order (not the end-of-sequence token); `onPrefilled`
-    /// runs once after the prefill (the engine starts counting the sequence as decoding there). Runs on
-    /// the caller's actor, so the closures may use its state.
-    /// - Throws: what `prefill` or `decode` throw; a generation cancelled before its prefill ends with
-    ///   `finishReason == .cancelled` and no tokens.
+    /// Runs the generation. `prefill` runs the prompt and returns the first token (nil when the request
+    /// was cancelled during its prefill), `decode` each next one; `emit` streams every output token in
+    /// order (not the end-of-sequence token); `onPrefilled` runs once after the prefill (the engine starts
+    /// counting the sequence as decoding there). Runs on the caller's actor, so the closures may use its state.
+    /// - Throws: what `prefill` or `decode` throw; a generation cancelled before or during its prefill ends
+    ///   with `finishReason == .cancelled` and no tokens.
     func run(isolation: isolated (any Actor)? = #isolation,
-             prefill: () async throws -> GeneratedToken,
+             prefill: () async throws -> GeneratedToken?,
              decode: () async throws -> GeneratedToken,
              onPrefilled: () async -> Void = {},
              emit: (GeneratedToken) async -> Void) async throws -> Outcome {
@@ -46,7 +46,11 @@ struct GenerationLoop {
             out.finishReason = .cancelled
             return out
         }
-        var next = try await prefill()
+        guard var next = try await prefill() else {
+            out.prefillEnd = DispatchTime.now().uptimeNanoseconds
+            out.finishReason = .cancelled
+            return out
+        }
         out.prefillEnd = DispatchTime.now().uptimeNanoseconds
         out.prefilled = true
         await onPrefilled()

@@ -304,8 +304,16 @@ extension LoadedModel {
 
 /// One sequence being generated. Methods run on the compute thread, one at a time.
 public protocol GenerationSequence: AnyObject {
-    /// Prefill: runs the prompt through the model, writes its K/V, samples the first token.
-    func prefill() throws -> GeneratedToken
+    /// Prompt tokens whose K/V are not in the cache yet; 0 once the prefill sampled the first token. A
+    /// sequence whose prompt prefix was already cached (prefix caching) starts below the prompt length.
+    var prefillRemaining: Int { get }
+    /// Chunked prefill (vLLM's chunked prefill): runs the next at most `maxTokens` (>= 1) prompt tokens from
+    /// the sequence's computed position (not from 0: chunks already run, or a cached prefix), writes their
+    /// K/V, and samples the first token when this chunk reaches the end of the prompt. A backend may end a
+    /// chunk early on a block boundary, but always runs at least one token. The outputs are those of one
+    /// unchunked prefill, token for token.
+    /// - Returns: the first generated token after the last chunk, nil after an earlier one.
+    func prefill(maxTokens: Int) throws -> GeneratedToken?
     /// Decode: feeds the last sampled token, samples the next.
     /// - Throws: `.resourceExhausted` when no KV block is free for the next position.
     func decode() throws -> GeneratedToken
@@ -318,6 +326,13 @@ public protocol GenerationSequence: AnyObject {
 
 extension GenerationSequence {
     public var promptLogprobs: [TokenLogprobs?]? { nil }
+
+    /// Prefill in one go: runs the whole remaining prompt and samples the first token.
+    public func prefill() throws -> GeneratedToken {
+        while true {
+            if let first = try prefill(maxTokens: max(1, prefillRemaining)) { return first }
+        }
+    }
 }
 
 /// A model's chat template and the special-token texts it uses.

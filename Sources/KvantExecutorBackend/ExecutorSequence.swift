@@ -61,18 +61,57 @@ final class ExecutorSequence: GenerationSequence {
         return accept(next)
     }
 
-    /// Prefill with the logits of every prompt position: each row scores the next prompt token, the last samples.
-    private func prefillScoringPrompt(top: Int) throws -> GeneratedToken {
+    /// True once the prefill sampled the first token.
+    private var prefilled = false
+    /// True once the prompt was looked up in the prefix cache (before the first chunk).
+    private var prefixLookedUp = false
+
+    var prefillRemaining: Int { prefilled ? 0 : max(0, prompt.count - pool.computedLength(of: sequence)) }
+
+    /// Chunked prefill: prompt positions `start ..< end` with `start` the pool's computed length (chunks run
+    /// before, or a prefix already in the cache) and `end` at most `maxTokens` later, ending on a block
+    /// boundary unless it reaches the prompt's end (so a chunk never holds more sliding-window blocks than
+    /// the pool's admission counted for a prefill micro-batch). The forward pass computes every row as an
+    /// unchunked prefill does (rows are independent in every kernel; prefill rows never split their keys),
+    /// so the tokens are the same. With prompt logprobs, each row scores the next prompt token; rows of a
+    /// cached prefix were not computed here and score nil.
+    func prefill(maxTokens: Int) throws -> GeneratedToken? {
+        guard !prefilled else { throw KvantError(.internal, "prefill of a sequence already prefilled") }
+        if !prefixLookedUp {
+            // Automatic prefix caching: the longest cached prefix of the prompt (whole blocks, at most all but
+            // the last token) is attached to the sequence before its first chunk, and only the rest is
+            // computed. Prompt logprobs need every row computed, so they skip the cache.
+            prefixLookedUp = true
+            if promptLogprobCount == nil { pool.attachCachedPrefix(sequence, prompt: prompt) }
+        }
+        let start = min(pool.computedLength(of: sequence), prompt.count - 1)
+        var end = min(prompt.count, start + max(1, maxTokens))
+        if end < prompt.count {
+            let aligned = end / owner.blockSize * owner.blockSize
+            if aligned > start { end = aligned }
+        }
+        let chunk = Array(prompt[start..<end])
+        let last = end == prompt.count
         var next: Int32 = 0
-        var scored: [TokenLogprobs?] = [nil]
-        try owner.session.forward(tokens: prompt, startPosition: 0, sequence: sequence, pool: pool, logits: .all) { i, logits in
-            if i + 1 < prompt.count {
-                scored.append(entry(logits, chosen: prompt[i + 1], top: top))
-            } else {
+        if let top = promptLogprobCount {
+            if promptLogprobs == nil { promptLogprobs = [nil] + Array(repeating: nil, count: start) }
+            try owner.session.forward(tokens: chunk, startPosition: start, sequence: sequence, pool: pool,
+                                      logits: .all, splitKeys: false) { i, logits in
+                let g = start + i
+                if g + 1 < prompt.count {
+                    promptLogprobs!.append(entry(logits, chosen: prompt[g + 1], top: top))
+                } else {
+                    next = sample(logits)
+                }
+            }
+        } else {
+            try owner.session.forward(tokens: chunk, startPosition: start, sequence: sequence, pool: pool,
+                                      logits: last ? .last : .range(0..<0), splitKeys: false) { _, logits in
                 next = sample(logits)
             }
         }
-        promptLogprobs = scored
+        guard last else { return nil }
+        prefilled = true
         return accept(next)
     }
 
@@ -91,14 +130,6 @@ final class ExecutorSequence: GenerationSequence {
             return GeneratedToken(token: Int(next), text: decoder.finish(), isEndOfSequence: true, logprobs: logprobs)
         }
         return GeneratedToken(token: Int(next), text: decoder.append(next), isEndOfSequence: false, logprobs: logprobs)
-    }
-
-    func prefill() throws -> GeneratedToken {
-        if let top = promptLogprobCount { return try prefillScoringPrompt(top: top) }
-        // Automatic prefix caching: the longest cached prefix of the prompt (whole blocks, at most all but the
-        // last token) is attached to the sequence, and only the rest is computed.
-        let start = pool.attachCachedPrefix(sequence, prompt: prompt)
-        return try step(tokens: Array(prompt[start...]), start: start)
     }
 
     func decode() throws -> GeneratedToken {

@@ -36,6 +36,10 @@ struct Kvantd: AsyncParsableCommand {
     @Option(name: .customLong("max-model-len"), help: "Longest sequence in tokens.")
     var maxModelLen: Int?
 
+    @Option(name: .customLong("max-num-batched-tokens"),
+            help: "Tokens one engine step computes at most: decode rows plus prefill chunks; longer prompts are prefilled in chunks (max_num_batched_tokens, default 256).")
+    var maxNumBatchedTokens: Int?
+
     @Option(help: "Control socket path.")
     var socket: String?
 
@@ -112,10 +116,11 @@ struct Kvantd: AsyncParsableCommand {
         try configuration.applyFlags(model: model, kvCacheDType: kvCacheDType, quantizationParamPath: quantizationParamPath,
                                      blockSize: blockSize, kvCacheBytes: kvCacheBytes, maxModelLen: maxModelLen,
                                      socket: socket, threads: threads, logLevel: logLevel, allowedDirs: allowedDirs,
-                                     enablePrefixCaching: enablePrefixCaching)
+                                     maxNumBatchedTokens: maxNumBatchedTokens, enablePrefixCaching: enablePrefixCaching)
         try configuration.applyHTTPFlags(host: host, port: port, noHTTP: noHTTP, unixSocket: httpUnixSocket, apiKey: apiKey,
                                          servedModelName: servedModelName, chatTemplate: chatTemplate,
                                          timeoutKeepAlive: timeoutKeepAlive)
+        try configuration.validate()
         return configuration
     }
 }

@@ -21,6 +21,7 @@ struct ConfigurationTests {
         #expect(config.kvCacheBytes == 268_435_456)
         #expect(config.blockSize == 16)
         #expect(config.maxNumSeqs == 4)
+        #expect(config.maxNumBatchedTokens == 256)
         #expect(config.allowedDirs == ["/var/lib/kvant"])
         #expect(config.logLevel == .info)
         #expect(config.shutdownTimeoutSeconds == 30)
@@ -31,6 +32,21 @@ struct ConfigurationTests {
         for key in DaemonConfiguration.keys {
             #expect(text.contains("\n\(key) =") || text.contains("\n# \(key) ="), "key \(key) undocumented")
         }
+    }
+
+    @Test("max_num_batched_tokens: key, flag (flags win), and at least max_num_seqs")
+    func maxNumBatchedTokens() throws {
+        var config = try DaemonConfiguration.parse(toml: "max_num_batched_tokens = 512\nmax_num_seqs = 8", file: "t.toml")
+        #expect(config.maxNumBatchedTokens == 512)
+        #expect(config.engineSettings.maxNumBatchedTokens == 512)
+        try config.validate()
+        try config.applyFlags(maxNumBatchedTokens: 64)
+        #expect(config.maxNumBatchedTokens == 64)
+        #expect(throws: KvantError.self) { try config.applyFlags(maxNumBatchedTokens: 0) }
+        config.maxNumBatchedTokens = 4
+        let error = try #require(throws: KvantError.self) { try config.validate() }
+        #expect(error.message == "max_num_batched_tokens (4) must be at least max_num_seqs (8): a step decodes one token of every running sequence")
+        #expect(throws: KvantError.self) { try DaemonConfiguration.parse(toml: "max_num_batched_tokens = 0", file: "t.toml") }
     }
 
     @Test("values of every type")

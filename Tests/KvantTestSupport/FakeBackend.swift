@@ -10,6 +10,9 @@ import KvantDaemon
 /// - Tokenizer: one token per UTF-8 byte (token id = byte value).
 /// - Generation echoes the prompt's tokens in order, then emits end-of-sequence (token 0); with
 ///   `ignore_eos` it goes on with "." (46). `decodeDelay` slows each step (for cancellation and concurrency tests).
+/// - Prefill runs in chunks as the scheduler asks (`prefill(maxTokens:)`); every chunk and every decode step is
+///   recorded in `FakeModel.events` (scheduler tests count them). A `PrefillGate` holds prefill chunks until the
+///   test lets them pass, one ticket each.
 /// - Detokenize: the inverse of the tokenizer (ids are bytes).
 /// - Logprobs (when asked for): the chosen token −0.25, alternatives token+1, +2, … (mod 128) at −1, −2, …;
 ///   prompt logprobs the same for every prompt token but the first.
@@ -32,8 +35,16 @@ public final class FakeBackend: InferenceBackend, @unchecked Sendable {
     /// Holds every sequence's decode steps from a position on until opened (drain tests); nil = never.
     public let gate: DecodeGate?
 
-    public init(decodeDelay: TimeInterval = 0, loadDelay: TimeInterval = 0, tokenCapacity: Int? = nil, gate: DecodeGate? = nil) {
+    /// Holds prefill chunks of long prompts until the test lets them pass (scheduler tests); nil = never.
+    public let prefillGate: PrefillGate?
+
+    /// The model loaded last (its `events`).
+    public var lastLoadedModel: FakeModel? { lock.lock(); defer { lock.unlock() }; return lastModel }
+
+    public init(decodeDelay: TimeInterval = 0, loadDelay: TimeInterval = 0, tokenCapacity: Int? = nil, gate: DecodeGate? = nil,
+                prefillGate: PrefillGate? = nil) {
         self.gate = gate
+        self.prefillGate = prefillGate
         self.decodeDelay = decodeDelay
         self.loadDelay = loadDelay
         self.tokenCapacity = tokenCapacity
@@ -54,7 +65,8 @@ public final class FakeBackend: InferenceBackend, @unchecked Sendable {
         loads.append(request)
         lock.unlock()
         progress("allocating KV cache")
-        let model = FakeModel(request: request, decodeDelay: decodeDelay, tokenCapacity: tokenCapacity, gate: gate)
+        let model = FakeModel(request: request, decodeDelay: decodeDelay, tokenCapacity: tokenCapacity, gate: gate,
+                              prefillGate: prefillGate)
         lock.lock()
         lastModel = model
         lock.unlock()
@@ -88,9 +100,35 @@ public final class FakeModel: LoadedModel, @unchecked Sendable {
     public let tokenCapacity: Int?
     public let decodeDelay: TimeInterval
     public let gate: DecodeGate?
+    public let prefillGate: PrefillGate?
+    private var nextSequenceID = 0
+    private var eventLog: [Event] = []
 
-    public init(request: ModelLoadRequest, decodeDelay: TimeInterval, tokenCapacity: Int? = nil, gate: DecodeGate? = nil) {
+    /// What the model computed, in order (on the compute lane).
+    public enum Event: Equatable, Sendable {
+        /// A prefill chunk of `tokens` prompt tokens of sequence `sequence`; `last` when it ended the prompt.
+        case prefill(sequence: Int, tokens: Int, last: Bool)
+        /// One decode step of sequence `sequence`.
+        case decode(sequence: Int)
+    }
+
+    /// Every prefill chunk and decode step so far, in the order they ran.
+    public var events: [Event] { lock.lock(); defer { lock.unlock() }; return eventLog }
+
+    func record(_ event: Event) { lock.lock(); eventLog.append(event); lock.unlock() }
+
+    private var misuseLog: [String] = []
+
+    /// Calls that break the `GenerationSequence` contract (a step on a released sequence, a second release,
+    /// an empty chunk); empty when the engine behaved.
+    public var misuses: [String] { lock.lock(); defer { lock.unlock() }; return misuseLog }
+
+    func misuse(_ what: String) { lock.lock(); misuseLog.append(what); lock.unlock() }
+
+    public init(request: ModelLoadRequest, decodeDelay: TimeInterval, tokenCapacity: Int? = nil, gate: DecodeGate? = nil,
+                prefillGate: PrefillGate? = nil) {
         self.gate = gate
+        self.prefillGate = prefillGate
         self.decodeDelay = decodeDelay
         self.tokenCapacity = tokenCapacity
         let capacity = request.kvCacheBytes / 64
@@ -127,7 +165,8 @@ public final class FakeModel: LoadedModel, @unchecked Sendable {
         usedTokens += needed
         liveSequences += 1
         maxLiveSequences = max(maxLiveSequences, liveSequences)
-        return FakeSequence(model: self, prompt: prompt, reserved: needed, sampling: sampling)
+        nextSequenceID += 1
+        return FakeSequence(model: self, prompt: prompt, reserved: needed, sampling: sampling, id: nextSequenceID)
     }
 
     public func sequenceReleased(reserved: Int) {
@@ -136,6 +175,9 @@ public final class FakeModel: LoadedModel, @unchecked Sendable {
         usedTokens -= reserved
         lock.unlock()
     }
+
+    /// Sequences made and not released.
+    public var sequencesLive: Int { lock.lock(); defer { lock.unlock() }; return liveSequences }
 
     /// Most sequences live at once so far.
     public var peakSequences: Int { lock.lock(); defer { lock.unlock() }; return maxLiveSequences }
@@ -239,8 +281,14 @@ public final class FakeSequence: GenerationSequence {
     public let reserved: Int
     public let sampling: SamplingConfig
     public var position = 0
+    /// Order of creation on its model (1, 2, …), as `FakeModel.events` name it.
+    public let id: Int
+    /// Prompt tokens prefilled so far.
+    public private(set) var prefilled = 0
+    private var released = false
 
-    public init(model: FakeModel, prompt: [Int], reserved: Int, sampling: SamplingConfig = SamplingConfig()) {
+    public init(model: FakeModel, prompt: [Int], reserved: Int, sampling: SamplingConfig = SamplingConfig(), id: Int = 0) {
+        self.id = id
         self.model = model
         self.prompt = prompt
         self.reserved = reserved
@@ -276,9 +324,30 @@ public final class FakeSequence: GenerationSequence {
         return prompt.enumerated().map { i, t in i == 0 ? nil : Self.logprobs(t, top: top) }
     }
 
-    public func prefill() throws -> GeneratedToken { next() }
-    public func decode() throws -> GeneratedToken { next() }
-    public func release() { model.sequenceReleased(reserved: reserved) }
+    public var prefillRemaining: Int { position > 0 ? 0 : prompt.count - prefilled }
+
+    public func prefill(maxTokens: Int) throws -> GeneratedToken? {
+        if released { model.misuse("prefill of released sequence \(id)") }
+        if maxTokens < 1 { model.misuse("prefill chunk of \(maxTokens) tokens for sequence \(id)") }
+        model.prefillGate?.pass(promptLength: prompt.count)
+        let tokens = max(1, min(maxTokens, prompt.count - prefilled))
+        prefilled += tokens
+        let last = prefilled == prompt.count
+        model.record(.prefill(sequence: id, tokens: tokens, last: last))
+        return last ? next() : nil
+    }
+
+    public func decode() throws -> GeneratedToken {
+        if released { model.misuse("decode of released sequence \(id)") }
+        model.record(.decode(sequence: id))
+        return next()
+    }
+
+    public func release() {
+        if released { model.misuse("sequence \(id) released twice"); return }
+        released = true
+        model.sequenceReleased(reserved: reserved)
+    }
 }
 
 /// Holds generation at a token position until `open()`: a test can then act while a stream is
@@ -311,5 +380,48 @@ public final class DecodeGate: @unchecked Sendable {
         let deadline = Date().addingTimeInterval(120)
         while !opened && condition.wait(until: deadline) {}
         held -= 1
+    }
+}
+
+/// Holds the prefill chunks of prompts of at least `minPromptLength` tokens, each until the test gives it
+/// a ticket (`give`) or opens the gate for good (`open`): a test can then act while a long prefill is
+/// certainly between two chunks, with no timing assumption. Blocks the compute thread (at most 120 s per
+/// chunk, a guard that only ends a failing test).
+public final class PrefillGate: @unchecked Sendable {
+    public let minPromptLength: Int
+    private let condition = NSCondition()
+    private var opened = false
+    private var tickets = 0
+    private var held = 0
+    private var passedCount = 0
+
+    public init(minPromptLength: Int) { self.minPromptLength = minPromptLength }
+
+    /// Lets `count` more chunks pass.
+    public func give(_ count: Int = 1) {
+        condition.lock(); tickets += count; condition.broadcast(); condition.unlock()
+    }
+
+    /// Lets every chunk pass from now on.
+    public func open() {
+        condition.lock(); opened = true; condition.broadcast(); condition.unlock()
+    }
+
+    /// Chunks waiting at the gate now.
+    public var waiting: Int { condition.lock(); defer { condition.unlock() }; return held }
+
+    /// Gated chunks that passed so far.
+    public var passed: Int { condition.lock(); defer { condition.unlock() }; return passedCount }
+
+    func pass(promptLength: Int) {
+        guard promptLength >= minPromptLength else { return }
+        condition.lock()
+        defer { condition.unlock() }
+        held += 1
+        let deadline = Date().addingTimeInterval(120)
+        while !opened && tickets == 0 && condition.wait(until: deadline) {}
+        if !opened && tickets > 0 { tickets -= 1 }
+        held -= 1
+        passedCount += 1
     }
 }

@@ -1,0 +1,335 @@
+import ControlProtocol
+import Foundation
+import KvantCore
+import Logging
+
+/// The scheduler (vLLM V1's design, on one compute lane): which requests run, and what each engine step
+/// computes.
+///
+/// - **Admission.** Up to `max_num_seqs` requests hold a sequence slot; more wait in arrival order
+///   (`WaiterQueue`). A request with a slot is admitted once its KV blocks can be promised
+///   (`LoadedModel.makeSequence`; `KVCacheAdmissionLater` = wait, in arrival order, for a release;
+///   nothing else live and still no room = `resource_exhausted`).
+/// - **Waiting queue.** Admitted requests wait for their prefill in arrival order; their prompts are
+///   prefilled **in chunks** (chunked prefill): each step gives the prefills at most the step's token
+///   budget, first come first served, so a long prompt takes several steps. A request cancelled while it
+///   waits (client disconnect, Ctrl-C) leaves between two chunks.
+/// - **Running queue.** Sequences past their prefill (they join it in the step that sampled their first
+///   token, so the next step decodes them). **Every step decodes every running sequence once**
+///   (continuous batching, Orca / vLLM: one `LoadedModel.decodeBatch` per model, one pass over the weights
+///   for all rows), whether or not its client has taken its previous token yet (at most `maxLookahead`
+///   tokens ahead), until its token budget, end-of-sequence, or the engine finishes it (stop string,
+///   cancellation).
+/// - **Token budget per step** (`max_num_batched_tokens`, vLLM's name): decode rows + prefill tokens of one
+///   step. Decode rows come first; the rest goes to prefill chunks. A step therefore lasts about one decode
+///   pass plus one chunk, and running streams keep producing a token per step while a long prompt is
+///   admitted, instead of stalling for the whole prompt.
+///
+/// Threading: the admission methods run on the engine's actor (their `isolation` parameter; the
+/// engine owns the scheduler). Steps run on the compute lane, one lane item each; the queues they share
+/// with request tasks are guarded by `lock` and the `WaiterQueue`s' own locks (order: `lock` first).
+final class Scheduler: @unchecked Sendable {
+    /// Tokens a running sequence may be decoded ahead of its consumer (its request's task): bounds the
+    /// work wasted on a sequence whose client is slow when a stop string or a disconnect then ends it.
+    static let maxLookahead = 32
+
+    /// One admitted request: its sequence and model, and the tokens decoded for it that its task has not
+    /// taken yet. Mutable fields are guarded by the scheduler's `lock`.
+    final class Job: @unchecked Sendable {
+        let sequence: any GenerationSequence
+        let model: any LoadedModel
+        /// Decode steps after the prefill's token (the token budget minus one).
+        let decodes: Int
+        /// Decode steps still to run.
+        fileprivate var decodesLeft = 0
+        /// End-of-sequence or an error was produced, or the engine finished it: no more decode steps.
+        fileprivate var ended = false
+        fileprivate var outbox: [Result<GeneratedToken, Error>] = []
+        fileprivate var reader: CheckedContinuation<Result<GeneratedToken, Error>, Never>?
+
+        /// - Parameter budget: tokens the request may generate (>= 1), the prefill's first one included.
+        init(sequence: any GenerationSequence, model: any LoadedModel, budget: Int) {
+            self.sequence = sequence
+            self.model = model
+            self.decodes = max(0, budget - 1)
+        }
+    }
+
+    /// How a prefill ended.
+    enum PrefillOutcome: @unchecked Sendable {
+        /// The prompt is in the cache; the first generated token.
+        case first(GeneratedToken)
+        case failed(Error)
+        /// The request was cancelled while it waited for (the rest of) its prefill.
+        case cancelled
+    }
+
+    /// Sequences generated at once (`max_num_seqs`).
+    let maxNumSeqs: Int
+    /// Tokens computed per step: decode rows + prefill chunk tokens (`max_num_batched_tokens`).
+    let maxNumBatchedTokens: Int
+    private let lane: ComputeLane
+    private let logger: Logger
+
+    // MARK: Admission state (engine actor only)
+
+    /// Sequence slots taken (`max_num_seqs`), including requests that hold a slot and wait for KV blocks.
+    private var slotsTaken = 0
+    /// Requests waiting for a sequence slot, in arrival order; resumed with true when they got the slot,
+    /// false when cancelled while waiting.
+    private let slotWaiters = WaiterQueue<Void, Bool>()
+    /// Requests holding a slot but waiting for KV blocks (admission control), in arrival order;
+    /// resumed with false when a release may have freed enough, true when cancelled.
+    private let blockWaiters = WaiterQueue<Void, Bool>()
+    /// True while a request tries to reserve its blocks (newcomers queue behind it).
+    private var kvRetrying = false
+    /// Sequences created and not yet released (all models and pools).
+    private var liveSequences = 0
+    /// Sequences released so far (a waiter retries at once when one was released while it tried).
+    private var releaseCount = 0
+
+    // MARK: Step state (any thread, under `lock`)
+
+    /// The waiting queue: admitted requests whose prompt is not fully prefilled, in arrival order.
+    private let waiting = WaiterQueue<Job, PrefillOutcome>()
+    private let lock = NSLock()
+    /// The running queue: sequences in their decode phase, in the order they got there.
+    private var running: [Job] = []
+    /// A step item is queued on the lane and has not started yet.
+    private var stepQueued = false
+    private var counts = Figures()
+
+    /// What the steps did so far.
+    struct Figures: Equatable {
+        /// Engine steps run.
+        var steps = 0
+        /// Forward passes of decode steps and the rows they decoded (mean batch = rows / passes).
+        var decodePasses = 0
+        var decodeRows = 0
+        /// Prefill chunks run and the prompt tokens they computed.
+        var prefillChunks = 0
+        var prefillTokens = 0
+    }
+
+    init(maxNumSeqs: Int, maxNumBatchedTokens: Int, lane: ComputeLane, logger: Logger) {
+        self.maxNumSeqs = max(1, maxNumSeqs)
+        self.maxNumBatchedTokens = max(1, maxNumBatchedTokens)
+        self.lane = lane
+        self.logger = logger
+    }
+
+    var figures: Figures { lock.withLock { counts } }
+
+    // MARK: Admission (on the engine's actor)
+
+    /// Requests holding a slot, prefilling or decoding (not those waiting for KV blocks).
+    var requestsRunning: Int { slotsTaken - blockWaiters.count }
+
+    /// Requests waiting for a slot or for KV blocks.
+    var requestsWaiting: Int { slotWaiters.count + blockWaiters.count }
+
+    /// Takes a sequence slot, waiting in arrival order while `max_num_seqs` run. Returns false (no slot
+    /// taken) when the calling task is cancelled before it got one.
+    func acquireSlot(isolation: isolated (any Actor)? = #isolation) async -> Bool {
+        if slotsTaken < maxNumSeqs, slotWaiters.isEmpty {
+            slotsTaken += 1
+            return true
+        }
+        return await slotWaiters.wait(cancelled: false)
+    }
+
+    func releaseSlot(isolation: isolated (any Actor)? = #isolation) {
+        slotsTaken -= 1
+        // The slot passes to the longest waiter (counted as taken before it resumes).
+        while slotsTaken < maxNumSeqs {
+            slotsTaken += 1
+            if !slotWaiters.resumeFirst(true) { slotsTaken -= 1; break }
+        }
+    }
+
+    /// Creates the sequence, waiting while the KV cache cannot hold it yet (`KVCacheAdmissionLater`).
+    /// Waiting requests retry in arrival order, each time a live sequence releases its blocks. When
+    /// nothing else is live and it still does not fit, it never will: `resource_exhausted`.
+    /// - Returns: nil when the request was cancelled while it waited.
+    func admit(_ model: any LoadedModel, prompt: [Int], budget: Int, sampling: SamplingConfig,
+               isolation: isolated (any Actor)? = #isolation) async throws -> (any GenerationSequence)? {
+        // Behind requests already waiting for KV blocks: first come, first served.
+        if !blockWaiters.isEmpty || kvRetrying {
+            if await waitForBlocks(atFront: false) { return nil }
+        }
+        let lane = self.lane
+        while true {
+            if Task.isCancelled { wakeNextKVWaiter(); return nil }
+            kvRetrying = true
+            let releasesBefore = releaseCount
+            do {
+                let sequence = try await lane.run { try model.makeSequence(prompt: prompt, maxTokens: budget, sampling: sampling) }
+                kvRetrying = false
+                liveSequences += 1
+                wakeNextKVWaiter()   // the next one in line may fit too
+                return sequence
+            } catch let later as KVCacheAdmissionLater {
+                kvRetrying = false
+                if liveSequences == 0 {
+                    wakeNextKVWaiter()
+                    throw KvantError(.resourceExhausted, later.message)
+                }
+                logger.debug("generate waits for KV blocks", metadata: ["tokens": "\(later.tokensNeeded)"])
+                // A release while makeSequence ran may have freed enough already: retry at once then.
+                if releaseCount == releasesBefore, await waitForBlocks(atFront: true) { return nil }
+            } catch {
+                kvRetrying = false
+                wakeNextKVWaiter()
+                throw error
+            }
+        }
+    }
+
+    /// Waits until a sequence releases its blocks; true when cancelled meanwhile.
+    private func waitForBlocks(atFront: Bool) async -> Bool {
+        let cancelled = await blockWaiters.wait(atFront: atFront, cancelled: true)
+        return cancelled || Task.isCancelled
+    }
+
+    private func wakeNextKVWaiter() {
+        blockWaiters.resumeFirst(false)
+    }
+
+    /// A sequence made by `admit` was released (its blocks are free again).
+    func sequenceReleased(isolation: isolated (any Actor)? = #isolation) {
+        liveSequences -= 1
+        releaseCount += 1
+        wakeNextKVWaiter()
+    }
+
+    // MARK: Prefill and decode (any task)
+
+    /// Prefills `job`'s prompt in chunks, one per step it gets budget in, while it waits in the waiting
+    /// queue; returns when the last chunk sampled the first token, or at once when the calling task is
+    /// cancelled (then at most the chunk running now completes before the engine releases the sequence).
+    func prefill(_ job: Job) async -> PrefillOutcome {
+        await waiting.wait(job, cancelled: .cancelled, queued: { [self] in scheduleStep() })
+    }
+
+    /// The next token decoded for `job` (already decoded by a step, or the next step's).
+    /// - Throws: the decode step's error for this sequence.
+    func nextToken(_ job: Job) async throws -> GeneratedToken {
+        let result: Result<GeneratedToken, Error> = await withCheckedContinuation { continuation in
+            lock.lock()
+            if !job.outbox.isEmpty {
+                let first = job.outbox.removeFirst()
+                lock.unlock()
+                continuation.resume(returning: first)
+                return
+            }
+            if job.ended || job.decodesLeft <= 0 {
+                lock.unlock()
+                continuation.resume(returning: .failure(KvantError(.internal, "decode asked of a sequence whose decode steps ended")))
+                return
+            }
+            job.reader = continuation
+            lock.unlock()
+        }
+        scheduleStep()   // taking a token may have made room within maxLookahead
+        return try result.get()
+    }
+
+    /// Takes `job` out of the running queue (its generation ended: end-of-sequence, a stop string, its
+    /// budget, cancellation or an error). Call before releasing the sequence.
+    func finish(_ job: Job) {
+        lock.withLock {
+            job.ended = true
+            running.removeAll { $0 === job }
+        }
+    }
+
+    // MARK: Steps (on the lane)
+
+    /// Decode rows of the next step: running sequences with decode steps left, within their lookahead.
+    private func decodableLocked() -> [Job] {
+        running.filter { !$0.ended && $0.decodesLeft > 0 && $0.outbox.count < Self.maxLookahead }
+    }
+
+    /// Queues a step on the lane unless one is queued already or there is nothing to do.
+    private func scheduleStep() {
+        lock.lock()
+        let submit = !stepQueued && (!waiting.isEmpty || !decodableLocked().isEmpty)
+        if submit { stepQueued = true }
+        lock.unlock()
+        if submit { lane.submit { [self] in step() } }
+    }
+
+    /// One engine step: one decode pass over every running sequence (per model), then prefill chunks of
+    /// waiting sequences within the rest of the token budget, first come first served.
+    private func step() {
+        lock.lock()
+        stepQueued = false
+        let rows = decodableLocked()
+        lock.unlock()
+        var budget = maxNumBatchedTokens - rows.count
+        var chunks: [(key: Int, job: Job, tokens: Int)] = []
+        for (key, job) in waiting.waiting where budget > 0 {
+            let tokens = min(budget, max(1, job.sequence.prefillRemaining))
+            chunks.append((key, job, tokens))
+            budget -= tokens
+        }
+        if !rows.isEmpty { decode(rows) }
+        var chunkCount = 0, chunkTokens = 0
+        for chunk in chunks {
+            let before = chunk.job.sequence.prefillRemaining
+            let result = Result { try chunk.job.sequence.prefill(maxTokens: chunk.tokens) }
+            chunkCount += 1
+            chunkTokens += max(0, before - chunk.job.sequence.prefillRemaining)
+            switch result {
+            case .success(nil): break   // stays first in line for the next step
+            case .success(let first?):
+                // Into the running queue at once (decoded from the next step on, whatever its task does meanwhile),
+                // unless it ended already or its task was cancelled in the meantime.
+                let job = chunk.job
+                lock.withLock {
+                    if !first.isEndOfSequence, job.decodes > 0, !job.ended {
+                        job.decodesLeft = job.decodes
+                        running.append(job)
+                    }
+                }
+                if !waiting.resume(key: chunk.key, with: .first(first)) { finish(job) }
+            case .failure(let error): waiting.resume(key: chunk.key, with: .failed(error))
+            }
+        }
+        lock.withLock {
+            counts.steps += 1
+            counts.prefillChunks += chunkCount
+            counts.prefillTokens += chunkTokens
+        }
+        scheduleStep()
+    }
+
+    /// One decode step of `rows`, one `decodeBatch` per model (a model swap can leave sequences of the old
+    /// model running); each result goes to its job's task, or its outbox until the task takes it.
+    private func decode(_ rows: [Job]) {
+        for idx in orderedGroups(count: rows.count, key: { ObjectIdentifier(rows[$0].model) }) {
+            let outcome = rows[idx[0]].model.decodeBatch(idx.map { rows[$0].sequence })
+            precondition(outcome.results.count == idx.count, "decodeBatch returned \(outcome.results.count) results for \(idx.count) sequences")
+            var wake: [(CheckedContinuation<Result<GeneratedToken, Error>, Never>, Result<GeneratedToken, Error>)] = []
+            lock.lock()
+            counts.decodePasses += outcome.passes
+            counts.decodeRows += idx.count
+            for (j, i) in idx.enumerated() {
+                let job = rows[i], result = outcome.results[j]
+                job.decodesLeft -= 1
+                switch result {
+                case .success(let token) where !token.isEndOfSequence: break
+                default: job.ended = true
+                }
+                if let reader = job.reader {
+                    job.reader = nil
+                    wake.append((reader, result))
+                } else {
+                    job.outbox.append(result)
+                }
+            }
+            lock.unlock()
+            for (reader, result) in wake { reader.resume(returning: result) }
+        }
+    }
+}

@@ -1,0 +1,91 @@
+import ControlProtocol
+import Foundation
+import KvantCore
+import KvantDaemon
+import KvantExecutorBackend
+import KvantTestSupport
+import Logging
+import Testing
+
+/// Chunked prefill on the real model: a prompt longer than Gemma 3's 512-token sliding window, prefilled in
+/// chunks of a small step budget (windows crossing chunk boundaries, a last chunk of one token), gives the
+/// same tokens as one unchunked prefill, greedy and seeded, for fp16, int8_pertoken and a static int8 mode;
+/// also while another sequence decodes in the same steps.
+@Suite(.serialized, .enabled(if: RealModel.path != nil, RealModel.skipReason))
+struct ChunkedPrefillTests {
+    /// 673 tokens: chunks of 96 (a budget of 100, cut to block boundaries) end at 96, 192, …, 672; the last
+    /// chunk is one token at position 672, whose keys reach back past the window's start.
+    static let promptLength = 673
+
+    func makeEngine(_ dtype: KVCacheDType, maxNumBatchedTokens: Int, scales: String? = nil) async throws -> Engine {
+        let engine = Engine(backend: ExecutorBackend(),
+                            settings: .init(kvCacheDType: dtype, kvCacheBytes: 32 << 20, blockSize: 16, maxModelLen: 2048,
+                                            threads: 2, maxNumSeqs: 4, maxNumBatchedTokens: maxNumBatchedTokens),
+                            logger: Logger(label: "test"))
+        _ = try await engine.loadModel(path: try #require(RealModel.path), kvCacheDType: nil, quantizationParamPath: scales,
+                                       kvCacheBytes: nil, maxModelLen: nil)
+        return engine
+    }
+
+    static func prompt(_ engine: Engine) async throws -> [Int] {
+        let text = try String(contentsOfFile: "/usr/share/common-licenses/GPL-3", encoding: .utf8)
+        let tokens = try await engine.tokenize(String(text.prefix(12_000)))
+        try #require(tokens.count >= promptLength)
+        return Array(tokens.prefix(promptLength))
+    }
+
+    static func requests(_ prompt: [Int]) -> [GenerateParams] {
+        var greedy = GenerateParams(prompt: "", maxTokens: 24, temperature: 0)
+        greedy.promptTokenIDs = prompt
+        var seeded = GenerateParams(prompt: "", maxTokens: 24, temperature: 0.9, topP: 0.95, seed: 7)
+        seeded.promptTokenIDs = prompt
+        return [greedy, seeded]
+    }
+
+    /// Calibrated scales for the static int8 mode (256 tokens of the built-in text, per layer, K and V apart).
+    static func calibratedScales() async throws -> String {
+        let engine = try await ChunkedPrefillTests().makeEngine(.fp16, maxNumBatchedTokens: 256)
+        let output = try makeTempDir("chunk-scales") + "/kv_cache_scales.json"
+        _ = try await engine.calibrate(CalibrationRequest(textPath: nil, numTokens: 256, perHead: false, tpSize: 1,
+                                                          percentile: nil, outputPath: output)) { _, _ in }
+        return output
+    }
+
+    @Test("chunks of 96 tokens == one prefill, token for token (greedy and seeded)",
+          arguments: [KVCacheDType.fp16, .int8PerToken, .int8PerTensor])
+    func chunkedEqualsUnchunked(dtype: KVCacheDType) async throws {
+        let scales = dtype.usesStaticScales ? try await Self.calibratedScales() : nil
+        let whole = try await makeEngine(dtype, maxNumBatchedTokens: 4096, scales: scales)
+        let chunked = try await makeEngine(dtype, maxNumBatchedTokens: 100, scales: scales)
+        let prompt = try await Self.prompt(whole)
+        for params in Self.requests(prompt) {
+            let a = try await whole.generate(params) { _ in }
+            let b = try await chunked.generate(params) { _ in }
+            #expect(a.tokens.count == 24 && a.promptTokens == Self.promptLength)
+            #expect(b.tokens == a.tokens, "\(dtype.rawValue) temperature \(params.temperature): chunked \(b.tokens) vs whole \(a.tokens)")
+            #expect(b.text == a.text)
+        }
+        #expect(try await chunked.stats().kvCache["num_blocks_used"] == .int(0))
+    }
+
+    @Test("a chunked prefill beside a decoding sequence: both get the tokens they get alone")
+    func chunkedBesideDecode() async throws {
+        let engine = try await makeEngine(.int8PerToken, maxNumBatchedTokens: 100)
+        let prompt = try await Self.prompt(engine)
+        let long = Self.requests(prompt)[0]
+        var short = GenerateParams(prompt: "The capital of France is", maxTokens: 48, temperature: 0)
+        short.ignoreEOS = true
+        let longAlone = try await engine.generate(long) { _ in }
+        let shortAlone = try await engine.generate(short) { _ in }
+        // The short one starts first; the long prompt is admitted while it decodes.
+        let started = AsyncStream<Void>.makeStream()
+        async let shortTogether = engine.generate(short) { _ in started.continuation.yield() }
+        var iterator = started.stream.makeAsyncIterator()
+        _ = await iterator.next()
+        let longTogether = try await engine.generate(long) { _ in }
+        let shortResult = try await shortTogether
+        #expect(longTogether.tokens == longAlone.tokens)
+        #expect(shortResult.tokens == shortAlone.tokens)
+        #expect(try await engine.stats().kvCache["num_blocks_used"] == .int(0))
+    }
+}
