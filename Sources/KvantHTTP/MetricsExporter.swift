@@ -86,7 +86,7 @@ public final class MetricsExporter: @unchecked Sendable {
             ("prefix_cache_queries", "kvant:prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache."),
             ("prefix_cache_hits", "kvant:prefix_cache_hits_total", "Prompt tokens served from the prefix cache (their prefill skipped)."),
         ] {
-            let counter = registry.makeCounter(name: name, help: help)
+            let counter = registry.makeCounter(descriptor: Self.descriptor(name, help))
             guard let now = cache[key]?.intValue.map(Int64.init) else { continue }
             let seen = prefixSeen[key] ?? 0
             let delta = now >= seen ? now - seen : now

@@ -20,7 +20,10 @@ struct ChunkedPrefillTests {
     func makeEngine(_ dtype: KVCacheDType, maxNumBatchedTokens: Int, scales: String? = nil) async throws -> Engine {
         let engine = Engine(backend: ExecutorBackend(),
                             settings: .init(kvCacheDType: dtype, kvCacheBytes: 32 << 20, blockSize: 16, maxModelLen: 2048,
-                                            threads: 2, maxNumSeqs: 4, maxNumBatchedTokens: maxNumBatchedTokens),
+                                            threads: 2, maxNumSeqs: 4, maxNumBatchedTokens: maxNumBatchedTokens,
+                                            // Off: every run here must compute its whole prompt in chunks (with it
+                                            // on, a repeated prompt would come from the prefix cache instead).
+                                            enablePrefixCaching: false),
                             logger: Logger(label: "test"))
         _ = try await engine.loadModel(path: try #require(RealModel.path), kvCacheDType: nil, quantizationParamPath: scales,
                                        kvCacheBytes: nil, maxModelLen: nil)
@@ -73,8 +76,11 @@ struct ChunkedPrefillTests {
         let engine = try await makeEngine(.int8PerToken, maxNumBatchedTokens: 100)
         let prompt = try await Self.prompt(engine)
         let long = Self.requests(prompt)[0]
-        var short = GenerateParams(prompt: "The capital of France is", maxTokens: 48, temperature: 0)
-        short.ignoreEOS = true
+        let short = { () -> GenerateParams in
+            var p = GenerateParams(prompt: "The capital of France is", maxTokens: 48, temperature: 0)
+            p.ignoreEOS = true
+            return p
+        }()
         let longAlone = try await engine.generate(long) { _ in }
         let shortAlone = try await engine.generate(short) { _ in }
         // The short one starts first; the long prompt is admitted while it decodes.
