@@ -59,7 +59,10 @@ struct AdmissionTests {
 
     @Test("a waiting request cancelled by its client ends with finish_reason cancelled; the queue moves on")
     func cancelWhileWaiting() async throws {
-        let daemon = try TestDaemon(tag: "adm3", decodeDelay: 0.01, tokenCapacity: 40)
+        // The long generate stops at its 5th token until the gate opens: it holds its blocks for as long as
+        // the test needs, on a machine of any speed.
+        let gate = DecodeGate(holdAt: 5)
+        let daemon = try TestDaemon(tag: "adm3", tokenCapacity: 40, gate: gate)
         try await daemon.start()
         _ = try await daemon.loadModel()
         let socket = daemon.socketPath
@@ -70,14 +73,14 @@ struct AdmissionTests {
                     .generate, GenerateParams(prompt: String(repeating: "l", count: 15), maxTokens: 15), as: GenerateResult.self)
             }
         }
-        try await Task.sleep(for: .milliseconds(50))
+        try await waitUntil("the long generate holds its blocks at the gate") { gate.waiting == 1 }
         let waited = try await offPool { () -> (GenerateResult, Int) in
             let client = try ControlClient(socketPath: socket, timeout: 120)
             let observer = try ControlClient(socketPath: socket, timeout: 120)
             try client.send(try RPCRequest(id: .number(5), method: .generate,
                                            params: GenerateParams(prompt: "0123456789", maxTokens: 10)))
             var waiting = 0
-            for _ in 0..<100 {
+            for _ in 0..<24_000 {   // an event: the request queued; the bound only ends a failing test
                 waiting = try observer.call(.stats, EmptyParams(), as: StatsResult.self).engine.requestsWaiting
                 if waiting == 1 { break }
                 Thread.sleep(forTimeInterval: 0.005)
@@ -89,6 +92,7 @@ struct AdmissionTests {
                 }
             }
         }
+        gate.open()
         #expect(waited.1 == 1)
         #expect(waited.0.finishReason == .cancelled)
         #expect(waited.0.completionTokens == 0)
