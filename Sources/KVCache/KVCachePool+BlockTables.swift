@@ -274,7 +274,9 @@ extension KVCachePool {
     }
 
     /// Frees the sliding-window blocks no query at or after `table.computed` reads. Returns how many
-    /// went back to the free queue (a block still shared with a fork only loses a reference).
+    /// went back to the free queue (a block still shared with a fork only loses a reference), plus, for an
+    /// admitted sequence, the credits it took from shared blocks a prefix-cache hit paid for (`blockCredit`;
+    /// moved out of `promisedBlocks` here, so `rebalancePromise` adds them back to the sequence's promise).
     @discardableResult
     func releaseOutOfWindow(_ table: inout BlockTable) -> Int {
         var freed = 0
@@ -282,7 +284,14 @@ extension KVCachePool {
             let cut = min(firstNeededBlock(group, computed: table.computed), table.groups[gi].count)
             guard cut > table.firstLive[gi] else { continue }
             for j in table.firstLive[gi]..<cut {
-                if releaseBlock(table.groups[gi][j]) { freed += 1 }
+                let id = table.groups[gi][j]
+                if releaseBlock(id) {
+                    freed += 1
+                } else if table.admission != nil, blockCredit[Int(id)] > 0 {
+                    blockCredit[Int(id)] -= 1
+                    promisedBlocks -= 1
+                    freed += 1
+                }
                 table.groups[gi][j] = BlockTable.nullBlock
             }
             table.firstLive[gi] = cut
@@ -293,7 +302,7 @@ extension KVCachePool {
     /// After an admitted sequence freed `freed` blocks: they rejoin its promise, which is then capped at
     /// what it may still need (`peakBlocks` from its committed position minus the blocks it holds, plus the
     /// sliding-window blocks it shares with other sequences: releasing one of those frees nothing, so the
-    /// block that replaces it must stay promised — the case of a prefix-cache hit on blocks in use).
+    /// block that replaces it comes from the credit a prefix-cache hit left on it, `blockCredit`).
     /// Keeps `numFree >= promisedBlocks` (only blocks that really went back to the free queue are added).
     func rebalancePromise(_ table: inout BlockTable, freed: Int) {
         guard let admission = table.admission else { return }
@@ -349,10 +358,15 @@ extension KVCachePool {
     /// True when a write into block `id` must go to a private copy first (shared with another sequence).
     func mustCopy(_ id: Int32) -> Bool { blocks.refCount(id) > 1 }
 
-    /// Drops a reference; true when the block went back to the free queue.
+    /// Drops a reference; true when the block went back to the free queue (releasing the credits left on it).
     @discardableResult
     func releaseBlock(_ id: Int32) -> Bool {
-        blocks.release(id)
+        guard blocks.release(id) else { return false }
+        if blockCredit[Int(id)] > 0 {
+            promisedBlocks -= Int(blockCredit[Int(id)])
+            blockCredit[Int(id)] = 0
+        }
+        return true
     }
 
     /// Takes a free block for `table`, from its promise first. nil when none is free.

@@ -82,10 +82,11 @@ extension KVCachePool {
             for gi in groups.indices where k - firstNeeded(gi, k) > runs[gi][k - 1] { return false }
             return true
         }
-        // Free blocks a hit of k blocks takes out of the free queue, and the promise the sequence then still
-        // needs (`rebalancePromise`'s rule: its peak from k minus what it holds, plus the window blocks it
-        // shares, whose release frees nothing). Both come out of its promise and the unpromised free blocks.
-        func cost(_ k: Int) -> (revived: Int, promise: Int) {
+        // Free blocks a hit of k blocks takes out of the free queue; the promise the sequence then still needs
+        // (its peak from k minus what it holds); and one credit per window block it shares with another
+        // sequence (`blockCredit`): whichever of them releases that block first frees nothing and takes the
+        // credit instead, so neither runs short. All come out of its promise and the unpromised free blocks.
+        func cost(_ k: Int) -> (revived: Int, promise: Int, credits: Int) {
             var revived = 0, held = 0, sharedWindow = 0
             for gi in groups.indices {
                 for j in firstNeeded(gi, k)..<k {
@@ -93,25 +94,30 @@ extension KVCachePool {
                     if blocks.refCount(found[gi][j]!) == 0 { revived += 1 } else if groups[gi].window != nil { sharedWindow += 1 }
                 }
             }
-            guard let admission = table.admission else { return (revived, 0) }
-            return (revived, max(0, peakBlocks(admission, from: k * B) - held + sharedWindow))
+            guard let admission = table.admission else { return (revived, 0, 0) }
+            return (revived, max(0, peakBlocks(admission, from: k * B) - held), sharedWindow)
         }
         var k = hashes.count
         while k > 0 {
             if usable(k) {
                 let c = cost(k)
-                if c.revived + c.promise <= blocksAvailable(to: table) { break }
+                if c.revived + c.promise + c.credits <= blocksAvailable(to: table) { break }
             }
             k -= 1
         }
         guard k > 0 else { return 0 }
-        let promise = cost(k).promise
+        let (_, promise, credits) = cost(k)
         for gi in groups.indices {
             let first = firstNeeded(gi, k)
             var ids = [Int32](repeating: BlockTable.nullBlock, count: first)
             for j in first..<k {
                 let id = found[gi][j]!
-                if blocks.refCount(id) == 0 { blocks.take(id) } else { blocks.retain(id) }
+                if blocks.refCount(id) == 0 {
+                    blocks.take(id)
+                } else {
+                    blocks.retain(id)
+                    if credits > 0, groups[gi].window != nil { blockCredit[Int(id)] += 1; promisedBlocks += 1 }
+                }
                 ids.append(id)
             }
             table.groups[gi] = ids

@@ -94,6 +94,10 @@ public final class KVCachePool: @unchecked Sendable {
     var numCachedBlocks = 0
     /// The key under which each physical block is in `cachedBlocks`, nil when it is not.
     var blockKey: [PrefixKey?]
+    /// Per block: free blocks promised on its behalf by prefix-cache hits that share it in a sliding-window
+    /// group (counted in `promisedBlocks`). An admitted sequence that releases the block while another still
+    /// holds it (which frees nothing) takes one into its promise; what is left is released with the block.
+    var blockCredit: [Int32]
     /// Prompt tokens looked up and tokens served from the cache (vLLM's prefix_cache_queries / _hits).
     var prefixQueries: Int64 = 0
     var prefixHits: Int64 = 0
@@ -186,6 +190,7 @@ public final class KVCachePool: @unchecked Sendable {
         blocks = BlockPool(numBlocks: numBlocks)
         prefixCachingEnabled = enablePrefixCaching
         blockKey = [PrefixKey?](repeating: nil, count: numBlocks)
+        blockCredit = [Int32](repeating: 0, count: numBlocks)
         prefixSeed = BlockHash(digestOf: Array("kvant-prefix-cache-v1 \(dt.rawValue) rotation \(rotationGroup) block_size \(B)".utf8))
         let epochCount = isStatic ? spec.numLayers * numBlocks : 0
         blockEpoch = .allocate(capacity: max(epochCount, 1))

@@ -336,3 +336,45 @@ struct PrefixCacheTests {
         #expect(fp16.prefixBlockHash(parent: nil, tokens: [1, 2, 3, 4]) != bf16.prefixBlockHash(parent: nil, tokens: [1, 2, 3, 4]))
     }
 }
+
+@Suite("Prefix cache and admission")
+struct PrefixCacheAdmissionTests {
+    @Test("a hit on window blocks another admitted sequence holds: both still grow to their admission with every other free block taken")
+    func sharedWindowBlocksKeepPromises() throws {
+        // Full attention on layer 0, an 8-token window on layer 1; blocks of 4; micro-batches of 4.
+        let spec = KVCacheSpec(numLayers: 2, numKVHeads: 1, headDim: 8, dtype: .fp16, blockSize: 4, layerWindows: [nil, 8])
+        let page = try KVCachePool(spec: spec, byteBudget: 1 << 20).pageStride
+        let pool = try KVCachePool(spec: spec, byteBudget: page * 64, prefillChunk: 4)
+        let row = [Float](repeating: 0.25, count: 8)
+        func grow(_ s: SequenceID, to n: Int, tokens: (Int) -> Int32) -> Bool {
+            var p = pool.computedLength(of: s)
+            while p < n {
+                guard pool.reserve(s, newLength: p + 1) == .ok else { return false }
+                for l in 0..<2 { _ = pool.write(layer: l, sequence: s, position: p, key: row, value: row) }
+                pool.commit(s, tokens: CollectionOfOne(tokens(p)), from: p)
+                p += 1
+            }
+            return true
+        }
+        let prompt = (0..<20).map { Int32($0 + 1) }
+        let a = pool.createSequence()
+        #expect(pool.admit(a, promptLength: 20, maxLength: 60) == .ok)
+        #expect(grow(a, to: 20) { prompt[$0] })
+        let b = pool.createSequence()
+        #expect(pool.admit(b, promptLength: 21, maxLength: 61) == .ok)
+        #expect(pool.attachCachedPrefix(b, prompt: prompt + [99]) == 20)
+        // B shares A's window blocks (positions 13 ..< 20 are in the window of position 20).
+        let shared = pool.blockTable(of: b)!.groups[1].filter { $0 != BlockTable.nullBlock }
+        #expect(!shared.isEmpty && shared.allSatisfy { pool.refCount(block: $0) == 2 })
+        // Someone outside admission takes every free block nobody was promised.
+        let hog = pool.createSequence()
+        var n = 0
+        while pool.reserve(hog, newLength: n + 4) == .ok { n += 4 }
+        #expect(pool.freeBlocks == pool.promisedFreeBlocks)
+        // Both decode to the end of their admission, A first (its window releases blocks B still holds), then B.
+        #expect(grow(a, to: 60) { Int32(100 + $0) }, "A could not grow: \(pool.freeBlocks) free, \(pool.promisedFreeBlocks) promised")
+        #expect(grow(b, to: 61) { $0 == 20 ? 99 : Int32(200 + $0) }, "B could not grow: \(pool.freeBlocks) free")
+        pool.free(a); pool.free(b); pool.free(hog)
+        #expect(pool.freeBlocks == pool.numBlocks && pool.promisedFreeBlocks == 0)
+    }
+}
