@@ -37,6 +37,7 @@ struct ChunkedPrefillTests {
     static func requests(_ prompt: [Int]) -> [GenerateParams] {
         var greedy = GenerateParams(prompt: "", maxTokens: 24, temperature: 0)
         greedy.promptTokenIDs = prompt
+        greedy.logprobs = 3   // the log-probabilities too: equal logits, not only equal argmaxes
         var seeded = GenerateParams(prompt: "", maxTokens: 24, temperature: 0.9, topP: 0.95, seed: 7)
         seeded.promptTokenIDs = prompt
         return [greedy, seeded]
@@ -59,11 +60,16 @@ struct ChunkedPrefillTests {
         let chunked = try await makeEngine(dtype, maxNumBatchedTokens: 100, scales: scales)
         let prompt = try await Self.prompt(whole)
         for params in Self.requests(prompt) {
-            let a = try await whole.generate(params) { _ in }
-            let b = try await chunked.generate(params) { _ in }
+            let wholeLogprobs = Collected(), chunkedLogprobs = Collected()
+            let a = try await whole.generate(params) { wholeLogprobs.append($0.logprobs) }
+            let b = try await chunked.generate(params) { chunkedLogprobs.append($0.logprobs) }
             #expect(a.tokens.count == 24 && a.promptTokens == Self.promptLength)
             #expect(b.tokens == a.tokens, "\(dtype.rawValue) temperature \(params.temperature): chunked \(b.tokens) vs whole \(a.tokens)")
             #expect(b.text == a.text)
+            if params.logprobs != nil {
+                #expect(wholeLogprobs.items.count == 24 && wholeLogprobs.items.allSatisfy { $0 != nil })
+                #expect(chunkedLogprobs.items == wholeLogprobs.items, "\(dtype.rawValue): log-probabilities differ")
+            }
         }
         #expect(try await chunked.stats().kvCache["num_blocks_used"] == .int(0))
     }
@@ -88,4 +94,12 @@ struct ChunkedPrefillTests {
         #expect(shortResult.tokens == shortAlone.tokens)
         #expect(try await engine.stats().kvCache["num_blocks_used"] == .int(0))
     }
+}
+
+/// Log-probabilities collected from a generation's tokens, in order.
+final class Collected: @unchecked Sendable {
+    private let lock = NSLock()
+    private var values: [TokenLogprobs?] = []
+    var items: [TokenLogprobs?] { lock.withLock { values } }
+    func append(_ value: TokenLogprobs?) { lock.withLock { values.append(value) } }
 }
