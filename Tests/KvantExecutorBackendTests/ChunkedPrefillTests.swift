@@ -79,8 +79,9 @@ struct ChunkedPrefillTests {
         let engine = try await makeEngine(.int8PerToken, maxNumBatchedTokens: 100)
         let prompt = try await Self.prompt(engine)
         let long = Self.requests(prompt)[0]
-        var short = GenerateParams(prompt: "The capital of France is", maxTokens: 48, temperature: 0)
-        short.ignoreEOS = true
+        var shortParams = GenerateParams(prompt: "The capital of France is", maxTokens: 48, temperature: 0)
+        shortParams.ignoreEOS = true
+        let short = shortParams
         let longAlone = try await engine.generate(long) { _ in }
         let shortAlone = try await engine.generate(short) { _ in }
         // The short one starts first; the long prompt is admitted while it decodes.
