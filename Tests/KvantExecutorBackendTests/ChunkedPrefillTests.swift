@@ -13,8 +13,8 @@ import Testing
 /// also while another sequence decodes in the same steps.
 @Suite(.serialized, .enabled(if: RealModel.path != nil, RealModel.skipReason))
 struct ChunkedPrefillTests {
-    /// 673 tokens: chunks of 96 (a budget of 100, cut to block boundaries) end at 96, 192, …, 672; the last
-    /// chunk is one token at position 672, whose keys reach back past the window's start.
+    /// 673 tokens: chunks of 96 (the step budget) end at 96, 192, …, 672; the last chunk is one token at
+    /// position 672, whose keys reach back past the window's start (a one-row pass, as a decode is).
     static let promptLength = 673
 
     func makeEngine(_ dtype: KVCacheDType, maxNumBatchedTokens: Int, scales: String? = nil) async throws -> Engine {
@@ -57,7 +57,7 @@ struct ChunkedPrefillTests {
     func chunkedEqualsUnchunked(dtype: KVCacheDType) async throws {
         let scales = dtype.usesStaticScales ? try await Self.calibratedScales() : nil
         let whole = try await makeEngine(dtype, maxNumBatchedTokens: 4096, scales: scales)
-        let chunked = try await makeEngine(dtype, maxNumBatchedTokens: 100, scales: scales)
+        let chunked = try await makeEngine(dtype, maxNumBatchedTokens: 96, scales: scales)
         let prompt = try await Self.prompt(whole)
         for params in Self.requests(prompt) {
             let wholeLogprobs = Collected(), chunkedLogprobs = Collected()
@@ -76,7 +76,7 @@ struct ChunkedPrefillTests {
 
     @Test("a chunked prefill beside a decoding sequence: both get the tokens they get alone")
     func chunkedBesideDecode() async throws {
-        let engine = try await makeEngine(.int8PerToken, maxNumBatchedTokens: 100)
+        let engine = try await makeEngine(.int8PerToken, maxNumBatchedTokens: 100)   // chunks of 99 or 100, cut to 96
         let prompt = try await Self.prompt(engine)
         let long = Self.requests(prompt)[0]
         var shortParams = GenerateParams(prompt: "The capital of France is", maxTokens: 48, temperature: 0)
