@@ -17,7 +17,7 @@ import TOMLKit
 ///   - `block_size` (integer, default 16): token positions per KV block (1…1024).
 ///   - `max_model_len` (integer): longest sequence in tokens; default the model's context length.
 ///   - `max_num_seqs` (integer, default 4): sequences generated at once; more requests wait.
-///   - `max_num_batched_tokens` (integer, default 256, vLLM's name): tokens one engine step computes at most,
+///   - `max_num_batched_tokens` (integer, default 64, vLLM's name): tokens one engine step computes at most,
 ///     decode rows of running sequences plus prefill chunks; longer prompts are prefilled in chunks
 ///     (chunked prefill). At least `max_num_seqs`.
 ///   - `threads` (integer, default 0 = one per core): compute threads.

@@ -32,9 +32,11 @@ public actor Engine {
         /// chunks over several steps. At least `maxNumSeqs`.
         public var maxNumBatchedTokens: Int
 
-        /// `max_num_batched_tokens` by default: a step of one 256-token chunk and a decode pass stays near
-        /// 0.2 s on 2 cores at 4k tokens of context (BENCHMARKS.md, "Chunked prefill").
-        public static let defaultMaxNumBatchedTokens = 256
+        /// `max_num_batched_tokens` by default. A step's time grows with its chunk (at 4 000 tokens of context,
+        /// 2 loaded cores: 64 → 0.36 s, 128 → 0.9 s, 256 → 1.7 s, 512 → 3.3 s), while the time to prefill a long
+        /// prompt did not measurably grow with smaller chunks (BENCHMARKS.md, "Chunked prefill"): 64 is the
+        /// largest budget whose steps stay near the 250 ms goal on 2 cores.
+        public static let defaultMaxNumBatchedTokens = 64
 
         public init(kvCacheDType: KVCacheDType = .auto, quantizationParamPath: String? = nil,
                     kvCacheBytes: Int = 256 << 20, blockSize: Int = 16, maxModelLen: Int? = nil, threads: Int = 0,

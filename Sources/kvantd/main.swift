@@ -37,7 +37,7 @@ struct Kvantd: AsyncParsableCommand {
     var maxModelLen: Int?
 
     @Option(name: .customLong("max-num-batched-tokens"),
-            help: "Tokens one engine step computes at most: decode rows plus prefill chunks; longer prompts are prefilled in chunks (max_num_batched_tokens, default 256).")
+            help: "Tokens one engine step computes at most: decode rows plus prefill chunks; longer prompts are prefilled in chunks (max_num_batched_tokens, default 64).")
     var maxNumBatchedTokens: Int?
 
     @Option(help: "Control socket path.")

@@ -13,8 +13,8 @@ import Testing
 /// also while another sequence decodes in the same steps.
 @Suite(.serialized, .enabled(if: RealModel.path != nil, RealModel.skipReason))
 struct ChunkedPrefillTests {
-    /// 673 tokens: chunks of 96 (a budget of 100, cut to block boundaries) end at 96, 192, …, 672; the last
-    /// chunk is one token at position 672, whose keys reach back past the window's start.
+    /// 673 tokens: chunks of 96 (the step budget) end at 96, 192, …, 672; the last chunk is one token at
+    /// position 672, whose keys reach back past the window's start (a one-row pass, as a decode is).
     static let promptLength = 673
 
     func makeEngine(_ dtype: KVCacheDType, maxNumBatchedTokens: Int, scales: String? = nil) async throws -> Engine {
@@ -40,6 +40,7 @@ struct ChunkedPrefillTests {
     static func requests(_ prompt: [Int]) -> [GenerateParams] {
         var greedy = GenerateParams(prompt: "", maxTokens: 24, temperature: 0)
         greedy.promptTokenIDs = prompt
+        greedy.logprobs = 3   // the log-probabilities too: equal logits, not only equal argmaxes
         var seeded = GenerateParams(prompt: "", maxTokens: 24, temperature: 0.9, topP: 0.95, seed: 7)
         seeded.promptTokenIDs = prompt
         return [greedy, seeded]
@@ -59,28 +60,31 @@ struct ChunkedPrefillTests {
     func chunkedEqualsUnchunked(dtype: KVCacheDType) async throws {
         let scales = dtype.usesStaticScales ? try await Self.calibratedScales() : nil
         let whole = try await makeEngine(dtype, maxNumBatchedTokens: 4096, scales: scales)
-        let chunked = try await makeEngine(dtype, maxNumBatchedTokens: 100, scales: scales)
+        let chunked = try await makeEngine(dtype, maxNumBatchedTokens: 96, scales: scales)
         let prompt = try await Self.prompt(whole)
         for params in Self.requests(prompt) {
-            let a = try await whole.generate(params) { _ in }
-            let b = try await chunked.generate(params) { _ in }
+            let wholeLogprobs = Collected(), chunkedLogprobs = Collected()
+            let a = try await whole.generate(params) { wholeLogprobs.append($0.logprobs) }
+            let b = try await chunked.generate(params) { chunkedLogprobs.append($0.logprobs) }
             #expect(a.tokens.count == 24 && a.promptTokens == Self.promptLength)
             #expect(b.tokens == a.tokens, "\(dtype.rawValue) temperature \(params.temperature): chunked \(b.tokens) vs whole \(a.tokens)")
             #expect(b.text == a.text)
+            if params.logprobs != nil {
+                #expect(wholeLogprobs.items.count == 24 && wholeLogprobs.items.allSatisfy { $0 != nil })
+                #expect(chunkedLogprobs.items == wholeLogprobs.items, "\(dtype.rawValue): log-probabilities differ")
+            }
         }
         #expect(try await chunked.stats().kvCache["num_blocks_used"] == .int(0))
     }
 
     @Test("a chunked prefill beside a decoding sequence: both get the tokens they get alone")
     func chunkedBesideDecode() async throws {
-        let engine = try await makeEngine(.int8PerToken, maxNumBatchedTokens: 100)
+        let engine = try await makeEngine(.int8PerToken, maxNumBatchedTokens: 100)   // chunks of 99 or 100, cut to 96
         let prompt = try await Self.prompt(engine)
         let long = Self.requests(prompt)[0]
-        let short = { () -> GenerateParams in
-            var p = GenerateParams(prompt: "The capital of France is", maxTokens: 48, temperature: 0)
-            p.ignoreEOS = true
-            return p
-        }()
+        var shortParams = GenerateParams(prompt: "The capital of France is", maxTokens: 48, temperature: 0)
+        shortParams.ignoreEOS = true
+        let short = shortParams
         let longAlone = try await engine.generate(long) { _ in }
         let shortAlone = try await engine.generate(short) { _ in }
         // The short one starts first; the long prompt is admitted while it decodes.
@@ -94,4 +98,12 @@ struct ChunkedPrefillTests {
         #expect(shortResult.tokens == shortAlone.tokens)
         #expect(try await engine.stats().kvCache["num_blocks_used"] == .int(0))
     }
+}
+
+/// Log-probabilities collected from a generation's tokens, in order.
+final class Collected: @unchecked Sendable {
+    private let lock = NSLock()
+    private var values: [TokenLogprobs?] = []
+    var items: [TokenLogprobs?] { lock.withLock { values } }
+    func append(_ value: TokenLogprobs?) { lock.withLock { values.append(value) } }
 }
