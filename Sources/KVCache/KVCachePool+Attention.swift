@@ -47,6 +47,25 @@ extension KVCachePool {
         lock.unlock()
 
         let blk = storage + slot * blockStride
+        if let sim = simulation {
+            // Measurement tool (KVQuantSimulation): store the simulated format's dequantized values (fp32 pool).
+            let n = H * D
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: 4 * n) { buf in
+                let kl = buf.baseAddress!, vl = kl + n, kr = vl + n, vr = kr + n
+                simulate(sim, layer: layer, position: position, key: key, value: value, kLow: kl, vLow: vl, kRes: kr, vRes: vr)
+                let lowBlk = sim.shadow.map { $0 + slot * blockStride } ?? blk
+                for h in 0..<H {
+                    let kOff = (h * B + off) * rowBytes, vOff = vOffset + (h * B + off) * rowBytes
+                    _ = kv_store_row(dtypeCode, kl + h * D, lowBlk + kOff, Int32(D), 1)
+                    _ = kv_store_row(dtypeCode, vl + h * D, lowBlk + vOff, Int32(D), 1)
+                    if sim.shadow != nil {
+                        _ = kv_store_row(dtypeCode, kr + h * D, blk + kOff, Int32(D), 1)
+                        _ = kv_store_row(dtypeCode, vr + h * D, blk + vOff, Int32(D), 1)
+                    }
+                }
+            }
+            return true
+        }
         var clipped: Int32 = 0
         let G = Int32(rotationGroup)
         for h in 0..<H {
@@ -158,6 +177,11 @@ extension KVCachePool {
         let keys = position - first + 1
         let parts = threads > 1 && numerics == .fast ? min(threads, keys / 256, 64) : 1
         let D = spec.headDim, G = Int32(rotationGroup)
+        if let sim = simulation, let shadow = sim.shadow {
+            attendSimulatedResidual(table: table, shadow: shadow, layer: layer, first: first, position: position,
+                                    query: query, numHeads: numHeads, scale: scale, output: output)
+            return
+        }
         if G > 1 {
             withUnsafeTemporaryAllocation(of: Float.self, capacity: numHeads * D) { q in
                 let qr = q.baseAddress!

@@ -56,6 +56,8 @@ public final class KVCachePool: @unchecked Sendable {
     var currentScales: KVScales?
     let saturation: UnsafeMutablePointer<Int64>      // [numLayers]
     var recorder: KVAmaxRecorder?
+    /// Measurement tool only (`setQuantSimulation`); nil in the daemon.
+    var simulation: KVSimulationState?
 
     /// MemAvailable from /proc/meminfo in bytes (nil where there is none).
     static func availableMemoryBytes() -> Int? {
