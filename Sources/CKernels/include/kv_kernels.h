@@ -72,6 +72,20 @@ int32_t kv_store_row(int32_t dtype, const float *src, void *dst, int32_t n, floa
 /* Reads n values of dtype back as fp32 (int8: q * s). */
 void kv_load_row(int32_t dtype, const void *src, float *dst, int32_t n, float s);
 
+/* int4 KV row formats (kv_q4.c; docs/kv-cache.md "4-bit KV: measurements"): K asymmetric in groups of 32
+ * (fp16 d, fp16 min, 16 bytes of nibbles), V symmetric q4_0 rule in groups of 64 (fp16 d, 32 bytes). n must be
+ * a multiple of the group. Storage and read-back only; the attention kernels do not read them yet. */
+#define KV_Q4K_GROUP 32
+#define KV_Q4K_GROUP_BYTES 20
+#define KV_Q4V_GROUP 64
+#define KV_Q4V_GROUP_BYTES 34
+int32_t kv_q4k_row_bytes(int32_t n);
+int32_t kv_q4v_row_bytes(int32_t n);
+void kv_store_row_q4k(const float *src, void *dst, int32_t n);
+void kv_load_row_q4k(const void *src, float *dst, int32_t n);
+void kv_store_row_q4v(const float *src, void *dst, int32_t n);
+void kv_load_row_q4v(const void *src, float *dst, int32_t n);
+
 /* Largest power of two dividing head_dim (256 for 256, 16 for 80): the group size of kv_hadamard. */
 int32_t kv_hadamard_group(int32_t head_dim);
 
