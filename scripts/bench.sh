@@ -1,58 +1,33 @@
 #!/usr/bin/env bash
-# make bench: prefill and decode tokens/s of Kvant's executor next to llama.cpp's
-# (llama-cpp-python, same GGUF file, same threads, same prompt), as ratios, in a Markdown table.
-#   1. short context: 512 prompt tokens, then 128 decode steps;
-#   2. long context: 3968 prompt tokens, then 64 decode steps at ~4 096 tokens of context,
-#      for every KV dtype (int8 reads half the bytes of fp16 in attention).
-# llama.cpp runs with flash attention (its fastest setting, and required for its q8_0 V cache).
-# Benchmark on a quiet machine: llama.cpp busy-waits its threads and collapses under contention.
-# Env: KVANT_MODEL, THREADS (2), REPEATS (3).
+# make bench: Kvant's prefill and decode speed next to llama.cpp's OWN binaries (llama-bench,
+# llama-batched-bench; never the Python binding, whose per-token overhead made llama.cpp look ~1.4× slower),
+# same GGUF, same threads, runs alternating Kvant / llama.cpp, medians, min–max and ratios, the load average
+# and the CPU model, as a Markdown table on stdout and in a results file. What is measured and how:
+# scripts/bench/bench.py (its docstring).
+#
+# llama.cpp's tools come from scripts/llama-cpp.sh (built once from the pinned llama-cpp-python 0.3.36 sdist,
+# ~10 min, cached in ~/.cache/kvant). llama.cpp busy-waits its threads and collapses under contention, so
+# benchmark on a quiet machine; the table records the load average of every case.
+# Env: KVANT_MODEL, THREADS (2), RUNS (5), GEN (128 decode steps), ONLY (case-name substrings, or =NAME for one exact case, e.g. "pp512,=tg128,tg128 @"),
+#      RESULTS (default .build/bench/bench-<UTC time>.md), SKIP_HTTP=1 (no HTTP-path table: scripts/bench_http.py).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 model=${KVANT_MODEL:-$here/models/gemma-3-270m-q4_k_m.gguf}
-threads=${THREADS:-2}
-repeats=${REPEATS:-3}
-text=/usr/share/common-licenses/GPL-3
-eval_bin=.build/release/kvant-eval
-[ -x "$eval_bin" ] || scripts/swiftw build -c release --product kvant-eval
-scripts/install-oracles.sh >/dev/null
-tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-scales=$tmp/kv_cache_scales.json
-$eval_bin calibrate --model "$model" --output "$scales" >/dev/null 2>&1 || scales=""
-
-field() { python3 -c "import json,sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])['$1'])"; }
-kvant() {  # dtype prompt gen context
-    local extra=()
-    case $1 in int8_pertensor*) [ -n "$scales" ] && extra=(--quantization-param-path "$scales");; esac
-    $eval_bin bench --model "$model" --threads "$threads" --kv-cache-dtype "$1" --prompt-tokens "$2" \
-        --gen-tokens "$3" --context "$4" --file "$text" --repeats "$repeats" "${extra[@]}" 2>/dev/null | tail -1
-}
-llama() {  # type_k/v prompt gen flash
-    python3 scripts/oracle/llama_bench.py --model "$model" --threads "$threads" --type-k "$1" --type-v "$1" \
-        --prompt-tokens "$2" --gen-tokens "$3" --repeat "$repeats" $4 2>/dev/null | tail -1
-}
-ratio() { python3 -c "print(f'{$1/$2:.2f}×')"; }
-
-echo "Kvant vs llama.cpp $(python3 -c 'import llama_cpp; print(llama_cpp.__version__)'), $(basename "$model"), $threads threads, $(date -u +%Y-%m-%d), $(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg)"
-echo
-echo "| context | Kvant KV | llama.cpp KV | Kvant prefill tok/s | llama.cpp prefill tok/s | ratio | Kvant decode tok/s | llama.cpp decode tok/s | ratio |"
-echo "|---|---|---|---|---|---|---|---|---|"
-row() {  # label kvant_dtype llama_type prompt gen ctx flash
-    local k l kp kd lp ld
-    k=$(kvant "$2" "$4" "$5" "$6"); l=$(llama "$3" "$4" "$5" "$7")
-    kp=$(echo "$k" | field prefill_tps); kd=$(echo "$k" | field decode_tps)
-    lp=$(echo "$l" | field prefill_tps); ld=$(echo "$l" | field decode_tps)
-    echo "| $1 | $2 | $3${7:+ (flash attn)} | $kp | $lp | $(ratio "$kp" "$lp") | $kd | $ld | $(ratio "$kd" "$ld") |"
-}
-row "512 + 128" fp16 f16 512 128 1024 --flash-attn
-row "512 + 128" int8_pertoken q8_0 512 128 1024 --flash-attn
-row "3968 + 64" fp16 f16 3968 64 4096 --flash-attn
-for d in int8_pertoken int8_pertensor; do row "3968 + 64" "$d" q8_0 3968 64 4096 --flash-attn; done
-for d in bf16 fp32; do row "3968 + 64" "$d" f16 3968 64 4096 --flash-attn; done
-
+[ -f "$model" ] || scripts/fetch-model.sh
+python3 -c "import gguf, numpy" 2>/dev/null || python3 -m pip install --quiet --root-user-action=ignore gguf numpy
+llama_bin=$(scripts/llama-cpp.sh)
+scripts/swiftw build -c release --product kvant-eval >&2
+scripts/swiftw build -c release --product kvantd >&2
+mkdir -p .build/bench
+results=${RESULTS:-.build/bench/bench-$(date -u +%Y%m%dT%H%M%SZ).md}
+python3 scripts/bench/bench.py --model "$model" --kvant-eval .build/release/kvant-eval --llama-bin "$llama_bin" \
+    --threads "${THREADS:-2}" --runs "${RUNS:-5}" --gen "${GEN:-128}" --only "${ONLY:-}" --out "$results"
 # The HTTP path: aggregate tokens/s and TTFT at 1/4/8/16 concurrent streaming clients, kvantd's OpenAI API
 # next to llama.cpp's llama-server (same model, threads, KV type), and the HTTP layer's per-token overhead.
-echo
-[ -x .build/release/kvantd ] || scripts/swiftw build -c release --product kvantd
-python3 scripts/bench_http.py --model "$model" --threads "$threads"
+[ "${SKIP_HTTP:-0}" = 1 ] || python3 scripts/bench_http.py --model "$model" --threads "${THREADS:-2}" \
+    --llama-server "$llama_bin/llama-server" | tee -a "$results"
+# KV-cache memory and peak RSS at 32 768 tokens of capacity, Kvant next to llama-server (scripts/bench-memory.sh).
+echo | tee -a "$results"
+echo "KV-cache memory and peak RSS at 32 768 tokens of capacity (scripts/bench-memory.sh):" | tee -a "$results"
+LLAMA_BIN="$llama_bin" scripts/bench-memory.sh | tee -a "$results"

@@ -4,6 +4,8 @@
 # hot-reload the scales, read the statistics, then use the OpenAI-compatible HTTP API with curl (a
 # streamed chat completion on SmolLM2 when it is there, else a streamed completion on the default
 # model) and scrape /metrics; stop cleanly. Run through `make demo`. HTTP_PORT (default 8000).
+# `make demo MODEL=smollm2` (KVANT_MODEL=…/SmolLM2-135M-Instruct.Q4_1.gguf) does the same on the chat model: the
+# prompt in its ChatML template, per-head scales (3 KV heads) and int8_pertensor_perhead.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin=$here/.build/release
@@ -21,6 +23,16 @@ cleanup() {
     rm -rf "$run"
 }
 trap cleanup EXIT
+[ -f "$model" ] || { echo "demo: model not found: $model (make model / make model-smollm2)" >&2; exit 1; }
+
+case $(basename "$model") in
+    SmolLM2*)
+        prompt=$'<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWhat are the three laws of thermodynamics?<|im_end|>\n<|im_start|>assistant\n'
+        static=int8_pertensor_perhead per_head=(--per-head) ;;
+    *)
+        prompt="The three laws of thermodynamics are"
+        static=int8_pertensor per_head=() ;;
+esac
 
 printf '\033[1m== kvantd: socket %s, model directory %s\033[0m\n' "$sock" "$(dirname "$model")"
 "$bin/kvantd" --socket "$sock" --port "$http_port" --allowed-dir "$(dirname "$model")" --allowed-dir "$run" \
@@ -31,12 +43,12 @@ for _ in $(seq 1 100); do [ -S "$sock" ] && break; sleep 0.1; done
 [ -S "$sock" ] || { cat "$run/kvantd.log"; echo "demo: kvantd did not bind $sock" >&2; exit 1; }
 
 ctl load-model "$model" --kv-cache-dtype int8_pertoken
-ctl generate "The three laws of thermodynamics are" --max-tokens 48 --temperature 0
+ctl generate "$prompt" --max-tokens 48 --temperature 0
 ctl stats
-ctl calibrate --output "$run/kv_cache_scales.json"
+ctl calibrate --output "$run/kv_cache_scales.json" "${per_head[@]}"
 echo; echo "--- $run/kv_cache_scales.json (head)"; head -c 400 "$run/kv_cache_scales.json"; echo " …"
-ctl set-kv-dtype int8_pertensor --quantization-param-path "$run/kv_cache_scales.json"
-ctl generate "The three laws of thermodynamics are" --max-tokens 48 --temperature 0
+ctl set-kv-dtype "$static" --quantization-param-path "$run/kv_cache_scales.json"
+ctl generate "$prompt" --max-tokens 48 --temperature 0
 ctl reload-scales
 ctl stats
 

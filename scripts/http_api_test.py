@@ -362,6 +362,18 @@ def run_checks(r, client, control, port, args):
         assert st["engine"]["generated_tokens"] < 10 ** 6
     r.check("a client disconnecting mid-stream frees its KV blocks (stats)", disconnect)
 
+    def chat_bos_on_base_model():
+        # Gemma 3 270M has no chat template (ChatML fallback, which writes no BOS) and its vocabulary adds BOS:
+        # the chat prompt must still start with BOS (as llama.cpp's server does), else the model babbles.
+        from gguf import GGUFReader
+        reader = GGUFReader(args.model)
+        bos = reader.fields["tokenizer.ggml.bos_token_id"].contents()
+        _, _, tok = raw_http(port, "POST", "/tokenize", {"messages": [{"role": "user", "content": "Hi"}]})
+        ids = json.loads(tok)["tokens"]
+        _eq(ids[0], bos)
+        _eq(ids.count(bos), 1)
+    r.check("chat prompt on the base model (ChatML fallback) starts with the model's BOS, once", chat_bos_on_base_model)
+
     # Chat: on the chat model of record (SmolLM2) when it loads, else on the default model (ChatML).
     chat_name, smol = name, False
     if not args.chat_model or not os.path.exists(args.chat_model):
@@ -411,7 +423,10 @@ def run_checks(r, client, control, port, args):
                                               tokens[eos_id] if eos_id is not None else None)
         rendered = oracle.render(oracle.make_environment(), template, context)
         assert "output" in rendered, rendered
-        _, _, a = raw_http(port, "POST", "/tokenize", {"prompt": rendered["output"], "add_special_tokens": False})
+        # The server's rule: BOS added unless the rendered text starts with it (docs/http.md).
+        bos_text = context.get("bos_token")
+        add = not (bos_text and rendered["output"].startswith(bos_text))
+        _, _, a = raw_http(port, "POST", "/tokenize", {"prompt": rendered["output"], "add_special_tokens": add})
         _, _, b = raw_http(port, "POST", "/tokenize", {"messages": messages})
         _eq(json.loads(b)["tokens"], json.loads(a)["tokens"])
     r.check(f"chat prompt on {chat_name} = jinja2's rendering of its GGUF chat template (same token ids)", chat_template_oracle)

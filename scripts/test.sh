@@ -7,6 +7,8 @@
 #      Python packages or the model are missing).
 #   3. the systemd tier: a Debian container booted with systemd-nspawn runs kvantd as a
 #      Type=notify service (scripts/systemd-test.sh).
+#   4. the cluster tier: HAProxy (deploy/haproxy/haproxy.cfg) in front of 3 kvantd, rolling restart and
+#      SIGKILL under 8 streaming clients (scripts/test_cluster.py; skipped with the reason without haproxy).
 # Compute-heavy tests need a release build (debug Swift is 10-100x slower in kernels).
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -62,6 +64,13 @@ else
     if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
     passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
 fi
+echo "== tier 6: several daemons behind HAProxy (scripts/test_cluster.py)"
+python3 scripts/test_cluster.py --kvantd .build/release/kvantd --model "$KVANT_MODEL" 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+p=$(grep -E '^ok ' "$log" | grep -vc '# SKIP' || true); f=$(grep -Ec '^not ok ' "$log" || true)
+s=$(grep -Ec '^(ok .*# SKIP|1\.\.0 # SKIP)' "$log" || true)
+if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
 rm -f "$log"
 echo "kvant: $passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]

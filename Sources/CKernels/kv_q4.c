@@ -1,5 +1,5 @@
-/* The int4 KV row formats chosen in docs/kv-cache.md "4-bit KV: measurements" (issue 16); storage only, the
- * attention kernels do not read them yet.
+/* The int4 KV row formats chosen in docs/kv-cache.md "4-bit KV: measurements" (issue 16), stored by
+ * KVCachePool for `int4_pertoken` and read directly by the attention kernels (kv_attention_q4.c).
  *
  * K row (kv_q4k): groups of 32 values, asymmetric (llama.cpp q4_1 layout): per group fp16 d, fp16 m, then 16
  * bytes; byte j holds q_j (low nibble) and q_{j+16} (high nibble), q in 0..15, x^ = m + q * d with

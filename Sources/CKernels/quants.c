@@ -177,8 +177,10 @@ void kvant_quantize_row_q8a(const float *x, kvant_block_q8a *y, int64_t n) {
 
 static inline int hsum_epi32(__m256i v);
 
-/* ggml's quantize_row_q8_0 (x86): d = amax/127 rounded to fp16, q = round-half-even(x · 127/amax). */
-static void quantize_row_q8_0_ggml(const float *x, kvant_block_q8a *y, int64_t n) {
+/* ggml's quantize_row_q8_0 (AVX2): d = fp16(amax/127), q = round-half-even(x·127/amax). With `q8_1`, ggml's
+ * quantize_row_q8_1 instead: same d and q, s = fp16(d_fp32·Σq) (the unrounded d), as ggml_vec_dot_q4_1_q8_1 and
+ * ggml_vec_dot_q5_1_q8_1 read them; otherwise s = d·Σq. */
+static void quantize_row_q8_01_ggml(const float *x, kvant_block_q8a *y, int64_t n, int q8_1) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     for (int64_t b = 0; b < n / 32; b++) {
         const float *xb = x + 32 * b;
@@ -188,7 +190,8 @@ static void quantize_row_q8_0_ggml(const float *x, kvant_block_q8a *y, int64_t n
         m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
         m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
         const float amax = _mm_cvtss_f32(m4);
-        const float d = fp16_to_f32(_cvtss_sh(amax / 127.0f, 0));
+        const float draw = amax / 127.0f;
+        const float d = fp16_to_f32(_cvtss_sh(draw, 0));
         const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
         const __m256 mul = _mm256_set1_ps(id);
         __m256i q[4];
@@ -201,7 +204,7 @@ static void quantize_row_q8_0_ggml(const float *x, kvant_block_q8a *y, int64_t n
         p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         _mm256_storeu_si256((__m256i *)y[b].q, p);
         y[b].d = d;
-        y[b].s = d * (float)hsum_epi32(s32);
+        y[b].s = q8_1 ? fp16_to_f32(_cvtss_sh(draw * (float)hsum_epi32(s32), 0)) : d * (float)hsum_epi32(s32);
     }
 }
 
@@ -241,6 +244,7 @@ int kvant_act_format(int type) {
     switch (type) {
     case T_Q4_0: case T_Q5_0: case T_Q8_0: return KVANT_ACT_Q8_0;
     case T_Q4_K: case T_Q5_K: case T_Q6_K: return KVANT_ACT_Q8_K;
+    case T_Q4_1: case T_Q5_1: return KVANT_ACT_Q8_1;
     default: return KVANT_ACT_Q8A;
     }
 }
@@ -248,7 +252,8 @@ int kvant_act_format(int type) {
 int kvant_quantize_row_act(int format, const float *x, kvant_block_q8a *y, int64_t n) {
     switch (format) {
     case KVANT_ACT_Q8A: if (n % 32) return -1; kvant_quantize_row_q8a(x, y, n); return 0;
-    case KVANT_ACT_Q8_0: if (n % 32) return -1; quantize_row_q8_0_ggml(x, y, n); return 0;
+    case KVANT_ACT_Q8_0: if (n % 32) return -1; quantize_row_q8_01_ggml(x, y, n, 0); return 0;
+    case KVANT_ACT_Q8_1: if (n % 32) return -1; quantize_row_q8_01_ggml(x, y, n, 1); return 0;
     case KVANT_ACT_Q8_K: if (n % 256) return -1; quantize_row_q8_K_ggml(x, y, n); return 0;
     default: return -1;
     }
@@ -414,7 +419,7 @@ static void matmul_q0_avx512(int type, const uint8_t *wb, size_t row_bytes, int6
     /* da[g][b][0..7]: the d of block b of activation rows 8g..8g+7 (0 past the last row). */
     float stack_da[4096];
     float *da = groups * nb * 8 <= 4096 ? stack_da : malloc(sizeof(float) * (size_t)(groups * nb * 8));
-    if (!da) { matmul_q8a_vnni(type, wb, row_bytes, n, row0, row1, a, na, out, out_stride, 0); return; }
+    if (!da) { matmul_q8a_avx2(type, wb, row_bytes, n, row0, row1, a, na, out, out_stride, 0); return; }
     for (int64_t g = 0; g < groups; g++)
         for (int64_t b = 0; b < nb; b++)
             for (int64_t i = 0; i < 8; i++) {
@@ -435,6 +440,67 @@ static void matmul_q0_avx512(int type, const uint8_t *wb, size_t row_bytes, int6
         }
     }
     if (da != stack_da) free(da);
+}
+
+/* Decode (one activation row) for Q4_0/Q5_0/Q8_0. The weights enter vpdpbusd as unsigned bytes u = w + K (Q4_0: the
+ * nibble, K = 8; Q5_0: nibble | fifth bit << 4, K = 16; Q8_0: w xor 0x80, K = 128) against the signed activations,
+ * each lane started from -K·(the sum of its 4 activations), computed once per activation block: so every lane is
+ * exactly the int32 Σ w·a of the same 4 values as ggml_vec_dot_q*_0_q8_0's lanes (and the AVX2 kernel's), followed
+ * by the same FMA by d_w·d_a per block and the same horizontal sum: bit-identical results, in 4 vector operations
+ * per block for Q8_0 and 7 for Q5_0 (the AVX2 sign trick needs 4 for the product alone, plus 5 to expand Q5_0's
+ * fifth bits). */
+static inline __attribute__((always_inline)) __m256i q0_decode_unsigned(const int type, const uint8_t *w) {
+    if (type == T_Q8_0) return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w + 2)), _mm256_set1_epi8((char)0x80));
+    if (type == T_Q4_0) return nibbles32(w + 2);
+    uint32_t qh;
+    memcpy(&qh, w + 2, 4);
+    return _mm256_or_si256(nibbles32(w + 6), _mm256_maskz_mov_epi8((__mmask32)qh, _mm256_set1_epi8(0x10)));
+}
+
+static inline __attribute__((always_inline))
+void q0_gemv_rows(const int type, const uint8_t *w, size_t row_bytes, int64_t nb, int64_t r0, int64_t r1,
+                  const kvant_block_q8a *a, const __m256i *bias, float *out) {
+    const int bs = type == T_Q8_0 ? 34 : type == T_Q4_0 ? 18 : 22;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *wr = w + (size_t)r * row_bytes;
+        _mm_prefetch((const char *)(wr + row_bytes), _MM_HINT_T0);
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *wb = wr + (size_t)b * bs;
+            const __m256i p = _mm256_dpbusd_epi32(bias[b], q0_decode_unsigned(type, wb),
+                                                  _mm256_loadu_si256((const __m256i *)a[b].q));
+            acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(fp16_to_f32(rd16(wb))), _mm256_set1_ps(a[b].d)),
+                                  _mm256_cvtepi32_ps(p), acc);
+        }
+        out[r] = hsum256(acc);
+    }
+}
+
+/* One row at a time: interleaving 4 weight rows (sharing the activation loads) measured 2.5× slower on the
+ * 178 MB Q8_0 output head here (Zen 4): the row streams defeat the hardware prefetcher. */
+static void gemv_q4_0_512(const uint8_t *w, size_t rb, int64_t nb, int64_t r0, int64_t r1, const kvant_block_q8a *a,
+                          const __m256i *bias, float *out) { q0_gemv_rows(T_Q4_0, w, rb, nb, r0, r1, a, bias, out); }
+static void gemv_q5_0_512(const uint8_t *w, size_t rb, int64_t nb, int64_t r0, int64_t r1, const kvant_block_q8a *a,
+                          const __m256i *bias, float *out) { q0_gemv_rows(T_Q5_0, w, rb, nb, r0, r1, a, bias, out); }
+static void gemv_q8_0_512(const uint8_t *w, size_t rb, int64_t nb, int64_t r0, int64_t r1, const kvant_block_q8a *a,
+                          const __m256i *bias, float *out) { q0_gemv_rows(T_Q8_0, w, rb, nb, r0, r1, a, bias, out); }
+
+static void gemv_q0_avx512(int type, const uint8_t *wb, size_t row_bytes, int64_t n, int64_t row0, int64_t row1,
+                           const kvant_block_q8a *a, float *out) {
+    const int64_t nb = n / 32;
+    __m256i stack_bias[256];
+    __m256i *bias = nb <= 256 ? stack_bias : aligned_alloc(32, sizeof(__m256i) * (size_t)nb);
+    if (!bias) { matmul_q8a_avx2(type, wb, row_bytes, n, row0, row1, a, 1, out, 0, 0); return; }
+    const int shift = type == T_Q8_0 ? 7 : type == T_Q4_0 ? 3 : 4;
+    for (int64_t b = 0; b < nb; b++) {
+        const __m256i s4 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(1),
+                                               _mm256_loadu_si256((const __m256i *)a[b].q));
+        bias[b] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(s4, shift));
+    }
+    if (type == T_Q8_0) gemv_q8_0_512(wb, row_bytes, nb, row0, row1, a, bias, out);
+    else if (type == T_Q4_0) gemv_q4_0_512(wb, row_bytes, nb, row0, row1, a, bias, out);
+    else gemv_q5_0_512(wb, row_bytes, nb, row0, row1, a, bias, out);
+    if (bias != stack_bias) free(bias);
 }
 #pragma clang attribute pop
 
@@ -461,7 +527,7 @@ static int has_avx512_vnni(void) {
         const int ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
         const char *env = getenv("KVANT_NO_AVX512");
-        cached = ok && !(env && env[0] == '1') && has_avx_vnni();
+        cached = ok && !(env && env[0] == '1');
         cached_avx512 = cached;
     }
     return cached;
@@ -469,8 +535,9 @@ static int has_avx512_vnni(void) {
 
 int kvant_matmul_q8a_rounding(int type, const void *w, size_t row_bytes, int64_t n, int64_t row0, int64_t row1,
                               const kvant_block_q8a *a, int64_t na, float *out, int64_t out_stride, int batch_rounding) {
-    if (has_avx512_vnni() && na >= 2 && (type == T_Q4_0 || type == T_Q5_0 || type == T_Q8_0) && n % 32 == 0) {
-        matmul_q0_avx512(type, (const uint8_t *)w, row_bytes, n, row0, row1, a, na, out, out_stride);
+    if (has_avx512_vnni() && na >= 1 && (type == T_Q4_0 || type == T_Q5_0 || type == T_Q8_0) && n % 32 == 0) {
+        if (na == 1) gemv_q0_avx512(type, (const uint8_t *)w, row_bytes, n, row0, row1, a, out);
+        else matmul_q0_avx512(type, (const uint8_t *)w, row_bytes, n, row0, row1, a, na, out, out_stride);
         return 0;
     }
     if (has_avx_vnni()) return matmul_q8a_vnni(type, w, row_bytes, n, row0, row1, a, na, out, out_stride, batch_rounding);

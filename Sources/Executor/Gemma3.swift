@@ -17,7 +17,7 @@ enum Gemma3 {
     static func forward(_ s: ForwardSession, tokens: [Int32], pool: KVCachePool) {
         let c = s.model.config, w = s.model.weights, ws = s.ws, mm = s.mm
         let T = tokens.count
-        let H = c.hiddenSize, hd = c.headDim, F = c.ffnSize
+        let H = c.hiddenSize, F = c.ffnSize
 
         // x: [T, hidden] = token_embd[tokens] · √hidden
         s.embed(tokens, scale: c.embeddingScale)
@@ -29,8 +29,7 @@ enum Gemma3 {
             s.rmsNormRows(ws.x, L.attnNorm, T: T, n: H, into: ws.xn)          // attn_norm [hidden]
             // attn_q [numHeads·hd, hidden] → q [T, numHeads, hd]; attn_k, attn_v [numKVHeads·hd, hidden] → k, v [T, numKVHeads, hd]
             mm.multiply([L.wq, L.wk, L.wv], ws.xn, m: T, outs: [ws.q, ws.k, ws.v])
-            L.qNorm!.withUnsafeBufferPointer { Ops.rmsNormRows(ws.q, count: T * c.numHeads, n: hd, weight: $0.baseAddress!, eps: c.rmsNormEps) }   // attn_q_norm [hd]
-            L.kNorm!.withUnsafeBufferPointer { Ops.rmsNormRows(ws.k, count: T * c.numKVHeads, n: hd, weight: $0.baseAddress!, eps: c.rmsNormEps) } // attn_k_norm [hd]
+            s.qkNorm(L, T: T)                                                  // attn_q_norm, attn_k_norm [hd]
             s.applyRope(T: T, base: c.ropeBase(layer: l))
             s.attention(layer: l, T: T, pool: pool)   // attn [T, numHeads, hd]
             mm.multiply(L.wo, ws.attn, m: T, out: ws.o)                        // attn_output [hidden, numHeads·hd] → o [T, hidden]

@@ -4,6 +4,7 @@ import KVCache
 /// LLaMA 2/3 and Mistral forward pass (llama.cpp `src/models/llama.cpp`): RMSNorm → Q/K/V → RoPE (llama.cpp
 /// "normal" pairs `(2i, 2i+1)`: the GGUF converter permuted the Q/K rows) → causal attention with scale
 /// 1/√head_dim and GQA (optionally a sliding window on every layer, Mistral) → output projection → residual;
+/// Q/K/V biases when the file has them (llama.cpp's optional `attn_{q,k,v}.bias`);
 /// RMSNorm → SwiGLU FFN → residual; final RMSNorm; output weight (or the tied embedding).
 enum Llama {
     /// Runs the layers over `tokens` (row t at `s.rowPositions[t]` of `s.rowSequences[t]`), leaving the final
@@ -23,6 +24,7 @@ enum Llama {
             s.rmsNormRows(ws.x, L.attnNorm, T: T, n: H, into: ws.xn)          // attn_norm [hidden]
             // attn_q [numHeads·hd, hidden] → q [T, numHeads, hd]; attn_k, attn_v [numKVHeads·hd, hidden] → k, v [T, numKVHeads, hd]
             mm.multiply([L.wq, L.wk, L.wv], ws.xn, m: T, outs: [ws.q, ws.k, ws.v])
+            s.addQKVBiases(L, T: T)
             s.applyRope(T: T, base: c.ropeBase(layer: l))
             s.attention(layer: l, T: T, pool: pool)   // attn [T, numHeads, hd]
             mm.multiply(L.wo, ws.attn, m: T, out: ws.o)                        // attn_output [hidden, numHeads·hd] → o [T, hidden]

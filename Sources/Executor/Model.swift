@@ -5,6 +5,7 @@ import Kernels
 import KVCache
 import KvantCore
 import ModelFormats
+import Tokenizers
 
 /// A loaded model: the mmap'd GGUF, its hyper-parameters and validated weight views. Immutable and shareable;
 /// run it with a `ForwardSession`.
@@ -12,11 +13,12 @@ public final class Model: @unchecked Sendable {
     public let file: GGUFFile
     public let config: ModelConfig
     public let weights: ModelWeights
-    /// EOS plus end-of-turn ids (`<end_of_turn>` for Gemma, `<|eot_id|>`/`<|end_of_text|>` for LLaMA 3) found in the
-    /// GGUF vocabulary; the generator's default stop tokens.
+    /// EOS plus end-of-turn ids (`<end_of_turn>` for Gemma, `<|eot_id|>`/`<|end_of_text|>` for LLaMA 3,
+    /// `<|im_end|>`/`<|endoftext|>` for ChatML models: SmolLM2, Qwen) found in the GGUF vocabulary; the generator's
+    /// default stop tokens.
     public let endOfGenerationTokenIDs: Set<Int32>
 
-    /// Opens and validates a GGUF model (gemma3 or llama architecture, any supported weight type).
+    /// Opens and validates a GGUF model (an `Architecture`: gemma3, llama, qwen2, qwen3; any supported weight type).
     /// - Throws: `KvantError` naming the file and the key/tensor at fault.
     public convenience init(path: String) throws {
         try self.init(file: GGUFFile(path: path))
@@ -30,7 +32,7 @@ public final class Model: @unchecked Sendable {
         if let e = try? file.uint("tokenizer.ggml.eos_token_id") { ids.insert(Int32(truncatingIfNeeded: e)) }
         if let eot = try? file.uint("tokenizer.ggml.eot_token_id") { ids.insert(Int32(truncatingIfNeeded: eot)) }
         if let toks = try? file.stringArray("tokenizer.ggml.tokens") {
-            for name in ["<end_of_turn>", "<|eot_id|>", "<|end_of_text|>"] {
+            for name in ["<end_of_turn>", "<|eot_id|>", "<|end_of_text|>", "<|im_end|>", "<|endoftext|>"] {
                 if let i = toks.firstIndex(of: name) { ids.insert(Int32(i)) }
             }
         }
@@ -41,8 +43,9 @@ public final class Model: @unchecked Sendable {
     public var bosTokenID: Int32? { (try? file.uint("tokenizer.ggml.bos_token_id")).map { Int32(truncatingIfNeeded: $0) } }
     /// EOS token id (`tokenizer.ggml.eos_token_id`), nil when absent.
     public var eosTokenID: Int32? { (try? file.uint("tokenizer.ggml.eos_token_id")).map { Int32(truncatingIfNeeded: $0) } }
-    /// Whether the tokenizer adds BOS (`tokenizer.ggml.add_bos_token`, default true).
-    public var addsBOS: Bool { (try? file.bool("tokenizer.ggml.add_bos_token")) ?? true }
+    /// Whether the tokenizer adds BOS (`tokenizer.ggml.add_bos_token`, else llama.cpp's default for the vocabulary:
+    /// SentencePiece yes, BPE only for the llama3/tekken pre-tokenizers; see `ggufAddsBOS`).
+    public var addsBOS: Bool { ggufAddsBOS(file) }
 }
 
 /// Which rows of a forward pass produce logits.
@@ -108,11 +111,9 @@ public final class ForwardSession: @unchecked Sendable {
         guard startPosition >= 0, startPosition <= pool.length(of: sequence) else {
             throw KvantError(.invalidArgument, "start position \(startPosition) is beyond the cached length \(pool.length(of: sequence)) of \(sequence)")
         }
-        let end = startPosition + tokens.count
-        switch pool.reserve(sequence, newLength: end) {
-        case .ok: break
-        case .later: throw KvantError(.resourceExhausted, "KV cache: no free blocks now for \(end) tokens of \(sequence)")
-        case .never: throw KvantError(.resourceExhausted, "KV cache: \(end) tokens of \(sequence) can never fit in the pool")
+        let earliest = pool.earliestRecomputablePosition(of: sequence)
+        guard startPosition >= earliest else {
+            throw KvantError(.invalidArgument, "start position \(startPosition) of \(sequence): the sliding-window layers no longer hold the keys before position \(earliest)")
         }
         let wanted: Range<Int>
         switch rows {
@@ -126,9 +127,18 @@ public final class ForwardSession: @unchecked Sendable {
             let b1 = min(tokens.count, b0 + maxBatch)
             let T = b1 - b0
             let batch = Array(tokens[b0..<b1])
+            // Blocks per micro-batch: sliding-window layers free what the window left behind after each one
+            // (`commit`), so a long prompt never holds more than window + micro-batch positions of them.
+            let end = startPosition + b1
+            switch pool.reserve(sequence, newLength: end) {
+            case .ok: break
+            case .later: throw KvantError(.resourceExhausted, "KV cache: no free blocks now for \(end) tokens of \(sequence)")
+            case .never: throw KvantError(.resourceExhausted, "KV cache: \(end) tokens of \(sequence) can never fit in the pool")
+            }
             rowPositions = Array((startPosition + b0)..<(startPosition + b1))
             rowSequences = Array(repeating: sequence, count: T)
             runLayers(batch, pool: pool)
+            pool.commit(sequence, tokens: batch, from: startPosition + b0)
             // Output head on the requested rows of this micro-batch, a few rows at a time. After an error from
             // `body` the remaining micro-batches still run, so every reserved position has its K/V in the cache.
             let lo = max(wanted.lowerBound, b0) - b0, hi = min(wanted.upperBound, b1) - b0
@@ -167,24 +177,19 @@ public final class ForwardSession: @unchecked Sendable {
                 throw KvantError(.invalidArgument, "row \(i): position \(it.position) is beyond the next position (\(pool.length(of: it.sequence))) of \(it.sequence)")
             }
         }
-        // Rows growing their sequence into a new block need one free block each; check them all before growing any.
-        let B = pool.spec.blockSize
-        let growing = items.filter { $0.position == pool.length(of: $0.sequence) }
-        let newBlocks = growing.filter { $0.position % B == 0 }.count
-        guard newBlocks <= pool.freeBlocks else {
-            throw KvantError(.resourceExhausted, "KV cache: decode batch needs \(newBlocks) new blocks, \(pool.freeBlocks) free")
+        for (i, it) in items.enumerated() where it.position < pool.earliestRecomputablePosition(of: it.sequence) {
+            throw KvantError(.invalidArgument, "row \(i): position \(it.position) of \(it.sequence) is before the keys its sliding-window layers still hold")
         }
-        for it in growing {
-            let st = pool.reserve(it.sequence, newLength: it.position + 1)
-            guard st == .ok else {
-                // Only reachable when a shared last block needs a copy (fork): the rows before it were grown and
-                // hold one unwritten position; free those sequences or decode them one by one.
-                throw KvantError(.resourceExhausted, "KV cache: no room for position \(it.position) of \(it.sequence) (\(st.rawValue))")
-            }
+        // Rows growing their sequence grow all together or none (their admissions' promised blocks first).
+        let growing = items.filter { $0.position == pool.length(of: $0.sequence) }
+        let st = pool.reserve(growing.map { ($0.sequence, $0.position + 1) })
+        guard st == .ok else {
+            throw KvantError(.resourceExhausted, "KV cache: no room to grow \(growing.count) sequences of the decode batch by one position (\(st.rawValue)); \(pool.freeBlocks) blocks free")
         }
         rowPositions = items.map(\.position)
         rowSequences = items.map(\.sequence)
         runLayers(items.map(\.token), pool: pool)
+        for it in items { pool.commit(it.sequence, tokens: CollectionOfOne(it.token), from: it.position) }
         try outputHead(rows: 0..<items.count, tokenOffset: 0, T: items.count, body: body)
     }
 
@@ -200,6 +205,8 @@ public final class ForwardSession: @unchecked Sendable {
         switch model.config.architecture {
         case .gemma3: Gemma3.forward(self, tokens: tokens, pool: pool)
         case .llama: Llama.forward(self, tokens: tokens, pool: pool)
+        case .qwen2: Qwen2.forward(self, tokens: tokens, pool: pool)
+        case .qwen3: Qwen3.forward(self, tokens: tokens, pool: pool)
         }
     }
 
@@ -242,6 +249,26 @@ public final class ForwardSession: @unchecked Sendable {
             model.weights.tokenEmbedding.dequantizeRow(Int(id), into: ws.x + t * H)
             if scale != 1 { Ops.scale(ws.x + t * H, by: scale, n: H) }
         }
+    }
+
+    /// Adds the layer's Q/K/V biases (when it has them) to `q: [T, numHeads·hd]`, `k`, `v: [T, numKVHeads·hd]`, row by
+    /// row in fp32 after the products (llama.cpp's `ggml_add(Qcur, wq_b)` in build_qkv).
+    func addQKVBiases(_ L: LayerWeights, T: Int) {
+        let c = model.config
+        let qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
+        for (bias, dst, n) in [(L.bq, ws.q, qDim), (L.bk, ws.k, kvDim), (L.bv, ws.v, kvDim)] {
+            guard let bias else { continue }
+            bias.withUnsafeBufferPointer { b in
+                for t in 0..<T { Ops.add(dst + t * n, b.baseAddress!, n: n) }
+            }
+        }
+    }
+
+    /// Per-head RMSNorm of Q and K (QK-norm: Gemma 3, Qwen 3) with the layer's `attn_q_norm` / `attn_k_norm [hd]`.
+    func qkNorm(_ L: LayerWeights, T: Int) {
+        let c = model.config
+        L.qNorm!.withUnsafeBufferPointer { Ops.rmsNormRows(ws.q, count: T * c.numHeads, n: c.headDim, weight: $0.baseAddress!, eps: c.rmsNormEps) }
+        L.kNorm!.withUnsafeBufferPointer { Ops.rmsNormRows(ws.k, count: T * c.numKVHeads, n: c.headDim, weight: $0.baseAddress!, eps: c.rmsNormEps) }
     }
 
     /// RMSNorm of each of `T` rows of `src` into `dst` (`[T, n]`).

@@ -6,8 +6,12 @@ import ModelFormats
 public enum Architecture: String, Sendable, CaseIterable {
     /// Gemma 3 (text): QK-norm, post-attention/post-FFN norms, GeGLU, sliding-window local layers.
     case gemma3
-    /// LLaMA 2/3 and Mistral: RoPE, GQA, SwiGLU.
+    /// LLaMA 2/3 and Mistral (and SmolLM2): RoPE, GQA, SwiGLU; optional Q/K/V biases.
     case llama
+    /// Qwen 2 / 2.5: LLaMA's block with Q/K/V biases and NEOX RoPE.
+    case qwen2
+    /// Qwen 3 (dense): per-head RMSNorm of Q and K (QK-norm) before NEOX RoPE, no biases, head_dim from key_length.
+    case qwen3
 }
 
 /// Model hyper-parameters read from GGUF metadata (`<arch>.*` keys, llama.cpp's names).
@@ -54,9 +58,11 @@ public struct ModelConfig: Sendable, Equatable {
     /// RoPE base of layer `l`.
     public func ropeBase(layer l: Int) -> Float { isSlidingWindowLayer(l) ? ropeBaseLocal : ropeBase }
 
-    /// The KV-cache spec this model needs (`[numLayers, numKVHeads, headDim]`).
+    /// The KV-cache spec this model needs (`[numLayers, numKVHeads, headDim]`, each layer's sliding window),
+    /// so the cache keeps only the window of sliding-window layers.
     public func kvCacheSpec(dtype: KVCacheDType, blockSize: Int = 16) -> KVCacheSpec {
-        KVCacheSpec(numLayers: numLayers, numKVHeads: numKVHeads, headDim: headDim, dtype: dtype, blockSize: blockSize)
+        KVCacheSpec(numLayers: numLayers, numKVHeads: numKVHeads, headDim: headDim, dtype: dtype, blockSize: blockSize,
+                    layerWindows: slidingWindow == nil ? [] : (0..<numLayers).map { window(layer: $0) })
     }
 
     /// Reads the hyper-parameters of `file`.
@@ -65,7 +71,7 @@ public struct ModelConfig: Sendable, Equatable {
     public init(file: GGUFFile) throws {
         let archName = try file.string("general.architecture")
         guard let arch = Architecture(rawValue: archName) else {
-            throw KvantError(.invalidArgument, "\(file.path): general.architecture '\(archName)' is not supported (supported: gemma3, llama)")
+            throw KvantError(.invalidArgument, "\(file.path): general.architecture '\(archName)' is not supported (supported: \(Architecture.allCases.map(\.rawValue).joined(separator: ", ")))")
         }
         let p = archName + "."
         /// An optional key: nil when absent, its value (checked by `read`) when present.
@@ -100,12 +106,17 @@ public struct ModelConfig: Sendable, Equatable {
             // llama.cpp gemma3.cpp: 1/sqrt(head_dim), except the 27B (62 layers): 1/sqrt(hidden/heads).
             attentionScale = numLayers == 62 ? 1 / Float(hiddenSize / numHeads).squareRoot() : 1 / Float(headDim).squareRoot()
             embeddingScale = Float(hiddenSize).squareRoot()
-        case .llama:
-            let sw = try opt(p + "attention.sliding_window", file.uint)
-            slidingWindow = (sw ?? 0) > 0 ? sw : nil
+        case .llama, .qwen2, .qwen3:
+            if arch == .llama {
+                let sw = try opt(p + "attention.sliding_window", file.uint)
+                slidingWindow = (sw ?? 0) > 0 ? sw : nil
+            } else {
+                slidingWindow = nil   // llama.cpp's qwen2/qwen3 attend to the whole context (no SWA)
+            }
             slidingWindowPattern = 0   // Mistral's window (when given) applies to every layer
             ropeBaseLocal = ropeBase
-            ropeNeox = false
+            // llama_model_rope_type: LLAMA_ROPE_TYPE_NORM for llama, NEOX for qwen2/qwen3
+            ropeNeox = arch != .llama
             attentionScale = 1 / Float(headDim).squareRoot()
             embeddingScale = 1
             if let rot = try opt(p + "rope.dimension_count", file.uint), rot != headDim {

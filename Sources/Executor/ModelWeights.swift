@@ -10,8 +10,11 @@ public struct LayerWeights: @unchecked Sendable {
     public var wk: WeightMatrix                // [numKVHeads·headDim, hidden]
     public var wv: WeightMatrix                // [numKVHeads·headDim, hidden]
     public var wo: WeightMatrix                // [hidden, numHeads·headDim]
-    public var qNorm: [Float]?                 // [headDim]   (Gemma 3)
-    public var kNorm: [Float]?                 // [headDim]   (Gemma 3)
+    public var bq: [Float]?                    // [numHeads·headDim]   (Qwen 2; optional for LLaMA, as in llama.cpp)
+    public var bk: [Float]?                    // [numKVHeads·headDim]
+    public var bv: [Float]?                    // [numKVHeads·headDim]
+    public var qNorm: [Float]?                 // [headDim]   (Gemma 3, Qwen 3)
+    public var kNorm: [Float]?                 // [headDim]   (Gemma 3, Qwen 3)
     public var postAttentionNorm: [Float]?     // [hidden]    (Gemma 3)
     public var ffnNorm: [Float]                // [hidden]
     public var wGate: WeightMatrix             // [ffn, hidden]
@@ -48,6 +51,10 @@ public struct ModelWeights: @unchecked Sendable {
                 throw KvantError(e.reason, "\(file.path): \(e.message)")
             }
         }
+        /// An optional vector (a bias): nil when the tensor is absent, validated like `vector` when present.
+        func optionalVector(_ name: String, count: Int) throws -> [Float]? {
+            file.tensor(named: name) == nil ? nil : try vector(name, count: count)
+        }
         func vector(_ name: String, count: Int) throws -> [Float] {
             let t = try info(name)
             guard t.dims == [count] else {
@@ -68,16 +75,26 @@ public struct ModelWeights: @unchecked Sendable {
             output = tokenEmbedding
         }
         let gemma = c.architecture == .gemma3
+        let qkNorm = gemma || c.architecture == .qwen3
+        // llama.cpp's create_tensor_qkv: Q/K/V biases are optional (TENSOR_NOT_REQUIRED) for llama and qwen2; the
+        // Qwen 2 converter always writes them, Qwen 3 has none. Gemma 3 has none either.
+        let biases = c.architecture == .llama || c.architecture == .qwen2
         layers = try (0..<c.numLayers).map { l in
             func n(_ t: TensorName.Layer) -> String { TensorName.layer(l, t) }
+            func b(_ t: TensorName.Layer, _ count: Int) throws -> [Float]? {
+                biases ? try optionalVector(TensorName.layerBias(l, t), count: count) : nil
+            }
             return LayerWeights(
                 attnNorm: try vector(n(.attnNorm), count: H),
                 wq: try matrix(n(.attnQ), rows: qDim, cols: H),
                 wk: try matrix(n(.attnK), rows: kvDim, cols: H),
                 wv: try matrix(n(.attnV), rows: kvDim, cols: H),
                 wo: try matrix(n(.attnOutput), rows: H, cols: qDim),
-                qNorm: gemma ? try vector(n(.attnQNorm), count: c.headDim) : nil,
-                kNorm: gemma ? try vector(n(.attnKNorm), count: c.headDim) : nil,
+                bq: try b(.attnQ, qDim),
+                bk: try b(.attnK, kvDim),
+                bv: try b(.attnV, kvDim),
+                qNorm: qkNorm ? try vector(n(.attnQNorm), count: c.headDim) : nil,
+                kNorm: qkNorm ? try vector(n(.attnKNorm), count: c.headDim) : nil,
                 postAttentionNorm: gemma ? try vector(n(.postAttentionNorm), count: H) : nil,
                 ffnNorm: try vector(n(.ffnNorm), count: H),
                 wGate: try matrix(n(.ffnGate), rows: c.ffnSize, cols: H),

@@ -25,4 +25,6 @@ public enum TensorName {
     }
 
     public static func layer(_ index: Int, _ t: Layer) -> String { "blk.\(index).\(t.rawValue).weight" }
+    /// Per-layer biases: `blk.<layer>.<name>.bias` (Q/K/V of Qwen 2, `[rows]`).
+    public static func layerBias(_ index: Int, _ t: Layer) -> String { "blk.\(index).\(t.rawValue).bias" }
 }

@@ -1,11 +1,16 @@
-/// Physical blocks of the pool: a FIFO free queue and a reference count per block (vLLM's
-/// block pool). Not thread-safe by itself: `KVCachePool` calls it under its lock.
+/// Physical blocks of the pool: a free queue and a reference count per block (vLLM's block pool).
+/// The free queue is a doubly linked list in release order, so a block can also leave it from the
+/// middle (`take`), which the prefix cache needs to revive a freed block it still knows. Not
+/// thread-safe by itself: `KVCachePool` calls it under its lock.
 public struct BlockPool: Sendable {
     /// Total number of blocks.
     public let numBlocks: Int
     private var refCounts: [Int32]
-    private var freeQueue: [Int32]   // ring buffer of free block ids
-    private var head = 0
+    // The free queue: head = oldest freed (taken first by `allocate`), tail = newest. -1 ends the list.
+    private var next: [Int32]
+    private var prev: [Int32]
+    private var head: Int32 = -1
+    private var tail: Int32 = -1
     /// Number of blocks in the free queue.
     public private(set) var numFree: Int
 
@@ -13,21 +18,37 @@ public struct BlockPool: Sendable {
         precondition(numBlocks >= 0)
         self.numBlocks = numBlocks
         refCounts = [Int32](repeating: 0, count: numBlocks)
-        freeQueue = (0..<Int32(numBlocks)).map { $0 }
-        numFree = numBlocks
+        next = [Int32](repeating: -1, count: numBlocks)
+        prev = [Int32](repeating: -1, count: numBlocks)
+        numFree = 0
+        for b in 0..<numBlocks { append(Int32(b)) }
     }
 
     /// Blocks with a reference count above zero.
     public var numUsed: Int { numBlocks - numFree }
 
+    /// The block `allocate` would take next (the oldest free one), nil when none is free.
+    public var oldestFree: Int32? { head >= 0 ? head : nil }
+
     /// Takes the oldest free block (reference count becomes 1); nil when none is free.
     public mutating func allocate() -> Int32? {
-        guard numFree > 0 else { return nil }
-        let id = freeQueue[head]
-        head = (head + 1) % numBlocks
-        numFree -= 1
-        refCounts[Int(id)] = 1
+        guard head >= 0 else { return nil }
+        let id = head
+        take(id)
         return id
+    }
+
+    /// Takes a specific free block out of the free queue (reference count becomes 1).
+    /// Precondition: the block is free.
+    public mutating func take(_ id: Int32) {
+        let i = Int(id)
+        precondition(refCounts[i] == 0, "take of used block \(id)")
+        let p = prev[i], n = next[i]
+        if p >= 0 { next[Int(p)] = n } else { head = n }
+        if n >= 0 { prev[Int(n)] = p } else { tail = p }
+        prev[i] = -1; next[i] = -1
+        numFree -= 1
+        refCounts[i] = 1
     }
 
     /// Adds a reference (a forked sequence sharing the block).
@@ -36,25 +57,77 @@ public struct BlockPool: Sendable {
         refCounts[Int(id)] += 1
     }
 
-    /// Drops a reference; the block goes back to the free queue at zero. Returns true if it was freed.
+    /// Drops a reference; at zero the block joins the free queue's tail (taken last). Returns true if it was freed.
     @discardableResult
     public mutating func release(_ id: Int32) -> Bool {
         precondition(refCounts[Int(id)] > 0, "release of free block \(id)")
         refCounts[Int(id)] -= 1
         guard refCounts[Int(id)] == 0 else { return false }
-        freeQueue[(head + numFree) % numBlocks] = id
-        numFree += 1
+        append(id)
         return true
     }
 
     /// Reference count of a block (0 = free).
     public func refCount(_ id: Int32) -> Int { Int(refCounts[Int(id)]) }
+
+    private mutating func append(_ id: Int32) {
+        let i = Int(id)
+        prev[i] = tail
+        next[i] = -1
+        if tail >= 0 { next[Int(tail)] = id } else { head = id }
+        tail = id
+        numFree += 1
+    }
 }
 
-/// One sequence's block table: logical block i holds token positions `i*blockSize ..< (i+1)*blockSize`.
+/// One sequence's block tables, one per layer group (`KVCacheSpec.layerGroups`): logical block i of a
+/// group holds token positions `i*blockSize ..< (i+1)*blockSize` of every layer of the group.
 public struct BlockTable: Sendable, Equatable {
-    /// Physical block ids in logical order.
-    public internal(set) var blockIDs: [Int32] = []
+    /// The id of a block a sliding-window group has freed (its positions are out of every window still to come).
+    public static let nullBlock: Int32 = -1
+
+    /// Physical block ids per layer group in logical order; `nullBlock` where a sliding-window group freed one.
+    public internal(set) var groups: [[Int32]]
     /// Reserved length in tokens (positions 0..<length may be written and attended).
     public internal(set) var length: Int = 0
+    /// Positions whose K/V are committed (`KVCachePool.commit`): written in every layer. The next
+    /// query position; sliding-window groups keep the blocks it and later positions still read.
+    public internal(set) var computed: Int = 0
+    /// Token ids of the committed positions, when the caller gave them (`commit(tokens:)`).
+    public internal(set) var tokens: [Int32] = []
+    /// Per group: how many leading entries are `nullBlock` (freed out of the window, or never needed).
+    public internal(set) var firstLive: [Int]
+    /// Admission (`KVCachePool.admit`): the growth the pool promised blocks for; nil when not admitted.
+    public internal(set) var admission: KVAdmission?
+    /// Blocks promised to this sequence (`admit`) and not yet allocated: free blocks no other sequence may take.
+    public internal(set) var promised: Int = 0
+
+    init(numGroups: Int) {
+        groups = Array(repeating: [], count: numGroups)
+        firstLive = Array(repeating: 0, count: numGroups)
+    }
+
+    /// The block table of the first layer group (the only one of a pool without sliding windows).
+    public var blockIDs: [Int32] { groups[0] }
+
+    /// Blocks the tables hold (every group, freed entries excluded; a block shared with a fork counts here too).
+    public var heldBlocks: Int {
+        var n = 0
+        for (gi, ids) in groups.enumerated() { n += ids.count - firstLive[gi] }
+        return n
+    }
+}
+
+/// The growth a sequence was admitted for: its prompt is prefilled from position 0 in micro-batches of
+/// `KVCachePool.prefillChunk` tokens, then one token at a time is decoded up to `maxLength` positions.
+public struct KVAdmission: Sendable, Equatable {
+    /// Prompt tokens (prefilled in micro-batches).
+    public var promptLength: Int
+    /// Positions the sequence may reach (prompt + generated tokens).
+    public var maxLength: Int
+
+    public init(promptLength: Int, maxLength: Int) {
+        self.promptLength = promptLength
+        self.maxLength = maxLength
+    }
 }

@@ -27,13 +27,15 @@ extension KVCachePool {
         guard position >= 0, position < table.length else {
             lock.unlock(); preconditionFailure("KVCachePool.write: position \(position) outside the reserved length \(table.length)")
         }
-        let lb = position / B
-        if blocks.refCount(table.blockIDs[lb]) > 1 {
-            guard blocks.numFree > 0 else { lock.unlock(); return false }
-            copyOnWrite(&table, logicalBlock: lb)
+        let lb = position / B, gi = groupOfLayer[layer]
+        precondition(table.groups[gi][lb] != BlockTable.nullBlock,
+                     "KVCachePool.write: position \(position) of layer \(layer) is outside its sliding window (block freed)")
+        if mustCopy(table.groups[gi][lb]) {
+            guard blocksAvailable(to: table) > 0 else { lock.unlock(); return false }
+            copyOnWrite(&table, group: gi, logicalBlock: lb)
             tables[sequence] = table
         }
-        let bid = Int(table.blockIDs[lb])
+        let bid = Int(table.groups[gi][lb])
         let slot = layer * numBlocks + bid
         if isStatic && blockEpoch[slot] < 0 {
             blockEpoch[slot] = Int32(currentEpoch)
@@ -44,16 +46,33 @@ extension KVCachePool {
             }
         }
         let rec = recorder
+        let ring = isInt4 ? residualRing(sequence) : nil
         lock.unlock()
 
-        let blk = storage + slot * blockStride
+        let blk = blockAddress(layer: layer, block: bid)
+        if isInt4 {
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * H * D) { buf in
+                let kr = buf.baseAddress!, vr = kr + H * D
+                kr.update(from: key, count: H * D); vr.update(from: value, count: H * D)
+                kv_hadamard(kr, Int32(H * D), Int32(rotationGroup)); kv_hadamard(vr, Int32(H * D), Int32(rotationGroup))
+                storeInt4(layer: layer, position: position, ring: ring, blk: blk, kr: kr, vr: vr)
+            }
+            if let rec {
+                for h in 0..<H {
+                    let k = key + h * D, v = value + h * D
+                    rec.record(layer: layer, head: h, keyAmax: kv_amax(k, Int32(D)), valueAmax: kv_amax(v, Int32(D)),
+                               key: k, value: v, count: D)
+                }
+            }
+            return true
+        }
         if let sim = simulation {
             // Measurement tool (KVQuantSimulation): store the simulated format's dequantized values (fp32 pool).
             let n = H * D
             withUnsafeTemporaryAllocation(of: Float.self, capacity: 4 * n) { buf in
                 let kl = buf.baseAddress!, vl = kl + n, kr = vl + n, vr = kr + n
                 simulate(sim, layer: layer, position: position, key: key, value: value, kLow: kl, vLow: vl, kRes: kr, vRes: vr)
-                let lowBlk = sim.shadow.map { $0 + slot * blockStride } ?? blk
+                let lowBlk = sim.shadow.map { $0 + (blk - storage) } ?? blk
                 for h in 0..<H {
                     let kOff = (h * B + off) * rowBytes, vOff = vOffset + (h * B + off) * rowBytes
                     _ = kv_store_row(dtypeCode, kl + h * D, lowBlk + kOff, Int32(D), 1)
@@ -71,7 +90,7 @@ extension KVCachePool {
         for h in 0..<H {
             let k = key + h * D, v = value + h * D
             let kDst = blk + (h * B + off) * rowBytes
-            let vDst = blk + vOffset + (h * B + off) * rowBytes
+            let vDst = blk + vOffset + (h * B + off) * vRowBytes
             var kAmax: Float = -1, vAmax: Float = -1
             switch dtypeCode {
             case Int32(KV_DT_I8_TOKEN):
@@ -103,21 +122,31 @@ extension KVCachePool {
     }
 
     /// Reads back (dequantizes) K and V of one token for one layer into `[numKVHeads, headDim]` fp32
-    /// buffers: what attention sees, in the model's basis (a rotated int8_pertoken row is rotated back).
+    /// buffers: what attention sees, in the model's basis (a rotated int8_pertoken row is rotated back;
+    /// `int4_pertoken`: the 4-bit row, which attention reads for positions outside the int8 residual).
     /// For tests and debugging; attention never uses it.
     public func read(layer: Int, sequence: SequenceID, position: Int,
                      key: UnsafeMutablePointer<Float>, value: UnsafeMutablePointer<Float>) {
         precondition(layer >= 0 && layer < spec.numLayers, "KVCachePool.read: layer \(layer) out of range")
         let B = spec.blockSize, H = spec.numKVHeads, D = spec.headDim
         lock.lock()
-        guard let table = tables[sequence], position >= 0, position < table.length else {
-            lock.unlock(); preconditionFailure("KVCachePool.read: unknown sequence or position \(position) out of range")
+        guard let table = tables[sequence], position >= 0, position < table.length,
+              table.groups[groupOfLayer[layer]][position / B] != BlockTable.nullBlock else {
+            lock.unlock(); preconditionFailure("KVCachePool.read: unknown sequence, position \(position) out of range or out of layer \(layer)'s window")
         }
-        let slot = layer * numBlocks + Int(table.blockIDs[position / B])
+        let bid = Int(table.groups[groupOfLayer[layer]][position / B])
+        let slot = layer * numBlocks + bid
         lock.unlock()
         let off = position % B
-        let blk = storage + slot * blockStride
+        let blk = blockAddress(layer: layer, block: bid)
         for h in 0..<H {
+            if isInt4 {
+                kv_load_row_q4k(blk + (h * B + off) * rowBytes, key + h * D, Int32(D))
+                kv_load_row_q4v(blk + vOffset + (h * B + off) * vRowBytes, value + h * D, Int32(D))
+                kv_hadamard(key + h * D, Int32(D), Int32(rotationGroup))
+                kv_hadamard(value + h * D, Int32(D), Int32(rotationGroup))
+                continue
+            }
             var ks: Float = 1, vs: Float = 1
             if dtypeCode == Int32(KV_DT_I8_TOKEN) {
                 ks = (blk + ksOffset).assumingMemoryBound(to: Float.self)[h * B + off]
@@ -133,12 +162,13 @@ extension KVCachePool {
     }
 
     /// The epoch whose scales a (layer, position) of a sequence was written with (static modes;
-    /// -1 when not yet written or not a static mode).
+    /// -1 when not yet written, out of the layer's window or not a static mode).
     public func epoch(layer: Int, sequence: SequenceID, position: Int) -> Int {
         lock.lock(); defer { lock.unlock() }
         guard isStatic, layer >= 0, layer < spec.numLayers, let table = tables[sequence],
               position >= 0, position < table.length else { return -1 }
-        return Int(blockEpoch[layer * numBlocks + Int(table.blockIDs[position / spec.blockSize])])
+        let id = table.groups[groupOfLayer[layer]][position / spec.blockSize]
+        return id == BlockTable.nullBlock ? -1 : Int(blockEpoch[layer * numBlocks + Int(id)])
     }
 
     /// Causal attention of one query position over keys `(position - window, position]` (all of
@@ -165,6 +195,7 @@ extension KVCachePool {
                      "KVCachePool.attend: num_heads \(numHeads) is not a multiple of num_kv_heads \(spec.numKVHeads)")
         lock.lock()
         let table = tables[sequence]
+        let ring = isInt4 ? residuals[sequence] : nil
         lock.unlock()
         guard let table, position >= 0, position < table.length else {
             preconditionFailure("KVCachePool.attend: unknown sequence \(sequence) or position \(position) out of range")
@@ -174,6 +205,8 @@ extension KVCachePool {
             precondition(window >= 1, "KVCachePool.attend: window \(window) < 1")
             first = max(0, position - window + 1)
         }
+        precondition(table.groups[groupOfLayer[layer]][first / spec.blockSize] != BlockTable.nullBlock,
+                     "KVCachePool.attend: keys from position \(first) of layer \(layer) were freed (outside its sliding window \(spec.window(layer: layer).map(String.init) ?? "none"))")
         let keys = position - first + 1
         let parts = threads > 1 && numerics == .fast ? min(threads, keys / 256, 64) : 1
         let D = spec.headDim, G = Int32(rotationGroup)
@@ -187,10 +220,18 @@ extension KVCachePool {
                 let qr = q.baseAddress!
                 qr.update(from: query, count: numHeads * D)
                 kv_hadamard(qr, Int32(numHeads * D), G)
+                if isInt4 {
+                    attendInt4(table: table, ring: ring, layer: layer, first: first, position: position, threads: parts,
+                               query: qr, numHeads: numHeads, scale: scale, output: output)
+                    return
+                }
                 attendInCacheBasis(table: table, layer: layer, first: first, position: position, keys: keys, parts: parts,
                                    query: qr, numHeads: numHeads, scale: scale, output: output, numerics: numerics)
             }
             kv_hadamard(output, Int32(numHeads * D), G)
+        } else if isInt4 {
+            attendInt4(table: table, ring: ring, layer: layer, first: first, position: position, threads: parts,
+                       query: query, numHeads: numHeads, scale: scale, output: output)
         } else {
             attendInCacheBasis(table: table, layer: layer, first: first, position: position, keys: keys, parts: parts,
                                query: query, numHeads: numHeads, scale: scale, output: output, numerics: numerics)
@@ -200,10 +241,10 @@ extension KVCachePool {
     func attendInCacheBasis(table: BlockTable, layer: Int, first: Int, position: Int, keys: Int, parts: Int,
                                     query: UnsafePointer<Float>, numHeads: Int, scale: Float,
                                     output: UnsafeMutablePointer<Float>, numerics: KVAttentionNumerics) {
-        table.blockIDs.withUnsafeBufferPointer { ids in
+        table.groups[groupOfLayer[layer]].withUnsafeBufferPointer { ids in
             var view = kv_layer_view(
-                base: UnsafePointer(storage.assumingMemoryBound(to: UInt8.self) + layer * numBlocks * blockStride),
-                block_stride: blockStride, v_offset: vOffset, ks_offset: ksOffset, vs_offset: vsOffset,
+                base: UnsafePointer(layerBase(layer).assumingMemoryBound(to: UInt8.self)),
+                block_stride: pageStride, v_offset: vOffset, ks_offset: ksOffset, vs_offset: vsOffset,
                 static_scales: UnsafePointer(blockScales + (isStatic ? layer * numBlocks * spec.numKVHeads : 0)),
                 static_v_scales: UnsafePointer(blockVScales + (isStatic ? layer * numBlocks * spec.numKVHeads : 0)),
                 block_ids: ids.baseAddress, dtype: dtypeCode, num_kv_heads: Int32(spec.numKVHeads),

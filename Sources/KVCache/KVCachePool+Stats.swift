@@ -8,6 +8,13 @@ extension KVCachePool {
     public static let noScaleFileWarning =
         "no scale file: every scale is the default 1.0 (K/V rounded to integers and clipped at ±127; expect a large accuracy loss); calibrate with 'kvantctl calibrate' and load the file with quantization_param_path"
 
+    /// Bytes the sliding-window groups hold per long sequence at most: `blocksNeeded` of each such group
+    /// beyond its window, times the block size in bytes (0 without sliding windows).
+    public var slidingWindowBytesPerSequence: Int {
+        let B = spec.blockSize
+        return groups.reduce(0) { n, g in n + (g.window.map { (($0 - 1 + B - 1) / B + 1) * pageStride } ?? 0) }
+    }
+
     /// A snapshot of the pool's occupancy, sizes and scales. A static pool without installed scales
     /// reports `noScaleFileWarning` in `scaleWarnings`.
     public func stats() -> KVCacheStats {
@@ -49,18 +56,21 @@ extension KVCachePool {
             collectEpochs()
             liveEpochs = epochTables.keys.sorted()
         } else {
-            source = spec.dtype == .int8PerToken ? "dynamic" : "none"
+            source = spec.dtype.isDynamic ? "dynamic" : "none"
         }
         return KVCacheStats(
             kvCacheDType: spec.dtype.rawValue, blockSize: spec.blockSize, numBlocks: numBlocks,
             usedBlocks: used, freeBlocks: blocks.numFree, tokensCached: tokens,
-            capacityTokens: numBlocks * spec.blockSize, bytesPerToken: spec.bytesPerToken,
+            capacityTokens: capacityTokens, bytesPerToken: spec.fullAttentionBytesPerToken,
+            bytesPerTokenAllLayers: spec.bytesPerToken, slidingWindowBytesPerSequence: slidingWindowBytesPerSequence,
+            layersPerBlock: layersPerGroup, layerGroups: groups,
             bytesPerTokenRatioToFP16: Double(spec.bytesPerToken) / Double(spec.fp16BytesPerToken),
             usage: numBlocks == 0 ? 0 : Double(used) / Double(numBlocks), sequences: tables.count,
             scaleSource: source, scalePath: path, scaleSHA256: sha, scaleEpoch: epoch, liveEpochs: liveEpochs,
             layerScales: layerScales, layerKeyScales: keyScales, layerValueScales: valueScales,
             saturationCounts: saturations, scaleWarnings: warnings,
             attentionKernel: usesAVX512 ? "avx512" : "avx2",
-            rotation: rotationGroup > 1 ? "hadamard-\(rotationGroup)" : nil)
+            rotation: rotationGroup > 1 ? "hadamard-\(rotationGroup)" : nil,
+            residualBytesPerSequence: isInt4 ? residualBytesPerSequence : nil)
     }
 }

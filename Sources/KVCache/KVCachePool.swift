@@ -3,11 +3,19 @@ import Foundation
 import KvantCore
 
 /// The paged KV cache: a preallocated pool of blocks shared by all sequences (vLLM's
-/// PagedAttention, Kwon et al. 2023), one block table per sequence, storage in the spec's dtype.
+/// PagedAttention, Kwon et al. 2023), block tables per sequence, storage in the spec's dtype.
 ///
-/// Memory layout (layer-major): block `b` of layer `l` starts at `(l · numBlocks + b) · blockStride`
-/// bytes and holds K `[numKVHeads, blockSize, headDim]`, then V `[numKVHeads, blockSize, headDim]`,
-/// then for `int8_pertoken` fp32 K scales `[numKVHeads, blockSize]` and V scales `[numKVHeads, blockSize]`.
+/// Layer groups (vLLM's hybrid KV-cache manager with a uniform page size): the layers are split into
+/// groups of `layersPerGroup` layers of one kind (`KVCacheSpec.layerGroups`: full attention, or one
+/// sliding window). A physical block holds `blockSize` positions of every layer of one group; each
+/// sequence has one block table per group. Blocks of a sliding-window group that lie wholly before the
+/// window of the next query position are freed as the sequence grows (`commit`), so a long sequence
+/// holds `numFullAttentionLayers × length + windowed layers × (window + a block)` positions.
+///
+/// Memory layout: block `b` is `layersPerGroup · blockStride` bytes at `b · pageStride`; layer `l`
+/// (slot `s` of its group) occupies `blockStride` bytes at offset `s · blockStride` inside it, holding
+/// K `[numKVHeads, blockSize, headDim]`, then V `[numKVHeads, blockSize, headDim]`, then for
+/// `int8_pertoken` fp32 K scales `[numKVHeads, blockSize]` and V scales `[numKVHeads, blockSize]`.
 ///
 /// Static int8 modes: the scale tables are versioned (epochs). The first write into a (block, layer)
 /// after the block is allocated records the current epoch and its scales for that block; every later
@@ -22,10 +30,19 @@ import KvantCore
 public final class KVCachePool: @unchecked Sendable {
     /// The spec the pool was built from.
     public let spec: KVCacheSpec
-    /// Number of blocks (each holds `blockSize` tokens of every layer).
+    /// Number of blocks (each holds `blockSize` tokens of every layer of one layer group).
     public let numBlocks: Int
     /// Bytes actually allocated per (layer, block) (>= blockSize · bytesPerTokenPerLayer, 64-byte aligned).
     public let blockStride: Int
+    /// The layer groups (`spec.layerGroups`); a sequence has one block table per group.
+    public let groups: [KVLayerGroup]
+    /// Layers per group, i.e. per physical block.
+    public let layersPerGroup: Int
+    /// Bytes of one physical block: `layersPerGroup · blockStride`.
+    public let pageStride: Int
+    /// Group index and slot inside the group of each layer.
+    let groupOfLayer: [Int]
+    let slotOfLayer: [Int]
     /// True when `attend` uses the AVX-512 kernel (CPU support, allowed at init, head_dim % 16 == 0).
     public var usesAVX512: Bool { useAVX512 && spec.headDim % 16 == 0 }
     let useAVX512: Bool
@@ -36,7 +53,14 @@ public final class KVCachePool: @unchecked Sendable {
     public let rotationGroup: Int
 
     let dtypeCode: Int32
+    /// Bytes of one K row of one head (int4: `kv_q4k_row_bytes`); V rows take `vRowBytes`.
     let rowBytes: Int
+    let vRowBytes: Int
+    /// `int4_pertoken`: the pool stores 4-bit rows; each sequence also keeps its recent rows at int8
+    /// (`KVResidualRing`, laid out by `residual`), created at its first write, dropped by `free`.
+    let isInt4: Bool
+    let residual: KVResidualLayout?
+    var residuals: [SequenceID: KVResidualRing] = [:]
     let vOffset: Int
     let ksOffset: Int
     let vsOffset: Int
@@ -45,6 +69,12 @@ public final class KVCachePool: @unchecked Sendable {
     var blocks: BlockPool
     var tables: [SequenceID: BlockTable] = [:]
     var nextSequence = 0
+    /// Blocks promised to admitted sequences and not yet allocated (Σ `BlockTable.promised`; ≤ free blocks).
+    var promisedBlocks = 0
+    /// Tokens per prefill micro-batch assumed by `admit` and `capacityTokens` (the executor's
+    /// `ForwardSession.maxBatch`): while a micro-batch runs, a sliding-window layer holds its window plus
+    /// the micro-batch.
+    public let prefillChunk: Int
 
     // Static int8 modes.
     let isStatic: Bool
@@ -74,7 +104,7 @@ public final class KVCachePool: @unchecked Sendable {
     ///
     /// - Parameters:
     ///   - spec: the cache shape; validated.
-    ///   - byteBudget: bytes for K/V storage; `numBlocks = byteBudget / (numLayers · blockStride)`.
+    ///   - byteBudget: bytes for K/V storage; `numBlocks = byteBudget / pageStride` (`layersPerGroup · blockStride`).
     ///   - scales: static scales for `int8_pertensor`/`int8_pertensor_perhead` (epoch 1). Without them a
     ///     static pool uses 1.0 everywhere (epoch 0, scale source "default 1.0").
     ///   - allowAVX512: use the AVX-512 attention kernel when the CPU has it (run-time CPUID check) and
@@ -83,39 +113,65 @@ public final class KVCachePool: @unchecked Sendable {
     ///     orthogonal Hadamard rotation, so one outlier channel no longer sets the scale of the whole
     ///     row (relative int8 error 5× lower on Gemma 3 270M); attention is unchanged mathematically.
     ///     false stores the rows as they are (for comparison). Ignored by the other dtypes.
+    ///   - int4RecentBlocks: `int4_pertoken` only: each query reads its last this many blocks (and token 0) from the
+    ///     sequence's int8 residual (default 4, as measured in docs/kv-cache.md); 0 = no residual, every position at
+    ///     int4 (for comparison: `kvant-eval --int4-recent-blocks 0`).
+    ///   - prefillChunk: tokens per prefill micro-batch of the executor (`ForwardSession.maxBatch`), for
+    ///     `admit` and `capacityTokens`; ≥ 1.
     /// - Throws: `KvantError(.invalidArgument)` for a bad spec, scales given for a dtype that has none,
-    ///   or scales not matching the spec; `.resourceExhausted` when the budget is below one block or
-    ///   the allocation fails.
+    ///   or scales not matching the spec; `.resourceExhausted` when the budget holds less than one block
+    ///   per layer group (one token) or the allocation fails.
     public init(spec: KVCacheSpec, byteBudget: Int, scales: KVScales? = nil, allowAVX512: Bool = true,
-                hadamardRotation: Bool = true) throws {
+                hadamardRotation: Bool = true, prefillChunk: Int = 512, int4RecentBlocks: Int = 4) throws {
         try spec.validate()
+        guard prefillChunk >= 1 else {
+            throw KvantError(.invalidArgument, "KV cache: prefill micro-batch \(prefillChunk) tokens; must be at least 1")
+        }
+        self.prefillChunk = prefillChunk
         self.spec = spec
         useAVX512 = allowAVX512 && kv_cpu_has_avx512() != 0
         let dt = spec.dtype.resolved
-        rotationGroup = dt == .int8PerToken && hadamardRotation ? Int(kv_hadamard_group(Int32(spec.headDim))) : 1
+        rotationGroup = dt.isDynamic && hadamardRotation ? Int(kv_hadamard_group(Int32(spec.headDim))) : 1
         switch dt {
         case .fp32: dtypeCode = Int32(KV_DT_F32)
         case .fp16, .auto: dtypeCode = Int32(KV_DT_F16)
         case .bf16: dtypeCode = Int32(KV_DT_BF16)
         case .int8PerTensor, .int8PerTensorPerHead: dtypeCode = Int32(KV_DT_I8_STATIC)
         case .int8PerToken: dtypeCode = Int32(KV_DT_I8_TOKEN)
+        case .int4PerToken: dtypeCode = Int32(KV_DT_Q4)
         }
         isStatic = dt.usesStaticScales
         let H = spec.numKVHeads, B = spec.blockSize
-        rowBytes = spec.headDim * dt.elementBytes
+        isInt4 = dt == .int4PerToken
+        rowBytes = isInt4 ? Int(kv_q4k_row_bytes(Int32(spec.headDim))) : spec.headDim * dt.elementBytes
+        vRowBytes = isInt4 ? Int(kv_q4v_row_bytes(Int32(spec.headDim))) : rowBytes
         let kvBytes = H * B * rowBytes
         vOffset = kvBytes
         ksOffset = (2 * kvBytes + 3) & ~3
         vsOffset = ksOffset + H * B * 4
-        let raw = dt == .int8PerToken ? vsOffset + H * B * 4 : 2 * kvBytes
-        blockStride = (raw + 63) & ~63
-        let perBlock = blockStride * spec.numLayers
-        guard byteBudget >= perBlock else {
-            throw KvantError(.resourceExhausted,
-                             "KV cache byte budget \(byteBudget) bytes is smaller than one block (\(perBlock) bytes: block_size \(B), \(spec.numLayers) layers, kv_cache_dtype \(spec.dtype.rawValue))")
+        let raw = dt == .int8PerToken ? vsOffset + H * B * 4 : isInt4 ? kvBytes + H * B * vRowBytes : 2 * kvBytes
+        guard int4RecentBlocks >= 0 else {
+            throw KvantError(.invalidArgument, "KV cache: int4 recent blocks \(int4RecentBlocks); must be 0 or more")
         }
-        numBlocks = min(byteBudget / perBlock, Int(Int32.max) / 2)
-        let (total, overflow) = numBlocks.multipliedReportingOverflow(by: perBlock)
+        residual = isInt4 && int4RecentBlocks > 0
+            ? KVResidualLayout(spec: spec, prefillChunk: prefillChunk, recentBlocks: int4RecentBlocks) : nil
+        blockStride = (raw + 63) & ~63
+        groups = spec.layerGroups
+        layersPerGroup = spec.layersPerGroup
+        var gOf = [Int](repeating: 0, count: spec.numLayers), sOf = [Int](repeating: 0, count: spec.numLayers)
+        for (gi, group) in groups.enumerated() {
+            for (slot, l) in group.layers.enumerated() { gOf[l] = gi; sOf[l] = slot }
+        }
+        groupOfLayer = gOf
+        slotOfLayer = sOf
+        pageStride = blockStride * layersPerGroup
+        let perToken = pageStride * groups.count   // one block of every group: what one token needs
+        guard byteBudget >= perToken else {
+            throw KvantError(.resourceExhausted,
+                             "KV cache byte budget \(byteBudget) bytes is smaller than one block of every layer (\(perToken) bytes: block_size \(B), \(spec.numLayers) layers, kv_cache_dtype \(spec.dtype.rawValue))")
+        }
+        numBlocks = min(byteBudget / pageStride, Int(Int32.max) / 2)
+        let (total, overflow) = numBlocks.multipliedReportingOverflow(by: pageStride)
         if let available = Self.availableMemoryBytes(), !overflow, total > available {
             throw KvantError(.resourceExhausted,
                              "KV cache: kv_cache_bytes \(byteBudget) is more than the memory available now (\(available) bytes, MemAvailable in /proc/meminfo)")
@@ -160,8 +216,38 @@ public final class KVCachePool: @unchecked Sendable {
         saturation.deallocate()
     }
 
-    /// Capacity in tokens of one sequence using the whole pool: `numBlocks · blockSize`.
-    public var capacityTokens: Int { numBlocks * spec.blockSize }
+    /// `capacity_tokens`: the longest sequence (prompt + generated tokens) `admit` accepts into the empty
+    /// pool, however it is split between prompt and generation: the largest `L` with
+    /// `peakBlocks(KVAdmission(promptLength: L, maxLength: L)) <= numBlocks` (a prompt of all `L` tokens is
+    /// the worst case: its micro-batches span the most blocks). Full-attention groups hold all `L`
+    /// positions, each sliding-window group its window plus one prefill micro-batch. At most 2^30.
+    /// Without sliding windows: `numBlocks · blockSize`.
+    public var capacityTokens: Int {
+        func fits(_ L: Int) -> Bool { peakBlocks(KVAdmission(promptLength: L, maxLength: L)) <= numBlocks }
+        var lo = 0, hi = 1 << 30
+        if fits(hi) { return hi }
+        while lo + 1 < hi {   // peakBlocks is non-decreasing in L
+            let mid = (lo + hi) / 2
+            if fits(mid) { lo = mid } else { hi = mid }
+        }
+        return lo
+    }
+
+    /// Blocks one sequence holds at most while it grows one position at a time to `length` tokens
+    /// (`peakBlocks` of a decode-only growth): a full-attention group `ceil(length / blockSize)`, a
+    /// sliding-window group with window `w` the blocks spanned by its last `w` positions, at most
+    /// `ceil((w - 1) / blockSize) + 1`.
+    public func blocksNeeded(forLength length: Int) -> Int {
+        peakBlocks(KVAdmission(promptLength: 0, maxLength: max(0, length)))
+    }
+
+    /// First byte of layer `l` in block 0; block `b` of the layer is at `+ b · pageStride`.
+    @inline(__always) func layerBase(_ l: Int) -> UnsafeMutableRawPointer { storage + slotOfLayer[l] * blockStride }
+
+    /// The (layer, block) storage of `block` for layer `l`.
+    @inline(__always) func blockAddress(layer l: Int, block b: Int) -> UnsafeMutableRawPointer {
+        storage + b * pageStride + slotOfLayer[l] * blockStride
+    }
 
 }
 

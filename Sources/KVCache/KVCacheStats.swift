@@ -9,11 +9,25 @@ public struct KVCacheStats: Codable, Sendable, Equatable {
     public var freeBlocks: Int
     /// Sum of the sequences' reserved lengths (a shared prefix counts once per sequence).
     public var tokensCached: Int
-    /// numBlocks · blockSize.
+    /// The longest single sequence the pool holds, sliding-window layers keeping only their window
+    /// (`KVCachePool.capacityTokens`; numBlocks · blockSize without sliding windows).
     public var capacityTokens: Int
-    /// Bytes of K/V per token over all layers (spec formula, scales included for int8_pertoken).
+    /// Bytes of K/V each further token of a long sequence costs (longer than every sliding window): the
+    /// full-attention layers' K/V, scales included for int8_pertoken (`KVCacheSpec.fullAttentionBytesPerToken`;
+    /// all layers without sliding windows).
     public var bytesPerToken: Int
-    /// bytesPerToken / the same shape in fp16.
+    /// Bytes of K/V of one token over all layers (what a token costs while the sequence is shorter than
+    /// every window).
+    public var bytesPerTokenAllLayers: Int
+    /// Bytes the sliding-window layers hold per long sequence at most: their window plus one block each,
+    /// in whole blocks (0 without sliding windows). A sequence of n tokens (n beyond the windows) holds at
+    /// most `n · bytesPerToken + slidingWindowBytesPerSequence` rounded up to whole blocks.
+    public var slidingWindowBytesPerSequence: Int
+    /// Layers per physical block (one layer group).
+    public var layersPerBlock: Int
+    /// The layer groups: each has its own block table per sequence (vLLM's hybrid KV-cache manager).
+    public var layerGroups: [KVLayerGroup]
+    /// K/V bytes per value relative to fp16 (over all layers, scales included).
     public var bytesPerTokenRatioToFP16: Double
     /// usedBlocks / numBlocks.
     public var usage: Double
@@ -43,19 +57,27 @@ public struct KVCacheStats: Codable, Sendable, Equatable {
     public var scaleWarnings: [String]
     /// The attention kernel in use: "avx512" or "avx2" (run-time CPU check, see docs/kv-cache.md).
     public var attentionKernel: String
-    /// `int8_pertoken`: "hadamard-<g>" when K and V are stored Hadamard-rotated over groups of g values
+    /// `int8_pertoken`, `int4_pertoken`: "hadamard-<g>" when K and V are stored Hadamard-rotated over groups of g values
     /// of each head before quantization (the default; see `KVCachePool.rotationGroup`), else absent.
     public var rotation: String?
+    /// `int4_pertoken`: bytes of the int8 residual (recent blocks and token 0, all layers) each live sequence
+    /// holds beside the pool (`KVCachePool.residualBytesPerSequence`), else absent.
+    public var residualBytesPerSequence: Int?
 
     public init(kvCacheDType: String, blockSize: Int, numBlocks: Int, usedBlocks: Int, freeBlocks: Int,
-                tokensCached: Int, capacityTokens: Int, bytesPerToken: Int, bytesPerTokenRatioToFP16: Double,
+                tokensCached: Int, capacityTokens: Int, bytesPerToken: Int, bytesPerTokenAllLayers: Int,
+                slidingWindowBytesPerSequence: Int, layersPerBlock: Int, layerGroups: [KVLayerGroup],
+                bytesPerTokenRatioToFP16: Double,
                 usage: Double, sequences: Int, scaleSource: String, scalePath: String?, scaleSHA256: String?,
                 scaleEpoch: Int?, liveEpochs: [Int], layerScales: [[Float]]?, layerKeyScales: [[Float]]? = nil,
                 layerValueScales: [[Float]]? = nil, saturationCounts: [Int64]?,
-                scaleWarnings: [String], attentionKernel: String = "avx2", rotation: String? = nil) {
+                scaleWarnings: [String], attentionKernel: String = "avx2", rotation: String? = nil,
+                residualBytesPerSequence: Int? = nil) {
         self.kvCacheDType = kvCacheDType; self.blockSize = blockSize; self.numBlocks = numBlocks
         self.usedBlocks = usedBlocks; self.freeBlocks = freeBlocks; self.tokensCached = tokensCached
         self.capacityTokens = capacityTokens; self.bytesPerToken = bytesPerToken
+        self.bytesPerTokenAllLayers = bytesPerTokenAllLayers; self.slidingWindowBytesPerSequence = slidingWindowBytesPerSequence
+        self.layersPerBlock = layersPerBlock; self.layerGroups = layerGroups
         self.bytesPerTokenRatioToFP16 = bytesPerTokenRatioToFP16; self.usage = usage; self.sequences = sequences
         self.scaleSource = scaleSource; self.scalePath = scalePath; self.scaleSHA256 = scaleSHA256
         self.scaleEpoch = scaleEpoch; self.liveEpochs = liveEpochs; self.layerScales = layerScales
@@ -63,17 +85,22 @@ public struct KVCacheStats: Codable, Sendable, Equatable {
         self.saturationCounts = saturationCounts; self.scaleWarnings = scaleWarnings
         self.attentionKernel = attentionKernel
         self.rotation = rotation
+        self.residualBytesPerSequence = residualBytesPerSequence
     }
 
     enum CodingKeys: String, CodingKey {
         case kvCacheDType = "kv_cache_dtype", blockSize = "block_size", numBlocks = "num_blocks"
         case usedBlocks = "num_blocks_used", freeBlocks = "num_blocks_free", tokensCached = "tokens_cached"
         case capacityTokens = "capacity_tokens", bytesPerToken = "bytes_per_token"
+        case bytesPerTokenAllLayers = "bytes_per_token_all_layers"
+        case slidingWindowBytesPerSequence = "sliding_window_bytes_per_sequence"
+        case layersPerBlock = "layers_per_block", layerGroups = "layer_groups"
         case bytesPerTokenRatioToFP16 = "bytes_per_token_ratio_to_fp16", usage, sequences
         case scaleSource = "scale_source", scalePath = "scale_path", scaleSHA256 = "scale_sha256"
         case scaleEpoch = "scale_epoch", liveEpochs = "live_epochs", layerScales = "layer_scales"
         case layerKeyScales = "layer_k_scales", layerValueScales = "layer_v_scales"
         case saturationCounts = "saturation_counts", scaleWarnings = "scale_warnings"
         case attentionKernel = "attention_kernel", rotation = "kv_rotation"
+        case residualBytesPerSequence = "residual_bytes_per_sequence"
     }
 }

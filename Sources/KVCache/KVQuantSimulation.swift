@@ -193,7 +193,7 @@ extension KVCachePool {
         guard spec.dtype == .fp32 else {
             throw KvantError(.invalidArgument, "KV quantization simulation needs kv_cache_dtype fp32 (it stores dequantized values), not \(spec.dtype.rawValue)")
         }
-        simulation = KVSimulationState(sim: sim, layers: spec.numLayers, shadowBytes: numBlocks * spec.numLayers * blockStride)
+        simulation = KVSimulationState(sim: sim, layers: spec.numLayers, shadowBytes: numBlocks * pageStride)
     }
 
     /// The per-layer K/V error of the simulated format so far (nil without a simulation).
@@ -243,11 +243,11 @@ extension KVCachePool {
                                  query: UnsafePointer<Float>, numHeads: Int, scale: Float, output: UnsafeMutablePointer<Float>) {
         let blockStart = max(0, position / spec.blockSize - (simulation!.sim.residualBlocks - 1)) * spec.blockSize
         let hd = numHeads * spec.headDim
-        table.blockIDs.withUnsafeBufferPointer { ids in
+        table.groups[groupOfLayer[layer]].withUnsafeBufferPointer { ids in
             func view(_ base: UnsafeMutableRawPointer) -> kv_layer_view {
                 kv_layer_view(
-                    base: UnsafePointer(base.assumingMemoryBound(to: UInt8.self) + layer * numBlocks * blockStride),
-                    block_stride: blockStride, v_offset: vOffset, ks_offset: ksOffset, vs_offset: vsOffset,
+                    base: UnsafePointer(base.assumingMemoryBound(to: UInt8.self) + slotOfLayer[layer] * blockStride),
+                    block_stride: pageStride, v_offset: vOffset, ks_offset: ksOffset, vs_offset: vsOffset,
                     static_scales: UnsafePointer(blockScales), static_v_scales: UnsafePointer(blockVScales),
                     block_ids: ids.baseAddress, dtype: dtypeCode, num_kv_heads: Int32(spec.numKVHeads),
                     head_dim: Int32(spec.headDim), block_size: Int32(spec.blockSize),

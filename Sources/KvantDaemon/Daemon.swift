@@ -18,6 +18,8 @@ public final class Daemon: Sendable {
     public let notifier: SystemdNotifier
     public let server: ControlServer
     public let supervisor: DaemonSupervisor
+    /// Draining state shared by the `drain` method, graceful shutdown and the HTTP API.
+    public let drain = DrainState()
     private let logger: Logger
 
     /// - Parameters:
@@ -43,7 +45,8 @@ public final class Daemon: Sendable {
             engine: engine, paths: paths, access: AccessPolicy(groupID: groupID), daemonVersion: kvantDaemonVersion,
             logger: logger, stateChanged: { await statusReporter.refresh() },
             loadProgress: { statusReporter.loadProgress($0) },
-            waitForStartup: { await startupFinished.wait() })
+            waitForStartup: { await startupFinished.wait() }, drain: drain,
+            drainTimeout: .milliseconds(Int64(configuration.shutdownTimeoutSeconds * 1000)))
         let supervisor = DaemonSupervisor(engine: engine, notifier: notifier, configuration: configuration, paths: paths,
                                           status: statusReporter, logger: logger, reloadRequests: reloadRequests,
                                           startupFinished: startupFinished)
@@ -64,7 +67,8 @@ public final class Daemon: Sendable {
 
     /// The service group: graceful shutdown on `gracefulShutdownSignals` (kvantd passes SIGTERM, SIGINT).
     /// Shutdown runs in reverse order: the supervisor (STOPPING=1) first, then the `listeners` (the HTTP
-    /// API) drain, then the control server. READY=1 waits until every listener listens.
+    /// API) drain (`/health` 503 `draining`, new requests 503, in-flight ones finish within
+    /// `shutdown_timeout_seconds`, then the listeners close), then the control server. READY=1 waits until every listener listens.
     public func makeServiceGroup(gracefulShutdownSignals: [UnixSignal] = [.sigterm, .sigint],
                                  listeners: [any ListeningService] = []) -> ServiceGroup {
         supervisor.listeners = listeners

@@ -11,7 +11,7 @@ import TOMLKit
 ///   - `socket_mode` (string of octal digits, default `"0660"`): permission bits of the socket file.
 ///   - `model` (string): model loaded at start-up (must lie under `allowed_dirs`); READY=1 waits for it.
 ///   - `kv_cache_dtype` (string, default `auto`): `auto`, `fp16`, `bf16`, `fp32`, `int8_pertensor`,
-///     `int8_pertensor_perhead`, `int8_pertoken`.
+///     `int8_pertensor_perhead`, `int8_pertoken`, `int4_pertoken`.
 ///   - `quantization_param_path` (string): scale file (`kv_cache_scales.json`) for the static int8 modes.
 ///   - `kv_cache_bytes` (integer, default 268435456): KV-cache pool budget in bytes.
 ///   - `block_size` (integer, default 16): token positions per KV block (1…1024).
@@ -30,7 +30,9 @@ import TOMLKit
 ///     `Authorization: Bearer …`), `served_model_name` (string, default the model file's name without `.gguf`),
 ///     `chat_template` (string: Jinja file overriding the model's `tokenizer.chat_template`),
 ///     `max_request_body_bytes` (integer, default 8388608), `max_queued_requests` (integer, default 64:
-///     HTTP generation requests that may wait beyond `max_num_seqs`; more get 429).
+///     HTTP generation requests that may wait beyond `max_num_seqs`; more get 429), `timeout_keep_alive`
+///     (integer seconds, default 5, vLLM's `--timeout-keep-alive`: a connection with no request in progress, or
+///     whose request is not sent on, is closed after this long without bytes).
 public struct DaemonConfiguration: Sendable, Equatable {
     public var socket: String = "/run/kvant/kvantd.sock"
     public var socketGroup: String?
@@ -56,6 +58,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var chatTemplate: String?
     public var maxRequestBodyBytes: Int = 8 << 20
     public var maxQueuedRequests: Int = 64
+    public var timeoutKeepAlive: Int = 5
 
     public init() {}
 
@@ -65,7 +68,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
         "kv_cache_bytes", "block_size", "max_model_len", "max_num_seqs", "threads", "allowed_dirs", "log_level",
         "shutdown_timeout_seconds", "perplexity_ctx",
         "http_host", "http_port", "http_unix_socket", "api_key", "served_model_name", "chat_template",
-        "max_request_body_bytes", "max_queued_requests",
+        "max_request_body_bytes", "max_queued_requests", "timeout_keep_alive",
     ]
 
     /// Reads a TOML file over the defaults.
@@ -167,6 +170,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
         case "chat_template": chatTemplate = try string()
         case "max_request_body_bytes": maxRequestBodyBytes = try int(Limits.maxRequestBodyBytes)
         case "max_queued_requests": maxQueuedRequests = try int(Limits.maxQueuedRequests)
+        case "timeout_keep_alive": timeoutKeepAlive = try int(Limits.timeoutKeepAlive)
         default:
             throw KvantError(.invalidArgument, "\(file): unknown key '\(key)'")
         }
@@ -183,6 +187,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
         public static let httpPort = 0...65535
         public static let maxRequestBodyBytes = 1024...(1 << 30)
         public static let maxQueuedRequests = 0...1_000_000
+        public static let timeoutKeepAlive = 1...86_400
     }
 
     /// `value` when it lies in `range`.
@@ -230,7 +235,9 @@ public struct DaemonConfiguration: Sendable, Equatable {
     /// `--chat-template`; `--no-http` turns off both listeners), with the file's checks.
     /// - Throws: `KvantError(.invalidArgument)` naming the flag.
     public mutating func applyHTTPFlags(host: String? = nil, port: Int? = nil, noHTTP: Bool = false, unixSocket: String? = nil,
-                                        apiKey: String? = nil, servedModelName: String? = nil, chatTemplate: String? = nil) throws {
+                                        apiKey: String? = nil, servedModelName: String? = nil, chatTemplate: String? = nil,
+                                        timeoutKeepAlive: Int? = nil) throws {
+        if let timeoutKeepAlive { self.timeoutKeepAlive = try Self.checked(timeoutKeepAlive, Limits.timeoutKeepAlive, what: "--timeout-keep-alive") }
         if let host { httpHost = host }
         if let port { httpPort = try Self.checked(port, Limits.httpPort, what: "--port") }
         if let unixSocket { httpUnixSocket = unixSocket }

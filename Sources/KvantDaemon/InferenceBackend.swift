@@ -237,9 +237,10 @@ public protocol LoadedModel: AnyObject, Sendable {
     /// texts of its BOS and EOS tokens, which templates refer to as `bos_token` / `eos_token`. Thread-safe.
     var chatTemplate: ChatTemplateSource { get }
 
-    /// Creates a sequence for `prompt` (token ids) and reserves KV blocks up front for
-    /// `min(prompt.count + maxTokens, max_model_len)` tokens, so decoding never runs out of blocks
-    /// (admission control; vLLM's `AllocStatus`).
+    /// Creates a sequence for `prompt` (token ids) and has the KV blocks it will hold at most while it grows
+    /// to `min(prompt.count + maxTokens, max_model_len)` tokens promised to it up front (sliding-window
+    /// layers count only their window), so decoding never runs out of blocks (admission control; vLLM's
+    /// `AllocStatus`).
     /// - Parameter maxTokens: tokens the request may generate (its budget), >= 1.
     /// - Throws: `KVCacheAdmissionLater` when the blocks are not free now but would be once other
     ///   sequences release theirs (the engine queues the request); `KvantError(.resourceExhausted)`

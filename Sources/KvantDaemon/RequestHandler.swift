@@ -31,14 +31,21 @@ public final class RequestHandler: Sendable {
     private let loadProgress: @Sendable (String) -> Void
     /// Returns once the start-up model is loaded (or its load failed).
     private let waitForStartup: @Sendable () async -> Void
+    /// Draining state (`drain`, `health`).
+    public let drain: DrainState
+    /// Longest wait of `drain` for the requests in flight (`shutdown_timeout_seconds`).
+    private let drainTimeout: Duration
 
-    /// - Parameter waitForStartup: every method except `health` and `version` waits for it first, so a
+    /// - Parameter waitForStartup: every method except `health`, `version` and `drain` waits for it first, so a
     ///   client that connects while the start-up model loads (e.g. the one whose connection started
     ///   kvantd through socket activation) is served with the model rather than `no model loaded`.
     public init(engine: Engine, paths: PathPolicy, access: AccessPolicy, daemonVersion: String, logger: Logger,
                 stateChanged: @escaping @Sendable () async -> Void = {},
                 loadProgress: @escaping @Sendable (String) -> Void = { _ in },
-                waitForStartup: @escaping @Sendable () async -> Void = {}) {
+                waitForStartup: @escaping @Sendable () async -> Void = {},
+                drain: DrainState = DrainState(), drainTimeout: Duration = .seconds(30)) {
+        self.drain = drain
+        self.drainTimeout = drainTimeout
         self.engine = engine
         self.paths = paths
         self.access = access
@@ -57,7 +64,7 @@ public final class RequestHandler: Sendable {
                 message: "unknown method '\(String(request.method.prefix(64)))'; methods: \(RPCMethod.allCases.map(\.rawValue).joined(separator: ", "))",
                 reason: .notFound))
         }
-        if method != .health && method != .version { await waitForStartup() }
+        if method != .health && method != .version && method != .drain { await waitForStartup() }
         do {
             if method.isMutating {
                 try authorize(method, context.peer)
@@ -93,7 +100,9 @@ public final class RequestHandler: Sendable {
         switch method {
         case .health:
             _ = try request.decodeParams(EmptyParams.self)
-            return try JSONValue(encoding: await engine.health())
+            var health = await engine.health()
+            if drain.isDraining { health.status = "draining" }
+            return try JSONValue(encoding: health)
         case .version:
             _ = try request.decodeParams(EmptyParams.self)
             return try JSONValue(encoding: VersionResult(
@@ -203,6 +212,24 @@ public final class RequestHandler: Sendable {
             }
             await progress.flush()
             return try JSONValue(encoding: result)
+        case .drain:
+            let params = try request.decodeParams(DrainParams.self)
+            if params.resume == true {
+                guard drain.resume() else {
+                    throw KvantError(.failedPrecondition, "drain resume: kvantd is shutting down; that drain cannot be ended")
+                }
+                logger.notice("drain ended: new HTTP requests are served again")
+                let n = drain.inFlightCount
+                return try JSONValue(encoding: DrainResult(draining: false, inFlight: n, drained: n == 0, reason: nil))
+            }
+            if !drain.isDraining {
+                drain.begin(.drain)
+                logger.notice("draining: /health answers 503, new HTTP requests get 503", metadata: ["in_flight": "\(drain.inFlightCount)"])
+            }
+            if params.wait ?? true { _ = await drain.waitUntilIdle(timeout: drainTimeout) }
+            let n = drain.inFlightCount
+            return try JSONValue(encoding: DrainResult(draining: drain.isDraining, inFlight: n, drained: n == 0,
+                                                       reason: drain.drainReason?.rawValue))
         case .cancel:
             throw KvantError(.internal, "cancel must be handled by the connection")
         }

@@ -44,14 +44,15 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
         session = ForwardSession(model: model, threads: threads)
         dtype = request.kvCacheDType
         (pool, scales) = try Self.makePool(model: model, dtype: request.kvCacheDType, scalePath: request.quantizationParamPath,
-                                           kvCacheBytes: kvCacheBytes, blockSize: blockSize, logger: logger)
+                                           kvCacheBytes: kvCacheBytes, blockSize: blockSize, prefillChunk: session.maxBatch,
+                                           logger: logger)
     }
 
     /// Builds a pool of `kvCacheBytes` for `dtype`, with the scale file for the static modes.
     /// - Throws: `.invalidArgument` for a scale file with a dtype that uses none, or a bad file;
     ///   `.resourceExhausted` when the budget holds less than one block.
     private static func makePool(model: Model, dtype: KVCacheDType, scalePath: String?, kvCacheBytes: Int, blockSize: Int,
-                                 logger: Logger) throws -> (KVCachePool, KVScales?) {
+                                 prefillChunk: Int, logger: Logger) throws -> (KVCachePool, KVScales?) {
         var scales: KVScales?
         if dtype.usesStaticScales {
             if let scalePath {
@@ -72,7 +73,7 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
             throw KvantError(.resourceExhausted,
                              "kv_cache_bytes \(kvCacheBytes) holds less than one block of \(spec.blockSize) tokens at \(spec.bytesPerToken) bytes/token (kv_cache_dtype \(dtype.rawValue))")
         }
-        return (try KVCachePool(spec: spec, byteBudget: kvCacheBytes, scales: scales), scales)
+        return (try KVCachePool(spec: spec, byteBudget: kvCacheBytes, scales: scales, prefillChunk: prefillChunk), scales)
     }
 
     /// Reads and validates a scale file against this model (layers, KV heads, model_type).
@@ -161,14 +162,17 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
             presencePenalty: Float(sampling.presencePenalty), frequencyPenalty: Float(sampling.frequencyPenalty),
             suppressedTokens: sampling.ignoreEOS ? tokenizer.endOfGenerationTokens.sorted() : []))
         let (pool, dtype, _) = current()
-        // Admission control: reserve the whole sequence (prompt + max_tokens, capped at max_model_len)
-        // now, so a running sequence never meets a full cache mid-decode.
+        // Admission control: the pool promises the sequence the blocks it will hold at most while it grows
+        // to prompt + max_tokens (capped at max_model_len), so a running sequence never meets a full cache
+        // mid-decode. Sliding-window layers need only their window (plus a prefill micro-batch) of blocks.
         let needed = prompt.count &+ min(maxTokens, maxModelLen)
         let tokens = min(needed, maxModelLen)
-        let what = "generate: the prompt (\(prompt.count) tokens) + max_tokens (\(maxTokens)) needs \(tokens) tokens of KV cache"
+        let admission = KVAdmission(promptLength: prompt.count, maxLength: tokens)
+        let blocksNeeded = pool.peakBlocks(admission)
+        let what = "generate: the prompt (\(prompt.count) tokens) + max_tokens (\(maxTokens)) needs \(tokens) tokens of KV cache (\(blocksNeeded) blocks)"
         let capacity = "capacity \(pool.capacityTokens) tokens (kv_cache_bytes \(kvCacheBytes), kv_cache_dtype \(dtype.rawValue), block_size \(blockSize))"
         let seq = pool.createSequence()
-        switch pool.reserve(seq, newLength: tokens) {
+        switch pool.admit(seq, promptLength: prompt.count, maxLength: tokens) {
         case .ok:
             break
         case .later:
@@ -179,7 +183,7 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
         case .never:
             pool.free(seq)
             throw KvantError(.resourceExhausted,
-                             "\(what), more than the whole KV cache: \(capacity); lower max_tokens or raise kv_cache_bytes")
+                             "\(what), more than the whole KV cache (\(pool.numBlocks) blocks): \(capacity); lower max_tokens or raise kv_cache_bytes")
         }
         return ExecutorSequence(owner: self, pool: pool, sequence: seq, prompt: prompt.map { Int32($0) }, sampler: sampler,
                                 logprobs: sampling.logprobs, promptLogprobs: sampling.promptLogprobs)
@@ -221,7 +225,8 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
         // Switching between the static modes keeps the scale file in force unless a new one is given.
         if path == nil, newDType.usesStaticScales, let old = oldScales?.path { path = old }
         let (newPool, newScales) = try Self.makePool(model: model, dtype: newDType, scalePath: path,
-                                                     kvCacheBytes: kvCacheBytes, blockSize: blockSize, logger: logger)
+                                                     kvCacheBytes: kvCacheBytes, blockSize: blockSize,
+                                                     prefillChunk: session.maxBatch, logger: logger)
         lock.lock()
         pool = newPool
         dtype = newDType

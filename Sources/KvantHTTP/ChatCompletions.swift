@@ -22,6 +22,7 @@ extension OpenAIAPI {
             guard Self.chatRoles.contains(role) else {
                 throw OpenAIError.invalidField(m.name("role"), "unknown role '\(role.prefix(32))'; expected one of: system, developer, user, assistant, tool")
             }
+            if m.has("tool_calls") { throw OpenAIError.invalidField(m.name("tool_calls"), "tool calls are not supported") }
             var content = ""
             switch m["content"] {
             case nil:
@@ -51,24 +52,35 @@ extension OpenAIAPI {
         }
     }
 
-    /// The prompt text of a chat request: its messages through the model's chat template.
-    func renderChat(_ f: RequestFields) async throws -> String {
+    /// The prompt text of a chat request: its messages through the model's chat template, and the BOS text
+    /// the template was given.
+    func renderChat(_ f: RequestFields) async throws -> (prompt: String, bosToken: String) {
         let messages = try Self.chatMessages(f)
         let addGenerationPrompt = try f.bool("add_generation_prompt") ?? true
         let kwargs = try f.object("chat_template_kwargs")?.object ?? [:]
-        guard let source = await engine.chatTemplate else { _ = try await requireModel(); return "" }
+        guard let source = await engine.chatTemplate else { _ = try await requireModel(); return ("", "") }
         let (renderer, origin) = try templates.resolve(source)
         if let info = await engine.modelInfo, templateLog.first(info.path) {
             logger.notice("chat prompts use \(origin)", metadata: ["model": "\(info.path)"])
         }
         do {
-            return try renderer.render(messages: messages, addGenerationPrompt: addGenerationPrompt, bosToken: source.bosToken,
-                                       eosToken: source.eosToken, extraContext: kwargs)
+            return (try renderer.render(messages: messages, addGenerationPrompt: addGenerationPrompt, bosToken: source.bosToken,
+                                        eosToken: source.eosToken, extraContext: kwargs), source.bosToken)
         } catch let error as OpenAIError {
             throw error
         } catch {
             throw OpenAIError(.badRequest, "the chat template failed on these messages: \(error)", param: "messages")
         }
+    }
+
+    /// The token ids of a chat request's prompt. `add_special_tokens` as given; by default the model's BOS is added
+    /// (when its vocabulary adds one) unless the rendered text already starts with it: templates that write
+    /// `{{ bos_token }}` (Gemma, Llama 3) get exactly one, and a template without it (ChatML, the fallback of a
+    /// model that has none) still gets the BOS the model was trained with, as llama.cpp's server does.
+    func chatPromptTokens(_ f: RequestFields) async throws -> [Int] {
+        let (prompt, bos) = try await renderChat(f)
+        let addSpecial = try f.bool("add_special_tokens") ?? !(bos.isEmpty == false && prompt.hasPrefix(bos))
+        return try await engine.tokenize(prompt, addSpecialTokens: addSpecial)
     }
 
     // MARK: /v1/chat/completions
@@ -85,8 +97,7 @@ extension OpenAIAPI {
         if top != nil && !wantLogprobs { throw OpenAIError.invalidField("top_logprobs", "needs 'logprobs': true") }
         if let tools = try f.array("tools"), !tools.isEmpty { throw OpenAIError.invalidField("tools", "tool calling is not supported") }
         _ = try f.string("user")
-        let prompt = try await renderChat(f)
-        let tokens = try await engine.tokenize(prompt, addSpecialTokens: try f.bool("add_special_tokens") ?? false)
+        let tokens = try await chatPromptTokens(f)
         guard !tokens.isEmpty else { throw OpenAIError.invalidField("messages", "the rendered prompt has no tokens") }
         let budget = try tokenBudget(promptTokens: tokens.count, requested: sampling.maxTokens, defaultTokens: nil, info: info,
                                      maxNumSeqs: settings.maxNumSeqs, promptField: "messages")

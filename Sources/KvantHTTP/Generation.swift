@@ -25,6 +25,10 @@ struct SamplingFields {
 
     /// - Parameter maxTokensKeys: the field names of the token budget, first wins (`max_completion_tokens`, `max_tokens`).
     static func parse(_ f: RequestFields, maxTokensKeys: [String]) throws -> SamplingFields {
+        // Structured output is not implemented: refuse it rather than return text that ignores it.
+        if let format = try f.object("response_format"), let type = try format.string("type"), type != "text" {
+            throw OpenAIError.invalidField("response_format.type", "'\(type.prefix(32))' is not supported (no structured output); only \"text\"")
+        }
         var s = SamplingFields()
         for key in maxTokensKeys.reversed() { if let v = try f.int(key, in: 1...Int(Int32.max)) { s.maxTokens = v } }
         s.temperature = try f.double("temperature", in: 0...100) ?? 1.0

@@ -1,45 +1,56 @@
 import Foundation
+import KvantDaemon
 
 /// The HTTP API's generations in flight: admission beyond `max_num_seqs` + `max_queued_requests`
-/// (429), and cancellation of whatever still runs `shutdown_timeout_seconds` after graceful
-/// shutdown began (each then ends with `finish_reason: "abort"`). Thread-safe.
+/// (429), refusal while the daemon drains (503 + `Retry-After`; each admitted request is counted in
+/// `DrainState`, whose `waitUntilIdle` graceful shutdown awaits), and cancellation of whatever still runs
+/// `shutdown_timeout_seconds` after shutdown began (each then ends with `finish_reason: "abort"`). Thread-safe.
 final class GenerationTracker: @unchecked Sendable {
     /// Sequences that may run or wait at once (`max_num_seqs + max_queued_requests`).
     let capacity: Int
+    let drain: DrainState
     private let lock = NSLock()
     private var active = 0
     private var cancels: [Int: @Sendable () -> Void] = [:]
     private var nextKey = 0
-    private var shuttingDown = false
 
-    init(capacity: Int) { self.capacity = capacity }
+    init(capacity: Int, drain: DrainState) {
+        self.capacity = capacity
+        self.drain = drain
+    }
 
     /// Sequences admitted and not yet finished.
     var activeSequences: Int { lock.lock(); defer { lock.unlock() }; return active }
 
-    var isShuttingDown: Bool { lock.lock(); defer { lock.unlock() }; return shuttingDown }
-
-    /// Admits `sequences` more sequences, or throws 429 (over capacity) / 503 (shutting down).
+    /// Admits `sequences` more sequences, or throws 429 (over capacity) / 503 (draining).
     func admit(_ sequences: Int) throws -> Admission {
         lock.lock(); defer { lock.unlock() }
-        if shuttingDown {
-            throw OpenAIError(.serviceUnavailable, "the server is shutting down", retryAfterSeconds: 5)
-        }
+        // Draining wins over capacity: a 503 is resent to another daemon by a load balancer, a 429 is not.
+        if let reason = drain.drainReason { throw Self.drainingError(reason) }
         guard active + sequences <= capacity else {
             throw OpenAIError(.tooManyRequests,
                               "the server is over capacity: \(active) sequences running or waiting, this request needs \(sequences) more, at most \(capacity) (max_num_seqs + max_queued_requests); retry later",
                               retryAfterSeconds: 1)
         }
+        guard drain.enter() else { throw Self.drainingError(drain.drainReason) }
         active += sequences
         return Admission(tracker: self, sequences: sequences)
     }
 
-    fileprivate func release(_ sequences: Int) {
-        lock.lock(); active -= sequences; lock.unlock()
+    /// 503 with `Retry-After` for a request that arrives while the daemon drains.
+    static func drainingError(_ reason: DrainState.Reason?) -> OpenAIError {
+        OpenAIError(.serviceUnavailable, reason == .shutdown
+            ? "the server is draining: it is shutting down and takes no new requests; retry on another server"
+            : "the server is draining: an operator took it out of rotation (kvantctl drain); retry on another server",
+            retryAfterSeconds: 5)
     }
 
-    /// Registers a cancellation for shutdown; returns the key for `unregister`. Cancels at once when the
-    /// shutdown deadline passed already.
+    fileprivate func release(_ sequences: Int) {
+        lock.lock(); active -= sequences; lock.unlock()
+        drain.leave()
+    }
+
+    /// Registers a cancellation for shutdown; returns the key for `unregister`.
     func register(_ cancel: @escaping @Sendable () -> Void) -> Int {
         lock.lock()
         let key = nextKey
@@ -53,15 +64,7 @@ final class GenerationTracker: @unchecked Sendable {
         lock.lock(); cancels[key] = nil; lock.unlock()
     }
 
-    /// Refuses new generations; after `timeout`, cancels those still running.
-    func beginShutdown(timeout: Duration) -> Task<Void, Never> {
-        lock.lock(); shuttingDown = true; lock.unlock()
-        return Task {
-            try? await Task.sleep(for: timeout)
-            self.cancelAll()
-        }
-    }
-
+    /// Cancels every generation still running (the shutdown deadline passed).
     func cancelAll() {
         lock.lock()
         let all = Array(cancels.values)

@@ -22,6 +22,8 @@ public struct HTTPSettings: Sendable {
     public var maxRequestBodyBytes: Int
     public var maxNumSeqs: Int
     public var maxQueuedRequests: Int
+    /// Idle connections (no request in progress, or a request not sent on) are closed after this long.
+    public var timeoutKeepAlive: Duration
     /// How long in-flight generations may run after graceful shutdown began before they are cancelled.
     public var shutdownTimeout: Duration
 
@@ -35,6 +37,7 @@ public struct HTTPSettings: Sendable {
         maxRequestBodyBytes = c.maxRequestBodyBytes
         maxNumSeqs = c.maxNumSeqs
         maxQueuedRequests = c.maxQueuedRequests
+        timeoutKeepAlive = .seconds(c.timeoutKeepAlive)
         shutdownTimeout = .milliseconds(Int64(c.shutdownTimeoutSeconds * 1000))
     }
 
@@ -45,9 +48,12 @@ public struct HTTPSettings: Sendable {
 /// The OpenAI-compatible HTTP API as a service of the daemon's `ServiceGroup` (Hummingbird 2).
 ///
 /// Listens on `host:port` and/or a Unix socket before READY=1 (`waitUntilListening`). Graceful
-/// shutdown: the listeners close, requests in flight go on; generations still running
+/// shutdown drains first, with the listeners still open: `/health` answers 503 `draining` and new
+/// requests get 503 + `Retry-After` (so a load balancer stops sending work and resends what came
+/// meanwhile), while the requests in flight run to their end. Generations still running
 /// `shutdown_timeout_seconds` later are cancelled, so every stream ends with a final chunk
-/// (`finish_reason: "abort"`) and `data: [DONE]`.
+/// (`finish_reason: "abort"`) and `data: [DONE]`. Only then do the listeners close (Hummingbird's
+/// graceful shutdown: responses being written are finished, idle keep-alive connections closed).
 public final class KvantHTTPServer: ListeningService, @unchecked Sendable {
     public let settings: HTTPSettings
     let api: OpenAIAPI
@@ -61,20 +67,21 @@ public final class KvantHTTPServer: ListeningService, @unchecked Sendable {
     ///   - isStartingUp: true while the start-up model loads (`Daemon.isStartingUp`).
     ///   - metrics: the exporter of the registry the engine's counters write to.
     /// - Throws: `KvantError` for an unreadable `chat_template` file.
+    ///   - drain: the daemon's draining state (`Daemon.drain`), shared with the `drain` control method.
     public init(settings: HTTPSettings, engine: Engine, isStartingUp: @escaping @Sendable () -> Bool,
-                metrics: MetricsExporter, logger: Logger) throws {
+                metrics: MetricsExporter, logger: Logger, drain: DrainState = DrainState()) throws {
         self.settings = settings
         self.logger = logger
         api = OpenAIAPI(engine: engine, isStartingUp: isStartingUp, settings: settings,
                         templates: try ChatTemplateResolver(overridePath: settings.chatTemplatePath),
-                        tracker: GenerationTracker(capacity: settings.maxNumSeqs + settings.maxQueuedRequests),
+                        tracker: GenerationTracker(capacity: settings.maxNumSeqs + settings.maxQueuedRequests, drain: drain),
                         metrics: metrics, logger: logger)
     }
 
     /// The HTTP API of `daemon`, configured by its configuration.
     public convenience init(daemon: Daemon, metrics: MetricsExporter, logger: Logger) throws {
         try self.init(settings: HTTPSettings(daemon.configuration), engine: daemon.engine,
-                      isStartingUp: { daemon.isStartingUp }, metrics: metrics, logger: logger)
+                      isStartingUp: { daemon.isStartingUp }, metrics: metrics, logger: logger, drain: daemon.drain)
     }
 
     /// The TCP port bound (useful with port 0), once listening.
@@ -101,33 +108,54 @@ public final class KvantHTTPServer: ListeningService, @unchecked Sendable {
         // Hummingbird's own start-up lines repeat ours; its errors still come through.
         var serverLogger = logger
         serverLogger.logLevel = max(logger.logLevel, .notice)
-        let timeout = TimeoutBox()
+        let apps = zip(addresses, names).map { address, name in
+            BoundApplication(name: name, app: Application(
+                router: api.makeRouter(),
+                server: .http1(configuration: .init(additionalChannelHandlers: [ClientDisconnectHandler()],
+                                                    idleTimeout: .nanoseconds(Int64(settings.timeoutKeepAlive.components.seconds) * 1_000_000_000))),
+                configuration: .init(address: address, serverName: "kvantd"),
+                onServerRunning: { [self] channel in self.up(channel, name: name, expected: expected) },
+                logger: serverLogger))
+        }
+        // The listeners run in a group of their own, in a detached task: the daemon's graceful shutdown
+        // must not reach Hummingbird before the drain ends (a nested ServiceGroup inherits its parent's).
+        let listeners = ServiceGroup(configuration: .init(services: apps.map { .init(service: $0) }, logger: serverLogger))
+        let runner = Task.detached { try await listeners.run() }
+        let drainer = DrainerBox()
         do {
-            try await withGracefulShutdownHandler {
-                try await withThrowingDiscardingTaskGroup { group in
-                    for (address, name) in zip(addresses, names) {
-                        let app = Application(
-                            router: api.makeRouter(),
-                            server: .http1(configuration: .init(additionalChannelHandlers: [ClientDisconnectHandler()])),
-                            configuration: .init(address: address, serverName: "kvantd"),
-                            onServerRunning: { [self] channel in self.up(channel, name: name, expected: expected) },
-                            logger: serverLogger)
-                        group.addTask {
-                            do { try await app.run() } catch { throw Self.bindError(error, name) }
-                        }
-                    }
+            try await withTaskCancellationHandler {
+                try await withGracefulShutdownHandler {
+                    try await runner.value
+                } onGracefulShutdown: { [self] in
+                    drainer.set(Task { await self.drainThenClose(listeners) })
                 }
-            } onGracefulShutdown: { [api] in
-                timeout.set(api.tracker.beginShutdown(timeout: self.settings.shutdownTimeout))
+            } onCancel: {
+                runner.cancel()
             }
         } catch {
             listening.signal()
-            timeout.cancel()
+            drainer.cancel()
             throw error
         }
-        timeout.cancel()
+        drainer.cancel()
         if let path = settings.unixSocket { unlink(path) }
         logger.notice("HTTP API stopped")
+    }
+
+    /// Graceful shutdown: drain (listeners open), cancel what still runs at the deadline, then close.
+    private func drainThenClose(_ listeners: ServiceGroup) async {
+        let drain = api.tracker.drain
+        drain.begin(.shutdown)
+        let inFlight = drain.inFlightCount
+        logger.notice("draining HTTP requests", metadata: ["in_flight": "\(inFlight)",
+                                                          "shutdown_timeout_seconds": "\(settings.shutdownTimeout)"])
+        if !(await drain.waitUntilIdle(timeout: settings.shutdownTimeout)) {
+            logger.warning("shutdown_timeout_seconds passed with HTTP requests in flight; cancelling them",
+                           metadata: ["in_flight": "\(drain.inFlightCount)"])
+            api.tracker.cancelAll()
+            await drain.waitUntilIdle()
+        }
+        await listeners.triggerGracefulShutdown()
     }
 
     private func up(_ channel: any Channel, name: String, expected: Int) {
@@ -156,8 +184,17 @@ public final class KvantHTTPServer: ListeningService, @unchecked Sendable {
     }
 }
 
-/// The shutdown-deadline task, cancelled when the server stops first.
-private final class TimeoutBox: @unchecked Sendable {
+/// One listener: a Hummingbird application, its bind errors in an operator's words.
+private struct BoundApplication<App: ApplicationProtocol>: Service {
+    let name: String
+    let app: App
+    func run() async throws {
+        do { try await app.run() } catch { throw KvantHTTPServer.bindError(error, name) }
+    }
+}
+
+/// The drain task, cancelled when the server stops first.
+private final class DrainerBox: @unchecked Sendable {
     private let lock = NSLock()
     private var task: Task<Void, Never>?
     private var done = false

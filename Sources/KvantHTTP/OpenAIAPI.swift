@@ -38,9 +38,11 @@ struct OpenAIAPI: Sendable {
         // Middleware first: routes added later are wrapped by it (and so is the 404 of unknown routes).
         router.add(middleware: OpenAIErrorMiddleware())
         router.add(middleware: BearerAuthMiddleware(apiKey: settings.apiKey, openPaths: ["/health", "/metrics"]))
+        router.add(middleware: DrainMiddleware(drain: tracker.drain, openPaths: ["/health", "/metrics"]))
         router.get("/health") { _, _ in try await health() }
         router.get("/metrics") { _, _ in await metricsResponse() }
         router.get("/v1/models") { _, _ in try await models() }
+        router.get("/v1/models/{id}") { _, context in try await model(id: context.parameters.get("id") ?? "") }
         router.post("/v1/completions") { request, context in try await completions(request, context) }
         router.post("/v1/chat/completions") { request, context in try await chatCompletions(request, context) }
         router.post("/tokenize") { request, _ in try await tokenize(request) }
@@ -104,8 +106,16 @@ struct OpenAIAPI: Sendable {
 
     // MARK: Health, models, metrics
 
-    /// 200 `{"status":"ok","model":…}` when a model serves; 503 `{"status":"loading"|"no_model","message":…}`.
+    /// 200 `{"status":"ok","model":…}` when a model serves; 503 `{"status":"loading"|"no_model"|"draining","message":…}`
+    /// (`draining`: the `drain` method or graceful shutdown began; load balancers take the daemon out of rotation).
     func health() async throws -> Response {
+        if let reason = tracker.drain.drainReason {
+            let message = reason == .shutdown
+                ? "the server is shutting down: requests in flight finish, new ones are refused"
+                : "the server is draining (kvantctl drain): requests in flight finish, new ones are refused"
+            return Self.jsonResponse(.object(["status": .string("draining"), "message": .string(message),
+                                              "in_flight": .int(tracker.drain.inFlightCount)]), status: .serviceUnavailable)
+        }
         if isStartingUp() {
             return Self.jsonResponse(.object(["status": .string("loading"),
                                               "message": .string("the start-up model is loading")]), status: .serviceUnavailable)
@@ -120,6 +130,19 @@ struct OpenAIAPI: Sendable {
     }
 
     func models() async throws -> Response {
+        Self.jsonResponse(.object(["object": .string("list"), "data": .array(await modelCards())]))
+    }
+
+    /// `GET /v1/models/{id}` (the openai client's `models.retrieve`): the card of the served model, 404 otherwise.
+    func model(id: String) async throws -> Response {
+        guard let card = await modelCards().first(where: { $0["id"] == .string(id) }) else {
+            throw OpenAIError(.notFound, "The model `\(id.prefix(128))` does not exist.", param: "model")
+        }
+        return Self.jsonResponse(card)
+    }
+
+    /// The model cards of `/v1/models`: the loaded model's, none while starting or without a model.
+    func modelCards() async -> [JSONValue] {
         var data: [JSONValue] = []
         if !isStartingUp(), let info = await engine.modelInfo {
             let template = await chatTemplateSource()
@@ -130,7 +153,7 @@ struct OpenAIAPI: Sendable {
                 "chat_template": .string(template),
             ]))
         }
-        return Self.jsonResponse(.object(["object": .string("list"), "data": .array(data)]))
+        return data
     }
 
     /// Where the loaded model's chat prompts come from (see `ChatTemplateResolver.resolve`).
@@ -157,8 +180,7 @@ struct OpenAIAPI: Sendable {
         try checkModel(fields, info)
         let tokens: [Int]
         if fields.has("messages") {
-            let prompt = try await renderChat(fields)
-            tokens = try await engine.tokenize(prompt, addSpecialTokens: try fields.bool("add_special_tokens") ?? false)
+            tokens = try await chatPromptTokens(fields)
         } else {
             guard let prompt = try fields.string("prompt") else {
                 throw OpenAIError.invalidField("prompt", "required (a string), or give 'messages'")
@@ -215,8 +237,10 @@ struct BearerAuthMiddleware<Context: Hummingbird.RequestContext>: RouterMiddlewa
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         guard let apiKey, !openPaths.contains(request.uri.path) else { return try await next(request, context) }
         let header = request.headers[.authorization] ?? ""
-        let prefix = "Bearer "
-        guard header.hasPrefix(prefix), Self.constantTimeEqual(Array(header.utf8.dropFirst(prefix.utf8.count)), Array(apiKey.utf8)) else {
+        // The scheme is case-insensitive (RFC 7235 §2.1): "Bearer", "bearer", "BEARER".
+        let scheme = "bearer "
+        guard header.utf8.count >= scheme.utf8.count, header.prefix(scheme.count).lowercased() == scheme,
+              Self.constantTimeEqual(Array(header.utf8.dropFirst(scheme.utf8.count)), Array(apiKey.utf8)) else {
             var error = OpenAIError(.unauthorized, header.isEmpty
                 ? "missing API key: send 'Authorization: Bearer <api_key>'"
                 : "invalid API key in the Authorization header")
@@ -233,6 +257,20 @@ struct BearerAuthMiddleware<Context: Hummingbird.RequestContext>: RouterMiddlewa
             diff |= (i < a.count ? a[i] : 0) ^ (i < b.count ? b[i] : 0)
         }
         return diff == 0
+    }
+}
+
+/// While the daemon drains, every route but `openPaths` answers 503 with `Retry-After` (OpenAI's error
+/// shape), before any work: HAProxy's `retry-on 503` resends such a request to another daemon.
+struct DrainMiddleware<Context: Hummingbird.RequestContext>: RouterMiddleware {
+    let drain: DrainState
+    let openPaths: Set<String>
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        if let reason = drain.drainReason, !openPaths.contains(request.uri.path) {
+            throw GenerationTracker.drainingError(reason)
+        }
+        return try await next(request, context)
     }
 }
 

@@ -4,6 +4,7 @@ import HTTPTypes
 import Hummingbird
 import KvantCore
 import NIOCore
+import NIOHTTP1
 
 /// An error as the OpenAI API (and vLLM, llama.cpp's server) sends it:
 /// `{"error": {"message", "type", "param", "code"}}` with an HTTP status. `code` repeats the status
@@ -57,6 +58,8 @@ public struct OpenAIError: Error, HTTPResponseError, Sendable, Equatable {
             return OpenAIError(error.status, text)
         case let error as any HTTPResponseError:
             return OpenAIError(error.status, error.status.reasonPhrase)
+        case is HTTPParserError:
+            return OpenAIError(.badRequest, "the request is not valid HTTP/1.1 (a body shorter than its Content-Length, or a bad chunk)")
         case is CancellationError:
             return OpenAIError(.serviceUnavailable, "the request was cancelled (the server is shutting down)", retryAfterSeconds: 1)
         default:

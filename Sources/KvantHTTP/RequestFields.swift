@@ -16,7 +16,7 @@ struct RequestFields {
         do {
             value = try JSONDecoder().decode(JSONValue.self, from: body)
         } catch {
-            throw OpenAIError(.badRequest, "the request body is not valid JSON (\(body.count) bytes)\(Self.position(error))")
+            throw Self.diagnosis(body, error)
         }
         guard case .object(let object) = value else {
             throw OpenAIError(.badRequest, "the request body must be a JSON object, got \(Self.typeName(value))")
@@ -27,6 +27,21 @@ struct RequestFields {
     init(_ object: [String: JSONValue], path: String) {
         self.object = object
         self.path = path
+    }
+
+    /// Why `JSONDecoder` refused `body`, said as precisely as the control socket says it (JSONDiagnosis):
+    /// the byte offset and what was expected, the field whose number no 64-bit float holds, or not UTF-8.
+    static func diagnosis(_ body: Data, _ error: Error) -> OpenAIError {
+        switch JSONDiagnosis.diagnose([UInt8](body)) {
+        case .syntax(let offset, let expected):
+            return OpenAIError(.badRequest, "the request body is not valid JSON: at byte \(offset) of \(body.count), expected \(expected)")
+        case .numberOutOfRange(let path, let literal, _):
+            return OpenAIError(.badRequest, "'\(path)': \(literal) is out of range (numbers must fit a 64-bit float)", param: path)
+        case .notUTF8:
+            return OpenAIError(.badRequest, "the request body is not UTF-8 text (\(body.count) bytes)")
+        case .valid:
+            return OpenAIError(.badRequest, "the request body is not valid JSON (\(body.count) bytes)\(position(error))")
+        }
     }
 
     private static func position(_ error: Error) -> String {

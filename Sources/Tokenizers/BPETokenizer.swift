@@ -7,8 +7,8 @@ import ModelFormats
 /// first; each raw fragment is pre-tokenized into words (`PreTokenizer`, chosen by
 /// `tokenizer.ggml.pre`), each word's UTF-8 bytes are mapped to GPT-2's printable characters, and
 /// adjacent symbols are merged by the rank of the pair in `tokenizer.ggml.merges` (lowest rank first,
-/// leftmost on ties). With `ignore_merges` (llama3 pre-tokenizer) a word that is itself a token is
-/// emitted directly.
+/// leftmost on ties). With `ignore_merges` (llama3 and tekken pre-tokenizers) a word that is itself a token
+/// is emitted directly. The supported `tokenizer.ggml.pre` values are `PreTokenizer.supportedNames`.
 public final class BPETokenizer: Tokenizer, @unchecked Sendable {
     let vocab: Vocabulary
     let special: SpecialTokens
@@ -17,6 +17,9 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
     let partitioner: SpecialPartitioner
     /// Merge "left right" (bytes, one space between) → rank.
     let ranks: [[UInt8]: Int32]
+
+    /// The `tokenizer.ggml.pre` values Kvant implements (llama.cpp 0.3.36's names), sorted.
+    public static var supportedPreTokenizers: [String] { PreTokenizer.supportedNames }
 
     public var vocabSize: Int { vocab.count }
     public var bos: Int32? { special.bos }
@@ -29,14 +32,14 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
     public init(file: GGUFFile) throws {
         let preName = file.metadata["tokenizer.ggml.pre"] != nil ? try file.string("tokenizer.ggml.pre") : nil
         guard let pre = PreTokenizer(name: preName) else {
-            throw KvantError(.invalidArgument, "\(file.path): tokenizer.ggml.pre '\(preName ?? "")' is not supported (supported: default, gpt-2, llama3/llama-bpe and their aliases)")
+            throw KvantError(.invalidArgument, "\(file.path): tokenizer.ggml.pre '\(preName ?? "")' is not supported (supported: \(PreTokenizer.supportedNames.joined(separator: ", ")))")
         }
         preTokenizer = pre
-        ignoreMerges = pre == .llama3
+        ignoreMerges = pre.ignoreMerges
         let v = try readVocabulary(file)
         var s = try SpecialTokens.read(from: file, count: v.count,
                                        defaults: SpecialTokens(bos: 11, eos: 11, unk: nil, eot: nil, pad: nil,
-                                                               addBOS: pre == .llama3, addEOS: false))
+                                                               addBOS: pre.addsBOSByDefault, addEOS: false))
         v.applyLlamaCppSpecialDetection(&s)
         vocab = v
         special = s

@@ -126,6 +126,20 @@ public func makeTokenizer(from file: GGUFFile) throws -> any Tokenizer {
     }
 }
 
+/// Whether llama.cpp adds BOS for this file without building the vocabulary: `tokenizer.ggml.add_bos_token` when
+/// present, else llama.cpp's default for the tokenizer (`llama`/SentencePiece: true; `gpt2`/BPE: the default of the
+/// `tokenizer.ggml.pre` value, true for llama3 and tekken only; anything else: false).
+public func ggufAddsBOS(_ file: GGUFFile) -> Bool {
+    if file.metadata["tokenizer.ggml.add_bos_token"] != nil, let b = try? file.bool("tokenizer.ggml.add_bos_token") { return b }
+    switch try? file.string("tokenizer.ggml.model") {
+    case "llama": return true
+    case "gpt2":
+        let pre = file.metadata["tokenizer.ggml.pre"] != nil ? try? file.string("tokenizer.ggml.pre") : nil
+        return PreTokenizer(name: pre)?.addsBOSByDefault ?? false
+    default: return false
+    }
+}
+
 /// Reads tokens, scores and token types shared by both tokenizer kinds.
 func readVocabulary(_ file: GGUFFile) throws -> Vocabulary {
     let texts = try file.rawStringArray("tokenizer.ggml.tokens")

@@ -14,20 +14,22 @@ struct KvantEval: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kvant-eval",
         abstract: "Perplexity, top-1 agreement and speed of Kvant's executor.",
-        subcommands: [Perplexity.self, Calibrate.self, Top1.self, Bench.self, TokenizeSpeed.self])
+        subcommands: [Perplexity.self, Calibrate.self, Top1.self, Bench.self, Speed.self, TokenizeSpeed.self])
 }
 
 struct ModelOptions: ParsableArguments {
     @Option(help: "GGUF model path.") var model: String
     @Option(help: "Worker threads.") var threads: Int = 2
-    @Option(name: .customLong("kv-cache-dtype"), help: "auto, fp16, bf16, fp32, int8_pertensor, int8_pertensor_perhead, int8_pertoken.")
+    @Option(name: .customLong("kv-cache-dtype"), help: "auto, fp16, bf16, fp32, int8_pertensor, int8_pertensor_perhead, int8_pertoken, int4_pertoken.")
     var kvCacheDType: String = "auto"
     @Option(name: .customLong("quantization-param-path"), help: "kv_cache_scales.json for the static int8 dtypes.")
     var quantizationParamPath: String?
     @Flag(name: .customLong("default-scales"), help: "Static int8 dtypes without a scale file: every scale 1.0 (as the daemon does, with a warning).")
     var defaultScales = false
-    @Flag(name: .customLong("no-kv-rotation"), help: "int8_pertoken: store K/V rows unrotated (no Hadamard rotation), for comparison.")
+    @Flag(name: .customLong("no-kv-rotation"), help: "int8_pertoken, int4_pertoken: store K/V rows unrotated (no Hadamard rotation), for comparison.")
     var noKVRotation = false
+    @Option(name: .customLong("int4-recent-blocks"), help: "int4_pertoken: blocks of each query's recent past (and token 0) read from the int8 residual (0 = none, for comparison).")
+    var int4RecentBlocks: Int = 4
     @Option(name: .customLong("simulate-k"), help: "MEASUREMENT ONLY (needs --kv-cache-dtype fp32): simulate K stored as fp32 | int4|int8[:g<N>|:row][:sym|:asym][:rot|:norot], e.g. int4:g32:asym:rot.")
     var simulateK: String?
     @Option(name: .customLong("simulate-v"), help: "MEASUREMENT ONLY: simulated V format (as --simulate-k).")
@@ -63,7 +65,7 @@ struct ModelOptions: ParsableArguments {
         }
         let blocks = (contextTokens + spec.blockSize - 1) / spec.blockSize + 2
         let pool = try KVCachePool(spec: spec, byteBudget: blocks * spec.blockSize * spec.bytesPerToken * 2, scales: scales,
-                                   hadamardRotation: !noKVRotation)
+                                   hadamardRotation: !noKVRotation, int4RecentBlocks: int4RecentBlocks)
         if let sim = try simulation() { try pool.setQuantSimulation(sim) }
         return (model, ForwardSession(model: model, threads: threads), pool)
     }
@@ -259,6 +261,136 @@ struct Bench: ParsableCommand {
         }
         print(String(format: "{\"engine\": \"kvant\", \"threads\": %d, \"prompt_tokens\": %d, \"gen_tokens\": %d, \"context\": %d, \"kv_cache_dtype\": \"%@\", \"prefill_tps\": %.2f, \"decode_tps\": %.2f}",
                      opts.threads, promptTokens, genTokens, context, opts.kvCacheDType, bestP, bestD))
+    }
+}
+
+/// Speed measured the way llama.cpp's own tools measure it, so `make bench` can put the two side by side.
+///
+/// Default (one sequence) follows llama-bench (tools/llama-bench/llama-bench.cpp of llama.cpp in the
+/// llama-cpp-python 0.3.36 sdist): a test is either a prompt run `ppN` (`--n-prompt N --n-gen 0`) or a generation
+/// run `tgN` (`--n-prompt 0 --n-gen N`), optionally `@ dD` (`--n-depth D`). Per test: a warm-up (the whole prompt
+/// run for pp, one generated token for tg), then per repetition: an empty cache; `D` context tokens prefilled
+/// untimed (prefilled once and the cache cut back to `D` after each repetition, as llama-bench restores its saved
+/// state); then, timed, the prompt of `N` tokens in one forward pass (logits of the last token only) or `N`
+/// one-token decode steps at positions `D ..< D+N`, each computing its logits. Tokens: BOS first (when the model
+/// adds one), then pseudo-random ids, as llama-bench's `std::rand() % n_vocab`.
+///
+/// `--batched --parallel P` follows llama-batched-bench instead (tools/batched-bench): P sequences each prefilled with
+/// their own `--n-prompt` random tokens (timed as pp), then `--n-gen` decode steps of P rows each, one token per
+/// sequence per step (`ForwardSession.decode`, timed as tg: `speed_tg = P·n_gen / t_tg`).
+///
+/// Prints one JSON line per repetition set: `samples_ts` (tokens/s of each repetition), `avg_ts`, and for
+/// `--batched` `speed_pp`/`speed_tg` as llama-batched-bench's jsonl.
+struct Speed: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Prefill/decode tokens/s measured as llama-bench (or llama-batched-bench with --batched) measures them.")
+    @OptionGroup var opts: ModelOptions
+    @Option(name: .customLong("n-prompt"), help: "Prompt tokens of a pp test (0 for a tg test).") var nPrompt: Int = 0
+    @Option(name: .customLong("n-gen"), help: "Generated tokens of a tg test (0 for a pp test).") var nGen: Int = 128
+    @Option(name: .customLong("n-depth"), help: "Context tokens in the cache before the timed part (llama-bench -d).") var nDepth: Int = 0
+    @Option(help: "Timed repetitions (llama-bench -r).") var reps: Int = 1
+    @Flag(help: "Measure as llama-batched-bench (see --parallel) instead of llama-bench.") var batched = false
+    @Option(help: "With --batched: sequences decoded together (llama-batched-bench -npl).") var parallel: Int = 1
+    @Option(help: "Seed of the pseudo-random token ids.") var seed: UInt64 = 1
+
+    func run() throws {
+        guard nPrompt >= 0, nGen >= 0, nDepth >= 0, reps >= 1, parallel >= 1, parallel <= 64 else {
+            throw KvantError(.invalidArgument, "need n-prompt, n-gen, n-depth ≥ 0, reps ≥ 1 and parallel in 1...64")
+        }
+        let single = !batched
+        guard !single || (nPrompt > 0) != (nGen > 0) else {
+            throw KvantError(.invalidArgument, "one test at a time: --n-prompt N --n-gen 0 (ppN) or --n-prompt 0 --n-gen N (tgN)")
+        }
+        guard single || (nPrompt > 0 && nGen > 0 && nDepth == 0) else {
+            throw KvantError(.invalidArgument, "--batched needs --n-prompt > 0, --n-gen > 0 and no --n-depth (llama-batched-bench's -npp/-ntg)")
+        }
+        let perSeq = nPrompt + nGen + nDepth
+        let (model, session, pool) = try opts.load(contextTokens: parallel * (perSeq + 2 * blockSlack))
+        let vocab = UInt64(model.config.vocabSize)
+        let bos: Int32? = model.addsBOS ? (model.bosTokenID ?? 2) : nil
+        var state = seed &* 6364136223846793005 &+ 1442695040888963407
+        func rand() -> Int32 {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return Int32(truncatingIfNeeded: (state >> 33) % vocab)
+        }
+        func randomTokens(_ n: Int, bosFirst: Bool) -> [Int32] {
+            (0..<n).map { i in i == 0 && bosFirst ? (bos ?? rand()) : rand() }
+        }
+        func run(_ tokens: [Int32], at start: Int, _ seq: SequenceID) throws {
+            try session.forward(tokens: tokens, startPosition: start, sequence: seq, pool: pool, logits: .last) { _, _ in }
+        }
+        func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+
+        if !single {
+            var samplesPP: [Double] = [], samplesTG: [Double] = []
+            // Warm-up as llama-batched-bench: 16 tokens of one sequence.
+            do {
+                let s = pool.createSequence()
+                try run(randomTokens(16, bosFirst: false), at: 0, s)
+                pool.free(s)
+            }
+            for _ in 0..<reps {
+                let seqs = (0..<parallel).map { _ in pool.createSequence() }
+                let prompts = seqs.map { _ in randomTokens(nPrompt, bosFirst: false) }
+                let t0 = now()
+                for (s, p) in zip(seqs, prompts) { try run(p, at: 0, s) }
+                let t1 = now()
+                for i in 0..<nGen {
+                    let items = seqs.map { DecodeItem(token: rand(), position: nPrompt + i, sequence: $0) }
+                    try session.decode(items, pool: pool) { _, _ in }
+                }
+                let t2 = now()
+                for s in seqs { pool.free(s) }
+                samplesPP.append(Double(parallel * nPrompt) / (Double(t1 - t0) / 1e9))
+                samplesTG.append(Double(parallel * nGen) / (Double(t2 - t1) / 1e9))
+            }
+            print(jsonLine(["engine": "\"kvant\"", "kv_cache_dtype": "\"\(opts.kvCacheDType)\"", "n_threads": "\(opts.threads)",
+                            "pp": "\(nPrompt)", "tg": "\(nGen)", "pl": "\(parallel)",
+                            "speed_pp": fmt(samplesPP.reduce(0, +) / Double(reps)), "speed_tg": fmt(samplesTG.reduce(0, +) / Double(reps)),
+                            "samples_pp": "[" + samplesPP.map(fmt).joined(separator: ", ") + "]",
+                            "samples_tg": "[" + samplesTG.map(fmt).joined(separator: ", ") + "]"]))
+            return
+        }
+
+        // Warm-up as llama-bench: the whole prompt run for pp, one generated token for tg, on an empty cache.
+        do {
+            let s = pool.createSequence()
+            if nPrompt > 0 { try run(randomTokens(nPrompt, bosFirst: true), at: 0, s) } else { try run(randomTokens(1, bosFirst: true), at: 0, s) }
+            pool.free(s)
+        }
+        let seq = pool.createSequence()
+        defer { pool.free(seq) }
+        if nDepth > 0 { try run(randomTokens(nDepth, bosFirst: true), at: 0, seq) }
+        var samples: [UInt64] = []
+        for _ in 0..<reps {
+            pool.truncate(seq, to: nDepth)
+            if nPrompt > 0 {
+                let toks = randomTokens(nPrompt, bosFirst: true)  // llama-bench: BOS first in every prompt run, depth or not
+                let t0 = now()
+                try run(toks, at: nDepth, seq)
+                samples.append(now() - t0)
+            } else {
+                let toks = randomTokens(nGen, bosFirst: true)
+                let t0 = now()
+                for i in 0..<nGen { try run([toks[i]], at: nDepth + i, seq) }
+                samples.append(now() - t0)
+            }
+        }
+        let n = Double(nPrompt + nGen)
+        let ts = samples.map { n / (Double($0) / 1e9) }
+        let test = (nPrompt > 0 ? "pp\(nPrompt)" : "tg\(nGen)") + (nDepth > 0 ? " @ d\(nDepth)" : "")
+        print(jsonLine(["engine": "\"kvant\"", "test": "\"\(test)\"", "kv_cache_dtype": "\"\(opts.kvCacheDType)\"",
+                        "n_threads": "\(opts.threads)", "n_prompt": "\(nPrompt)", "n_gen": "\(nGen)", "n_depth": "\(nDepth)",
+                        "samples_ns": "[" + samples.map { "\($0)" }.joined(separator: ", ") + "]",
+                        "samples_ts": "[" + ts.map(fmt).joined(separator: ", ") + "]",
+                        "avg_ts": fmt(ts.reduce(0, +) / Double(ts.count))]))
+    }
+
+    /// Spare blocks' worth of tokens per sequence (warm-up sequence, partially filled blocks).
+    private var blockSlack: Int { 64 }
+    private func fmt(_ v: Double) -> String { String(format: "%.4f", v) }
+    private func jsonLine(_ fields: KeyValuePairs<String, String>) -> String {
+        "{" + fields.map { "\"\($0.key)\": \($0.value)" }.joined(separator: ", ") + "}"
     }
 }
 

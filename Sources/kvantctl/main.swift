@@ -152,7 +152,7 @@ struct Kvantctl: ParsableCommand {
         6 unavailable (also: cannot connect), 7 permission_denied, 8 cancelled, 9 internal, 64 usage.
         """,
         subcommands: [LoadModel.self, UnloadModel.self, SetKVDType.self, ReloadScales.self, Stats.self, Generate.self,
-                      Tokenize.self, Perplexity.self, Calibrate.self, Health.self, Version.self, Scales.self])
+                      Tokenize.self, Perplexity.self, Calibrate.self, Health.self, Version.self, Scales.self, Drain.self])
 }
 
 struct LoadModel: ParsableCommand {
@@ -194,7 +194,7 @@ struct UnloadModel: ParsableCommand {
 struct SetKVDType: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "set-kv-dtype", abstract: "Switch the KV-cache dtype while serving (running requests finish on the old pool).")
     @OptionGroup var connection: ConnectionOptions
-    @Argument(help: "auto, fp16, bf16, fp32, int8_pertensor, int8_pertensor_perhead, int8_pertoken") var dtype: String
+    @Argument(help: "auto, fp16, bf16, fp32, int8_pertensor, int8_pertensor_perhead, int8_pertoken, int4_pertoken") var dtype: String
     @Option(name: .customLong("quantization-param-path")) var quantizationParamPath: String?
 
     func run() throws {
@@ -344,7 +344,7 @@ struct Calibrate: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Record K/V amax over text and write a kv_cache_scales.json. Ctrl-C cancels.")
     @OptionGroup var connection: ConnectionOptions
     @Option(help: "Output scale file (its directory under allowed_dirs).") var output: String
-    @Option(name: .customLong("text-path"), help: "Calibration text file under allowed_dirs (default: the built-in English/code/Chinese sample, 1016 tokens).")
+    @Option(name: .customLong("text-path"), help: "Calibration text file under allowed_dirs (default: the built-in English/code/Chinese sample: 1016 tokens with Gemma 3, 1221 with SmolLM2).")
     var textPath: String?
     @Option(name: .customLong("num-tokens"), help: "Tokens of the text to run, at least 16 (default 2048, or all of a shorter text).")
     var numTokens: Int?
@@ -393,6 +393,38 @@ struct Health: ParsableCommand {
             rows.append(("uptime", String(format: "%.0f s", result.uptimeSeconds)))
             if let lastError = result.lastError { rows.append(("last error", lastError)) }
             printTable(rows)
+        }
+    }
+}
+
+struct Drain: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Take the daemon out of rotation: /health answers 503 draining, new HTTP requests get 503.",
+        discussion: """
+        Requests in flight run to their end; by default the command waits for them (at most
+        shutdown_timeout_seconds) and exits 0 once none is left, 4 (failed_precondition) if some still run.
+        The daemon keeps running: stop it (systemctl stop, SIGTERM) or end the drain with --resume.
+        """)
+    @OptionGroup var connection: ConnectionOptions
+    @Flag(name: .customLong("no-wait"), help: "Return at once instead of waiting for the requests in flight.")
+    var noWait = false
+    @Flag(help: "End the drain: serve new requests again.")
+    var resume = false
+
+    func run() throws {
+        try runClient {
+            let result = try connection.connect().call(.drain, DrainParams(wait: !noWait, resume: resume), as: DrainResult.self)
+            let unfinished = result.draining && !noWait && !result.drained
+            if connection.json {
+                try printJSON(result)
+                if unfinished { throw ExitCode(ClientExitCode.code(for: .failedPrecondition)) }
+                return
+            }
+            printTable([("draining", result.draining ? "yes (\(result.reason ?? "drain"))" : "no"),
+                        ("in flight", String(result.inFlight)), ("drained", result.drained ? "yes" : "no")])
+            if unfinished {
+                throw KvantError(.failedPrecondition, "\(result.inFlight) HTTP request(s) still in flight after shutdown_timeout_seconds")
+            }
         }
     }
 }

@@ -21,7 +21,7 @@ struct Kvantd: AsyncParsableCommand {
     @Option(help: "Model (GGUF) to load at start-up.")
     var model: String?
 
-    @Option(name: .customLong("kv-cache-dtype"), help: "auto, fp16, bf16, fp32, int8_pertensor, int8_pertensor_perhead, int8_pertoken.")
+    @Option(name: .customLong("kv-cache-dtype"), help: "auto, fp16, bf16, fp32, int8_pertensor, int8_pertensor_perhead, int8_pertoken, int4_pertoken.")
     var kvCacheDType: String?
 
     @Option(name: .customLong("quantization-param-path"), help: "KV scale file (kv_cache_scales.json) for the static int8 modes.")
@@ -69,6 +69,9 @@ struct Kvantd: AsyncParsableCommand {
     @Option(name: .customLong("chat-template"), help: "Jinja chat template file overriding the model's tokenizer.chat_template.")
     var chatTemplate: String?
 
+    @Option(name: .customLong("timeout-keep-alive"), help: "Seconds before an idle HTTP connection (or one whose request stalls) is closed (timeout_keep_alive, default 5).")
+    var timeoutKeepAlive: Int?
+
     func run() async throws {
         // A closed stdout/stderr pipe (`kvantd 2>&1 | head`) must not end the daemon: writes then
         // fail with EPIPE, which the log handler ignores. Sockets use MSG_NOSIGNAL/NIO anyway.
@@ -106,7 +109,8 @@ struct Kvantd: AsyncParsableCommand {
                                      blockSize: blockSize, kvCacheBytes: kvCacheBytes, maxModelLen: maxModelLen,
                                      socket: socket, threads: threads, logLevel: logLevel, allowedDirs: allowedDirs)
         try configuration.applyHTTPFlags(host: host, port: port, noHTTP: noHTTP, unixSocket: httpUnixSocket, apiKey: apiKey,
-                                         servedModelName: servedModelName, chatTemplate: chatTemplate)
+                                         servedModelName: servedModelName, chatTemplate: chatTemplate,
+                                         timeoutKeepAlive: timeoutKeepAlive)
         return configuration
     }
 }

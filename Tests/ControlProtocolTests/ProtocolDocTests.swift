@@ -36,6 +36,7 @@ struct ProtocolDocTests {
         case .perplexity?: _ = try request.decodeParams(PerplexityParams.self)
         case .calibrate?: _ = try request.decodeParams(CalibrateParams.self)
         case .cancel?: _ = try request.decodeParams(CancelParams.self)
+        case .drain?: _ = try request.decodeParams(DrainParams.self)
         case .health?, .version?, .stats?, .unloadModel?, .scalesShow?: _ = try request.decodeParams(EmptyParams.self)
         case nil: break   // an unknown-method example
         }
@@ -56,6 +57,7 @@ struct ProtocolDocTests {
         case .perplexity: _ = try response.decodeResult(PerplexityResult.self)
         case .calibrate: _ = try response.decodeResult(CalibrateResult.self)
         case .cancel: _ = try response.decodeResult(CancelResult.self)
+        case .drain: _ = try response.decodeResult(DrainResult.self)
         }
     }
 

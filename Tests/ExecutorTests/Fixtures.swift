@@ -8,6 +8,9 @@ enum Fixtures {
     /// The real model (KvantTestSupport's one locator); nil when absent.
     static var realModelPath: String? { RealModel.path }
     static var noModel: Comment { RealModel.skipReason }
+    /// SmolLM2-135M-Instruct (KvantTestSupport's locator); nil when absent.
+    static var smolLM2Path: String? { RealModel.smolLM2Path }
+    static var noSmolLM2: Comment { RealModel.smolLM2SkipReason }
     static let needsRelease: Comment = "compute-heavy: runs in release builds only (swift test -c release)"
     static var tinyLlamaPath: String { dir.appendingPathComponent("tiny_llama.gguf").path }
 

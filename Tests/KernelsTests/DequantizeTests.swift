@@ -212,6 +212,23 @@ extension MatMulTests {
                 }
             }
         }
+        if type == .q4_1 || type == .q5_1 {
+            // Q8_1 activations (llama.cpp's vec_dot_type for these) carry s = fp16(d·Σq), not d·Σq: the int8 path
+            // computes Σ_b m_b·s_b for the offsets, so the reference gets Σ_b m_b·(s_b − d_b·Σq_b) added.
+            for i in 0..<m {
+                for r in 0..<rows {
+                    var corr = 0.0
+                    for b in 0..<nb {
+                        let blk = act.blocks[i * nb + b]
+                        let sumq = withUnsafeBytes(of: blk.q) { q in (0..<32).reduce(0) { $0 + Int(Int8(bitPattern: q[$1])) } }
+                        let o = (r * nb + b) * blockBytes + 2
+                        let mb = Float(Float16(bitPattern: UInt16(bytes[o]) | UInt16(bytes[o + 1]) << 8))
+                        corr += Double(mb) * (Double(blk.s) - Double(blk.d) * Double(sumq))
+                    }
+                    ref[i * rows + r] = Float(Double(ref[i * rows + r]) + corr)
+                }
+            }
+        }
         for i in 0..<m {
             for r in 0..<rows {
                 let k = i * rows + r
@@ -238,5 +255,50 @@ extension MatMulTests {
         }
         _ = kvant_force_int8_kernel_variant(-1)
         #expect(tested >= 1)
+    }
+}
+
+/// The int8 kernel variants promise bit-identical results (exact int32 lanes, the same FMA order as
+/// ggml_vec_dot_q*_0_q8_0): AVX-512 (decode gemv with vpdpbusd, prefill tiles) against AVX2 (maddubs) on random
+/// Q4_0/Q5_0/Q8_0 blocks, for one activation row (decode) and several (prefill tiles, with remainders).
+extension MatMulTests {
+    @Test func avx512KernelsAreBitIdenticalToAVX2() throws {
+        guard kvant_force_int8_kernel_variant(2) == 0 else {
+            _ = kvant_force_int8_kernel_variant(-1)
+            print("int8 kernel variant 2 (AVX-512 VNNI) not available: skipped")
+            return
+        }
+        var rng = SplitMix64(seed: 99)
+        for (type, bb, _, offs) in Self.layouts where [.q4_0, .q5_0, .q8_0].contains(type) {
+            for (rows, m, cols) in [(5, 1, 512), (3, 1, 32), (9, 1, 8448), (7, 3, 512), (4, 9, 256)] {
+                let nb = cols / 32
+                var bytes = [UInt8](repeating: 0, count: rows * nb * bb)
+                for k in bytes.indices { bytes[k] = UInt8(truncatingIfNeeded: rng.next()) }
+                for blk in 0..<(rows * nb) {
+                    for off in offs {
+                        let v = Float16(Float(0.002 + 0.05 * rng.nextUniform()) * (rng.next() & 1 == 0 ? 1 : -1)).bitPattern
+                        bytes[blk * bb + off] = UInt8(v & 0xFF)
+                        bytes[blk * bb + off + 1] = UInt8(v >> 8)
+                    }
+                }
+                // Activations with extreme values too (±127 after quantization, a zero block).
+                var x: [Float] = (0..<(m * cols)).map { k in Float(rng.nextGaussian()) * ((k % 13 == 0) ? 8 : 1) }
+                for k in 0..<min(32, x.count) { x[k] = 0 }
+                var out = [[Float]]()
+                for variant: Int32 in [0, 2] {
+                    _ = kvant_force_int8_kernel_variant(variant)
+                    var o = [Float](repeating: .nan, count: m * rows)
+                    try bytes.withUnsafeBytes { buf in
+                        let w = try WeightMatrix(name: "random \(type)", type: type, rows: rows, cols: cols, bytes: buf)
+                        MatMul(threads: 1).multiply(w, x, m: m, out: &o)
+                    }
+                    out.append(o)
+                }
+                #expect(out[0].map(\.bitPattern) == out[1].map(\.bitPattern),
+                        "\(type) rows \(rows) m \(m) cols \(cols): AVX-512 \(out[1].prefix(4)) vs AVX2 \(out[0].prefix(4))")
+                #expect(out[0].allSatisfy { $0.isFinite })
+            }
+        }
+        _ = kvant_force_int8_kernel_variant(-1)
     }
 }

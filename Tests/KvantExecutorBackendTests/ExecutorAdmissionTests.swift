@@ -103,4 +103,30 @@ struct ExecutorAdmissionTests {
         #expect(!result.text.isEmpty)
         #expect(try await engine.stats().kvCache["num_blocks_used"] == .int(0))
     }
+
+    @Test("sliding-window layers keep only their window: a prompt beyond the all-layers capacity is admitted and generates what a large cache generates")
+    func longerThanAllLayersCapacity() async throws {
+        let text = try String(contentsOfFile: "/usr/share/common-licenses/GPL-3", encoding: .utf8)
+        let params = GenerateParams(prompt: String(text.prefix(5000)), maxTokens: 8, temperature: 0)
+        func run(kvCacheBytes: Int) async throws -> (GenerateResult, Int) {
+            let engine = Engine(backend: ExecutorBackend(),
+                                settings: .init(kvCacheDType: .fp16, kvCacheBytes: kvCacheBytes, blockSize: 16,
+                                                maxModelLen: 4096, threads: 2, maxNumSeqs: 4),
+                                logger: Logger(label: "test"))
+            let loaded = try await engine.loadModel(path: try #require(RealModel.path), kvCacheDType: nil,
+                                                    quantizationParamPath: nil, kvCacheBytes: nil, maxModelLen: nil)
+            let result = try await engine.generate(params) { _ in }
+            #expect(try await engine.stats().kvCache["num_blocks_used"] == .int(0))
+            return (result, loaded.model.kvCacheCapacityTokens)
+        }
+        // 64 blocks of every layer: 1024 tokens if every layer kept every position. With the 15 window layers
+        // holding at most their window plus one 512-token micro-batch: 1440 tokens (micro-batch 1024..<1440:
+        // full group 90 blocks + 5 window groups × 58 = 380 of 384 three-layer blocks).
+        let (small, capacity) = try await run(kvCacheBytes: 64 * Self.blockBytes)
+        #expect(capacity == 1440)
+        #expect(small.promptTokens > 1024 && small.promptTokens + 8 <= capacity, "prompt \(small.promptTokens) tokens")
+        let (large, _) = try await run(kvCacheBytes: 256 * Self.blockBytes)
+        #expect(small.tokens == large.tokens && small.text == large.text)
+        #expect(small.completionTokens == 8 || small.finishReason == .stop)
+    }
 }

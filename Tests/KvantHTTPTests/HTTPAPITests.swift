@@ -39,6 +39,13 @@ struct HTTPAPITests {
         #expect(model?["object"] as? String == "model")
         #expect(model?["max_model_len"] as? Int == 256)
         #expect((model?["chat_template"] as? String)?.hasPrefix("chatml (default") == true)
+        // models.retrieve(id): the card of the served model; another id is 404 naming it.
+        r = try await d.request("GET", "/v1/models/model")
+        #expect(r.status == 200)
+        #expect(r.json["id"] as? String == "model" && r.json["max_model_len"] as? Int == 256)
+        r = try await d.request("GET", "/v1/models/gpt-4")
+        #expect(r.status == 404)
+        #expect((r.error["message"] as? String)?.contains("`gpt-4` does not exist") == true)
 
         r = try await d.request("GET", "/v1/nothing")
         #expect(r.status == 404)
@@ -235,6 +242,13 @@ struct HTTPAPITests {
                         status: 400, param: "messages[0].content[0].type", contains: "not supported")
         try await check(#"{"messages": [{"role": "user"}]}"#, path: "/v1/chat/completions", status: 400,
                         param: "messages[0].content", contains: "required")
+        try await check(#"{"messages": [{"role": "assistant", "content": null, "tool_calls": [{"id": "1"}]}]}"#, path: "/v1/chat/completions",
+                        status: 400, param: "messages[0].tool_calls", contains: "not supported")
+        try await check(#"{"prompt": "x", "response_format": {"type": "json_object"}}"#, status: 400, param: "response_format.type",
+                        contains: "'json_object' is not supported")
+        // Valid JSON with a number no double holds: the field is named (as on the control socket).
+        try await check(#"{"prompt": "x", "max_tokens": 1e400}"#, status: 400, param: "max_tokens", contains: "1e400 is out of range")
+        try await check(#"{"prompt": "x", "temperature": NaN}"#, status: 400, param: nil, contains: "at byte 31")
         let long = String(repeating: "a", count: 300)
         try await check(#"{"prompt": "\#(long)"}"#, status: 400, param: "prompt",
                         contains: "maximum context length is 256 tokens. However, your request has 300 input tokens")
@@ -280,6 +294,11 @@ struct HTTPAPITests {
         #expect(r.status == 401)
         r = try await d.request("GET", "/v1/models", headers: ["Authorization": "Bearer sekret-1"])
         #expect(r.status == 200)
+        // The scheme is case-insensitive (RFC 7235); the key is not.
+        r = try await d.request("GET", "/v1/models", headers: ["Authorization": "bearer sekret-1"])
+        #expect(r.status == 200)
+        r = try await d.request("GET", "/v1/models", headers: ["Authorization": "bearer SEKRET-1"])
+        #expect(r.status == 401)
         r = try await d.request("GET", "/health")
         #expect(r.status == 200)
         r = try await d.request("GET", "/metrics")
@@ -429,6 +448,120 @@ struct HTTPAPITests {
         let choice = (final["choices"] as? [[String: Any]])?.first
         #expect(choice?["finish_reason"] as? String == "abort")
         try await d.waitStopped()
+    }
+
+    /// Reads a stream to its end; returns the concatenated `text` of its chunks and the last finish_reason.
+    static func readStream(_ c: RawHTTPConnection) async throws -> (text: String, finish: String?, events: [String]) {
+        let body = try await offPool { () -> String in
+            var bytes: [UInt8] = []
+            while let chunk = try c.readChunk() { bytes += chunk }
+            return String(decoding: bytes, as: UTF8.self)
+        }
+        let events = try parseSSE(body)
+        var text = ""
+        var finish: String?
+        for event in events where event != "[DONE]" {
+            for choice in try jsonObject(event)["choices"] as? [[String: Any]] ?? [] {
+                text += choice["text"] as? String ?? ""
+                if let reason = choice["finish_reason"] as? String { finish = reason }
+            }
+        }
+        return (text, finish, events)
+    }
+
+    /// Polls /health until it answers `status` (an event; the bound only ends a failing test).
+    static func waitForHealth(_ d: TestHTTPDaemon, _ status: String) async throws -> HTTPTestResponse {
+        for _ in 0..<2000 {
+            let r = try await d.request("GET", "/health")
+            if r.json["status"] as? String == status { return r }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        throw TestFailure("/health never answered \(status)")
+    }
+
+    @Test("graceful shutdown drains: /health 503 draining, a new request 503 + Retry-After, the stream in flight completes with all its tokens")
+    func shutdownDrains() async throws {
+        let gate = DecodeGate(holdAt: 3)
+        let d = try TestHTTPDaemon(tag: "drain", backend: FakeBackend(gate: gate)) { c, _ in c.shutdownTimeoutSeconds = 60 }
+        try await d.start()
+        try await d.loadModel()
+        let prompt = "drain-me-please"
+        let c = try RawHTTPConnection(port: d.port)
+        defer { c.close() }
+        try c.send(method: "POST", path: "/v1/completions", body: Data(#"{"prompt":"\#(prompt)","stream":true,"max_tokens":64}"#.utf8))
+        let head = try await offPool { try c.readHead() }
+        #expect(head.status == 200)
+        _ = try await d.waitForStats("the stream held at the gate") { _ in gate.waiting == 1 }
+
+        await d.beginStop()
+        let health = try await Self.waitForHealth(d, "draining")
+        #expect(health.status == 503)
+        #expect((health.json["message"] as? String)?.contains("shutting down") == true)
+        #expect(health.json["in_flight"] as? Int == 1)
+        for path in ["/v1/completions", "/v1/chat/completions"] {
+            let refused = try await d.request("POST", path, json: #"{"prompt":"x","messages":[{"role":"user","content":"x"}]}"#)
+            #expect(refused.status == 503, "\(path)")
+            #expect(refused.headers["retry-after"] == "5", "\(path)")
+            #expect(refused.error["type"] as? String == "ServiceUnavailableError", "\(path)")
+            #expect(refused.error["code"] as? Int == 503, "\(path)")
+            #expect((refused.error["message"] as? String)?.contains("draining") == true, "\(path)")
+        }
+        #expect(try await d.request("GET", "/v1/models").status == 503)
+        #expect(try await d.request("GET", "/metrics").status == 200)
+
+        gate.open()
+        let stream = try await Self.readStream(c)
+        #expect(stream.text == prompt)
+        #expect(stream.finish == "stop")
+        #expect(stream.events.last == "[DONE]")
+        try await d.waitStopped()
+    }
+
+    @Test("drain method: /health 503 draining, new requests 503, in-flight stream completes; drain waits for it; resume serves again")
+    func drainMethod() async throws {
+        let gate = DecodeGate(holdAt: 2)
+        let d = try TestHTTPDaemon(tag: "drainm", backend: FakeBackend(gate: gate)) { c, _ in c.shutdownTimeoutSeconds = 60 }
+        try await d.start()
+        try await d.loadModel()
+        let c = try RawHTTPConnection(port: d.port)
+        defer { c.close() }
+        try c.send(method: "POST", path: "/v1/completions", body: Data(#"{"prompt":"abcdef","stream":true}"#.utf8))
+        #expect(try await offPool { try c.readHead() }.status == 200)
+        _ = try await d.waitForStats("the stream held at the gate") { _ in gate.waiting == 1 }
+
+        let socketPath = d.socketPath
+        let noWait = try await offPool {
+            try ControlClient(socketPath: socketPath, timeout: 20).call(.drain, DrainParams(wait: false), as: DrainResult.self)
+        }
+        #expect(noWait == DrainResult(draining: true, inFlight: 1, drained: false, reason: "drain"))
+        let health = try await d.request("GET", "/health")
+        #expect(health.status == 503)
+        #expect(health.json["status"] as? String == "draining")
+        let control = try await offPool { try ControlClient(socketPath: socketPath, timeout: 20).call(.health, EmptyParams(), as: HealthResult.self) }
+        #expect(control.status == "draining")
+        let refused = try await d.request("POST", "/v1/completions", json: #"{"prompt":"x"}"#)
+        #expect(refused.status == 503)
+        #expect(refused.headers["retry-after"] != nil)
+
+        // A waiting drain returns once the stream is done.
+        let waiter = Task { try await offPool {
+            try ControlClient(socketPath: socketPath, timeout: 60).call(.drain, DrainParams(), as: DrainResult.self)
+        } }
+        gate.open()
+        let stream = try await Self.readStream(c)
+        #expect(stream.text == "abcdef")
+        #expect(stream.finish == "stop")
+        #expect(try await waiter.value == DrainResult(draining: true, inFlight: 0, drained: true, reason: "drain"))
+
+        let resumed = try await offPool {
+            try ControlClient(socketPath: socketPath, timeout: 20).call(.drain, DrainParams(resume: true), as: DrainResult.self)
+        }
+        #expect(resumed.draining == false)
+        #expect(try await d.request("GET", "/health").status == 200)
+        let served = try await d.request("POST", "/v1/completions", json: #"{"prompt":"xyz"}"#)
+        #expect(served.status == 200)
+        #expect(((served.json["choices"] as? [[String: Any]])?.first?["text"] as? String) == "xyz")
+        try await d.stop()
     }
 
     @Test("the API on a Unix socket (http_unix_socket)")

@@ -48,7 +48,7 @@ final class TestHTTPDaemon: @unchecked Sendable {
         var settings = HTTPSettings(configuration)
         settings.port = tcp ? 0 : nil   // 0 = an ephemeral port (KvantHTTPServer.boundPort)
         http = try KvantHTTPServer(settings: settings, engine: daemon.engine, isStartingUp: { [daemon] in daemon.isStartingUp },
-                                   metrics: MetricsExporter(registry: registry), logger: logger)
+                                   metrics: MetricsExporter(registry: registry), logger: logger, drain: daemon.drain)
         group = daemon.makeServiceGroup(gracefulShutdownSignals: [], listeners: [http])
     }
 

@@ -29,7 +29,11 @@ public final class FakeBackend: InferenceBackend, @unchecked Sendable {
     /// Most sequences live at once on the model loaded last.
     public var peakSequencesOfLastModel: Int { lock.lock(); defer { lock.unlock() }; return lastModel?.peakSequences ?? 0 }
 
-    public init(decodeDelay: TimeInterval = 0, loadDelay: TimeInterval = 0, tokenCapacity: Int? = nil) {
+    /// Holds every sequence's decode steps from a position on until opened (drain tests); nil = never.
+    public let gate: DecodeGate?
+
+    public init(decodeDelay: TimeInterval = 0, loadDelay: TimeInterval = 0, tokenCapacity: Int? = nil, gate: DecodeGate? = nil) {
+        self.gate = gate
         self.decodeDelay = decodeDelay
         self.loadDelay = loadDelay
         self.tokenCapacity = tokenCapacity
@@ -50,7 +54,7 @@ public final class FakeBackend: InferenceBackend, @unchecked Sendable {
         loads.append(request)
         lock.unlock()
         progress("allocating KV cache")
-        let model = FakeModel(request: request, decodeDelay: decodeDelay, tokenCapacity: tokenCapacity)
+        let model = FakeModel(request: request, decodeDelay: decodeDelay, tokenCapacity: tokenCapacity, gate: gate)
         lock.lock()
         lastModel = model
         lock.unlock()
@@ -83,8 +87,10 @@ public final class FakeModel: LoadedModel, @unchecked Sendable {
     /// KV capacity model: token slots shared by all sequences; each reserves prompt + max_tokens. nil = unlimited.
     public let tokenCapacity: Int?
     public let decodeDelay: TimeInterval
+    public let gate: DecodeGate?
 
-    public init(request: ModelLoadRequest, decodeDelay: TimeInterval, tokenCapacity: Int? = nil) {
+    public init(request: ModelLoadRequest, decodeDelay: TimeInterval, tokenCapacity: Int? = nil, gate: DecodeGate? = nil) {
+        self.gate = gate
         self.decodeDelay = decodeDelay
         self.tokenCapacity = tokenCapacity
         let capacity = request.kvCacheBytes / 64
@@ -250,6 +256,7 @@ public final class FakeSequence: GenerationSequence {
     }
 
     private func next() -> GeneratedToken {
+        model.gate?.pass(position: position)
         if model.decodeDelay > 0 { Thread.sleep(forTimeInterval: model.decodeDelay) }
         let token: Int
         if position < prompt.count {
@@ -272,4 +279,37 @@ public final class FakeSequence: GenerationSequence {
     public func prefill() throws -> GeneratedToken { next() }
     public func decode() throws -> GeneratedToken { next() }
     public func release() { model.sequenceReleased(reserved: reserved) }
+}
+
+/// Holds generation at a token position until `open()`: a test can then act while a stream is
+/// certainly in flight, with no timing assumption. Blocks the compute thread (at most 120 s, a guard
+/// that only ends a failing test).
+public final class DecodeGate: @unchecked Sendable {
+    public let holdAt: Int
+    private let condition = NSCondition()
+    private var opened = false
+    private var held = 0
+
+    /// - Parameter holdAt: the first token position (0-based) that waits for `open()`.
+    public init(holdAt: Int) { self.holdAt = holdAt }
+
+    public func open() {
+        condition.lock()
+        opened = true
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// Sequences waiting at the gate now.
+    public var waiting: Int { condition.lock(); defer { condition.unlock() }; return held }
+
+    func pass(position: Int) {
+        guard position >= holdAt else { return }
+        condition.lock()
+        defer { condition.unlock() }
+        held += 1
+        let deadline = Date().addingTimeInterval(120)
+        while !opened && condition.wait(until: deadline) {}
+        held -= 1
+    }
 }

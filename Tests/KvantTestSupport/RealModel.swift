@@ -15,6 +15,13 @@ public enum RealModel {
     /// Why a real-model test is skipped.
     public static let skipReason: Comment = "real model not found (set KVANT_MODEL or run `make model`)"
 
+    /// SmolLM2-135M-Instruct Q4_1 (llama, 3 KV heads, ChatML), the chat model of record:
+    /// `$KVANT_SMOLLM2_MODEL`, else `<repo>/models/SmolLM2-135M-Instruct.Q4_1.gguf`, else `/work/models/…`.
+    public static let smolLM2Path: String? = locate("SmolLM2-135M-Instruct.Q4_1.gguf", environment: "KVANT_SMOLLM2_MODEL")
+
+    /// Why a SmolLM2 test is skipped.
+    public static let smolLM2SkipReason: Comment = "SmolLM2 not found (set KVANT_SMOLLM2_MODEL or run `make model-smollm2`)"
+
     /// A model file: the environment variable's path if set and present, else `<repo>/models/NAME`, else
     /// `/work/models/NAME`; nil when none exists.
     public static func locate(_ name: String, environment variable: String) -> String? {

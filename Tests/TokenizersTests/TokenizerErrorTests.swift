@@ -70,10 +70,16 @@ private func error(_ path: String) -> KvantError? {
     }
 
     @Test func unsupportedPreTokenizerAndMissingMerges() {
-        var w = MetaWriter(); w.string("tokenizer.ggml.model", "gpt2"); w.string("tokenizer.ggml.pre", "qwen2")
-        w.strings("tokenizer.ggml.tokens", ["a"])
-        let p = w.write("pre.gguf")
-        #expect(error(p)?.message.hasPrefix("\(p): tokenizer.ggml.pre 'qwen2' is not supported") == true)
+        // unknown to llama.cpp as well; and one llama.cpp knows but whose other vocabulary settings Kvant does not model
+        for pre in ["klingon-bpe", "chatglm-bpe"] {
+            var w = MetaWriter(); w.string("tokenizer.ggml.model", "gpt2"); w.string("tokenizer.ggml.pre", pre)
+            w.strings("tokenizer.ggml.tokens", ["a"])
+            let p = w.write("pre.gguf")
+            let message = error(p)?.message ?? ""
+            #expect(message.hasPrefix("\(p): tokenizer.ggml.pre '\(pre)' is not supported (supported: "), "\(message)")
+            // the message lists what is supported
+            #expect(message.contains("smollm") && message.contains("qwen2") && message.contains("llama-bpe"))
+        }
         var m = MetaWriter(); m.string("tokenizer.ggml.model", "gpt2"); m.strings("tokenizer.ggml.tokens", ["a"])
         let q = m.write("merges.gguf")
         #expect(error(q)?.message == "\(q): metadata key 'tokenizer.ggml.merges' is missing")

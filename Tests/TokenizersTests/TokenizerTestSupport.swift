@@ -18,6 +18,10 @@ enum TokFixtures {
 
     static var skipReason: Comment { RealModel.skipReason }
 
+    /// SmolLM2-135M-Instruct (KvantTestSupport's locator); nil when absent.
+    static var smolLM2Path: String? { RealModel.smolLM2Path }
+    static var smolLM2SkipReason: Comment { RealModel.smolLM2SkipReason }
+
     static func realModelPath() -> String? { modelPath }
 
     /// The Gemma 3 tokenizer, loaded once for all tests.

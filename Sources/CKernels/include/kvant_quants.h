@@ -29,14 +29,16 @@ void kvant_quantize_row_q8a(const float *x, kvant_block_q8a *y, int64_t n);
 
 /* Activation formats of the int8 path, chosen per weight type as llama.cpp's `vec_dot_type` does, so that the
  * products round like llama.cpp's:
- *   KVANT_ACT_Q8A  (Q4_1, Q5_1): kvant_quantize_row_q8a above (fp32 d per 32, s = d·Σq);
+ *   KVANT_ACT_Q8A  (none by default): kvant_quantize_row_q8a above (fp32 d per 32, s = d·Σq);
+ *   KVANT_ACT_Q8_1 (Q4_1, Q5_1): ggml `quantize_row_q8_1`: d and q as KVANT_ACT_Q8_0, s = fp16(amax/127·Σq) (fp16 of
+ *                  the unrounded d times Σq, kept as its fp32 value), as ggml_vec_dot_q4_1_q8_1 reads it;
  *   KVANT_ACT_Q8_0 (Q4_0, Q5_0, Q8_0): ggml `quantize_row_q8_0`: d = fp16(amax/127) (kept as its fp32 value),
  *                  q = round-half-even(x·127/amax), s = d·Σq;
  *   KVANT_ACT_Q8_K (Q4_K, Q5_K, Q6_K): ggml `quantize_row_q8_K`: one fp32 d per 256 values (iscale = -127/max with
  *                  the signed value of largest magnitude, d = 1/iscale), stored as 8 consecutive blocks of 32 that
  *                  share d; the 4 bytes of `s` hold two int16: Σq of the block's first and second 16 values
  *                  (ggml's bsums). */
-enum { KVANT_ACT_Q8A = 0, KVANT_ACT_Q8_0 = 1, KVANT_ACT_Q8_K = 2 };
+enum { KVANT_ACT_Q8A = 0, KVANT_ACT_Q8_0 = 1, KVANT_ACT_Q8_K = 2, KVANT_ACT_Q8_1 = 3 };
 int kvant_act_format(int type);
 /* Quantizes `n` floats to n/32 blocks in `format`. Returns 0, or -1 for a bad format or an `n` that is not a multiple
  * of 32 (256 for KVANT_ACT_Q8_K). */
@@ -65,9 +67,10 @@ int kvant_matmul_q8a_rounding(int type, const void *w, size_t row_bytes, int64_t
 int kvant_matmul_f32(int type, const void *w, size_t row_bytes, int64_t n, int64_t row0, int64_t row1,
                      const float *a, int64_t na, float *out, int64_t out_stride, float *scratch);
 
-/* The int8 kernels chosen at run time via CPUID: 2 = AVX-512 (F/BW/VL/VNNI) tiles of 2 weight rows × 8 activation
- * rows for Q4_0/Q5_0/Q8_0 prefill (na ≥ 2) and AVX-VNNI otherwise (KVANT_NO_AVX512=1 disables them), 1 = AVX-VNNI
- * (vpdpbusd; KVANT_NO_VNNI=1 forces AVX2), 0 = AVX2. Every variant gives bit-identical results. */
+/* The int8 kernels chosen at run time via CPUID: 2 = AVX-512 (F/BW/VL/VNNI, e.g. AMD Zen 4, which has no AVX-VNNI)
+ * for Q4_0/Q5_0/Q8_0: tiles of 2 weight rows × 8 activation rows for prefill (na ≥ 2) and a 4-row gemv with EVEX
+ * vpdpbusd for decode (na = 1), the other types through AVX-VNNI when present, else AVX2 (KVANT_NO_AVX512=1 disables
+ * it); 1 = AVX-VNNI (vpdpbusd; KVANT_NO_VNNI=1 forces AVX2), 0 = AVX2. Every variant gives bit-identical results. */
 int kvant_int8_kernel_variant(void);
 /* Tests: force 0 (AVX2), 1 (AVX-VNNI) or 2 (AVX-512 tiles + AVX-VNNI); returns -1 when the CPU lacks it; -1 re-detects.
  * Not thread-safe. */

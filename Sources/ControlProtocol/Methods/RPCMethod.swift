@@ -17,6 +17,7 @@ public enum RPCMethod: String, CaseIterable, Sendable {
     case scalesShow = "scales-show"
     case scalesValidate = "scales-validate"
     case cancel
+    case drain
 
     /// Methods that change the daemon's state or read files; allowed only for root, the
     /// daemon's own uid and members of the configured socket group. The rest
@@ -26,7 +27,7 @@ public enum RPCMethod: String, CaseIterable, Sendable {
         switch self {
         case .health, .version, .stats, .tokenize, .scalesShow, .cancel: return false
         case .loadModel, .unloadModel, .setKVDType, .reloadScales, .generate, .perplexity,
-             .calibrate, .scalesValidate: return true
+             .calibrate, .scalesValidate, .drain: return true
         }
     }
 }

@@ -4,7 +4,7 @@ import KvantCore
 
 /// `health` result.
 public struct HealthResult: Codable, Equatable, Sendable {
-    /// `ok`, or `degraded` when the last reload failed (see `last_error`).
+    /// `ok`, `degraded` when the last reload failed (see `last_error`), or `draining` (the `drain` method or shutdown).
     public var status: String
     public var modelLoaded: Bool
     public var model: String?
