@@ -105,6 +105,8 @@ kv_q4_lanes(const kv_layer_view *vw, const int NL, const int g, const int first,
         for (int i = 0; i < n; i++) {
             const uint8_t *kr = K + (size_t)i * krow;
             float s[4] = {0, 0, 0, 0};
+            __m256 acc8[4];
+            for (int j = 0; j < NL; j++) acc8[j] = _mm256_setzero_ps();
             for (int k = 0; k < NGK; k++) {
                 const uint8_t *gp = kr + (size_t)k * KV_Q4K_GROUP_BYTES;
                 const float d = kv_q4_f16(gp), mn = kv_q4_f16(gp + 2);
@@ -112,16 +114,18 @@ kv_q4_lanes(const kv_layer_view *vw, const int NL, const int g, const int first,
                 const __m128i lo = _mm_and_si128(b, mask), hi = _mm_and_si128(_mm_srli_epi16(b, 4), mask);
                 const __m256 k0 = kv_q4_u8x8(lo), k1 = kv_q4_u8x8(_mm_srli_si128(lo, 8));
                 const __m256 k2 = kv_q4_u8x8(hi), k3 = kv_q4_u8x8(_mm_srli_si128(hi, 8));
+                const __m256 dv = _mm256_set1_ps(d);
                 const int base = k * KV_Q4K_GROUP;
                 for (int j = 0; j < NL; j++) {
                     __m256 a = _mm256_mul_ps(_mm256_loadu_ps(q[j] + base), k0);
                     a = _mm256_fmadd_ps(_mm256_loadu_ps(q[j] + base + 8), k1, a);
                     a = _mm256_fmadd_ps(_mm256_loadu_ps(q[j] + base + 16), k2, a);
                     a = _mm256_fmadd_ps(_mm256_loadu_ps(q[j] + base + 24), k3, a);
-                    s[j] += d * kv_q4_hsum256(a) + mn * qsum[j][k];
+                    acc8[j] = _mm256_fmadd_ps(dv, a, acc8[j]);
+                    s[j] += mn * qsum[j][k];
                 }
             }
-            for (int j = 0; j < NL; j++) sc[j][i] = s[j] * scale;
+            for (int j = 0; j < NL; j++) sc[j][i] = (kv_q4_hsum256(acc8[j]) + s[j]) * scale;
         }
 
         const int n8 = (n + 7) & ~7;

@@ -75,6 +75,16 @@ struct Int4CacheTests {
         // 4 recent blocks + 32 blocks of a 512-token micro-batch + 1, + the sink slot; 18 layers; 8320-byte int8 blocks.
         #expect(pool.residualBytesPerSequence == 38 * 18 * 8320)
         #expect(pool.numBlocks == (1 << 22) / pool.pageStride)
+
+        // Gemma 3 270M with its sliding windows in 256 MiB: int4 holds ~1.75x the tokens of int8_pertoken.
+        let windows: [Int?] = (0..<18).map { $0 % 6 == 5 ? nil : 512 }
+        func capacity(_ dt: KVCacheDType) throws -> Int {
+            try KVCachePool(spec: KVCacheSpec(numLayers: 18, numKVHeads: 1, headDim: 256, dtype: dt, layerWindows: windows),
+                            byteBudget: 1 << 28).capacityTokens
+        }
+        let c4 = try capacity(.int4PerToken), c8 = try capacity(.int8PerToken)
+        print("capacity_tokens in 256 MiB, Gemma 3 270M: int4_pertoken \(c4), int8_pertoken \(c8)")
+        #expect(Double(c4) > 1.7 * Double(c8))
     }
 
     @Test("write/read round trip: the rotated 4-bit rows, rotated back, as the fp64 reference", arguments: [64, 128, 256])
@@ -164,8 +174,11 @@ struct Int4CacheTests {
                 let truth = referenceAttention(keys: keys, values: values, query: query, numHeads: c.numHeads,
                                                numKVHeads: c.numKVHeads, headDim: c.headDim, position: position,
                                                window: c.window, scale: scale)
+                // Against the true values the 4-bit error shows, bounded by a fraction of the largest |V| (rows up to
+                // 3, outlier channels up to 24 here; measured at most 0.05 of it).
                 let errTrue = zip(out, truth).map { abs(Double($0) - $1) }.max()!
-                #expect(errTrue < 0.5, "\(c) pos \(position): vs true values \(errTrue)")
+                let vmax = Double(values.joined().map(abs).max()!)
+                #expect(errTrue < 0.1 * vmax, "\(c) pos \(position): vs true values \(errTrue) (max |v| \(vmax))")
                 if position >= 6 * B && c.window == nil {
                     // Positions 1 ..< (p/B − 3)·B really are read at int4: an all-int8 reference is further away.
                     let all8 = Self.expectedContents(keys: keys, values: values, c: Shape(numKVHeads: c.numKVHeads, numHeads: c.numHeads, headDim: c.headDim, blockSize: 1 << 20, length: c.length, window: nil), position: position, ringLo: 0)
@@ -203,7 +216,8 @@ struct Int4CacheTests {
             for threads in [2, 3] {
                 let split = attend(pool, seq, layer: 0, position: position, query: q, numHeads: 6, window: window, scale: 0.3, threads: threads)
                 let e = zip(one, split).map { abs($0 - $1) }.max()!
-                #expect(e < 2e-6, "position \(position) threads \(threads): \(e)")
+                // Up to three partial softmaxes merged in a different order: fp32 rounding of outputs up to ~24.
+                #expect(e < 1e-5, "position \(position) threads \(threads): \(e)")
             }
         }
     }
