@@ -252,3 +252,31 @@ struct Int4CacheTests {
         #expect(pool.stats().usedBlocks == 0)
     }
 }
+
+extension Int4CacheTests {
+    @Test("the served int4 cache stores what the measurement simulation (KVQuantSimulation) simulated")
+    func servedMatchesSimulation() throws {
+        let c = Shape(numKVHeads: 1, numHeads: 4, headDim: 256, blockSize: 16, length: 200, window: nil)
+        var rng = SplitMix64(seed: 77)
+        let keys = Self.rows(c, &rng), values = Self.rows(c, &rng)
+        let served = try KVCachePool(spec: KVCacheSpec(numLayers: 1, numKVHeads: 1, headDim: 256, dtype: .int4PerToken),
+                                     byteBudget: 1 << 22)
+        let simulated = try KVCachePool(spec: KVCacheSpec(numLayers: 1, numKVHeads: 1, headDim: 256, dtype: .fp32),
+                                        byteBudget: 1 << 22)
+        try simulated.setQuantSimulation(KVQuantSimulation(
+            key: try KVRowFormat(parsing: "int4:g32:asym:rot"), value: try KVRowFormat(parsing: "int4:g64:sym:rot"),
+            residual: try KVRowFormat(parsing: "int8:row:sym:rot:f32s"), residualBlocks: 4, sinkTokens: 1))
+        let a = served.createSequence(), b = simulated.createSequence()
+        writeAll(served, a, layer: 0, keys: keys, values: values)
+        writeAll(simulated, b, layer: 0, keys: keys, values: values)
+        var worst = 0.0
+        for p in [0, 15, 16, 63, 64, 65, 130, 199] {
+            let q = rng.floats(4 * 256)
+            let x = attend(served, a, layer: 0, position: p, query: q, numHeads: 4, window: nil, scale: 0.2)
+            let y = attend(simulated, b, layer: 0, position: p, query: q, numHeads: 4, window: nil, scale: 0.2)
+            worst = max(worst, zip(x, y).map { Double(abs($0 - $1)) }.max()!)
+        }
+        print("served vs simulated int4 attention: max |diff| \(worst)")
+        #expect(worst < 1e-4)
+    }
+}
