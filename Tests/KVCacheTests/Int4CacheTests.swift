@@ -280,3 +280,36 @@ extension Int4CacheTests {
         #expect(worst < 1e-4)
     }
 }
+
+extension Int4CacheTests {
+    @Test("served vs simulated on the Gemma 3 layout: 18 layers in layer groups, sliding windows, a prefill micro-batch written before it is attended")
+    func servedMatchesSimulationGemmaLayout() throws {
+        let windows: [Int?] = (0..<18).map { $0 % 6 == 5 ? nil : 512 }
+        let T = 300
+        var rng = SplitMix64(seed: 78)
+        let served = try KVCachePool(spec: KVCacheSpec(numLayers: 18, numKVHeads: 1, headDim: 256, dtype: .int4PerToken,
+                                                       layerWindows: windows), byteBudget: 1 << 25)
+        let simulated = try KVCachePool(spec: KVCacheSpec(numLayers: 18, numKVHeads: 1, headDim: 256, dtype: .fp32,
+                                                          layerWindows: windows), byteBudget: 1 << 26)
+        try simulated.setQuantSimulation(KVQuantSimulation(
+            key: try KVRowFormat(parsing: "int4:g32:asym:rot"), value: try KVRowFormat(parsing: "int4:g64:sym:rot"),
+            residual: try KVRowFormat(parsing: "int8:row:sym:rot:f32s"), residualBlocks: 4, sinkTokens: 1))
+        let a = served.createSequence(), b = simulated.createSequence()
+        #expect(served.reserve(a, newLength: T) == .ok && simulated.reserve(b, newLength: T) == .ok)
+        var worst = 0.0
+        for l in 0..<18 {
+            let keys = (0..<T).map { t in rng.floats(256, scale: t == 0 ? 20 : Float(1 + l % 4)) }
+            let values = (0..<T).map { _ in rng.floats(256, scale: 2) }
+            writeAll(served, a, layer: l, keys: keys, values: values)
+            writeAll(simulated, b, layer: l, keys: keys, values: values)
+            for p in [0, 17, 64, 130, 299] {
+                let q = rng.floats(4 * 256, scale: 3)
+                let x = attend(served, a, layer: l, position: p, query: q, numHeads: 4, window: windows[l], scale: 0.0625)
+                let y = attend(simulated, b, layer: l, position: p, query: q, numHeads: 4, window: windows[l], scale: 0.0625)
+                worst = max(worst, zip(x, y).map { Double(abs($0 - $1)) }.max()!)
+            }
+        }
+        print("served vs simulated int4 attention, Gemma layout: max |diff| \(worst)")
+        #expect(worst < 1e-4)
+    }
+}
