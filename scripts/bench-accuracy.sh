@@ -6,8 +6,8 @@
 # perplexity stays held out): per tensor and per head with the default method of `calibrate`
 # (separate K and V scales), per tensor with the shared K/V scale only (a plain vLLM file), per
 # tensor with plain max (amax/127, shared: the vendor guide's calibration), and the 1.0 default.
-# int8_pertoken is also measured without its Hadamard rotation, for comparison.
-# llama.cpp's own perplexity (f16, q8_0 and q4_0 K+V, flash attention) is added as reference rows: through
+# int8_pertoken is also measured without its Hadamard rotation, int4_pertoken without its int8 residual, for comparison.
+# llama.cpp's own perplexity (f16, q8_0, q4_0 and q4_1 K+V, flash attention) is added as reference rows: through
 # llama-cpp-python when the module is installed, else through llama.cpp's llama-perplexity binary
 # (scripts/oracle/llama_bin.py says where) when it is built (set ORACLE=0 to skip; cached in OUT).
 # llama.cpp's f32 KV is not a separate row: with flash attention it measured the same as f16 to 6 digits.
@@ -55,6 +55,8 @@ ROWS=(
   "int8_pertensor_perhead, calibrated per head ($METHOD, separate K/V scales)|int8_pertensor_perhead|--quantization-param-path $OUT/scales_perhead.json"
   "int8_pertensor, calibrated ($METHOD, shared K/V scale only: a plain vLLM file)|int8_pertensor|--quantization-param-path $OUT/scales_pertensor_shared.json"
   "int8_pertensor, default 1.0|int8_pertensor|--default-scales"
+  "int4_pertoken (4-bit, rotated; last 4 blocks + token 0 at int8)|int4_pertoken|"
+  "int4_pertoken without the int8 residual (every position 4-bit)|int4_pertoken|--int4-recent-blocks 0"
 )
 if [[ $METHOD != max ]]; then
   ROWS+=("int8_pertensor, calibrated (max: amax/127, shared K/V scale: the vendor guide's calibration)|int8_pertensor|--quantization-param-path $OUT/scales_pertensor_max.json")
@@ -65,7 +67,7 @@ if [[ $ORACLE == 1 ]] && python3 -c "import llama_cpp" 2>/dev/null; then
 elif [[ $ORACLE == 1 ]] && python3 -c "import sys; sys.path.insert(0, 'scripts/oracle'); import llama_bin, os; llama_bin.binary('llama-perplexity')" 2>/dev/null; then
   HAVE_ORACLE=1 ORACLE_SCRIPT=scripts/oracle/llama_perplexity_bin.py
 fi
-ORACLE_TYPES="f16 q8_0 q4_0"
+ORACLE_TYPES="f16 q8_0 q4_0 q4_1"
 
 declare -A PPL
 for ctx in $CTXS; do

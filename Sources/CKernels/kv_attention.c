@@ -186,8 +186,16 @@ int32_t kv_cpu_has_avx512(void) {
     return c;
 }
 
+/* kv_attention_q4.c */
+void kv_attend_group_q4(const kv_layer_view *vw, int g, int nl, int first, int last,
+                        const float *const *q, float scale, float *acc, float *ml);
+
 static void kv_attend_group(const kv_layer_view *vw, int g, int nl, int first, int last,
                             const float *const *q, float scale, float *acc, float *ml) {
+    if (vw->dtype == KV_DT_Q4) {
+        kv_attend_group_q4(vw, g, nl, first, last, q, scale, acc, ml);
+        return;
+    }
     if (vw->use_avx512 && (vw->head_dim & 15) == 0 && kv_cpu_has_avx512()) {
         kv_attend_group_avx512(vw, g, nl, first, last, q, scale, acc, ml);
         return;

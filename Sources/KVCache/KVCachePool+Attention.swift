@@ -46,15 +46,51 @@ extension KVCachePool {
             }
         }
         let rec = recorder
+        let ring = isInt4 ? residualRing(sequence) : nil
         lock.unlock()
 
         let blk = blockAddress(layer: layer, block: bid)
+        if isInt4 {
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * H * D) { buf in
+                let kr = buf.baseAddress!, vr = kr + H * D
+                kr.update(from: key, count: H * D); vr.update(from: value, count: H * D)
+                kv_hadamard(kr, Int32(H * D), Int32(rotationGroup)); kv_hadamard(vr, Int32(H * D), Int32(rotationGroup))
+                storeInt4(layer: layer, position: position, ring: ring, blk: blk, kr: kr, vr: vr)
+            }
+            if let rec {
+                for h in 0..<H {
+                    let k = key + h * D, v = value + h * D
+                    rec.record(layer: layer, head: h, keyAmax: kv_amax(k, Int32(D)), valueAmax: kv_amax(v, Int32(D)),
+                               key: k, value: v, count: D)
+                }
+            }
+            return true
+        }
+        if let sim = simulation {
+            // Measurement tool (KVQuantSimulation): store the simulated format's dequantized values (fp32 pool).
+            let n = H * D
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: 4 * n) { buf in
+                let kl = buf.baseAddress!, vl = kl + n, kr = vl + n, vr = kr + n
+                simulate(sim, layer: layer, position: position, key: key, value: value, kLow: kl, vLow: vl, kRes: kr, vRes: vr)
+                let lowBlk = sim.shadow.map { $0 + (blk - storage) } ?? blk
+                for h in 0..<H {
+                    let kOff = (h * B + off) * rowBytes, vOff = vOffset + (h * B + off) * rowBytes
+                    _ = kv_store_row(dtypeCode, kl + h * D, lowBlk + kOff, Int32(D), 1)
+                    _ = kv_store_row(dtypeCode, vl + h * D, lowBlk + vOff, Int32(D), 1)
+                    if sim.shadow != nil {
+                        _ = kv_store_row(dtypeCode, kr + h * D, blk + kOff, Int32(D), 1)
+                        _ = kv_store_row(dtypeCode, vr + h * D, blk + vOff, Int32(D), 1)
+                    }
+                }
+            }
+            return true
+        }
         var clipped: Int32 = 0
         let G = Int32(rotationGroup)
         for h in 0..<H {
             let k = key + h * D, v = value + h * D
             let kDst = blk + (h * B + off) * rowBytes
-            let vDst = blk + vOffset + (h * B + off) * rowBytes
+            let vDst = blk + vOffset + (h * B + off) * vRowBytes
             var kAmax: Float = -1, vAmax: Float = -1
             switch dtypeCode {
             case Int32(KV_DT_I8_TOKEN):
@@ -86,7 +122,8 @@ extension KVCachePool {
     }
 
     /// Reads back (dequantizes) K and V of one token for one layer into `[numKVHeads, headDim]` fp32
-    /// buffers: what attention sees, in the model's basis (a rotated int8_pertoken row is rotated back).
+    /// buffers: what attention sees, in the model's basis (a rotated int8_pertoken row is rotated back;
+    /// `int4_pertoken`: the 4-bit row, which attention reads for positions outside the int8 residual).
     /// For tests and debugging; attention never uses it.
     public func read(layer: Int, sequence: SequenceID, position: Int,
                      key: UnsafeMutablePointer<Float>, value: UnsafeMutablePointer<Float>) {
@@ -103,6 +140,13 @@ extension KVCachePool {
         let off = position % B
         let blk = blockAddress(layer: layer, block: bid)
         for h in 0..<H {
+            if isInt4 {
+                kv_load_row_q4k(blk + (h * B + off) * rowBytes, key + h * D, Int32(D))
+                kv_load_row_q4v(blk + vOffset + (h * B + off) * vRowBytes, value + h * D, Int32(D))
+                kv_hadamard(key + h * D, Int32(D), Int32(rotationGroup))
+                kv_hadamard(value + h * D, Int32(D), Int32(rotationGroup))
+                continue
+            }
             var ks: Float = 1, vs: Float = 1
             if dtypeCode == Int32(KV_DT_I8_TOKEN) {
                 ks = (blk + ksOffset).assumingMemoryBound(to: Float.self)[h * B + off]
@@ -151,6 +195,7 @@ extension KVCachePool {
                      "KVCachePool.attend: num_heads \(numHeads) is not a multiple of num_kv_heads \(spec.numKVHeads)")
         lock.lock()
         let table = tables[sequence]
+        let ring = isInt4 ? residuals[sequence] : nil
         lock.unlock()
         guard let table, position >= 0, position < table.length else {
             preconditionFailure("KVCachePool.attend: unknown sequence \(sequence) or position \(position) out of range")
@@ -165,15 +210,28 @@ extension KVCachePool {
         let keys = position - first + 1
         let parts = threads > 1 && numerics == .fast ? min(threads, keys / 256, 64) : 1
         let D = spec.headDim, G = Int32(rotationGroup)
+        if let sim = simulation, let shadow = sim.shadow {
+            attendSimulatedResidual(table: table, shadow: shadow, layer: layer, first: first, position: position,
+                                    query: query, numHeads: numHeads, scale: scale, output: output)
+            return
+        }
         if G > 1 {
             withUnsafeTemporaryAllocation(of: Float.self, capacity: numHeads * D) { q in
                 let qr = q.baseAddress!
                 qr.update(from: query, count: numHeads * D)
                 kv_hadamard(qr, Int32(numHeads * D), G)
+                if isInt4 {
+                    attendInt4(table: table, ring: ring, layer: layer, first: first, position: position, threads: parts,
+                               query: qr, numHeads: numHeads, scale: scale, output: output)
+                    return
+                }
                 attendInCacheBasis(table: table, layer: layer, first: first, position: position, keys: keys, parts: parts,
                                    query: qr, numHeads: numHeads, scale: scale, output: output, numerics: numerics)
             }
             kv_hadamard(output, Int32(numHeads * D), G)
+        } else if isInt4 {
+            attendInt4(table: table, ring: ring, layer: layer, first: first, position: position, threads: parts,
+                       query: query, numHeads: numHeads, scale: scale, output: output)
         } else {
             attendInCacheBasis(table: table, layer: layer, first: first, position: position, keys: keys, parts: parts,
                                query: query, numHeads: numHeads, scale: scale, output: output, numerics: numerics)

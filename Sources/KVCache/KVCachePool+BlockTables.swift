@@ -29,6 +29,7 @@ extension KVCachePool {
         copy.admission = nil   // the child is not admitted: it grows from blocks nobody was promised
         copy.promised = 0
         tables[child] = copy
+        if let r = residuals[seq], let L = residual { residuals[child] = r.copy(L) }   // int4_pertoken
         return child
     }
 
@@ -38,6 +39,7 @@ extension KVCachePool {
     public func free(_ seq: SequenceID) {
         lock.lock(); defer { lock.unlock() }
         guard let table = tables.removeValue(forKey: seq) else { return }
+        residuals.removeValue(forKey: seq)
         promisedBlocks -= table.promised
         for ids in table.groups {
             for id in ids.reversed() where id != BlockTable.nullBlock { releaseBlock(id) }

@@ -56,7 +56,7 @@ extension KVCachePool {
             collectEpochs()
             liveEpochs = epochTables.keys.sorted()
         } else {
-            source = spec.dtype == .int8PerToken ? "dynamic" : "none"
+            source = spec.dtype.isDynamic ? "dynamic" : "none"
         }
         return KVCacheStats(
             kvCacheDType: spec.dtype.rawValue, blockSize: spec.blockSize, numBlocks: numBlocks,
@@ -72,6 +72,7 @@ extension KVCachePool {
             attentionKernel: usesAVX512 ? "avx512" : "avx2",
             rotation: rotationGroup > 1 ? "hadamard-\(rotationGroup)" : nil,
             prefixCaching: prefixCachingEnabled, prefixCacheQueries: prefixQueries, prefixCacheHits: prefixHits,
-            prefixCachedBlocks: numCachedBlocks)
+            prefixCachedBlocks: numCachedBlocks,
+            residualBytesPerSequence: isInt4 ? residualBytesPerSequence : nil)
     }
 }

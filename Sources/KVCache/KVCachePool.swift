@@ -53,7 +53,14 @@ public final class KVCachePool: @unchecked Sendable {
     public let rotationGroup: Int
 
     let dtypeCode: Int32
+    /// Bytes of one K row of one head (int4: `kv_q4k_row_bytes`); V rows take `vRowBytes`.
     let rowBytes: Int
+    let vRowBytes: Int
+    /// `int4_pertoken`: the pool stores 4-bit rows; each sequence also keeps its recent rows at int8
+    /// (`KVResidualRing`, laid out by `residual`), created at its first write, dropped by `free`.
+    let isInt4: Bool
+    let residual: KVResidualLayout?
+    var residuals: [SequenceID: KVResidualRing] = [:]
     let vOffset: Int
     let ksOffset: Int
     let vsOffset: Int
@@ -79,6 +86,8 @@ public final class KVCachePool: @unchecked Sendable {
     var currentScales: KVScales?
     let saturation: UnsafeMutablePointer<Int64>      // [numLayers]
     var recorder: KVAmaxRecorder?
+    /// Measurement tool only (`setQuantSimulation`); nil in the daemon.
+    var simulation: KVSimulationState?
 
     // Automatic prefix caching (KVCachePool+PrefixCache.swift).
     /// True when full committed blocks are hashed and `attachCachedPrefix` reuses them (vLLM's
@@ -126,6 +135,9 @@ public final class KVCachePool: @unchecked Sendable {
     ///     orthogonal Hadamard rotation, so one outlier channel no longer sets the scale of the whole
     ///     row (relative int8 error 5× lower on Gemma 3 270M); attention is unchanged mathematically.
     ///     false stores the rows as they are (for comparison). Ignored by the other dtypes.
+    ///   - int4RecentBlocks: `int4_pertoken` only: each query reads its last this many blocks (and token 0) from the
+    ///     sequence's int8 residual (default 4, as measured in docs/kv-cache.md); 0 = no residual, every position at
+    ///     int4 (for comparison: `kvant-eval --int4-recent-blocks 0`).
     ///   - prefillChunk: tokens per prefill micro-batch of the executor (`ForwardSession.maxBatch`), for
     ///     `admit` and `capacityTokens`; ≥ 1.
     ///   - enablePrefixCaching: hash full committed blocks and reuse them for prompts that start the same way
@@ -134,7 +146,8 @@ public final class KVCachePool: @unchecked Sendable {
     ///   or scales not matching the spec; `.resourceExhausted` when the budget holds less than one block
     ///   per layer group (one token) or the allocation fails.
     public init(spec: KVCacheSpec, byteBudget: Int, scales: KVScales? = nil, allowAVX512: Bool = true,
-                hadamardRotation: Bool = true, prefillChunk: Int = 512, enablePrefixCaching: Bool = true) throws {
+                hadamardRotation: Bool = true, prefillChunk: Int = 512, int4RecentBlocks: Int = 4,
+                enablePrefixCaching: Bool = true) throws {
         try spec.validate()
         guard prefillChunk >= 1 else {
             throw KvantError(.invalidArgument, "KV cache: prefill micro-batch \(prefillChunk) tokens; must be at least 1")
@@ -143,22 +156,30 @@ public final class KVCachePool: @unchecked Sendable {
         self.spec = spec
         useAVX512 = allowAVX512 && kv_cpu_has_avx512() != 0
         let dt = spec.dtype.resolved
-        rotationGroup = dt == .int8PerToken && hadamardRotation ? Int(kv_hadamard_group(Int32(spec.headDim))) : 1
+        rotationGroup = dt.isDynamic && hadamardRotation ? Int(kv_hadamard_group(Int32(spec.headDim))) : 1
         switch dt {
         case .fp32: dtypeCode = Int32(KV_DT_F32)
         case .fp16, .auto: dtypeCode = Int32(KV_DT_F16)
         case .bf16: dtypeCode = Int32(KV_DT_BF16)
         case .int8PerTensor, .int8PerTensorPerHead: dtypeCode = Int32(KV_DT_I8_STATIC)
         case .int8PerToken: dtypeCode = Int32(KV_DT_I8_TOKEN)
+        case .int4PerToken: dtypeCode = Int32(KV_DT_Q4)
         }
         isStatic = dt.usesStaticScales
         let H = spec.numKVHeads, B = spec.blockSize
-        rowBytes = spec.headDim * dt.elementBytes
+        isInt4 = dt == .int4PerToken
+        rowBytes = isInt4 ? Int(kv_q4k_row_bytes(Int32(spec.headDim))) : spec.headDim * dt.elementBytes
+        vRowBytes = isInt4 ? Int(kv_q4v_row_bytes(Int32(spec.headDim))) : rowBytes
         let kvBytes = H * B * rowBytes
         vOffset = kvBytes
         ksOffset = (2 * kvBytes + 3) & ~3
         vsOffset = ksOffset + H * B * 4
-        let raw = dt == .int8PerToken ? vsOffset + H * B * 4 : 2 * kvBytes
+        let raw = dt == .int8PerToken ? vsOffset + H * B * 4 : isInt4 ? kvBytes + H * B * vRowBytes : 2 * kvBytes
+        guard int4RecentBlocks >= 0 else {
+            throw KvantError(.invalidArgument, "KV cache: int4 recent blocks \(int4RecentBlocks); must be 0 or more")
+        }
+        residual = isInt4 && int4RecentBlocks > 0
+            ? KVResidualLayout(spec: spec, prefillChunk: prefillChunk, recentBlocks: int4RecentBlocks) : nil
         blockStride = (raw + 63) & ~63
         groups = spec.layerGroups
         layersPerGroup = spec.layersPerGroup

@@ -57,16 +57,26 @@ public struct KVCacheSpec: Sendable, Equatable, Hashable, Codable {
         for (l, w) in layerWindows.enumerated() {
             if let w { try check("sliding window of layer \(l)", w, 1...(1 << 30)) }
         }
+        if dtype == .int4PerToken && headDim % 64 != 0 {
+            throw KvantError(.invalidArgument, "KV cache spec: kv_cache_dtype int4_pertoken needs head_dim a multiple of 64 (its V groups); head_dim = \(headDim)")
+        }
     }
 
     /// Sliding window of layer `l` in tokens; nil for full attention.
     public func window(layer l: Int) -> Int? { layerWindows.isEmpty ? nil : layerWindows[l] }
 
     /// Bytes of one token's K and V for one layer: `2 · numKVHeads · headDim · bytes(dtype)`,
-    /// plus `2 · numKVHeads · 4` (fp32 K and V scales) for `int8_pertoken`.
+    /// plus `2 · numKVHeads · 4` (fp32 K and V scales) for `int8_pertoken`; `int4_pertoken`:
+    /// `numKVHeads · (headDim/32 · 20 + headDim/64 · 34)` (K groups of 32 with fp16 scale and min, V groups of
+    /// 64 with an fp16 scale: 296 B per KV head at head_dim 256, 0.289× fp16). The int8 residual of the
+    /// recent blocks is per sequence, not per token (`KVCachePool.residualBytesPerSequence`).
     public var bytesPerTokenPerLayer: Int {
-        2 * numKVHeads * headDim * dtype.elementBytes + (dtype.resolved == .int8PerToken ? 2 * numKVHeads * 4 : 0)
+        if dtype == .int4PerToken { return numKVHeads * Self.int4RowBytes(headDim: headDim) }
+        return 2 * numKVHeads * headDim * dtype.elementBytes + (dtype.resolved == .int8PerToken ? 2 * numKVHeads * 4 : 0)
     }
+
+    /// `int4_pertoken`: bytes of one K row plus one V row of one KV head (`kv_q4k_row_bytes + kv_q4v_row_bytes`).
+    public static func int4RowBytes(headDim: Int) -> Int { headDim / 32 * 20 + headDim / 64 * 34 }
 
     /// Bytes of one token's K and V over all layers (what a token costs while a sequence is shorter than
     /// every window).

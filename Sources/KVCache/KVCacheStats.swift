@@ -57,7 +57,7 @@ public struct KVCacheStats: Codable, Sendable, Equatable {
     public var scaleWarnings: [String]
     /// The attention kernel in use: "avx512" or "avx2" (run-time CPU check, see docs/kv-cache.md).
     public var attentionKernel: String
-    /// `int8_pertoken`: "hadamard-<g>" when K and V are stored Hadamard-rotated over groups of g values
+    /// `int8_pertoken`, `int4_pertoken`: "hadamard-<g>" when K and V are stored Hadamard-rotated over groups of g values
     /// of each head before quantization (the default; see `KVCachePool.rotationGroup`), else absent.
     public var rotation: String?
     /// Automatic prefix caching on (`enable_prefix_caching`, vLLM's key).
@@ -71,6 +71,9 @@ public struct KVCacheStats: Codable, Sendable, Equatable {
     /// Physical blocks holding a cached full block (in use or free, not yet evicted), over every layer group.
     /// Unlike `tokensCached` a block shared by several sequences counts once.
     public var prefixCachedBlocks: Int
+    /// `int4_pertoken`: bytes of the int8 residual (recent blocks and token 0, all layers) each live sequence
+    /// holds beside the pool (`KVCachePool.residualBytesPerSequence`), else absent.
+    public var residualBytesPerSequence: Int?
 
     public init(kvCacheDType: String, blockSize: Int, numBlocks: Int, usedBlocks: Int, freeBlocks: Int,
                 tokensCached: Int, capacityTokens: Int, bytesPerToken: Int, bytesPerTokenAllLayers: Int,
@@ -81,7 +84,8 @@ public struct KVCacheStats: Codable, Sendable, Equatable {
                 layerValueScales: [[Float]]? = nil, saturationCounts: [Int64]?,
                 scaleWarnings: [String], attentionKernel: String = "avx2", rotation: String? = nil,
                 prefixCaching: Bool = false, prefixCacheQueries: Int64 = 0, prefixCacheHits: Int64 = 0,
-                prefixCachedBlocks: Int = 0) {
+                prefixCachedBlocks: Int = 0,
+                residualBytesPerSequence: Int? = nil) {
         self.kvCacheDType = kvCacheDType; self.blockSize = blockSize; self.numBlocks = numBlocks
         self.usedBlocks = usedBlocks; self.freeBlocks = freeBlocks; self.tokensCached = tokensCached
         self.capacityTokens = capacityTokens; self.bytesPerToken = bytesPerToken
@@ -99,6 +103,7 @@ public struct KVCacheStats: Codable, Sendable, Equatable {
         self.prefixCacheHits = prefixCacheHits
         self.prefixCacheHitRate = prefixCacheQueries > 0 ? Double(prefixCacheHits) / Double(prefixCacheQueries) : 0
         self.prefixCachedBlocks = prefixCachedBlocks
+        self.residualBytesPerSequence = residualBytesPerSequence
     }
 
     enum CodingKeys: String, CodingKey {
@@ -117,5 +122,6 @@ public struct KVCacheStats: Codable, Sendable, Equatable {
         case prefixCaching = "enable_prefix_caching", prefixCacheQueries = "prefix_cache_queries"
         case prefixCacheHits = "prefix_cache_hits", prefixCacheHitRate = "prefix_cache_hit_rate"
         case prefixCachedBlocks = "prefix_cached_blocks"
+        case residualBytesPerSequence = "residual_bytes_per_sequence"
     }
 }

@@ -10,6 +10,11 @@
 /// - `int8_pertoken`: dynamic, one fp32 scale per (token, KV head) for K and for V,
 ///   computed as `amax / 127` when the cache is written (of the Hadamard-rotated row, see
 ///   `KVCachePool.rotationGroup`).
+/// - `int4_pertoken`: dynamic 4-bit (two values per byte), Hadamard-rotated rows; K asymmetric in
+///   groups of 32 (fp16 scale and min per group, llama.cpp q4_1 layout), V symmetric in groups of 64
+///   (fp16 scale, q4_0 rule); the last 4 blocks of each sequence and its token 0 are also kept at
+///   int8_pertoken and read from there (KIVI's residual). head_dim must be a multiple of 64.
+///   See docs/kv-cache.md "4-bit KV".
 ///
 /// Quantization is symmetric: `q = clamp(round(x / s), -127, 127)`, `x̂ = q · s`.
 public enum KVCacheDType: String, CaseIterable, Codable, Sendable {
@@ -20,22 +25,27 @@ public enum KVCacheDType: String, CaseIterable, Codable, Sendable {
     case int8PerTensor = "int8_pertensor"
     case int8PerTensorPerHead = "int8_pertensor_perhead"
     case int8PerToken = "int8_pertoken"
+    case int4PerToken = "int4_pertoken"
 
     /// The dtype actually stored: `auto` resolves to `fp16`.
     public var resolved: KVCacheDType { self == .auto ? .fp16 : self }
 
-    /// Bytes of one stored element (K or V value), without scales.
+    /// Bytes of one stored element (K or V value), without scales; `int4_pertoken` stores half a byte per
+    /// value and counts as 1 here (its exact row sizes, group scales included: `KVCacheSpec.bytesPerTokenPerLayer`).
     public var elementBytes: Int {
         switch resolved {
         case .fp32: return 4
         case .fp16, .bf16: return 2
-        case .int8PerTensor, .int8PerTensorPerHead, .int8PerToken: return 1
+        case .int8PerTensor, .int8PerTensorPerHead, .int8PerToken, .int4PerToken: return 1
         case .auto: return 2
         }
     }
 
-    /// True for the int8 modes.
+    /// True for the int8 and int4 modes.
     public var isQuantized: Bool { elementBytes == 1 }
+
+    /// True for the modes with scales computed when the cache is written (`int8_pertoken`, `int4_pertoken`).
+    public var isDynamic: Bool { self == .int8PerToken || self == .int4PerToken }
 
     /// True for the modes whose scales come from a scale file (`int8_pertensor`, `int8_pertensor_perhead`).
     public var usesStaticScales: Bool { self == .int8PerTensor || self == .int8PerTensorPerHead }

@@ -11,7 +11,7 @@ import TOMLKit
 ///   - `socket_mode` (string of octal digits, default `"0660"`): permission bits of the socket file.
 ///   - `model` (string): model loaded at start-up (must lie under `allowed_dirs`); READY=1 waits for it.
 ///   - `kv_cache_dtype` (string, default `auto`): `auto`, `fp16`, `bf16`, `fp32`, `int8_pertensor`,
-///     `int8_pertensor_perhead`, `int8_pertoken`.
+///     `int8_pertensor_perhead`, `int8_pertoken`, `int4_pertoken`.
 ///   - `quantization_param_path` (string): scale file (`kv_cache_scales.json`) for the static int8 modes.
 ///   - `kv_cache_bytes` (integer, default 268435456): KV-cache pool budget in bytes.
 ///   - `block_size` (integer, default 16): token positions per KV block (1…1024).

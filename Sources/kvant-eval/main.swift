@@ -20,14 +20,38 @@ struct KvantEval: ParsableCommand {
 struct ModelOptions: ParsableArguments {
     @Option(help: "GGUF model path.") var model: String
     @Option(help: "Worker threads.") var threads: Int = 2
-    @Option(name: .customLong("kv-cache-dtype"), help: "auto, fp16, bf16, fp32, int8_pertensor, int8_pertensor_perhead, int8_pertoken.")
+    @Option(name: .customLong("kv-cache-dtype"), help: "auto, fp16, bf16, fp32, int8_pertensor, int8_pertensor_perhead, int8_pertoken, int4_pertoken.")
     var kvCacheDType: String = "auto"
     @Option(name: .customLong("quantization-param-path"), help: "kv_cache_scales.json for the static int8 dtypes.")
     var quantizationParamPath: String?
     @Flag(name: .customLong("default-scales"), help: "Static int8 dtypes without a scale file: every scale 1.0 (as the daemon does, with a warning).")
     var defaultScales = false
-    @Flag(name: .customLong("no-kv-rotation"), help: "int8_pertoken: store K/V rows unrotated (no Hadamard rotation), for comparison.")
+    @Flag(name: .customLong("no-kv-rotation"), help: "int8_pertoken, int4_pertoken: store K/V rows unrotated (no Hadamard rotation), for comparison.")
     var noKVRotation = false
+    @Option(name: .customLong("int4-recent-blocks"), help: "int4_pertoken: blocks of each query's recent past (and token 0) read from the int8 residual (0 = none, for comparison).")
+    var int4RecentBlocks: Int = 4
+    @Option(name: .customLong("simulate-k"), help: "MEASUREMENT ONLY (needs --kv-cache-dtype fp32): simulate K stored as fp32 | int4|int8[:g<N>|:row][:sym|:asym][:rot|:norot], e.g. int4:g32:asym:rot.")
+    var simulateK: String?
+    @Option(name: .customLong("simulate-v"), help: "MEASUREMENT ONLY: simulated V format (as --simulate-k).")
+    var simulateV: String?
+    @Option(name: .customLong("simulate-residual"), help: "MEASUREMENT ONLY: KIVI-style residual, the query's own block read in this format (e.g. int8:row:sym:rot:f32s).")
+    var simulateResidual: String?
+    @Option(name: .customLong("simulate-residual-blocks"), help: "MEASUREMENT ONLY: blocks covered by the residual (the query's and earlier ones).")
+    var simulateResidualBlocks: Int = 1
+    @Option(name: .customLong("simulate-int8-layers"), help: "MEASUREMENT ONLY: comma-separated layers kept whole in the residual format (default int8 per row, rotated).")
+    var simulateInt8Layers: String?
+    @Option(name: .customLong("simulate-sink-tokens"), help: "MEASUREMENT ONLY: positions below this stored in the residual format (default int8 per row, rotated) in every layer.")
+    var simulateSinkTokens: Int = 0
+
+    /// The simulated KV format (measurement tool), nil when no --simulate-* option is given.
+    func simulation() throws -> KVQuantSimulation? {
+        guard simulateK != nil || simulateV != nil || simulateResidual != nil else { return nil }
+        return KVQuantSimulation(key: try KVRowFormat(parsing: simulateK ?? "fp32"), value: try KVRowFormat(parsing: simulateV ?? "fp32"),
+                                 residual: try simulateResidual.map { try KVRowFormat(parsing: $0) },
+                                 residualBlocks: simulateResidualBlocks,
+                                 highPrecisionLayers: Set((simulateInt8Layers ?? "").split(separator: ",").compactMap { Int($0) }),
+                                 sinkTokens: simulateSinkTokens)
+    }
 
     func load(contextTokens: Int) throws -> (Model, ForwardSession, KVCachePool) {
         let dtype = try KVCacheDType(parsing: kvCacheDType)
@@ -41,7 +65,8 @@ struct ModelOptions: ParsableArguments {
         }
         let blocks = (contextTokens + spec.blockSize - 1) / spec.blockSize + 2
         let pool = try KVCachePool(spec: spec, byteBudget: blocks * spec.blockSize * spec.bytesPerToken * 2, scales: scales,
-                                   hadamardRotation: !noKVRotation)
+                                   hadamardRotation: !noKVRotation, int4RecentBlocks: int4RecentBlocks)
+        if let sim = try simulation() { try pool.setQuantSimulation(sim) }
         return (model, ForwardSession(model: model, threads: threads), pool)
     }
 }
@@ -77,8 +102,19 @@ struct Perplexity: ParsableCommand {
         })
         FileHandle.standardError.write("\n".data(using: .utf8)!)
         let dt = Date().timeIntervalSince(t0)
-        print(String(format: "{\"perplexity\": %.6f, \"chunks\": %d, \"ctx\": %d, \"scored_tokens\": %d, \"kv_cache_dtype\": \"%@\", \"seconds\": %.2f}",
-                     r.perplexity, r.chunks, ctx, r.count, opts.kvCacheDType, dt))
+        var extra = ""
+        if let sim = try opts.simulation(), let e = pool.quantSimulationError {
+            let D = pool.spec.headDim
+            let f = { (v: [Double]) in "[" + v.map { String(format: "%.3g", $0) }.joined(separator: ", ") + "]" }
+            let L = pool.spec.numLayers
+            extra = String(format: ", \"simulated\": {\"k\": \"%@\", \"v\": \"%@\", \"residual\": \"%@ x%d\", \"int8_layers\": \"%@\", \"sink_tokens\": %d, \"bytes_per_token_per_kv_head\": %.1f, \"vs_fp16\": %.4f, ",
+                           sim.key.description, sim.value.description, sim.residual?.description ?? "none", sim.residualBlocks,
+                           sim.highPrecisionLayers.sorted().map(String.init).joined(separator: ","), sim.sinkTokens,
+                           sim.bytesPerTokenPerHead(headDim: D, numLayers: L), sim.bytesPerTokenPerHead(headDim: D, numLayers: L) / Double(4 * D))
+                + "\"k_rel_mse\": \(f(e.keyRelMSE)), \"v_rel_mse\": \(f(e.valueRelMSE))}"
+        }
+        print(String(format: "{\"perplexity\": %.6f, \"chunks\": %d, \"ctx\": %d, \"scored_tokens\": %d, \"kv_cache_dtype\": \"%@\", \"seconds\": %.2f",
+                     r.perplexity, r.chunks, ctx, r.count, opts.kvCacheDType, dt) + extra + "}")
     }
 }
 

@@ -194,7 +194,7 @@ struct UnloadModel: ParsableCommand {
 struct SetKVDType: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "set-kv-dtype", abstract: "Switch the KV-cache dtype while serving (running requests finish on the old pool).")
     @OptionGroup var connection: ConnectionOptions
-    @Argument(help: "auto, fp16, bf16, fp32, int8_pertensor, int8_pertensor_perhead, int8_pertoken") var dtype: String
+    @Argument(help: "auto, fp16, bf16, fp32, int8_pertensor, int8_pertensor_perhead, int8_pertoken, int4_pertoken") var dtype: String
     @Option(name: .customLong("quantization-param-path")) var quantizationParamPath: String?
 
     func run() throws {

@@ -21,7 +21,7 @@ struct Kvantd: AsyncParsableCommand {
     @Option(help: "Model (GGUF) to load at start-up.")
     var model: String?
 
-    @Option(name: .customLong("kv-cache-dtype"), help: "auto, fp16, bf16, fp32, int8_pertensor, int8_pertensor_perhead, int8_pertoken.")
+    @Option(name: .customLong("kv-cache-dtype"), help: "auto, fp16, bf16, fp32, int8_pertensor, int8_pertensor_perhead, int8_pertoken, int4_pertoken.")
     var kvCacheDType: String?
 
     @Option(name: .customLong("quantization-param-path"), help: "KV scale file (kv_cache_scales.json) for the static int8 modes.")

@@ -67,15 +67,16 @@ struct DecodeSpeedTests {
         let context = debug ? 1024 : 4096, layers = debug ? 2 : 6, reps = debug ? 3 : 15
         for avx512 in [false, true] {
         var results: [KVCacheDType: (Double, [Float])] = [:]
-        for dtype in [KVCacheDType.fp16, .int8PerTensor, .int8PerToken, .bf16, .fp32] {
+        for dtype in [KVCacheDType.fp16, .int8PerTensor, .int8PerToken, .int4PerToken, .bf16, .fp32] {
             results[dtype] = try Self.measure(dtype, context: context, layers: layers, reps: reps, avx512: avx512)
             let (s, _) = results[dtype]!
             let bytes = Double(context * KVCacheSpec(numLayers: 1, numKVHeads: 1, headDim: 256, dtype: dtype).bytesPerToken)
             print("attend \(avx512 ? "avx512" : "avx2") \(dtype.rawValue) ctx \(context): \(String(format: "%.1f", s * 1e6)) µs/layer, \(String(format: "%.2f", bytes / s / 1e9)) GB/s of cache")
         }
         let ref = results[.fp32]!.1
-        for dtype in [KVCacheDType.fp16, .int8PerTensor, .int8PerToken, .bf16] {
+        for dtype in [KVCacheDType.fp16, .int8PerTensor, .int8PerToken, .int4PerToken, .bf16] {
             let err = zip(results[dtype]!.1, ref).map { abs($0 - $1) }.max()!
+            print("attend \(avx512 ? "avx512" : "avx2") \(dtype.rawValue) output vs fp32: \(err)")
             #expect(err < 0.02, "\(dtype.rawValue) output vs fp32: \(err)")
         }
         }

@@ -10,6 +10,7 @@ Kvant faster), the 1-minute load average before each case, the CPU model.
 Cases (llama.cpp with flash attention, `-fa 1`, its fastest setting and the one its q8_0 V cache needs):
   tg128, tg128 @ d512, tg128 @ d4096, tg128 @ d8192
                                          for Kvant fp16 / llama.cpp f16 and Kvant int8_pertoken / llama.cpp q8_0
+                                         (@ d512 and @ d8192 also Kvant int4_pertoken / llama.cpp q4_0)
   pp512, pp4096                          fp16 / f16
   batched decode, 1 and 8 streams        llama-batched-bench -npp 512 -ntg 128 -npl 1 / -npl 8
   tg128 with one core busy               another process spinning a core (a Python busy loop), fp16 / f16
@@ -108,10 +109,12 @@ def main():
     def p_llama_b(out, err):
         return json_lines(out + "\n" + err, "speed_tg")[-1]["speed_tg"]
 
-    pairs = [("fp16", "f16"), ("int8_pertoken", "q8_0")]
+    pairs = [("fp16", "f16"), ("int8_pertoken", "q8_0"), ("int4_pertoken", "q4_0")]
     cases = []
     for d in (0, 512, 4096, 8192):
         for kd, ld in pairs:
+            if kd == "int4_pertoken" and d not in (512, 8192):
+                continue   # issue 16's goal is at depth 8192
             name = f"tg{n}" + (f" @ d{d}" if d else "")
             cases.append(Case(name, kd, ld,
                               kv + ["--kv-cache-dtype", kd, "--n-prompt", "0", "--n-gen", str(n), "--n-depth", str(d)],
@@ -282,8 +285,10 @@ def model_bytes(path):
 
 def kv_bytes(info, ctx, kvant_dtype):
     """K+V bytes attended per token at `ctx` cached tokens (fp16: 2 bytes a value; int8: 1 byte + a 4-byte
-    scale per head row, as Kvant's int8_pertoken stores it)."""
-    per_row = {"fp16": 2 * info["head_dim"], "int8_pertoken": info["head_dim"] + 4}[kvant_dtype]
+    scale per head row, as Kvant's int8_pertoken stores it; int4_pertoken: the mean of its K row (groups of 32, fp16
+    scale and min) and V row (groups of 64, fp16 scale); its int8 residual of <= 65 rows per layer is not counted)."""
+    d = info["head_dim"]
+    per_row = {"fp16": 2 * d, "int8_pertoken": d + 4, "int4_pertoken": (d // 32 * 20 + d // 64 * 34) / 2}[kvant_dtype]
     cells = sum(min(ctx, w) if w else ctx for w in info["windows"])
     return 2 * cells * info["heads_kv"] * per_row
 

@@ -5,7 +5,7 @@ scripts/bench-accuracy.sh (never used by the product).
 Method of llama-perplexity (tools/perplexity/perplexity.cpp, `perplexity()` without a stride): tokenize
 with BOS, n_chunk = n_tokens / ctx non-overlapping chunks, the first token of each chunk replaced by BOS,
 the logits of positions ctx/2 … ctx-2 score the next token, PPL = exp(mean NLL).
-KV types: f16, q8_0 or q4_0 for K and V (llama.cpp's -ctk/-ctv; a quantized V cache needs flash attention).
+KV types: f16, q8_0, q4_0 or q4_1 for K and V (llama.cpp's -ctk/-ctv; a quantized V cache needs flash attention).
 
 Prints one JSON object: {"perplexity":…, "ctx":…, "chunks":…, "scored_tokens":…, "type_kv":…, "flash_attn":…}.
 """
@@ -18,11 +18,11 @@ p.add_argument("--model", required=True)
 p.add_argument("--file", default="/usr/share/common-licenses/GPL-3")
 p.add_argument("--ctx", type=int, default=512)
 p.add_argument("--threads", type=int, default=2)
-p.add_argument("--type-kv", default="f16", choices=["f16", "q8_0", "q4_0", "f32"])
+p.add_argument("--type-kv", default="f16", choices=["f16", "q8_0", "q4_0", "q4_1", "f32"])
 p.add_argument("--flash-attn", action="store_true")
 p.add_argument("--chunks", type=int, default=0, help="at most this many chunks (0 = all)")
 a = p.parse_args()
-types = {"f16": 1, "q8_0": 8, "q4_0": 2, "f32": 0}
+types = {"f16": 1, "q8_0": 8, "q4_0": 2, "q4_1": 3, "f32": 0}
 ctx = a.ctx
 llm = llama_cpp.Llama(model_path=a.model, n_ctx=ctx, n_batch=min(ctx, 2048), n_ubatch=512, n_threads=a.threads,
                       n_threads_batch=a.threads, logits_all=True, flash_attn=a.flash_attn,

@@ -12,7 +12,8 @@ enum {
     KV_DT_F16 = 1,        /* IEEE binary16 */
     KV_DT_BF16 = 2,       /* bfloat16, round-to-nearest-even on store */
     KV_DT_I8_STATIC = 3,  /* int8, one scale per (block, KV head) from static_scales */
-    KV_DT_I8_TOKEN = 4    /* int8, one fp32 scale per (token, KV head) stored in the block */
+    KV_DT_I8_TOKEN = 4,   /* int8, one fp32 scale per (token, KV head) stored in the block */
+    KV_DT_Q4 = 5          /* int4 (int4_pertoken): K rows kv_q4k, V rows kv_q4v (below); head_dim % 64 == 0 */
 };
 
 /* One layer of the paged cache as the attention kernel sees it.
@@ -20,6 +21,8 @@ enum {
  *   K values [num_kv_heads, block_size, head_dim] at offset 0,
  *   V values [num_kv_heads, block_size, head_dim] at v_offset,
  *   (KV_DT_I8_TOKEN) K scales [num_kv_heads, block_size] fp32 at ks_offset, V scales at vs_offset.
+ * KV_DT_Q4: K rows of kv_q4k_row_bytes(head_dim) bytes, V rows (from v_offset) of kv_q4v_row_bytes(head_dim)
+ * bytes, their group scales inside the rows.
  * static_scales / static_v_scales (KV_DT_I8_STATIC): [num_blocks, num_kv_heads] fp32, the K / V scale each
  * block was written with (equal unless the scale file gives K and V separate scales). */
 typedef struct {
@@ -71,6 +74,20 @@ int32_t kv_store_row(int32_t dtype, const float *src, void *dst, int32_t n, floa
 
 /* Reads n values of dtype back as fp32 (int8: q * s). */
 void kv_load_row(int32_t dtype, const void *src, float *dst, int32_t n, float s);
+
+/* int4 KV row formats (kv_q4.c; docs/kv-cache.md "4-bit KV: measurements"): K asymmetric in groups of 32
+ * (fp16 d, fp16 min, 16 bytes of nibbles), V symmetric q4_0 rule in groups of 64 (fp16 d, 32 bytes). n must be
+ * a multiple of the group. The attention kernels read them directly (KV_DT_Q4, kv_attention_q4.c). */
+#define KV_Q4K_GROUP 32
+#define KV_Q4K_GROUP_BYTES 20
+#define KV_Q4V_GROUP 64
+#define KV_Q4V_GROUP_BYTES 34
+int32_t kv_q4k_row_bytes(int32_t n);
+int32_t kv_q4v_row_bytes(int32_t n);
+void kv_store_row_q4k(const float *src, void *dst, int32_t n);
+void kv_load_row_q4k(const void *src, float *dst, int32_t n);
+void kv_store_row_q4v(const float *src, void *dst, int32_t n);
+void kv_load_row_q4v(const void *src, float *dst, int32_t n);
 
 /* Largest power of two dividing head_dim (256 for 256, 16 for 80): the group size of kv_hadamard. */
 int32_t kv_hadamard_group(int32_t head_dim);

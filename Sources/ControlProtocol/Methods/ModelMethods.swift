@@ -6,7 +6,7 @@ import KvantCore
 public struct LoadModelParams: Codable, Equatable, Sendable {
     /// Model file (GGUF); must lie under one of the daemon's `allowed_dirs`.
     public var path: String
-    /// vLLM spelling: `auto`, `fp16`, `bf16`, `fp32`, `int8_pertensor`, `int8_pertensor_perhead`, `int8_pertoken`.
+    /// vLLM spelling: `auto`, `fp16`, `bf16`, `fp32`, `int8_pertensor`, `int8_pertensor_perhead`, `int8_pertoken`, `int4_pertoken`.
     public var kvCacheDType: KVCacheDType?
     /// Scale file (`kv_cache_scales.json`) for the static int8 modes; under `allowed_dirs`.
     public var quantizationParamPath: String?

@@ -1,0 +1,211 @@
+import CKernels
+import Foundation
+import KvantCore
+
+// int4_pertoken (issue 16; docs/kv-cache.md "4-bit KV"): 4-bit rows in the pool, and per sequence an int8 copy of
+// its most recent blocks and of token 0 (KIVI's residual, Liu et al. 2024), read by attention instead of the
+// 4-bit rows for those positions.
+
+/// Where a sequence's int8 residual rows live: `slots` block slots of the `int8_pertoken` block layout
+/// (K `[numKVHeads, blockSize, headDim]` int8, V, then fp32 K and V scales `[numKVHeads, blockSize]`) for every
+/// layer; slot `s` of layer `l` at `(s · numLayers + l) · blockStride`. Logical block `b` of the sequence goes to
+/// slot `b mod ringBlocks`; slot `ringBlocks` holds token 0 (the attention sink).
+struct KVResidualLayout: Sendable {
+    /// Blocks of each query's recent past read at int8: by default the query's own block and the 3 before it
+    /// (measured: docs/kv-cache.md).
+    let recentBlocks: Int
+    /// Block slots of the ring: `recentBlocks` + the blocks one prefill micro-batch spans + 1, so that a prefill
+    /// micro-batch (all its positions written before any is attended) still finds every query's recent blocks.
+    let ringBlocks: Int
+    let blockSize: Int
+    let numLayers: Int
+    let blockStride: Int
+    let vOffset: Int
+    let ksOffset: Int
+    let vsOffset: Int
+    var slots: Int { ringBlocks + 1 }
+    /// Bytes of one sequence's residual (all layers).
+    var bytes: Int { slots * numLayers * blockStride }
+
+    init(spec: KVCacheSpec, prefillChunk: Int, recentBlocks: Int) {
+        let H = spec.numKVHeads, B = spec.blockSize, D = spec.headDim
+        blockSize = B
+        numLayers = spec.numLayers
+        self.recentBlocks = recentBlocks
+        ringBlocks = recentBlocks + (prefillChunk + B - 1) / B + 1
+        vOffset = H * B * D
+        ksOffset = 2 * H * B * D
+        vsOffset = ksOffset + H * B * 4
+        blockStride = (vsOffset + H * B * 4 + 63) & ~63
+    }
+}
+
+/// One sequence's int8 residual rows (layout `KVResidualLayout`). Per layer it holds the positions
+/// `lo ..< hi` (contiguous, the latest written) and, when `sink` is set, position 0.
+/// Mutated only by `KVCachePool.write` of its sequence; like the pool's blocks, a layer's rows must not be
+/// written while that layer of the sequence is attended.
+final class KVResidualRing: @unchecked Sendable {
+    let mem: UnsafeMutableRawPointer
+    let bytes: Int
+    var lo: [Int]
+    var hi: [Int]
+    var sink: [Bool]
+
+    init?(_ layout: KVResidualLayout) {
+        bytes = layout.bytes
+        guard let p = aligned_alloc_checked(bytes) else { return nil }
+        mem = p
+        lo = .init(repeating: 0, count: layout.numLayers)
+        hi = lo
+        sink = .init(repeating: false, count: layout.numLayers)
+    }
+
+    deinit { free_aligned(mem) }
+
+    func copy(_ layout: KVResidualLayout) -> KVResidualRing? {
+        guard let c = KVResidualRing(layout) else { return nil }
+        c.mem.copyMemory(from: mem, byteCount: bytes)
+        c.lo = lo; c.hi = hi; c.sink = sink
+        return c
+    }
+
+    /// Records that `position` of `layer` is (re)written: appending extends the held range, rewriting inside it
+    /// drops everything after it, anything else restarts it; the range never spans more than `ringBlocks`
+    /// logical blocks (older positions fall out and are read at int4).
+    func note(layer l: Int, position p: Int, layout: KVResidualLayout) {
+        if p == hi[l] || (p >= lo[l] && p < hi[l]) {
+            hi[l] = p + 1
+        } else {
+            lo[l] = p; hi[l] = p + 1
+        }
+        let B = layout.blockSize
+        lo[l] = max(lo[l], ((hi[l] - 1) / B - layout.ringBlocks + 1) * B)
+        if p == 0 { sink[l] = true }
+    }
+}
+
+extension KVCachePool {
+    /// `int4_pertoken`: bytes of the int8 residual each live sequence holds beside the pool (allocated at its
+    /// first write, freed with it): `(ringBlocks + 1) · numLayers` int8_pertoken blocks; 0 for other dtypes.
+    /// Gemma 3 270M with block_size 16 and 512-token prefill micro-batches: 38 · 18 · 8320 B ≈ 5.7 MB.
+    public var residualBytesPerSequence: Int { residual?.bytes ?? 0 }
+
+    /// Stores one token's rotated K and V rows of one layer as int4 (`kDst`, `vDst`, per head) and as int8 in the
+    /// sequence's residual ring. `kr`/`vr`: `[numKVHeads, headDim]` scratch, already rotated.
+    func storeInt4(layer: Int, position: Int, ring: KVResidualRing?, blk: UnsafeMutableRawPointer,
+                   kr: UnsafeMutablePointer<Float>, vr: UnsafeMutablePointer<Float>) {
+        let B = spec.blockSize, H = spec.numKVHeads, D = spec.headDim
+        let off = position % B
+        for h in 0..<H {
+            kv_store_row_q4k(kr + h * D, blk + (h * B + off) * rowBytes, Int32(D))
+            kv_store_row_q4v(vr + h * D, blk + vOffset + (h * B + off) * vRowBytes, Int32(D))
+        }
+        guard let ring, let L = residual else { return }
+        ring.note(layer: layer, position: position, layout: L)
+        func store(slot: Int, off: Int) {
+            let rb = ring.mem + (slot * L.numLayers + layer) * L.blockStride
+            for h in 0..<H {
+                let k = kr + h * D, v = vr + h * D
+                let ks = kv_amax(k, Int32(D)) / 127, vs = kv_amax(v, Int32(D)) / 127
+                (rb + L.ksOffset).assumingMemoryBound(to: Float.self)[h * B + off] = ks
+                (rb + L.vsOffset).assumingMemoryBound(to: Float.self)[h * B + off] = vs
+                _ = kv_store_row(Int32(KV_DT_I8_TOKEN), k, rb + (h * B + off) * D, Int32(D), ks)
+                _ = kv_store_row(Int32(KV_DT_I8_TOKEN), v, rb + L.vOffset + (h * B + off) * D, Int32(D), vs)
+            }
+        }
+        store(slot: (position / B) % L.ringBlocks, off: off)
+        if position == 0 { store(slot: L.ringBlocks, off: 0) }
+    }
+
+    /// The residual ring of a sequence, created on first use (lock held by the caller); nil when it cannot be
+    /// allocated (the sequence is then read at int4 only: less accurate, never wrong).
+    func residualRing(_ seq: SequenceID) -> KVResidualRing? {
+        guard let L = residual else { return nil }
+        if let r = residuals[seq] { return r }
+        let r = KVResidualRing(L)
+        residuals[seq] = r
+        return r
+    }
+
+    /// int4 attention in the cache's (rotated) basis: keys `first...position`, where the query's recent blocks
+    /// (`max(first, (position / B − 3) · B) ... position`, as far as the ring holds them) and token 0 are read from
+    /// the int8 residual and the rest from the 4-bit blocks; the partial softmaxes are merged (`kv_attend_merge`).
+    /// With `threads > 1` the 4-bit range is split over threads like `attendInCacheBasis`'s split-K.
+    func attendInt4(table: BlockTable, ring: KVResidualRing?, layer: Int, first: Int, position: Int, threads: Int,
+                    query: UnsafePointer<Float>, numHeads: Int, scale: Float, output: UnsafeMutablePointer<Float>) {
+        let B = spec.blockSize
+        let L = residual ?? KVResidualLayout(spec: spec, prefillChunk: 1, recentBlocks: 1)   // unused without a ring
+        let recentStart = max(first, (position / B - (L.recentBlocks - 1)) * B)
+        var resStart = position + 1
+        var useSink = false
+        if let ring {
+            let lo = ring.lo[layer], hi = ring.hi[layer]
+            if lo <= position && position < hi { resStart = max(recentStart, lo) }
+            useSink = first == 0 && ring.sink[layer] && resStart > 0
+        }
+        // Segments: (0 = int4 blocks, 1 = ring, 2 = sink), first, last.
+        var segs: [(Int, Int, Int)] = []
+        if useSink { segs.append((2, 0, 0)) }
+        let lowFirst = useSink ? 1 : first
+        if lowFirst <= resStart - 1 {
+            let keys = resStart - lowFirst
+            let parts = threads > 1 ? max(1, min(threads, keys / 256, 62)) : 1
+            var start = lowFirst
+            for p in 1...parts {
+                var end = p == parts ? resStart : lowFirst + p * keys / parts
+                if p < parts { end = max(end / B * B, start + 1) }
+                segs.append((0, start, end - 1))
+                start = end
+            }
+        }
+        if resStart <= position { segs.append((1, resStart, position)) }
+
+        let lb0 = resStart / B
+        let ringIDs = resStart <= position ? (lb0...(position / B)).map { Int32($0 % L.ringBlocks) } : [0]
+        let sinkID: [Int32] = [Int32(L.ringBlocks)]
+        let H = Int32(spec.numKVHeads), D = Int32(spec.headDim), BB = Int32(B)
+        let avx = Int32(useAVX512 ? 1 : 0)
+        table.groups[groupOfLayer[layer]].withUnsafeBufferPointer { ids in
+            ringIDs.withUnsafeBufferPointer { rids in
+                sinkID.withUnsafeBufferPointer { sid in
+                    let low = kv_layer_view(
+                        base: UnsafePointer(layerBase(layer).assumingMemoryBound(to: UInt8.self)),
+                        block_stride: pageStride, v_offset: vOffset, ks_offset: 0, vs_offset: 0,
+                        static_scales: nil, static_v_scales: nil, block_ids: ids.baseAddress,
+                        dtype: Int32(KV_DT_Q4), num_kv_heads: H, head_dim: D, block_size: BB, use_avx512: avx,
+                        numerics: Int32(KV_NUMERICS_DEFAULT))
+                    func ringView(_ bids: UnsafePointer<Int32>?) -> kv_layer_view {
+                        kv_layer_view(
+                            base: UnsafePointer((ring!.mem + layer * L.blockStride).assumingMemoryBound(to: UInt8.self)),
+                            block_stride: L.numLayers * L.blockStride, v_offset: L.vOffset, ks_offset: L.ksOffset,
+                            vs_offset: L.vsOffset, static_scales: nil, static_v_scales: nil, block_ids: bids,
+                            dtype: Int32(KV_DT_I8_TOKEN), num_kv_heads: H, head_dim: D, block_size: BB,
+                            use_avx512: avx, numerics: Int32(KV_NUMERICS_DEFAULT))
+                    }
+                    let views: [kv_layer_view] = [
+                        low,
+                        ring == nil ? low : ringView(rids.baseAddress! - lb0),   // indexed by logical block
+                        ring == nil ? low : ringView(sid.baseAddress),
+                    ]
+                    if segs.count == 1 {
+                        var v = views[segs[0].0]
+                        kv_attend(&v, Int32(segs[0].1), Int32(segs[0].2), query, Int32(numHeads), scale, output)
+                        return
+                    }
+                    let n = segs.count, hd = numHeads * spec.headDim
+                    withUnsafeTemporaryAllocation(of: Float.self, capacity: n * (hd + 2 * numHeads)) { buf in
+                        let acc = buf.baseAddress!, m = acc + n * hd, l = m + n * numHeads
+                        let run = { (i: Int) in
+                            var v = views[segs[i].0]
+                            kv_attend_partial(&v, Int32(segs[i].1), Int32(segs[i].2), query, Int32(numHeads), scale,
+                                              acc + i * hd, m + i * numHeads, l + i * numHeads)
+                        }
+                        if threads > 1 { DispatchQueue.concurrentPerform(iterations: n, execute: run) }
+                        else { for i in 0..<n { run(i) } }
+                        kv_attend_merge(Int32(n), Int32(numHeads), Int32(spec.headDim), acc, m, l, output)
+                    }
+                }
+            }
+        }
+    }
+}
