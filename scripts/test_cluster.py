@@ -14,7 +14,8 @@ they run:
 Requests are counted sent / completed / failed per phase (the phase a request started in).
 Goals checked: 0 failed in steady, rolling and after; in sigkill only streams of the killed daemon
 fail (X-Kvant-Server, set by HAProxy, names the daemon of each response). Then prefix affinity:
-requests of one X-Session-Id all land on one daemon (each daemon's kvant:request_success_total).
+requests of one X-Session-Id all land on one daemon (each daemon's kvant:request_success_total), and
+that daemon alone serves the session's growing prompt from its prefix cache (kvant:prefix_cache_hits_total).
 
 No timing assertions: every wait is on an event (a health state, a process exit, a count); the
 timeouts only end a failing run. Prints TAP (`ok N - …`); `1..0 # SKIP <reason>` without haproxy,
@@ -40,6 +41,13 @@ CLIENTS = 8
 MAX_TOKENS = 8
 GUARD = 180          # seconds: only ends a failing wait
 DRAIN_TIMEOUT = 60   # shutdown_timeout_seconds of the daemons
+
+
+# The shared part of each affinity session's prompt (~100 tokens: several full KV blocks).
+AFFINITY_CONTEXT = ("You are a helpful assistant for a small bakery. The bakery opens at seven in the morning and "
+                    "closes at six in the evening, except on Sundays, when it closes at noon. It sells bread, "
+                    "croissants, cakes and coffee. Customers may order cakes three days ahead by phone or in the "
+                    "shop. Answer briefly and politely, and never invent prices that you were not told.")
 
 
 def free_port():
@@ -179,16 +187,20 @@ log_level = "info"
             return self.health()[0] == 200
         wait_for(f"{self.name} /health 200", ok, guard=GUARD)
 
-    def request_success(self):
+    def metric(self, name):
+        """The sum of the daemon's /metrics samples named `name` (over all label sets)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         conn.request("GET", "/metrics")
         text = conn.getresponse().read().decode()
         conn.close()
         total = 0.0
         for line in text.splitlines():
-            if line.startswith("kvant:request_success_total"):
+            if line.startswith(name + "{") or line.startswith(name + " "):
                 total += float(line.rsplit(" ", 1)[1])
         return total
+
+    def request_success(self):
+        return self.metric("kvant:request_success_total")
 
     def drain_log_lines(self):
         try:
@@ -417,15 +429,21 @@ def main():
         victim.start()
         victim.wait_healthy()
         wait_for(f"HAProxy sees {victim.name} UP again", lambda: proxy.status(victim.name) == "UP")
+        # Each session is a conversation whose prompt grows turn by turn, so turns 2-4 find the earlier
+        # turns' blocks in the prefix cache of the daemon that served them (and only there).
         placement = {}
         problems = []
+        hits = {}
         for session in ("alice", "bob", "carol", "dave", "erin", "frank"):
             before = [d.request_success() for d in daemons]
+            hits_before = [d.metric("kvant:prefix_cache_hits_total") for d in daemons]
             servers = set()
+            conversation = f"Conversation {session}. " + AFFINITY_CONTEXT
             for k in range(4):
+                conversation += f" Turn {k}: tell me more about part {k}."
                 conn = http.client.HTTPConnection("127.0.0.1", front, timeout=120)
                 conn.request("POST", "/v1/completions",
-                             body=json.dumps({"prompt": f"Conversation {session}, turn {k}:", "max_tokens": 4}),
+                             body=json.dumps({"prompt": conversation, "max_tokens": 4}),
                              headers={"Content-Type": "application/json", "X-Session-Id": session})
                 r = conn.getresponse()
                 r.read()
@@ -434,11 +452,16 @@ def main():
                     problems.append(f"{session}: HTTP {r.status}")
                 conn.close()
             delta = [d.request_success() - b for d, b in zip(daemons, before)]
+            hit_delta = [d.metric("kvant:prefix_cache_hits_total") - b for d, b in zip(daemons, hits_before)]
             placement[session] = delta
+            hits[session] = hit_delta
             if sorted(delta) != [0, 0, 4] or len(servers) != 1:
                 problems.append(f"{session}: request_success_total deltas {delta}, X-Kvant-Server {servers}")
-        tap.check("prefix affinity: the 4 requests of each X-Session-Id land on one daemon (its request_success_total +4)",
-                  not problems, "\n".join(problems + [f"{s}: {d}" for s, d in placement.items()]))
+            elif not all((h > 0) == (n > 0) for h, n in zip(hit_delta, delta)):
+                problems.append(f"{session}: prefix_cache_hits_total deltas {hit_delta} (requests {delta})")
+        tap.check("prefix affinity: the 4 requests of each X-Session-Id land on one daemon (its request_success_total +4),"
+                  " whose prefix cache serves the conversation's earlier turns (kvant:prefix_cache_hits_total)",
+                  not problems, "\n".join(problems + [f"{s}: {d} hits {hits[s]}" for s, d in placement.items()]))
 
         # The figures (BENCHMARKS.md).
         kv = proxy.stats().get(("kvant", "BACKEND"), {})
@@ -449,6 +472,8 @@ def main():
               f"connection errors {kv.get('econ', '?')}, response errors {kv.get('eresp', '?')}")
         print(f"#   sessions per daemon (affinity): "
               + ", ".join(f"{d.name} {sum(1 for v in placement.values() if v[i] > 0)}" for i, d in enumerate(daemons)))
+        print("#   prefix-cache hit tokens per session (turns 2-4 on its daemon): "
+              + ", ".join(f"{s} {int(max(h))}" for s, h in hits.items()))
         print(f"#   wall time {time.monotonic() - started:.0f} s")
     except Exception as e:  # a failed wait or start: one failed check with the reason, then clean up
         tap.check("cluster run", False, f"{type(e).__name__}: {e}\nlogs in {workdir}")
