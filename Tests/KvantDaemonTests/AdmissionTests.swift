@@ -59,21 +59,18 @@ struct AdmissionTests {
 
     @Test("a waiting request cancelled by its client ends with finish_reason cancelled; the queue moves on")
     func cancelWhileWaiting() async throws {
-        // The long generate stops at its 5th token until the gate opens: it holds its blocks for as long as
-        // the test needs, on a machine of any speed.
-        let gate = DecodeGate(holdAt: 5)
-        let daemon = try TestDaemon(tag: "adm3", tokenCapacity: 40, gate: gate)
+        // The long generate (15 tokens at 50 ms) holds 30 slots; the second (20 slots) waits, then is cancelled.
+        let daemon = try TestDaemon(tag: "adm3", decodeDelay: 0.05, tokenCapacity: 40)
         try await daemon.start()
         _ = try await daemon.loadModel()
         let socket = daemon.socketPath
-        // One long generate holds 30 slots; the second (20 slots) waits, then is cancelled.
         let long = Task {
             try await offPool {
                 try ControlClient(socketPath: socket, timeout: 120).call(
                     .generate, GenerateParams(prompt: String(repeating: "l", count: 15), maxTokens: 15), as: GenerateResult.self)
             }
         }
-        try await waitUntil("the long generate holds its blocks at the gate") { gate.waiting == 1 }
+        try await waitUntil("the long generate runs") { try await daemon.stats().engine.requestsRunning == 1 }
         let waited = try await offPool { () -> (GenerateResult, Int) in
             let client = try ControlClient(socketPath: socket, timeout: 120)
             let observer = try ControlClient(socketPath: socket, timeout: 120)
@@ -92,7 +89,6 @@ struct AdmissionTests {
                 }
             }
         }
-        gate.open()
         #expect(waited.1 == 1)
         #expect(waited.0.finishReason == .cancelled)
         #expect(waited.0.completionTokens == 0)

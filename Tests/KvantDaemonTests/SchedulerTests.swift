@@ -24,15 +24,6 @@ struct SchedulerTests {
     }
 
     /// Waits (polling, no deadline of its own but a 120 s guard that only ends a failing test) until `condition`.
-    func until(_ what: String, _ condition: () async -> Bool) async throws {
-        for _ in 0..<60_000 {
-            if await condition() { return }
-            try await Task.sleep(for: .milliseconds(2))
-        }
-        Issue.record("gave up waiting until \(what)")
-        throw CancellationError()
-    }
-
     static func params(_ tokens: [Int], maxTokens: Int, ignoreEOS: Bool = false) -> GenerateParams {
         var p = GenerateParams(prompt: "", maxTokens: maxTokens, temperature: 0)
         p.promptTokenIDs = tokens
@@ -56,13 +47,13 @@ struct SchedulerTests {
         func decodes(_ seq: Int) -> Int { model.events.filter { $0 == .decode(sequence: seq) }.count }
         // The scheduler decodes a running sequence at most 32 tokens ahead of its client (its lookahead).
         let lookahead = 32
-        try await until("A was decoded \(lookahead) tokens ahead of its stalled client") { decodes(1) == lookahead && received.value == 1 }
+        try await waitUntil("A was decoded \(lookahead) tokens ahead of its stalled client") { decodes(1) == lookahead && received.value == 1 }
         // B: a 1000-token prompt. Its first chunk holds the compute lane at the gate.
         let b = Task { try await engine.generate(Self.params(Array(repeating: 120, count: 1000), maxTokens: 1)) { _ in } }
-        try await until("B's first chunk is at the gate") { gate.waiting == 1 }
+        try await waitUntil("B's first chunk is at the gate") { gate.waiting == 1 }
         // A's client takes everything decoded so far; A now waits for the next step's token.
         await stalled.open()
-        try await until("A's client took every token decoded ahead") { received.value == 1 + lookahead }
+        try await waitUntil("A's client took every token decoded ahead") { received.value == 1 + lookahead }
         gate.open()
         let bResult = try await b.value
         let aResult = try await a.value
@@ -94,9 +85,9 @@ struct SchedulerTests {
         let gate = PrefillGate(minPromptLength: 500)
         let (engine, model) = try await makeEngine(FakeBackend(prefillGate: gate), maxNumBatchedTokens: 64)
         let b = Task { try await engine.generate(Self.params(Array(repeating: 120, count: 1000), maxTokens: 8)) { _ in } }
-        try await until("B's first chunk is at the gate") { gate.waiting == 1 }
+        try await waitUntil("B's first chunk is at the gate") { gate.waiting == 1 }
         gate.give(1)
-        try await until("B's second chunk is at the gate") { gate.passed == 1 && gate.waiting == 1 }
+        try await waitUntil("B's second chunk is at the gate") { gate.passed == 1 && gate.waiting == 1 }
         #expect(model.sequencesLive == 1)
         b.cancel()   // a client disconnect or Ctrl-C
         gate.open()  // the chunk running now completes; no other runs

@@ -352,10 +352,12 @@ struct HTTPAPITests {
 
     @Test("a client that disconnects mid-stream (or before a non-streamed reply) frees its KV blocks at once")
     func disconnectFreesBlocks() async throws {
-        let d = try TestHTTPDaemon(tag: "disc", backend: FakeBackend(decodeDelay: 0.02))
+        let d = try TestHTTPDaemon(tag: "disc", backend: FakeBackend(decodeDelay: 0.05))
         try await d.start()
         try await d.loadModel()
-        let prompt = String(repeating: "d", count: 200)   // 200 steps of 20 ms: still running when we leave
+        // A short prompt leaves a budget of ~180 steps of 50 ms (max_model_len 256): still running when we leave,
+        // even on a loaded machine where noticing the disconnect takes a while.
+        let prompt = String(repeating: "d", count: 20)
         let port = d.port
         try await offPool {
             let c = try RawHTTPConnection(port: port)
@@ -369,16 +371,16 @@ struct HTTPAPITests {
         var stats = try await d.waitForStats("stream's blocks freed") { s in
             s.engine.requestsRunning == 0 && s.kvCache["used_blocks"]?.intValue == 0 && s.engine.requestsServed == 1
         }
-        #expect(stats.engine.generatedTokens < 200)
+        #expect(stats.engine.generatedTokens < 150)
         // Non-streamed: leave before the reply.
         let c = try RawHTTPConnection(port: port)
-        try c.send(method: "POST", path: "/v1/completions", body: Data(#"{"prompt":"\#(prompt)","max_tokens":50}"#.utf8))
+        try c.send(method: "POST", path: "/v1/completions", body: Data(#"{"prompt":"\#(prompt)","max_tokens":200}"#.utf8))
         _ = try await d.waitForStats("second request running") { $0.engine.requestsRunning == 1 }
         c.close()
         stats = try await d.waitForStats("request's blocks freed") { s in
             s.engine.requestsRunning == 0 && s.kvCache["used_blocks"]?.intValue == 0 && s.engine.requestsServed == 2
         }
-        #expect(stats.engine.generatedTokens < 400)
+        #expect(stats.engine.generatedTokens < 350)
         let metrics = try await d.request("GET", "/metrics")
         #expect(metrics.text.contains(#"kvant:request_success_total{finished_reason="abort"} 2"#), "\(metrics.text)")
         try await d.stop()

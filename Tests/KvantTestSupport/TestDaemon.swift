@@ -18,7 +18,7 @@ public final class TestDaemon: @unchecked Sendable {
     public let reloads: AsyncStream<Void>.Continuation
 
     public init(tag: String, decodeDelay: TimeInterval = 0, loadDelay: TimeInterval = 0, tokenCapacity: Int? = nil,
-         gate: DecodeGate? = nil, notifier: SystemdNotifier = .disabled,
+         notifier: SystemdNotifier = .disabled,
          logs: LogCapture? = nil, configure: (inout DaemonConfiguration, String) -> Void = { _, _ in }) throws {
         dir = try makeTempDir(tag)
         allowed = dir + "/allowed"
@@ -29,7 +29,7 @@ public final class TestDaemon: @unchecked Sendable {
         configuration.allowedDirs = [allowed]
         configuration.shutdownTimeoutSeconds = 2
         configure(&configuration, allowed)
-        backend = FakeBackend(decodeDelay: decodeDelay, loadDelay: loadDelay, tokenCapacity: tokenCapacity, gate: gate)
+        backend = FakeBackend(decodeDelay: decodeDelay, loadDelay: loadDelay, tokenCapacity: tokenCapacity)
         var logger = logs.map { capture in Logger(label: "kvantd-test", factory: { _ in CapturingLogHandler(capture: capture) }) }
             ?? Logger(label: "kvantd-test")
         logger.logLevel = logs != nil ? .trace : ProcessInfo.processInfo.environment["KVANT_TEST_LOG"] != nil ? .trace : .warning
