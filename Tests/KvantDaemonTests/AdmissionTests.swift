@@ -59,8 +59,8 @@ struct AdmissionTests {
 
     @Test("a waiting request cancelled by its client ends with finish_reason cancelled; the queue moves on")
     func cancelWhileWaiting() async throws {
-        // The long generate (15 tokens at 50 ms) holds 30 slots; the second (20 slots) waits, then is cancelled.
-        let daemon = try TestDaemon(tag: "adm3", decodeDelay: 0.05, tokenCapacity: 40)
+        // The long generate (15 tokens at 200 ms) holds 30 slots; the second (20 slots) waits, then is cancelled.
+        let daemon = try TestDaemon(tag: "adm3", decodeDelay: 0.2, tokenCapacity: 40)
         try await daemon.start()
         _ = try await daemon.loadModel()
         let socket = daemon.socketPath
