@@ -209,7 +209,10 @@ public final class KVCachePool: @unchecked Sendable {
         memset(mem, 0, total)
         storage = mem
         blocks = BlockPool(numBlocks: numBlocks)
-        prefixCachingEnabled = enablePrefixCaching
+        // Not for int4_pertoken: a sequence continued from cached 4-bit blocks has no int8 residual for them
+        // (each query's last blocks and token 0 would be read at 4 bits), so its outputs would differ from a
+        // cold run's; prefix caching must not change outputs.
+        prefixCachingEnabled = enablePrefixCaching && dt != .int4PerToken
         blockKey = [PrefixKey?](repeating: nil, count: numBlocks)
         blockCredit = [Int32](repeating: 0, count: numBlocks)
         prefixSeed = BlockHash(digestOf: Array("kvant-prefix-cache-v1 \(dt.rawValue) rotation \(rotationGroup) block_size \(B)".utf8))

@@ -1,5 +1,6 @@
 import CKernels
 import Foundation
+import KvantTestSupport
 import Testing
 
 /// The int4 KV row formats (kv_q4.c; docs/kv-cache.md "4-bit KV: measurements") against an fp64 reference:
@@ -8,10 +9,10 @@ import Testing
 struct Int4FormatTests {
     /// Random rows with a spread of magnitudes, an outlier channel, a constant group and a zero group.
     static func rows(headDim n: Int, count: Int, seed: UInt64) -> [[Float]] {
-        var rng = SplitMix(seed)
+        var rng = SplitMix64(seed: seed &+ 0x9E37_79B9_7F4A_7C15)
         return (0..<count).map { r in
             let scale = Float(pow(10.0, Double(rng.next() % 5) - 2))   // 0.01 ... 100
-            var x = (0..<n).map { _ in Float(rng.gaussian()) * scale }
+            var x = (0..<n).map { _ in Float(rng.nextGaussian()) * scale }
             x[Int(rng.next() % UInt64(n))] *= 20                        // outlier channel
             if r % 5 == 1 { for i in 0..<32 { x[i] = 0.75 * scale } }   // constant K group
             if r % 7 == 2 { for i in 0..<64 { x[i] = 0 } }              // zero V group
@@ -96,23 +97,5 @@ struct Int4FormatTests {
                 }
             }
         }
-    }
-}
-
-/// Deterministic generator for the test rows (SplitMix64) with Box–Muller Gaussians.
-struct SplitMix {
-    var state: UInt64
-    init(_ seed: UInt64) { state = seed &+ 0x9E37_79B9_7F4A_7C15 }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    mutating func uniform() -> Double { Double(next() >> 11) / Double(1 << 53) }
-    mutating func gaussian() -> Double {
-        let u = max(uniform(), 1e-300), v = uniform()
-        return (-2 * log(u)).squareRoot() * cos(2 * .pi * v)
     }
 }

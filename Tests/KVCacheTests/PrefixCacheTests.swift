@@ -318,6 +318,14 @@ struct PrefixCacheTests {
         let o2 = off.createSequence()
         #expect(off.attachCachedPrefix(o2, prompt: [Int32](1...9)) == 0 && off.prefixCachedBlocks == 0)
         #expect(off.stats().prefixCacheQueries == 0 && !off.stats().prefixCaching)
+        // int4_pertoken: off even when asked (a hit would skip the int8 residual of the cached positions).
+        let int4Spec = KVCacheSpec(numLayers: 2, numKVHeads: 1, headDim: 64, dtype: .int4PerToken, blockSize: 4)
+        let int4 = try KVCachePool(spec: int4Spec, byteBudget: 1 << 20, enablePrefixCaching: true)
+        let i = int4.createSequence()
+        #expect(int4.reserve(i, newLength: 9) == .ok)
+        int4.commit(i, tokens: [Int32](1...9), from: 0)
+        #expect(int4.attachCachedPrefix(int4.createSequence(), prompt: [Int32](1...9)) == 0)
+        #expect(!int4.stats().prefixCaching && int4.prefixCachedBlocks == 0)
     }
 
     @Test("block hashes: 128-bit truncated SHA-256 of parent ‖ token ids ‖ epoch; pools of other dtypes chain from other seeds")
