@@ -25,7 +25,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_http import HERE, free_port, wait_healthy  # noqa: E402
+from bench_http import common_arguments, find_llama_server, free_port, wait_healthy  # noqa: E402
 
 
 class Stream(threading.Thread):
@@ -112,23 +112,13 @@ def measure(port, long_prompt, short_prompt):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=os.path.join(HERE, "models/gemma-3-270m-q4_k_m.gguf"))
-    ap.add_argument("--kvantd", default=os.path.join(HERE, ".build/release/kvantd"))
-    ap.add_argument("--llama-server")
-    ap.add_argument("--threads", default="2")
+    common_arguments(ap)
     ap.add_argument("--budgets", default="64,128,256,512,8192")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--prompt-tokens", type=int, default=4000)
     args = ap.parse_args()
     model = os.path.realpath(args.model)
-    llama = args.llama_server
-    if not llama:
-        note = "/work/notes/llama-cpp-bin.txt"
-        d = open(note).read().strip() if os.path.exists(note) else os.path.expanduser("~/.cache/kvant/llama.cpp-0.3.36/build/bin")
-        llama = os.path.join(d, "llama-server")
-    if not os.path.exists(llama):
-        print(f"bench-chunked-prefill: {llama} not found; measuring Kvant only", file=sys.stderr)
-        llama = None
+    llama = find_llama_server(args.llama_server, "bench-chunked-prefill")
     text = open("/usr/share/common-licenses/GPL-3").read()
     long_prompt = (text * 2)[:int(args.prompt_tokens * 4.75)]   # ≈ 4.75 characters per Gemma token on this text
     short_prompt = "The GNU General Public License is"

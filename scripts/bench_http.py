@@ -9,8 +9,8 @@ mean inter-token gap of one stream over HTTP minus the same request over the con
     scripts/bench_http.py [--model M] [--threads 2] [--levels 1,4,8,16] [--repeats 2]
                           [--prompt-tokens 128] [--max-tokens 64] [--kv fp16|int8]
 
-llama-server comes from ~/.cache/kvant/llama.cpp-0.3.36/build/bin (or the directory named in
-/work/notes/llama-cpp-bin.txt, or --llama-server); without it only Kvant is measured.
+llama-server comes from --llama-server, else from where scripts/llama-cpp.sh builds it
+($KVANT_CACHE, default ~/.cache/kvant, /llama.cpp-0.3.36/build/bin); without it only Kvant is measured.
 Prints a Markdown table (paste into BENCHMARKS.md with the command line and machine conditions).
 """
 import argparse
@@ -33,6 +33,26 @@ def free_port():
     p = s.getsockname()[1]
     s.close()
     return p
+
+
+def common_arguments(ap):
+    """The options every server benchmark takes: --model, --kvantd, --llama-server, --threads."""
+    ap.add_argument("--model", default=os.path.join(HERE, "models/gemma-3-270m-q4_k_m.gguf"))
+    ap.add_argument("--kvantd", default=os.path.join(HERE, ".build/release/kvantd"))
+    ap.add_argument("--llama-server")
+    ap.add_argument("--threads", default="2")
+
+
+def find_llama_server(path, who):
+    """`path` (--llama-server), else the llama-server scripts/llama-cpp.sh builds ($KVANT_CACHE, default
+    ~/.cache/kvant); None, after saying so on stderr, when it is missing (only Kvant is measured then)."""
+    if not path:
+        cache = os.environ.get("KVANT_CACHE", os.path.expanduser("~/.cache/kvant"))
+        path = os.path.join(cache, "llama.cpp-0.3.36", "build", "bin", "llama-server")
+    if not os.path.exists(path):
+        print(f"{who}: {path} not found; measuring Kvant only", file=sys.stderr)
+        return None
+    return path
 
 
 def wait_healthy(port, proc, what, timeout=300):
@@ -141,10 +161,7 @@ def control_gaps(sock, prompt, max_tokens):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=os.path.join(HERE, "models/gemma-3-270m-q4_k_m.gguf"))
-    ap.add_argument("--kvantd", default=os.path.join(HERE, ".build/release/kvantd"))
-    ap.add_argument("--llama-server")
-    ap.add_argument("--threads", default="2")
+    common_arguments(ap)
     ap.add_argument("--levels", default="1,4,8,16")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--requests-per-client", type=int, default=2)
@@ -154,14 +171,7 @@ def main():
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     model = os.path.realpath(args.model)
-    llama = args.llama_server
-    if not llama:
-        note = "/work/notes/llama-cpp-bin.txt"
-        d = open(note).read().strip() if os.path.exists(note) else os.path.expanduser("~/.cache/kvant/llama.cpp-0.3.36/build/bin")
-        llama = os.path.join(d, "llama-server")
-    if not os.path.exists(llama):
-        print(f"bench-http: {llama} not found; measuring Kvant only", file=sys.stderr)
-        llama = None
+    llama = find_llama_server(args.llama_server, "bench-http")
     # A prompt of about --prompt-tokens tokens of GPL-3 (≈ 4 characters per token).
     text = open("/usr/share/common-licenses/GPL-3").read()
     prompt = text[:args.prompt_tokens * 4]

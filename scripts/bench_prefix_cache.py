@@ -25,9 +25,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_http import free_port, stream_request, wait_healthy  # noqa: E402
+from bench_http import common_arguments, find_llama_server, free_port, stream_request, wait_healthy  # noqa: E402
 
-HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUESTIONS = ["\n\nQuestion: who may copy this program?\nAnswer:", "\n\nQuestion: what must a distributor provide?\nAnswer:"]
 
 
@@ -47,19 +46,13 @@ def control(sock, method, params=None):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=os.path.join(HERE, "models/gemma-3-270m-q4_k_m.gguf"))
-    ap.add_argument("--kvantd", default=os.path.join(HERE, ".build/release/kvantd"))
-    ap.add_argument("--llama-server")
-    ap.add_argument("--threads", default="2")
+    common_arguments(ap)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--prefix-tokens", type=int, default=1000)
     ap.add_argument("--kv", choices=["fp16", "int8"], default="fp16")
     args = ap.parse_args()
     model = os.path.realpath(args.model)
-    llama = args.llama_server or os.path.expanduser("~/.cache/kvant/llama.cpp-0.3.36/build/bin/llama-server")
-    if not os.path.exists(llama):
-        print(f"bench-prefix-cache: {llama} not found; measuring Kvant only", file=sys.stderr)
-        llama = None
+    llama = find_llama_server(args.llama_server, "bench-prefix-cache")
     kv_dtype = {"fp16": "fp16", "int8": "int8_pertoken"}[args.kv]
     llama_kv = {"fp16": "f16", "int8": "q8_0"}[args.kv]
     text = open("/usr/share/common-licenses/GPL-3").read()
