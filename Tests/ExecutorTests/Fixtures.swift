@@ -11,7 +11,7 @@ enum Fixtures {
     /// SmolLM2-135M-Instruct (KvantTestSupport's locator); nil when absent.
     static var smolLM2Path: String? { RealModel.smolLM2Path }
     static var noSmolLM2: Comment { RealModel.smolLM2SkipReason }
-    static let needsRelease: Comment = "compute-heavy: runs in release builds only (swift test -c release)"
+    static let needsRelease: Comment = RealModel.needsRelease
     static var tinyLlamaPath: String { dir.appendingPathComponent("tiny_llama.gguf").path }
 
     static func json(_ name: String) throws -> [String: Any] {
@@ -20,11 +20,5 @@ enum Fixtures {
     }
 
     /// True in release builds (compute-heavy tests only run there).
-    static var isRelease: Bool {
-        #if DEBUG
-        return false
-        #else
-        return true
-        #endif
-    }
+    static var isRelease: Bool { RealModel.isReleaseBuild }
 }

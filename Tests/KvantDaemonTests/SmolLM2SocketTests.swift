@@ -4,31 +4,18 @@ import KvantCore
 import KvantTestSupport
 import Testing
 
-/// SmolLM2-135M-Instruct (llama, 3 KV heads, ChatML): $KVANT_SMOLLM2_MODEL, else <repo>/models/…, else /work/models/….
-enum SmolLM2Model {
-    static var path: String? { RealModel.smolLM2Path }
-
-    static var isRelease: Bool {
-        #if DEBUG
-        return false
-        #else
-        return true
-        #endif
-    }
-}
-
 /// The second model through the real `kvantd` binary and its Unix socket, as an operator drives it with kvantctl:
 /// load-model in every kv_cache_dtype (the static int8 modes with scales from the socket's own `calibrate`, per
 /// tensor and per head), tokenize, llama.cpp's greedy continuations of 3 prompts and 3 ChatML chats
 /// (ExecutorTests/Fixtures/smollm2_greedy.json, from scripts/oracle/smollm2_goldens.py) with the float caches, a chat
 /// answered and ending at <|im_end|>, and perplexity of a short text within 3 % of fp32's (measured: −0.4 … +0.8 %).
 @Suite(.serialized,
-       .enabled(if: SmolLM2Model.path != nil, RealModel.smolLM2SkipReason),
-       .enabled(if: SmolLM2Model.isRelease, "runs a real model in every KV dtype: release builds only (swift test -c release)"))
+       .enabled(if: RealModel.smolLM2Path != nil, RealModel.smolLM2SkipReason),
+       .enabled(if: RealModel.isReleaseBuild, RealModel.needsRelease))
 struct SmolLM2SocketTests {
     @Test("every kv_cache_dtype: load-model, tokenize, llama.cpp's continuations, a ChatML chat and perplexity through the socket")
     func everyDTypeThroughTheSocket() async throws {
-        let model = URL(fileURLWithPath: try #require(SmolLM2Model.path)).resolvingSymlinksInPath().path
+        let model = URL(fileURLWithPath: try #require(RealModel.smolLM2Path)).resolvingSymlinksInPath().path
         let binary = try kvantdBinary()
         let dir = try makeTempDir("smol")
         defer { try? FileManager.default.removeItem(atPath: dir) }

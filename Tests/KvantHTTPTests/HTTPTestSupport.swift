@@ -28,14 +28,8 @@ final class TestHTTPDaemon: @unchecked Sendable {
     /// - Parameter tcp: listen on an ephemeral loopback port (else only on `http_unix_socket`).
     init(tag: String, backend: FakeBackend = FakeBackend(), tcp: Bool = true,
          configure: (inout DaemonConfiguration, String) -> Void = { _, _ in }) throws {
-        dir = "/tmp/kvh-\(tag)-\(UUID().uuidString.prefix(8))"
-        allowed = dir + "/allowed"
-        try FileManager.default.createDirectory(atPath: allowed, withIntermediateDirectories: true)
-        socketPath = dir + "/kvantd.sock"
-        var configuration = DaemonConfiguration()
-        configuration.socket = socketPath
-        configuration.allowedDirs = [allowed]
-        configuration.shutdownTimeoutSeconds = 2
+        var configuration: DaemonConfiguration
+        (dir, allowed, socketPath, configuration) = try makeTestDaemonConfiguration(tag: "h-" + tag)
         configuration.httpHost = "127.0.0.1"
         configure(&configuration, dir)
         self.backend = backend

@@ -22,6 +22,19 @@ public enum RealModel {
     /// Why a SmolLM2 test is skipped.
     public static let smolLM2SkipReason: Comment = "SmolLM2 not found (set KVANT_SMOLLM2_MODEL or run `make model-smollm2`)"
 
+    /// True in release builds: compute-heavy tests run only there (`swift test -c release`); test
+    /// targets are built in the same configuration as this one.
+    public static var isReleaseBuild: Bool {
+        #if DEBUG
+        return false
+        #else
+        return true
+        #endif
+    }
+
+    /// Why a compute-heavy test is skipped in a debug build.
+    public static let needsRelease: Comment = "compute-heavy: runs in release builds only (swift test -c release)"
+
     /// A model file: the environment variable's path if set and present, else `<repo>/models/NAME`, else
     /// `/work/models/NAME`; nil when none exists.
     public static func locate(_ name: String, environment variable: String) -> String? {

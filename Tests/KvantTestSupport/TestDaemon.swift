@@ -6,6 +6,21 @@ import KvantDaemon
 import Logging
 import ServiceLifecycle
 
+/// The configuration of an in-process test daemon: a fresh temporary directory (`makeTempDir(tag)`), its
+/// `allowed` subdirectory as the only `allowed_dirs`, the control socket `kvantd.sock` inside it, and a 2 s
+/// `shutdown_timeout_seconds`.
+public func makeTestDaemonConfiguration(tag: String) throws
+    -> (dir: String, allowed: String, socketPath: String, configuration: DaemonConfiguration) {
+    let dir = try makeTempDir(tag)
+    let allowed = dir + "/allowed"
+    try FileManager.default.createDirectory(atPath: allowed, withIntermediateDirectories: true)
+    var configuration = DaemonConfiguration()
+    configuration.socket = dir + "/kvantd.sock"
+    configuration.allowedDirs = [allowed]
+    configuration.shutdownTimeoutSeconds = 2
+    return (dir, allowed, dir + "/kvantd.sock", configuration)
+}
+
 /// An in-process daemon with the fake backend on a temporary socket.
 public final class TestDaemon: @unchecked Sendable {
     public let dir: String
@@ -20,14 +35,8 @@ public final class TestDaemon: @unchecked Sendable {
     public init(tag: String, decodeDelay: TimeInterval = 0, loadDelay: TimeInterval = 0, tokenCapacity: Int? = nil,
          notifier: SystemdNotifier = .disabled,
          logs: LogCapture? = nil, configure: (inout DaemonConfiguration, String) -> Void = { _, _ in }) throws {
-        dir = try makeTempDir(tag)
-        allowed = dir + "/allowed"
-        try FileManager.default.createDirectory(atPath: allowed, withIntermediateDirectories: true)
-        socketPath = dir + "/kvantd.sock"
-        var configuration = DaemonConfiguration()
-        configuration.socket = socketPath
-        configuration.allowedDirs = [allowed]
-        configuration.shutdownTimeoutSeconds = 2
+        var configuration: DaemonConfiguration
+        (dir, allowed, socketPath, configuration) = try makeTestDaemonConfiguration(tag: tag)
         configure(&configuration, allowed)
         backend = FakeBackend(decodeDelay: decodeDelay, loadDelay: loadDelay, tokenCapacity: tokenCapacity)
         var logger = logs.map { capture in Logger(label: "kvantd-test", factory: { _ in CapturingLogHandler(capture: capture) }) }
