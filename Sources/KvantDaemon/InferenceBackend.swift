@@ -304,8 +304,14 @@ extension LoadedModel {
 
 /// One sequence being generated. Methods run on the compute thread, one at a time.
 public protocol GenerationSequence: AnyObject {
-    /// Prompt tokens whose K/V are not in the cache yet; 0 once the prefill sampled the first token. A
-    /// sequence whose prompt prefix was already cached (prefix caching) starts below the prompt length.
+    /// Looks the prompt up in the prefix cache and takes the longest cached prefix, so the prefill starts
+    /// after it (automatic prefix caching). Called once, before the first `prefill(maxTokens:)`, when the
+    /// sequence is about to be prefilled (not at admission: the `n` choices of a request are admitted
+    /// together, and the later ones find the first one's prompt blocks only once its prefill committed them).
+    /// A no-op for backends without a prefix cache.
+    func attachCachedPrefix()
+    /// Prompt tokens whose K/V are not in the cache yet; 0 once the prefill sampled the first token. After
+    /// `attachCachedPrefix`, a sequence whose prompt prefix was cached starts below the prompt length.
     var prefillRemaining: Int { get }
     /// Chunked prefill (vLLM's chunked prefill): runs the next at most `maxTokens` (>= 1) prompt tokens from
     /// the sequence's computed position (not from 0: chunks already run, or a cached prefix), writes their
@@ -327,8 +333,11 @@ public protocol GenerationSequence: AnyObject {
 extension GenerationSequence {
     public var promptLogprobs: [TokenLogprobs?]? { nil }
 
-    /// Prefill in one go: runs the whole remaining prompt and samples the first token.
+    public func attachCachedPrefix() {}
+
+    /// Prefill in one go: takes the cached prefix, runs the whole remaining prompt and samples the first token.
     public func prefill() throws -> GeneratedToken {
+        attachCachedPrefix()
         while true {
             if let first = try prefill(maxTokens: max(1, prefillRemaining)) { return first }
         }

@@ -46,6 +46,8 @@ final class Scheduler: @unchecked Sendable {
         fileprivate var ended = false
         fileprivate var outbox: [Result<GeneratedToken, Error>] = []
         fileprivate var reader: CheckedContinuation<Result<GeneratedToken, Error>, Never>?
+        /// `sequence.attachCachedPrefix()` ran (once, before the first chunk is sized; on the lane).
+        fileprivate var prefixLookedUp = false
 
         /// - Parameter budget: tokens the request may generate (>= 1), the prefill's first one included.
         init(sequence: any GenerationSequence, model: any LoadedModel, budget: Int) {
@@ -267,33 +269,36 @@ final class Scheduler: @unchecked Sendable {
         let rows = decodableLocked()
         lock.unlock()
         var budget = maxNumBatchedTokens - rows.count
-        var chunks: [(key: Int, job: Job, tokens: Int)] = []
-        for (key, job) in waiting.waiting where budget > 0 {
-            let tokens = min(budget, max(1, job.sequence.prefillRemaining))
-            chunks.append((key, job, tokens))
-            budget -= tokens
-        }
         if !rows.isEmpty { decode(rows) }
         var chunkCount = 0, chunkTokens = 0
-        for chunk in chunks {
-            let before = chunk.job.sequence.prefillRemaining
-            let result = Result { try chunk.job.sequence.prefill(maxTokens: chunk.tokens) }
+        // Chunks are sized and run one after the other, so a sequence's prefix-cache lookup (once, before its
+        // first chunk is sized: a cached prefix takes none of the budget) sees the blocks that earlier chunks of
+        // this step committed (the `n` choices of one request share the first one's prompt blocks).
+        for (key, job) in waiting.waiting {
+            guard budget > 0 else { break }
+            if !job.prefixLookedUp {
+                job.sequence.attachCachedPrefix()
+                job.prefixLookedUp = true
+            }
+            let tokens = min(budget, max(1, job.sequence.prefillRemaining))
+            budget -= tokens
+            let before = job.sequence.prefillRemaining
+            let result = Result { try job.sequence.prefill(maxTokens: tokens) }
             chunkCount += 1
-            chunkTokens += max(0, before - chunk.job.sequence.prefillRemaining)
+            chunkTokens += max(0, before - job.sequence.prefillRemaining)
             switch result {
             case .success(nil): break   // stays first in line for the next step
             case .success(let first?):
                 // Into the running queue at once (decoded from the next step on, whatever its task does meanwhile),
                 // unless it ended already or its task was cancelled in the meantime.
-                let job = chunk.job
                 lock.withLock {
                     if !first.isEndOfSequence, job.decodes > 0, !job.ended {
                         job.decodesLeft = job.decodes
                         running.append(job)
                     }
                 }
-                if !waiting.resume(key: chunk.key, with: .first(first)) { finish(job) }
-            case .failure(let error): waiting.resume(key: chunk.key, with: .failed(error))
+                if !waiting.resume(key: key, with: .first(first)) { finish(job) }
+            case .failure(let error): waiting.resume(key: key, with: .failed(error))
             }
         }
         lock.withLock {

@@ -61,10 +61,15 @@ final class ExecutorSequence: GenerationSequence {
         return accept(next)
     }
 
+    /// Automatic prefix caching: attaches the longest cached prefix of the prompt (whole blocks, at most all
+    /// but the last token), so the chunks compute only the rest. Prompt logprobs need every row computed, so
+    /// they skip the cache.
+    func attachCachedPrefix() {
+        if promptLogprobCount == nil { pool.attachCachedPrefix(sequence, prompt: prompt) }
+    }
+
     /// True once the prefill sampled the first token.
     private var prefilled = false
-    /// True once the prompt was looked up in the prefix cache (before the first chunk).
-    private var prefixLookedUp = false
 
     var prefillRemaining: Int { prefilled ? 0 : max(0, prompt.count - pool.computedLength(of: sequence)) }
 
@@ -77,13 +82,6 @@ final class ExecutorSequence: GenerationSequence {
     /// cached prefix were not computed here and score nil.
     func prefill(maxTokens: Int) throws -> GeneratedToken? {
         guard !prefilled else { throw KvantError(.internal, "prefill of a sequence already prefilled") }
-        if !prefixLookedUp {
-            // Automatic prefix caching: the longest cached prefix of the prompt (whole blocks, at most all but
-            // the last token) is attached to the sequence before its first chunk, and only the rest is
-            // computed. Prompt logprobs need every row computed, so they skip the cache.
-            prefixLookedUp = true
-            if promptLogprobCount == nil { pool.attachCachedPrefix(sequence, prompt: prompt) }
-        }
         let start = min(pool.computedLength(of: sequence), prompt.count - 1)
         var end = min(prompt.count, start + max(1, maxTokens))
         if end < prompt.count {
