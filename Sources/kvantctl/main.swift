@@ -51,11 +51,7 @@ func runClient(_ body: () throws -> Void) throws {
         ProgressLine.finish()
         FileHandle.standardError.write(Data("kvantctl: \(reason.rawValue): \(message)\n".utf8))
         let code = ClientExitCode.code(for: reason)
-        if CommandLine.arguments.dropFirst().contains("--json") {
-            let object: JSONValue = .object(["error": .object(["reason": .string(reason.rawValue), "message": .string(message),
-                                                                 "exit_code": .int(Int(code))])])
-            try? printJSON(object)
-        }
+        if jsonRequested() { printJSONError(reason: reason.rawValue, message: message, exitCode: code) }
         return ExitCode(code)
     }
     do {
@@ -65,6 +61,42 @@ func runClient(_ body: () throws -> Void) throws {
     } catch let error as KvantError {
         throw fail(error.reason, error.message)
     }
+}
+
+/// Whether `--json` is among the arguments (before a `--` terminator): asked before parsing succeeds, so a
+/// usage error can answer in JSON too.
+func jsonRequested(_ arguments: [String] = Array(CommandLine.arguments.dropFirst())) -> Bool {
+    arguments.prefix { $0 != "--" }.contains("--json")
+}
+
+/// `--json` and `--socket PATH` belong to each subcommand; written before it (`kvantctl --json stats`) they are
+/// moved after it (before a `--` terminator), so both places work.
+func connectionOptionsAfterSubcommand(_ arguments: [String]) -> [String] {
+    var leading: [String] = []
+    var i = 0
+    while i < arguments.count {
+        let a = arguments[i]
+        if a == "--json" || a.hasPrefix("--socket=") {
+            leading.append(a)
+            i += 1
+        } else if a == "--socket", i + 1 < arguments.count {
+            leading += [a, arguments[i + 1]]
+            i += 2
+        } else {
+            break
+        }
+    }
+    guard !leading.isEmpty else { return arguments }
+    var rest = Array(arguments[i...])
+    rest.insert(contentsOf: leading, at: rest.firstIndex(of: "--") ?? rest.count)
+    return rest
+}
+
+/// Prints `{"error": {"reason", "message", "exit_code"}}` on stdout, the shape of every kvantctl error under `--json`.
+func printJSONError(reason: String, message: String, exitCode: Int32) {
+    let object: JSONValue = .object(["error": .object(["reason": .string(reason), "message": .string(message),
+                                                         "exit_code": .int(Int(exitCode))])])
+    try? printJSON(object)
 }
 
 func absolute(_ path: String) -> String {
@@ -153,6 +185,33 @@ struct Kvantctl: ParsableCommand {
         """,
         subcommands: [LoadModel.self, UnloadModel.self, SetKVDType.self, ReloadScales.self, Stats.self, Generate.self,
                       Tokenize.self, Perplexity.self, Calibrate.self, Health.self, Version.self, Scales.self, Drain.self])
+
+    /// swift-argument-parser's `main`, plus: under `--json` a usage error (unknown option, missing argument,
+    /// bad value; exit 64) is also printed on stdout as the error object of every other error, with reason
+    /// `usage`. The parser's own text (with the usage line) still goes to stderr, with or without `--json`.
+    static func main() {
+        do {
+            var command = try parseAsRoot(connectionOptionsAfterSubcommand(Array(CommandLine.arguments.dropFirst())))
+            try command.run()
+        } catch {
+            // ExitCode: thrown by the commands after their own output (JSON included); success: --help, --version.
+            let code = exitCode(for: error)
+            let arguments = Array(CommandLine.arguments.dropFirst())
+            if !(error is ExitCode), code != .success, jsonRequested(arguments) {
+                var text = message(for: error)
+                // Only the subcommands know --json: after an unknown subcommand the parser stops at --json; the
+                // error without it names the real problem ("Unexpected argument 'bogus'").
+                if text.contains("'--json'") {
+                    do { _ = try parseAsRoot(connectionOptionsAfterSubcommand(arguments.filter { $0 != "--json" })) } catch {
+                        text = message(for: error)
+                    }
+                }
+                printJSONError(reason: code == .validationFailure ? "usage" : ErrorReason.internal.rawValue,
+                               message: text, exitCode: code.rawValue)
+            }
+            exit(withError: error)
+        }
+    }
 }
 
 struct LoadModel: ParsableCommand {

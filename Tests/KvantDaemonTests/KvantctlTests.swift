@@ -119,6 +119,40 @@ struct KvantctlTests {
         try await daemon.stop()
     }
 
+    @Test("usage errors under --json: the error object on stdout (reason usage, exit 64); without --json the parser's text")
+    func usageErrorsJSON() async throws {
+        // Parse errors come before any connection: no daemon needed.
+        let ctl = Kvantctl(socket: "/nonexistent/kvantd.sock")
+        let cases: [(args: [String], mentions: String)] = [
+            (["stats", "--bogus", "--json"], "--bogus"),                              // unknown option
+            (["generate", "--json"], "<prompt>"),                                     // missing argument
+            (["generate", "hi", "--max-tokens", "many", "--json"], "many"),           // bad value
+            (["--json", "load-model"], "<path>"),                                     // --json before the subcommand
+            (["--json", "bogus-command"], "bogus-command"),                           // unknown subcommand
+        ]
+        for (args, mentions) in cases {
+            let r = try await ctl.run(args)
+            #expect(r.status == ClientExitCode.usage, "\(args)")
+            let object = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], "\(args): \(r.stdout)")
+            let inner = try #require(object["error"] as? [String: Any])
+            #expect(inner["reason"] as? String == "usage")
+            #expect(inner["exit_code"] as? Int == Int(ClientExitCode.usage))
+            #expect((inner["message"] as? String)?.contains(mentions) == true, "\(args): \(inner)")
+            #expect(r.stderr.contains("Usage:"), "\(args): the parser's text stays on stderr")
+        }
+        let plain = try await ctl.run(["stats", "--bogus"])
+        #expect(plain.status == ClientExitCode.usage)
+        #expect(plain.stdout.isEmpty)
+        #expect(plain.stderr.contains("Unknown option '--bogus'") && plain.stderr.contains("Usage:"))
+        // --json and --socket before the subcommand work as after it.
+        let before = try await ctl.run(["--json", "--socket", "/nonexistent/other.sock", "health"])
+        #expect(before.status == ClientExitCode.code(for: .unavailable))
+        #expect(before.stdout.contains("\"reason\" : \"unavailable\"") && before.stderr.contains("/nonexistent/other.sock"), "\(before)")
+        // --help under --json is no error: the help text, exit 0.
+        let help = try await ctl.run(["stats", "--help", "--json"])
+        #expect(help.status == 0 && !help.stdout.contains("\"error\""))
+    }
+
     @Test("Ctrl-C during generate sends cancel: partial text, exit code of cancelled")
     func interruptCancels() async throws {
         let daemon = try TestDaemon(tag: "ctlint", decodeDelay: 0.02)
