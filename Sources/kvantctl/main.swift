@@ -220,8 +220,8 @@ struct LoadModel: ParsableCommand {
     @Argument(help: "Model file (under the daemon's allowed_dirs).") var path: String
     @Option(name: .customLong("kv-cache-dtype")) var kvCacheDType: String?
     @Option(name: .customLong("quantization-param-path")) var quantizationParamPath: String?
-    @Option(name: .customLong("kv-cache-bytes")) var kvCacheBytes: Int?
-    @Option(name: .customLong("max-model-len")) var maxModelLen: Int?
+    @Option(name: .customLong("kv-cache-bytes"), parsing: .unconditional) var kvCacheBytes: Int?
+    @Option(name: .customLong("max-model-len"), parsing: .unconditional) var maxModelLen: Int?
 
     func run() throws {
         try runClient {
@@ -229,6 +229,7 @@ struct LoadModel: ParsableCommand {
             let params = LoadModelParams(path: absolute(path), kvCacheDType: dtype,
                                          quantizationParamPath: quantizationParamPath.map(absolute),
                                          kvCacheBytes: kvCacheBytes, maxModelLen: maxModelLen)
+            try params.validate()
             let result = try connection.connect().call(.loadModel, params, as: LoadModelResult.self)
             if connection.json { return try printJSON(result) }
             printTable(modelRows(result.model) + [("load time", String(format: "%.2f s", result.loadSeconds))]
@@ -313,21 +314,30 @@ struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Generate text; tokens are printed as they arrive. Ctrl-C cancels.")
     @OptionGroup var connection: ConnectionOptions
     @Argument(help: "Prompt text.") var prompt: String
-    @Option(name: .customLong("max-tokens")) var maxTokens = 128
-    @Option var temperature = 1.0
-    @Option(name: .customLong("top-p")) var topP = 1.0
-    @Option(name: .customLong("top-k")) var topK = 0
-    @Option(name: .customLong("min-p")) var minP = 0.0
-    @Option(name: .customLong("repetition-penalty")) var repetitionPenalty = 1.0
-    @Option var seed: UInt64?
+    // Numbers are read with `.unconditional` parsing, so `--top-k -1` or `--presence-penalty -0.5` work
+    // without `=`; a value out of range (`--temperature -1`) is refused by GenerateParams.validate, naming it.
+    @Option(name: .customLong("max-tokens"), parsing: .unconditional) var maxTokens = 128
+    @Option(parsing: .unconditional) var temperature = 1.0
+    @Option(name: .customLong("top-p"), parsing: .unconditional) var topP = 1.0
+    @Option(name: .customLong("top-k"), parsing: .unconditional, help: "-1 or 0 = off.") var topK = 0
+    @Option(name: .customLong("min-p"), parsing: .unconditional) var minP = 0.0
+    @Option(name: .customLong("repetition-penalty"), parsing: .unconditional) var repetitionPenalty = 1.0
+    @Option(name: .customLong("presence-penalty"), parsing: .unconditional, help: "In [-2, 2]; 0 = off.")
+    var presencePenalty = 0.0
+    @Option(name: .customLong("frequency-penalty"), parsing: .unconditional, help: "In [-2, 2]; 0 = off.")
+    var frequencyPenalty = 0.0
+    @Option(parsing: .unconditional, help: "RNG seed, an integer >= 0.") var seed: Int64?
     @Option(help: "Stop string (repeatable).") var stop: [String] = []
     @Flag(name: .customLong("no-stream"), help: "Wait for the whole text.") var noStream = false
 
     func run() throws {
         try runClient {
-            let params = GenerateParams(prompt: prompt, maxTokens: maxTokens, temperature: temperature, topP: topP,
-                                        topK: topK, minP: minP, repetitionPenalty: repetitionPenalty, seed: seed,
+            if let seed, seed < 0 { throw KvantError(.invalidArgument, "generate: 'seed' (--seed) must be an integer >= 0, got \(seed)") }
+            var params = GenerateParams(prompt: prompt, maxTokens: maxTokens, temperature: temperature, topP: topP,
+                                        topK: topK, minP: minP, repetitionPenalty: repetitionPenalty, seed: seed.map { UInt64($0) },
                                         stop: stop, stream: !noStream && !connection.json)
+            params.presencePenalty = presencePenalty
+            params.frequencyPenalty = frequencyPenalty
             try params.validate()
             let client = try connection.connect()
             let id = client.makeID()
@@ -375,7 +385,7 @@ struct Perplexity: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Perplexity of a text file. Ctrl-C cancels.")
     @OptionGroup var connection: ConnectionOptions
     @Argument var path: String
-    @Option(help: "Window in tokens.") var ctx: Int?
+    @Option(parsing: .unconditional, help: "Window in tokens.") var ctx: Int?
 
     func run() throws {
         try runClient {
@@ -405,12 +415,12 @@ struct Calibrate: ParsableCommand {
     @Option(help: "Output scale file (its directory under allowed_dirs).") var output: String
     @Option(name: .customLong("text-path"), help: "Calibration text file under allowed_dirs (default: the built-in English/code/Chinese sample: 1016 tokens with Gemma 3, 1221 with SmolLM2).")
     var textPath: String?
-    @Option(name: .customLong("num-tokens"), help: "Tokens of the text to run, at least 16 (default 2048, or all of a shorter text).")
+    @Option(name: .customLong("num-tokens"), parsing: .unconditional, help: "Tokens of the text to run, at least 16 (default 2048, or all of a shorter text).")
     var numTokens: Int?
     @Flag(name: .customLong("per-head"), help: "One scale per (layer, KV head) instead of per layer.") var perHead = false
-    @Option(name: .customLong("tp-size"), help: "Tensor-parallel ranks to write (vLLM schema), heads split in order (default 1).")
+    @Option(name: .customLong("tp-size"), parsing: .unconditional, help: "Tensor-parallel ranks to write (vLLM schema), heads split in order (default 1).")
     var tpSize: Int?
-    @Option(help: "Clip at this percentile of |K| and |V| in (0, 100); 100 = plain amax/127 (default: the MSE-optimal clip).")
+    @Option(parsing: .unconditional, help: "Clip at this percentile of |K| and |V| in (0, 100); 100 = plain amax/127 (default: the MSE-optimal clip).")
     var percentile: Double?
     @Flag(name: .customLong("shared-kv-scale"),
           help: "Write only vLLM's shared K/V scale per layer (no k_scaling_factor / v_scaling_factor).")

@@ -153,6 +153,36 @@ struct KvantctlTests {
         #expect(help.status == 0 && !help.stdout.contains("\"error\""))
     }
 
+    @Test("negative numbers without '=': --top-k -1 and negative penalties work; out of range values name the field")
+    func negativeNumbers() async throws {
+        let daemon = try TestDaemon(tag: "ctlneg")
+        try await daemon.start()
+        _ = try await daemon.loadModel()
+        let ctl = Kvantctl(socket: daemon.socketPath)
+        let ok = try await ctl.run(["generate", "neg", "--top-k", "-1", "--presence-penalty", "-0.5",
+                                    "--frequency-penalty", "-2", "--max-tokens", "10", "--temperature", "0"])
+        #expect(ok.status == 0, "\(ok.stderr)")
+        #expect(ok.stdout == "neg\n")
+        let refused: [(args: [String], message: String)] = [
+            (["--temperature", "-1"], "generate: 'temperature' must be a finite number >= 0, got -1.0"),
+            (["--max-tokens", "-5"], "generate: 'max_tokens' must be at least 1, got -5"),
+            (["--seed", "-5"], "generate: 'seed' (--seed) must be an integer >= 0, got -5"),
+            (["--top-k", "-2"], "generate: 'top_k' must be -1 or 0 (off) or a positive count, got -2"),
+            (["--presence-penalty", "-3"], "generate: 'presence_penalty' must be in [-2, 2], got -3.0"),
+        ]
+        for (args, message) in refused {
+            let r = try await ctl.run(["generate", "x"] + args)
+            #expect(r.status == ClientExitCode.code(for: .invalidArgument), "\(args): \(r.stderr)")
+            #expect(r.stderr.contains("kvantctl: invalid_argument: " + message), "\(args): \(r.stderr)")
+        }
+        let bytes = try await ctl.run(["load-model", daemon.allowed + "/m.gguf", "--kv-cache-bytes", "-1"])
+        #expect(bytes.status == ClientExitCode.code(for: .invalidArgument))
+        #expect(bytes.stderr.contains("'kv_cache_bytes' must be positive, got -1"), "\(bytes.stderr)")
+        let percentile = try await ctl.run(["calibrate", "--output", daemon.allowed + "/s.json", "--percentile", "-1"])
+        #expect(percentile.stderr.contains("'percentile' must be in (0, 100], got -1.0"), "\(percentile.stderr)")
+        try await daemon.stop()
+    }
+
     @Test("Ctrl-C during generate sends cancel: partial text, exit code of cancelled")
     func interruptCancels() async throws {
         let daemon = try TestDaemon(tag: "ctlint", decodeDelay: 0.02)
