@@ -4,17 +4,21 @@ import KvantCore
 /// Paths clients may name (models, scale files, texts, calibration outputs) must lie under one
 /// of `allowed_dirs`, compared after `realpath(3)` so `..` and symlinks cannot escape.
 public struct PathPolicy: Sendable {
-    /// The allowed directories, realpath'd.
+    /// The allowed directories, realpath'd, each once (in the order first given).
     public let allowedDirs: [String]
 
+    /// Entries naming the same directory (`/a` and `/a/`, a symlink to it, one given twice) count once, so
+    /// errors list each directory once.
     /// - Throws: `KvantError(.invalidArgument)` naming a directory that does not exist.
     public init(allowedDirs: [String]) throws {
-        self.allowedDirs = try allowedDirs.map { dir in
+        var unique: [String] = []
+        for dir in allowedDirs {
             guard let real = PathPolicy.realpath(dir) else {
                 throw KvantError(.invalidArgument, "allowed_dirs entry '\(dir)' does not exist or is not accessible")
             }
-            return real
+            if !unique.contains(real) { unique.append(real) }
         }
+        self.allowedDirs = unique
     }
 
     /// An existing file, realpath'd and checked.

@@ -215,12 +215,14 @@ public final class RequestHandler: Sendable {
         case .drain:
             let params = try request.decodeParams(DrainParams.self)
             if params.resume == true {
+                let wasDraining = drain.isDraining
                 guard drain.resume() else {
                     throw KvantError(.failedPrecondition, "drain resume: kvantd is shutting down; that drain cannot be ended")
                 }
-                logger.notice("drain ended: new HTTP requests are served again")
+                if wasDraining { logger.notice("drain ended: new HTTP requests are served again") }
                 let n = drain.inFlightCount
-                return try JSONValue(encoding: DrainResult(draining: false, inFlight: n, drained: n == 0, reason: nil))
+                return try JSONValue(encoding: DrainResult(draining: false, inFlight: n, drained: n == 0, reason: nil,
+                                                           resumed: wasDraining))
             }
             if !drain.isDraining {
                 drain.begin(.drain)

@@ -489,6 +489,14 @@ struct Drain: ParsableCommand {
                 if unfinished { throw ExitCode(ClientExitCode.code(for: .failedPrecondition)) }
                 return
             }
+            if resume {
+                // What happened, not "draining no / drained yes".
+                switch result.resumed {
+                case false?: print("not draining: nothing to resume; new HTTP requests are served (\(result.inFlight) in flight)")
+                default: print("drain ended: new HTTP requests are served again (\(result.inFlight) in flight)")
+                }
+                return
+            }
             printTable([("draining", result.draining ? "yes (\(result.reason ?? "drain"))" : "no"),
                         ("in flight", String(result.inFlight)), ("drained", result.drained ? "yes" : "no")])
             if unfinished {

@@ -31,6 +31,26 @@ struct FileSafetyTests {
         }
     }
 
+    @Test("allowed_dirs naming one directory several times (trailing slash, symlink, repeated) list it once")
+    func allowedDirsOnce() throws {
+        let d = try Self.dir()
+        let other = try Self.dir()
+        let link = other + "/link"
+        try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: d)
+        let policy = try PathPolicy(allowedDirs: [d, d + "/", link, other, d])
+        let real = { (path: String) in URL(fileURLWithPath: path).resolvingSymlinksInPath().path }
+        #expect(policy.allowedDirs == [real(d), real(other)])
+        do {
+            _ = try policy.existingFile("/etc/hostname", field: "path")
+            Issue.record("a file outside allowed_dirs was accepted")
+        } catch let e as KvantError {
+            #expect(e.reason == .permissionDenied)
+            // Each directory once: "outside the allowed directories A, B (allowed_dirs)".
+            let list = try #require(e.message.components(separatedBy: "outside the allowed directories ").last)
+            #expect(list == policy.allowedDirs.joined(separator: ", ") + " (allowed_dirs)", "\(e.message)")
+        }
+    }
+
     @Test("calibrate output: an existing non-scale file (a model) is never overwritten; a scale file or an empty file may be")
     func outputNeverClobbersAModel() throws {
         let d = try Self.dir()

@@ -183,6 +183,25 @@ struct KvantctlTests {
         try await daemon.stop()
     }
 
+    @Test("drain --resume says what happened: a drain ended, or there was none")
+    func drainResumeOutput() async throws {
+        let daemon = try TestDaemon(tag: "ctldrain")
+        try await daemon.start()
+        let ctl = Kvantctl(socket: daemon.socketPath)
+        let drain = try await ctl.run(["drain"])
+        #expect(drain.status == 0)
+        #expect(drain.stdout.contains("draining   yes (drain)"), "\(drain.stdout)")
+        let resumed = try await ctl.run(["drain", "--resume"])
+        #expect(resumed.status == 0)
+        #expect(resumed.stdout == "drain ended: new HTTP requests are served again (0 in flight)\n", "\(resumed.stdout)")
+        let again = try await ctl.run(["drain", "--resume"])
+        #expect(again.stdout == "not draining: nothing to resume; new HTTP requests are served (0 in flight)\n", "\(again.stdout)")
+        let json = try await ctl.run(["drain", "--resume", "--json"])
+        let result = try WireCodec.decoder.decode(DrainResult.self, from: Data(json.stdout.utf8))
+        #expect(result.resumed == false && result.draining == false)
+        try await daemon.stop()
+    }
+
     @Test("Ctrl-C during generate sends cancel: partial text, exit code of cancelled")
     func interruptCancels() async throws {
         let daemon = try TestDaemon(tag: "ctlint", decodeDelay: 0.02)

@@ -26,15 +26,18 @@ public struct DrainResult: Codable, Equatable, Sendable {
     public var drained: Bool
     /// Why the daemon drains: `drain` (this method) or `shutdown` (SIGTERM); nil when not draining.
     public var reason: String?
+    /// Only in the reply to `resume`: true when a drain was in force and has ended, false when there was none.
+    public var resumed: Bool?
 
-    public init(draining: Bool, inFlight: Int, drained: Bool, reason: String?) {
+    public init(draining: Bool, inFlight: Int, drained: Bool, reason: String?, resumed: Bool? = nil) {
         self.draining = draining
         self.inFlight = inFlight
         self.drained = drained
         self.reason = reason
+        self.resumed = resumed
     }
 
     enum CodingKeys: String, CodingKey {
-        case draining, inFlight = "in_flight", drained, reason
+        case draining, inFlight = "in_flight", drained, reason, resumed
     }
 }
