@@ -59,6 +59,7 @@ let package = Package(
         .target(name: "KvantHTTP", dependencies: [
             "KvantDaemon", "ControlProtocol", "KvantCore", "ChatTemplates",
             .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "HummingbirdCore", package: "hummingbird"),
             .product(name: "HTTPTypes", package: "swift-http-types"),
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "CoreMetrics", package: "swift-metrics"),

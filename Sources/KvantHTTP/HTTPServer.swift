@@ -111,7 +111,7 @@ public final class KvantHTTPServer: ListeningService, @unchecked Sendable {
         let apps = zip(addresses, names).map { address, name in
             BoundApplication(name: name, app: Application(
                 router: api.makeRouter(),
-                server: .http1(configuration: .init(additionalChannelHandlers: [ClientDisconnectHandler()],
+                server: .kvantHTTP1(configuration: .init(additionalChannelHandlers: [ClientDisconnectHandler()],
                                                     idleTimeout: .nanoseconds(Int64(settings.timeoutKeepAlive.components.seconds) * 1_000_000_000))),
                 configuration: .init(address: address, serverName: "kvantd"),
                 onServerRunning: { [self] channel in self.up(channel, name: name, expected: expected) },

@@ -279,6 +279,66 @@ struct HTTPAPITests {
         try await d.stop()
     }
 
+    @Test("HTTP/1.0: closed after the response without keep-alive, kept open with it; a stream ends by closing, unchunked")
+    func http10KeepAlive() async throws {
+        // timeout_keep_alive far above the socket's 30 s receive timeout: only the HTTP/1.0 rules can close early.
+        let d = try TestHTTPDaemon(tag: "h10") { c, _ in c.timeoutKeepAlive = 300 }
+        try await d.start()
+        try await d.loadModel()
+        let port = d.port
+        // Without keep-alive: the response, then the connection closes.
+        let (plain, plainLine, rest) = try await offPool { () -> (HTTPTestResponse, String, [UInt8]) in
+            let c = try RawHTTPConnection(port: port)
+            defer { c.close() }
+            try c.sendRaw(Array("GET /v1/models HTTP/1.0\r\n\r\n".utf8))
+            let r = try c.readResponse()
+            return (r, c.statusLine, try c.readToEOF())
+        }
+        #expect(plain.status == 200 && plain.json["object"] as? String == "list")
+        #expect(plainLine.hasPrefix("HTTP/1.0 200"), "\(plainLine)")
+        #expect(plain.headers["connection"]?.lowercased() == "close", "\(plain.headers)")
+        #expect(rest.isEmpty)
+        // With keep-alive: the response says so and a second request is served on the same connection; then a
+        // stream, which has no length: HTTP/1.0 without chunked encoding, its end is the connection's close.
+        let body = #"{"prompt": "abc", "max_tokens": 8, "stream": true}"#
+        let (kept, streamHead, streamBody) = try await offPool { () -> ([HTTPTestResponse], [String: String], String) in
+            let c = try RawHTTPConnection(port: port)
+            defer { c.close() }
+            var kept: [HTTPTestResponse] = []
+            for _ in 0..<2 {
+                try c.sendRaw(Array("GET /health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n".utf8))
+                kept.append(try c.readResponse())
+            }
+            try c.sendRaw(Array(("POST /v1/completions HTTP/1.0\r\nConnection: keep-alive\r\nContent-Type: application/json\r\n"
+                                 + "Content-Length: \(body.utf8.count)\r\n\r\n\(body)").utf8))
+            let (_, headers) = try c.readHead()
+            return (kept, headers, String(decoding: try c.readToEOF(), as: UTF8.self))
+        }
+        for r in kept {
+            #expect(r.status == 200 && r.json["status"] as? String == "ok")
+            #expect(r.headers["connection"]?.lowercased() == "keep-alive", "\(r.headers)")
+        }
+        #expect(streamHead["transfer-encoding"] == nil && streamHead["connection"]?.lowercased() == "close", "\(streamHead)")
+        let events = try parseSSE(streamBody)
+        #expect(events.last == "[DONE]", "\(events)")
+        let text = try events.dropLast().map(jsonObject).compactMap { (($0["choices"] as? [[String: Any]])?.first?["text"] as? String) }
+        #expect(text.joined() == "abc", "\(events)")
+        // HTTP/1.1 is unchanged: persistent by default.
+        let (lines, responses) = try await offPool { () -> ([String], [HTTPTestResponse]) in
+            let c = try RawHTTPConnection(port: port)
+            defer { c.close() }
+            var lines: [String] = [], responses: [HTTPTestResponse] = []
+            for _ in 0..<2 {
+                try c.send(method: "GET", path: "/health", body: nil)
+                responses.append(try c.readResponse())
+                lines.append(c.statusLine)
+            }
+            return (lines, responses)
+        }
+        #expect(lines.allSatisfy { $0.hasPrefix("HTTP/1.1 200") } && responses.allSatisfy { $0.headers["connection"] == nil }, "\(lines)")
+        try await d.stop()
+    }
+
     @Test("a body over max_request_body_bytes gets 413; the next request is served")
     func bodyLimit() async throws {
         let d = try TestHTTPDaemon(tag: "413") { c, _ in c.maxRequestBodyBytes = 1024 }

@@ -220,9 +220,20 @@ final class RawHTTPConnection {
         return out
     }
 
+    /// The status line of the response read last (`HTTP/1.1 200 OK`).
+    private(set) var statusLine = ""
+
+    /// Everything until the server closes the connection (throws if it stays open past the receive timeout).
+    func readToEOF() throws -> [UInt8] {
+        while try fill() {}
+        defer { buffer.removeAll() }
+        return buffer
+    }
+
     /// Status line and headers.
     func readHead() throws -> (status: Int, headers: [String: String]) {
         let statusLine = try readLine()
+        self.statusLine = statusLine
         let parts = statusLine.split(separator: " ")
         guard parts.count >= 2, let status = Int(parts[1]) else { throw TestFailure("bad status line '\(statusLine)'") }
         var headers: [String: String] = [:]
