@@ -47,13 +47,15 @@ struct OpenAIAPI: Sendable {
         router.post("/v1/chat/completions") { request, context in try await chatCompletions(request, context) }
         router.post("/tokenize") { request, _ in try await tokenize(request) }
         router.post("/detokenize") { request, _ in try await detokenize(request) }
-        // A known path with another method is 405 with `Allow` (as vLLM's FastAPI answers), not 404.
+        // A known path with another method is 405 with `Allow` (as vLLM's FastAPI answers), not 404. HEAD and
+        // OPTIONS too: FastAPI's routes (so vLLM's) add no HEAD to a GET route and no OPTIONS (vLLM's CORS
+        // middleware answers only real preflights, with an Origin); a HEAD reply carries no body (swift-nio drops it).
         let routes: [(String, HTTPRequest.Method)] = [
             ("/health", .get), ("/metrics", .get), ("/v1/models", .get), ("/v1/models/{id}", .get),
             ("/v1/completions", .post), ("/v1/chat/completions", .post), ("/tokenize", .post), ("/detokenize", .post),
         ]
         for (path, allowed) in routes {
-            for method in [HTTPRequest.Method.get, .post, .put, .patch, .delete, .options] where method != allowed {
+            for method in [HTTPRequest.Method.get, .head, .post, .put, .patch, .delete, .options] where method != allowed {
                 router.on(RouterPath(path), method: method) { _, _ -> Response in
                     throw OpenAIError.methodNotAllowed(method, path: path, allowed: allowed)
                 }

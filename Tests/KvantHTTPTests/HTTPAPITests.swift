@@ -60,6 +60,26 @@ struct HTTPAPITests {
         #expect(r.status == 405 && r.headers["allow"] == "GET")
         r = try await d.request("POST", "/v1/models/model", json: "{}")
         #expect(r.status == 405 && r.headers["allow"] == "GET")
+        r = try await d.request("OPTIONS", "/v1/models")
+        #expect(r.status == 405 && r.headers["allow"] == "GET")
+        r = try await d.request("OPTIONS", "/v1/chat/completions")
+        #expect(r.status == 405 && r.headers["allow"] == "POST")
+        // HEAD: 405 with Allow, as vLLM (FastAPI) answers, and no body: the next request on the connection reads clean.
+        let port = d.port
+        let (head, headPost, next) = try await offPool { () -> (HTTPTestResponse, HTTPTestResponse, HTTPTestResponse) in
+            let c = try RawHTTPConnection(port: port)
+            defer { c.close() }
+            try c.send(method: "HEAD", path: "/health", body: nil)
+            let (status, headers) = try c.readHead()
+            try c.send(method: "HEAD", path: "/v1/completions", body: nil)
+            let (status2, headers2) = try c.readHead()
+            try c.send(method: "GET", path: "/health", body: nil)
+            return (HTTPTestResponse(status: status, headers: headers, body: Data()),
+                    HTTPTestResponse(status: status2, headers: headers2, body: Data()), try c.readResponse())
+        }
+        #expect(head.status == 405 && head.headers["allow"] == "GET", "\(head.headers)")
+        #expect(headPost.status == 405 && headPost.headers["allow"] == "POST", "\(headPost.headers)")
+        #expect(next.status == 200 && next.json["status"] as? String == "ok", "\(next.text)")
         // /tokenize takes a prompt or messages, not both.
         r = try await d.request("POST", "/tokenize", json: #"{"prompt":"a","messages":[{"role":"user","content":"b"}]}"#)
         #expect(r.status == 400 && r.error["param"] as? String == "prompt")
