@@ -92,6 +92,8 @@ public struct SamplingConfig: Sendable, Equatable {
     public var frequencyPenalty: Double = 0
     /// End-of-sequence tokens are never sampled (llama.cpp's `ignore_eos`).
     public var ignoreEOS: Bool = false
+    /// vLLM's `skip_special_tokens`: special tokens are left out of the generated text (default true).
+    public var skipSpecialTokens: Bool = true
     /// Alternatives reported with each generated token's log-probability (0…20); nil = no logprobs.
     public var logprobs: Int?
     /// Alternatives reported with each prompt token's log-probability (0…20); nil = none.
@@ -113,6 +115,7 @@ public struct SamplingConfig: Sendable, Equatable {
         presencePenalty = params.presencePenalty
         frequencyPenalty = params.frequencyPenalty
         ignoreEOS = params.ignoreEOS
+        skipSpecialTokens = params.skipSpecialTokens
         logprobs = params.logprobs
         promptLogprobs = params.promptLogprobs
     }

@@ -190,7 +190,8 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
                              "\(what), more than the whole KV cache (\(pool.numBlocks) blocks): \(capacity); lower max_tokens or raise kv_cache_bytes")
         }
         return ExecutorSequence(owner: self, pool: pool, sequence: seq, prompt: prompt.map { Int32($0) }, sampler: sampler,
-                                logprobs: sampling.logprobs, promptLogprobs: sampling.promptLogprobs)
+                                logprobs: sampling.logprobs, promptLogprobs: sampling.promptLogprobs,
+                                skipSpecialTokens: sampling.skipSpecialTokens)
     }
 
     func kvCacheStats() -> any Encodable & Sendable {

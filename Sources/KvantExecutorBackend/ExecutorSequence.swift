@@ -27,7 +27,7 @@ final class ExecutorSequence: GenerationSequence {
     private(set) var promptLogprobs: [TokenLogprobs?]?
 
     init(owner: ExecutorModel, pool: KVCachePool, sequence: SequenceID, prompt: [Int32], sampler: Sampler,
-         logprobs: Int? = nil, promptLogprobs: Int? = nil) {
+         logprobs: Int? = nil, promptLogprobs: Int? = nil, skipSpecialTokens: Bool = true) {
         self.owner = owner
         self.pool = pool
         self.sequence = sequence
@@ -36,7 +36,7 @@ final class ExecutorSequence: GenerationSequence {
         self.logprobs = logprobs
         self.promptLogprobCount = promptLogprobs
         history = prompt
-        decoder = owner.tokenizer.makeStreamingDecoder()
+        decoder = owner.tokenizer.makeStreamingDecoder(skipSpecialTokens: skipSpecialTokens)
     }
 
     /// Samples the next token from this row's logits (penalties count the output after the prompt) and

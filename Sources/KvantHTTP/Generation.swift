@@ -18,6 +18,8 @@ struct SamplingFields {
     var seed: UInt64?
     var stop: [String] = []
     var ignoreEOS = false
+    /// vLLM's `skip_special_tokens` (default true).
+    var skipSpecialTokens = true
     var n = 1
 
     /// Most choices (`n`) of one request.
@@ -50,6 +52,7 @@ struct SamplingFields {
             }
         }
         s.ignoreEOS = try f.bool("ignore_eos") ?? false
+        s.skipSpecialTokens = try f.bool("skip_special_tokens") ?? true
         s.n = try f.int("n", in: 1...maxN) ?? 1
         if let bestOf = try f.int("best_of"), bestOf != s.n {
             throw OpenAIError.invalidField("best_of", "only best_of = n is supported (got best_of \(bestOf), n \(s.n))")
@@ -67,6 +70,7 @@ struct SamplingFields {
         p.presencePenalty = presencePenalty
         p.frequencyPenalty = frequencyPenalty
         p.ignoreEOS = ignoreEOS
+        p.skipSpecialTokens = skipSpecialTokens
         p.promptTokenIDs = prompt
         p.logprobs = logprobs
         p.promptLogprobs = promptLogprobs

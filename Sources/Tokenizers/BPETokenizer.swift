@@ -143,6 +143,13 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
 
     public func piece(for id: Int32) -> String { vocab.piece(for: id) }
 
+    /// Control and unknown tokens. A GGUF converted from a byte-level BPE vocabulary marks Hugging Face's special
+    /// added tokens as control (llama.cpp's convert_hf_to_gguf), so its user-defined tokens (Qwen's `<think>`,
+    /// `<tool_call>`) are text, as Hugging Face's `skip_special_tokens` keeps them.
+    public func isSpecial(_ id: Int32) -> Bool {
+        !attributes(of: id).isDisjoint(with: [.control, .unknown])
+    }
+
     /// llama.cpp's `token_to_piece` for BPE: control/unknown → "" (text when `renderSpecial`),
     /// user-defined → text, normal → GPT-2 characters mapped back to bytes, byte → the byte.
     public func bytes(for id: Int32, renderSpecial: Bool) -> [UInt8] {

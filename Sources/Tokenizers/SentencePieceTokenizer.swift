@@ -16,6 +16,8 @@ public final class SentencePieceTokenizer: Tokenizer, @unchecked Sendable {
     let partitioner: SpecialPartitioner
     /// Byte-fallback token of each byte value (`<0xNN>`, else the one-byte token), or -1.
     let byteTokens: [Int32]
+    /// User-defined tokens shaped like special ones (`isSpecial`).
+    let specialUserDefined: Set<Int32>
 
     public var vocabSize: Int { vocab.count }
     public var bos: Int32? { special.bos }
@@ -43,6 +45,37 @@ public final class SentencePieceTokenizer: Tokenizer, @unchecked Sendable {
             if let id = v.id(of: name) { bt[b] = id } else if let id = v.id(of: [UInt8(b)]) { bt[b] = id }
         }
         byteTokens = bt
+        var specials = Set<Int32>()
+        for i in 0..<v.count where v.attributes[i].contains(.userDefined) && Self.looksSpecial(Array(v.textBytes(i))) {
+            specials.insert(Int32(i))
+        }
+        specialUserDefined = specials
+    }
+
+    /// Control and unknown tokens, and user-defined tokens shaped like special ones: `[name]`, or `<name>` that is
+    /// not an HTML tag (`name` without whitespace; an HTML tag is `<x>` or `</x>` with `x` lowercase letters and
+    /// digits). A SentencePiece GGUF keeps the piece types of the tokenizer model, where Gemma 3's image markers
+    /// `<start_of_image>`, `<end_of_image>` and `[multimodal]` are user-defined although Hugging Face's tokenizer
+    /// counts them special (its `skip_special_tokens` drops them); the same vocabulary's user-defined runs of
+    /// newlines and tabs and its HTML tags (`<table>`, `</td>`) are text and stay.
+    public func isSpecial(_ id: Int32) -> Bool {
+        let a = attributes(of: id)
+        return !a.isDisjoint(with: [.control, .unknown]) || (a.contains(.userDefined) && specialUserDefined.contains(id))
+    }
+
+    static func looksSpecial(_ t: [UInt8]) -> Bool {
+        guard t.count >= 3, let first = t.first, let last = t.last else { return false }
+        let name = t[1..<(t.count - 1)]
+        if name.contains(where: { $0 <= 0x20 }) { return false }
+        switch (first, last) {
+        case (UInt8(ascii: "["), UInt8(ascii: "]")): return true
+        case (UInt8(ascii: "<"), UInt8(ascii: ">")):
+            let tag = name.first == UInt8(ascii: "/") ? name.dropFirst() : name[...]
+            let isLowerAlnum = { (b: UInt8) in (b >= 0x61 && b <= 0x7A) || (b >= 0x30 && b <= 0x39) }
+            let isHTMLTag = !tag.isEmpty && (tag.first.map { $0 >= 0x61 && $0 <= 0x7A } ?? false) && tag.allSatisfy(isLowerAlnum)
+            return !isHTMLTag
+        default: return false
+        }
     }
 
     public func encode(_ text: String, addSpecial: Bool, parseSpecial: Bool) -> [Int32] {

@@ -29,6 +29,10 @@ public protocol Tokenizer: AnyObject, Sendable {
     func piece(for id: Int32) -> String
     /// Attributes of `id` (empty for an id out of range).
     func attributes(of id: Int32) -> TokenAttributes
+    /// Whether `skip_special_tokens` drops `id` from generated text (vLLM's default, as Hugging Face's tokenizers skip
+    /// their special tokens): control and unknown tokens; for a SentencePiece vocabulary also the user-defined tokens
+    /// shaped like special ones (see `SentencePieceTokenizer.isSpecial`). False for an id out of range.
+    func isSpecial(_ id: Int32) -> Bool
 }
 
 extension Tokenizer {
@@ -55,6 +59,20 @@ extension Tokenizer {
     public func makeStreamingDecoder(renderSpecial: Bool = false) -> StreamingDecoder {
         StreamingDecoder(tokenizer: self, renderSpecial: renderSpecial)
     }
+
+    /// The decoder of generated text as vLLM's `skip_special_tokens` asks: true (vLLM's default) drops every
+    /// `isSpecial` token; false writes every token's text, control tokens included (`<end_of_turn>`, `<|im_end|>`).
+    public func makeStreamingDecoder(skipSpecialTokens: Bool) -> StreamingDecoder {
+        StreamingDecoder(tokenizer: self, renderSpecial: !skipSpecialTokens, skipSpecialTokens: skipSpecialTokens)
+    }
+
+    /// Text of `ids` as `makeStreamingDecoder(skipSpecialTokens:)` writes it, all at once.
+    public func decode(_ ids: [Int32], skipSpecialTokens: Bool) -> String {
+        var decoder = makeStreamingDecoder(skipSpecialTokens: skipSpecialTokens)
+        var text = ""
+        for id in ids { text += decoder.append(id) }
+        return text + decoder.finish()
+    }
 }
 
 /// Decodes tokens one at a time (as a sampler produces them), holding back the bytes of an
@@ -63,11 +81,14 @@ extension Tokenizer {
 public struct StreamingDecoder {
     public let tokenizer: any Tokenizer
     public let renderSpecial: Bool
+    /// Tokens the tokenizer calls special (`isSpecial`) contribute nothing (`skip_special_tokens`).
+    public let skipSpecialTokens: Bool
     private var pending: [UInt8] = []
 
-    public init(tokenizer: any Tokenizer, renderSpecial: Bool = false) {
+    public init(tokenizer: any Tokenizer, renderSpecial: Bool = false, skipSpecialTokens: Bool = false) {
         self.tokenizer = tokenizer
         self.renderSpecial = renderSpecial
+        self.skipSpecialTokens = skipSpecialTokens
     }
 
     /// Bytes held back waiting for the rest of a character.
@@ -75,6 +96,7 @@ public struct StreamingDecoder {
 
     /// Text completed by `id` (possibly "").
     public mutating func append(_ id: Int32) -> String {
+        if skipSpecialTokens && tokenizer.isSpecial(id) { return "" }
         pending += tokenizer.bytes(for: id, renderSpecial: renderSpecial)
         let cut = StreamingDecoder.completePrefixLength(pending)
         guard cut > 0 else { return "" }

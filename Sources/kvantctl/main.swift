@@ -329,6 +329,9 @@ struct Generate: ParsableCommand {
     @Option(parsing: .unconditional, help: "RNG seed, an integer >= 0.") var seed: Int64?
     @Option(help: "Stop string (repeatable).") var stop: [String] = []
     @Flag(name: .customLong("no-stream"), help: "Wait for the whole text.") var noStream = false
+    @Flag(name: .customLong("skip-special-tokens"), inversion: .prefixedNo,
+          help: "Leave special tokens (<end_of_turn>, <start_of_image>, …) out of the text (vLLM's skip_special_tokens).")
+    var skipSpecialTokens = true
 
     func run() throws {
         try runClient {
@@ -338,6 +341,7 @@ struct Generate: ParsableCommand {
                                         stop: stop, stream: !noStream && !connection.json)
             params.presencePenalty = presencePenalty
             params.frequencyPenalty = frequencyPenalty
+            params.skipSpecialTokens = skipSpecialTokens
             try params.validate()
             let client = try connection.connect()
             let id = client.makeID()

@@ -268,6 +268,7 @@ struct HTTPAPITests {
         try await check(#"{"prompt": "x", "max_tokens": 0}"#, status: 400, param: "max_tokens", contains: "must be in 1...")
         try await check(#"{"prompt": "x", "temperature": -1}"#, status: 400, param: "temperature", contains: "must be in [0.0, 100.0]")
         try await check(#"{"prompt": "x", "stop": [1]}"#, status: 400, param: "stop[0]", contains: "expected a string")
+        try await check(#"{"prompt": "x", "skip_special_tokens": 1}"#, status: 400, param: "skip_special_tokens", contains: "expected a boolean")
         try await check(#"{"prompt": [72, 999]}"#, status: 400, param: "prompt[1]", contains: "outside the vocabulary")
         try await check(#"{"prompt": "x", "model": "gpt-4"}"#, status: 404, param: "model", contains: "`gpt-4` does not exist")
         try await check(#"{"messages": []}"#, path: "/v1/chat/completions", status: 400, param: "messages", contains: "is empty")

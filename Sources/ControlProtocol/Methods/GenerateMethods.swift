@@ -27,6 +27,9 @@ public struct GenerateParams: Codable, Equatable, Sendable {
     /// Keep generating past end-of-sequence tokens: they are never sampled (llama.cpp's `ignore_eos`),
     /// so generation ends only at `max_tokens`, `max_model_len` or a stop string.
     public var ignoreEOS: Bool = false
+    /// vLLM's `skip_special_tokens` (default true): special tokens (control tokens such as `<end_of_turn>`, and
+    /// markers such as Gemma's `<start_of_image>`) are left out of the text; false writes their text too.
+    public var skipSpecialTokens: Bool = true
     /// Token ids to use as the prompt instead of tokenizing `prompt` (the HTTP API's token-id prompts and
     /// chat prompts tokenized without BOS). Not on the wire.
     public var promptTokenIDs: [Int]?
@@ -59,6 +62,7 @@ public struct GenerateParams: Codable, Equatable, Sendable {
         case prompt, maxTokens = "max_tokens", temperature, topP = "top_p", topK = "top_k", minP = "min_p"
         case repetitionPenalty = "repetition_penalty", seed, stop, stream
         case presencePenalty = "presence_penalty", frequencyPenalty = "frequency_penalty", ignoreEOS = "ignore_eos"
+        case skipSpecialTokens = "skip_special_tokens"
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -77,6 +81,7 @@ public struct GenerateParams: Codable, Equatable, Sendable {
         if presencePenalty != 0 { try c.encode(presencePenalty, forKey: .presencePenalty) }
         if frequencyPenalty != 0 { try c.encode(frequencyPenalty, forKey: .frequencyPenalty) }
         if ignoreEOS { try c.encode(ignoreEOS, forKey: .ignoreEOS) }
+        if !skipSpecialTokens { try c.encode(skipSpecialTokens, forKey: .skipSpecialTokens) }
     }
 
     public init(from decoder: Decoder) throws {
@@ -101,6 +106,7 @@ public struct GenerateParams: Codable, Equatable, Sendable {
         presencePenalty = try c.decodeIfPresent(Double.self, forKey: .presencePenalty) ?? 0
         frequencyPenalty = try c.decodeIfPresent(Double.self, forKey: .frequencyPenalty) ?? 0
         ignoreEOS = try c.decodeIfPresent(Bool.self, forKey: .ignoreEOS) ?? false
+        skipSpecialTokens = try c.decodeIfPresent(Bool.self, forKey: .skipSpecialTokens) ?? true
     }
 
     /// Range checks. - Throws: `KvantError(.invalidArgument)` naming the field and the allowed range.
