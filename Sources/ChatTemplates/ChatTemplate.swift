@@ -72,7 +72,8 @@ public struct ChatTemplateError: Error, CustomStringConvertible, Equatable, Send
 ///
 /// Parsing happens once in `init`; `render` is pure and may be called concurrently.
 public struct ChatTemplate: @unchecked Sendable {
-    /// Resource bounds for untrusted templates. Every limit raises `ChatTemplateError(kind: .limit)`.
+    /// Resource bounds for untrusted templates. Every limit the template hits raises `ChatTemplateError(kind: .limit)`;
+    /// a value passed to `render` nested deeper than `maxDepth` is `.invalidArgument` (the caller's input).
     public struct Limits: Sendable, Equatable {
         /// Largest template source accepted by `init`, in bytes.
         public var maxTemplateBytes: Int
@@ -184,7 +185,8 @@ public struct ChatTemplate: @unchecked Sendable {
         let root = Frame(parent: nil)
         for (k, v) in context {
             if ChatTemplate.nesting(of: v, exceeds: limits.maxDepth) {
-                throw ChatTemplateError(kind: .limit,
+                // The caller's value, not the template, is at fault: an invalid render call.
+                throw ChatTemplateError(kind: .invalidArgument,
                                         message: "the value of '\(ChatTemplateError.snippet(k))' is nested more than \(limits.maxDepth) levels deep",
                                         line: 0, column: 0, construct: nil)
             }

@@ -68,6 +68,13 @@ extension OpenAIAPI {
                                         eosToken: source.eosToken, extraContext: kwargs), source.bosToken)
         } catch let error as OpenAIError {
             throw error
+        } catch let error as ChatTemplateLimitError {
+            // The template's fault (a runaway loop or recursion, a huge output): say which template of which model.
+            let model = await engine.modelInfo.map(servedName) ?? "(none)"
+            logger.warning("the chat template went over a rendering limit", metadata: ["template": "\(origin)", "model": "\(model)",
+                                                                                     "error": "\(error)"])
+            throw OpenAIError(.badRequest, "the chat template of model '\(model)' (\(origin)) went over a rendering limit: \(error); "
+                              + "the template is at fault, not the messages (fix it, or serve another with --chat-template)")
         } catch {
             throw OpenAIError(.badRequest, "the chat template failed on these messages: \(error)", param: "messages")
         }

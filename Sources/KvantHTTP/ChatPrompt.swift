@@ -21,9 +21,17 @@ public protocol ChatPromptRenderer: Sendable {
     /// - Parameters:
     ///   - addGenerationPrompt: end with the assistant's turn header (e.g. `<|im_start|>assistant\n`).
     ///   - extraContext: `chat_template_kwargs`, visible to the template as variables.
-    /// - Throws: `OpenAIError` (400) for a conversation the template refuses (`raise_exception`) or cannot render.
+    /// - Throws: `OpenAIError` (400) for a conversation the template refuses (`raise_exception`) or cannot render;
+    ///   `ChatTemplateLimitError` when the template itself went over a rendering limit.
     func render(messages: [ChatMessage], addGenerationPrompt: Bool, bosToken: String, eosToken: String,
                 extraContext: [String: JSONValue]) throws -> String
+}
+
+/// The chat template, not the request, went over a rendering limit (`ChatTemplate.Limits`: output size, loop steps,
+/// recursion depth). The route turns it into a 400 that names the template and the model, not `messages`.
+public struct ChatTemplateLimitError: Error, CustomStringConvertible, Sendable {
+    public let error: ChatTemplateError
+    public var description: String { error.description }
 }
 
 /// A Jinja chat template rendered by the `ChatTemplates` target as transformers' `apply_chat_template` does
@@ -61,6 +69,7 @@ public struct JinjaChatRenderer: ChatPromptRenderer {
             switch error.kind {
             case .raised: throw OpenAIError(.badRequest, "the chat template refused these messages: \(error.message)", param: "messages")
             case .invalidArgument: throw OpenAIError.invalidField("chat_template_kwargs", error.message)
+            case .limit: throw ChatTemplateLimitError(error: error)
             default: throw OpenAIError(.badRequest, "the chat template failed on these messages: \(error)", param: "messages")
             }
         }

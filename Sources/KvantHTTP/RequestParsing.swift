@@ -8,7 +8,8 @@ import Foundation
 public enum RequestParsing {
     /// Parses `body` as both routes do: JSON object, sampling fields (both `max_tokens` spellings),
     /// `messages` and their content parts, then renders the messages with ChatML and with `template`.
-    /// - Throws: `OpenAIError` (400) naming the field, as the routes answer; `ChatTemplateError` never escapes.
+    /// - Throws: `OpenAIError` (400) naming the field, as the routes answer, or `ChatTemplateLimitError` for a template
+    ///   over a rendering limit; `ChatTemplateError` never escapes.
     public static func check(body: [UInt8], template: ChatTemplate? = nil) throws {
         let f = try RequestFields(body: Data(body))
         _ = try SamplingFields.parse(f, maxTokensKeys: ["max_tokens"])

@@ -146,7 +146,7 @@ import ChatTemplates
         var deep = JinjaValue.int(1)
         for _ in 0..<1000 { deep = .array([deep]) }
         let deepInput = try #require(renderError("{{ x }}", ["x": deep]))
-        #expect(deepInput.kind == .limit)
+        #expect(deepInput.kind == .invalidArgument)   // the caller's value, not the template, is at fault
         #expect(deepInput.message == "the value of 'x' is nested more than 100 levels deep")
 
         var tiny = ChatTemplate.Limits()

@@ -300,6 +300,33 @@ struct HTTPAPITests {
         try await d.stop()
     }
 
+    @Test("a chat template over a rendering limit is blamed on the template and the model, not on messages")
+    func templateLimitNamesTemplate() async throws {
+        let path = "/tmp/kvh-runaway-\(UUID().uuidString.prefix(8)).jinja"
+        try "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}".write(toFile: path, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let d = try TestHTTPDaemon(tag: "tlimit") { c, _ in c.chatTemplate = path }
+        try await d.start()
+        try await d.loadModel()
+        let r = try await d.request("POST", "/v1/chat/completions", json: #"{"messages": [{"role": "user", "content": "hi"}]}"#)
+        #expect(r.status == 400)
+        let message = r.error["message"] as? String ?? ""
+        #expect(message.hasPrefix("the chat template of model 'model' (file \(path)) went over a rendering limit: "), "\(message)")
+        #expect(message.contains("nested more than 100 levels deep"), "\(message)")
+        #expect(message.contains("the template is at fault, not the messages"), "\(message)")
+        #expect(r.error["param"] is NSNull, "\(r.text)")
+        // /tokenize renders the same way.
+        let t = try await d.request("POST", "/tokenize", json: #"{"messages": [{"role": "user", "content": "hi"}]}"#)
+        #expect(t.status == 400 && (t.error["message"] as? String)?.contains("(file \(path))") == true, "\(t.text)")
+        // A too-deep chat_template_kwargs value is the request's fault, and named as such.
+        var deep = "1"
+        for _ in 0..<150 { deep = "[" + deep + "]" }
+        let k = try await d.request("POST", "/v1/chat/completions",
+                                    json: #"{"messages": [{"role": "user", "content": "hi"}], "chat_template_kwargs": {"x": \#(deep)}}"#)
+        #expect(k.status == 400 && k.error["param"] as? String == "chat_template_kwargs", "\(k.text)")
+        try await d.stop()
+    }
+
     @Test("HTTP/1.0: closed after the response without keep-alive, kept open with it; a stream ends by closing, unchunked")
     func http10KeepAlive() async throws {
         // timeout_keep_alive far above the socket's 30 s receive timeout: only the HTTP/1.0 rules can close early.
