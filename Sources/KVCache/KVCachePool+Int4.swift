@@ -209,3 +209,59 @@ extension KVCachePool {
         }
     }
 }
+
+// Prefix caching for int4_pertoken (docs/serving.md "Prefix caching and int4_pertoken"). A sequence continued
+// after a hit of k blocks must read what a cold run reads: the 4-bit rows of positions 0 ..< k·B (the shared
+// cached blocks) and, for its first queries, the int8 rows of the hit's last `recentBlocks − 1` blocks and of
+// token 0. Those int8 rows depend on everything before them (each position's K/V comes out of attention over
+// its past), so they cannot be rebuilt from the 4-bit blocks or recomputed locally; they are copied from a ring
+// that holds them: the ring of a live sequence (the other choices of an `n > 1` request, a concurrent request
+// with the same prefix) or of one of the last `retiredRingLimit` freed sequences (a conversation's next turn,
+// a repeated prompt). A hit is shortened to the longest one some ring covers.
+extension KVCachePool {
+    /// Freed sequences whose residual rings are kept as sources for prefix-cache hits (each
+    /// `residualBytesPerSequence` bytes beside the pool).
+    static let retiredRingLimit = 4
+
+    /// Keeps the ring of a freed sequence (lock held) as a source for later hits, when it can serve one.
+    func retireRing(_ ring: KVResidualRing, hashes: [BlockHash]) {
+        guard prefixCachingEnabled, !hashes.isEmpty else { return }
+        retiredRings.append((hashes, ring))
+        if retiredRings.count > Self.retiredRingLimit { retiredRings.removeFirst(retiredRings.count - Self.retiredRingLimit) }
+    }
+
+    /// A ring holding, in every layer, token 0 and the int8 rows of logical blocks
+    /// `max(0, k − recentBlocks + 1) ..< k` of the chain ending in `hashes[k − 1]` (the blocks the queries after a
+    /// hit of `k` blocks read at int8), or nil (lock held; `k ≥ 1`). The ring's rows of those blocks are final:
+    /// its sequence wrote them for the same tokens (equal chained hash) and, like every computation of the pool,
+    /// bit for bit as any other sequence with that prefix does.
+    func residualSource(hashes: [BlockHash], k: Int) -> KVResidualRing? {
+        guard let L = residual else { return nil }
+        let first = max(0, k - L.recentBlocks + 1) * L.blockSize, end = k * L.blockSize
+        func covers(_ r: KVResidualRing, _ hs: [BlockHash]) -> Bool {
+            guard hs.count >= k, hs[k - 1] == hashes[k - 1] else { return false }
+            for l in 0..<L.numLayers where !(r.sink[l] && r.lo[l] <= first && r.hi[l] >= end) { return false }
+            return true
+        }
+        for (seq, r) in residuals { if let t = tables[seq], covers(r, t.blockHashes) { return r } }
+        for e in retiredRings.reversed() where covers(e.ring, e.hashes) { return e.ring }
+        return nil
+    }
+
+    /// Gives `seq` (fresh, its hit of `k` blocks just attached; lock held) a ring holding what `source` holds of
+    /// blocks `max(0, k − recentBlocks + 1) ..< k` and token 0, as a cold run's ring would hold them at position
+    /// `k·B`. Without memory for a ring the sequence reads those positions at int4 (as `write` does then).
+    func attachResidual(_ seq: SequenceID, from source: KVResidualRing, k: Int) {
+        guard let L = residual, let ring = residualRing(seq) else { return }
+        let first = max(0, k - L.recentBlocks + 1)
+        let slotBytes = L.numLayers * L.blockStride   // slot s of every layer: contiguous
+        for s in Set((first..<k).map { $0 % L.ringBlocks } + [L.ringBlocks]) {
+            (ring.mem + s * slotBytes).copyMemory(from: source.mem + s * slotBytes, byteCount: slotBytes)
+        }
+        for l in 0..<L.numLayers {
+            ring.lo[l] = first * L.blockSize
+            ring.hi[l] = k * L.blockSize
+            ring.sink[l] = true
+        }
+    }
+}
