@@ -130,7 +130,8 @@ extension KVCachePool {
     /// int4 attention in the cache's (rotated) basis: keys `first...position`, where the query's recent blocks
     /// (`max(first, (position / B − 3) · B) ... position`, as far as the ring holds them) and token 0 are read from
     /// the int8 residual and the rest from the 4-bit blocks; the partial softmaxes are merged (`kv_attend_merge`).
-    /// With `threads > 1` the 4-bit range is split over threads like `attendInCacheBasis`'s split-K.
+    /// With `threads > 1` (the caller's split-K part count) the 4-bit range is split into that many parts of equal work
+    /// counting the int8 ring and sink with the last one, run over threads like `attendInCacheBasis`'s split-K.
     func attendInt4(table: BlockTable, ring: KVResidualRing?, layer: Int, first: Int, position: Int, threads: Int,
                     query: UnsafePointer<Float>, numHeads: Int, scale: Float, output: UnsafeMutablePointer<Float>) {
         let B = spec.blockSize
@@ -148,12 +149,18 @@ extension KVCachePool {
         if useSink { segs.append((2, 0, 0)) }
         let lowFirst = useSink ? 1 : first
         if lowFirst <= resStart - 1 {
+            // `threads` parts of equal work over all keys (the caller's split-K count): the 4-bit range is cut so that
+            // its last part plus the int8 ring (and the sink) weigh what each other part does. Cutting the 4-bit
+            // range alone left a 512-token window layer in one 448-key part beside a 64-key ring: one thread idle.
             let keys = resStart - lowFirst
-            let parts = threads > 1 ? max(1, min(threads, keys / 256, 62)) : 1
+            let total = position - first + 1
+            let parts = threads > 1 ? max(1, min(threads, keys / 64, 62)) : 1
+            let share = (total + parts - 1) / parts
             var start = lowFirst
             for p in 1...parts {
-                var end = p == parts ? resStart : lowFirst + p * keys / parts
-                if p < parts { end = max(end / B * B, start + 1) }
+                var end = p == parts ? resStart : min(resStart, lowFirst + p * share)
+                if p < parts { end = end / B * B }   // on a block start (an empty part joins the next)
+                guard end > start else { continue }
                 segs.append((0, start, end - 1))
                 start = end
             }
