@@ -241,7 +241,9 @@ extension KVCachePool {
     /// `max(0, k − recentBlocks + 1) ..< k` of the chain ending in `hashes[k − 1]` (the blocks the queries after a
     /// hit of `k` blocks read at int8), or nil (lock held; `k ≥ 1`). The ring's rows of those blocks are final:
     /// its sequence wrote them for the same tokens (equal chained hash) and, like every computation of the pool,
-    /// bit for bit as any other sequence with that prefix does.
+    /// bit for bit as any other sequence with that prefix does. A live sequence's ring is read here while its own
+    /// writes update it outside the lock: `attachCachedPrefix` must not run during another sequence's forward pass
+    /// (the engine calls both on its one compute thread).
     func residualSource(hashes: [BlockHash], k: Int) -> KVResidualRing? {
         guard let L = residual else { return nil }
         let first = max(0, k - L.recentBlocks + 1) * L.blockSize, end = k * L.blockSize
