@@ -2,17 +2,11 @@
  * (kv_q4.c's formats) with no dequantized copy: AVX2 and AVX-512 variants of kv_attention.c's per-KV-head
  * kernel, same online softmax (FlashAttention style, chunks of <= 32 positions that never cross a block).
  *
- * AVX2: K groups of 32 are asymmetric (x^ = m + q d, q in 0..15), so per group
+ * Scores: K groups of 32 are asymmetric (x^ = m + q d, q in 0..15), so per group
  *   q . k^ = d (q . nibbles) + m (sum of q over the group),
  * the group sums of the query computed once per call. Values: V groups of 64 are symmetric (x^ = (n - 8) d);
  * the softmax weight of a position is multiplied by the group's d and the nibbles, widened to fp32 and
- * re-centred by 8, are accumulated with FMA.
- * AVX-512: per group a 16-entry table of its levels (K: m + c d, V: (c - 8) d, exactly the values
- * kv_load_row_q4k/_q4v give) is built in one register and the 4-bit codes index it with vpermps (which reads
- * only the low 4 bits of each 32-bit index lane: the high nibble needs one shift, no mask); the dequantized
- * values then meet the query and the weights in fp32 FMAs as in the int8 kernel. Measured on this machine
- * (Gemma 3 shape, 8192 positions, one thread, in cache): 20 % less time than the factored form.
- * head_dim must be a multiple of 64 (checked by the pool). */
+ * re-centred by 8, are accumulated with FMA. head_dim must be a multiple of 64 (checked by the pool). */
 #include <immintrin.h>
 #include <math.h>
 #include <string.h>
@@ -215,22 +209,23 @@ KV_Q4_T512 static inline __m512 kv_q4_exp512(__m512 x) {
     return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
 }
 
-/* 16 4-bit codes (one per 32-bit lane, in bits 0..3; higher bits ignored) -> table[code]: one vpermps. */
-KV_Q4_T512 static inline __m512 kv_q4_lookup(__m512i codes, __m512 table) { return _mm512_permutexvar_ps(codes, table); }
+KV_Q4_T512 static inline __m512 kv_q4_u8x16(__m128i x) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(x)); }
 
-/* Scores and values read as the dequantized rows (exactly kv_load_row_q4k / _q4v's values): per group, a 16-entry
- * table of its 16 levels (K: m + c d, V: (c - 8) d; each an exact or once-rounded fp32, as the load functions
- * give) is built once and the codes index it with vpermps (no per-value widening, conversion or re-centring);
- * then fp32 FMAs as the int8 kernel does. */
 KV_Q4_T512 static inline __attribute__((always_inline)) void
 kv_q4_lanes512(const kv_layer_view *vw, const int NL, const int g, const int first, const int last,
                const float *const *q, const float scale, float *acc, float *ml) {
     const int D = vw->head_dim;
     const int NGK = D / KV_Q4K_GROUP, NGV = D / KV_Q4V_GROUP;
     const size_t krow = (size_t)NGK * KV_Q4K_GROUP_BYTES, vrow = (size_t)NGV * KV_Q4V_GROUP_BYTES;
-    const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    const __m512 iota8 = _mm512_sub_ps(iota, _mm512_set1_ps(8.0f));
-    const __m512i lane0 = _mm512_setzero_si512(), lane1 = _mm512_set1_epi32(1);
+    const __m128i mask = _mm_set1_epi8(15);
+    const __m512 eight = _mm512_set1_ps(8.0f);
+    float qsum[4][KV_Q4_MAXD / KV_Q4K_GROUP];
+    for (int j = 0; j < NL; j++)
+        for (int k = 0; k < NGK; k++) {
+            float s = 0.0f;
+            for (int i = 0; i < KV_Q4K_GROUP; i++) s += q[j][k * KV_Q4K_GROUP + i];
+            qsum[j][k] = s;
+        }
     float m[4], l[4];
     float sc[4][KV_Q4_CHUNK] __attribute__((aligned(64)));
     float pr[4][KV_Q4_CHUNK] __attribute__((aligned(64)));
@@ -244,24 +239,25 @@ kv_q4_lanes512(const kv_layer_view *vw, const int NL, const int g, const int fir
         const int n = kv_q4_chunk(vw, g, t, last, krow, vrow, &K, &V);
         for (int i = 0; i < n; i++) {
             const uint8_t *kr = K + (size_t)i * krow;
-            __m512 a[4], b[4];
-            for (int j = 0; j < NL; j++) { a[j] = _mm512_setzero_ps(); b[j] = _mm512_setzero_ps(); }
+            __m512 a[4];
+            for (int j = 0; j < NL; j++) a[j] = _mm512_setzero_ps();
+            float s[4] = {0, 0, 0, 0};
             for (int k = 0; k < NGK; k++) {
                 const uint8_t *gp = kr + (size_t)k * KV_Q4K_GROUP_BYTES;
-                int32_t dm;
-                memcpy(&dm, gp, 4);
-                const __m512 dmv = _mm512_cvtph_ps(_mm256_set1_epi32(dm));   /* d, m, d, m, ... */
-                const __m512 tab = _mm512_fmadd_ps(iota, _mm512_permutexvar_ps(lane0, dmv),
-                                                   _mm512_permutexvar_ps(lane1, dmv));
-                const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(gp + 4)));
-                const __m512 k0 = kv_q4_lookup(c, tab), k1 = kv_q4_lookup(_mm512_srli_epi32(c, 4), tab);
+                const float d = kv_q4_f16(gp), mn = kv_q4_f16(gp + 2);
+                const __m128i b = _mm_loadu_si128((const __m128i *)(gp + 4));
+                const __m512 k0 = kv_q4_u8x16(_mm_and_si128(b, mask));
+                const __m512 k1 = kv_q4_u8x16(_mm_and_si128(_mm_srli_epi16(b, 4), mask));
+                const __m512 dv = _mm512_set1_ps(d);
                 const int base = k * KV_Q4K_GROUP;
                 for (int j = 0; j < NL; j++) {
-                    a[j] = _mm512_fmadd_ps(_mm512_loadu_ps(q[j] + base), k0, a[j]);
-                    b[j] = _mm512_fmadd_ps(_mm512_loadu_ps(q[j] + base + 16), k1, b[j]);
+                    const __m512 t2 = _mm512_fmadd_ps(_mm512_loadu_ps(q[j] + base + 16), k1,
+                                                      _mm512_mul_ps(_mm512_loadu_ps(q[j] + base), k0));
+                    a[j] = _mm512_fmadd_ps(dv, t2, a[j]);
+                    s[j] += mn * qsum[j][k];
                 }
             }
-            for (int j = 0; j < NL; j++) sc[j][i] = _mm512_reduce_add_ps(_mm512_add_ps(a[j], b[j])) * scale;
+            for (int j = 0; j < NL; j++) sc[j][i] = (_mm512_reduce_add_ps(a[j]) + s[j]) * scale;
         }
 
         const int n16 = (n + 15) & ~15;
@@ -271,24 +267,20 @@ kv_q4_lanes512(const kv_layer_view *vw, const int NL, const int g, const int fir
             const float corr = m[j] == -INFINITY ? 0.0f : expf(m[j] - mx);
             if (corr != 1.0f) {
                 float *aj = acc + (size_t)j * D;
-                const __m512 cr = _mm512_set1_ps(corr);
-                for (int d = 0; d < D; d += 16) _mm512_storeu_ps(aj + d, _mm512_mul_ps(_mm512_loadu_ps(aj + d), cr));
+                const __m512 c = _mm512_set1_ps(corr);
+                for (int d = 0; d < D; d += 16) _mm512_storeu_ps(aj + d, _mm512_mul_ps(_mm512_loadu_ps(aj + d), c));
                 l[j] *= corr;
             }
             const __m512 vmx = _mm512_set1_ps(mx);
-            __m512 sum = _mm512_setzero_ps();
-            for (int i = 0; i < n16; i += 16) {
-                const __m512 e = kv_q4_exp512(_mm512_sub_ps(_mm512_load_ps(&sc[j][i]), vmx));
-                _mm512_store_ps(&pr[j][i], e);
-                const __mmask16 live = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
-                sum = _mm512_mask_add_ps(sum, live, sum, e);
-            }
-            l[j] += _mm512_reduce_add_ps(sum);
+            for (int i = 0; i < n16; i += 16)
+                _mm512_store_ps(&pr[j][i], kv_q4_exp512(_mm512_sub_ps(_mm512_load_ps(&sc[j][i]), vmx)));
+            float sum = 0.0f;
+            for (int i = 0; i < n; i++) sum += pr[j][i];
+            l[j] += sum;
             m[j] = mx;
         }
 
-        /* one V group of 64 columns = 4 zmm per query head (NL <= 4: 16 accumulators); byte b of the group holds
-         * columns b (low nibble) and b + 32 (high nibble) */
+        /* one V group of 64 columns = 4 zmm per query head (NL <= 4: 16 accumulators) */
         for (int k = 0; k < NGV; k++) {
             const int col = k * KV_Q4V_GROUP;
             __m512 o[4][4];
@@ -296,16 +288,15 @@ kv_q4_lanes512(const kv_layer_view *vw, const int NL, const int g, const int fir
                 for (int s4 = 0; s4 < 4; s4++) o[j][s4] = _mm512_loadu_ps(acc + (size_t)j * D + col + 16 * s4);
             for (int i = 0; i < n; i++) {
                 const uint8_t *gp = V + (size_t)i * vrow + (size_t)k * KV_Q4V_GROUP_BYTES;
-                int16_t dh;
-                memcpy(&dh, gp, 2);
-                const __m512 tab = _mm512_mul_ps(iota8, _mm512_cvtph_ps(_mm256_set1_epi16(dh)));
-                const __m512i c0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(gp + 2)));
-                const __m512i c1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(gp + 18)));
-                const __m512 v0 = kv_q4_lookup(c0, tab), v1 = kv_q4_lookup(c1, tab);
-                const __m512 v2 = kv_q4_lookup(_mm512_srli_epi32(c0, 4), tab);
-                const __m512 v3 = kv_q4_lookup(_mm512_srli_epi32(c1, 4), tab);
+                const float dv = kv_q4_f16(gp);
+                const __m128i b0 = _mm_loadu_si128((const __m128i *)(gp + 2));
+                const __m128i b1 = _mm_loadu_si128((const __m128i *)(gp + 18));
+                const __m512 v0 = _mm512_sub_ps(kv_q4_u8x16(_mm_and_si128(b0, mask)), eight);
+                const __m512 v1 = _mm512_sub_ps(kv_q4_u8x16(_mm_and_si128(b1, mask)), eight);
+                const __m512 v2 = _mm512_sub_ps(kv_q4_u8x16(_mm_and_si128(_mm_srli_epi16(b0, 4), mask)), eight);
+                const __m512 v3 = _mm512_sub_ps(kv_q4_u8x16(_mm_and_si128(_mm_srli_epi16(b1, 4), mask)), eight);
                 for (int j = 0; j < NL; j++) {
-                    const __m512 p = _mm512_set1_ps(pr[j][i]);
+                    const __m512 p = _mm512_set1_ps(pr[j][i] * dv);
                     o[j][0] = _mm512_fmadd_ps(p, v0, o[j][0]);
                     o[j][1] = _mm512_fmadd_ps(p, v1, o[j][1]);
                     o[j][2] = _mm512_fmadd_ps(p, v2, o[j][2]);
