@@ -9,7 +9,7 @@ offset): a cold request (document + question A) and then a warm one (the same do
 measured as a streaming client sees it (request sent → first chunk with text). Runs alternate Kvant /
 llama-server; medians and min–max are reported, and Kvant's `stats` prefix_cache_hits must show the hits.
 
-    scripts/bench_prefix_cache.py [--model M] [--threads 2] [--runs 5] [--prefix-tokens 1000] [--kv fp16|int8]
+    scripts/bench_prefix_cache.py [--model M] [--threads 2] [--runs 5] [--prefix-tokens 1000] [--kv fp16|int8|int4]
 
 llama-server comes from ~/.cache/kvant/llama.cpp-0.3.36/build/bin (or --llama-server); without it only Kvant
 is measured. Prints a Markdown table (paste into BENCHMARKS.md with the machine conditions).
@@ -49,12 +49,12 @@ def main():
     common_arguments(ap)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--prefix-tokens", type=int, default=1000)
-    ap.add_argument("--kv", choices=["fp16", "int8"], default="fp16")
+    ap.add_argument("--kv", choices=["fp16", "int8", "int4"], default="fp16")
     args = ap.parse_args()
     model = os.path.realpath(args.model)
     llama = find_llama_server(args.llama_server, "bench-prefix-cache")
-    kv_dtype = {"fp16": "fp16", "int8": "int8_pertoken"}[args.kv]
-    llama_kv = {"fp16": "f16", "int8": "q8_0"}[args.kv]
+    kv_dtype = {"fp16": "fp16", "int8": "int8_pertoken", "int4": "int4_pertoken"}[args.kv]
+    llama_kv = {"fp16": "f16", "int8": "q8_0", "int4": "q4_0"}[args.kv]
     text = open("/usr/share/common-licenses/GPL-3").read()
 
     # Kvant and llama-server both stay up for the whole benchmark; runs alternate between them.

@@ -39,7 +39,7 @@ extension KVCachePool {
     public func free(_ seq: SequenceID) {
         lock.lock(); defer { lock.unlock() }
         guard let table = tables.removeValue(forKey: seq) else { return }
-        residuals.removeValue(forKey: seq)
+        if let ring = residuals.removeValue(forKey: seq) { retireRing(ring, hashes: table.blockHashes) }
         promisedBlocks -= table.promised
         for ids in table.groups {
             for id in ids.reversed() where id != BlockTable.nullBlock { releaseBlock(id) }

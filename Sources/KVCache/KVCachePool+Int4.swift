@@ -130,7 +130,8 @@ extension KVCachePool {
     /// int4 attention in the cache's (rotated) basis: keys `first...position`, where the query's recent blocks
     /// (`max(first, (position / B − 3) · B) ... position`, as far as the ring holds them) and token 0 are read from
     /// the int8 residual and the rest from the 4-bit blocks; the partial softmaxes are merged (`kv_attend_merge`).
-    /// With `threads > 1` the 4-bit range is split over threads like `attendInCacheBasis`'s split-K.
+    /// With `threads > 1` (the caller's split-K part count) the 4-bit range is split into that many parts of equal work
+    /// counting the int8 ring and sink with the last one, run over threads like `attendInCacheBasis`'s split-K.
     func attendInt4(table: BlockTable, ring: KVResidualRing?, layer: Int, first: Int, position: Int, threads: Int,
                     query: UnsafePointer<Float>, numHeads: Int, scale: Float, output: UnsafeMutablePointer<Float>) {
         let B = spec.blockSize
@@ -148,12 +149,18 @@ extension KVCachePool {
         if useSink { segs.append((2, 0, 0)) }
         let lowFirst = useSink ? 1 : first
         if lowFirst <= resStart - 1 {
+            // `threads` parts of equal work over all keys (the caller's split-K count): the 4-bit range is cut so that
+            // its last part plus the int8 ring (and the sink) weigh what each other part does. Cutting the 4-bit
+            // range alone left a 512-token window layer in one 448-key part beside a 64-key ring: one thread idle.
             let keys = resStart - lowFirst
-            let parts = threads > 1 ? max(1, min(threads, keys / 256, 62)) : 1
+            let total = position - first + 1
+            let parts = threads > 1 ? max(1, min(threads, keys / 64, 62)) : 1
+            let share = (total + parts - 1) / parts
             var start = lowFirst
             for p in 1...parts {
-                var end = p == parts ? resStart : lowFirst + p * keys / parts
-                if p < parts { end = max(end / B * B, start + 1) }
+                var end = p == parts ? resStart : min(resStart, lowFirst + p * share)
+                if p < parts { end = end / B * B }   // on a block start (an empty part joins the next)
+                guard end > start else { continue }
                 segs.append((0, start, end - 1))
                 start = end
             }
@@ -206,6 +213,64 @@ extension KVCachePool {
                     }
                 }
             }
+        }
+    }
+}
+
+// Prefix caching for int4_pertoken (docs/serving.md "Prefix caching and int4_pertoken"). A sequence continued
+// after a hit of k blocks must read what a cold run reads: the 4-bit rows of positions 0 ..< k·B (the shared
+// cached blocks) and, for its first queries, the int8 rows of the hit's last `recentBlocks − 1` blocks and of
+// token 0. Those int8 rows depend on everything before them (each position's K/V comes out of attention over
+// its past), so they cannot be rebuilt from the 4-bit blocks or recomputed locally; they are copied from a ring
+// that holds them: the ring of a live sequence (the other choices of an `n > 1` request, a concurrent request
+// with the same prefix) or of one of the last `retiredRingLimit` freed sequences (a conversation's next turn,
+// a repeated prompt). A hit is shortened to the longest one some ring covers.
+extension KVCachePool {
+    /// Freed sequences whose residual rings are kept as sources for prefix-cache hits (each
+    /// `residualBytesPerSequence` bytes beside the pool).
+    static let retiredRingLimit = 4
+
+    /// Keeps the ring of a freed sequence (lock held) as a source for later hits, when it can serve one.
+    func retireRing(_ ring: KVResidualRing, hashes: [BlockHash]) {
+        guard prefixCachingEnabled, !hashes.isEmpty else { return }
+        retiredRings.append((hashes, ring))
+        if retiredRings.count > Self.retiredRingLimit { retiredRings.removeFirst(retiredRings.count - Self.retiredRingLimit) }
+    }
+
+    /// A ring holding, in every layer, token 0 and the int8 rows of logical blocks
+    /// `max(0, k − recentBlocks + 1) ..< k` of the chain ending in `hashes[k − 1]` (the blocks the queries after a
+    /// hit of `k` blocks read at int8), or nil (lock held; `k ≥ 1`). The ring's rows of those blocks are final:
+    /// its sequence wrote them for the same tokens (equal chained hash) and, like every computation of the pool,
+    /// bit for bit as any other sequence with that prefix does. A live sequence's ring is read here while its own
+    /// writes update it outside the lock: `attachCachedPrefix` must not run during another sequence's forward pass
+    /// (the engine calls both on its one compute thread).
+    func residualSource(hashes: [BlockHash], k: Int) -> KVResidualRing? {
+        guard let L = residual else { return nil }
+        let first = max(0, k - L.recentBlocks + 1) * L.blockSize, end = k * L.blockSize
+        func covers(_ r: KVResidualRing, _ hs: [BlockHash]) -> Bool {
+            guard hs.count >= k, hs[k - 1] == hashes[k - 1] else { return false }
+            for l in 0..<L.numLayers where !(r.sink[l] && r.lo[l] <= first && r.hi[l] >= end) { return false }
+            return true
+        }
+        for (seq, r) in residuals { if let t = tables[seq], covers(r, t.blockHashes) { return r } }
+        for e in retiredRings.reversed() where covers(e.ring, e.hashes) { return e.ring }
+        return nil
+    }
+
+    /// Gives `seq` (fresh, its hit of `k` blocks just attached; lock held) a ring holding what `source` holds of
+    /// blocks `max(0, k − recentBlocks + 1) ..< k` and token 0, as a cold run's ring would hold them at position
+    /// `k·B`. Without memory for a ring the sequence reads those positions at int4 (as `write` does then).
+    func attachResidual(_ seq: SequenceID, from source: KVResidualRing, k: Int) {
+        guard let L = residual, let ring = residualRing(seq) else { return }
+        let first = max(0, k - L.recentBlocks + 1)
+        let slotBytes = L.numLayers * L.blockStride   // slot s of every layer: contiguous
+        for s in Set((first..<k).map { $0 % L.ringBlocks } + [L.ringBlocks]) {
+            (ring.mem + s * slotBytes).copyMemory(from: source.mem + s * slotBytes, byteCount: slotBytes)
+        }
+        for l in 0..<L.numLayers {
+            ring.lo[l] = first * L.blockSize
+            ring.hi[l] = k * L.blockSize
+            ring.sink[l] = true
         }
     }
 }

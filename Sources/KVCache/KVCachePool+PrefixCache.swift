@@ -35,7 +35,9 @@ extension KVCachePool {
     /// Blocks taken out of the free queue, and the promise an admitted sequence (`admit`) still needs from
     /// the hit on (its peak minus the blocks it holds, plus the window blocks it shares with other sequences,
     /// whose release frees nothing), come out of its promise and the free blocks nobody was promised; the hit
-    /// is shortened when there are not enough. Counts `prompt.count` queried tokens and `hit` hit tokens
+    /// is shortened when there are not enough. `int4_pertoken`: the hit is also shortened to the longest whose int8
+    /// residual rows (token 0 and its last `int4RecentBlocks − 1` blocks) a live or recently freed sequence's ring
+    /// holds; they are copied into the sequence's ring (`residualSource`). Counts `prompt.count` queried tokens and `hit` hit tokens
     /// (`stats`).
     /// - Returns: the hit length in tokens; 0 when prefix caching is off, the sequence is unknown or not
     ///   fresh (already grown), or nothing usable is cached.
@@ -97,15 +99,27 @@ extension KVCachePool {
             guard let admission = table.admission else { return (revived, 0, 0) }
             return (revived, max(0, peakBlocks(admission, from: k * B) - held), sharedWindow)
         }
+        // int4_pertoken: a hit also needs a ring that holds its int8 residual rows (KVCachePool+Int4.swift).
+        func residualOK(_ k: Int) -> (ok: Bool, source: KVResidualRing?) {
+            guard residual != nil else { return (true, nil) }
+            let s = residualSource(hashes: hashes, k: k)
+            return (s != nil, s)
+        }
         var k = hashes.count
+        var source: KVResidualRing? = nil
         while k > 0 {
             if usable(k) {
-                let c = cost(k)
-                if c.revived + c.promise + c.credits <= blocksAvailable(to: table) { break }
+                let r = residualOK(k)
+                if r.ok {
+                    let c = cost(k)
+                    if c.revived + c.promise + c.credits <= blocksAvailable(to: table) { source = r.source; break }
+                }
             }
             k -= 1
         }
         guard k > 0 else { return 0 }
+        // The ring the hit's residual rows go to; without memory for it, no hit (never a silently different output).
+        if source != nil, residualRing(seq) == nil { return 0 }
         let (_, promise, credits) = cost(k)
         for gi in groups.indices {
             let first = firstNeeded(gi, k)
@@ -130,6 +144,7 @@ extension KVCachePool {
         table.tokens = Array(prompt[0..<(k * B)])
         table.blockHashes = Array(hashes[0..<k])
         tables[seq] = table
+        if let source { attachResidual(seq, from: source, k: k) }
         prefixHits += Int64(k * B)
         return k * B
     }

@@ -61,6 +61,10 @@ public final class KVCachePool: @unchecked Sendable {
     let isInt4: Bool
     let residual: KVResidualLayout?
     var residuals: [SequenceID: KVResidualRing] = [:]
+    /// `int4_pertoken` with prefix caching: the rings of the last `retiredRingLimit` freed sequences, with the
+    /// chained hashes of their full blocks, kept as sources of the int8 rows a prefix-cache hit needs
+    /// (`residualSource`); the most recently freed last.
+    var retiredRings: [(hashes: [BlockHash], ring: KVResidualRing)] = []
     let vOffset: Int
     let ksOffset: Int
     let vsOffset: Int
@@ -209,10 +213,9 @@ public final class KVCachePool: @unchecked Sendable {
         memset(mem, 0, total)
         storage = mem
         blocks = BlockPool(numBlocks: numBlocks)
-        // Not for int4_pertoken: a sequence continued from cached 4-bit blocks has no int8 residual for them
-        // (each query's last blocks and token 0 would be read at 4 bits), so its outputs would differ from a
-        // cold run's; prefix caching must not change outputs.
-        prefixCachingEnabled = enablePrefixCaching && dt != .int4PerToken
+        // int4_pertoken too: a hit also takes the int8 residual rows of its last blocks and of token 0 from a
+        // ring that holds them (`residualSource`), so a continued sequence reads what a cold run reads.
+        prefixCachingEnabled = enablePrefixCaching
         blockKey = [PrefixKey?](repeating: nil, count: numBlocks)
         blockCredit = [Int32](repeating: 0, count: numBlocks)
         prefixSeed = BlockHash(digestOf: Array("kvant-prefix-cache-v1 \(dt.rawValue) rotation \(rotationGroup) block_size \(B)".utf8))

@@ -318,14 +318,82 @@ struct PrefixCacheTests {
         let o2 = off.createSequence()
         #expect(off.attachCachedPrefix(o2, prompt: [Int32](1...9)) == 0 && off.prefixCachedBlocks == 0)
         #expect(off.stats().prefixCacheQueries == 0 && !off.stats().prefixCaching)
-        // int4_pertoken: off even when asked (a hit would skip the int8 residual of the cached positions).
-        let int4Spec = KVCacheSpec(numLayers: 2, numKVHeads: 1, headDim: 64, dtype: .int4PerToken, blockSize: 4)
-        let int4 = try KVCachePool(spec: int4Spec, byteBudget: 1 << 20, enablePrefixCaching: true)
-        let i = int4.createSequence()
-        #expect(int4.reserve(i, newLength: 9) == .ok)
-        int4.commit(i, tokens: [Int32](1...9), from: 0)
-        #expect(int4.attachCachedPrefix(int4.createSequence(), prompt: [Int32](1...9)) == 0)
-        #expect(!int4.stats().prefixCaching && int4.prefixCachedBlocks == 0)
+    }
+
+    /// int4_pertoken: a pool with `rows` writes positions `0 ..< tokens.count` of `seq` (from `start`), both layers,
+    /// one position at a time (decode order), and returns the attention outputs at positions `from...`.
+    static func int4Run(_ pool: KVCachePool, _ seq: SequenceID, tokens: [Int32], start: Int, attendFrom: Int,
+                        rows: (Int32, Int) -> (k: [Float], v: [Float], q: [Float])) -> [[Float]] {
+        let D = pool.spec.headDim
+        var outs: [[Float]] = []
+        #expect(pool.reserve(seq, newLength: tokens.count) == .ok)
+        for p in start..<tokens.count {
+            let (k, v, q) = rows(tokens[p], p)
+            for l in 0..<pool.spec.numLayers {
+                #expect(pool.write(layer: l, sequence: seq, position: p, key: k, value: v))
+            }
+            pool.commit(seq, tokens: [tokens[p]], from: p)
+            guard p >= attendFrom else { continue }
+            for l in 0..<pool.spec.numLayers {
+                var out = [Float](repeating: .nan, count: D)
+                pool.attend(layer: l, sequence: seq, position: p, query: q, numHeads: 1, window: pool.spec.layerWindows[l],
+                            scale: 0.125, output: &out)
+                outs.append(out)
+            }
+        }
+        return outs
+    }
+
+    @Test("int4_pertoken: a hit takes its int8 residual rows (last 3 blocks, token 0) from a ring that holds them; the continued sequence attends bit for bit as a cold one")
+    func int4Hits() throws {
+        // block_size 4, 4 recent blocks, micro-batch 4: a ring of 6 blocks + token 0.
+        // Layer 1 has a 12-token sliding window.
+        let spec = KVCacheSpec(numLayers: 2, numKVHeads: 1, headDim: 64, dtype: .int4PerToken, blockSize: 4,
+                               layerWindows: [nil, 12])
+        let pool = try KVCachePool(spec: spec, byteBudget: 1 << 20, prefillChunk: 4, enablePrefixCaching: true)
+        #expect(pool.stats().prefixCaching)
+        // The K/V of a position depend on its token and position only (as a model's do given the same prefix);
+        // the query too. Distinct magnitudes per position so that int8 and int4 reads differ.
+        func rows(_ token: Int32, _ p: Int) -> (k: [Float], v: [Float], q: [Float]) {
+            var rng = SplitMix64(seed: UInt64(UInt32(bitPattern: token)) &* 1000 &+ UInt64(p))
+            return (rng.floats(64, scale: Float(1 + p % 5)), rng.floats(64, scale: 2), rng.floats(64, scale: 3))
+        }
+        let a = [Int32](1...40)
+        let first = pool.createSequence()
+        _ = Self.int4Run(pool, first, tokens: a, start: 0, attendFrom: 40, rows: rows)
+        // Cold reference: a pool without prefix caching, every position computed.
+        func cold(_ tokens: [Int32], from: Int) throws -> [[Float]] {
+            let off = try KVCachePool(spec: spec, byteBudget: 1 << 20, prefillChunk: 4, enablePrefixCaching: false)
+            return Self.int4Run(off, off.createSequence(), tokens: tokens, start: 0, attendFrom: from, rows: rows)
+        }
+        func continued(_ tokens: [Int32], promptLength: Int) -> (hit: Int, outs: [[Float]]) {
+            let s = pool.createSequence()
+            let hit = pool.attachCachedPrefix(s, prompt: Array(tokens[0..<promptLength]))
+            return (hit, Self.int4Run(pool, s, tokens: tokens, start: hit, attendFrom: hit, rows: rows))
+        }
+        // 1. The same 40 tokens and more, while the first sequence is live: its ring holds blocks 4...9 and token 0.
+        let b = a + [Int32](100..<108)
+        let rb = continued(b, promptLength: 41)
+        #expect(rb.hit == 40)
+        #expect(rb.outs == (try cold(b, from: 40)))
+        // 2. After the first is freed (its ring retired): a prompt sharing 7 blocks hits 7 (blocks 4...6 in the ring).
+        pool.free(first)
+        let c = Array(a[0..<28]) + [Int32](200..<215)
+        let rc = continued(c, promptLength: 40)
+        #expect(rc.hit == 28)
+        #expect(rc.outs == (try cold(c, from: 28)))
+        // 3. Sharing 4 blocks: blocks 1...3 are in no ring (the first's held 4...9; the continued ones from their
+        //    hits on), although the pool still caches blocks 0...3: no hit, rather than reading them at int4.
+        let d = Array(a[0..<16]) + [Int32](300..<310)
+        #expect(pool.prefixCachedBlocks >= 10)
+        let rd = continued(d, promptLength: 20)
+        #expect(rd.hit == 0)
+        #expect(rd.outs == (try cold(d, from: 0)))
+        // The int8 rows matter: reading the hit's last blocks at int4 gives other outputs (else this test proves
+        // nothing): the same continuation of c in a pool without the residual (every position int4) differs.
+        let noRes = try KVCachePool(spec: spec, byteBudget: 1 << 20, prefillChunk: 4, int4RecentBlocks: 0,
+                                    enablePrefixCaching: false)
+        #expect(Self.int4Run(noRes, noRes.createSequence(), tokens: c, start: 0, attendFrom: 28, rows: rows) != rc.outs)
     }
 
     @Test("block hashes: 128-bit truncated SHA-256 of parent ‖ token ids ‖ epoch; pools of other dtypes chain from other seeds")

@@ -9,8 +9,9 @@ import Testing
 
 /// Automatic prefix caching on the real model (Gemma 3 270M: 3 full-attention layers, 15 with a 512-token
 /// window): the same requests with prefix caching on and off give the same tokens, greedy and seeded, for
-/// every kv_cache_dtype, across a `reload-scales`, and for prompts longer than the window; `stats` shows the
-/// hits (whole blocks of the shared prefix, at most the prompt minus its last token).
+/// every kv_cache_dtype (int4_pertoken too: a hit also takes its int8 residual rows from the ring of the earlier
+/// request), across a `reload-scales`, and for prompts longer than the window; `stats` shows the hits (whole blocks
+/// of the shared prefix, at most the prompt minus its last token).
 @Suite(.serialized, .enabled(if: RealModel.path != nil, RealModel.skipReason))
 struct PrefixCacheRealModelTests {
     func makeEngine(_ dtype: KVCacheDType, prefixCaching: Bool, scales: String? = nil, maxModelLen: Int = 1024) async throws -> Engine {
@@ -67,7 +68,7 @@ struct PrefixCacheRealModelTests {
     }
 
     @Test("on == off token for token, greedy and seeded, and the shared prefix is served from the cache",
-          arguments: [KVCacheDType.auto, .fp16, .bf16, .fp32, .int8PerTensor, .int8PerTensorPerHead, .int8PerToken])
+          arguments: [KVCacheDType.auto, .fp16, .bf16, .fp32, .int8PerTensor, .int8PerTensorPerHead, .int8PerToken, .int4PerToken])
     func onEqualsOff(dtype: KVCacheDType) async throws {
         let scales = dtype.usesStaticScales ? try scaleFile(0.5, name: "a.json") : nil
         let params = requests()
@@ -118,7 +119,7 @@ struct PrefixCacheRealModelTests {
     }
 
     @Test("sliding window: prompts of 700+ tokens sharing 600 hit only what the window layers still hold; on == off",
-          arguments: [KVCacheDType.fp16, .int8PerToken])
+          arguments: [KVCacheDType.fp16, .int8PerToken, .int4PerToken])
     func longerThanWindow(dtype: KVCacheDType) async throws {
         var words: [String] = []
         var rng = SplitMix64(seed: 5)
