@@ -400,7 +400,8 @@ public actor Engine {
             prefillTokensPerSecond: counters.prefillTokensPerSecond,
             decodeTokensPerSecond: counters.decodeTokensPerSecond,
             decodeBatchMean: batches.batches > 0 ? Double(batches.rows) / Double(batches.batches) : 0,
-            uptimeSeconds: uptimeSeconds, rssBytes: residentSetBytes(), connections: counters.connections)
+            uptimeSeconds: uptimeSeconds, rssBytes: residentSetBytes(), connections: counters.connections,
+            numPreemptions: steps.preemptions)
     }
 
     public func stats() throws -> StatsResult {

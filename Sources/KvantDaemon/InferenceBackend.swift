@@ -323,8 +323,39 @@ public protocol GenerationSequence: AnyObject {
     /// Decode: feeds the last sampled token, samples the next.
     /// - Throws: `.resourceExhausted` when no KV block is free for the next position.
     func decode() throws -> GeneratedToken
-    /// Frees the sequence's KV blocks; called exactly once, also after errors and cancellation.
+    /// Frees the sequence's KV blocks; called exactly once, also after errors and cancellation (also on a
+    /// preempted sequence).
     func release()
+
+    // MARK: On-demand blocks and preemption (vLLM V1's recompute preemption)
+
+    /// True when the sequence can be preempted (`preempt`, `readmit`, `recompute`); false for backends that
+    /// reserve every block up front (then `reserveDecode` always succeeds).
+    var supportsPreemption: Bool { get }
+    /// The KV cache the sequence's blocks live in (preempting a sequence of another cache frees none of this
+    /// one's); nil when the backend has a single cache.
+    var kvCacheIdentity: ObjectIdentifier? { get }
+    /// Makes sure the KV cache holds a block for the position the next `decode` writes (on-demand blocks:
+    /// admission promised only the prompt). False when no block is free now: the scheduler preempts a
+    /// sequence and asks again. Nothing changes on false.
+    func reserveDecode() -> Bool
+    /// Preemption: frees every KV block the sequence holds (full blocks may stay in the prefix cache) and its
+    /// admission, keeping its tokens (prompt and those generated) and its sampler (RNG state included), so it
+    /// continues exactly where it was after `readmit` and a recompute. Not called on a released sequence.
+    func preempt()
+    /// After `preempt`: asks the KV cache again for the blocks the recompute needs (its prompt and the tokens
+    /// generated so far, plus the next decode position). False when they are not free now (nothing changes).
+    /// Then the scheduler calls `attachCachedPrefix` and runs `prefill(maxTokens:)` (preempted during its
+    /// prefill) or `recompute(maxTokens:)` (preempted while decoding).
+    func readmit() -> Bool
+    /// Positions to compute again before decoding goes on (0 unless preempted while decoding and not yet
+    /// recomputed); counts from the computed length (a cached prefix or chunks run).
+    var recomputeRemaining: Int { get }
+    /// Recomputes the next at most `maxTokens` (>= 1) positions of a sequence preempted while decoding: its
+    /// prompt and generated tokens but the last (the next `decode` feeds that one). Samples nothing and does
+    /// not touch the sampler; K/V come out as the original prefill and decode steps wrote them (generated
+    /// positions round as decode rows do), so the following tokens are those of an undisturbed run.
+    func recompute(maxTokens: Int) throws
     /// After `prefill`, when the sampling config asked for prompt logprobs: one entry per prompt token,
     /// the first nil. Nil otherwise.
     var promptLogprobs: [TokenLogprobs?]? { get }
@@ -332,6 +363,14 @@ public protocol GenerationSequence: AnyObject {
 
 extension GenerationSequence {
     public var promptLogprobs: [TokenLogprobs?]? { nil }
+
+    public var supportsPreemption: Bool { false }
+    public var kvCacheIdentity: ObjectIdentifier? { nil }
+    public func reserveDecode() -> Bool { true }
+    public func preempt() {}
+    public func readmit() -> Bool { true }
+    public var recomputeRemaining: Int { 0 }
+    public func recompute(maxTokens: Int) throws {}
 
     public func attachCachedPrefix() {}
 
