@@ -114,8 +114,9 @@ extension KVCachePool {
     ///   `.never` when it needs more blocks than the pool has, the lengths are out of range
     ///   (`0 ≤ promptLength ≤ maxLength`), the sequence is unknown, already admitted or already grown.
     ///
-    /// `onDemand: true` (vLLM V1's admission, used by the daemon): `.never` is decided as above (the whole
-    /// growth to `maxLength` must fit in the empty pool), but only the prompt and the first decode position
+    /// `onDemand: true` (vLLM V1's admission, used by the daemon): `.never` when the whole growth to `maxLength`
+    /// would not fit in the empty pool even as one prompt of `maxLength` tokens (a preempted sequence is
+    /// recomputed as a prompt: the `capacityTokens` rule), but only the prompt and the first decode position
     /// (`KVAdmission(promptLength, min(promptLength + 1, maxLength))`) are promised; later positions take
     /// free unpromised blocks as they come (`reserve`), and when there are none the caller preempts a
     /// sequence. While other sequences hold blocks, `watermark` more blocks must stay free after the promise
@@ -125,7 +126,10 @@ extension KVCachePool {
         lock.lock(); defer { lock.unlock() }
         guard var table = tables[seq], table.admission == nil, table.length == 0,
               promptLength >= 0, promptLength <= maxLength else { return .never }
-        if peakBlocks(KVAdmission(promptLength: promptLength, maxLength: maxLength), from: 0) > numBlocks { return .never }
+        // On demand, a preempted sequence is recomputed as a prompt of up to `maxLength` tokens later: the whole
+        // growth must fit however it ends up split between prompt and generation (as `capacityTokens` counts).
+        let whole = KVAdmission(promptLength: onDemand ? maxLength : promptLength, maxLength: maxLength)
+        if peakBlocks(whole, from: 0) > numBlocks { return .never }
         let admission = KVAdmission(promptLength: promptLength, maxLength: onDemand ? min(promptLength + 1, maxLength) : maxLength)
         let peak = peakBlocks(admission, from: 0)
         let othersLive = blocks.numFree < numBlocks || promisedBlocks > 0

@@ -178,7 +178,7 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
                                 watermark: Self.admissionWatermark(pool))
         guard status == .ok else {
             pool.free(seq)
-            let blocksNeeded = pool.peakBlocks(KVAdmission(promptLength: prompt.count, maxLength: tokens))
+            let blocksNeeded = pool.peakBlocks(KVAdmission(promptLength: tokens, maxLength: tokens))
             let what = "generate: the prompt (\(prompt.count) tokens) + max_tokens (\(maxTokens)) needs \(tokens) tokens of KV cache (\(blocksNeeded) blocks)"
             let capacity = "capacity \(pool.capacityTokens) tokens (kv_cache_bytes \(kvCacheBytes), kv_cache_dtype \(dtype.rawValue), block_size \(blockSize))"
             if status == .later {
