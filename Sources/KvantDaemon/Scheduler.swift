@@ -402,14 +402,19 @@ final class Scheduler: @unchecked Sendable {
 
     /// Makes every decode row reserve the block its next position needs, preempting sequences (the most
     /// recently admitted first) while the pool has none free. A preempted row leaves `rows`. A row for which
-    /// nothing can be preempted decodes anyway (its decode then fails with `resource_exhausted`; admission
-    /// refuses what the whole pool cannot hold, so this does not happen).
+    /// nothing can be preempted now also leaves it for this step (the blocks are held by sequences just
+    /// admitted whose prefill is not queued yet, or just finished and not yet released: both pass soon; admission
+    /// refuses what the whole pool cannot hold, so it is never alone); the next step tries again.
     private func reserveDecodeBlocks(_ rows: inout [Job]) {
         var i = 0
         while i < rows.count {
             let job = rows[i]
             if job.sequence.reserveDecode() { i += 1; continue }
-            guard let victim = preemptionVictim(for: job) else { i += 1; continue }
+            guard let victim = preemptionVictim(for: job) else {
+                logger.debug("a decode row waits for a KV block held by a sequence not preemptable yet")
+                rows.remove(at: i)
+                continue
+            }
             preempt(victim)
             if let k = rows.firstIndex(where: { $0 === victim }) {
                 rows.remove(at: k)

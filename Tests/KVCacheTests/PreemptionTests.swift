@@ -100,7 +100,8 @@ struct PreemptionTests {
             let bases: [[Int32]] = [Array(1...14), Array(20...33)]
             var prompt = Array(bases[random(2)].prefix(random(15)))
             for _ in 0..<(1 + random(8)) { prompt.append(Int32(random(4) + 1)) }
-            let maxLength = prompt.count + 1 + random(60)
+            // Now and then one that can never fit (beyond `capacityTokens`): refused at once.
+            let maxLength = random(8) == 0 ? pool.capacityTokens + 1 + random(10) : prompt.count + 1 + random(60)
             if pool.peakBlocks(KVAdmission(promptLength: maxLength, maxLength: maxLength)) > pool.numBlocks {
                 let seq = pool.createSequence()
                 #expect(pool.admit(seq, promptLength: prompt.count, maxLength: maxLength, onDemand: true) == .never)
