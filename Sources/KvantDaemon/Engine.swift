@@ -40,7 +40,7 @@ public actor Engine {
 
         public init(kvCacheDType: KVCacheDType = .auto, quantizationParamPath: String? = nil,
                     kvCacheBytes: Int = 256 << 20, blockSize: Int = 16, maxModelLen: Int? = nil, threads: Int = 0,
-                    maxNumSeqs: Int = 4, perplexityContext: Int = 512,
+                    maxNumSeqs: Int = 16, perplexityContext: Int = 512,
                     maxNumBatchedTokens: Int = Settings.defaultMaxNumBatchedTokens, enablePrefixCaching: Bool = true) {
             self.enablePrefixCaching = enablePrefixCaching
             self.maxNumBatchedTokens = maxNumBatchedTokens

@@ -64,6 +64,8 @@ final class Scheduler: @unchecked Sendable {
         fileprivate var preempted = false
         /// Preempted while decoding: in the recompute queue until recomputed.
         fileprivate var recomputing = false
+        /// Its generation had ended when its blocks were taken for another sequence: it holds none any more.
+        fileprivate var blocksFreed = false
 
         /// - Parameter budget: tokens the request may generate (>= 1), the prefill's first one included.
         init(sequence: any GenerationSequence, model: any LoadedModel, budget: Int) {
@@ -317,7 +319,9 @@ final class Scheduler: @unchecked Sendable {
         stepQueued = false
         var rows = decodableLocked()
         lock.unlock()
-        reserveDecodeBlocks(&rows)
+        // A step that preempted readmits nobody (vLLM: no waiting request is scheduled in a step that preempted):
+        // the blocks just freed go to the decode rows that needed them.
+        let preemptedNow = reserveDecodeBlocks(&rows)
         var budget = maxNumBatchedTokens - rows.count
         if !rows.isEmpty { decode(rows) }
         var chunkCount = 0, chunkTokens = 0
@@ -328,7 +332,7 @@ final class Scheduler: @unchecked Sendable {
             guard budget > 0 else { break }
             if lock.withLock({ job.ended }) { continue }   // finished meanwhile (cancelled): released soon
             if job.preempted {
-                guard job.sequence.readmit() else { break }
+                guard !preemptedNow, job.sequence.readmit() else { break }
                 readmitted(job)
             }
             if !job.prefixLookedUp {
@@ -363,7 +367,7 @@ final class Scheduler: @unchecked Sendable {
         for (key, job) in waiting.waiting {
             guard budget > 0 else { break }
             if job.preempted {
-                guard job.sequence.readmit() else { break }
+                guard !preemptedNow, job.sequence.readmit() else { break }
                 readmitted(job)
             }
             if !job.prefixLookedUp {
@@ -405,7 +409,10 @@ final class Scheduler: @unchecked Sendable {
     /// nothing can be preempted now also leaves it for this step (the blocks are held by sequences just
     /// admitted whose prefill is not queued yet, or just finished and not yet released: both pass soon; admission
     /// refuses what the whole pool cannot hold, so it is never alone); the next step tries again.
-    private func reserveDecodeBlocks(_ rows: inout [Job]) {
+    /// - Returns: true when it preempted a sequence.
+    @discardableResult
+    private func reserveDecodeBlocks(_ rows: inout [Job]) -> Bool {
+        var preempted = false
         var i = 0
         while i < rows.count {
             let job = rows[i]
@@ -416,11 +423,13 @@ final class Scheduler: @unchecked Sendable {
                 continue
             }
             preempt(victim)
+            preempted = true
             if let k = rows.firstIndex(where: { $0 === victim }) {
                 rows.remove(at: k)
                 if k < i { i -= 1 }
             }
         }
+        return preempted
     }
 
     /// The sequence to preempt so that `job` can grow: one holding blocks in the same KV cache, preferring one
@@ -429,7 +438,9 @@ final class Scheduler: @unchecked Sendable {
     private func preemptionVictim(for job: Job) -> Job? {
         lock.withLock {
             let cache = job.sequence.kvCacheIdentity
-            let holders = admitted.filter { !$0.preempted && $0.sequence.supportsPreemption && $0.sequence.kvCacheIdentity == cache }
+            let holders = admitted.filter {
+                !$0.preempted && !$0.blocksFreed && $0.sequence.supportsPreemption && $0.sequence.kvCacheIdentity == cache
+            }
             if let done = holders.last(where: { h in h !== job && running.contains { $0 === h } && (h.ended || h.decodesLeft <= 0) }) {
                 return done
             }
@@ -444,7 +455,10 @@ final class Scheduler: @unchecked Sendable {
         victim.sequence.preempt()
         let finished = lock.withLock { () -> Bool in
             let decoding = running.contains { $0 === victim }
-            if decoding, victim.ended || victim.decodesLeft <= 0 { return true }
+            if decoding, victim.ended || victim.decodesLeft <= 0 {
+                victim.blocksFreed = true
+                return true
+            }
             victim.preempted = true
             victim.prefixLookedUp = false
             counts.preemptions += 1
