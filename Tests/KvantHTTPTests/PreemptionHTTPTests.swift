@@ -53,7 +53,11 @@ struct PreemptionHTTPTests {
         let recomputed = Set(events.compactMap { if case .recompute(let s, _) = $0 { s } else { nil } })
         #expect(!preempted.isEmpty && recomputed.isSubset(of: preempted), "preempted \(preempted), recomputed \(recomputed)")
         let stats = try await d.stats()
-        #expect(stats.engine.numPreemptions == events.filter { if case .preempt = $0 { true } else { false } }.count)
+        // Every preemption is a `.preempt` event; a sequence whose generation had ended when its slots were taken
+        // (its client had not taken its last tokens yet) is freed the same way but is not counted as preempted.
+        let preemptEvents = events.filter { if case .preempt = $0 { true } else { false } }.count
+        #expect(stats.engine.numPreemptions >= 1 && stats.engine.numPreemptions <= preemptEvents,
+                "num_preemptions \(stats.engine.numPreemptions), preempt events \(preemptEvents)")
         #expect(stats.engine.requestsFailed == 0 && stats.engine.requestsServed == 6)
         let metrics = try await d.request("GET", "/metrics").text
         let line = metrics.split(separator: "\n").first { $0.hasPrefix("kvant:num_preemptions_total ") }
