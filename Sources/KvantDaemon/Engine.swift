@@ -258,8 +258,8 @@ public actor Engine {
             let acquired = await scheduler.acquireSlot()
             defer { if acquired { scheduler.releaseSlot() } }
             let sampling = SamplingConfig(params)
-            // Admission control: the KV blocks for prompt + budget are reserved up front; when they
-            // are not free now, wait (in arrival order) until a running sequence releases its own.
+            // Admission control: the KV blocks of the prompt are promised (generated tokens take theirs on demand,
+            // with preemption); when they are not free now, wait (in arrival order) until a sequence releases its own.
             let sequence = acquired ? try await scheduler.admit(model, prompt: prompt, budget: budget, sampling: sampling) : nil
             let started = DispatchTime.now().uptimeNanoseconds
             let outcome: Result<GenerateResult, Error>

@@ -123,7 +123,8 @@ public struct SamplingConfig: Sendable, Equatable {
 /// error. The engine keeps the request waiting and retries in arrival order; if nothing runs and it
 /// still does not fit, it fails with `resource_exhausted` and `message`.
 public struct KVCacheAdmissionLater: Error, Sendable, Equatable {
-    /// Tokens the sequence needs reserved (prompt + max_tokens, capped at max_model_len).
+    /// Tokens the sequence needs reserved now (the prompt and the first decode position with on-demand blocks;
+    /// prompt + max_tokens, capped at max_model_len, when everything is reserved up front).
     public var tokensNeeded: Int
     /// Why it does not fit, for the error when it never will (names tokens, capacity, kv_cache_bytes).
     public var message: String
@@ -241,10 +242,11 @@ public protocol LoadedModel: AnyObject, Sendable {
     /// texts of its BOS and EOS tokens, which templates refer to as `bos_token` / `eos_token`. Thread-safe.
     var chatTemplate: ChatTemplateSource { get }
 
-    /// Creates a sequence for `prompt` (token ids) and has the KV blocks it will hold at most while it grows
-    /// to `min(prompt.count + maxTokens, max_model_len)` tokens promised to it up front (sliding-window
-    /// layers count only their window), so decoding never runs out of blocks (admission control; vLLM's
-    /// `AllocStatus`).
+    /// Creates a sequence for `prompt` (token ids) and has KV blocks promised to it (admission control; vLLM's
+    /// `AllocStatus`): a backend that supports preemption (`GenerationSequence.supportsPreemption`) promises the
+    /// prompt's blocks and takes the generated tokens' on demand (`reserveDecode`); one that does not promises
+    /// the most it will hold while it grows to `min(prompt.count + maxTokens, max_model_len)` tokens, so its
+    /// decoding never runs out of blocks. Sliding-window layers count only their window.
     /// - Parameter maxTokens: tokens the request may generate (its budget), >= 1.
     /// - Throws: `KVCacheAdmissionLater` when the blocks are not free now but would be once other
     ///   sequences release theirs (the engine queues the request); `KvantError(.resourceExhausted)`
