@@ -70,4 +70,34 @@ struct PreemptionRealModelTests {
         }
         #expect(stats.kvCache["num_blocks_used"]?.intValue == 0)
     }
+
+    @Test("past 512 keys (split-K decode rows, the sliding window full): preempted requests still give the undisturbed tokens")
+    func preemptedBeyondWindowEqualsUndisturbed() async throws {
+        let text = try String(contentsOfFile: "/usr/share/common-licenses/GPL-3", encoding: .utf8)
+        let base = String(text.prefix(2000))
+        let requests: [GenerateParams] = [" Summary:", " In short,", " The point is"].enumerated().map { i, tail in
+            var p = GenerateParams(prompt: base + tail, maxTokens: 60, temperature: i == 1 ? 0.9 : 0, topP: 0.95,
+                                   seed: i == 1 ? 5 : nil)
+            p.ignoreEOS = true
+            return p
+        }
+        let roomy = try await makeEngine(.int8PerToken, kvCacheBytes: 64 << 20, maxNumSeqs: 1)
+        var alone: [GenerateResult] = []
+        for p in requests { alone.append(try await roomy.generate(p) { _ in }) }
+        #expect(alone.allSatisfy { $0.promptTokens + 60 > 530 }, "prompts \(alone.map(\.promptTokens)): decode must pass 512 keys")
+        let perToken = try #require(try await roomy.stats().kvCache["bytes_per_token_all_layers"]?.intValue)
+        // Room for about 1.8 of the three ~540-token sequences at once.
+        let tight = try await makeEngine(.int8PerToken, kvCacheBytes: perToken * 1000, maxNumSeqs: 3)
+        let together = try await withThrowingTaskGroup(of: (Int, GenerateResult).self) { group in
+            for (i, p) in requests.enumerated() { group.addTask { (i, try await tight.generate(p) { _ in }) } }
+            var all = [GenerateResult?](repeating: nil, count: requests.count)
+            for try await (i, r) in group { all[i] = r }
+            return all.map { $0! }
+        }
+        let stats = try await tight.stats()
+        #expect(stats.engine.numPreemptions > 0, "no preemption: the test did not exercise it")
+        for (i, (a, t)) in zip(alone, together).enumerated() {
+            #expect(t.tokens == a.tokens, "request \(i): preempted \(t.tokens) vs undisturbed \(a.tokens)")
+        }
+    }
 }
