@@ -75,6 +75,9 @@ public final class ForwardSession: @unchecked Sendable {
     /// The rows are decode rows of several sequences (`decode`): each splits its keys as a single-row decode
     /// does, so a sequence's rounding does not depend on how many others share its step.
     var decodeRows = false
+    /// Rows at this position or later split their keys as decode rows do (`forward(decodeRowsFrom:)`: a
+    /// preempted sequence recomputing its generated tokens); nil = none.
+    var decodeRowsFrom: Int?
 
     /// Attention rounding over fp16 caches: `.fast` (default) or `.llamaCpp` (bit-identical to llama.cpp's CPU run with
     /// flash attention off, for comparisons; ~10 % slower prefill). See `KVAttentionNumerics`. `.llamaCpp` also
@@ -103,17 +106,20 @@ public final class ForwardSession: @unchecked Sendable {
     /// (index into `tokens`, ascending); the buffer is only valid during the call.
     /// `splitKeys: false` keeps a single-row call from splitting its keys over the threads (split-K): a prefill
     /// chunk of one token then rounds as the same row does in a larger chunk (chunked prefill gives the tokens
-    /// of an unchunked one). Decode leaves it on.
+    /// of an unchunked one). Decode leaves it on. `decodeRowsFrom`: rows at that position or later split their keys
+    /// as a decode row does whatever `splitKeys` says (recomputing generated tokens after a preemption: their K/V
+    /// and the hidden states computed from them round as in the decode steps that first computed them).
     /// - Throws: `KvantError(.invalidArgument)` for an out-of-vocabulary token or a bad position,
     ///   `.resourceExhausted` when the pool has no free blocks now, `.failedPrecondition` for a pool whose spec
     ///   does not match the model; errors thrown by `body`.
     public func forward(tokens: [Int32], startPosition: Int, sequence: SequenceID, pool: KVCachePool,
-                        logits rows: LogitRows = .last, splitKeys: Bool = true,
+                        logits rows: LogitRows = .last, splitKeys: Bool = true, decodeRowsFrom: Int? = nil,
                         body: (Int, UnsafeBufferPointer<Float>) throws -> Void) throws {
         let c = model.config
         guard !tokens.isEmpty else { return }
         self.splitKeys = splitKeys
-        defer { self.splitKeys = true }
+        self.decodeRowsFrom = decodeRowsFrom
+        defer { self.splitKeys = true; self.decodeRowsFrom = nil }
         try checkPool(pool)
         for (i, t) in tokens.enumerated() where t < 0 || Int(t) >= c.vocabSize {
             throw KvantError(.invalidArgument, "token \(t) at index \(i) is outside the vocabulary (size \(c.vocabSize))")
@@ -335,20 +341,23 @@ public final class ForwardSession: @unchecked Sendable {
         let window = c.window(layer: l), nh = c.numHeads, numerics = attentionNumerics
         let q = ws.q, out = ws.attn
         let workers = min(threads, T)
+        let decodeFrom = decodeRowsFrom ?? Int.max
         if workers <= 1 {
             // Decode: one position; the pool splits long contexts over the threads (split-K).
             for t in 0..<T {
                 pool.attend(layer: l, sequence: seqs[t], position: pos[t], query: q + t * qDim, numHeads: nh,
-                            window: window, scale: scale, output: out + t * qDim, threads: splitKeys ? threads : 1,
-                            numerics: numerics)
+                            window: window, scale: scale, output: out + t * qDim,
+                            threads: splitKeys || pos[t] >= decodeFrom ? threads : 1, numerics: numerics)
             }
             return
         }
-        // Decode rows of a batch split their keys exactly as a decode alone does (batch invariance); prefill rows never.
-        let rowThreads = decodeRows ? threads : 1
+        // Decode rows of a batch split their keys exactly as a decode alone does (batch invariance); prefill rows never
+        // (but recomputed decode rows do, `decodeRowsFrom`).
+        let threads = self.threads, decodeRows = self.decodeRows
         DispatchQueue.concurrentPerform(iterations: workers) { w in
             var t = w
             while t < T {
+                let rowThreads = decodeRows || pos[t] >= decodeFrom ? threads : 1
                 pool.attend(layer: l, sequence: seqs[t], position: pos[t], query: q + t * qDim, numHeads: nh,
                             window: window, scale: scale, output: out + t * qDim, threads: rowThreads, numerics: numerics)
                 t += workers

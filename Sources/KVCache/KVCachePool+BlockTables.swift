@@ -113,14 +113,27 @@ extension KVCachePool {
     /// - Returns: `.ok`; `.later` when fewer blocks are free and unpromised now (nothing changes);
     ///   `.never` when it needs more blocks than the pool has, the lengths are out of range
     ///   (`0 ≤ promptLength ≤ maxLength`), the sequence is unknown, already admitted or already grown.
-    public func admit(_ seq: SequenceID, promptLength: Int, maxLength: Int) -> AllocationStatus {
+    ///
+    /// `onDemand: true` (vLLM V1's admission, used by the daemon): `.never` when the whole growth to `maxLength`
+    /// would not fit in the empty pool even as one prompt of `maxLength` tokens (a preempted sequence is
+    /// recomputed as a prompt: the `capacityTokens` rule), but only the prompt and the first decode position
+    /// (`KVAdmission(promptLength, min(promptLength + 1, maxLength))`) are promised; later positions take
+    /// free unpromised blocks as they come (`reserve`), and when there are none the caller preempts a
+    /// sequence. While other sequences hold blocks, `watermark` more blocks must stay free after the promise
+    /// (`.later` otherwise), so a new sequence does not at once force a preemption.
+    public func admit(_ seq: SequenceID, promptLength: Int, maxLength: Int, onDemand: Bool = false,
+                      watermark: Int = 0) -> AllocationStatus {
         lock.lock(); defer { lock.unlock() }
         guard var table = tables[seq], table.admission == nil, table.length == 0,
               promptLength >= 0, promptLength <= maxLength else { return .never }
-        let admission = KVAdmission(promptLength: promptLength, maxLength: maxLength)
+        // On demand, a preempted sequence is recomputed as a prompt of up to `maxLength` tokens later: the whole
+        // growth must fit however it ends up split between prompt and generation (as `capacityTokens` counts).
+        let whole = KVAdmission(promptLength: onDemand ? maxLength : promptLength, maxLength: maxLength)
+        if peakBlocks(whole, from: 0) > numBlocks { return .never }
+        let admission = KVAdmission(promptLength: promptLength, maxLength: onDemand ? min(promptLength + 1, maxLength) : maxLength)
         let peak = peakBlocks(admission, from: 0)
-        if peak > numBlocks { return .never }
-        if peak > blocks.numFree - promisedBlocks { return .later }
+        let othersLive = blocks.numFree < numBlocks || promisedBlocks > 0
+        if peak + (onDemand && othersLive ? max(0, watermark) : 0) > blocks.numFree - promisedBlocks { return .later }
         table.admission = admission
         table.promised = peak
         promisedBlocks += peak

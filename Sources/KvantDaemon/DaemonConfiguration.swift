@@ -16,7 +16,7 @@ import TOMLKit
 ///   - `kv_cache_bytes` (integer, default 268435456): KV-cache pool budget in bytes.
 ///   - `block_size` (integer, default 16): token positions per KV block (1…1024).
 ///   - `max_model_len` (integer): longest sequence in tokens; default the model's context length.
-///   - `max_num_seqs` (integer, default 4): sequences generated at once; more requests wait.
+///   - `max_num_seqs` (integer, default 16): sequences generated at once; more requests wait.
 ///   - `max_num_batched_tokens` (integer, default 64, vLLM's name): tokens one engine step computes at most,
 ///     decode rows of running sequences plus prefill chunks; longer prompts are prefilled in chunks
 ///     (chunked prefill). At least `max_num_seqs`.
@@ -48,7 +48,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var kvCacheBytes: Int = 256 << 20
     public var blockSize: Int = 16
     public var maxModelLen: Int?
-    public var maxNumSeqs: Int = 4
+    public var maxNumSeqs: Int = 16
     public var maxNumBatchedTokens: Int = Engine.Settings.defaultMaxNumBatchedTokens
     public var threads: Int = 0
     public var allowedDirs: [String] = ["/var/lib/kvant"]

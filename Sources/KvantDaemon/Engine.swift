@@ -40,7 +40,7 @@ public actor Engine {
 
         public init(kvCacheDType: KVCacheDType = .auto, quantizationParamPath: String? = nil,
                     kvCacheBytes: Int = 256 << 20, blockSize: Int = 16, maxModelLen: Int? = nil, threads: Int = 0,
-                    maxNumSeqs: Int = 4, perplexityContext: Int = 512,
+                    maxNumSeqs: Int = 16, perplexityContext: Int = 512,
                     maxNumBatchedTokens: Int = Settings.defaultMaxNumBatchedTokens, enablePrefixCaching: Bool = true) {
             self.enablePrefixCaching = enablePrefixCaching
             self.maxNumBatchedTokens = maxNumBatchedTokens
@@ -258,8 +258,8 @@ public actor Engine {
             let acquired = await scheduler.acquireSlot()
             defer { if acquired { scheduler.releaseSlot() } }
             let sampling = SamplingConfig(params)
-            // Admission control: the KV blocks for prompt + budget are reserved up front; when they
-            // are not free now, wait (in arrival order) until a running sequence releases its own.
+            // Admission control: the KV blocks of the prompt are promised (generated tokens take theirs on demand,
+            // with preemption); when they are not free now, wait (in arrival order) until a sequence releases its own.
             let sequence = acquired ? try await scheduler.admit(model, prompt: prompt, budget: budget, sampling: sampling) : nil
             let started = DispatchTime.now().uptimeNanoseconds
             let outcome: Result<GenerateResult, Error>
@@ -400,7 +400,8 @@ public actor Engine {
             prefillTokensPerSecond: counters.prefillTokensPerSecond,
             decodeTokensPerSecond: counters.decodeTokensPerSecond,
             decodeBatchMean: batches.batches > 0 ? Double(batches.rows) / Double(batches.batches) : 0,
-            uptimeSeconds: uptimeSeconds, rssBytes: residentSetBytes(), connections: counters.connections)
+            uptimeSeconds: uptimeSeconds, rssBytes: residentSetBytes(), connections: counters.connections,
+            numPreemptions: steps.preemptions)
     }
 
     public func stats() throws -> StatsResult {

@@ -126,7 +126,8 @@ public struct SamplingConfig: Sendable, Equatable {
 /// error. The engine keeps the request waiting and retries in arrival order; if nothing runs and it
 /// still does not fit, it fails with `resource_exhausted` and `message`.
 public struct KVCacheAdmissionLater: Error, Sendable, Equatable {
-    /// Tokens the sequence needs reserved (prompt + max_tokens, capped at max_model_len).
+    /// Tokens the sequence needs reserved now (the prompt and the first decode position with on-demand blocks;
+    /// prompt + max_tokens, capped at max_model_len, when everything is reserved up front).
     public var tokensNeeded: Int
     /// Why it does not fit, for the error when it never will (names tokens, capacity, kv_cache_bytes).
     public var message: String
@@ -244,10 +245,11 @@ public protocol LoadedModel: AnyObject, Sendable {
     /// texts of its BOS and EOS tokens, which templates refer to as `bos_token` / `eos_token`. Thread-safe.
     var chatTemplate: ChatTemplateSource { get }
 
-    /// Creates a sequence for `prompt` (token ids) and has the KV blocks it will hold at most while it grows
-    /// to `min(prompt.count + maxTokens, max_model_len)` tokens promised to it up front (sliding-window
-    /// layers count only their window), so decoding never runs out of blocks (admission control; vLLM's
-    /// `AllocStatus`).
+    /// Creates a sequence for `prompt` (token ids) and has KV blocks promised to it (admission control; vLLM's
+    /// `AllocStatus`): a backend that supports preemption (`GenerationSequence.supportsPreemption`) promises the
+    /// prompt's blocks and takes the generated tokens' on demand (`reserveDecode`); one that does not promises
+    /// the most it will hold while it grows to `min(prompt.count + maxTokens, max_model_len)` tokens, so its
+    /// decoding never runs out of blocks. Sliding-window layers count only their window.
     /// - Parameter maxTokens: tokens the request may generate (its budget), >= 1.
     /// - Throws: `KVCacheAdmissionLater` when the blocks are not free now but would be once other
     ///   sequences release theirs (the engine queues the request); `KvantError(.resourceExhausted)`
@@ -326,8 +328,39 @@ public protocol GenerationSequence: AnyObject {
     /// Decode: feeds the last sampled token, samples the next.
     /// - Throws: `.resourceExhausted` when no KV block is free for the next position.
     func decode() throws -> GeneratedToken
-    /// Frees the sequence's KV blocks; called exactly once, also after errors and cancellation.
+    /// Frees the sequence's KV blocks; called exactly once, also after errors and cancellation (also on a
+    /// preempted sequence).
     func release()
+
+    // MARK: On-demand blocks and preemption (vLLM V1's recompute preemption)
+
+    /// True when the sequence can be preempted (`preempt`, `readmit`, `recompute`); false for backends that
+    /// reserve every block up front (then `reserveDecode` always succeeds).
+    var supportsPreemption: Bool { get }
+    /// The KV cache the sequence's blocks live in (preempting a sequence of another cache frees none of this
+    /// one's); nil when the backend has a single cache.
+    var kvCacheIdentity: ObjectIdentifier? { get }
+    /// Makes sure the KV cache holds a block for the position the next `decode` writes (on-demand blocks:
+    /// admission promised only the prompt). False when no block is free now: the scheduler preempts a
+    /// sequence and asks again. Nothing changes on false.
+    func reserveDecode() -> Bool
+    /// Preemption: frees every KV block the sequence holds (full blocks may stay in the prefix cache) and its
+    /// admission, keeping its tokens (prompt and those generated) and its sampler (RNG state included), so it
+    /// continues exactly where it was after `readmit` and a recompute. Not called on a released sequence.
+    func preempt()
+    /// After `preempt`: asks the KV cache again for the blocks the recompute needs (its prompt and the tokens
+    /// generated so far, plus the next decode position). False when they are not free now (nothing changes).
+    /// Then the scheduler calls `attachCachedPrefix` and runs `prefill(maxTokens:)` (preempted during its
+    /// prefill) or `recompute(maxTokens:)` (preempted while decoding).
+    func readmit() -> Bool
+    /// Positions to compute again before decoding goes on (0 unless preempted while decoding and not yet
+    /// recomputed); counts from the computed length (a cached prefix or chunks run).
+    var recomputeRemaining: Int { get }
+    /// Recomputes the next at most `maxTokens` (>= 1) positions of a sequence preempted while decoding: its
+    /// prompt and generated tokens but the last (the next `decode` feeds that one). Samples nothing and does
+    /// not touch the sampler; K/V come out as the original prefill and decode steps wrote them (generated
+    /// positions round as decode rows do), so the following tokens are those of an undisturbed run.
+    func recompute(maxTokens: Int) throws
     /// After `prefill`, when the sampling config asked for prompt logprobs: one entry per prompt token,
     /// the first nil. Nil otherwise.
     var promptLogprobs: [TokenLogprobs?]? { get }
@@ -335,6 +368,14 @@ public protocol GenerationSequence: AnyObject {
 
 extension GenerationSequence {
     public var promptLogprobs: [TokenLogprobs?]? { nil }
+
+    public var supportsPreemption: Bool { false }
+    public var kvCacheIdentity: ObjectIdentifier? { nil }
+    public func reserveDecode() -> Bool { true }
+    public func preempt() {}
+    public func readmit() -> Bool { true }
+    public var recomputeRemaining: Int { 0 }
+    public func recompute(maxTokens: Int) throws {}
 
     public func attachCachedPrefix() {}
 

@@ -7,9 +7,18 @@ import Logging
 /// computes.
 ///
 /// - **Admission.** Up to `max_num_seqs` requests hold a sequence slot; more wait in arrival order
-///   (`WaiterQueue`). A request with a slot is admitted once its KV blocks can be promised
+///   (`WaiterQueue`). A request with a slot is admitted once the KV blocks of its prompt can be promised
 ///   (`LoadedModel.makeSequence`; `KVCacheAdmissionLater` = wait, in arrival order, for a release;
-///   nothing else live and still no room = `resource_exhausted`).
+///   nothing else live and still no room = `resource_exhausted`). Its generated tokens get blocks on demand.
+/// - **Preemption** (vLLM V1's recompute preemption). Before a step decodes, every decode row reserves the
+///   block its next position needs (`GenerationSequence.reserveDecode`). When the pool has none free, the
+///   most recently admitted sequence holding blocks is preempted (`preempt`: its blocks are freed, full ones
+///   stay in the prefix cache; its tokens and sampler state are kept) and asked again. A sequence preempted
+///   while decoding is queued for recompute ahead of everything else waiting (earliest admitted first):
+///   once its blocks can be promised again (`readmit`) its prompt and generated tokens are recomputed in
+///   chunks within the step's budget (`recompute`; no sampling), then it decodes on where it stopped. One
+///   preempted during its prefill restarts its prefill in its place in the waiting queue. No new request is
+///   admitted while a preempted one waits. The client only sees the delay; `preemptions` counts them.
 /// - **Waiting queue.** Admitted requests wait for their prefill in arrival order; their prompts are
 ///   prefilled **in chunks** (chunked prefill): each step gives the prefills at most the step's token
 ///   budget, first come first served, so a long prompt takes several steps. A request cancelled while it
@@ -46,8 +55,17 @@ final class Scheduler: @unchecked Sendable {
         fileprivate var ended = false
         fileprivate var outbox: [Result<GeneratedToken, Error>] = []
         fileprivate var reader: CheckedContinuation<Result<GeneratedToken, Error>, Never>?
-        /// `sequence.attachCachedPrefix()` ran (once, before the first chunk is sized; on the lane).
+        /// `sequence.attachCachedPrefix()` ran (once, before the first chunk is sized, and again after a
+        /// preemption; on the lane).
         fileprivate var prefixLookedUp = false
+        /// Admission order (set when its prefill is queued); preemption picks the largest.
+        fileprivate var order = 0
+        /// Preempted and not yet readmitted: holds no KV blocks.
+        fileprivate var preempted = false
+        /// Preempted while decoding: in the recompute queue until recomputed.
+        fileprivate var recomputing = false
+        /// Its generation had ended when its blocks were taken for another sequence: it holds none any more.
+        fileprivate var blocksFreed = false
 
         /// - Parameter budget: tokens the request may generate (>= 1), the prefill's first one included.
         init(sequence: any GenerationSequence, model: any LoadedModel, budget: Int) {
@@ -83,6 +101,9 @@ final class Scheduler: @unchecked Sendable {
     /// Requests holding a slot but waiting for KV blocks (admission control), in arrival order;
     /// resumed with false when a release may have freed enough, true when cancelled.
     private let blockWaiters = WaiterQueue<Void, Bool>()
+    /// Bumped (under `lock`) when the last preempted sequence was readmitted: a request refused meanwhile
+    /// because one waited retries at once.
+    private var readmissions = 0
     /// True while a request tries to reserve its blocks (newcomers queue behind it).
     private var kvRetrying = false
     /// Sequences created and not yet released (all models and pools).
@@ -97,6 +118,11 @@ final class Scheduler: @unchecked Sendable {
     private let lock = NSLock()
     /// The running queue: sequences in their decode phase, in the order they got there.
     private var running: [Job] = []
+    /// Jobs whose prefill was queued and that have not finished, in admission order (preemption candidates).
+    private var admitted: [Job] = []
+    /// Jobs preempted while decoding, waiting for their recompute, earliest admitted first.
+    private var recomputeQueue: [Job] = []
+    private var nextOrder = 0
     /// A step item is queued on the lane and has not started yet.
     private var stepQueued = false
     private var counts = Figures()
@@ -111,6 +137,10 @@ final class Scheduler: @unchecked Sendable {
         /// Prefill chunks run and the prompt tokens they computed.
         var prefillChunks = 0
         var prefillTokens = 0
+        /// Sequences preempted (their blocks freed, recomputed later; vLLM's `num_preemptions`).
+        var preemptions = 0
+        /// Positions recomputed after preemptions.
+        var recomputedTokens = 0
     }
 
     init(maxNumSeqs: Int, maxNumBatchedTokens: Int, lane: ComputeLane, logger: Logger) {
@@ -164,8 +194,17 @@ final class Scheduler: @unchecked Sendable {
             if Task.isCancelled { wakeNextKVWaiter(); return nil }
             kvRetrying = true
             let releasesBefore = releaseCount
+            let readmissionsBefore = lock.withLock { readmissions }
             do {
-                let sequence = try await lane.run { try model.makeSequence(prompt: prompt, maxTokens: budget, sampling: sampling) }
+                // On the lane, between two steps: while a preempted sequence waits for its blocks, nobody new
+                // takes them (vLLM schedules no new request while its waiting queue starts with a preempted one).
+                let sequence = try await lane.run { [self] in
+                    if hasPreempted {
+                        throw KVCacheAdmissionLater(tokensNeeded: prompt.count,
+                                                    message: "generate: a preempted sequence waits for KV blocks first")
+                    }
+                    return try model.makeSequence(prompt: prompt, maxTokens: budget, sampling: sampling)
+                }
                 kvRetrying = false
                 liveSequences += 1
                 wakeNextKVWaiter()   // the next one in line may fit too
@@ -177,8 +216,10 @@ final class Scheduler: @unchecked Sendable {
                     throw KvantError(.resourceExhausted, later.message)
                 }
                 logger.debug("generate waits for KV blocks", metadata: ["tokens": "\(later.tokensNeeded)"])
-                // A release while makeSequence ran may have freed enough already: retry at once then.
-                if releaseCount == releasesBefore, await waitForBlocks(atFront: true) { return nil }
+                // A release (or the last readmission) while makeSequence ran may have freed enough already:
+                // retry at once then.
+                if releaseCount == releasesBefore, lock.withLock({ readmissions }) == readmissionsBefore,
+                   await waitForBlocks(atFront: true) { return nil }
             } catch {
                 kvRetrying = false
                 wakeNextKVWaiter()
@@ -210,7 +251,12 @@ final class Scheduler: @unchecked Sendable {
     /// queue; returns when the last chunk sampled the first token, or at once when the calling task is
     /// cancelled (then at most the chunk running now completes before the engine releases the sequence).
     func prefill(_ job: Job) async -> PrefillOutcome {
-        await waiting.wait(job, cancelled: .cancelled, queued: { [self] in scheduleStep() })
+        lock.withLock {
+            nextOrder += 1
+            job.order = nextOrder
+            admitted.append(job)
+        }
+        return await waiting.wait(job, cancelled: .cancelled, queued: { [self] in scheduleStep() })
     }
 
     /// The next token decoded for `job` (already decoded by a step, or the next step's).
@@ -242,8 +288,13 @@ final class Scheduler: @unchecked Sendable {
         lock.withLock {
             job.ended = true
             running.removeAll { $0 === job }
+            admitted.removeAll { $0 === job }
+            recomputeQueue.removeAll { $0 === job }
         }
     }
+
+    /// A preempted sequence waits to be readmitted (new admissions wait behind it). Takes `lock`.
+    private var hasPreempted: Bool { lock.withLock { admitted.contains { $0.preempted } } }
 
     // MARK: Steps (on the lane)
 
@@ -255,7 +306,7 @@ final class Scheduler: @unchecked Sendable {
     /// Queues a step on the lane unless one is queued already or there is nothing to do.
     private func scheduleStep() {
         lock.lock()
-        let submit = !stepQueued && (!waiting.isEmpty || !decodableLocked().isEmpty)
+        let submit = !stepQueued && (!waiting.isEmpty || !recomputeQueue.isEmpty || !decodableLocked().isEmpty)
         if submit { stepQueued = true }
         lock.unlock()
         if submit { lane.submit { [self] in step() } }
@@ -266,16 +317,59 @@ final class Scheduler: @unchecked Sendable {
     private func step() {
         lock.lock()
         stepQueued = false
-        let rows = decodableLocked()
+        var rows = decodableLocked()
         lock.unlock()
+        // A step that preempted readmits nobody (vLLM: no waiting request is scheduled in a step that preempted):
+        // the blocks just freed go to the decode rows that needed them.
+        let preemptedNow = reserveDecodeBlocks(&rows)
         var budget = maxNumBatchedTokens - rows.count
         if !rows.isEmpty { decode(rows) }
         var chunkCount = 0, chunkTokens = 0
+        // Sequences preempted while decoding come first (earliest admitted first); one that cannot be
+        // readmitted yet stops the others behind it.
+        var recomputed = 0
+        for job in lock.withLock({ recomputeQueue }) {
+            guard budget > 0 else { break }
+            if lock.withLock({ job.ended }) { continue }   // finished meanwhile (cancelled): released soon
+            if job.preempted {
+                guard !preemptedNow, job.sequence.readmit() else { break }
+                readmitted(job)
+            }
+            if !job.prefixLookedUp {
+                job.sequence.attachCachedPrefix()
+                job.prefixLookedUp = true
+            }
+            let before = job.sequence.recomputeRemaining
+            let tokens = min(budget, max(1, before))
+            budget -= tokens
+            let result = Result { try job.sequence.recompute(maxTokens: tokens) }
+            chunkCount += 1
+            recomputed += max(0, before - job.sequence.recomputeRemaining)
+            var wake: (CheckedContinuation<Result<GeneratedToken, Error>, Never>, Result<GeneratedToken, Error>)?
+            lock.withLock {
+                switch result {
+                case .failure(let error):
+                    job.ended = true
+                    recomputeQueue.removeAll { $0 === job }
+                    if let reader = job.reader { job.reader = nil; wake = (reader, .failure(error)) } else { job.outbox.append(.failure(error)) }
+                case .success where job.sequence.recomputeRemaining == 0:
+                    job.recomputing = false
+                    recomputeQueue.removeAll { $0 === job }
+                    if !job.ended { running.append(job) }
+                case .success: break
+                }
+            }
+            if let (reader, value) = wake { reader.resume(returning: value) }
+        }
         // Chunks are sized and run one after the other, so a sequence's prefix-cache lookup (once, before its
         // first chunk is sized: a cached prefix takes none of the budget) sees the blocks that earlier chunks of
         // this step committed (the `n` choices of one request share the first one's prompt blocks).
         for (key, job) in waiting.waiting {
             guard budget > 0 else { break }
+            if job.preempted {
+                guard !preemptedNow, job.sequence.readmit() else { break }
+                readmitted(job)
+            }
             if !job.prefixLookedUp {
                 job.sequence.attachCachedPrefix()
                 job.prefixLookedUp = true
@@ -305,8 +399,93 @@ final class Scheduler: @unchecked Sendable {
             counts.steps += 1
             counts.prefillChunks += chunkCount
             counts.prefillTokens += chunkTokens
+            counts.recomputedTokens += recomputed
         }
         scheduleStep()
+    }
+
+    /// Makes every decode row reserve the block its next position needs, preempting sequences (the most
+    /// recently admitted first) while the pool has none free. A preempted row leaves `rows`. A row for which
+    /// nothing can be preempted now also leaves it for this step (the blocks are held by sequences just
+    /// admitted whose prefill is not queued yet, or just finished and not yet released: both pass soon; admission
+    /// refuses what the whole pool cannot hold, so it is never alone); the next step tries again.
+    /// - Returns: true when it preempted a sequence.
+    @discardableResult
+    private func reserveDecodeBlocks(_ rows: inout [Job]) -> Bool {
+        var preempted = false
+        var i = 0
+        while i < rows.count {
+            let job = rows[i]
+            if job.sequence.reserveDecode() { i += 1; continue }
+            guard let victim = preemptionVictim(for: job) else {
+                logger.debug("a decode row waits for a KV block held by a sequence not preemptable yet")
+                rows.remove(at: i)
+                continue
+            }
+            preempt(victim)
+            preempted = true
+            if let k = rows.firstIndex(where: { $0 === victim }) {
+                rows.remove(at: k)
+                if k < i { i -= 1 }
+            }
+        }
+        return preempted
+    }
+
+    /// The sequence to preempt so that `job` can grow: one holding blocks in the same KV cache, preferring one
+    /// that needs none any more (its generation ended; its task has not released it yet), then the most
+    /// recently admitted (possibly `job` itself, unless nothing else holds blocks). nil when there is none.
+    private func preemptionVictim(for job: Job) -> Job? {
+        lock.withLock {
+            let cache = job.sequence.kvCacheIdentity
+            let holders = admitted.filter {
+                !$0.preempted && !$0.blocksFreed && $0.sequence.supportsPreemption && $0.sequence.kvCacheIdentity == cache
+            }
+            if let done = holders.last(where: { h in h !== job && running.contains { $0 === h } && (h.ended || h.decodesLeft <= 0) }) {
+                return done
+            }
+            guard let last = holders.last, last !== job || holders.count > 1 else { return nil }
+            return last
+        }
+    }
+
+    /// Frees `victim`'s blocks. A sequence still decoding goes to the recompute queue (by admission order), one
+    /// still prefilling restarts its prefill in its place; one whose generation ended needs nothing more.
+    private func preempt(_ victim: Job) {
+        victim.sequence.preempt()
+        let finished = lock.withLock { () -> Bool in
+            let decoding = running.contains { $0 === victim }
+            if decoding, victim.ended || victim.decodesLeft <= 0 {
+                victim.blocksFreed = true
+                return true
+            }
+            victim.preempted = true
+            victim.prefixLookedUp = false
+            counts.preemptions += 1
+            if decoding {
+                running.removeAll { $0 === victim }
+                victim.recomputing = true
+                let at = recomputeQueue.firstIndex { $0.order > victim.order } ?? recomputeQueue.endIndex
+                recomputeQueue.insert(victim, at: at)
+            }
+            return false
+        }
+        if finished {
+            logger.debug("freed the KV blocks of a finished sequence for a decode step")
+        } else {
+            logger.info("preempted a sequence (its blocks freed; recomputed later)", metadata: ["admitted": "\(victim.order)"])
+        }
+    }
+
+    /// `job` got its blocks back; the last preempted one lets new admissions go on.
+    private func readmitted(_ job: Job) {
+        let last = lock.withLock { () -> Bool in
+            job.preempted = false
+            guard !admitted.contains(where: { $0.preempted }) else { return false }
+            readmissions += 1
+            return true
+        }
+        if last { blockWaiters.resumeFirst(false) }
     }
 
     /// One decode step of `rows`, one `decodeBatch` per model (a model swap can leave sequences of the old

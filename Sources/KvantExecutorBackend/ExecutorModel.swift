@@ -166,32 +166,39 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
             presencePenalty: Float(sampling.presencePenalty), frequencyPenalty: Float(sampling.frequencyPenalty),
             suppressedTokens: sampling.ignoreEOS ? tokenizer.endOfGenerationTokens.sorted() : []))
         let (pool, dtype, _) = current()
-        // Admission control: the pool promises the sequence the blocks it will hold at most while it grows
-        // to prompt + max_tokens (capped at max_model_len), so a running sequence never meets a full cache
-        // mid-decode. Sliding-window layers need only their window (plus a prefill micro-batch) of blocks.
+        // Admission (vLLM V1): the pool promises the blocks of the prompt and of the first decode position;
+        // generated tokens take blocks on demand, and when none is free the scheduler preempts a sequence.
+        // A request whose whole growth to prompt + max_tokens (capped at max_model_len) could not fit even in
+        // the empty pool is refused now. Sliding-window layers need only their window (plus a prefill
+        // micro-batch) of blocks.
         let needed = prompt.count &+ min(maxTokens, maxModelLen)
         let tokens = min(needed, maxModelLen)
-        let admission = KVAdmission(promptLength: prompt.count, maxLength: tokens)
-        let blocksNeeded = pool.peakBlocks(admission)
-        let what = "generate: the prompt (\(prompt.count) tokens) + max_tokens (\(maxTokens)) needs \(tokens) tokens of KV cache (\(blocksNeeded) blocks)"
-        let capacity = "capacity \(pool.capacityTokens) tokens (kv_cache_bytes \(kvCacheBytes), kv_cache_dtype \(dtype.rawValue), block_size \(blockSize))"
         let seq = pool.createSequence()
-        switch pool.admit(seq, promptLength: prompt.count, maxLength: tokens) {
-        case .ok:
-            break
-        case .later:
+        let status = pool.admit(seq, promptLength: prompt.count, maxLength: tokens, onDemand: true,
+                                watermark: Self.admissionWatermark(pool))
+        guard status == .ok else {
             pool.free(seq)
-            throw KVCacheAdmissionLater(
-                tokensNeeded: tokens,
-                message: "\(what); \(pool.freeBlocks) of \(pool.numBlocks) blocks are free and nothing else runs; \(capacity)")
-        case .never:
-            pool.free(seq)
+            let blocksNeeded = pool.peakBlocks(KVAdmission(promptLength: tokens, maxLength: tokens))
+            let what = "generate: the prompt (\(prompt.count) tokens) + max_tokens (\(maxTokens)) needs \(tokens) tokens of KV cache (\(blocksNeeded) blocks)"
+            let capacity = "capacity \(pool.capacityTokens) tokens (kv_cache_bytes \(kvCacheBytes), kv_cache_dtype \(dtype.rawValue), block_size \(blockSize))"
+            if status == .later {
+                let promptBlocks = pool.peakBlocks(KVAdmission(promptLength: prompt.count, maxLength: min(prompt.count + 1, tokens)))
+                throw KVCacheAdmissionLater(
+                    tokensNeeded: prompt.count + 1,
+                    message: "generate: the prompt (\(prompt.count) tokens) needs \(promptBlocks) blocks of KV cache; \(pool.freeBlocks) of \(pool.numBlocks) blocks are free and nothing else runs; \(capacity)")
+            }
             throw KvantError(.resourceExhausted,
                              "\(what), more than the whole KV cache (\(pool.numBlocks) blocks): \(capacity); lower max_tokens or raise kv_cache_bytes")
         }
         return ExecutorSequence(owner: self, pool: pool, sequence: seq, prompt: prompt.map { Int32($0) }, sampler: sampler,
-                                logprobs: sampling.logprobs, promptLogprobs: sampling.promptLogprobs,
+                                maxLength: tokens, logprobs: sampling.logprobs, promptLogprobs: sampling.promptLogprobs,
                                 skipSpecialTokens: sampling.skipSpecialTokens)
+    }
+
+    /// Free blocks admission leaves beside a new prompt while other sequences hold blocks (vLLM's
+    /// `watermark`, 1 % of the blocks), at least one block per layer group (one position of growth each).
+    static func admissionWatermark(_ pool: KVCachePool) -> Int {
+        max(pool.groups.count, pool.numBlocks / 100)
     }
 
     func kvCacheStats() -> any Encodable & Sendable {

@@ -9,11 +9,24 @@ import ModelFormats
 import Tokenizers
 
 /// One generation on the pool it started on.
+///
+/// Preemption (vLLM V1's recompute): `preempt` frees the pool sequence (its full blocks stay in the prefix
+/// cache until evicted) and keeps `history` and the sampler; `readmit` creates a new pool sequence admitted
+/// for the positions to recompute; `recompute` (preempted while decoding) or `prefill` (preempted during its
+/// prefill) computes them again, and decoding goes on from `history.last` with the sampler untouched, so the
+/// tokens are those of an undisturbed run.
 final class ExecutorSequence: GenerationSequence {
     let owner: ExecutorModel
     let pool: KVCachePool
-    let sequence: SequenceID
+    /// The pool sequence holding the blocks; a new one after each `readmit`.
+    private(set) var sequence: SequenceID
     let prompt: [Int32]
+    /// Prompt + max_tokens, capped at max_model_len: what admission checked against the whole pool.
+    let maxLength: Int
+    /// False between `preempt` and `readmit` (no pool sequence).
+    private var holdsBlocks = true
+    /// Preempted while decoding: positions `0 ..< history.count - 1` are computed again before the next decode.
+    private var needsRecompute = false
     var sampler: Sampler
     var history: [Int32]
     var decoder: StreamingDecoder
@@ -27,11 +40,12 @@ final class ExecutorSequence: GenerationSequence {
     private(set) var promptLogprobs: [TokenLogprobs?]?
 
     init(owner: ExecutorModel, pool: KVCachePool, sequence: SequenceID, prompt: [Int32], sampler: Sampler,
-         logprobs: Int? = nil, promptLogprobs: Int? = nil, skipSpecialTokens: Bool = true) {
+         maxLength: Int, logprobs: Int? = nil, promptLogprobs: Int? = nil, skipSpecialTokens: Bool = true) {
         self.owner = owner
         self.pool = pool
         self.sequence = sequence
         self.prompt = prompt
+        self.maxLength = maxLength
         self.sampler = sampler
         self.logprobs = logprobs
         self.promptLogprobCount = promptLogprobs
@@ -65,7 +79,13 @@ final class ExecutorSequence: GenerationSequence {
     /// but the last token), so the chunks compute only the rest. Prompt logprobs need every row computed, so
     /// they skip the cache.
     func attachCachedPrefix() {
-        if promptLogprobCount == nil { pool.attachCachedPrefix(sequence, prompt: prompt) }
+        guard holdsBlocks else { return }
+        if needsRecompute {
+            // Every position but the last token's is recomputed: `history` caps the hit below that.
+            pool.attachCachedPrefix(sequence, prompt: history)
+        } else if promptLogprobCount == nil {
+            pool.attachCachedPrefix(sequence, prompt: prompt)
+        }
     }
 
     /// True once the prefill sampled the first token.
@@ -142,6 +162,70 @@ final class ExecutorSequence: GenerationSequence {
     func release() {
         guard !released else { return }
         released = true
+        if holdsBlocks { pool.free(sequence) }
+        holdsBlocks = false
+    }
+
+    // MARK: On-demand blocks and preemption
+
+    var supportsPreemption: Bool { true }
+
+    var kvCacheIdentity: ObjectIdentifier? { ObjectIdentifier(pool) }
+
+    /// Grows the pool sequence to hold the position the next decode writes (`history.count - 1`).
+    /// `.never` (past what the pool could ever hold) answers true: the decode then fails with the pool's error.
+    func reserveDecode() -> Bool {
+        guard !released, holdsBlocks, history.count <= owner.maxModelLen else { return true }
+        return pool.reserve(sequence, newLength: history.count) != .later
+    }
+
+    func preempt() {
+        guard !released, holdsBlocks else { return }
         pool.free(sequence)
+        holdsBlocks = false
+        if prefilled {
+            needsRecompute = true
+        } else {
+            promptLogprobs = nil   // the prefill runs again from the start (or a cached prefix)
+        }
+    }
+
+    func readmit() -> Bool {
+        guard !released, !holdsBlocks else { return true }
+        let seq = pool.createSequence()
+        let computeLength = prefilled ? history.count - 1 : prompt.count
+        let status = pool.admit(seq, promptLength: computeLength, maxLength: max(computeLength, maxLength), onDemand: true,
+                                watermark: ExecutorModel.admissionWatermark(pool))
+        guard status == .ok else {
+            pool.free(seq)
+            return false
+        }
+        sequence = seq
+        holdsBlocks = true
+        return true
+    }
+
+    var recomputeRemaining: Int {
+        guard needsRecompute, holdsBlocks else { return 0 }
+        return max(0, history.count - 1 - pool.computedLength(of: sequence))
+    }
+
+    /// Recomputes positions `start ..< end` of `history` (start = the computed length, end at most `maxTokens`
+    /// later and at most `history.count - 1`, ending on a block boundary unless it reaches the end). No logits;
+    /// positions of generated tokens split their keys as decode rows do (`decodeRowsFrom`), so their K/V and
+    /// what later layers compute from them round as in the original decode steps.
+    func recompute(maxTokens: Int) throws {
+        guard needsRecompute, holdsBlocks, !released else { return }
+        let target = history.count - 1
+        let start = pool.computedLength(of: sequence)
+        guard start < target else { needsRecompute = false; return }
+        var end = min(target, start + max(1, maxTokens))
+        if end < target {
+            let aligned = end / owner.blockSize * owner.blockSize
+            if aligned > start { end = aligned }
+        }
+        try owner.session.forward(tokens: Array(history[start..<end]), startPosition: start, sequence: sequence, pool: pool,
+                                  logits: .range(0..<0), splitKeys: false, decodeRowsFrom: prompt.count) { _, _ in }
+        if end == target { needsRecompute = false }
     }
 }

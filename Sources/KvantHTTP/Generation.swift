@@ -98,10 +98,9 @@ func tokenBudget(promptTokens p: Int, requested: Int?, defaultTokens: Int?, info
     } else if let defaultTokens {
         budget = min(defaultTokens, m - p)
     } else {
-        // Open-ended: up to max_model_len, but so that max_num_seqs such requests fit the KV cache at once
-        // (the engine reserves every sequence's blocks up front); at least 256 tokens when the cache has them.
-        let share = info.kvCacheCapacityTokens / max(1, maxNumSeqs)
-        budget = max(1, min(m - p, max(share - p, 256), info.kvCacheCapacityTokens - p))
+        // Open-ended: up to max_model_len as vLLM does, within what one sequence can hold (blocks are taken on
+        // demand, and a sequence that runs out of them is preempted and recomputed, not failed).
+        budget = max(1, min(m - p, info.kvCacheCapacityTokens - p))
     }
     let needed = p + budget
     if needed > info.kvCacheCapacityTokens {

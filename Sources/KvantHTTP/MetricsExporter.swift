@@ -20,6 +20,7 @@ import Prometheus
 /// | `kvant:kv_cache_bytes_per_token` | gauge | bytes of K and V per token, all layers |
 /// | `kvant:prefix_cache_queries_total` | counter | prompt tokens looked up in the prefix cache (vLLM's `vllm:prefix_cache_queries`) |
 /// | `kvant:prefix_cache_hits_total` | counter | of those, tokens served from the cache (vLLM's `vllm:prefix_cache_hits`) |
+/// | `kvant:num_preemptions_total` | counter | sequences preempted because the KV cache ran out of blocks (`num_preemptions`; vLLM's `vllm:num_preemptions`) |
 public final class MetricsExporter: @unchecked Sendable {
     public let registry: PrometheusCollectorRegistry
     private let lock = NSLock()
@@ -65,6 +66,15 @@ public final class MetricsExporter: @unchecked Sendable {
         gauge("kvant:kv_cache_usage_perc", "Fraction of KV-cache blocks in use, 0 to 1.").set(usage?.fraction ?? 0)
         gauge("kvant:kv_cache_bytes_per_token", "Bytes of K and V per token, all layers.").set(Double(cache["bytes_per_token"]?.doubleValue ?? 0))
         gauge("kvant:kv_scale_epoch", "Epoch of the installed static KV scales (0 when none).").set(Double(cache["scale_epoch"]?.doubleValue ?? 0))
+
+        // Preemptions: the engine's cumulative count, added to the counter as it grows.
+        let preemptions = registry.makeCounter(descriptor: Self.descriptor(
+            "kvant:num_preemptions_total", "Sequences preempted because the KV cache ran out of blocks (freed, recomputed later)."))
+        if let now = engine.map({ Int64($0.numPreemptions) }) {
+            let seen = prefixSeen["num_preemptions"] ?? 0
+            if now > seen { preemptions.increment(by: now - seen) }
+            prefixSeen["num_preemptions"] = max(seen, now)
+        }
 
         // Info gauge: one series with the labels in force; a change replaces it.
         var labels: [(String, String)] = []

@@ -300,6 +300,7 @@ struct Stats: ParsableCommand {
                 ("prefill", String(format: "%.1f tokens/s", e.prefillTokensPerSecond)),
                 ("decode", String(format: "%.1f tokens/s", e.decodeTokensPerSecond)),
                 ("decode batch", String(format: "%.2f sequences/step (mean)", e.decodeBatchMean)),
+                ("preemptions", "\(e.numPreemptions) (KV cache ran out of blocks; recomputed)"),
             ]
             if let model = stats.model { rows += modelRows(model) } else { rows.append(("model", "(none loaded)")) }
             if case .object(let cache) = stats.kvCache {

@@ -49,7 +49,7 @@ struct CodecTests {
         let figures = try JSONValue(encoding: EngineFigures())
         guard case .object(let object) = figures else { Issue.record("not an object"); return }
         #expect(object.keys.sorted() == ["connections", "decode_batch_mean", "decode_tokens_per_second", "generated_tokens",
-                                         "prefill_tokens_per_second", "prompt_tokens", "requests_failed", "requests_running",
+                                         "num_preemptions", "prefill_tokens_per_second", "prompt_tokens", "requests_failed", "requests_running",
                                          "requests_served", "requests_waiting", "rss_bytes", "uptime_seconds"])
     }
 

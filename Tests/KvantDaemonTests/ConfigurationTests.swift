@@ -20,7 +20,7 @@ struct ConfigurationTests {
         #expect(config.kvCacheDType == .auto)
         #expect(config.kvCacheBytes == 268_435_456)
         #expect(config.blockSize == 16)
-        #expect(config.maxNumSeqs == 4)
+        #expect(config.maxNumSeqs == 16)
         #expect(config.maxNumBatchedTokens == 64)
         #expect(config.allowedDirs == ["/var/lib/kvant"])
         #expect(config.logLevel == .info)

@@ -19,12 +19,18 @@ import KvantDaemon
 /// - Scale files: JSON `{"layers": N, "per_head": bool, "scales": [numbers]}`; installing bumps the epoch.
 ///   The `sha256` field of fake reports is an FNV-1a digest (the fake has no SHA-256).
 /// - Perplexity: one "token" per byte, progress every 64; value = 1 + bytes/1000.
+/// - KV capacity (`tokenCapacity` slots): by default each sequence reserves prompt + max_tokens up front (no
+///   preemption). With `onDemandBlocks` (the executor's way): admission takes the prompt + 1 slots, each decode
+///   one more (`reserveDecode`), and the scheduler preempts when none is free; a preempted sequence frees its
+///   slots, `readmit` takes back what its recompute needs, `recompute` is recorded as `.recompute` events.
 public final class FakeBackend: InferenceBackend, @unchecked Sendable {
     public let decodeDelay: TimeInterval
     /// Seconds each model load takes (start-up gate tests).
     public let loadDelay: TimeInterval
     /// KV capacity of loaded models in token slots (admission-control tests); nil = unlimited.
     public let tokenCapacity: Int?
+    /// On-demand slots with preemption instead of reserving prompt + max_tokens up front.
+    public let onDemandBlocks: Bool
     private let lock = NSLock()
     public private(set) var loads: [ModelLoadRequest] = []
     private var lastModel: FakeModel?
@@ -41,8 +47,9 @@ public final class FakeBackend: InferenceBackend, @unchecked Sendable {
     /// The model loaded last (its `events`).
     public var lastLoadedModel: FakeModel? { lock.lock(); defer { lock.unlock() }; return lastModel }
 
-    public init(decodeDelay: TimeInterval = 0, loadDelay: TimeInterval = 0, tokenCapacity: Int? = nil, gate: DecodeGate? = nil,
-                prefillGate: PrefillGate? = nil) {
+    public init(decodeDelay: TimeInterval = 0, loadDelay: TimeInterval = 0, tokenCapacity: Int? = nil, onDemandBlocks: Bool = false,
+                gate: DecodeGate? = nil, prefillGate: PrefillGate? = nil) {
+        self.onDemandBlocks = onDemandBlocks
         self.gate = gate
         self.prefillGate = prefillGate
         self.decodeDelay = decodeDelay
@@ -65,8 +72,8 @@ public final class FakeBackend: InferenceBackend, @unchecked Sendable {
         loads.append(request)
         lock.unlock()
         progress("allocating KV cache")
-        let model = FakeModel(request: request, decodeDelay: decodeDelay, tokenCapacity: tokenCapacity, gate: gate,
-                              prefillGate: prefillGate)
+        let model = FakeModel(request: request, decodeDelay: decodeDelay, tokenCapacity: tokenCapacity, onDemandBlocks: onDemandBlocks,
+                              gate: gate, prefillGate: prefillGate)
         lock.lock()
         lastModel = model
         lock.unlock()
@@ -98,6 +105,8 @@ public final class FakeModel: LoadedModel, @unchecked Sendable {
     private var usedTokens = 0
     /// KV capacity model: token slots shared by all sequences; each reserves prompt + max_tokens. nil = unlimited.
     public let tokenCapacity: Int?
+    /// Slots on demand (prompt + 1 at admission, one per decode) with preemption.
+    public let onDemandBlocks: Bool
     public let decodeDelay: TimeInterval
     public let gate: DecodeGate?
     public let prefillGate: PrefillGate?
@@ -110,6 +119,10 @@ public final class FakeModel: LoadedModel, @unchecked Sendable {
         case prefill(sequence: Int, tokens: Int, last: Bool)
         /// One decode step of sequence `sequence`.
         case decode(sequence: Int)
+        /// Sequence `sequence` was preempted (its slots freed).
+        case preempt(sequence: Int)
+        /// A recompute chunk of `tokens` positions of a sequence preempted while decoding.
+        case recompute(sequence: Int, tokens: Int)
     }
 
     /// Every prefill chunk and decode step so far, in the order they ran.
@@ -125,8 +138,9 @@ public final class FakeModel: LoadedModel, @unchecked Sendable {
 
     func misuse(_ what: String) { lock.lock(); misuseLog.append(what); lock.unlock() }
 
-    public init(request: ModelLoadRequest, decodeDelay: TimeInterval, tokenCapacity: Int? = nil, gate: DecodeGate? = nil,
-                prefillGate: PrefillGate? = nil) {
+    public init(request: ModelLoadRequest, decodeDelay: TimeInterval, tokenCapacity: Int? = nil, onDemandBlocks: Bool = false,
+                gate: DecodeGate? = nil, prefillGate: PrefillGate? = nil) {
+        self.onDemandBlocks = onDemandBlocks
         self.gate = gate
         self.prefillGate = prefillGate
         self.decodeDelay = decodeDelay
@@ -153,20 +167,21 @@ public final class FakeModel: LoadedModel, @unchecked Sendable {
         let needed = min(prompt.count + maxTokens, info.maxModelLen)
         lock.lock()
         defer { lock.unlock() }
+        let reserve = onDemandBlocks ? min(prompt.count + 1, needed) : needed
         if let capacity = tokenCapacity {
             if needed > capacity {
                 throw KvantError(.resourceExhausted, "fake: \(needed) tokens needed, capacity \(capacity) tokens")
             }
-            if usedTokens + needed > capacity {
-                throw KVCacheAdmissionLater(tokensNeeded: needed,
-                                            message: "fake: \(needed) tokens needed, \(capacity - usedTokens) of capacity \(capacity) free")
+            if usedTokens + reserve > capacity {
+                throw KVCacheAdmissionLater(tokensNeeded: reserve,
+                                            message: "fake: \(reserve) tokens needed, \(capacity - usedTokens) of capacity \(capacity) free")
             }
         }
-        usedTokens += needed
+        usedTokens += reserve
         liveSequences += 1
         maxLiveSequences = max(maxLiveSequences, liveSequences)
         nextSequenceID += 1
-        return FakeSequence(model: self, prompt: prompt, reserved: needed, sampling: sampling, id: nextSequenceID)
+        return FakeSequence(model: self, prompt: prompt, reserved: reserve, sampling: sampling, id: nextSequenceID)
     }
 
     public func sequenceReleased(reserved: Int) {
@@ -175,6 +190,19 @@ public final class FakeModel: LoadedModel, @unchecked Sendable {
         usedTokens -= reserved
         lock.unlock()
     }
+
+    /// On-demand slots: takes `count` more if free (always with no capacity).
+    func takeSlots(_ count: Int) -> Bool {
+        lock.lock(); defer { lock.unlock() }
+        if let capacity = tokenCapacity, usedTokens + count > capacity { return false }
+        usedTokens += count
+        return true
+    }
+
+    func returnSlots(_ count: Int) { lock.lock(); usedTokens -= count; lock.unlock() }
+
+    /// Token slots in use (on-demand tests: never above the capacity).
+    public var slotsUsed: Int { lock.lock(); defer { lock.unlock() }; return usedTokens }
 
     /// Sequences made and not released.
     public var sequencesLive: Int { lock.lock(); defer { lock.unlock() }; return liveSequences }
@@ -278,7 +306,11 @@ public final class FakeModel: LoadedModel, @unchecked Sendable {
 public final class FakeSequence: GenerationSequence {
     public let model: FakeModel
     public let prompt: [Int]
-    public let reserved: Int
+    /// Slots held (on demand: grows with the sequence, 0 while preempted).
+    public private(set) var reserved: Int
+    /// Preempted while decoding: positions recomputed so far (of `prompt.count + position - 1`).
+    private var recomputed: Int?
+    private var holdsSlots = true
     public let sampling: SamplingConfig
     public var position = 0
     /// Order of creation on its model (1, 2, …), as `FakeModel.events` name it.
@@ -329,6 +361,7 @@ public final class FakeSequence: GenerationSequence {
     public func prefill(maxTokens: Int) throws -> GeneratedToken? {
         if released { model.misuse("prefill of released sequence \(id)") }
         if maxTokens < 1 { model.misuse("prefill chunk of \(maxTokens) tokens for sequence \(id)") }
+        if !holdsSlots { model.misuse("prefill of preempted sequence \(id) not readmitted") }
         model.prefillGate?.pass(promptLength: prompt.count)
         let tokens = max(1, min(maxTokens, prompt.count - prefilled))
         prefilled += tokens
@@ -339,6 +372,9 @@ public final class FakeSequence: GenerationSequence {
 
     public func decode() throws -> GeneratedToken {
         if released { model.misuse("decode of released sequence \(id)") }
+        if model.onDemandBlocks, !holdsSlots || recomputed != nil || reserved < nextDecodeLength {
+            model.misuse("decode of sequence \(id) without its slots (held \(reserved), needs \(nextDecodeLength))")
+        }
         model.record(.decode(sequence: id))
         return next()
     }
@@ -347,6 +383,50 @@ public final class FakeSequence: GenerationSequence {
         if released { model.misuse("sequence \(id) released twice"); return }
         released = true
         model.sequenceReleased(reserved: reserved)
+    }
+
+    // On-demand slots (`FakeModel.onDemandBlocks`).
+
+    public var supportsPreemption: Bool { model.onDemandBlocks }
+
+    /// Tokens whose K/V the sequence holds after its next decode: prompt + tokens generated so far.
+    private var nextDecodeLength: Int { prompt.count + position }
+
+    public func reserveDecode() -> Bool {
+        guard model.onDemandBlocks, !released else { return true }
+        if !holdsSlots || recomputed != nil { model.misuse("reserveDecode of preempted sequence \(id)"); return true }
+        let more = nextDecodeLength - reserved
+        guard more > 0 else { return true }
+        guard model.takeSlots(more) else { return false }
+        reserved += more
+        return true
+    }
+
+    public func preempt() {
+        if released || !holdsSlots { model.misuse("preempt of a released or preempted sequence \(id)"); return }
+        model.returnSlots(reserved)
+        reserved = 0
+        holdsSlots = false
+        if position > 0 { recomputed = 0 } else { prefilled = 0 }
+        model.record(.preempt(sequence: id))
+    }
+
+    public func readmit() -> Bool {
+        if released || holdsSlots { model.misuse("readmit of sequence \(id) holding slots"); return true }
+        let need = position > 0 ? nextDecodeLength : prompt.count + 1
+        guard model.takeSlots(need) else { return false }
+        reserved = need
+        holdsSlots = true
+        return true
+    }
+
+    public var recomputeRemaining: Int { recomputed.map { max(0, nextDecodeLength - 1 - $0) } ?? 0 }
+
+    public func recompute(maxTokens: Int) throws {
+        guard let done = recomputed, holdsSlots else { model.misuse("recompute of sequence \(id) not preempted or not readmitted"); return }
+        let n = max(1, min(maxTokens, nextDecodeLength - 1 - done))
+        recomputed = done + n >= nextDecodeLength - 1 ? nil : done + n
+        model.record(.recompute(sequence: id, tokens: n))
     }
 }
 

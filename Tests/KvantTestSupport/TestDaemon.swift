@@ -33,12 +33,12 @@ public final class TestDaemon: @unchecked Sendable {
     public let reloads: AsyncStream<Void>.Continuation
 
     public init(tag: String, decodeDelay: TimeInterval = 0, loadDelay: TimeInterval = 0, tokenCapacity: Int? = nil,
-         notifier: SystemdNotifier = .disabled,
+         onDemandBlocks: Bool = false, notifier: SystemdNotifier = .disabled,
          logs: LogCapture? = nil, configure: (inout DaemonConfiguration, String) -> Void = { _, _ in }) throws {
         var configuration: DaemonConfiguration
         (dir, allowed, socketPath, configuration) = try makeTestDaemonConfiguration(tag: tag)
         configure(&configuration, allowed)
-        backend = FakeBackend(decodeDelay: decodeDelay, loadDelay: loadDelay, tokenCapacity: tokenCapacity)
+        backend = FakeBackend(decodeDelay: decodeDelay, loadDelay: loadDelay, tokenCapacity: tokenCapacity, onDemandBlocks: onDemandBlocks)
         var logger = logs.map { capture in Logger(label: "kvantd-test", factory: { _ in CapturingLogHandler(capture: capture) }) }
             ?? Logger(label: "kvantd-test")
         logger.logLevel = logs != nil ? .trace : ProcessInfo.processInfo.environment["KVANT_TEST_LOG"] != nil ? .trace : .warning
