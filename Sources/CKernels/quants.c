@@ -305,6 +305,9 @@ static inline __m256i dot_s8s8_w(__m256i w, __m256i a, __m256i w16) {
 
 #define NA_MAX 8
 
+static int kquant_tables_on = 1;
+void kvant_set_kquant_tables(int on) { kquant_tables_on = on != 0; }
+
 /* Tables for the Q4_K/Q5_K kernels with several activation rows (Q8_K activations, `na` rows of n/32 blocks each): per
  * group g of NA_MAX activation rows, bsT[g][block][i] = Σq of block `block` of row 8g+i (bs2[0] + bs2[1]) and
  * daT[g][superblock][i] = that row's d, 0 past the last row. On allocation failure both stay NULL (the scalar code). */

@@ -271,8 +271,8 @@ static int KV_SFX(matmul_q8a)(int type, const void *w, size_t row_bytes, int64_t
     /* Q4_K/Q5_K with several activation rows: their block sums and super-block d, laid out for the vector min term. */
     int32_t *bsT = NULL;
     float *daT = NULL;
-    if (type == T_Q4_K || type == T_Q5_K) kq_tables(a, na, n, &bsT, &daT);
-    const int q6 = type == T_Q6_K || type == T_Q6_K_TILED;
+    if ((type == T_Q4_K || type == T_Q5_K) && kquant_tables_on) kq_tables(a, na, n, &bsT, &daT);
+    const int q6 = (type == T_Q6_K || type == T_Q6_K_TILED) && kquant_tables_on;
     if (q6) bsT = q6_tables(a, na, n);
     const int64_t groups = (na + NA_MAX - 1) / NA_MAX;
     /* Tile: a few weight rows stay in L1 while every group of up to 8 activation rows passes over them. */
