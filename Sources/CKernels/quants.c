@@ -308,7 +308,7 @@ static inline __m256i dot_s8s8_w(__m256i w, __m256i a, __m256i w16) {
 static int kquant_tables_on = 1;
 void kvant_set_kquant_tables(int on) { kquant_tables_on = on != 0; }
 
-/* Tables for the Q4_K/Q5_K kernels with several activation rows (Q8_K activations, `na` rows of n/32 blocks each): per
+/* Tables for the Q4_K/Q5_K kernels (Q8_K activations, `na` rows of n/32 blocks each): per
  * group g of NA_MAX activation rows, bsT[g][block][i] = Σq of block `block` of row 8g+i (bs2[0] + bs2[1]) and
  * daT[g][superblock][i] = that row's d, 0 past the last row. On allocation failure both stay NULL (the scalar code). */
 static void kq_tables(const kvant_block_q8a *a, int64_t na, int64_t n, int32_t **bsT, float **daT) {
@@ -334,7 +334,7 @@ static void kq_tables(const kvant_block_q8a *a, int64_t na, int64_t n, int32_t *
     *daT = dt;
 }
 
-/* For the Q6_K kernel with several activation rows: st[row][block] = the 4 bytes of `s` (the two int16 bsums) of every
+/* For the Q6_K kernel: st[row][block] = the 4 bytes of `s` (the two int16 bsums) of every
  * activation block, row-major with NA_MAX·(n/32) words per group of NA_MAX rows; NULL on allocation failure. */
 static int32_t *q6_tables(const kvant_block_q8a *a, int64_t na, int64_t n) {
     const int64_t nb = n / 32;

@@ -2,9 +2,10 @@
  * (vpdpbusd). KV_SFX names the variant; KV_DOT_U8S8 / KV_DOT_S8S8 are its 32-byte dot products (8 int32 sums). */
 
 /* One weight row against `na` (1..NA_MAX) activation rows. `astride` = blocks between activation rows.
- * Q4_K/Q5_K with na > 1 take `bsT` and `daT` (kq_tables: the activation rows' block sums and super-block d, activation
- * row innermost) and compute the min term and the final FMAs for all na rows in vector lanes, with the same integer
- * sums and the same float operations per row as the scalar code (NULL: the scalar code). */
+ * Q4_K/Q5_K take `bsT` and `daT` (kq_tables: the activation rows' block sums and super-block d, activation row
+ * innermost) and compute the min term and the final FMAs for all na rows in vector lanes, with the same integer sums
+ * and the same float operations per row as the scalar code; Q6_K takes `bsT` (q6_tables: the bsums). NULL: the scalar
+ * code (and Q6_K's gather). */
 static inline __attribute__((always_inline))
 void KV_SFX(dot_row_q)(const int type, const uint8_t *w, int64_t n, const kvant_block_q8a *a, int64_t astride, const int na,
                float *res, const int32_t *bsT, const float *daT) {
@@ -181,7 +182,7 @@ void KV_SFX(dot_row_q)(const int type, const uint8_t *w, int64_t n, const kvant_
             const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
             const __m256i bidx = _mm256_setr_epi32(0, 10, 20, 30, 40, 50, 60, 70);   /* s of blocks 0..7, 40 bytes apart */
             for (int i = 0; i < na; i++) {
-                /* bsT (q6_tables, na > 1): the same 8 words, gathered once per call instead of once per weight row */
+                /* bsT (q6_tables): the same 8 words, tabled once per call instead of gathered once per weight row */
                 const __m256i bs = bsT ? _mm256_loadu_si256((const __m256i *)(bsT + i * (n / 32) + 8 * b))
                                        : _mm256_i32gather_epi32((const int *)&a[i * astride + 8 * b].s, bidx, 4);
                 isum[i] = _mm256_sub_epi32(isum[i], _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16), 5));
@@ -268,13 +269,12 @@ static int KV_SFX(matmul_q8a)(int type, const void *w, size_t row_bytes, int64_t
         if (na > g4) KV_SFX(matmul_q8a)(T_Q4_K, w, row_bytes, n, row0, row1, a + g4 * astride, na - g4, out + g4 * out_stride, out_stride, 1);
         return 0;
     }
-    /* Q4_K/Q5_K with several activation rows: their block sums and super-block d, laid out for the vector min term. */
+    /* Q4_K/Q5_K: the activation rows' block sums and super-block d, laid out for the vector min term; Q6_K: the bsums. */
     int32_t *bsT = NULL;
     float *daT = NULL;
     if ((type == T_Q4_K || type == T_Q5_K) && kquant_tables_on) kq_tables(a, na, n, &bsT, &daT);
     const int q6 = (type == T_Q6_K || type == T_Q6_K_TILED) && kquant_tables_on;
     if (q6) bsT = q6_tables(a, na, n);
-    const int64_t groups = (na + NA_MAX - 1) / NA_MAX;
     /* Tile: a few weight rows stay in L1 while every group of up to 8 activation rows passes over them. */
     const int64_t RT = na > NA_MAX ? 8 : (row1 - row0);
     for (int64_t r0 = row0; r0 < row1; r0 += RT) {
@@ -285,7 +285,6 @@ static int KV_SFX(matmul_q8a)(int type, const void *w, size_t row_bytes, int64_t
                a + i0 * astride, astride, out + i0 * out_stride, out_stride);
         }
     }
-    (void)groups;
     free(bsT);
     free(daT);
     return 0;
