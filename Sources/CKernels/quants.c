@@ -305,6 +305,45 @@ static inline __m256i dot_s8s8_w(__m256i w, __m256i a, __m256i w16) {
 
 #define NA_MAX 8
 
+static int kquant_tables_on = 1;
+void kvant_set_kquant_tables(int on) { kquant_tables_on = on != 0; }
+
+/* Tables for the Q4_K/Q5_K kernels (Q8_K activations, `na` rows of n/32 blocks each): per
+ * group g of NA_MAX activation rows, bsT[g][block][i] = Σq of block `block` of row 8g+i (bs2[0] + bs2[1]) and
+ * daT[g][superblock][i] = that row's d, 0 past the last row. On allocation failure both stay NULL (the scalar code). */
+static void kq_tables(const kvant_block_q8a *a, int64_t na, int64_t n, int32_t **bsT, float **daT) {
+    const int64_t nb = n / 32, ns = n / 256, groups = (na + NA_MAX - 1) / NA_MAX;
+    int32_t *bt = malloc(sizeof(int32_t) * (size_t)(groups * nb * NA_MAX));
+    float *dt = malloc(sizeof(float) * (size_t)(groups * ns * NA_MAX));
+    if (!bt || !dt) { free(bt); free(dt); return; }
+    for (int64_t g = 0; g < groups; g++)
+        for (int i = 0; i < NA_MAX; i++) {
+            const int64_t row = g * NA_MAX + i;
+            for (int64_t b = 0; b < nb; b++) {
+                int32_t v = 0;
+                if (row < na) {
+                    int16_t bs2[2];
+                    memcpy(bs2, &a[row * nb + b].s, 4);
+                    v = (int32_t)bs2[0] + (int32_t)bs2[1];
+                }
+                bt[(g * nb + b) * NA_MAX + i] = v;
+            }
+            for (int64_t s = 0; s < ns; s++) dt[(g * ns + s) * NA_MAX + i] = row < na ? a[row * nb + 8 * s].d : 0.0f;
+        }
+    *bsT = bt;
+    *daT = dt;
+}
+
+/* For the Q6_K kernel: st[row][block] = the 4 bytes of `s` (the two int16 bsums) of every
+ * activation block, row-major with NA_MAX·(n/32) words per group of NA_MAX rows; NULL on allocation failure. */
+static int32_t *q6_tables(const kvant_block_q8a *a, int64_t na, int64_t n) {
+    const int64_t nb = n / 32;
+    int32_t *st = malloc(sizeof(int32_t) * (size_t)(na * nb));
+    if (st)
+        for (int64_t k = 0; k < na * nb; k++) memcpy(&st[k], &a[k].s, 4);
+    return st;
+}
+
 #define KV_SFX(x) x##_avx2
 #define KV_DPWSSD(acc, p16, w16) _mm256_add_epi32(acc, _mm256_madd_epi16(p16, w16))
 #define KV_DOT_U8S8(u, a) dot_u8s8(u, a)
@@ -346,30 +385,33 @@ static inline __attribute__((always_inline)) __m256i q0_decode_signed(const int 
 
 /* Exact signed int8 dot lanes without the sign trick: with a' = a + 128 (unsigned) and w signed,
  * Σ a'·w = Σ a·w + 128·Σ w, so vpdpbusd started from -128·Σw (per 4-byte lane, once per weight block) gives the
- * lanes of Σ a·w. The scale d_w·d_a of every (weight row, activation row) pair comes from one vector multiply per
- * weight block (`da` holds the 8 activation rows' d of the block contiguously) and an embedded broadcast. */
+ * lanes of Σ a·w. Before the tiles run, each tile of 8 weight rows is decoded once into an L1-resident buffer (signed
+ * int8 values, the -128·Σw start lanes and d_w per block) and the activations are offset to unsigned once per call, so
+ * the inner loop is a load, vpdpbusd, a conversion and an FMA per (weight row, activation row, block). The scale
+ * d_w·d_a of the 8 activation rows of a group comes from one vector multiply per weight row and block (`da` holds the
+ * 8 rows' d of the block contiguously: the same products as one scalar multiply each), read back by the FMAs as
+ * embedded broadcasts. */
 static inline __attribute__((always_inline))
-void q0_tile512(const int type, const int R, const int NA, const uint8_t *w, size_t row_bytes, int64_t nb,
-                const kvant_block_q8a *a, int64_t astride, const float *da, float *out, int64_t out_stride) {
-    const int bs = type == T_Q8_0 ? 34 : type == T_Q4_0 ? 18 : 22;
-    const __m256i x80 = _mm256_set1_epi8((char)0x80);
+void q0_tile512(const int R, const int NA, const __m256i *ws, const __m256i *bias, const float *dw, int64_t nb,
+                const uint8_t *au, const float *da, float *out, int64_t out_stride) {
     __m256 acc[2][8];
     for (int r = 0; r < R; r++)
         for (int i = 0; i < NA; i++) acc[r][i] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        __m256i ws[2], bias[2];
-        __m256 dw[2];
+        __m256i w[2], st[2];
+        _Alignas(32) float dd[2][8];
+        const __m256 da8 = _mm256_loadu_ps(da + 8 * b);
         for (int r = 0; r < R; r++) {
-            const uint8_t *wb = w + (size_t)r * row_bytes + (size_t)b * bs;
-            ws[r] = q0_decode_signed(type, wb);
-            bias[r] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_epi32(_mm256_setzero_si256(), x80, ws[r]));
-            dw[r] = _mm256_set1_ps(fp16_to_f32(rd16(wb)));
+            w[r] = _mm256_load_si256(ws + r * nb + b);
+            st[r] = _mm256_load_si256(bias + r * nb + b);
+            _mm256_store_ps(dd[r], _mm256_mul_ps(_mm256_broadcast_ss(dw + r * nb + b), da8));
         }
+        __asm__ volatile("" : : "r"(dd) : "memory");   /* keep dd in memory: the FMAs broadcast from it */
         for (int i = 0; i < NA; i++) {
-            const __m256i au = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)a[i * astride + b].q), x80);
+            const __m256i u = _mm256_loadu_si256((const __m256i *)(au + (i * nb + b) * 32));
             for (int r = 0; r < R; r++) {
-                const __m256i p = _mm256_dpbusd_epi32(bias[r], au, ws[r]);
-                acc[r][i] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], _mm256_set1_ps(da[8 * b + i])), _mm256_cvtepi32_ps(p), acc[r][i]);
+                const __m256i p = _mm256_dpbusd_epi32(st[r], u, w[r]);
+                acc[r][i] = _mm256_fmadd_ps(_mm256_broadcast_ss(&dd[r][i]), _mm256_cvtepi32_ps(p), acc[r][i]);
             }
         }
     }
@@ -377,69 +419,69 @@ void q0_tile512(const int type, const int R, const int NA, const uint8_t *w, siz
         for (int i = 0; i < NA; i++) out[i * out_stride + r] = hsum256(acc[r][i]);
 }
 
-#define Q0_TILES(NAME, TYPE) \
-    static void NAME(int R, int NA, const uint8_t *w, size_t rb, int64_t nb, const kvant_block_q8a *a, int64_t as, \
-                     const float *da, float *out, int64_t os) { \
-        if (R == 2) { \
-            switch (NA) { \
-            case 1: q0_tile512(TYPE, 2, 1, w, rb, nb, a, as, da, out, os); break; \
-            case 2: q0_tile512(TYPE, 2, 2, w, rb, nb, a, as, da, out, os); break; \
-            case 3: q0_tile512(TYPE, 2, 3, w, rb, nb, a, as, da, out, os); break; \
-            case 4: q0_tile512(TYPE, 2, 4, w, rb, nb, a, as, da, out, os); break; \
-            case 5: q0_tile512(TYPE, 2, 5, w, rb, nb, a, as, da, out, os); break; \
-            case 6: q0_tile512(TYPE, 2, 6, w, rb, nb, a, as, da, out, os); break; \
-            case 7: q0_tile512(TYPE, 2, 7, w, rb, nb, a, as, da, out, os); break; \
-            default: q0_tile512(TYPE, 2, 8, w, rb, nb, a, as, da, out, os); break; \
-            } \
-        } else { \
-            switch (NA) { \
-            case 1: q0_tile512(TYPE, 1, 1, w, rb, nb, a, as, da, out, os); break; \
-            case 2: q0_tile512(TYPE, 1, 2, w, rb, nb, a, as, da, out, os); break; \
-            case 3: q0_tile512(TYPE, 1, 3, w, rb, nb, a, as, da, out, os); break; \
-            case 4: q0_tile512(TYPE, 1, 4, w, rb, nb, a, as, da, out, os); break; \
-            case 5: q0_tile512(TYPE, 1, 5, w, rb, nb, a, as, da, out, os); break; \
-            case 6: q0_tile512(TYPE, 1, 6, w, rb, nb, a, as, da, out, os); break; \
-            case 7: q0_tile512(TYPE, 1, 7, w, rb, nb, a, as, da, out, os); break; \
-            default: q0_tile512(TYPE, 1, 8, w, rb, nb, a, as, da, out, os); break; \
-            } \
-        } \
+#define Q0_TILE_CASE(R, NA) case NA: q0_tile512(R, NA, ws, bias, dw, nb, au, da, out, os); break;
+static void q0_tiles(int R, int NA, const __m256i *ws, const __m256i *bias, const float *dw, int64_t nb,
+                     const uint8_t *au, const float *da, float *out, int64_t os) {
+    if (R == 2) {
+        switch (NA) { Q0_TILE_CASE(2, 1) Q0_TILE_CASE(2, 2) Q0_TILE_CASE(2, 3) Q0_TILE_CASE(2, 4) Q0_TILE_CASE(2, 5)
+                      Q0_TILE_CASE(2, 6) Q0_TILE_CASE(2, 7) default: q0_tile512(2, 8, ws, bias, dw, nb, au, da, out, os); }
+    } else {
+        switch (NA) { Q0_TILE_CASE(1, 1) Q0_TILE_CASE(1, 2) Q0_TILE_CASE(1, 3) Q0_TILE_CASE(1, 4) Q0_TILE_CASE(1, 5)
+                      Q0_TILE_CASE(1, 6) Q0_TILE_CASE(1, 7) default: q0_tile512(1, 8, ws, bias, dw, nb, au, da, out, os); }
     }
-Q0_TILES(tiles_q4_0_512, T_Q4_0)
-Q0_TILES(tiles_q5_0_512, T_Q5_0)
-Q0_TILES(tiles_q8_0_512, T_Q8_0)
-#undef Q0_TILES
+}
+#undef Q0_TILE_CASE
 
 static void matmul_q0_avx512(int type, const uint8_t *wb, size_t row_bytes, int64_t n, int64_t row0, int64_t row1,
                              const kvant_block_q8a *a, int64_t na, float *out, int64_t out_stride) {
-    typedef void (*tiles_fn)(int, int, const uint8_t *, size_t, int64_t, const kvant_block_q8a *, int64_t, const float *,
-                             float *, int64_t);
-    const tiles_fn fn = type == T_Q4_0 ? tiles_q4_0_512 : type == T_Q5_0 ? tiles_q5_0_512 : tiles_q8_0_512;
     const int64_t nb = n / 32, astride = n / 32;
     const int64_t groups = (na + 7) / 8;
-    /* da[g][b][0..7]: the d of block b of activation rows 8g..8g+7 (0 past the last row). */
-    float stack_da[4096];
-    float *da = groups * nb * 8 <= 4096 ? stack_da : malloc(sizeof(float) * (size_t)(groups * nb * 8));
-    if (!da) { matmul_q8a_avx2(type, wb, row_bytes, n, row0, row1, a, na, out, out_stride, 0); return; }
+    const int bs = type == T_Q8_0 ? 34 : type == T_Q4_0 ? 18 : 22;
+    /* da[g][b][0..7]: the d of block b of activation rows 8g..8g+7 (0 past the last row); au[i][b]: block b of
+     * activation row i offset to unsigned; ws/bias/dw: the decoded weight tile (8 rows × nb blocks). */
+    float *da = malloc(sizeof(float) * (size_t)(groups * nb * 8));
+    uint8_t *au = malloc((size_t)(na * nb * 32));
+    __m256i *ws = aligned_alloc(32, sizeof(__m256i) * (size_t)(16 * nb));
+    float *dw = malloc(sizeof(float) * (size_t)(8 * nb));
+    if (!da || !au || !ws || !dw) {
+        free(da); free(au); free(ws); free(dw);
+        matmul_q8a_avx2(type, wb, row_bytes, n, row0, row1, a, na, out, out_stride, 0);
+        return;
+    }
+    __m256i *bias = ws + 8 * nb;
     for (int64_t g = 0; g < groups; g++)
         for (int64_t b = 0; b < nb; b++)
             for (int64_t i = 0; i < 8; i++) {
                 const int64_t row = 8 * g + i;
                 da[(g * nb + b) * 8 + i] = row < na ? a[row * astride + b].d : 0.0f;
             }
-    /* Weight tiles of 8 rows stay in L1 while every group of 8 activation rows passes over them. */
+    const __m256i x80 = _mm256_set1_epi8((char)0x80);
+    for (int64_t k = 0; k < na * nb; k++)
+        _mm256_storeu_si256((__m256i *)(au + 32 * k), _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)a[k].q), x80));
+    /* Weight tiles of 8 rows, decoded once, stay in L1 while every group of 8 activation rows passes over them. */
     for (int64_t t0 = row0; t0 < row1; t0 += 8) {
         const int64_t t1 = t0 + 8 < row1 ? t0 + 8 : row1;
+        for (int64_t r = 0; r < t1 - t0; r++)
+            for (int64_t b = 0; b < nb; b++) {
+                const uint8_t *blk = wb + (size_t)(t0 + r) * row_bytes + (size_t)b * bs;
+                const __m256i w = type == T_Q8_0 ? q0_decode_signed(T_Q8_0, blk)
+                                : type == T_Q4_0 ? q0_decode_signed(T_Q4_0, blk) : q0_decode_signed(T_Q5_0, blk);
+                ws[r * nb + b] = w;
+                bias[r * nb + b] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_epi32(_mm256_setzero_si256(), x80, w));
+                dw[r * nb + b] = fp16_to_f32(rd16(blk));
+            }
         for (int64_t g = 0; g < groups; g++) {
             const int64_t i0 = 8 * g;
             const int cnt = (int)(na - i0 < 8 ? na - i0 : 8);
             for (int64_t r = t0; r < t1; r += 2) {
                 const int R = t1 - r >= 2 ? 2 : 1;
-                fn(R, cnt, wb + (size_t)r * row_bytes, row_bytes, nb, a + i0 * astride, astride, da + g * nb * 8,
-                   out + i0 * out_stride + r, out_stride);
+                const int64_t k = r - t0;
+                q0_tiles(R, cnt, ws + k * nb, bias + k * nb, dw + k * nb, nb, au + i0 * nb * 32, da + g * nb * 8,
+                         out + i0 * out_stride + r, out_stride);
             }
         }
     }
-    if (da != stack_da) free(da);
+    free(da); free(au); free(ws); free(dw);
 }
 
 /* Decode (one activation row) for Q4_0/Q5_0/Q8_0. The weights enter vpdpbusd as unsigned bytes u = w + K (Q4_0: the

@@ -302,3 +302,46 @@ extension MatMulTests {
         _ = kvant_force_int8_kernel_variant(-1)
     }
 }
+
+/// The K-quant kernels' activation tables (the Q4_K/Q5_K min term and final FMAs in vector lanes over the activation
+/// rows, the Q6_K bsums read from a table) promise the same bits as the scalar code they replace: random Q4_K, Q5_K and
+/// Q6_K blocks, 1 (decode) to 17 activation rows, both roundings (batch-invariant and llama.cpp's batched kernels).
+extension MatMulTests {
+    @Test func kquantTablesAreBitIdenticalToTheScalarCode() throws {
+        var rng = SplitMix64(seed: 4242)
+        for (type, bb, _, offs) in Self.layouts where [.q4_K, .q5_K, .q6_K].contains(type) {
+            for (rows, m, cols) in [(3, 1, 256), (5, 1, 2048), (7, 3, 512), (9, 8, 1024), (4, 17, 768)] {
+                let nb = cols / 256
+                var bytes = [UInt8](repeating: 0, count: rows * nb * bb)
+                for k in bytes.indices { bytes[k] = UInt8(truncatingIfNeeded: rng.next()) }
+                for blk in 0..<(rows * nb) {
+                    for off in offs {
+                        let v = Float16(Float(0.002 + 0.05 * rng.nextUniform()) * (rng.next() & 1 == 0 ? 1 : -1)).bitPattern
+                        bytes[blk * bb + off] = UInt8(v & 0xFF)
+                        bytes[blk * bb + off + 1] = UInt8(v >> 8)
+                    }
+                }
+                var x: [Float] = (0..<(m * cols)).map { k in Float(rng.nextGaussian()) * ((k % 13 == 0) ? 8 : 1) }
+                for k in 0..<min(32, x.count) { x[k] = 0 }
+                for batchRounding in [false, true] {
+                    var out = [[Float]]()
+                    for tables: Int32 in [0, 1] {
+                        kvant_set_kquant_tables(tables)
+                        var o = [Float](repeating: .nan, count: m * rows)
+                        try bytes.withUnsafeBytes { buf in
+                            let w = try WeightMatrix(name: "random \(type)", type: type, rows: rows, cols: cols, bytes: buf)
+                            let mm = MatMul(threads: 1)
+                            mm.llamaCppBatchRounding = batchRounding
+                            mm.multiply(w, x, m: m, out: &o)
+                        }
+                        out.append(o)
+                    }
+                    kvant_set_kquant_tables(1)
+                    #expect(out[0].map(\.bitPattern) == out[1].map(\.bitPattern),
+                            "\(type) rows \(rows) m \(m) cols \(cols) batch rounding \(batchRounding): tables \(out[1].prefix(4)) vs scalar \(out[0].prefix(4))")
+                    #expect(out[0].allSatisfy { $0.isFinite })
+                }
+            }
+        }
+    }
+}

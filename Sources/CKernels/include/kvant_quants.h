@@ -75,6 +75,10 @@ int kvant_int8_kernel_variant(void);
 /* Tests: force 0 (AVX2), 1 (AVX-VNNI) or 2 (AVX-512 tiles + AVX-VNNI); returns -1 when the CPU lacks it; -1 re-detects.
  * Not thread-safe. */
 int kvant_force_int8_kernel_variant(int variant);
+/* Tests: 0 makes the Q4_K/Q5_K/Q6_K kernels use their scalar min term and per-row gather instead of the per-call
+ * activation tables (kq_tables / q6_tables in quants.c: bit-identical, faster); 1 (the default) restores them.
+ * Not thread-safe. */
+void kvant_set_kquant_tables(int on);
 
 /* True when the int8 path exists for `type`. */
 int kvant_type_has_q8a_path(int type);
