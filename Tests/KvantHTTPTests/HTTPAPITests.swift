@@ -431,7 +431,10 @@ struct HTTPAPITests {
 
     @Test("over capacity: 429 with Retry-After while max_num_seqs + max_queued_requests sequences are in flight")
     func overCapacity() async throws {
-        let d = try TestHTTPDaemon(tag: "429", backend: FakeBackend(decodeDelay: 0.02)) { c, _ in
+        // The running stream holds at its second token until the 429 is checked: on a loaded machine a free
+        // running stream could end before the third request arrives.
+        let gate = DecodeGate(holdAt: 1)
+        let d = try TestHTTPDaemon(tag: "429", backend: FakeBackend(decodeDelay: 0.02, gate: gate)) { c, _ in
             c.maxNumSeqs = 1
             c.maxQueuedRequests = 1
         }
@@ -450,6 +453,7 @@ struct HTTPAPITests {
         #expect(r.headers["retry-after"] == "1")
         #expect(r.error["type"] as? String == "RateLimitError")
         #expect((r.error["message"] as? String)?.contains("max_num_seqs + max_queued_requests") == true)
+        gate.open()
         a.close()
         b.close()
         _ = try await d.waitForStats("both cancelled") { $0.engine.requestsRunning == 0 && $0.engine.requestsWaiting == 0 }
