@@ -100,6 +100,10 @@ public struct DaemonConfiguration: Sendable, Equatable {
     /// Parses TOML text (`file` names it in errors).
     public static func parse(toml text: String, file: String) throws -> DaemonConfiguration {
         let table: TOMLTable
+        if let line = keylessTableHeaderLine(text) {
+            throw KvantError(.invalidArgument,
+                             "\(file): TOML syntax error at line \(line): '[' starts a table header but no key follows it")
+        }
         do {
             table = try TOMLTable(string: text)
         } catch let error as TOMLParseError {
@@ -115,6 +119,34 @@ public struct DaemonConfiguration: Sendable, Equatable {
             try config.apply(key: key, value: value, file: file)
         }
         return config
+    }
+
+    /// The first line (1-based) that opens a table header (`[` or `[[`) with no key after it (`[`, `[ ]`,
+    /// `[[[`, `[#`), or nil. toml++ (under TOMLKit) asserts on such a header instead of reporting an error,
+    /// which would abort the daemon: they are refused here first. Lines inside multi-line strings are skipped;
+    /// a value line of a nested array could start with `[[[` or `[[]`, but no key of this file takes one.
+    static func keylessTableHeaderLine(_ text: String) -> Int? {
+        var inMultilineString: Substring? = nil
+        for (index, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            var line = raw[...]
+            if let delimiter = inMultilineString {
+                guard let end = line.range(of: delimiter) else { continue }
+                line = line[end.upperBound...]
+                inMultilineString = nil
+            }
+            for delimiter in ["\"\"\"", "'''"] where line.components(separatedBy: delimiter).count % 2 == 0 {
+                inMultilineString = Substring(delimiter)
+            }
+            var rest = line.drop { $0 == " " || $0 == "\t" }
+            guard rest.first == "[" else { continue }
+            rest = rest.dropFirst()
+            if rest.first == "[" { rest = rest.dropFirst() }
+            rest = rest.drop { $0 == " " || $0 == "\t" }
+            guard let next = rest.first else { return index + 1 }
+            let bare = next.isASCII && (next.isLetter || next.isNumber || next == "_" || next == "-")
+            if !(bare || next == "\"" || next == "'") { return index + 1 }
+        }
+        return nil
     }
 
     private mutating func apply(key: String, value: TOMLValue, file: String) throws {

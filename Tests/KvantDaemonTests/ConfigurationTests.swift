@@ -90,6 +90,12 @@ struct ConfigurationTests {
         ("log_level = \"loud\"", "key 'log_level' = 'loud'"),
         ("shutdown_timeout_seconds = -1", "key 'shutdown_timeout_seconds' = -1.0 is out of range"),
         ("socket = ", "TOML syntax error at line 1"),
+        // toml++ asserted (aborting kvantd) on a table header with no key; each is a syntax error now.
+        ("[", "TOML syntax error at line 1: '[' starts a table header but no key follows it"),
+        ("block_size = 16\n[[[", "TOML syntax error at line 2: '[' starts a table header"),
+        ("  [ ]", "TOML syntax error at line 1: '[' starts a table header"),
+        ("[[#x", "TOML syntax error at line 1: '[' starts a table header"),
+        ("[a]]", "TOML syntax error at line 1"),
         ("enable_prefix_caching = \"no\"", "key 'enable_prefix_caching' must be a boolean (true or false)"),
     ])
     func errors(line: String, expected: String) {
@@ -103,6 +109,13 @@ struct ConfigurationTests {
         } catch {
             Issue.record("unexpected error \(error)")
         }
+    }
+
+    @Test("a line starting with '[' inside a multi-line string is text, not a table header")
+    func bracketInMultilineString() throws {
+        let config = try DaemonConfiguration.parse(toml: "socket = \"\"\"\n[\n/x.sock\"\"\"\nblock_size = 32", file: "t.toml")
+        #expect(config.socket == "[\n/x.sock")
+        #expect(config.blockSize == 32)
     }
 
     @Test("a missing file is not_found")

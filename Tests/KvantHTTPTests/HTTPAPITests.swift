@@ -431,29 +431,28 @@ struct HTTPAPITests {
 
     @Test("over capacity: 429 with Retry-After while max_num_seqs + max_queued_requests sequences are in flight")
     func overCapacity() async throws {
-        // The running stream holds at its second token until the 429 is checked: on a loaded machine a free
-        // running stream could end before the third request arrives.
-        let gate = DecodeGate(holdAt: 1)
-        let d = try TestHTTPDaemon(tag: "429", backend: FakeBackend(decodeDelay: 0.02, gate: gate)) { c, _ in
+        let d = try TestHTTPDaemon(tag: "429", backend: FakeBackend(decodeDelay: 0.2)) { c, _ in
             c.maxNumSeqs = 1
             c.maxQueuedRequests = 1
         }
         try await d.start()
         try await d.loadModel()
         let port = d.port
-        // Two slow streams take the capacity (one runs, one waits).
-        let prompt = String(repeating: "s", count: 100)
+        // Two slow streams take the capacity (one runs, one waits) until the test closes them: 200 tokens of
+        // 200 ms each, so on a loaded machine too the first is still running when the third request arrives
+        // (the compute thread must stay free: the third request is tokenized on it).
+        let prompt = String(repeating: "s", count: 20)
+        let body = Data(#"{"prompt":"\#(prompt)","stream":true,"max_tokens":200,"ignore_eos":true}"#.utf8)
         let a = try RawHTTPConnection(port: port)
-        try a.send(method: "POST", path: "/v1/completions", body: Data(#"{"prompt":"\#(prompt)","stream":true}"#.utf8))
+        try a.send(method: "POST", path: "/v1/completions", body: body)
         let b = try RawHTTPConnection(port: port)
-        try b.send(method: "POST", path: "/v1/completions", body: Data(#"{"prompt":"\#(prompt)","stream":true}"#.utf8))
+        try b.send(method: "POST", path: "/v1/completions", body: body)
         _ = try await d.waitForStats("one running, one waiting") { $0.engine.requestsRunning == 1 && $0.engine.requestsWaiting == 1 }
         let r = try await d.request("POST", "/v1/completions", json: #"{"prompt":"x"}"#)
         #expect(r.status == 429)
         #expect(r.headers["retry-after"] == "1")
         #expect(r.error["type"] as? String == "RateLimitError")
         #expect((r.error["message"] as? String)?.contains("max_num_seqs + max_queued_requests") == true)
-        gate.open()
         a.close()
         b.close()
         _ = try await d.waitForStats("both cancelled") { $0.engine.requestsRunning == 0 && $0.engine.requestsWaiting == 0 }
