@@ -27,23 +27,23 @@ struct Kvantd: AsyncParsableCommand {
     @Option(name: .customLong("quantization-param-path"), help: "KV scale file (kv_cache_scales.json) for the static int8 modes.")
     var quantizationParamPath: String?
 
-    @Option(name: .customLong("block-size"), help: "Token positions per KV block.")
+    @Option(name: .customLong("block-size"), parsing: .unconditional, help: "Token positions per KV block.")
     var blockSize: Int?
 
-    @Option(name: .customLong("kv-cache-bytes"), help: "KV-cache pool size in bytes.")
+    @Option(name: .customLong("kv-cache-bytes"), parsing: .unconditional, help: "KV-cache pool size in bytes.")
     var kvCacheBytes: Int?
 
-    @Option(name: .customLong("max-model-len"), help: "Longest sequence in tokens.")
+    @Option(name: .customLong("max-model-len"), parsing: .unconditional, help: "Longest sequence in tokens.")
     var maxModelLen: Int?
 
-    @Option(name: .customLong("max-num-batched-tokens"),
+    @Option(name: .customLong("max-num-batched-tokens"), parsing: .unconditional,
             help: "Tokens one engine step computes at most: decode rows plus prefill chunks; longer prompts are prefilled in chunks (max_num_batched_tokens, default 64).")
     var maxNumBatchedTokens: Int?
 
     @Option(help: "Control socket path.")
     var socket: String?
 
-    @Option(help: "Compute threads (0 = one per core).")
+    @Option(parsing: .unconditional, help: "Compute threads (0 = one per core).")
     var threads: Int?
 
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.")
@@ -59,7 +59,7 @@ struct Kvantd: AsyncParsableCommand {
     @Option(help: "HTTP API (OpenAI-compatible) listen address (http_host; default 127.0.0.1).")
     var host: String?
 
-    @Option(help: "HTTP API port (http_port; default 8000; 0 = no TCP listener).")
+    @Option(parsing: .unconditional, help: "HTTP API port (http_port; default 8000; 0 = no TCP listener).")
     var port: Int?
 
     @Flag(name: .customLong("no-http"), help: "No HTTP API (neither TCP nor http_unix_socket).")
@@ -77,7 +77,7 @@ struct Kvantd: AsyncParsableCommand {
     @Option(name: .customLong("chat-template"), help: "Jinja chat template file overriding the model's tokenizer.chat_template.")
     var chatTemplate: String?
 
-    @Option(name: .customLong("timeout-keep-alive"), help: "Seconds before an idle HTTP connection (or one whose request stalls) is closed (timeout_keep_alive, default 5).")
+    @Option(name: .customLong("timeout-keep-alive"), parsing: .unconditional, help: "Seconds before an idle HTTP connection (or one whose request stalls) is closed (timeout_keep_alive, default 5).")
     var timeoutKeepAlive: Int?
 
     func run() async throws {

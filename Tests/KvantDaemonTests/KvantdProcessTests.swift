@@ -111,6 +111,28 @@ struct KvantdProcessTests {
         #expect(!FileManager.default.fileExists(atPath: socket))
     }
 
+    @Test("a negative number after a numeric flag is its value (no '=' needed), refused by its range check", arguments: [
+        ["--port", "-1"], ["--kv-cache-bytes", "-5"], ["--threads", "-2"],
+    ])
+    func negativeFlagValue(flag: [String]) async throws {
+        let binary = try kvantdBinary()
+        let dir = try makeTempDir("neg")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = ["--socket", dir + "/k.sock", "--allowed-dir", dir] + flag
+        let stderr = Pipe()
+        process.standardError = stderr
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+        let log = String(decoding: try await offPool { stderr.fileHandleForReading.readDataToEndOfFile() }, as: UTF8.self)
+        try await waitForExit(process)
+        #expect(process.terminationStatus != 0)
+        #expect(!log.contains("Missing value"), "\(log)")
+        #expect(log.contains(flag[1]), "the message names the value: \(log)")
+    }
+
     @Test("a socket path too long for a Unix address: kvantd exits non-zero naming the path and the limit in plain words")
     func socketPathTooLong() async throws {
         let binary = try kvantdBinary()
