@@ -45,18 +45,7 @@ struct PreemptionTests {
         func random(_ n: Int) -> Int { Int(rng.next() % UInt64(n)) }
 
         func write(_ p: KVCachePool, _ seq: SequenceID, tokens: [Int32], positions: Range<Int>) {
-            var h: UInt64 = 0
-            var hashes: [UInt64] = []
-            for t in tokens[..<positions.upperBound] { h = PrefixCacheTests.extend(h, t); hashes.append(h) }
-            for pos in positions {
-                for l in 0..<spec.numLayers {
-                    let (k, v) = PrefixCacheTests.rows(hashes[pos], layer: l, width: spec.numKVHeads * spec.headDim)
-                    let ok = k.withUnsafeBufferPointer { kb in v.withUnsafeBufferPointer { vb in
-                        p.write(layer: l, sequence: seq, position: pos, key: kb.baseAddress!, value: vb.baseAddress!)
-                    } }
-                    precondition(ok)
-                }
-            }
+            PrefixCacheTests.write(p, seq, tokens: tokens, positions: positions)
         }
 
         /// Computes positions `from ..< to` of `r` in micro-batches of 6 (prefill; every reserve is covered by

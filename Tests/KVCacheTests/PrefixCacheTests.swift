@@ -23,6 +23,24 @@ struct PrefixCacheTests {
         return (rng.floats(width, scale: 3), rng.floats(width, scale: 3))
     }
 
+    /// Writes positions `positions` of sequence `seq` in every layer of `p`: the rows (`rows`) of each position's
+    /// token prefix `tokens[...pos]`, as a model would (the same prefix always gives the same rows).
+    static func write(_ p: KVCachePool, _ seq: SequenceID, tokens: [Int32], positions: Range<Int>) {
+        let spec = p.spec
+        var h: UInt64 = 0
+        var hashes: [UInt64] = []
+        for t in tokens[..<positions.upperBound] { h = extend(h, t); hashes.append(h) }
+        for pos in positions {
+            for l in 0..<spec.numLayers {
+                let (k, v) = rows(hashes[pos], layer: l, width: spec.numKVHeads * spec.headDim)
+                let ok = k.withUnsafeBufferPointer { kb in v.withUnsafeBufferPointer { vb in
+                    p.write(layer: l, sequence: seq, position: pos, key: kb.baseAddress!, value: vb.baseAddress!)
+                } }
+                precondition(ok)
+            }
+        }
+    }
+
     /// A live sequence in the model: its token ids (all positions are committed), and the scale epoch each
     /// logical block was first written under (a block keeps it).
     struct ModelSeq {
@@ -58,18 +76,7 @@ struct PrefixCacheTests {
         func random(_ n: Int) -> Int { Int(rng.next() % UInt64(n)) }
 
         func write(_ p: KVCachePool, _ seq: SequenceID, tokens: [Int32], positions: Range<Int>) {
-            var h: UInt64 = 0
-            var hashes: [UInt64] = []
-            for t in tokens[..<positions.upperBound] { h = PrefixCacheTests.extend(h, t); hashes.append(h) }
-            for pos in positions {
-                for l in 0..<spec.numLayers {
-                    let (k, v) = PrefixCacheTests.rows(hashes[pos], layer: l, width: spec.numKVHeads * spec.headDim)
-                    let ok = k.withUnsafeBufferPointer { kb in v.withUnsafeBufferPointer { vb in
-                        p.write(layer: l, sequence: seq, position: pos, key: kb.baseAddress!, value: vb.baseAddress!)
-                    } }
-                    precondition(ok)
-                }
-            }
+            PrefixCacheTests.write(p, seq, tokens: tokens, positions: positions)
         }
 
         func read(_ p: KVCachePool, _ seq: SequenceID, layer: Int, position: Int) -> [Float] {
