@@ -331,14 +331,7 @@ final class Scheduler: @unchecked Sendable {
         for job in lock.withLock({ recomputeQueue }) {
             guard budget > 0 else { break }
             if lock.withLock({ job.ended }) { continue }   // finished meanwhile (cancelled): released soon
-            if job.preempted {
-                guard !preemptedNow, job.sequence.readmit() else { break }
-                readmitted(job)
-            }
-            if !job.prefixLookedUp {
-                job.sequence.attachCachedPrefix()
-                job.prefixLookedUp = true
-            }
+            guard makeReady(job, preemptedNow: preemptedNow) else { break }
             let before = job.sequence.recomputeRemaining
             let tokens = min(budget, max(1, before))
             budget -= tokens
@@ -366,14 +359,7 @@ final class Scheduler: @unchecked Sendable {
         // this step committed (the `n` choices of one request share the first one's prompt blocks).
         for (key, job) in waiting.waiting {
             guard budget > 0 else { break }
-            if job.preempted {
-                guard !preemptedNow, job.sequence.readmit() else { break }
-                readmitted(job)
-            }
-            if !job.prefixLookedUp {
-                job.sequence.attachCachedPrefix()
-                job.prefixLookedUp = true
-            }
+            guard makeReady(job, preemptedNow: preemptedNow) else { break }
             let tokens = min(budget, max(1, job.sequence.prefillRemaining))
             budget -= tokens
             let before = job.sequence.prefillRemaining
@@ -402,6 +388,21 @@ final class Scheduler: @unchecked Sendable {
             counts.recomputedTokens += recomputed
         }
         scheduleStep()
+    }
+
+    /// Before `job`'s next chunk (prefill or recompute): a preempted job takes its blocks back (not in a step
+    /// that just preempted), then its prefix-cache lookup runs once. False when it cannot be readmitted yet
+    /// (the jobs behind it wait too).
+    private func makeReady(_ job: Job, preemptedNow: Bool) -> Bool {
+        if job.preempted {
+            guard !preemptedNow, job.sequence.readmit() else { return false }
+            readmitted(job)
+        }
+        if !job.prefixLookedUp {
+            job.sequence.attachCachedPrefix()
+            job.prefixLookedUp = true
+        }
+        return true
     }
 
     /// Makes every decode row reserve the block its next position needs, preempting sequences (the most
