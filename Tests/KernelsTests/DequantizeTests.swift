@@ -272,18 +272,8 @@ extension MatMulTests {
         for (type, bb, _, offs) in Self.layouts where [.q4_0, .q5_0, .q8_0].contains(type) {
             for (rows, m, cols) in [(5, 1, 512), (3, 1, 32), (9, 1, 8448), (7, 3, 512), (4, 9, 256)] {
                 let nb = cols / 32
-                var bytes = [UInt8](repeating: 0, count: rows * nb * bb)
-                for k in bytes.indices { bytes[k] = UInt8(truncatingIfNeeded: rng.next()) }
-                for blk in 0..<(rows * nb) {
-                    for off in offs {
-                        let v = Float16(Float(0.002 + 0.05 * rng.nextUniform()) * (rng.next() & 1 == 0 ? 1 : -1)).bitPattern
-                        bytes[blk * bb + off] = UInt8(v & 0xFF)
-                        bytes[blk * bb + off + 1] = UInt8(v >> 8)
-                    }
-                }
-                // Activations with extreme values too (±127 after quantization, a zero block).
-                var x: [Float] = (0..<(m * cols)).map { k in Float(rng.nextGaussian()) * ((k % 13 == 0) ? 8 : 1) }
-                for k in 0..<min(32, x.count) { x[k] = 0 }
+                let bytes = Self.randomBlocks(count: rows * nb, blockBytes: bb, scaleOffsets: offs, rng: &rng)
+                let x = Self.randomActivations(count: m * cols, rng: &rng)
                 var out = [[Float]]()
                 for variant: Int32 in [0, 2] {
                     _ = kvant_force_int8_kernel_variant(variant)
@@ -303,6 +293,30 @@ extension MatMulTests {
     }
 }
 
+extension MatMulTests {
+    /// `count` weight blocks of `blockBytes` random bytes each, with a random fp16 scale (±0.002…0.052) at every
+    /// offset of `scaleOffsets` in a block (random bytes there could be NaN or infinite).
+    static func randomBlocks(count: Int, blockBytes bb: Int, scaleOffsets offs: [Int], rng: inout SplitMix64) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count * bb)
+        for k in bytes.indices { bytes[k] = UInt8(truncatingIfNeeded: rng.next()) }
+        for blk in 0..<count {
+            for off in offs {
+                let v = Float16(Float(0.002 + 0.05 * rng.nextUniform()) * (rng.next() & 1 == 0 ? 1 : -1)).bitPattern
+                bytes[blk * bb + off] = UInt8(v & 0xFF)
+                bytes[blk * bb + off + 1] = UInt8(v >> 8)
+            }
+        }
+        return bytes
+    }
+
+    /// `count` Gaussian activations, every 13th scaled by 8 (±127 after quantization), the first 32 zero (a zero block).
+    static func randomActivations(count: Int, rng: inout SplitMix64) -> [Float] {
+        var x: [Float] = (0..<count).map { k in Float(rng.nextGaussian()) * ((k % 13 == 0) ? 8 : 1) }
+        for k in 0..<min(32, x.count) { x[k] = 0 }
+        return x
+    }
+}
+
 /// The K-quant kernels' activation tables (the Q4_K/Q5_K min term and final FMAs in vector lanes over the activation
 /// rows, the Q6_K bsums read from a table) promise the same bits as the scalar code they replace: random Q4_K, Q5_K and
 /// Q6_K blocks, 1 (decode) to 17 activation rows, both roundings (batch-invariant and llama.cpp's batched kernels).
@@ -312,17 +326,8 @@ extension MatMulTests {
         for (type, bb, _, offs) in Self.layouts where [.q4_K, .q5_K, .q6_K].contains(type) {
             for (rows, m, cols) in [(3, 1, 256), (5, 1, 2048), (7, 3, 512), (9, 8, 1024), (4, 17, 768)] {
                 let nb = cols / 256
-                var bytes = [UInt8](repeating: 0, count: rows * nb * bb)
-                for k in bytes.indices { bytes[k] = UInt8(truncatingIfNeeded: rng.next()) }
-                for blk in 0..<(rows * nb) {
-                    for off in offs {
-                        let v = Float16(Float(0.002 + 0.05 * rng.nextUniform()) * (rng.next() & 1 == 0 ? 1 : -1)).bitPattern
-                        bytes[blk * bb + off] = UInt8(v & 0xFF)
-                        bytes[blk * bb + off + 1] = UInt8(v >> 8)
-                    }
-                }
-                var x: [Float] = (0..<(m * cols)).map { k in Float(rng.nextGaussian()) * ((k % 13 == 0) ? 8 : 1) }
-                for k in 0..<min(32, x.count) { x[k] = 0 }
+                let bytes = Self.randomBlocks(count: rows * nb, blockBytes: bb, scaleOffsets: offs, rng: &rng)
+                let x = Self.randomActivations(count: m * cols, rng: &rng)
                 for batchRounding in [false, true] {
                     var out = [[Float]]()
                     for tables: Int32 in [0, 1] {
