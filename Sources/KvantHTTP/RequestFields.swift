@@ -89,18 +89,28 @@ struct RequestFields {
         return flag
     }
 
-    /// An integer (a JSON number without a fraction), in `range`.
+    /// An integer (a JSON number without a fraction: `5`, `5.0`, `1e3`), in `range` (default: a signed 64-bit
+    /// integer, -2^63...2^63-1, vLLM's bound for `seed`).
+    /// - Throws: 400 naming the field: "expected an integer, got a string" for another type, "expected an integer,
+    ///   got 1.5" for a fraction, "must be in LOW...HIGH, got 1e+30" for a whole number out of `range`
+    ///   (also one no 64-bit integer holds, as `2**64` or `1e30`, which JSON carries as a float).
     func int(_ key: String, in range: ClosedRange<Int>? = nil) throws -> Int? {
         guard let value = self[key] else { return nil }
+        let bounds = range ?? Int.min...Int.max
+        let outOfRange = { (shown: String) in
+            OpenAIError.invalidField(self.name(key), "must be in \(bounds.lowerBound)...\(bounds.upperBound), got \(shown)")
+        }
         let number: Int
         switch value {
         case .int(let n): number = n
-        case .double(let d) where d == d.rounded() && abs(d) < 9e15: number = Int(d)
+        case .double(let d) where d.isFinite && d == d.rounded():
+            // Int(exactly:) holds every whole double below 2^63 in magnitude (2^53 and up are whole and exact).
+            guard let n = Int(exactly: d) else { throw outOfRange("\(d)") }
+            number = n
+        case .double(let d): throw OpenAIError.invalidField(name(key), "expected an integer in \(bounds.lowerBound)...\(bounds.upperBound), got \(d)")
         default: throw wrongType(key, "an integer", value)
         }
-        if let range, !range.contains(number) {
-            throw OpenAIError.invalidField(name(key), "must be in \(range.lowerBound)...\(range.upperBound), got \(number)")
-        }
+        if !bounds.contains(number) { throw outOfRange("\(number)") }
         return number
     }
 

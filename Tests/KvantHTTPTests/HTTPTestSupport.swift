@@ -7,6 +7,7 @@ import KvantTestSupport
 import Logging
 import Prometheus
 import ServiceLifecycle
+import Testing
 
 struct TestFailure: Error, CustomStringConvertible {
     let description: String
@@ -293,4 +294,21 @@ func jsonObject(_ text: String) throws -> [String: Any] {
         throw TestFailure("not a JSON object: \(text.prefix(200))")
     }
     return object
+}
+
+extension TestHTTPDaemon {
+    /// Sends `json` to `path` and checks the OpenAI error: status, `code`, `param` (nil: not checked), `type`, and
+    /// that the message contains each of `contains`. Returns the response.
+    @discardableResult
+    func expectError(_ json: String, path: String = "/v1/completions", status: Int, param: String?, contains: [String],
+                     sourceLocation: SourceLocation = #_sourceLocation) async throws -> HTTPTestResponse {
+        let r = try await request("POST", path, json: json)
+        #expect(r.status == status, "\(json) → \(r.status) \(r.text)", sourceLocation: sourceLocation)
+        #expect(r.error["code"] as? Int == status, "\(r.text)", sourceLocation: sourceLocation)
+        let message = r.error["message"] as? String ?? ""
+        for text in contains { #expect(message.contains(text), "\(json) → \(message)", sourceLocation: sourceLocation) }
+        if let param { #expect(r.error["param"] as? String == param, "\(json) → \(r.text)", sourceLocation: sourceLocation) }
+        #expect(r.error["type"] is String, sourceLocation: sourceLocation)
+        return r
+    }
 }
