@@ -98,7 +98,7 @@ extension OpenAIAPI {
         try checkModel(f, info)
         let sampling = try SamplingFields.parse(f, maxTokensKeys: ["max_completion_tokens", "max_tokens"])
         let stream = try f.bool("stream") ?? false
-        let includeUsage = try f.object("stream_options")?.bool("include_usage") ?? false
+        let includeUsage = try f.streamOptionsIncludeUsage(stream: stream)
         let wantLogprobs = try f.bool("logprobs") ?? false
         let top = try f.int("top_logprobs", in: 0...TokenLogprobs.maxTopLogprobs)
         if top != nil && !wantLogprobs { throw OpenAIError.invalidField("top_logprobs", "needs 'logprobs': true") }

@@ -21,7 +21,7 @@ extension OpenAIAPI {
         try checkModel(f, info)
         let sampling = try SamplingFields.parse(f, maxTokensKeys: ["max_tokens"])
         let stream = try f.bool("stream") ?? false
-        let includeUsage = try f.object("stream_options")?.bool("include_usage") ?? false
+        let includeUsage = try f.streamOptionsIncludeUsage(stream: stream)
         let logprobs = try f.int("logprobs", in: 0...TokenLogprobs.maxTopLogprobs)
         let echo = try f.bool("echo") ?? false
         if let suffix = try f.string("suffix"), !suffix.isEmpty { throw OpenAIError.invalidField("suffix", "is not supported") }

@@ -140,6 +140,16 @@ struct RequestFields {
         return array
     }
 
+    /// `stream_options.include_usage` (default false). `stream_options` without `"stream": true` is refused as
+    /// vLLM's `validate_stream_options` does (a non-empty object; `null` and `{}` pass), with its words.
+    func streamOptionsIncludeUsage(stream: Bool) throws -> Bool {
+        guard let options = try object("stream_options") else { return false }
+        if !stream && !options.object.isEmpty {
+            throw OpenAIError.invalidField(name("stream_options"), "Stream options can only be defined when `stream=True`.")
+        }
+        return try options.bool("include_usage") ?? false
+    }
+
     /// `stop`: a string or a list of strings.
     func stringOrStrings(_ key: String) throws -> [String] {
         guard let value = self[key] else { return [] }
