@@ -1,5 +1,6 @@
 import ControlProtocol
 import Foundation
+import KvantCore
 
 /// The JSON object of a request body with typed getters whose errors name the field (400).
 ///
@@ -21,7 +22,28 @@ struct RequestFields {
         guard case .object(let object) = value else {
             throw OpenAIError(.badRequest, "the request body must be a JSON object, got \(Self.typeName(value))")
         }
+        // The decoder kept one of a key's values silently; which one differs between parsers (Python's json, as
+        // vLLM uses, keeps the last): refused rather than guessed.
+        if let duplicate = JSONDuplicateKeys.find(in: [UInt8](body)) {
+            let field = Self.shown(duplicate.field)
+            throw OpenAIError(.badRequest,
+                              "'\(field)': the key appears twice in one object (the second at byte \(duplicate.offset) of \(body.count)); give each key once",
+                              param: field)
+        }
         self.init(object, path: "")
+    }
+
+    /// A field name from the request as an error shows it: control characters escaped, at most 64 characters.
+    static func shown(_ name: String) -> String {
+        var out = ""
+        for scalar in name.unicodeScalars {
+            if scalar.properties.generalCategory == .control || scalar.properties.generalCategory == .format {
+                out += "\\u{\(String(scalar.value, radix: 16))}"
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
+        }
+        return out.count > 64 ? String(out.prefix(64)) + "…" : out
     }
 
     init(_ object: [String: JSONValue], path: String) {
