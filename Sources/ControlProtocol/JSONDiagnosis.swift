@@ -11,6 +11,10 @@ public enum JSONDiagnosis: Equatable, Sendable {
     /// Valid JSON, but the number at `path` (e.g. `params.max_tokens`, `params.stop[2]`) is out of the
     /// range of a 64-bit float; `literal` is the number as written (capped at 32 characters).
     case numberOutOfRange(path: String, literal: String, id: RPCID?)
+    /// Valid JSON grammar, but a string (at `offset`, the 0-based byte offset of its `\u` escape) holds a lone UTF-16
+    /// surrogate escape (`\ud800` without a low surrogate after it, or `\udc00` without a high one before it): no
+    /// Unicode character, so no Swift (or UTF-8) string holds it. `path` is the field whose value or key it is in.
+    case loneSurrogate(offset: Int, path: String, codeUnit: UInt16, inKey: Bool, id: RPCID?)
     /// The bytes are not UTF-8.
     case notUTF8
     /// The scanner found nothing wrong.
@@ -30,10 +34,22 @@ public enum JSONDiagnosis: Equatable, Sendable {
         } catch {
             return .syntax(offset: error.offset, expected: error.expected)
         }
+        if let (offset, path, unit, inKey) = scanner.loneSurrogate {
+            return .loneSurrogate(offset: offset, path: path, codeUnit: unit, inKey: inKey, id: scanner.topLevelID)
+        }
         if let (path, literal) = scanner.outOfRange {
             return .numberOutOfRange(path: path, literal: literal, id: scanner.topLevelID)
         }
         return .valid
+    }
+
+    /// What is wrong with a lone surrogate escape, in words (no bytes of the input quoted).
+    public static func surrogateProblem(codeUnit: UInt16) -> String {
+        let hex = String(codeUnit, radix: 16, uppercase: true)
+        if codeUnit >= 0xDC00 {
+            return "a lone low surrogate escape (U+\(hex)): an escape in \\uDC00-\\uDFFF must follow a high surrogate escape \\uD800-\\uDBFF"
+        }
+        return "a lone high surrogate escape (U+\(hex)): an escape in \\uD800-\\uDBFF must be followed by a low surrogate escape \\uDC00-\\uDFFF"
     }
 
     struct ScanError: Error {
@@ -46,6 +62,7 @@ public enum JSONDiagnosis: Equatable, Sendable {
         var i = 0
         var path: [String] = []
         var outOfRange: (String, String)?
+        var loneSurrogate: (Int, String, UInt16, Bool)?
         var topLevelID: RPCID?
 
         init(bytes: [UInt8]) { self.bytes = bytes }
@@ -67,7 +84,7 @@ public enum JSONDiagnosis: Equatable, Sendable {
             switch bytes[i] {
             case UInt8(ascii: "{"): try object(depth: depth)
             case UInt8(ascii: "["): try array(depth: depth)
-            case UInt8(ascii: "\""): _ = try string()
+            case UInt8(ascii: "\""): _ = try string(isKey: false)
             case UInt8(ascii: "t"): try literal("true")
             case UInt8(ascii: "f"): try literal("false")
             case UInt8(ascii: "n"): try literal("null")
@@ -90,7 +107,7 @@ public enum JSONDiagnosis: Equatable, Sendable {
             while true {
                 skipSpace()
                 guard i < bytes.count, bytes[i] == UInt8(ascii: "\"") else { throw fail("a string key in double quotes") }
-                let key = try string()
+                let key = try string(isKey: true)
                 skipSpace()
                 try expect(UInt8(ascii: ":"), "':' after an object key")
                 skipSpace()
@@ -126,7 +143,7 @@ public enum JSONDiagnosis: Equatable, Sendable {
         }
 
         /// A string token; returns its text (escapes decoded only as far as keys need).
-        mutating func string() throws(ScanError) -> String {
+        mutating func string(isKey: Bool) throws(ScanError) -> String {
             let start = i
             i += 1
             while i < bytes.count {
@@ -145,10 +162,21 @@ public enum JSONDiagnosis: Equatable, Sendable {
                          UInt8(ascii: "n"), UInt8(ascii: "r"), UInt8(ascii: "t"):
                         i += 1
                     case UInt8(ascii: "u"):
+                        let escape = i - 1
                         i += 1
                         for _ in 0..<4 {
                             guard i < bytes.count, Self.isHex(bytes[i]) else { throw fail("4 hex digits after \\u") }
                             i += 1
+                        }
+                        let unit = Self.hexValue(bytes[(i - 4)..<i])
+                        if (0xD800...0xDBFF).contains(unit) {
+                            if let low = Self.escapedUnit(bytes, at: i), (0xDC00...0xDFFF).contains(low) {
+                                i += 6   // the pair is one character
+                            } else if loneSurrogate == nil {
+                                loneSurrogate = (escape, Self.render(path), unit, isKey)
+                            }
+                        } else if (0xDC00...0xDFFF).contains(unit), loneSurrogate == nil {
+                            loneSurrogate = (escape, Self.render(path), unit, isKey)
                         }
                     default: throw fail("an escape (\\\", \\\\, \\/, \\b, \\f, \\n, \\r, \\t or \\uXXXX)")
                     }
@@ -184,6 +212,21 @@ public enum JSONDiagnosis: Equatable, Sendable {
         }
 
         static func isDigit(_ b: UInt8) -> Bool { b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9") }
+
+        /// The value of 4 hex digits.
+        static func hexValue(_ digits: ArraySlice<UInt8>) -> UInt16 {
+            digits.reduce(0) { value, b in
+                let digit: UInt8 = isDigit(b) ? b - UInt8(ascii: "0") : (b | 0x20) - UInt8(ascii: "a") + 10
+                return value << 4 | UInt16(digit)
+            }
+        }
+
+        /// The code unit of a `\uXXXX` escape starting at `i`, nil when there is none.
+        static func escapedUnit(_ bytes: [UInt8], at i: Int) -> UInt16? {
+            guard i + 6 <= bytes.count, bytes[i] == UInt8(ascii: "\\"), bytes[i + 1] == UInt8(ascii: "u"),
+                  bytes[(i + 2)..<(i + 6)].allSatisfy(isHex) else { return nil }
+            return hexValue(bytes[(i + 2)..<(i + 6)])
+        }
 
         static func isHex(_ b: UInt8) -> Bool {
             isDigit(b) || (b >= UInt8(ascii: "a") && b <= UInt8(ascii: "f")) || (b >= UInt8(ascii: "A") && b <= UInt8(ascii: "F"))

@@ -87,6 +87,10 @@ public enum WireCodec {
             return parseError("the line is not valid JSON: \(place), expected \(expected)")
         case .notUTF8:
             return parseError("the line is not valid UTF-8 (\(bytes.count) bytes)")
+        case .loneSurrogate(let offset, let path, let unit, let inKey, _):
+            let whole = path == "(the whole line)"
+            let place = inKey ? (whole ? "a top-level key" : "a key in '\(path)'") : (whole ? "the line" : "'\(path)'")
+            return parseError("the line has a string that is no Unicode text: at byte \(offset + 1) of \(bytes.count), the string of \(place) has \(JSONDiagnosis.surrogateProblem(codeUnit: unit))")
         case .numberOutOfRange(let path, let literal, let id):
             let field = path.hasPrefix("params.") ? String(path.dropFirst("params.".count)) : path
             return RPCResponseError(id: id, error: RPCErrorObject(

@@ -52,7 +52,8 @@ struct RequestFields {
     }
 
     /// Why `JSONDecoder` refused `body`, said as precisely as the control socket says it (JSONDiagnosis):
-    /// the byte offset and what was expected, the field whose number no 64-bit float holds, or not UTF-8.
+    /// the byte offset and what was expected, the field whose number no 64-bit float holds, the field and byte
+    /// offset of a lone surrogate escape (`"\ud800"`), or not UTF-8.
     static func diagnosis(_ body: Data, _ error: Error) -> OpenAIError {
         switch JSONDiagnosis.diagnose([UInt8](body)) {
         case .syntax(let offset, let expected):
@@ -61,6 +62,13 @@ struct RequestFields {
             return OpenAIError(.badRequest, "'\(path)': \(literal) is out of range (numbers must fit a 64-bit float)", param: path)
         case .notUTF8:
             return OpenAIError(.badRequest, "the request body is not UTF-8 text (\(body.count) bytes)")
+        case .loneSurrogate(let offset, let path, let unit, let inKey, _):
+            let field = shown(path)
+            let whole = path == "(the whole line)"
+            let place = inKey ? (whole ? "a top-level key" : "a key of '\(field)'") : (whole ? "the body" : "'\(field)'")
+            return OpenAIError(.badRequest,
+                               "the request body has a string that is no Unicode text: at byte \(offset) of \(body.count), the string of \(place) has \(JSONDiagnosis.surrogateProblem(codeUnit: unit))",
+                               param: inKey || whole ? nil : field)
         case .valid:
             return OpenAIError(.badRequest, "the request body is not valid JSON (\(body.count) bytes)\(position(error))")
         }

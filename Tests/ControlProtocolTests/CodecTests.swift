@@ -185,6 +185,21 @@ struct CodecTests {
         #expect(framer.nextLine() == .line(Array("12345678".utf8)))
     }
 
+    @Test("a lone UTF-16 surrogate escape: the byte position (1-based), the field and what is wrong; a pair decodes")
+    func loneSurrogate() throws {
+        func failure(_ line: String) -> RPCResponseError? {
+            if case .failure(let error) = WireCodec.decodeRequest(line: Array(line.utf8)) { return error }
+            return nil
+        }
+        let lone = failure(#"{"jsonrpc":"2.0","id":3,"method":"generate","params":{"prompt":"\udfff"}}"#)
+        #expect(lone?.error.code == RPCErrorCode.parseError)
+        #expect(lone?.error.message == "parse error: the line has a string that is no Unicode text: at byte 65 of 73, the string of 'params.prompt' has a lone low surrogate escape (U+DFFF): an escape in \\uDC00-\\uDFFF must follow a high surrogate escape \\uD800-\\uDBFF")
+        #expect(JSONDiagnosis.diagnose(Array(#"["\ud800x"]"#.utf8)) == .loneSurrogate(offset: 2, path: "[0]", codeUnit: 0xD800, inKey: false, id: nil))
+        #expect(JSONDiagnosis.diagnose(Array(#"{"\uDBFF":1}"#.utf8)) == .loneSurrogate(offset: 2, path: "(the whole line)", codeUnit: 0xDBFF, inKey: true, id: nil))
+        #expect(JSONDiagnosis.diagnose(Array(#"{"a":"\ud83d\ude00"}"#.utf8)) == .valid)
+        #expect(JSONDiagnosis.diagnose(Array(#"{"a":"\u00e9\u20AC"}"#.utf8)) == .valid)
+    }
+
     @Test("issue 11: parse errors give the byte position; a number out of range names the field and keeps the id")
     func parseErrorDetails() throws {
         func failure(_ line: String) -> RPCResponseError? {
