@@ -188,7 +188,8 @@ struct Kvantctl: ParsableCommand {
 
     /// swift-argument-parser's `main`, plus: under `--json` a usage error (unknown option, missing argument,
     /// bad value; exit 64) is also printed on stdout as the error object of every other error, with reason
-    /// `usage`. The parser's own text (with the usage line) still goes to stderr, with or without `--json`.
+    /// `usage`. The parser's own text (with the usage line) still goes to stderr, with or without `--json`, and
+    /// says the same error as the JSON.
     static func main() {
         do {
             var command = try parseAsRoot(connectionOptionsAfterSubcommand(Array(CommandLine.arguments.dropFirst())))
@@ -197,19 +198,20 @@ struct Kvantctl: ParsableCommand {
             // ExitCode: thrown by the commands after their own output (JSON included); success: --help, --version.
             let code = exitCode(for: error)
             let arguments = Array(CommandLine.arguments.dropFirst())
+            var reported = error
             if !(error is ExitCode), code != .success, jsonRequested(arguments) {
-                var text = message(for: error)
                 // Only the subcommands know --json: after an unknown subcommand the parser stops at --json; the
-                // error without it names the real problem ("Unexpected argument 'bogus'").
-                if text.contains("'--json'") {
+                // error without it names the real problem ("Unexpected argument 'bogus'"). That error is the one
+                // reported on both streams, so stderr's text and stdout's JSON say the same.
+                if message(for: error).contains("'--json'") {
                     do { _ = try parseAsRoot(connectionOptionsAfterSubcommand(arguments.filter { $0 != "--json" })) } catch {
-                        text = message(for: error)
+                        if exitCode(for: error) == code { reported = error }
                     }
                 }
                 printJSONError(reason: code == .validationFailure ? "usage" : ErrorReason.internal.rawValue,
-                               message: text, exitCode: code.rawValue)
+                               message: message(for: reported), exitCode: code.rawValue)
             }
-            exit(withError: error)
+            exit(withError: reported)
         }
     }
 }

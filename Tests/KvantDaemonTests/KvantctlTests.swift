@@ -137,8 +137,11 @@ struct KvantctlTests {
             let inner = try #require(object["error"] as? [String: Any])
             #expect(inner["reason"] as? String == "usage")
             #expect(inner["exit_code"] as? Int == Int(ClientExitCode.usage))
-            #expect((inner["message"] as? String)?.contains(mentions) == true, "\(args): \(inner)")
+            let message = inner["message"] as? String ?? ""
+            #expect(message.contains(mentions), "\(args): \(inner)")
             #expect(r.stderr.contains("Usage:"), "\(args): the parser's text stays on stderr")
+            // stderr says the same error as the JSON (not the parser's first complaint, e.g. about --json).
+            #expect(r.stderr.hasPrefix("Error: " + message + "\n"), "\(args): stderr \(r.stderr) vs JSON \(message)")
         }
         let plain = try await ctl.run(["stats", "--bogus"])
         #expect(plain.status == ClientExitCode.usage)
@@ -148,6 +151,8 @@ struct KvantctlTests {
         let before = try await ctl.run(["--json", "--socket", "/nonexistent/other.sock", "health"])
         #expect(before.status == ClientExitCode.code(for: .unavailable))
         #expect(before.stdout.contains("\"reason\" : \"unavailable\"") && before.stderr.contains("/nonexistent/other.sock"), "\(before)")
+        let beforeMessage = ((try? JSONSerialization.jsonObject(with: Data(before.stdout.utf8)) as? [String: Any])?["error"] as? [String: Any])?["message"] as? String
+        #expect(before.stderr == "kvantctl: unavailable: \(beforeMessage ?? "?")\n", "stderr and the JSON say the same: \(before)")
         // --help under --json is no error: the help text, exit 0.
         let help = try await ctl.run(["stats", "--help", "--json"])
         #expect(help.status == 0 && !help.stdout.contains("\"error\""))
