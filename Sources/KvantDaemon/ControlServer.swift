@@ -104,6 +104,9 @@ public final class ControlServer: Service, @unchecked Sendable {
                 } onGracefulShutdown: {
                     server.channel.close(promise: nil)
                 }
+            } catch is CancellationError {
+                // The group is stopping (another service failed, or shutdown): not an error of ours.
+                logger.debug("accept loop cancelled")
             } catch {
                 logger.error("accept loop ended", metadata: ["error": "\(error)"])
             }

@@ -133,7 +133,10 @@ public final class KvantHTTPServer: ListeningService, @unchecked Sendable {
                 runner.cancel()
             }
         } catch {
-            listening.signal()
+            // Logged here, as it happens, so the cause is the first error line of the log (the other services'
+            // shutdown lines follow it). `listening` is not signalled: the supervisor must not send READY=1; the
+            // group's cancellation ends its wait.
+            if !(error is CancellationError) { logger.error("\((error as? KvantError)?.message ?? "\(error)")") }
             drainer.cancel()
             throw error
         }
@@ -172,15 +175,40 @@ public final class KvantHTTPServer: ListeningService, @unchecked Sendable {
         host == "localhost" || host == "::1" || host.hasPrefix("127.")
     }
 
-    /// An operator's words for a listener that could not start.
+    /// An operator's words for a listener that could not start: the address, the system's words, the errno's
+    /// name and number (`Address already in use (EADDRINUSE, errno 98)`), and for a port in use what to do.
     static func bindError(_ error: Error, _ name: String) -> Error {
         if let io = error as? IOError {
-            return KvantError(.unavailable, "cannot listen for HTTP on \(name): \(String(cString: strerror(io.errnoCode))) (errno \(io.errnoCode))")
+            let code = io.errnoCode
+            let symbol = errnoName(code).map { "\($0), " } ?? ""
+            var message = "cannot listen for HTTP on \(name): \(String(cString: strerror(code))) (\(symbol)errno \(code))"
+            if code == EADDRINUSE {
+                message += "; another process listens there: stop it, or choose another http_port (--port) or http_unix_socket"
+            }
+            return KvantError(.unavailable, message)
         }
         if error is SocketAddressError {
             return KvantError(.unavailable, "cannot listen for HTTP on \(name): not a usable address (\(error))")
         }
         return error
+    }
+}
+
+/// The symbolic name of the errno values a listen can fail with.
+func errnoName(_ code: Int32) -> String? {
+    switch code {
+    case EADDRINUSE: return "EADDRINUSE"
+    case EADDRNOTAVAIL: return "EADDRNOTAVAIL"
+    case EACCES: return "EACCES"
+    case EPERM: return "EPERM"
+    case EAFNOSUPPORT: return "EAFNOSUPPORT"
+    case EINVAL: return "EINVAL"
+    case ENOENT: return "ENOENT"
+    case ENOTDIR: return "ENOTDIR"
+    case EROFS: return "EROFS"
+    case ENAMETOOLONG: return "ENAMETOOLONG"
+    case EMFILE: return "EMFILE"
+    default: return nil
     }
 }
 

@@ -107,6 +107,8 @@ struct Kvantd: AsyncParsableCommand {
             try await daemon.makeServiceGroup(listeners: http.map { [$0] } ?? []).run()
         } catch let error as KvantError {
             logger.critical("\(error.message)", metadata: ["reason": "\(error.reason.rawValue)"])
+            // `systemctl status` shows why the start failed (no READY=1 was sent; the exit code fails the unit).
+            SystemdNotifier.fromEnvironment().status("failed: \(error.message)")
             throw ExitCode(1)
         }
     }

@@ -133,6 +133,49 @@ struct KvantdProcessTests {
         #expect(log.contains(flag[1]), "the message names the value: \(log)")
     }
 
+    @Test("HTTP port in use: the first error line names the address, port and EADDRINUSE; no READY=1, STATUS says why; exit 1")
+    func httpPortInUse() async throws {
+        let binary = try kvantdBinary()
+        let dir = try makeTempDir("inuse")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // Hold a loopback port (listening, without SO_REUSEPORT) for the test's length.
+        let holder = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(holder) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = 0
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(holder, $0, length) == 0 && listen(holder, 1) == 0 && getsockname(holder, $0, &length) == 0 }
+        }
+        try #require(bound, "could not hold a loopback port: errno \(errno)")
+        let port = Int(UInt16(bigEndian: address.sin_port))
+        let receiver = try NotifyReceiver(path: dir + "/notify.sock")
+        defer { receiver.stop() }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = ["--socket", dir + "/kvantd.sock", "--allowed-dir", dir, "--host", "127.0.0.1", "--port", String(port)]
+        var environment = ProcessInfo.processInfo.environment
+        environment["NOTIFY_SOCKET"] = receiver.path
+        process.environment = environment
+        let stderr = Pipe()
+        process.standardError = stderr
+        try process.run()
+        defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+        let log = String(decoding: try await offPool { stderr.fileHandleForReading.readDataToEndOfFile() }, as: UTF8.self)
+        try await waitForExit(process)
+        #expect(process.terminationStatus == 1, "\(log)")
+        // journald priorities: <0> emerg … <3> err; the first such line is the cause.
+        let errors = log.split(separator: "\n").filter { $0.count > 3 && $0.hasPrefix("<") && "0123".contains($0[$0.index(after: $0.startIndex)]) }
+        let cause = "cannot listen for HTTP on 127.0.0.1:\(port): Address already in use (EADDRINUSE, errno \(EADDRINUSE))"
+        #expect(errors.first?.contains(cause) == true, "\(log)")
+        #expect(!log.contains("CancellationError"), "\(log)")
+        let status = try await receiver.wait { $0.hasPrefix("STATUS=failed: ") }
+        #expect(status?.contains(cause) == true, "\(receiver.datagrams)")
+        #expect(!receiver.datagrams.contains { $0.hasPrefix("READY=1") }, "\(receiver.datagrams)")
+    }
+
     @Test("a socket path too long for a Unix address: kvantd exits non-zero naming the path and the limit in plain words")
     func socketPathTooLong() async throws {
         let binary = try kvantdBinary()
