@@ -18,7 +18,12 @@ struct KvantHTTP1Channel: ServerChildChannel, HTTPChannelHandler {
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         base.setup(channel: channel, logger: logger).flatMapThrowing { value in
             let decoder = try channel.pipeline.syncOperations.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self)
-            try channel.pipeline.syncOperations.addHandler(HTTP10ConnectionHandler(), position: .after(decoder))
+            let http10 = HTTP10ConnectionHandler()
+            try channel.pipeline.syncOperations.addHandler(http10, position: .after(decoder))
+            if let idle = base.configuration.idleTimeout {
+                let seconds = idle.nanoseconds / 1_000_000_000
+                try channel.pipeline.syncOperations.addHandler(StalledRequestHandler(timeoutSeconds: seconds), position: .after(http10))
+            }
             return value
         }
     }

@@ -82,6 +82,7 @@ public struct OpenAIError: Error, HTTPResponseError, Sendable, Equatable {
         case 403: return "PermissionDeniedError"
         case 404: return "NotFoundError"
         case 405: return "MethodNotAllowedError"
+        case 408: return "RequestTimeoutError"
         case 413: return "RequestTooLargeError"
         case 429: return "RateLimitError"
         case 503: return "ServiceUnavailableError"
