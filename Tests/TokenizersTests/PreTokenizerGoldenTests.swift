@@ -114,7 +114,8 @@ struct SmolLM2TokenizerTests {
         #expect(!t.addsBOS)
         #expect(t.piece(for: 1) == "<|im_start|>" && t.piece(for: 2) == "<|im_end|>" && t.piece(for: 0) == "<|endoftext|>")
         #expect(t.isControl(1) && t.isControl(2))
-        #expect(t.isEndOfGeneration(2) && t.isEndOfGeneration(0))
+        // llama.cpp's EOG set for SmolLM2: <|im_end|> (EOS) and <|endoftext|> (by text); not <|im_start|> (README, Models).
+        #expect(t.endOfGenerationTokens == [0, 2])
         #expect(t.encode("<|im_start|>user", addSpecial: true).first == 1)
     }
 
