@@ -15,9 +15,24 @@
 #define KV_Q4_CHUNK 32
 #define KV_Q4_MAXD 4096
 
-/* Positions t..(t + n - 1) of KV head g, within one block: their K and V rows. */
+/* Prefetches KV head g's K and V rows of logical block lb into L2 (_MM_HINT_T1). */
+static inline __attribute__((always_inline)) void
+kv_q4_prefetch_block(const kv_layer_view *vw, int g, int lb, size_t krow, size_t vrow) {
+    const int B = vw->block_size;
+    const uint8_t *nb = vw->base + (size_t)vw->block_ids[lb] * vw->block_stride;
+    const uint8_t *nk = nb + (size_t)g * B * krow, *nv = nb + vw->v_offset + (size_t)g * B * vrow;
+    for (size_t o = 0; o < (size_t)B * krow; o += 64) _mm_prefetch((const char *)(nk + o), _MM_HINT_T1);
+    for (size_t o = 0; o < (size_t)B * vrow; o += 64) _mm_prefetch((const char *)(nv + o), _MM_HINT_T1);
+}
+
+/* Positions t..(t + n - 1) of KV head g, within one block: their K and V rows. Software prefetch: the blocks of a
+ * sequence are scattered (block table), so as each block ends the one KV_Q4_PREFETCH blocks ahead is prefetched
+ * into L2 (and at the start of the range the blocks before it). Into L2 rather than L1 (_MM_HINT_T0, one block
+ * ahead, before): with the cache cold (as in decode, the weights streamed between layers) 12–17 % less time per call
+ * on this machine's Zen 4 (scripts/bench/kv_attention_microbench.c with a cache flush; BENCHMARKS.md). */
+#define KV_Q4_PREFETCH 2
 static inline __attribute__((always_inline)) int
-kv_q4_chunk(const kv_layer_view *vw, int g, int t, int last, size_t krow, size_t vrow, const uint8_t **K,
+kv_q4_chunk(const kv_layer_view *vw, int g, int t, int first, int last, size_t krow, size_t vrow, const uint8_t **K,
             const uint8_t **V) {
     const int B = vw->block_size;
     const int lb = t / B, off = t - lb * B;
@@ -27,12 +42,9 @@ kv_q4_chunk(const kv_layer_view *vw, int g, int t, int last, size_t krow, size_t
     const uint8_t *blk = vw->base + (size_t)vw->block_ids[lb] * vw->block_stride;
     *K = blk + ((size_t)g * B + off) * krow;
     *V = blk + vw->v_offset + ((size_t)g * B + off) * vrow;
-    if (off + n == B && t + n <= last) {
-        const uint8_t *nb = vw->base + (size_t)vw->block_ids[lb + 1] * vw->block_stride;
-        const uint8_t *nk = nb + (size_t)g * B * krow, *nv = nb + vw->v_offset + (size_t)g * B * vrow;
-        for (size_t o = 0; o < (size_t)B * krow; o += 64) _mm_prefetch((const char *)(nk + o), _MM_HINT_T0);
-        for (size_t o = 0; o < (size_t)B * vrow; o += 64) _mm_prefetch((const char *)(nv + o), _MM_HINT_T0);
-    }
+    if (t == first)
+        for (int d = 1; d < KV_Q4_PREFETCH && (lb + d) * B <= last; d++) kv_q4_prefetch_block(vw, g, lb + d, krow, vrow);
+    if (off + n == B && (lb + KV_Q4_PREFETCH) * B <= last) kv_q4_prefetch_block(vw, g, lb + KV_Q4_PREFETCH, krow, vrow);
     return n;
 }
 
@@ -101,7 +113,7 @@ kv_q4_lanes(const kv_layer_view *vw, const int NL, const int g, const int first,
     int t = first;
     while (t <= last) {
         const uint8_t *K, *V;
-        const int n = kv_q4_chunk(vw, g, t, last, krow, vrow, &K, &V);
+        const int n = kv_q4_chunk(vw, g, t, first, last, krow, vrow, &K, &V);
         for (int i = 0; i < n; i++) {
             const uint8_t *kr = K + (size_t)i * krow;
             float s[4] = {0, 0, 0, 0};
@@ -211,6 +223,55 @@ KV_Q4_T512 static inline __m512 kv_q4_exp512(__m512 x) {
 
 KV_Q4_T512 static inline __m512 kv_q4_u8x16(__m128i x) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(x)); }
 
+/* The group scales (fp16 d, fp16 min) of one K row as fp32, interleaved: dm[2k] = d_k, dm[2k + 1] = min_k. Groups of
+ * 20 bytes; eight groups (160 bytes) gathered at a time with one word permute and one fp16 conversion. */
+KV_Q4_T512 static inline __attribute__((always_inline)) void kv_q4_kscales(const uint8_t *row, int ngk, float *dm) {
+    if (ngk % 8 == 0) {
+        /* words 10k, 10k + 1 of groups 0..3 (bytes 0..63) and 4..7 (bytes 80..143, index 32 + ...) */
+        const __m512i idx = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                             63, 62, 53, 52, 43, 42, 33, 32, 31, 30, 21, 20, 11, 10, 1, 0);
+        for (int b = 0; b < ngk; b += 8) {
+            const __m512i lo = _mm512_loadu_si512((const void *)(row + (size_t)b * 20));
+            const __m512i hi = _mm512_loadu_si512((const void *)(row + (size_t)b * 20 + 80));
+            const __m512i w = _mm512_permutex2var_epi16(lo, idx, hi);
+            _mm512_storeu_ps(dm + 2 * b, _mm512_cvtph_ps(_mm512_castsi512_si256(w)));
+        }
+    } else if (ngk <= 4) {
+        /* a row of <= 80 bytes: one (masked) load of at most its first 64 bytes, never past the row */
+        const __m512i idx = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                             0, 0, 0, 0, 0, 0, 0, 0, 31, 30, 21, 20, 11, 10, 1, 0);
+        const __mmask32 words = ngk == 4 ? (__mmask32)0xffffffffu : (__mmask32)((1u << (ngk * 10)) - 1u);
+        const __m512i v = _mm512_maskz_loadu_epi16(words, row);
+        const __m512i w = _mm512_permutexvar_epi16(idx, v);
+        _mm512_storeu_ps(dm, _mm512_cvtph_ps(_mm512_castsi512_si256(w)));
+    } else {
+        for (int k = 0; k < ngk; k++) {
+            dm[2 * k] = kv_q4_f16(row + (size_t)k * KV_Q4K_GROUP_BYTES);
+            dm[2 * k + 1] = kv_q4_f16(row + (size_t)k * KV_Q4K_GROUP_BYTES + 2);
+        }
+    }
+}
+
+/* The sums of the four vectors a0..a3 in lanes 0, 4, 8, 12, each added in _mm512_reduce_add_ps's order (lanes
+ * i + (i + 8), then i + (i + 4), then (0 + 2) + (1 + 3)), the four reductions sharing their shuffles and adds. */
+KV_Q4_T512 static inline __m128 kv_q4_reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+    const __m512 x01 = _mm512_add_ps(_mm512_shuffle_f32x4(a0, a1, _MM_SHUFFLE(1, 0, 1, 0)),
+                                     _mm512_shuffle_f32x4(a0, a1, _MM_SHUFFLE(3, 2, 3, 2)));
+    const __m512 x23 = _mm512_add_ps(_mm512_shuffle_f32x4(a2, a3, _MM_SHUFFLE(1, 0, 1, 0)),
+                                     _mm512_shuffle_f32x4(a2, a3, _MM_SHUFFLE(3, 2, 3, 2)));
+    const __m512 y = _mm512_add_ps(_mm512_shuffle_f32x4(x01, x23, _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm512_shuffle_f32x4(x01, x23, _MM_SHUFFLE(3, 1, 3, 1)));
+    const __m512 z = _mm512_add_ps(y, _mm512_permute_ps(y, _MM_SHUFFLE(1, 0, 3, 2)));
+    const __m512 w = _mm512_add_ps(z, _mm512_permute_ps(z, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0), w));
+}
+
+/* Bit for bit the kernel that preceded it (kv_attention_q4_ref.c, tested against it): the same products in the same
+ * order. What changed is around them: the group scales of a chunk's rows are converted up front (kv_q4_kscales; V's
+ * into dvT) and read back by broadcast loads instead of scalar conversions + register broadcasts in the inner loops;
+ * the K minimum terms s_j = sum_k min_k * qsum_jk run for the four query heads in one 4-lane FMA chain; the softmax
+ * weight times the V group scale (p_i * d_i) is one 16-lane multiply per group instead of a scalar one per (head,
+ * position, group); the chunk's probability sums run as four interleaved chains. */
 KV_Q4_T512 static inline __attribute__((always_inline)) void
 kv_q4_lanes512(const kv_layer_view *vw, const int NL, const int g, const int first, const int last,
                const float *const *q, const float scale, float *acc, float *ml) {
@@ -226,41 +287,60 @@ kv_q4_lanes512(const kv_layer_view *vw, const int NL, const int g, const int fir
             for (int i = 0; i < KV_Q4K_GROUP; i++) s += q[j][k * KV_Q4K_GROUP + i];
             qsum[j][k] = s;
         }
+    /* qsT[k] = (qsum[0][k], ..., qsum[3][k]); lanes >= NL are 0 and unused */
+    float qsT[KV_Q4_MAXD / KV_Q4K_GROUP][4] __attribute__((aligned(16)));
+    for (int k = 0; k < NGK; k++)
+        for (int j = 0; j < 4; j++) qsT[k][j] = j < NL ? qsum[j][k] : 0.0f;
     float m[4], l[4];
     float sc[4][KV_Q4_CHUNK] __attribute__((aligned(64)));
     float pr[4][KV_Q4_CHUNK] __attribute__((aligned(64)));
+    /* per chunk: K scales [position][2 * group] (d, min), V scales [group][position], p * d_V [head][position] */
+    float dm[KV_Q4_CHUNK][2 * (KV_Q4_MAXD / KV_Q4K_GROUP)] __attribute__((aligned(64)));
+    float dvT[KV_Q4_MAXD / KV_Q4V_GROUP][KV_Q4_CHUNK] __attribute__((aligned(64)));
+    float pd[4][KV_Q4_CHUNK] __attribute__((aligned(64)));
     for (int j = 0; j < NL; j++) { m[j] = -INFINITY; l[j] = 0.0f; }
     memset(sc, 0, sizeof(sc));
+    memset(pr, 0, sizeof(pr));
+    for (int k = 0; k < NGV; k++) memset(dvT[k], 0, sizeof(dvT[k]));
     memset(acc, 0, sizeof(float) * (size_t)NL * (size_t)D);
 
     int t = first;
     while (t <= last) {
         const uint8_t *K, *V;
-        const int n = kv_q4_chunk(vw, g, t, last, krow, vrow, &K, &V);
+        const int n = kv_q4_chunk(vw, g, t, first, last, krow, vrow, &K, &V);
+        for (int i = 0; i < n; i++) {
+            kv_q4_kscales(K + (size_t)i * krow, NGK, dm[i]);
+            const uint8_t *vr = V + (size_t)i * vrow;
+            for (int k = 0; k < NGV; k++) dvT[k][i] = kv_q4_f16(vr + (size_t)k * KV_Q4V_GROUP_BYTES);
+        }
         for (int i = 0; i < n; i++) {
             const uint8_t *kr = K + (size_t)i * krow;
+            const float *dmi = dm[i];
             __m512 a[4];
             for (int j = 0; j < NL; j++) a[j] = _mm512_setzero_ps();
-            float s[4] = {0, 0, 0, 0};
+            __m128 s = _mm_setzero_ps();
             for (int k = 0; k < NGK; k++) {
                 const uint8_t *gp = kr + (size_t)k * KV_Q4K_GROUP_BYTES;
-                const float d = kv_q4_f16(gp), mn = kv_q4_f16(gp + 2);
                 const __m128i b = _mm_loadu_si128((const __m128i *)(gp + 4));
                 const __m512 k0 = kv_q4_u8x16(_mm_and_si128(b, mask));
                 const __m512 k1 = kv_q4_u8x16(_mm_and_si128(_mm_srli_epi16(b, 4), mask));
-                const __m512 dv = _mm512_set1_ps(d);
+                const __m512 dv = _mm512_set1_ps(dmi[2 * k]);
                 const int base = k * KV_Q4K_GROUP;
                 for (int j = 0; j < NL; j++) {
                     const __m512 t2 = _mm512_fmadd_ps(_mm512_loadu_ps(q[j] + base + 16), k1,
                                                       _mm512_mul_ps(_mm512_loadu_ps(q[j] + base), k0));
                     a[j] = _mm512_fmadd_ps(dv, t2, a[j]);
-                    s[j] += mn * qsum[j][k];
                 }
+                s = _mm_fmadd_ps(_mm_set1_ps(dmi[2 * k + 1]), _mm_load_ps(qsT[k]), s);
             }
-            for (int j = 0; j < NL; j++) sc[j][i] = (_mm512_reduce_add_ps(a[j]) + s[j]) * scale;
+            for (int j = NL; j < 4; j++) a[j] = _mm512_setzero_ps();
+            float sv[4] __attribute__((aligned(16)));
+            _mm_store_ps(sv, _mm_mul_ps(_mm_add_ps(kv_q4_reduce4(a[0], a[1], a[2], a[3]), s), _mm_set1_ps(scale)));
+            for (int j = 0; j < NL; j++) sc[j][i] = sv[j];
         }
 
         const int n16 = (n + 15) & ~15;
+        float sums[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         for (int j = 0; j < NL; j++) {
             float mx = m[j];
             for (int i = 0; i < n; i++) mx = sc[j][i] > mx ? sc[j][i] : mx;
@@ -274,21 +354,24 @@ kv_q4_lanes512(const kv_layer_view *vw, const int NL, const int g, const int fir
             const __m512 vmx = _mm512_set1_ps(mx);
             for (int i = 0; i < n16; i += 16)
                 _mm512_store_ps(&pr[j][i], kv_q4_exp512(_mm512_sub_ps(_mm512_load_ps(&sc[j][i]), vmx)));
-            float sum = 0.0f;
-            for (int i = 0; i < n; i++) sum += pr[j][i];
-            l[j] += sum;
             m[j] = mx;
         }
+        /* each head's sum in position order, the four chains interleaved */
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < NL; j++) sums[j] += pr[j][i];
+        for (int j = 0; j < NL; j++) l[j] += sums[j];
 
         /* one V group of 64 columns = 4 zmm per query head (NL <= 4: 16 accumulators) */
         for (int k = 0; k < NGV; k++) {
             const int col = k * KV_Q4V_GROUP;
+            for (int j = 0; j < NL; j++)
+                for (int i = 0; i < n16; i += 16)
+                    _mm512_store_ps(&pd[j][i], _mm512_mul_ps(_mm512_load_ps(&pr[j][i]), _mm512_load_ps(&dvT[k][i])));
             __m512 o[4][4];
             for (int j = 0; j < NL; j++)
                 for (int s4 = 0; s4 < 4; s4++) o[j][s4] = _mm512_loadu_ps(acc + (size_t)j * D + col + 16 * s4);
             for (int i = 0; i < n; i++) {
                 const uint8_t *gp = V + (size_t)i * vrow + (size_t)k * KV_Q4V_GROUP_BYTES;
-                const float dv = kv_q4_f16(gp);
                 const __m128i b0 = _mm_loadu_si128((const __m128i *)(gp + 2));
                 const __m128i b1 = _mm_loadu_si128((const __m128i *)(gp + 18));
                 const __m512 v0 = _mm512_sub_ps(kv_q4_u8x16(_mm_and_si128(b0, mask)), eight);
@@ -296,7 +379,7 @@ kv_q4_lanes512(const kv_layer_view *vw, const int NL, const int g, const int fir
                 const __m512 v2 = _mm512_sub_ps(kv_q4_u8x16(_mm_and_si128(_mm_srli_epi16(b0, 4), mask)), eight);
                 const __m512 v3 = _mm512_sub_ps(kv_q4_u8x16(_mm_and_si128(_mm_srli_epi16(b1, 4), mask)), eight);
                 for (int j = 0; j < NL; j++) {
-                    const __m512 p = _mm512_set1_ps(pr[j][i] * dv);
+                    const __m512 p = _mm512_set1_ps(pd[j][i]);
                     o[j][0] = _mm512_fmadd_ps(p, v0, o[j][0]);
                     o[j][1] = _mm512_fmadd_ps(p, v1, o[j][1]);
                     o[j][2] = _mm512_fmadd_ps(p, v2, o[j][2]);

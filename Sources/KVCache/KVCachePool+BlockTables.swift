@@ -29,7 +29,9 @@ extension KVCachePool {
         copy.admission = nil   // the child is not admitted: it grows from blocks nobody was promised
         copy.promised = 0
         tables[child] = copy
-        if let r = residuals[seq], let L = residual { residuals[child] = r.copy(L) }   // int4_pertoken
+        if let r = residuals[seq] {   // int4_pertoken: without a free slot the child reads those positions at int4
+            if let c = copyRing(r) { residuals[child] = c } else { ringless.insert(child); residualRingMisses += 1 }
+        }
         return child
     }
 
@@ -40,6 +42,7 @@ extension KVCachePool {
         lock.lock(); defer { lock.unlock() }
         guard let table = tables.removeValue(forKey: seq) else { return }
         if let ring = residuals.removeValue(forKey: seq) { retireRing(ring, hashes: table.blockHashes) }
+        ringless.remove(seq)
         promisedBlocks -= table.promised
         for ids in table.groups {
             for id in ids.reversed() where id != BlockTable.nullBlock { releaseBlock(id) }

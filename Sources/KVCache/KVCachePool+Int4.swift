@@ -40,33 +40,24 @@ struct KVResidualLayout: Sendable {
     }
 }
 
-/// One sequence's int8 residual rows (layout `KVResidualLayout`). Per layer it holds the positions
-/// `lo ..< hi` (contiguous, the latest written) and, when `sink` is set, position 0.
+/// One sequence's int8 residual rows (layout `KVResidualLayout`), in slot `slot` of the pool's ring arena (carved out
+/// of `kv_cache_bytes`: `KVCachePool.residualRings`). Per layer it holds the positions `lo ..< hi` (contiguous, the
+/// latest written) and, when `sink` is set, position 0.
 /// Mutated only by `KVCachePool.write` of its sequence; like the pool's blocks, a layer's rows must not be
-/// written while that layer of the sequence is attended.
+/// written while that layer of the sequence is attended. The pool returns the slot when it drops the ring.
 final class KVResidualRing: @unchecked Sendable {
     let mem: UnsafeMutableRawPointer
-    let bytes: Int
+    let slot: Int
     var lo: [Int]
     var hi: [Int]
     var sink: [Bool]
 
-    init?(_ layout: KVResidualLayout) {
-        bytes = layout.bytes
-        guard let p = aligned_alloc_checked(bytes) else { return nil }
-        mem = p
+    init(_ layout: KVResidualLayout, mem: UnsafeMutableRawPointer, slot: Int) {
+        self.mem = mem
+        self.slot = slot
         lo = .init(repeating: 0, count: layout.numLayers)
         hi = lo
         sink = .init(repeating: false, count: layout.numLayers)
-    }
-
-    deinit { free_aligned(mem) }
-
-    func copy(_ layout: KVResidualLayout) -> KVResidualRing? {
-        guard let c = KVResidualRing(layout) else { return nil }
-        c.mem.copyMemory(from: mem, byteCount: bytes)
-        c.lo = lo; c.hi = hi; c.sink = sink
-        return c
     }
 
     /// Records that `position` of `layer` is (re)written: appending extends the held range, rewriting inside it
@@ -85,9 +76,33 @@ final class KVResidualRing: @unchecked Sendable {
 }
 
 extension KVCachePool {
-    /// `int4_pertoken`: bytes of the int8 residual each live sequence holds beside the pool (allocated at its
-    /// first write, freed with it): `(ringBlocks + 1) · numLayers` int8_pertoken blocks; 0 for other dtypes.
-    /// Gemma 3 270M with block_size 16 and 512-token prefill micro-batches: 38 · 18 · 8320 B ≈ 5.7 MB.
+    /// Residual rings an `int4_pertoken` pool reserves: one per sequence that may be live at once (`maxNumSeqs`)
+    /// plus, with prefix caching, the `retiredRingLimit` rings of freed sequences kept for prefix-cache hits.
+    /// 0 for other dtypes or without a residual (`int4RecentBlocks` 0).
+    public static func residualRingCount(spec: KVCacheSpec, maxNumSeqs: Int, int4RecentBlocks: Int = 4,
+                                         enablePrefixCaching: Bool = true) -> Int {
+        guard spec.dtype.resolved == .int4PerToken, int4RecentBlocks > 0 else { return 0 }
+        return max(1, maxNumSeqs) + (enablePrefixCaching ? retiredRingLimit : 0)
+    }
+
+    /// Bytes of `kv_cache_bytes` an `int4_pertoken` pool sets aside for its residual rings before it sizes its
+    /// blocks: `residualRingCount · ` one ring's bytes (`residualBytesPerSequence`); 0 for other dtypes.
+    /// Gemma 3 270M, block_size 16, 512-token micro-batches, max_num_seqs 16, prefix caching:
+    /// 20 · 5 690 880 = 113 817 600 bytes.
+    public static func residualReserveBytes(spec: KVCacheSpec, maxNumSeqs: Int, prefillChunk: Int = 512,
+                                            int4RecentBlocks: Int = 4, enablePrefixCaching: Bool = true) -> Int {
+        let n = residualRingCount(spec: spec, maxNumSeqs: maxNumSeqs, int4RecentBlocks: int4RecentBlocks,
+                                  enablePrefixCaching: enablePrefixCaching)
+        guard n > 0 else { return 0 }
+        return n * KVResidualLayout(spec: spec, prefillChunk: max(1, prefillChunk), recentBlocks: int4RecentBlocks).bytes
+    }
+}
+
+extension KVCachePool {
+    /// `int4_pertoken`: bytes of the int8 residual ring of one sequence (taken from the pool's ring arena at its
+    /// first write, returned when it is freed and its ring is not kept for prefix caching):
+    /// `(ringBlocks + 1) · numLayers` int8_pertoken blocks; 0 for other dtypes.
+    /// Gemma 3 270M with block_size 16 and 512-token prefill micro-batches: 38 · 18 · 8320 B = 5 690 880 B.
     public var residualBytesPerSequence: Int { residual?.bytes ?? 0 }
 
     /// Stores one token's rotated K and V rows of one layer as int4 (`kDst`, `vDst`, per head) and as int8 in the
@@ -117,14 +132,45 @@ extension KVCachePool {
         if position == 0 { store(slot: L.ringBlocks, off: 0) }
     }
 
-    /// The residual ring of a sequence, created on first use (lock held by the caller); nil when it cannot be
-    /// allocated (the sequence is then read at int4 only: less accurate, never wrong).
-    func residualRing(_ seq: SequenceID) -> KVResidualRing? {
-        guard let L = residual else { return nil }
+    /// The residual ring of a sequence, created on first use (lock held by the caller) in a free slot of the ring
+    /// arena; nil when every slot is held by a live sequence (more live sequences than the pool's `maxNumSeqs`:
+    /// the sequence is then read at int4 only, less accurate, never wrong; counted in `residualRingsUnavailable`).
+    /// `sparing`: a retired ring that must not be evicted for it (the source of a prefix-cache hit).
+    func residualRing(_ seq: SequenceID, sparing: KVResidualRing? = nil) -> KVResidualRing? {
+        guard residual != nil else { return nil }
         if let r = residuals[seq] { return r }
-        let r = KVResidualRing(L)
+        if ringless.contains(seq) { return nil }
+        guard let r = takeRing(sparing: sparing) else {
+            ringless.insert(seq)   // stays int4-only (no ring that starts mid-sequence)
+            residualRingMisses += 1
+            return nil
+        }
         residuals[seq] = r
         return r
+    }
+
+    /// A ring in a free arena slot (lock held), evicting the oldest retired ring (other than `sparing`) when no slot
+    /// is free; nil when live sequences hold every slot.
+    func takeRing(sparing: KVResidualRing? = nil) -> KVResidualRing? {
+        guard let L = residual else { return nil }
+        if freeRingSlots.isEmpty, let i = retiredRings.firstIndex(where: { $0.ring !== sparing }) {
+            releaseRing(retiredRings.remove(at: i).ring)
+        }
+        guard let slot = freeRingSlots.popLast() else { return nil }
+        return KVResidualRing(L, mem: ringArena! + slot * L.bytes, slot: slot)
+    }
+
+    /// Returns a ring's slot to the arena (lock held); the ring must no longer be referenced by the pool.
+    func releaseRing(_ ring: KVResidualRing) {
+        freeRingSlots.append(ring.slot)
+    }
+
+    /// A copy of `ring` in a free slot (lock held; `fork`), nil when none is free (the caller marks the child ringless).
+    func copyRing(_ ring: KVResidualRing) -> KVResidualRing? {
+        guard let L = residual, let c = takeRing() else { return nil }
+        c.mem.copyMemory(from: ring.mem, byteCount: L.bytes)
+        c.lo = ring.lo; c.hi = ring.hi; c.sink = ring.sink
+        return c
     }
 
     /// int4 attention in the cache's (rotated) basis: keys `first...position`, where the query's recent blocks
@@ -227,14 +273,15 @@ extension KVCachePool {
 // a repeated prompt). A hit is shortened to the longest one some ring covers.
 extension KVCachePool {
     /// Freed sequences whose residual rings are kept as sources for prefix-cache hits (each
-    /// `residualBytesPerSequence` bytes beside the pool).
+    /// `residualBytesPerSequence` bytes of the ring arena, reserved beside the `maxNumSeqs` live rings).
     static let retiredRingLimit = 4
 
     /// Keeps the ring of a freed sequence (lock held) as a source for later hits, when it can serve one.
+    /// Otherwise, and for the oldest beyond `retiredRingLimit`, its arena slot is returned.
     func retireRing(_ ring: KVResidualRing, hashes: [BlockHash]) {
-        guard prefixCachingEnabled, !hashes.isEmpty else { return }
+        guard prefixCachingEnabled, !hashes.isEmpty else { releaseRing(ring); return }
         retiredRings.append((hashes, ring))
-        if retiredRings.count > Self.retiredRingLimit { retiredRings.removeFirst(retiredRings.count - Self.retiredRingLimit) }
+        while retiredRings.count > Self.retiredRingLimit { releaseRing(retiredRings.removeFirst().ring) }
     }
 
     /// A ring holding, in every layer, token 0 and the int8 rows of logical blocks
@@ -261,7 +308,7 @@ extension KVCachePool {
     /// blocks `max(0, k − recentBlocks + 1) ..< k` and token 0, as a cold run's ring would hold them at position
     /// `k·B`. Without memory for a ring the sequence reads those positions at int4 (as `write` does then).
     func attachResidual(_ seq: SequenceID, from source: KVResidualRing, k: Int) {
-        guard let L = residual, let ring = residualRing(seq) else { return }
+        guard let L = residual, let ring = residualRing(seq, sparing: source) else { return }
         let first = max(0, k - L.recentBlocks + 1)
         let slotBytes = L.numLayers * L.blockStride   // slot s of every layer: contiguous
         for s in Set((first..<k).map { $0 % L.ringBlocks } + [L.ringBlocks]) {

@@ -119,7 +119,7 @@ extension KVCachePool {
         }
         guard k > 0 else { return 0 }
         // The ring the hit's residual rows go to; without memory for it, no hit (never a silently different output).
-        if source != nil, residualRing(seq) == nil { return 0 }
+        if let source, residualRing(seq, sparing: source) == nil { return 0 }
         let (_, promise, credits) = cost(k)
         for gi in groups.indices {
             let first = firstNeeded(gi, k)

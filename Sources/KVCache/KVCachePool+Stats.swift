@@ -73,6 +73,11 @@ extension KVCachePool {
             rotation: rotationGroup > 1 ? "hadamard-\(rotationGroup)" : nil,
             prefixCaching: prefixCachingEnabled, prefixCacheQueries: prefixQueries, prefixCacheHits: prefixHits,
             prefixCachedBlocks: numCachedBlocks,
-            residualBytesPerSequence: isInt4 ? residualBytesPerSequence : nil)
+            residualBytesPerSequence: isInt4 ? residualBytesPerSequence : nil,
+            blockPoolBytes: numBlocks * pageStride,
+            residualRings: isInt4 ? residualRings : nil,
+            residualBytes: isInt4 ? residualRings * residualBytesPerSequence : nil,
+            residualRingsInUse: isInt4 ? residualRings - freeRingSlots.count : nil,
+            residualRingMisses: isInt4 ? residualRingMisses : nil)
     }
 }

@@ -65,6 +65,18 @@ public final class KVCachePool: @unchecked Sendable {
     /// chained hashes of their full blocks, kept as sources of the int8 rows a prefix-cache hit needs
     /// (`residualSource`); the most recently freed last.
     var retiredRings: [(hashes: [BlockHash], ring: KVResidualRing)] = []
+    /// `int4_pertoken`: residual rings the pool holds room for, out of `kv_cache_bytes` (`residualRingCount`:
+    /// `maxNumSeqs` live + `retiredRingLimit` retired with prefix caching); 0 for other dtypes.
+    public let residualRings: Int
+    /// Sequences live at once the pool was sized for (the daemon's `max_num_seqs`).
+    public let maxNumSeqs: Int
+    /// The rings' memory: `residualRings` slots of `residualBytesPerSequence` bytes; nil without rings.
+    let ringArena: UnsafeMutableRawPointer?
+    var freeRingSlots: [Int] = []
+    /// Sequences that found no free ring slot (more live than `maxNumSeqs`) and were read at int4 only.
+    var residualRingMisses: Int64 = 0
+    /// Live sequences without a ring (no free slot at their first write); they stay int4-only until freed.
+    var ringless: Set<SequenceID> = []
     let vOffset: Int
     let ksOffset: Int
     let vsOffset: Int
@@ -146,13 +158,20 @@ public final class KVCachePool: @unchecked Sendable {
     ///     `admit` and `capacityTokens`; ≥ 1.
     ///   - enablePrefixCaching: hash full committed blocks and reuse them for prompts that start the same way
     ///     (`attachCachedPrefix`; vLLM's automatic prefix caching). false: no hashing, no hits.
+    ///   - maxNumSeqs: sequences live at once (the daemon's `max_num_seqs`); ≥ 1. `int4_pertoken` takes the int8
+    ///     residual rings of that many sequences (plus `retiredRingLimit` with prefix caching) out of
+    ///     `byteBudget` first (`residualReserveBytes`) and sizes its blocks from the rest; other dtypes ignore it.
     /// - Throws: `KvantError(.invalidArgument)` for a bad spec, scales given for a dtype that has none,
-    ///   or scales not matching the spec; `.resourceExhausted` when the budget holds less than one block
-    ///   per layer group (one token) or the allocation fails.
+    ///   or scales not matching the spec; `.resourceExhausted` when the budget (less the int4 residual rings)
+    ///   holds less than one block per layer group (one token) or the allocation fails.
     public init(spec: KVCacheSpec, byteBudget: Int, scales: KVScales? = nil, allowAVX512: Bool = true,
                 hadamardRotation: Bool = true, prefillChunk: Int = 512, int4RecentBlocks: Int = 4,
-                enablePrefixCaching: Bool = true) throws {
+                enablePrefixCaching: Bool = true, maxNumSeqs: Int = 1) throws {
         try spec.validate()
+        guard maxNumSeqs >= 1 else {
+            throw KvantError(.invalidArgument, "KV cache: max_num_seqs \(maxNumSeqs); must be at least 1")
+        }
+        self.maxNumSeqs = maxNumSeqs
         guard prefillChunk >= 1 else {
             throw KvantError(.invalidArgument, "KV cache: prefill micro-batch \(prefillChunk) tokens; must be at least 1")
         }
@@ -195,12 +214,23 @@ public final class KVCachePool: @unchecked Sendable {
         slotOfLayer = sOf
         pageStride = blockStride * layersPerGroup
         let perToken = pageStride * groups.count   // one block of every group: what one token needs
+        // int4_pertoken: the residual rings come out of the budget first (admission counts blocks only, so room for
+        // every ring the pool can need is set aside once: max_num_seqs live + the retired ones).
+        residualRings = residual == nil ? 0
+            : Self.residualRingCount(spec: spec, maxNumSeqs: maxNumSeqs, enablePrefixCaching: enablePrefixCaching)
+        let ringBytes = residualRings * (residual?.bytes ?? 0)
+        if ringBytes > 0 && byteBudget - ringBytes < perToken {
+            let retired = enablePrefixCaching ? " + \(Self.retiredRingLimit) rings of freed sequences kept for prefix caching" : ""
+            throw KvantError(.resourceExhausted,
+                             "KV cache byte budget \(byteBudget) bytes is too small for kv_cache_dtype \(spec.dtype.rawValue): the int8 residual rings of max_num_seqs \(maxNumSeqs) sequences\(retired) take \(residualRings) × \(residual!.bytes) = \(ringBytes) bytes, leaving \(max(0, byteBudget - ringBytes)), less than one block of every layer (\(perToken) bytes: block_size \(B), \(spec.numLayers) layers); raise kv_cache_bytes to at least \(ringBytes + perToken) or lower max_num_seqs")
+        }
         guard byteBudget >= perToken else {
             throw KvantError(.resourceExhausted,
                              "KV cache byte budget \(byteBudget) bytes is smaller than one block of every layer (\(perToken) bytes: block_size \(B), \(spec.numLayers) layers, kv_cache_dtype \(spec.dtype.rawValue))")
         }
-        numBlocks = min(byteBudget / pageStride, Int(Int32.max) / 2)
-        let (total, overflow) = numBlocks.multipliedReportingOverflow(by: pageStride)
+        numBlocks = min((byteBudget - ringBytes) / pageStride, Int(Int32.max) / 2)
+        let (blockBytes, overflow) = numBlocks.multipliedReportingOverflow(by: pageStride)
+        let total = blockBytes &+ ringBytes
         if let available = Self.availableMemoryBytes(), !overflow, total > available {
             throw KvantError(.resourceExhausted,
                              "KV cache: kv_cache_bytes \(byteBudget) is more than the memory available now (\(available) bytes, MemAvailable in /proc/meminfo)")
@@ -212,6 +242,8 @@ public final class KVCachePool: @unchecked Sendable {
         // cache can never meet the out-of-memory killer later.
         memset(mem, 0, total)
         storage = mem
+        ringArena = ringBytes > 0 ? mem + blockBytes : nil   // blockBytes: a multiple of 64
+        freeRingSlots = Array((0..<residualRings).reversed())
         blocks = BlockPool(numBlocks: numBlocks)
         // int4_pertoken too: a hit also takes the int8 residual rows of its last blocks and of token 0 from a
         // ring that holds them (`residualSource`), so a continued sequence reads what a cold run reads.

@@ -74,6 +74,16 @@ public struct KVCacheStats: Codable, Sendable, Equatable {
     /// `int4_pertoken`: bytes of the int8 residual (recent blocks and token 0, all layers) each live sequence
     /// holds beside the pool (`KVCachePool.residualBytesPerSequence`), else absent.
     public var residualBytesPerSequence: Int?
+    /// Bytes of the blocks: `numBlocks ·` the block size in bytes (every layer of its group). With the int4
+    /// residual, `blockPoolBytes + residualBytes ≤ kv_cache_bytes`.
+    public var blockPoolBytes: Int
+    /// `int4_pertoken`: residual rings the pool reserved out of `kv_cache_bytes` (max_num_seqs live + the freed
+    /// ones kept for prefix caching), the bytes they take, how many hold a ring now (live or kept), and how many
+    /// sequences found none free and were read at int4 only (more live than max_num_seqs); else absent.
+    public var residualRings: Int?
+    public var residualBytes: Int?
+    public var residualRingsInUse: Int?
+    public var residualRingMisses: Int64?
 
     public init(kvCacheDType: String, blockSize: Int, numBlocks: Int, usedBlocks: Int, freeBlocks: Int,
                 tokensCached: Int, capacityTokens: Int, bytesPerToken: Int, bytesPerTokenAllLayers: Int,
@@ -85,7 +95,8 @@ public struct KVCacheStats: Codable, Sendable, Equatable {
                 scaleWarnings: [String], attentionKernel: String = "avx2", rotation: String? = nil,
                 prefixCaching: Bool = false, prefixCacheQueries: Int64 = 0, prefixCacheHits: Int64 = 0,
                 prefixCachedBlocks: Int = 0,
-                residualBytesPerSequence: Int? = nil) {
+                residualBytesPerSequence: Int? = nil, blockPoolBytes: Int = 0, residualRings: Int? = nil,
+                residualBytes: Int? = nil, residualRingsInUse: Int? = nil, residualRingMisses: Int64? = nil) {
         self.kvCacheDType = kvCacheDType; self.blockSize = blockSize; self.numBlocks = numBlocks
         self.usedBlocks = usedBlocks; self.freeBlocks = freeBlocks; self.tokensCached = tokensCached
         self.capacityTokens = capacityTokens; self.bytesPerToken = bytesPerToken
@@ -104,6 +115,11 @@ public struct KVCacheStats: Codable, Sendable, Equatable {
         self.prefixCacheHitRate = prefixCacheQueries > 0 ? Double(prefixCacheHits) / Double(prefixCacheQueries) : 0
         self.prefixCachedBlocks = prefixCachedBlocks
         self.residualBytesPerSequence = residualBytesPerSequence
+        self.blockPoolBytes = blockPoolBytes
+        self.residualRings = residualRings
+        self.residualBytes = residualBytes
+        self.residualRingsInUse = residualRingsInUse
+        self.residualRingMisses = residualRingMisses
     }
 
     enum CodingKeys: String, CodingKey {
@@ -123,5 +139,7 @@ public struct KVCacheStats: Codable, Sendable, Equatable {
         case prefixCacheHits = "prefix_cache_hits", prefixCacheHitRate = "prefix_cache_hit_rate"
         case prefixCachedBlocks = "prefix_cached_blocks"
         case residualBytesPerSequence = "residual_bytes_per_sequence"
+        case blockPoolBytes = "block_pool_bytes", residualRings = "residual_rings", residualBytes = "residual_bytes"
+        case residualRingsInUse = "residual_rings_in_use", residualRingMisses = "residual_ring_misses"
     }
 }

@@ -114,7 +114,7 @@ public actor Engine {
             quantizationParamPath: quantizationParamPath ?? (kvCacheDType == nil ? settings.quantizationParamPath : nil),
             kvCacheBytes: kvCacheBytes ?? settings.kvCacheBytes, blockSize: settings.blockSize,
             maxModelLen: maxModelLen ?? settings.maxModelLen, threads: settings.threads,
-            enablePrefixCaching: settings.enablePrefixCaching)
+            enablePrefixCaching: settings.enablePrefixCaching, maxNumSeqs: settings.maxNumSeqs)
         let started = DispatchTime.now().uptimeNanoseconds
         let backend = self.backend
         logger.info("loading model", metadata: ["path": "\(path)", "kv_cache_dtype": "\(dtype.rawValue)"])

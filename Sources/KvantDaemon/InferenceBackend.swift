@@ -58,10 +58,14 @@ public struct ModelLoadRequest: Sendable, Equatable {
     /// Automatic prefix caching (vLLM's `enable_prefix_caching`): prompts that start like an earlier one
     /// reuse its cached KV blocks and prefill only the rest.
     public var enablePrefixCaching: Bool
+    /// Sequences live at once (`max_num_seqs`): an `int4_pertoken` pool sets aside the int8 residual rings of
+    /// that many sequences out of `kvCacheBytes` (`KVCachePool.residualReserveBytes`).
+    public var maxNumSeqs: Int
 
     public init(path: String, kvCacheDType: KVCacheDType, quantizationParamPath: String?, kvCacheBytes: Int,
-                blockSize: Int, maxModelLen: Int?, threads: Int, enablePrefixCaching: Bool = true) {
+                blockSize: Int, maxModelLen: Int?, threads: Int, enablePrefixCaching: Bool = true, maxNumSeqs: Int = 16) {
         self.enablePrefixCaching = enablePrefixCaching
+        self.maxNumSeqs = maxNumSeqs
         self.path = path
         self.kvCacheDType = kvCacheDType
         self.quantizationParamPath = quantizationParamPath

@@ -16,7 +16,9 @@ extension ExecutorModel {
     private func scratchPool(tokens: Int) throws -> KVCachePool {
         let (_, dtype, scales) = current()
         let spec = model.config.kvCacheSpec(dtype: dtype, blockSize: blockSize)
-        return try KVCachePool(spec: spec, byteBudget: spec.bytesPerToken * (tokens + 2 * blockSize), scales: scales)
+        // One sequence at a time; an int4_pertoken pool also holds its residual rings (`residualReserveBytes`).
+        return try KVCachePool(spec: spec, byteBudget: spec.bytesPerToken * (tokens + 2 * blockSize)
+                                   + KVCachePool.residualReserveBytes(spec: spec, maxNumSeqs: 1), scales: scales)
     }
 
     func perplexity(path: String, contextLength: Int, control: OperationControl) throws -> PerplexityResult {

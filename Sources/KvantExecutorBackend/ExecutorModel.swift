@@ -22,6 +22,8 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
     let maxModelLen: Int
     /// Automatic prefix caching in every pool this model builds (`enable_prefix_caching`).
     let enablePrefixCaching: Bool
+    /// `max_num_seqs`: an `int4_pertoken` pool reserves that many residual rings out of `kvCacheBytes`.
+    let maxNumSeqs: Int
     let logger: Logger
 
     let lock = NSLock()
@@ -43,19 +45,22 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
         }
         maxModelLen = request.maxModelLen ?? trained
         enablePrefixCaching = request.enablePrefixCaching
+        maxNumSeqs = request.maxNumSeqs
         let threads = request.threads > 0 ? request.threads : ProcessInfo.processInfo.activeProcessorCount
         session = ForwardSession(model: model, threads: threads)
         dtype = request.kvCacheDType
         (pool, scales) = try Self.makePool(model: model, dtype: request.kvCacheDType, scalePath: request.quantizationParamPath,
                                            kvCacheBytes: kvCacheBytes, blockSize: blockSize, prefillChunk: session.maxBatch,
-                                           enablePrefixCaching: enablePrefixCaching, logger: logger)
+                                           enablePrefixCaching: enablePrefixCaching, maxNumSeqs: maxNumSeqs, logger: logger)
     }
 
-    /// Builds a pool of `kvCacheBytes` for `dtype`, with the scale file for the static modes.
+    /// Builds a pool of `kvCacheBytes` for `dtype`, with the scale file for the static modes. `int4_pertoken`
+    /// takes the residual rings of `maxNumSeqs` sequences (+ the retired ones) out of `kvCacheBytes` first.
     /// - Throws: `.invalidArgument` for a scale file with a dtype that uses none, or a bad file;
-    ///   `.resourceExhausted` when the budget holds less than one block.
+    ///   `.resourceExhausted` when the budget (less the int4 residual rings) holds less than one block.
     private static func makePool(model: Model, dtype: KVCacheDType, scalePath: String?, kvCacheBytes: Int, blockSize: Int,
-                                 prefillChunk: Int, enablePrefixCaching: Bool, logger: Logger) throws -> (KVCachePool, KVScales?) {
+                                 prefillChunk: Int, enablePrefixCaching: Bool, maxNumSeqs: Int,
+                                 logger: Logger) throws -> (KVCachePool, KVScales?) {
         var scales: KVScales?
         if dtype.usesStaticScales {
             if let scalePath {
@@ -72,12 +77,13 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
                              "quantization_param_path '\(scalePath)' is only used by int8_pertensor and int8_pertensor_perhead, not by kv_cache_dtype \(dtype.rawValue)")
         }
         let spec = model.config.kvCacheSpec(dtype: dtype, blockSize: blockSize)
-        guard kvCacheBytes >= spec.bytesPerToken * spec.blockSize else {
+        // int4_pertoken: the pool's own error names the residual rings' share of the budget.
+        guard kvCacheBytes >= spec.bytesPerToken * spec.blockSize || dtype.resolved == .int4PerToken else {
             throw KvantError(.resourceExhausted,
                              "kv_cache_bytes \(kvCacheBytes) holds less than one block of \(spec.blockSize) tokens at \(spec.bytesPerToken) bytes/token (kv_cache_dtype \(dtype.rawValue))")
         }
         return (try KVCachePool(spec: spec, byteBudget: kvCacheBytes, scales: scales, prefillChunk: prefillChunk,
-                                enablePrefixCaching: enablePrefixCaching), scales)
+                                enablePrefixCaching: enablePrefixCaching, maxNumSeqs: maxNumSeqs), scales)
     }
 
     /// Reads and validates a scale file against this model (layers, KV heads, model_type).
@@ -239,7 +245,7 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
         let (newPool, newScales) = try Self.makePool(model: model, dtype: newDType, scalePath: path,
                                                      kvCacheBytes: kvCacheBytes, blockSize: blockSize,
                                                      prefillChunk: session.maxBatch, enablePrefixCaching: enablePrefixCaching,
-                                                     logger: logger)
+                                                     maxNumSeqs: maxNumSeqs, logger: logger)
         lock.lock()
         pool = newPool
         dtype = newDType

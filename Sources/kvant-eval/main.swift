@@ -53,7 +53,8 @@ struct ModelOptions: ParsableArguments {
                                  sinkTokens: simulateSinkTokens)
     }
 
-    func load(contextTokens: Int) throws -> (Model, ForwardSession, KVCachePool) {
+    /// `sequences`: live at once (the pool's `maxNumSeqs`; int4_pertoken's residual rings are added to the budget).
+    func load(contextTokens: Int, sequences: Int = 1) throws -> (Model, ForwardSession, KVCachePool) {
         let dtype = try KVCacheDType(parsing: kvCacheDType)
         let model = try Model(path: model)
         let spec = model.config.kvCacheSpec(dtype: dtype)
@@ -64,8 +65,9 @@ struct ModelOptions: ParsableArguments {
             throw KvantError(.invalidArgument, "--kv-cache-dtype \(dtype.rawValue) needs --quantization-param-path (or --default-scales for 1.0 everywhere)")
         }
         let blocks = (contextTokens + spec.blockSize - 1) / spec.blockSize + 2
-        let pool = try KVCachePool(spec: spec, byteBudget: blocks * spec.blockSize * spec.bytesPerToken * 2, scales: scales,
-                                   hadamardRotation: !noKVRotation, int4RecentBlocks: int4RecentBlocks)
+        let rings = KVCachePool.residualReserveBytes(spec: spec, maxNumSeqs: sequences, int4RecentBlocks: int4RecentBlocks)
+        let pool = try KVCachePool(spec: spec, byteBudget: blocks * spec.blockSize * spec.bytesPerToken * 2 + rings, scales: scales,
+                                   hadamardRotation: !noKVRotation, int4RecentBlocks: int4RecentBlocks, maxNumSeqs: sequences)
         if let sim = try simulation() { try pool.setQuantSimulation(sim) }
         return (model, ForwardSession(model: model, threads: threads), pool)
     }
@@ -220,7 +222,7 @@ struct Bench: ParsableCommand {
         guard promptTokens >= 1, genTokens >= 1, promptTokens + genTokens <= context else {
             throw KvantError(.invalidArgument, "need 1 ≤ prompt-tokens, 1 ≤ gen-tokens, prompt+gen ≤ context")
         }
-        let (model, session, pool) = try opts.load(contextTokens: max(context, batch * (promptTokens + genTokens + 16)))
+        let (model, session, pool) = try opts.load(contextTokens: max(context, batch * (promptTokens + genTokens + 16)), sequences: batch)
         var toks: [Int32]
         if let f = file { toks = try TextTokenizer.tokenize(path: f, model: model) } else {
             toks = [model.bosTokenID ?? 2] + (1..<(promptTokens + genTokens)).map { Int32(1000 + ($0 * 7919) % 200_000) % Int32(model.config.vocabSize) }
@@ -305,7 +307,7 @@ struct Speed: ParsableCommand {
             throw KvantError(.invalidArgument, "--batched needs --n-prompt > 0, --n-gen > 0 and no --n-depth (llama-batched-bench's -npp/-ntg)")
         }
         let perSeq = nPrompt + nGen + nDepth
-        let (model, session, pool) = try opts.load(contextTokens: parallel * (perSeq + 2 * blockSlack))
+        let (model, session, pool) = try opts.load(contextTokens: parallel * (perSeq + 2 * blockSlack), sequences: parallel)
         let vocab = UInt64(model.config.vocabSize)
         let bos: Int32? = model.addsBOS ? (model.bosTokenID ?? 2) : nil
         var state = seed &* 6364136223846793005 &+ 1442695040888963407

@@ -148,7 +148,8 @@ import Testing
             let (m, s) = try self.load()
             func ppl(_ dtype: KVCacheDType, recentBlocks: Int = 4) throws -> Double {
                 let spec = m.config.kvCacheSpec(dtype: dtype)
-                let pool = try KVCachePool(spec: spec, byteBudget: 600 * spec.bytesPerToken, int4RecentBlocks: recentBlocks)
+                let rings = KVCachePool.residualReserveBytes(spec: spec, maxNumSeqs: 1, int4RecentBlocks: recentBlocks)
+                let pool = try KVCachePool(spec: spec, byteBudget: 600 * spec.bytesPerToken + rings, int4RecentBlocks: recentBlocks)
                 return try PerplexityEvaluator.run(session: s, pool: pool, tokens: tokens, ctx: 512, maxChunks: 8).perplexity
             }
             return (try ppl(.fp32), try ppl(.int4PerToken), try ppl(.int4PerToken, recentBlocks: 0))

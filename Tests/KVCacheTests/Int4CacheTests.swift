@@ -66,31 +66,98 @@ struct Int4CacheTests {
         #expect(try KVCacheDType(parsing: "int4_pertoken") == .int4PerToken)
         #expect(KVCacheDType.int4PerToken.isQuantized && KVCacheDType.int4PerToken.isDynamic)
 
-        let pool = try KVCachePool(spec: gemma, byteBudget: 1 << 22)
+        // The residual rings come out of the budget: 1 live (maxNumSeqs default) + 4 retired with prefix caching.
+        let ring = 38 * 18 * 8320   // 4 recent blocks + 32 of a 512-token micro-batch + 1, + the sink slot; 18 layers
+        #expect(ring == 5_690_880)
+        let page = 18 * 16 * 296     // one block: 16 positions of the 18 layers (one layer group), 4 736 B per layer
+        let pool = try KVCachePool(spec: gemma, byteBudget: 5 * ring + 10 * page + page - 1)
         let st = pool.stats()
         #expect(st.bytesPerTokenAllLayers == 18 * 296)
         #expect(st.rotation == "hadamard-256")
         #expect(st.scaleSource == "dynamic")
-        #expect(st.residualBytesPerSequence == pool.residualBytesPerSequence)
-        // 4 recent blocks + 32 blocks of a 512-token micro-batch + 1, + the sink slot; 18 layers; 8320-byte int8 blocks.
-        #expect(pool.residualBytesPerSequence == 38 * 18 * 8320)
-        #expect(pool.numBlocks == (1 << 22) / pool.pageStride)
+        #expect(pool.pageStride == page)
+        #expect(pool.residualBytesPerSequence == ring)
+        #expect(st.residualBytesPerSequence == ring)
+        #expect(st.residualRings == 5 && st.residualBytes == 5 * ring && st.residualRingsInUse == 0)
+        #expect(pool.numBlocks == 10 && st.numBlocks == 10 && st.blockPoolBytes == 10 * page)
+        #expect(st.capacityTokens == 160)
+        #expect(KVCachePool.residualReserveBytes(spec: gemma, maxNumSeqs: 1) == 5 * ring)
 
-        // Gemma 3 270M with its sliding windows in 256 MiB: int4 holds ~1.75x the tokens of int8_pertoken.
+        // max_num_seqs 16 (the daemon's default), prefix caching off: 16 rings.
+        let p16 = try KVCachePool(spec: gemma, byteBudget: 16 * ring + 3 * page, enablePrefixCaching: false, maxNumSeqs: 16)
+        #expect(p16.residualRings == 16 && p16.numBlocks == 3 && p16.stats().residualBytes == 16 * ring)
+        #expect(KVCachePool.residualReserveBytes(spec: gemma, maxNumSeqs: 16, enablePrefixCaching: false) == 16 * ring)
+        #expect(KVCachePool.residualReserveBytes(spec: gemma, maxNumSeqs: 16) == 20 * ring)
+        // Other dtypes reserve nothing; without a residual (int4RecentBlocks 0) neither.
+        #expect(KVCachePool.residualReserveBytes(spec: KVCacheSpec(numLayers: 18, numKVHeads: 1, headDim: 256, dtype: .int8PerToken),
+                                                 maxNumSeqs: 16) == 0)
+        let noRes = try KVCachePool(spec: gemma, byteBudget: 2 * page, int4RecentBlocks: 0, maxNumSeqs: 16)
+        #expect(noRes.residualRings == 0 && noRes.numBlocks == 2 && noRes.stats().residualBytes == 0)
+
+        // Too small for the rings plus one block: an error naming the numbers.
+        let small = kvantError { try KVCachePool(spec: gemma, byteBudget: 20 * ring + page - 1, maxNumSeqs: 16) }
+        #expect(small?.reason == .resourceExhausted)
+        #expect(small?.message == "KV cache byte budget \(20 * ring + page - 1) bytes is too small for kv_cache_dtype int4_pertoken: the int8 residual rings of max_num_seqs 16 sequences + 4 rings of freed sequences kept for prefix caching take 20 × 5690880 = 113817600 bytes, leaving 85247, less than one block of every layer (85248 bytes: block_size 16, 18 layers); raise kv_cache_bytes to at least 113902848 or lower max_num_seqs")
+        #expect(kvantError { try KVCachePool(spec: gemma, byteBudget: 1 << 30, maxNumSeqs: 0) }?.message
+                == "KV cache: max_num_seqs 0; must be at least 1")
+
+        // Gemma 3 270M with its sliding windows in 256 MiB at max_num_seqs 16: the 20 rings (113.8 MB) leave
+        // int4_pertoken's blocks 142.6 MB; int8_pertoken has all 256 MiB for blocks.
         let windows: [Int?] = (0..<18).map { $0 % 6 == 5 ? nil : 512 }
-        func capacity(_ dt: KVCacheDType) throws -> Int {
+        func windowed(_ dt: KVCacheDType) throws -> KVCachePool {
             try KVCachePool(spec: KVCacheSpec(numLayers: 18, numKVHeads: 1, headDim: 256, dtype: dt, layerWindows: windows),
-                            byteBudget: 1 << 28).capacityTokens
+                            byteBudget: 1 << 28, maxNumSeqs: 16)
         }
-        let c4 = try capacity(.int4PerToken), c8 = try capacity(.int8PerToken)
-        print("capacity_tokens in 256 MiB, Gemma 3 270M: int4_pertoken \(c4), int8_pertoken \(c8)")
-        #expect(Double(c4) > 1.7 * Double(c8))
+        let p4 = try windowed(.int4PerToken), p8 = try windowed(.int8PerToken)
+        #expect(p4.numBlocks == ((1 << 28) - 20 * ring) / p4.pageStride)
+        #expect(p8.numBlocks == (1 << 28) / p8.pageStride)
+        let s4 = p4.stats()
+        #expect(s4.blockPoolBytes + s4.residualBytes! <= 1 << 28)
+        #expect(s4.blockPoolBytes + s4.residualBytes! > (1 << 28) - p4.pageStride)
+        let c4 = p4.capacityTokens, c8 = p8.capacityTokens
+        print("capacity_tokens in 256 MiB, Gemma 3 270M, max_num_seqs 16: int4_pertoken \(c4), int8_pertoken \(c8)")
+        #expect(s4.capacityTokens == c4)
+        #expect(c4 > c8)
+    }
+
+    @Test("residual rings: one arena slot per live sequence, freed ones kept for prefix caching until a live one needs the slot; none left = int4 only, counted")
+    func ringSlots() throws {
+        let spec = KVCacheSpec(numLayers: 1, numKVHeads: 1, headDim: 64, dtype: .int4PerToken, blockSize: 8)
+        for caching in [false, true] {
+            let pool = try KVCachePool(spec: spec, byteBudget: 1 << 21, enablePrefixCaching: caching, maxNumSeqs: 2)
+            let rings = caching ? 6 : 2
+            #expect(pool.residualRings == rings)
+            var rng = SplitMix64(seed: 5)
+            let row = rng.floats(64)
+            func write(_ s: SequenceID, length: Int) {
+                #expect(pool.reserve(s, newLength: length) == .ok)
+                for p in 0..<length { pool.write(layer: 0, sequence: s, position: p, key: row, value: row) }
+                pool.commit(s, tokens: [Int32](repeating: 1, count: length), from: 0)
+            }
+            // Fill every slot with live sequences (the pool sized for 2 holds `rings`), then one more: no ring.
+            let live = (0..<rings).map { _ in pool.createSequence() }
+            for s in live { write(s, length: 16) }
+            #expect(pool.stats().residualRingsInUse == rings && pool.stats().residualRingMisses == 0)
+            let extra = pool.createSequence()
+            write(extra, length: 16)
+            #expect(pool.stats().residualRingMisses == 1)
+            #expect(pool.stats().residualRingsInUse == rings)
+            // Freed: without prefix caching the slot returns at once; with it the ring is kept (4 at most).
+            for s in live { pool.free(s) }
+            pool.free(extra)
+            #expect(pool.stats().residualRingsInUse == (caching ? 4 : 0))
+            // Live sequences take free slots first, then evict the oldest kept ring.
+            let again = (0..<rings).map { _ in pool.createSequence() }
+            for s in again { write(s, length: 8) }
+            #expect(pool.stats().residualRingsInUse == rings && pool.stats().residualRingMisses == 1)
+            for s in again { pool.free(s) }
+        }
     }
 
     @Test("write/read round trip: the rotated 4-bit rows, rotated back, as the fp64 reference", arguments: [64, 128, 256])
     func roundTrip(headDim D: Int) throws {
         let spec = KVCacheSpec(numLayers: 2, numKVHeads: 2, headDim: D, dtype: .int4PerToken, blockSize: 4)
-        let pool = try KVCachePool(spec: spec, byteBudget: 1 << 20)
+        let pool = try KVCachePool(spec: spec, byteBudget: (1 << 20) + KVCachePool.residualReserveBytes(spec: spec, maxNumSeqs: 1))
         #expect(pool.rotationGroup == D)
         var rng = SplitMix64(seed: UInt64(D))
         let c = Shape(numKVHeads: 2, numHeads: 2, headDim: D, blockSize: 4, length: 11, window: nil)
@@ -152,7 +219,8 @@ struct Int4CacheTests {
             let keys = Self.rows(c, &rng), values = Self.rows(c, &rng)
             let spec = KVCacheSpec(numLayers: 2, numKVHeads: c.numKVHeads, headDim: c.headDim, dtype: .int4PerToken,
                                    blockSize: c.blockSize)
-            let pool = try KVCachePool(spec: spec, byteBudget: 1 << 21, allowAVX512: allowAVX512)
+            let pool = try KVCachePool(spec: spec, byteBudget: (1 << 21) + KVCachePool.residualReserveBytes(spec: spec, maxNumSeqs: 1),
+                                       allowAVX512: allowAVX512)
             if !allowAVX512 { #expect(!pool.usesAVX512) }
             let other = pool.createSequence()   // owns other blocks, so block ids are not 0, 1, 2…
             #expect(pool.reserve(other, newLength: 2 * c.blockSize + 1) == .ok)

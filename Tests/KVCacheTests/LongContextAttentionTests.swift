@@ -21,7 +21,8 @@ struct DecodeSpeedTests {
         let spec = KVCacheSpec(numLayers: layers, numKVHeads: 1, headDim: 256, dtype: dtype)
         var scales: KVScales? = nil
         if dtype.usesStaticScales { scales = try KVScales(perTensor: [Float](repeating: 2.0 / 127, count: layers)) }
-        let pool = try KVCachePool(spec: spec, byteBudget: spec.bytesPerToken * (context + 64) + (1 << 20), scales: scales, allowAVX512: avx512)
+        let pool = try KVCachePool(spec: spec, byteBudget: spec.bytesPerToken * (context + 64) + (1 << 20)
+                                       + KVCachePool.residualReserveBytes(spec: spec, maxNumSeqs: 1), scales: scales, allowAVX512: avx512)
         let seq = pool.createSequence()
         #expect(pool.reserve(seq, newLength: context) == .ok)
         var rng = SplitMix64(seed: 42)

@@ -16,7 +16,9 @@ import Testing
 struct PrefixCacheRealModelTests {
     func makeEngine(_ dtype: KVCacheDType, prefixCaching: Bool, scales: String? = nil, maxModelLen: Int = 1024) async throws -> Engine {
         let engine = Engine(backend: ExecutorBackend(),
-                            settings: .init(kvCacheDType: dtype, quantizationParamPath: scales, kvCacheBytes: 48 << 20,
+                            // int4_pertoken: + its 8 int8 residual rings (max_num_seqs 4 + 4 kept), 5 690 880 B each.
+                            settings: .init(kvCacheDType: dtype, quantizationParamPath: scales,
+                                            kvCacheBytes: (48 << 20) + (dtype == .int4PerToken ? 8 * 5_690_880 : 0),
                                             blockSize: 16, maxModelLen: maxModelLen, threads: 2, maxNumSeqs: 4,
                                             enablePrefixCaching: prefixCaching),
                             logger: Logger(label: "test"))

@@ -65,6 +65,14 @@ void kv_attend(const kv_layer_view *view, int32_t first, int32_t last,
  * m/l [parts, num_heads]) into output [num_heads, head_dim]. */
 void kv_attend_partial(const kv_layer_view *view, int32_t first, int32_t last, const float *query,
                        int32_t num_heads, float scale, float *acc, float *m, float *l);
+/* One KV head's attention for nl <= 4 query heads (the unit kv_attend runs): q[4] their rows (head_dim), acc
+ * [4, head_dim] the output (normalized), or with ml != NULL unnormalized with ml[0..3] the running maxima and
+ * ml[4..7] the sums (kv_attend_partial). KV_DT_Q4 only. `_reference` is the AVX-512 kernel before the current one
+ * (kv_attention_q4_ref.c), for the bit-identity tests; it does nothing without AVX-512. */
+void kv_attend_group_q4(const kv_layer_view *vw, int g, int nl, int first, int last, const float *const *q,
+                        float scale, float *acc, float *ml);
+void kv_attend_group_q4_reference(const kv_layer_view *vw, int32_t g, int32_t nl, int32_t first, int32_t last,
+                                  const float *const *q, float scale, float *acc, float *ml);
 void kv_attend_merge(int32_t parts, int32_t num_heads, int32_t head_dim, const float *acc,
                      const float *m, const float *l, float *output);
 
