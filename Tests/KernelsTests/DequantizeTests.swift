@@ -246,7 +246,7 @@ extension MatMulTests {
             if kvant_force_int8_kernel_variant(variant) != 0 { print("int8 kernel variant \(variant) not available: skipped"); continue }
             var rng = SplitMix64(seed: 1234 + UInt64(variant))
             for (type, bb, bs, offs) in Self.layouts {
-                for (rows, m) in [(1, 1), (2, 2), (3, 5), (7, 8), (8, 9), (9, 17), (17, 3), (5, 33)] {
+                for (rows, m) in [(1, 1), (2, 2), (3, 5), (7, 8), (8, 9), (4, 16), (9, 17), (17, 3), (5, 33)] {
                     try check(type: type, blockBytes: bb, blockSize: bs, scaleOffsets: offs, rows: rows, m: m,
                               threads: rows % 2 + 1, rng: &rng)
                 }
@@ -259,8 +259,10 @@ extension MatMulTests {
 }
 
 /// The int8 kernel variants promise bit-identical results (exact int32 lanes, the same FMA order as
-/// ggml_vec_dot_q*_0_q8_0): AVX-512 (decode gemv with vpdpbusd, prefill tiles) against AVX2 (maddubs) on random
-/// Q4_0/Q5_0/Q8_0 blocks, for one activation row (decode) and several (prefill tiles, with remainders).
+/// ggml_vec_dot_q*_0_q8_0): AVX-512 (decode gemv with vpdpbusd, the batched-decode kernel for 2…16 rows, prefill
+/// tiles beyond) against AVX2 (maddubs) on random Q4_0/Q5_0/Q8_0 blocks, for one activation row (decode), 2…16 (a
+/// batched decode step, with a group remainder) and more (prefill tiles, with remainders). (Batch invariance, each row
+/// of a batch equal to that row alone, is checked for every variant by `int8KernelsMatchFp32ReferenceOnRandomBlocks`.)
 extension MatMulTests {
     @Test func avx512KernelsAreBitIdenticalToAVX2() throws {
         guard kvant_force_int8_kernel_variant(2) == 0 else {
@@ -270,7 +272,8 @@ extension MatMulTests {
         }
         var rng = SplitMix64(seed: 99)
         for (type, bb, _, offs) in Self.layouts where [.q4_0, .q5_0, .q8_0].contains(type) {
-            for (rows, m, cols) in [(5, 1, 512), (3, 1, 32), (9, 1, 8448), (7, 3, 512), (4, 9, 256)] {
+            for (rows, m, cols) in [(5, 1, 512), (3, 1, 32), (9, 1, 8448), (7, 3, 512), (4, 9, 256), (6, 2, 640),
+                                    (5, 8, 640), (3, 16, 256), (4, 17, 256), (2, 40, 128)] {
                 let nb = cols / 32
                 let bytes = Self.randomBlocks(count: rows * nb, blockBytes: bb, scaleOffsets: offs, rng: &rng)
                 let x = Self.randomActivations(count: m * cols, rng: &rng)

@@ -3,7 +3,9 @@
  *
  *   1. bit-identity: every int8 weight type, 1..38 activation rows, both roundings: the two must agree bit for bit;
  *   2. CPU time (CLOCK_THREAD_CPUTIME_ID, one thread, best of 7 / 2000 reps) for Gemma 3 270M's layer shapes at 512
- *      activation rows (prefill) and 1 (decode; the weights then sit in L2, so this is the kernel's compute rate).
+ *      activation rows (prefill) and 1 (decode; the weights then sit in L2, so this is the kernel's compute rate);
+ *   3. mean CPU time at 2..16 activation rows (batched decode) with the weights cold (64 copies cycled), for the
+ *      Q5_0/Q8_0 layer shapes and a 16 384-row slice of the Q8_0 output head.
  * CPU time, not wall time: the figure does not move when other processes take the cores (this machine is shared).
  * Exit status 1 on any mismatch. */
 #define _GNU_SOURCE
@@ -95,5 +97,35 @@ int main(void) {
         printf("| %s | %d × %d | %d | %.3f | %.3f | %.2f× |\n", tname(t), R, C, na, bo * 1e3, bn * 1e3, bo / bn);
         free(w); free(x); free(a); free(o);
     }
+    /* Batched decode (2..16 activation rows, one per running sequence) with the weights cold, as in a decode step
+     * (every layer's weights were last read a whole step, ~250 MB, ago): 64 copies of the matrix, cycled. */
+    printf("\n| weight, cold (64 copies cycled) | rows × cols | activation rows | base ms | new ms | base / new |\n|---|---|---:|---:|---:|---:|\n");
+    const int cold[][3] = {{6, 2048, 640}, {8, 1024, 640}, {8, 16384, 640}};
+    const int cold_na[] = {2, 4, 8, 16};
+    for (int s = 0; s < 3; s++)
+        for (int k = 0; k < 4; k++) {
+            const int t = cold[s][0], R = cold[s][1], C = cold[s][2], na = cold_na[k], copies = 64;
+            size_t rb;
+            uint8_t *w = random_weights(t, R * copies, C, &rb);
+            float *x = malloc(sizeof(float) * na * C);
+            for (int i = 0; i < na * C; i++) x[i] = (rand() % 2001 - 1000) / 250.0f;
+            kvant_block_q8a *a = malloc(sizeof(kvant_block_q8a) * na * C / 32);
+            kvant_quantize_row_act(kvant_act_format(t), x, a, na * C);
+            float *o = malloc(4 * na * R);
+            double to = 0, tn = 0;
+            for (int rep = 0; rep < 3; rep++)
+                for (int c = 0; c < copies; c++) {
+                    const uint8_t *wc = w + (size_t)c * R * rb, *wd = w + (size_t)((c + copies / 2) % copies) * R * rb;
+                    double t0 = cpu();
+                    old_kvant_matmul_q8a_rounding(t, wc, rb, C, 0, R, a, na, o, R, 0);
+                    double t1 = cpu();
+                    kvant_matmul_q8a_rounding(t, wd, rb, C, 0, R, a, na, o, R, 0);
+                    to += t1 - t0;
+                    tn += cpu() - t1;
+                }
+            printf("| %s | %d × %d | %d | %.3f | %.3f | %.2f× |\n", tname(t), R, C, na, to * 1e3 / (3 * copies),
+                   tn * 1e3 / (3 * copies), to / tn);
+            free(w); free(x); free(a); free(o);
+        }
     return fails != 0;
 }
