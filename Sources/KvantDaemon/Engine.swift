@@ -260,7 +260,12 @@ public actor Engine {
             let sampling = SamplingConfig(params)
             // Admission control: the KV blocks of the prompt are promised (generated tokens take theirs on demand,
             // with preemption); when they are not free now, wait (in arrival order) until a sequence releases its own.
-            let sequence = acquired ? try await scheduler.admit(model, prompt: prompt, budget: budget, sampling: sampling) : nil
+            let sequence: (any GenerationSequence)?
+            do {
+                sequence = acquired ? try await scheduler.admit(model, prompt: prompt, budget: budget, sampling: sampling) : nil
+            } catch {
+                throw Self.naming(error, requested: params.maxTokens, budget: budget, prompt: prompt.count, maxModelLen: maxModelLen)
+            }
             let started = DispatchTime.now().uptimeNanoseconds
             let outcome: Result<GenerateResult, Error>
             do {
@@ -331,7 +336,12 @@ public actor Engine {
             let acquired = await scheduler.acquireSlots(n)
             var slotsHeld = acquired ? n : 0
             defer { if slotsHeld > 0 { scheduler.releaseSlot(count: slotsHeld) } }
-            let sequence = acquired ? try await scheduler.admit(model, prompt: prompt, budget: budget, sampling: SamplingConfig(params)) : nil
+            let sequence: (any GenerationSequence)?
+            do {
+                sequence = acquired ? try await scheduler.admit(model, prompt: prompt, budget: budget, sampling: SamplingConfig(params)) : nil
+            } catch {
+                throw Self.naming(error, requested: params.maxTokens, budget: budget, prompt: prompt.count, maxModelLen: maxModelLen)
+            }
             var job: Scheduler.Job?
             if let sequence {
                 let parent = Scheduler.Job(sequence: sequence, model: model, budget: budget)
@@ -379,6 +389,20 @@ public actor Engine {
             counters.failed += 1
             throw KvantError.normalized(error)
         }
+    }
+
+    /// Runs admission; when it refuses a request whose `max_tokens` was capped at `max_model_len` minus the prompt,
+    /// its message names the value the client sent (the backend only saw the capped budget).
+    private static func naming(_ error: Error, requested: Int, budget: Int, prompt: Int, maxModelLen: Int) -> Error {
+        guard requested != budget, var error = error as? KvantError else { return error }
+        let capped = "max_tokens (\(budget))"
+        if error.message.contains(capped) {
+            error.message = error.message.replacingOccurrences(
+                of: capped, with: "max_tokens (\(requested), capped at max_model_len \(maxModelLen) − the prompt's \(prompt) tokens = \(budget))")
+        } else {
+            error.message += " (max_tokens \(requested) was capped at \(budget): max_model_len \(maxModelLen) − the prompt's \(prompt) tokens)"
+        }
+        return error
     }
 
     /// Prefill (in chunks, between decode steps), then decode until end-of-sequence, a stop string, the
