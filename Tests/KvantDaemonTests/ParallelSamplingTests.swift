@@ -77,12 +77,13 @@ struct ParallelSamplingTests {
         let two = Task { try await engine.generate(choice: 2, of: group) { _ in } }
         let three = Task { try await engine.generate(choice: 3, of: group) { _ in } }
         try await waitUntil("choice 0's first chunk is at the gate") { gate.waiting == 1 }
-        // Choice 1 is cancelled while it waits for the fork, then choice 0 during its prefill.
+        // Choice 1 is cancelled while it waits for the fork, then choice 0 during its prefill. (Their releases run on
+        // the compute lane, which the gated chunk holds: the gate opens before their results are awaited.)
         one.cancel()
-        let r1 = try await one.value
-        #expect(r1.finishReason == .cancelled && r1.tokens.isEmpty)
         leader.cancel()
         gate.open()
+        let r1 = try await one.value
+        #expect(r1.finishReason == .cancelled && r1.tokens.isEmpty)
         let r0 = try await leader.value
         #expect(r0.finishReason == .cancelled && r0.tokens.isEmpty)
         let (r2, r3) = (try await two.value, try await three.value)
