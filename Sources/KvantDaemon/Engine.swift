@@ -260,7 +260,12 @@ public actor Engine {
             let sampling = SamplingConfig(params)
             // Admission control: the KV blocks of the prompt are promised (generated tokens take theirs on demand,
             // with preemption); when they are not free now, wait (in arrival order) until a sequence releases its own.
-            let sequence = acquired ? try await scheduler.admit(model, prompt: prompt, budget: budget, sampling: sampling) : nil
+            let sequence: (any GenerationSequence)?
+            do {
+                sequence = acquired ? try await scheduler.admit(model, prompt: prompt, budget: budget, sampling: sampling) : nil
+            } catch {
+                throw Self.naming(error, requested: params.maxTokens, budget: budget, prompt: prompt.count, maxModelLen: maxModelLen)
+            }
             let started = DispatchTime.now().uptimeNanoseconds
             let outcome: Result<GenerateResult, Error>
             do {
@@ -281,18 +286,138 @@ public actor Engine {
         }
     }
 
+    /// Choice `index` of a parallel-sampling request (`n > 1`): as `generate(_:onToken:)` of
+    /// `group.choices[index]`, but the choices share one prefill of the prompt and fork its KV blocks
+    /// (`ParallelSampling`). Every choice of the group must be asked for, each from a task of its own.
+    public func generate(choice index: Int, of group: ParallelSampling,
+                         onToken: @escaping @Sendable (GeneratedToken) async -> Void) async throws -> GenerateResult {
+        let params = group.choices[index]
+        let n = group.choices.count
+        guard n > 1, n <= scheduler.maxNumSeqs else { return try await generate(params, onToken: onToken) }
+        if index > 0 {
+            switch await group.awaitLead(index) {
+            case .independent:
+                return try await generate(params, onToken: onToken)
+            case .forked(let job, let plan):
+                // Its slot was taken by choice 0; its sequence is a fork, released like any other.
+                let queued = DispatchTime.now().uptimeNanoseconds
+                let outcome: Result<GenerateResult, Error>
+                do {
+                    outcome = .success(try await run(job.sequence, job: job, model: plan.model, prompt: plan.prompt, params: params,
+                                                     budget: plan.budget, queued: queued, started: queued, onToken: onToken))
+                } catch {
+                    outcome = .failure(error)
+                }
+                _ = try? await onLane { job.sequence.release() }
+                scheduler.sequenceReleased()
+                scheduler.releaseSlot()
+                do { return try outcome.get() } catch {
+                    counters.failed += 1
+                    throw KvantError.normalized(error)
+                }
+            }
+        }
+        // Choice 0: whatever happens before the others are forked, they run on their own.
+        defer { group.resolve() }
+        try params.validate()
+        let model = try requireModel("generate")
+        let queued = DispatchTime.now().uptimeNanoseconds
+        do {
+            let prompt: [Int]
+            if let ids = params.promptTokenIDs { prompt = ids } else { prompt = try await onLane { try model.tokenize(params.prompt) } }
+            let maxModelLen = model.info.maxModelLen
+            guard prompt.count < maxModelLen else {
+                throw KvantError(.invalidArgument,
+                                 "generate: the prompt is \(prompt.count) tokens; max_model_len is \(maxModelLen)")
+            }
+            let budget = min(params.maxTokens, maxModelLen - prompt.count)
+            let scheduler = self.scheduler
+            // The n slots at once: n - 1 pass to the forks (or back, for choices not forked).
+            let acquired = await scheduler.acquireSlots(n)
+            var slotsHeld = acquired ? n : 0
+            defer { if slotsHeld > 0 { scheduler.releaseSlot(count: slotsHeld) } }
+            let sequence: (any GenerationSequence)?
+            do {
+                sequence = acquired ? try await scheduler.admit(model, prompt: prompt, budget: budget, sampling: SamplingConfig(params)) : nil
+            } catch {
+                throw Self.naming(error, requested: params.maxTokens, budget: budget, prompt: prompt.count, maxModelLen: maxModelLen)
+            }
+            var job: Scheduler.Job?
+            if let sequence {
+                let parent = Scheduler.Job(sequence: sequence, model: model, budget: budget)
+                job = parent
+                let wanted = group.claim()
+                let samplings = wanted.map { SamplingConfig(group.choices[$0]) }
+                let forks = (try? await onLane { try samplings.map { try sequence.makeFork(sampling: $0) } }) ?? []
+                if forks.count == wanted.count, !forks.isEmpty, forks.allSatisfy({ $0 != nil }) {
+                    var leads: [Int: ParallelSampling.Lead] = [:]
+                    var children: [Scheduler.Job] = []
+                    let plan = ParallelSampling.Plan(model: model, prompt: prompt, budget: budget)
+                    for (i, fork) in zip(wanted, forks) {
+                        let child = Scheduler.Job(sequence: fork!, model: model, budget: budget)
+                        children.append(child)
+                        leads[i] = .forked(child, plan)
+                    }
+                    scheduler.attachForks(children, to: parent)
+                    scheduler.forksCreated(children.count)
+                    slotsHeld -= children.count
+                    group.resolve(leads)
+                }
+                // Choices not forked get their slots back before they ask for one of their own.
+                scheduler.releaseSlot(count: slotsHeld - 1)
+                slotsHeld = 1
+                group.resolve()
+            } else {
+                scheduler.releaseSlot(count: slotsHeld)
+                slotsHeld = 0
+                group.resolve()
+            }
+            let started = DispatchTime.now().uptimeNanoseconds
+            let outcome: Result<GenerateResult, Error>
+            do {
+                outcome = .success(try await run(sequence, job: job, model: model, prompt: prompt, params: params, budget: budget,
+                                                 queued: queued, started: started, onToken: onToken))
+            } catch {
+                outcome = .failure(error)
+            }
+            if let sequence {
+                _ = try? await onLane { sequence.release() }
+                scheduler.sequenceReleased()
+            }
+            return try outcome.get()
+        } catch {
+            counters.failed += 1
+            throw KvantError.normalized(error)
+        }
+    }
+
+    /// Runs admission; when it refuses a request whose `max_tokens` was capped at `max_model_len` minus the prompt,
+    /// its message names the value the client sent (the backend only saw the capped budget).
+    private static func naming(_ error: Error, requested: Int, budget: Int, prompt: Int, maxModelLen: Int) -> Error {
+        guard requested != budget, var error = error as? KvantError else { return error }
+        let capped = "max_tokens (\(budget))"
+        if error.message.contains(capped) {
+            error.message = error.message.replacingOccurrences(
+                of: capped, with: "max_tokens (\(requested), capped at max_model_len \(maxModelLen) − the prompt's \(prompt) tokens = \(budget))")
+        } else {
+            error.message += " (max_tokens \(requested) was capped at \(budget): max_model_len \(maxModelLen) − the prompt's \(prompt) tokens)"
+        }
+        return error
+    }
+
     /// Prefill (in chunks, between decode steps), then decode until end-of-sequence, a stop string, the
     /// token budget or cancellation (`GenerationLoop`); both go through the scheduler's steps. A nil
-    /// sequence was cancelled while it waited for a slot or KV blocks.
-    private func run(_ sequence: (any GenerationSequence)?, model: any LoadedModel, prompt: [Int], params: GenerateParams,
-                     budget: Int, queued: UInt64, started: UInt64,
+    /// sequence was cancelled while it waited for a slot or KV blocks. `job`: the sequence's job when made
+    /// already (parallel sampling), else a new one.
+    private func run(_ sequence: (any GenerationSequence)?, job: Scheduler.Job? = nil, model: any LoadedModel, prompt: [Int],
+                     params: GenerateParams, budget: Int, queued: UInt64, started: UInt64,
                      onToken: @escaping @Sendable (GeneratedToken) async -> Void) async throws -> GenerateResult {
         let loop = GenerationLoop(stops: params.stop, budget: budget)
         let scheduler = self.scheduler
         var out: GenerationLoop.Outcome
         var previousToken: UInt64?
-        if let sequence, !Task.isCancelled {
-            let job = Scheduler.Job(sequence: sequence, model: model, budget: budget)
+        if let sequence, !Task.isCancelled || job != nil {
+            let job = job ?? Scheduler.Job(sequence: sequence, model: model, budget: budget)
             defer { scheduler.finish(job) }
             out = try await loop.run(
                 prefill: {
@@ -389,6 +514,13 @@ public actor Engine {
 
     /// Requests waiting for a slot or for KV blocks.
     private var requestsWaiting: Int { scheduler.requestsWaiting }
+
+    /// Prefill chunks the steps ran and the prompt tokens they computed (a cached prefix and the choices forked
+    /// from a parallel-sampling request's prefill computed none), and positions recomputed after preemptions.
+    public var prefillWork: (chunks: Int, tokens: Int, recomputedTokens: Int) {
+        let f = scheduler.figures
+        return (f.prefillChunks, f.prefillTokens, f.recomputedTokens)
+    }
 
     public func figures() -> EngineFigures {
         let steps = scheduler.figures

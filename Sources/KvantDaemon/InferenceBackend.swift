@@ -368,6 +368,23 @@ public protocol GenerationSequence: AnyObject {
     /// After `prefill`, when the sampling config asked for prompt logprobs: one entry per prompt token,
     /// the first nil. Nil otherwise.
     var promptLogprobs: [TokenLogprobs?]? { get }
+
+    // MARK: Parallel sampling (`n > 1`: one prefill, forked blocks)
+
+    /// A sibling of this sequence for parallel sampling (vLLM's `n`): the same prompt and token budget, its own
+    /// sampler (`sampling`: seed, temperature, …). It holds no KV blocks and is not admitted: it gets them when
+    /// this sequence's prefill forks it (`prefill(maxTokens:forks:)`: every block shared, copy-on-write of the
+    /// partially filled last block at its first write), or, when it is never forked (this sequence ended
+    /// before its last prefill chunk), through `readmit` like a sequence preempted during its prefill.
+    /// nil when the backend cannot fork (the choices are then prefilled as sequences of their own).
+    func makeFork(sampling: SamplingConfig) throws -> (any GenerationSequence)?
+    /// `prefill(maxTokens:)` that, when this chunk reaches the end of the prompt, also samples the first token of
+    /// each of `forks` (made by `makeFork`, not yet forked) from the same prompt logits with the fork's own
+    /// sampler, and gives it all of this sequence's KV blocks (shared; reference counts; copy-on-write). Then
+    /// the forks are prefilled sequences that decode, preempt and release on their own.
+    /// - Returns: nil after an earlier chunk; after the last one, this sequence's first token followed by one per
+    ///   fork, in the order given.
+    func prefill(maxTokens: Int, forks: [any GenerationSequence]) throws -> [GeneratedToken]?
 }
 
 extension GenerationSequence {
@@ -382,6 +399,13 @@ extension GenerationSequence {
     public func recompute(maxTokens: Int) throws {}
 
     public func attachCachedPrefix() {}
+
+    public func makeFork(sampling: SamplingConfig) throws -> (any GenerationSequence)? { nil }
+
+    public func prefill(maxTokens: Int, forks: [any GenerationSequence]) throws -> [GeneratedToken]? {
+        guard forks.isEmpty else { throw KvantError(.internal, "this inference backend cannot fork sequences") }
+        return try prefill(maxTokens: maxTokens).map { [$0] }
+    }
 
     /// Prefill in one go: takes the cached prefix, runs the whole remaining prompt and samples the first token.
     public func prefill() throws -> GeneratedToken {

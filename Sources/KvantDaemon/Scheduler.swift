@@ -66,6 +66,17 @@ final class Scheduler: @unchecked Sendable {
         fileprivate var recomputing = false
         /// Its generation had ended when its blocks were taken for another sequence: it holds none any more.
         fileprivate var blocksFreed = false
+        /// Parallel sampling: the other choices of its request, forked from this job's sequence by its last
+        /// prefill chunk (`attachForks`); emptied then, or when this job ends first (they are detached).
+        fileprivate var forkChildren: [Job] = []
+        /// A choice waiting to be forked from this parent's prefill; nil once forked or detached.
+        fileprivate var forkParent: Job?
+        /// The first token its parent's prefill sampled for it (set when forked).
+        fileprivate var forkOutcome: PrefillOutcome?
+        /// A fork made for parallel sampling and not forked yet: it holds no blocks and no admission.
+        fileprivate var isUnforkedFork = false
+        /// Its task waiting for `forkOutcome` (nil = detached: prefill on its own).
+        fileprivate var forkWaiter: CheckedContinuation<PrefillOutcome?, Never>?
 
         /// - Parameter budget: tokens the request may generate (>= 1), the prefill's first one included.
         init(sequence: any GenerationSequence, model: any LoadedModel, budget: Int) {
@@ -95,9 +106,9 @@ final class Scheduler: @unchecked Sendable {
 
     /// Sequence slots taken (`max_num_seqs`), including requests that hold a slot and wait for KV blocks.
     private var slotsTaken = 0
-    /// Requests waiting for a sequence slot, in arrival order; resumed with true when they got the slot,
-    /// false when cancelled while waiting.
-    private let slotWaiters = WaiterQueue<Void, Bool>()
+    /// Requests waiting for sequence slots (how many each: 1, or `n` for the choices of a parallel-sampling
+    /// request), in arrival order; resumed with true when they got them, false when cancelled while waiting.
+    private let slotWaiters = WaiterQueue<Int, Bool>()
     /// Requests holding a slot but waiting for KV blocks (admission control), in arrival order;
     /// resumed with false when a release may have freed enough, true when cancelled.
     private let blockWaiters = WaiterQueue<Void, Bool>()
@@ -163,19 +174,27 @@ final class Scheduler: @unchecked Sendable {
     /// Takes a sequence slot, waiting in arrival order while `max_num_seqs` run. Returns false (no slot
     /// taken) when the calling task is cancelled before it got one.
     func acquireSlot(isolation: isolated (any Actor)? = #isolation) async -> Bool {
-        if slotsTaken < maxNumSeqs, slotWaiters.isEmpty {
-            slotsTaken += 1
-            return true
-        }
-        return await slotWaiters.wait(cancelled: false)
+        await acquireSlots(1)
     }
 
-    func releaseSlot(isolation: isolated (any Actor)? = #isolation) {
-        slotsTaken -= 1
-        // The slot passes to the longest waiter (counted as taken before it resumes).
-        while slotsTaken < maxNumSeqs {
-            slotsTaken += 1
-            if !slotWaiters.resumeFirst(true) { slotsTaken -= 1; break }
+    /// Takes `count` (<= `maxNumSeqs`) slots at once (the `n` choices of one request, so two such requests
+    /// never hold part of their slots each while waiting for the rest), waiting in arrival order.
+    func acquireSlots(_ count: Int, isolation: isolated (any Actor)? = #isolation) async -> Bool {
+        precondition(count >= 1 && count <= maxNumSeqs, "acquireSlots: \(count) slots of \(maxNumSeqs)")
+        if slotsTaken + count <= maxNumSeqs, slotWaiters.isEmpty {
+            slotsTaken += count
+            return true
+        }
+        return await slotWaiters.wait(count, cancelled: false)
+    }
+
+    func releaseSlot(count: Int = 1, isolation: isolated (any Actor)? = #isolation) {
+        guard count > 0 else { return }
+        slotsTaken -= count
+        // The slots pass to the longest waiters while theirs fit (counted as taken before they resume).
+        while let first = slotWaiters.waiting.first, slotsTaken + first.item <= maxNumSeqs {
+            slotsTaken += first.item
+            if !slotWaiters.resume(key: first.key, with: true) { slotsTaken -= first.item }
         }
     }
 
@@ -238,7 +257,13 @@ final class Scheduler: @unchecked Sendable {
         blockWaiters.resumeFirst(false)
     }
 
-    /// A sequence made by `admit` was released (its blocks are free again).
+    /// Parallel sampling: `count` forks (`GenerationSequence.makeFork`) of an admitted sequence were made; each is
+    /// released like a sequence made by `admit` (`sequenceReleased`).
+    func forksCreated(_ count: Int, isolation: isolated (any Actor)? = #isolation) {
+        liveSequences += count
+    }
+
+    /// A sequence made by `admit` (or a fork) was released (its blocks are free again).
     func sequenceReleased(isolation: isolated (any Actor)? = #isolation) {
         liveSequences -= 1
         releaseCount += 1
@@ -250,13 +275,68 @@ final class Scheduler: @unchecked Sendable {
     /// Prefills `job`'s prompt in chunks, one per step it gets budget in, while it waits in the waiting
     /// queue; returns when the last chunk sampled the first token, or at once when the calling task is
     /// cancelled (then at most the chunk running now completes before the engine releases the sequence).
+    ///
+    /// A fork (`attachForks`) waits instead for its parent's last prefill chunk, which samples its first token
+    /// and shares its blocks; when the parent ends before that (cancelled, failed), the fork is detached and
+    /// prefilled on its own: it holds no blocks yet, so it is readmitted first like a sequence preempted during
+    /// its prefill, then takes what the prefix cache still holds of the prompt.
     func prefill(_ job: Job) async -> PrefillOutcome {
+        if lock.withLock({ job.forkParent != nil || job.forkOutcome != nil }) {
+            if let outcome = await forkedPrefill(job) { return outcome }
+        }
         lock.withLock {
             nextOrder += 1
             job.order = nextOrder
+            // A detached fork holds no blocks: readmitted (its prompt's blocks promised) before its prefill.
+            if job.isUnforkedFork { job.preempted = true; job.isUnforkedFork = false }
             admitted.append(job)
         }
         return await waiting.wait(job, cancelled: .cancelled, queued: { [self] in scheduleStep() })
+    }
+
+    /// Parallel sampling: `children` (jobs of forks made by `parent.sequence.makeFork`, the other choices of its
+    /// request) get their first token and their blocks from `parent`'s last prefill chunk. Call before `parent`'s
+    /// `prefill`. Forked children take their place in the admission order (preemption candidates) right after it.
+    func attachForks(_ children: [Job], to parent: Job) {
+        lock.withLock {
+            for child in children {
+                child.forkParent = parent
+                child.isUnforkedFork = true
+            }
+            parent.forkChildren = children
+        }
+    }
+
+    /// Waits for the parent's prefill to fork `job`: its first token, or `.cancelled` when the calling task is
+    /// cancelled first; nil when it was detached (its parent ended before its last chunk).
+    private func forkedPrefill(_ job: Job) async -> PrefillOutcome? {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<PrefillOutcome?, Never>) in
+                lock.lock()
+                if let outcome = job.forkOutcome {
+                    lock.unlock()
+                    continuation.resume(returning: outcome)
+                } else if job.forkParent == nil {
+                    lock.unlock()
+                    continuation.resume(returning: nil)
+                } else if Task.isCancelled {
+                    job.ended = true
+                    lock.unlock()
+                    continuation.resume(returning: .cancelled)
+                } else {
+                    job.forkWaiter = continuation
+                    lock.unlock()
+                }
+            }
+        } onCancel: {
+            let waiter = lock.withLock { () -> CheckedContinuation<PrefillOutcome?, Never>? in
+                guard let waiter = job.forkWaiter else { return nil }
+                job.forkWaiter = nil
+                job.ended = true   // not forked any more
+                return waiter
+            }
+            waiter?.resume(returning: .cancelled)
+        }
     }
 
     /// The next token decoded for `job` (already decoded by a step, or the next step's).
@@ -284,13 +364,24 @@ final class Scheduler: @unchecked Sendable {
 
     /// Takes `job` out of the running queue (its generation ended: end-of-sequence, a stop string, its
     /// budget, cancellation or an error). Call before releasing the sequence.
+    ///
+    /// A parent that ends before its last prefill chunk detaches its forks: each is then prefilled on its own.
     func finish(_ job: Job) {
-        lock.withLock {
+        let detached = lock.withLock { () -> [CheckedContinuation<PrefillOutcome?, Never>] in
             job.ended = true
             running.removeAll { $0 === job }
             admitted.removeAll { $0 === job }
             recomputeQueue.removeAll { $0 === job }
+            job.forkParent = nil
+            var waiters: [CheckedContinuation<PrefillOutcome?, Never>] = []
+            for child in job.forkChildren {
+                child.forkParent = nil
+                if let waiter = child.forkWaiter { child.forkWaiter = nil; waiters.append(waiter) }
+            }
+            job.forkChildren = []
+            return waiters
         }
+        for waiter in detached { waiter.resume(returning: nil) }
     }
 
     /// A preempted sequence waits to be readmitted (new admissions wait behind it). Takes `lock`.
@@ -363,20 +454,44 @@ final class Scheduler: @unchecked Sendable {
             let tokens = min(budget, max(1, job.sequence.prefillRemaining))
             budget -= tokens
             let before = job.sequence.prefillRemaining
-            let result = Result { try job.sequence.prefill(maxTokens: tokens) }
+            // Parallel sampling: the choices still waiting for this prefill are forked by its last chunk.
+            let forks = lock.withLock { job.forkChildren.filter { !$0.ended } }
+            let result = Result { try job.sequence.prefill(maxTokens: tokens, forks: forks.map(\.sequence)) }
             chunkCount += 1
             chunkTokens += max(0, before - job.sequence.prefillRemaining)
             switch result {
             case .success(nil): break   // stays first in line for the next step
-            case .success(let first?):
+            case .success(let firsts?):
+                let first = firsts[0]
                 // Into the running queue at once (decoded from the next step on, whatever its task does meanwhile),
-                // unless it ended already or its task was cancelled in the meantime.
+                // unless it ended already or its task was cancelled in the meantime. Its forks follow it.
+                var forkWake: [(CheckedContinuation<PrefillOutcome?, Never>, PrefillOutcome)] = []
                 lock.withLock {
                     if !first.isEndOfSequence, job.decodes > 0, !job.ended {
                         job.decodesLeft = job.decodes
                         running.append(job)
                     }
+                    for (i, child) in forks.enumerated() {
+                        let token = firsts[i + 1]
+                        child.forkParent = nil
+                        child.isUnforkedFork = false
+                        child.forkOutcome = .first(token)
+                        // Holds blocks now: a preemption candidate (admitted after its parent), unless it ended meanwhile
+                        // (its task releases it).
+                        if !child.ended {
+                            nextOrder += 1
+                            child.order = nextOrder
+                            admitted.append(child)
+                            if !token.isEndOfSequence, child.decodes > 0 {
+                                child.decodesLeft = child.decodes
+                                running.append(child)
+                            }
+                        }
+                        if let waiter = child.forkWaiter { child.forkWaiter = nil; forkWake.append((waiter, .first(token))) }
+                    }
+                    job.forkChildren.removeAll { c in forks.contains { $0 === c } }
                 }
+                for (waiter, outcome) in forkWake { waiter.resume(returning: outcome) }
                 if !waiting.resume(key: key, with: .first(first)) { finish(job) }
             case .failure(let error): waiting.resume(key: key, with: .failed(error))
             }

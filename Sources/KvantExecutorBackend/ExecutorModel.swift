@@ -166,11 +166,7 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
         if let bad = prompt.first(where: { $0 < 0 || $0 >= vocab }) {
             throw KvantError(.invalidArgument, "generate: token id \(bad) is outside the vocabulary (0..<\(vocab))")
         }
-        let sampler = try Sampler(SamplingParameters(
-            temperature: Float(sampling.temperature), topK: max(0, sampling.topK), topP: Float(sampling.topP),
-            minP: Float(sampling.minP), repetitionPenalty: Float(sampling.repetitionPenalty), seed: sampling.seed,
-            presencePenalty: Float(sampling.presencePenalty), frequencyPenalty: Float(sampling.frequencyPenalty),
-            suppressedTokens: sampling.ignoreEOS ? tokenizer.endOfGenerationTokens.sorted() : []))
+        let sampler = try makeSampler(sampling)
         let (pool, dtype, _) = current()
         // Admission (vLLM V1): the pool promises the blocks of the prompt and of the first decode position;
         // generated tokens take blocks on demand, and when none is free the scheduler preempts a sequence.
@@ -199,6 +195,15 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
         return ExecutorSequence(owner: self, pool: pool, sequence: seq, prompt: prompt.map { Int32($0) }, sampler: sampler,
                                 maxLength: tokens, logprobs: sampling.logprobs, promptLogprobs: sampling.promptLogprobs,
                                 skipSpecialTokens: sampling.skipSpecialTokens)
+    }
+
+    /// The sampler of one sequence (its own RNG, seeded by `sampling.seed`).
+    func makeSampler(_ sampling: SamplingConfig) throws -> Sampler {
+        try Sampler(SamplingParameters(
+            temperature: Float(sampling.temperature), topK: max(0, sampling.topK), topP: Float(sampling.topP),
+            minP: Float(sampling.minP), repetitionPenalty: Float(sampling.repetitionPenalty), seed: sampling.seed,
+            presencePenalty: Float(sampling.presencePenalty), frequencyPenalty: Float(sampling.frequencyPenalty),
+            suppressedTokens: sampling.ignoreEOS ? tokenizer.endOfGenerationTokens.sorted() : []))
     }
 
     /// Free blocks admission leaves beside a new prompt while other sequences hold blocks (vLLM's

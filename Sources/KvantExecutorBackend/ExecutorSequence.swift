@@ -39,6 +39,9 @@ final class ExecutorSequence: GenerationSequence {
     private var pendingLogprobs: TokenLogprobs?
     private(set) var promptLogprobs: [TokenLogprobs?]?
 
+    /// Placeholder pool id of a fork not yet forked (no pool sequence has it).
+    private static let noSequence = SequenceID(rawValue: -1)
+
     init(owner: ExecutorModel, pool: KVCachePool, sequence: SequenceID, prompt: [Int32], sampler: Sampler,
          maxLength: Int, logprobs: Int? = nil, promptLogprobs: Int? = nil, skipSpecialTokens: Bool = true) {
         self.owner = owner
@@ -101,7 +104,34 @@ final class ExecutorSequence: GenerationSequence {
     /// so the tokens are the same. With prompt logprobs, each row scores the next prompt token; rows of a
     /// cached prefix were not computed here and score nil.
     func prefill(maxTokens: Int) throws -> GeneratedToken? {
+        try prefill(maxTokens: maxTokens, forks: [])?.first
+    }
+
+    /// Parallel sampling: a sibling with its own sampler, holding no pool sequence until `prefill(maxTokens:forks:)`
+    /// forks this one into it (or `readmit` admits it on its own when it is never forked).
+    func makeFork(sampling: SamplingConfig) throws -> (any GenerationSequence)? {
+        let child = ExecutorSequence(owner: owner, pool: pool, sequence: Self.noSequence, prompt: prompt,
+                                     sampler: try owner.makeSampler(sampling), maxLength: maxLength,
+                                     logprobs: sampling.logprobs, promptLogprobs: promptLogprobCount,
+                                     skipSpecialTokens: sampling.skipSpecialTokens)
+        child.holdsBlocks = false
+        return child
+    }
+
+    /// Chunked prefill (above); the last chunk also samples each fork's first token from the prompt's last
+    /// logits (its own sampler, history = the prompt, as its own prefill would) and forks the pool sequence into
+    /// it (`KVCachePool.fork`: every block shared, the partial last block copied by the first to write into it;
+    /// int4_pertoken copies the residual ring). A fork has no admission: its blocks (that copy, then one per
+    /// `blockSize` generated tokens) come on demand through `reserveDecode`, like any generated token's.
+    func prefill(maxTokens: Int, forks: [any GenerationSequence]) throws -> [GeneratedToken]? {
         guard !prefilled else { throw KvantError(.internal, "prefill of a sequence already prefilled") }
+        let children = try forks.map { f -> ExecutorSequence in
+            guard let c = f as? ExecutorSequence, c.pool === pool, !c.holdsBlocks, !c.prefilled, !c.released, c.prompt == prompt else {
+                throw KvantError(.internal, "prefill: a fork that is not an unforked sibling of this sequence")
+            }
+            return c
+        }
+        var childNext = [Int32](repeating: 0, count: children.count)
         let start = min(pool.computedLength(of: sequence), prompt.count - 1)
         var end = min(prompt.count, start + max(1, maxTokens))
         if end < prompt.count {
@@ -120,17 +150,27 @@ final class ExecutorSequence: GenerationSequence {
                     promptLogprobs!.append(entry(logits, chosen: prompt[g + 1], top: top))
                 } else {
                     next = sample(logits)
+                    for (i, c) in children.enumerated() { childNext[i] = c.sample(logits) }
                 }
             }
         } else {
             try owner.session.forward(tokens: chunk, startPosition: start, sequence: sequence, pool: pool,
                                       logits: last ? .last : .range(0..<0), splitKeys: false) { _, logits in
                 next = sample(logits)
+                for (i, c) in children.enumerated() { childNext[i] = c.sample(logits) }
             }
         }
         guard last else { return nil }
         prefilled = true
-        return accept(next)
+        var tokens = [accept(next)]
+        for (i, c) in children.enumerated() {
+            c.sequence = pool.fork(sequence)
+            c.holdsBlocks = true
+            c.prefilled = true
+            c.promptLogprobs = promptLogprobs
+            tokens.append(c.accept(childNext[i]))
+        }
+        return tokens
     }
 
     /// True while one more decode step fits (below max_model_len, not released).

@@ -142,12 +142,26 @@ final class GenerationRun: @unchecked Sendable {
         events = stream
         let key = tracker.register { [weak self] in self?.cancel() }
         let task = Task {
+            // Parallel sampling: the choices of one prompt share one prefill and fork its KV blocks.
+            var groups: [Int: (ParallelSampling, [Int])] = [:]
+            for promptIndex in Set(choices.map(\.promptIndex)) {
+                let mine = choices.filter { $0.promptIndex == promptIndex }
+                if mine.count > 1 {
+                    groups[promptIndex] = (ParallelSampling(choices: mine.map(\.params)), mine.map(\.index))
+                }
+            }
             await withTaskGroup(of: Void.self) { group in
                 for choice in choices {
+                    let fork = groups[choice.promptIndex].map { ($0.0, $0.1.firstIndex(of: choice.index)!) }
                     group.addTask {
                         do {
-                            let result = try await engine.generate(choice.params) { token in
+                            let emit: @Sendable (GeneratedToken) async -> Void = { token in
                                 continuation.yield(.token(choice: choice.index, token))
+                            }
+                            let result = if let (sampling, k) = fork {
+                                try await engine.generate(choice: k, of: sampling, onToken: emit)
+                            } else {
+                                try await engine.generate(choice.params, onToken: emit)
                             }
                             continuation.yield(.done(choice: choice.index, result))
                         } catch {

@@ -49,6 +49,8 @@ struct PrefixCacheTests {
         var blockEpochs: [Int]
         /// The length its admission covers (nil for a fork): it must always grow up to there.
         var admitted: Int? = nil
+        /// Forked, or a fork's parent: it may share blocks with another live sequence.
+        var forked = false
     }
 
     final class Harness {
@@ -64,6 +66,8 @@ struct PrefixCacheTests {
         /// Block-aligned token prefixes committed by a sequence whose blocks were all written under that epoch.
         var committed: [Int: Set<[Int32]>] = [:]
         var queries = 0, hits = 0, hitEvents = 0, evictions = 0
+        /// Forks made, copies-on-write of a shared partial block by a decode, fork byte checks run.
+        var forks = 0, copiesOnWrite = 0, forkChecks = 0
 
         init(dtype: KVCacheDType, seed: UInt64) throws {
             spec = PrefixCacheTests.spec(dtype)
@@ -181,10 +185,14 @@ struct PrefixCacheTests {
             let i = random(live.count)
             let n = live[i].tokens.count
             live[i].tokens.append(Int32(random(4) + 1))
+            let shared = pool.blockTable(of: live[i].id).flatMap { t in t.groups.first?.last.map { pool.refCount(block: $0) > 1 } } ?? false
             if !compute(i, from: n, to: n + 1) {
                 // Only a sequence beyond its admission (or a fork) may find no free block.
                 #expect(n >= live[i].admitted ?? 0, "an admitted sequence could not grow to \(n + 1) (admitted \(live[i].admitted ?? 0))")
                 live[i].tokens.removeLast()
+            } else if live[i].forked {
+                if shared, n % B != 0 { copiesOnWrite += 1 }
+                checkForks()
             }
         }
 
@@ -192,10 +200,25 @@ struct PrefixCacheTests {
             guard !live.isEmpty else { return }
             let i = random(live.count)
             let s = live[i]
-            live.append(ModelSeq(id: pool.fork(s.id), tokens: s.tokens, blockEpochs: s.blockEpochs))
+            live.append(ModelSeq(id: pool.fork(s.id), tokens: s.tokens, blockEpochs: s.blockEpochs, forked: true))
             // Blocks a forked parent releases while the fork holds them do not return to its promise (a known
             // limit of admission, docs/kv-cache.md): from now on it may find no free block.
             live[i].admitted = nil
+            live[i].forked = true
+            forks += 1
+        }
+
+        /// Every live sequence that shares (or shared) blocks with a fork reads back, at every position it still
+        /// holds, what a cold write of its own tokens stores: a write of one (after copy-on-write of the shared
+        /// partial block) never shows in another. Sequences with blocks of an older scale epoch are skipped
+        /// (a cold write now would use the new scales).
+        func checkForks() {
+            for s in live where s.forked && s.blockEpochs.allSatisfy({ $0 == epoch }) {
+                let n = pool.computedLength(of: s.id)
+                guard n > 0 else { continue }
+                checkBytes(s.id, prompt: s.tokens, hit: n)
+                forkChecks += 1
+            }
         }
 
         func free() {
@@ -246,7 +269,7 @@ struct PrefixCacheTests {
     @Test("random admit/commit/fork/free/evict/reload against a reference model",
           arguments: [KVCacheDType.fp32, .fp16, .int8PerTensor, .int8PerTensorPerHead, .int8PerToken])
     func randomOperations(dtype: KVCacheDType) throws {
-        var totalHits = 0, totalEvictions = 0
+        var totalHits = 0, totalEvictions = 0, totalForks = 0, totalCopies = 0, totalForkChecks = 0
         for seed in 1...10 as ClosedRange<UInt64> {
             let h = try Harness(dtype: dtype, seed: seed * 7919)
             for _ in 0..<400 {
@@ -267,9 +290,14 @@ struct PrefixCacheTests {
             #expect(h.pool.freeBlocks == h.pool.numBlocks && h.pool.promisedFreeBlocks == 0, "leak: \(h.pool.numBlocks - h.pool.freeBlocks) blocks")
             totalHits += h.hitEvents
             totalEvictions += h.evictions
+            totalForks += h.forks
+            totalCopies += h.copiesOnWrite
+            totalForkChecks += h.forkChecks
         }
         // The runs exercised what they are meant to.
         #expect(totalHits > 30 && totalEvictions > 20, "hits \(totalHits), evictions \(totalEvictions)")
+        #expect(totalForks > 30 && totalCopies > 10 && totalForkChecks > 100,
+                "forks \(totalForks), copies on write \(totalCopies), fork checks \(totalForkChecks)")
     }
 
     @Test("a hit: whole blocks, at most prompt − 1 tokens, shared by reference; freed blocks stay cached until evicted (LRU)")

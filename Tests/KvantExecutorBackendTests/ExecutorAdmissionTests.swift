@@ -37,6 +37,14 @@ struct ExecutorAdmissionTests {
             #expect(error.message.contains("kv_cache_bytes \(2 * Self.blockBytes)"), "\(error.message)")
             #expect(error.message.contains("max_tokens (40)"), "\(error.message)")
         }
+        // A max_tokens past max_model_len (256) is capped for the budget; the refusal names the value sent.
+        do {
+            _ = try await engine.generate(GenerateParams(prompt: "The capital of France is", maxTokens: 100_000, temperature: 0)) { _ in }
+            Issue.record("a generate of up to 256 tokens was admitted into a 32-token cache")
+        } catch let error as KvantError {
+            #expect(error.reason == .resourceExhausted)
+            #expect(error.message.contains("max_tokens (100000, capped at max_model_len 256 − the prompt's 6 tokens = 250)"), "\(error.message)")
+        }
         let stats = try await engine.stats()
         #expect(stats.kvCache["num_blocks_used"] == .int(0))
     }

@@ -184,6 +184,16 @@ public final class FakeModel: LoadedModel, @unchecked Sendable {
         return FakeSequence(model: self, prompt: prompt, reserved: reserve, sampling: sampling, id: nextSequenceID)
     }
 
+    /// A fork (parallel sampling) of a sequence of this model: live, holding nothing until forked.
+    func forkCreated(sampling: SamplingConfig, prompt: [Int]) -> FakeSequence {
+        lock.lock()
+        defer { lock.unlock() }
+        liveSequences += 1
+        maxLiveSequences = max(maxLiveSequences, liveSequences)
+        nextSequenceID += 1
+        return FakeSequence(model: self, prompt: prompt, reserved: 0, sampling: sampling, id: nextSequenceID, unforked: true)
+    }
+
     public func sequenceReleased(reserved: Int) {
         lock.lock()
         liveSequences -= 1
@@ -318,13 +328,42 @@ public final class FakeSequence: GenerationSequence {
     /// Prompt tokens prefilled so far.
     public private(set) var prefilled = 0
     private var released = false
+    /// Of `reserved`, the prompt slots a fork shares with its parent (not its own: not returned on release).
+    private var shared = 0
+    /// The sequence (a fork, on-demand models only) of which this is a fork, if forked from it.
+    public private(set) var forkedFrom: Int?
 
-    public init(model: FakeModel, prompt: [Int], reserved: Int, sampling: SamplingConfig = SamplingConfig(), id: Int = 0) {
+    public init(model: FakeModel, prompt: [Int], reserved: Int, sampling: SamplingConfig = SamplingConfig(), id: Int = 0,
+                unforked: Bool = false) {
         self.id = id
         self.model = model
         self.prompt = prompt
         self.reserved = reserved
         self.sampling = sampling
+        if unforked { holdsSlots = false }
+    }
+
+    /// Parallel sampling on an on-demand model: a sibling holding no slots until `prefill(maxTokens:forks:)`.
+    public func makeFork(sampling: SamplingConfig) throws -> (any GenerationSequence)? {
+        guard model.onDemandBlocks else { return nil }
+        return model.forkCreated(sampling: sampling, prompt: prompt)
+    }
+
+    public func prefill(maxTokens: Int, forks: [any GenerationSequence]) throws -> [GeneratedToken]? {
+        let children = forks.map { $0 as! FakeSequence }
+        for c in children where c.holdsSlots || c.released || c.position > 0 || c.prompt != prompt {
+            model.misuse("fork \(c.id) of sequence \(id) is not an unforked sibling")
+        }
+        guard let first = try prefill(maxTokens: maxTokens) else { return nil }
+        // The fork shares the prompt's slots (its own slots come with its generated tokens).
+        return [first] + children.map { c in
+            c.holdsSlots = true
+            c.forkedFrom = id
+            c.prefilled = c.prompt.count
+            c.reserved = c.prompt.count
+            c.shared = c.prompt.count
+            return c.next()
+        }
     }
 
     /// The fake's logprobs of `token` with `top` alternatives.
@@ -382,7 +421,7 @@ public final class FakeSequence: GenerationSequence {
     public func release() {
         if released { model.misuse("sequence \(id) released twice"); return }
         released = true
-        model.sequenceReleased(reserved: reserved)
+        model.sequenceReleased(reserved: reserved - shared)
     }
 
     // On-demand slots (`FakeModel.onDemandBlocks`).
@@ -404,8 +443,9 @@ public final class FakeSequence: GenerationSequence {
 
     public func preempt() {
         if released || !holdsSlots { model.misuse("preempt of a released or preempted sequence \(id)"); return }
-        model.returnSlots(reserved)
+        model.returnSlots(reserved - shared)
         reserved = 0
+        shared = 0
         holdsSlots = false
         if position > 0 { recomputed = 0 } else { prefilled = 0 }
         model.record(.preempt(sequence: id))
