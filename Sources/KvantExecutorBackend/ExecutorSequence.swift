@@ -101,6 +101,23 @@ final class ExecutorSequence: GenerationSequence {
     /// so the tokens are the same. With prompt logprobs, each row scores the next prompt token; rows of a
     /// cached prefix were not computed here and score nil.
     func prefill(maxTokens: Int) throws -> GeneratedToken? {
+        let plan = try prefillChunk(maxTokens: maxTokens)
+        try owner.session.forward(tokens: plan.chunk.tokens, startPosition: plan.chunk.startPosition, sequence: sequence,
+                                  pool: pool, logits: plan.chunk.logits, splitKeys: false, body: plan.logits)
+        return plan.finish()
+    }
+
+    /// A chunk of this sequence planned for a forward pass (`prefill`, `recompute`, or a fused step of
+    /// `ExecutorModel.runStep`): the rows to run, what to do with each row's logits, and what to do after the
+    /// pass (nil result: no token sampled).
+    struct ChunkPlan {
+        let chunk: PrefillChunk
+        let logits: (Int, UnsafeBufferPointer<Float>) -> Void
+        let finish: () -> GeneratedToken?
+    }
+
+    /// The next prefill chunk (see `prefill(maxTokens:)`); its `finish` samples the first token after the last one.
+    func prefillChunk(maxTokens: Int) throws -> ChunkPlan {
         guard !prefilled else { throw KvantError(.internal, "prefill of a sequence already prefilled") }
         let start = min(pool.computedLength(of: sequence), prompt.count - 1)
         var end = min(prompt.count, start + max(1, maxTokens))
@@ -111,26 +128,30 @@ final class ExecutorSequence: GenerationSequence {
         let chunk = Array(prompt[start..<end])
         let last = end == prompt.count
         var next: Int32 = 0
+        let rows: LogitRows
+        let logits: (Int, UnsafeBufferPointer<Float>) -> Void
         if let top = promptLogprobCount {
             if promptLogprobs == nil { promptLogprobs = [nil] + Array(repeating: nil, count: start) }
-            try owner.session.forward(tokens: chunk, startPosition: start, sequence: sequence, pool: pool,
-                                      logits: .all, splitKeys: false) { i, logits in
+            rows = .all
+            logits = { [self] i, l in
                 let g = start + i
                 if g + 1 < prompt.count {
-                    promptLogprobs!.append(entry(logits, chosen: prompt[g + 1], top: top))
+                    promptLogprobs!.append(entry(l, chosen: prompt[g + 1], top: top))
                 } else {
-                    next = sample(logits)
+                    next = sample(l)
                 }
             }
         } else {
-            try owner.session.forward(tokens: chunk, startPosition: start, sequence: sequence, pool: pool,
-                                      logits: last ? .last : .range(0..<0), splitKeys: false) { _, logits in
-                next = sample(logits)
-            }
+            rows = last ? .last : .range(0..<0)
+            logits = { [self] _, l in next = sample(l) }
         }
-        guard last else { return nil }
-        prefilled = true
-        return accept(next)
+        return ChunkPlan(chunk: PrefillChunk(tokens: chunk, startPosition: start, sequence: sequence, logits: rows),
+                         logits: logits,
+                         finish: { [self] in
+                             guard last else { return nil }
+                             prefilled = true
+                             return accept(next)
+                         })
     }
 
     /// True while one more decode step fits (below max_model_len, not released).
@@ -215,17 +236,29 @@ final class ExecutorSequence: GenerationSequence {
     /// positions of generated tokens split their keys as decode rows do (`decodeRowsFrom`), so their K/V and
     /// what later layers compute from them round as in the original decode steps.
     func recompute(maxTokens: Int) throws {
-        guard needsRecompute, holdsBlocks, !released else { return }
+        guard let plan = recomputeChunk(maxTokens: maxTokens) else { return }
+        try owner.session.forward(tokens: plan.chunk.tokens, startPosition: plan.chunk.startPosition, sequence: sequence, pool: pool,
+                                  logits: .range(0..<0), splitKeys: false, decodeRowsFrom: plan.chunk.decodeRowsFrom) { _, _ in }
+        _ = plan.finish()
+    }
+
+    /// The next recompute chunk (see `recompute(maxTokens:)`); nil when nothing is left to recompute.
+    func recomputeChunk(maxTokens: Int) -> ChunkPlan? {
+        guard needsRecompute, holdsBlocks, !released else { return nil }
         let target = history.count - 1
         let start = pool.computedLength(of: sequence)
-        guard start < target else { needsRecompute = false; return }
+        guard start < target else { needsRecompute = false; return nil }
         var end = min(target, start + max(1, maxTokens))
         if end < target {
             let aligned = end / owner.blockSize * owner.blockSize
             if aligned > start { end = aligned }
         }
-        try owner.session.forward(tokens: Array(history[start..<end]), startPosition: start, sequence: sequence, pool: pool,
-                                  logits: .range(0..<0), splitKeys: false, decodeRowsFrom: prompt.count) { _, _ in }
-        if end == target { needsRecompute = false }
+        return ChunkPlan(chunk: PrefillChunk(tokens: Array(history[start..<end]), startPosition: start, sequence: sequence,
+                                             logits: .range(0..<0), decodeRowsFrom: prompt.count),
+                         logits: { _, _ in },
+                         finish: { [self] in
+                             if end == target { needsRecompute = false }
+                             return nil
+                         })
     }
 }
