@@ -58,7 +58,7 @@ extension ExecutorModel {
                 for (j, plan) in plans { chunkResults[j] = .success(plan.finish()) }
             } catch {
                 // Refused before anything ran: every part on its own, so each error stays with its sequence.
-                logger.warning("fused step refused; running its decode rows and chunks separately", metadata: ["error": "\(error)"])
+                logger.debug("fused step refused; running its decode rows and chunks separately", metadata: ["error": "\(error)"])
                 return separately(decode: sequences, chunks: chunks)
             }
         }
