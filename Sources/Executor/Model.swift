@@ -70,14 +70,10 @@ public final class ForwardSession: @unchecked Sendable {
     /// Position and sequence of each row of the current micro-batch.
     var rowPositions: [Int] = []
     var rowSequences: [SequenceID] = []
-    /// A single-row micro-batch may split its keys over the threads (decode); off for prefill chunks.
-    var splitKeys = true
-    /// The rows are decode rows of several sequences (`decode`): each splits its keys as a single-row decode
-    /// does, so a sequence's rounding does not depend on how many others share its step.
-    var decodeRows = false
-    /// Rows at this position or later split their keys as decode rows do (`forward(decodeRowsFrom:)`: a
-    /// preempted sequence recomputing its generated tokens); nil = none.
-    var decodeRowsFrom: Int?
+    /// Whether each row of the current micro-batch splits its keys over the threads as a decode row does
+    /// (split-K); prefill rows never do. A row's rounding depends only on this flag, its sequence's cached
+    /// keys and its own activations, never on the other rows of the micro-batch (batch invariance).
+    var rowSplitKeys: [Bool] = []
 
     /// Attention rounding over fp16 caches: `.fast` (default) or `.llamaCpp` (bit-identical to llama.cpp's CPU run with
     /// flash attention off, for comparisons; ~10 % slower prefill). See `KVAttentionNumerics`. `.llamaCpp` also
@@ -117,9 +113,6 @@ public final class ForwardSession: @unchecked Sendable {
                         body: (Int, UnsafeBufferPointer<Float>) throws -> Void) throws {
         let c = model.config
         guard !tokens.isEmpty else { return }
-        self.splitKeys = splitKeys
-        self.decodeRowsFrom = decodeRowsFrom
-        defer { self.splitKeys = true; self.decodeRowsFrom = nil }
         try checkPool(pool)
         for (i, t) in tokens.enumerated() where t < 0 || Int(t) >= c.vocabSize {
             throw KvantError(.invalidArgument, "token \(t) at index \(i) is outside the vocabulary (size \(c.vocabSize))")
@@ -153,6 +146,8 @@ public final class ForwardSession: @unchecked Sendable {
             }
             rowPositions = Array((startPosition + b0)..<(startPosition + b1))
             rowSequences = Array(repeating: sequence, count: T)
+            // A one-row micro-batch splits its keys unless `splitKeys` is off; recomputed decode rows always do.
+            rowSplitKeys = rowPositions.map { (T == 1 && splitKeys) || $0 >= (decodeRowsFrom ?? Int.max) }
             runLayers(batch, pool: pool)
             pool.commit(sequence, tokens: batch, from: startPosition + b0)
             // Output head on the requested rows of this micro-batch, a few rows at a time. After an error from
@@ -204,11 +199,102 @@ public final class ForwardSession: @unchecked Sendable {
         }
         rowPositions = items.map(\.position)
         rowSequences = items.map(\.sequence)
-        decodeRows = true
-        defer { decodeRows = false }
+        // Each decode row splits its keys as a single-row decode does, so a sequence's rounding does not depend
+        // on how many others share its step.
+        rowSplitKeys = Array(repeating: true, count: items.count)
         runLayers(items.map(\.token), pool: pool)
         for it in items { pool.commit(it.sequence, tokens: CollectionOfOne(it.token), from: it.position) }
         try outputHead(rows: 0..<items.count, tokenOffset: 0, T: items.count, body: body)
+    }
+
+    /// One scheduler step in one micro-batch (vLLM V1's mixed batch: decode tokens and chunked-prefill tokens
+    /// share every pass over the weights). The rows are the decode items first (one token of a sequence at its
+    /// next position, as `decode` runs them), then each chunk's tokens (several tokens of one sequence from its
+    /// computed position, as `forward` runs them). Every row rounds exactly as it does in those calls: decode
+    /// rows split their keys as a single decode does, chunk rows as prefill rows (no split-K; a chunk's rows at
+    /// `decodeRowsFrom` or later as decode rows), and with `.fast` numerics no kernel mixes rows; so the logits,
+    /// K/V and committed tokens are bit for bit those of `decode(items)` followed by `forward` of each chunk.
+    /// Each chunk row attends over its own sequence's cached keys up to its own position, its chunk's earlier
+    /// rows included (causal); rows of other sequences are never read.
+    ///
+    /// Reserves every row's positions at once (all or nothing), writes each layer's K/V, commits each sequence's
+    /// tokens, then runs the output head once over all requested rows: every decode row and each chunk's
+    /// `logits` rows. Calls `body(row, logits[vocab])` in row order; the buffer is only valid during the call.
+    /// - Throws, before anything is computed, reserved or committed (so the caller may run the parts
+    ///   separately instead): `KvantError(.invalidArgument)` for a bad token or position (as `decode` and
+    ///   `forward` check them), an empty chunk, a sequence listed twice (decode rows and chunks together), or
+    ///   more than `maxBatch` rows; `.resourceExhausted` when the pool cannot hold every row's positions now;
+    ///   `.failedPrecondition` for a pool whose spec does not match the model. Errors thrown by `body` are
+    ///   rethrown after every row's K/V is committed.
+    public func step(decode items: [DecodeItem], chunks: [PrefillChunk], pool: KVCachePool,
+                     body: (StepRow, UnsafeBufferPointer<Float>) throws -> Void) throws {
+        let c = model.config
+        let total = items.count + chunks.reduce(0) { $0 + $1.tokens.count }
+        guard total > 0 else { return }
+        try checkPool(pool)
+        guard total <= maxBatch else {
+            throw KvantError(.invalidArgument, "step of \(items.count) decode rows and \(total - items.count) chunk tokens exceeds max batch \(maxBatch)")
+        }
+        let sequences = items.map(\.sequence) + chunks.map(\.sequence)
+        guard Set(sequences).count == sequences.count else {
+            throw KvantError(.invalidArgument, "step lists a sequence more than once (decode rows and chunks together)")
+        }
+        for (i, it) in items.enumerated() {
+            guard it.token >= 0, Int(it.token) < c.vocabSize else {
+                throw KvantError(.invalidArgument, "token \(it.token) of decode row \(i) is outside the vocabulary (size \(c.vocabSize))")
+            }
+            guard it.position >= 0, it.position <= pool.length(of: it.sequence) else {
+                throw KvantError(.invalidArgument, "decode row \(i): position \(it.position) is beyond the next position (\(pool.length(of: it.sequence))) of \(it.sequence)")
+            }
+            guard it.position >= pool.earliestRecomputablePosition(of: it.sequence) else {
+                throw KvantError(.invalidArgument, "decode row \(i): position \(it.position) of \(it.sequence) is before the keys its sliding-window layers still hold")
+            }
+        }
+        for (j, ch) in chunks.enumerated() {
+            guard !ch.tokens.isEmpty else { throw KvantError(.invalidArgument, "chunk \(j) of \(ch.sequence) has no tokens") }
+            if let bad = ch.tokens.firstIndex(where: { $0 < 0 || Int($0) >= c.vocabSize }) {
+                throw KvantError(.invalidArgument, "token \(ch.tokens[bad]) at index \(bad) of chunk \(j) is outside the vocabulary (size \(c.vocabSize))")
+            }
+            guard ch.startPosition >= 0, ch.startPosition <= pool.length(of: ch.sequence) else {
+                throw KvantError(.invalidArgument, "chunk \(j): start position \(ch.startPosition) is beyond the cached length \(pool.length(of: ch.sequence)) of \(ch.sequence)")
+            }
+            let earliest = pool.earliestRecomputablePosition(of: ch.sequence)
+            guard ch.startPosition >= earliest else {
+                throw KvantError(.invalidArgument, "chunk \(j): start position \(ch.startPosition) of \(ch.sequence): the sliding-window layers no longer hold the keys before position \(earliest)")
+            }
+        }
+        // Every row's positions, all or none (decode rows growing by one, each chunk to its end).
+        let st = pool.reserve(items.map { ($0.sequence, $0.position + 1) }
+                              + chunks.map { ($0.sequence, $0.startPosition + $0.tokens.count) })
+        guard st == .ok else {
+            throw KvantError(.resourceExhausted, "KV cache: no room for the step's \(items.count) decode rows and \(chunks.count) chunks (\(st.rawValue)); \(pool.freeBlocks) blocks free")
+        }
+        var tokens = items.map(\.token), positions = items.map(\.position), seqs = items.map(\.sequence)
+        var split = Array(repeating: true, count: items.count)
+        var wanted: [Int] = Array(0..<items.count)
+        var rowOf: [StepRow] = (0..<items.count).map { .decode($0) }
+        for (j, ch) in chunks.enumerated() {
+            let base = tokens.count, n = ch.tokens.count
+            tokens += ch.tokens
+            positions += ch.startPosition..<(ch.startPosition + n)
+            seqs += repeatElement(ch.sequence, count: n)
+            split += (ch.startPosition..<(ch.startPosition + n)).map { $0 >= (ch.decodeRowsFrom ?? Int.max) }
+            let rows: Range<Int>
+            switch ch.logits {
+            case .last: rows = (n - 1)..<n
+            case .all: rows = 0..<n
+            case .range(let r): rows = r.clamped(to: 0..<n)
+            }
+            wanted += rows.map { base + $0 }
+            rowOf += (0..<n).map { .chunk(j, row: $0) }
+        }
+        rowPositions = positions
+        rowSequences = seqs
+        rowSplitKeys = split
+        runLayers(tokens, pool: pool)
+        for it in items { pool.commit(it.sequence, tokens: CollectionOfOne(it.token), from: it.position) }
+        for ch in chunks { pool.commit(ch.sequence, tokens: ch.tokens, from: ch.startPosition) }
+        try outputHead(rowsAt: wanted) { k, logits in try body(rowOf[wanted[k]], logits) }
     }
 
     private func checkPool(_ pool: KVCachePool) throws {
@@ -239,22 +325,29 @@ public final class ForwardSession: @unchecked Sendable {
 
     /// Final RMSNorm and the vocabulary projection for `rows` of the micro-batch in `ws.x`.
     private func outputHead(rows: Range<Int>, tokenOffset: Int, T: Int, body: (Int, UnsafeBufferPointer<Float>) throws -> Void) throws {
+        try outputHead(rowsAt: Array(rows)) { k, logits in try body(tokenOffset + rows.lowerBound + k, logits) }
+    }
+
+    /// Final RMSNorm and the vocabulary projection for the micro-batch rows `rows` (indices into `ws.x`), a few
+    /// at a time (one pass over the output weights for up to `ws.logitRows` of them); `body(k, logits)` for the
+    /// `k`-th of them, in order.
+    private func outputHead(rowsAt rows: [Int], body: (Int, UnsafeBufferPointer<Float>) throws -> Void) throws {
         let c = model.config, H = c.hiddenSize, V = c.vocabSize
         let w = model.weights
-        var r = rows.lowerBound
-        while r < rows.upperBound {
-            let n = min(ws.logitRows, rows.upperBound - r)
+        var k = 0
+        while k < rows.count {
+            let n = min(ws.logitRows, rows.count - k)
             for i in 0..<n {
-                Ops.rmsNorm(ws.x + (r + i) * H, weight: w.outputNorm, n: H, eps: c.rmsNormEps, out: ws.xn + i * H)
+                Ops.rmsNorm(ws.x + rows[k + i] * H, weight: w.outputNorm, n: H, eps: c.rmsNormEps, out: ws.xn + i * H)
             }
             mm.multiply(w.output, ws.xn, m: n, out: ws.logits)
             if let cap = c.finalLogitSoftcap {
-                for k in 0..<(n * V) { ws.logits[k] = tanhf(ws.logits[k] / cap) * cap }
+                for e in 0..<(n * V) { ws.logits[e] = tanhf(ws.logits[e] / cap) * cap }
             }
             for i in 0..<n {
-                try body(tokenOffset + r + i, UnsafeBufferPointer(start: ws.logits + i * V, count: V))
+                try body(k + i, UnsafeBufferPointer(start: ws.logits + i * V, count: V))
             }
-            r += n
+            k += n
         }
     }
 
@@ -341,23 +434,23 @@ public final class ForwardSession: @unchecked Sendable {
         let window = c.window(layer: l), nh = c.numHeads, numerics = attentionNumerics
         let q = ws.q, out = ws.attn
         let workers = min(threads, T)
-        let decodeFrom = decodeRowsFrom ?? Int.max
+        // Decode rows split long contexts over the threads (split-K) exactly as a decode alone does (batch
+        // invariance); prefill rows never (but recomputed decode rows do, `decodeRowsFrom`). `rowSplitKeys`.
+        let split = rowSplitKeys, threads = self.threads
         if workers <= 1 {
-            // Decode: one position; the pool splits long contexts over the threads (split-K).
             for t in 0..<T {
                 pool.attend(layer: l, sequence: seqs[t], position: pos[t], query: q + t * qDim, numHeads: nh,
                             window: window, scale: scale, output: out + t * qDim,
-                            threads: splitKeys || pos[t] >= decodeFrom ? threads : 1, numerics: numerics)
+                            threads: split[t] ? threads : 1, numerics: numerics)
             }
             return
         }
-        // Decode rows of a batch split their keys exactly as a decode alone does (batch invariance); prefill rows never
-        // (but recomputed decode rows do, `decodeRowsFrom`).
-        let threads = self.threads, decodeRows = self.decodeRows
+        // Rows in parallel, each over the keys of its own sequence up to its own position: a prefill chunk's row
+        // sees the chunk's earlier rows (written above) and nothing later (causal), whatever else shares the batch.
         DispatchQueue.concurrentPerform(iterations: workers) { w in
             var t = w
             while t < T {
-                let rowThreads = decodeRows || pos[t] >= decodeFrom ? threads : 1
+                let rowThreads = split[t] ? threads : 1
                 pool.attend(layer: l, sequence: seqs[t], position: pos[t], query: q + t * qDim, numHeads: nh,
                             window: window, scale: scale, output: out + t * qDim, threads: rowThreads, numerics: numerics)
                 t += workers
@@ -378,6 +471,35 @@ public struct DecodeItem: Sendable, Equatable {
     public init(token: Int32, position: Int, sequence: SequenceID) {
         self.token = token; self.position = position; self.sequence = sequence
     }
+}
+
+/// Several tokens of one sequence from its computed position, run as prefill rows of a `ForwardSession.step`:
+/// a chunk of a prompt (chunked prefill) or of a preempted sequence's recompute.
+public struct PrefillChunk: Sendable, Equatable {
+    /// Token ids of positions `startPosition ..< startPosition + tokens.count`.
+    public var tokens: [Int32]
+    /// The first position; K/V of earlier positions must already be in the pool.
+    public var startPosition: Int
+    public var sequence: SequenceID
+    /// Rows (indices into `tokens`) that produce logits: `.last` for a chunk that ends its prompt,
+    /// `.range(0..<0)` for none, `.all` for prompt logprobs.
+    public var logits: LogitRows
+    /// Rows at this position or later split their keys as decode rows do (a recompute's generated tokens,
+    /// as `forward(decodeRowsFrom:)`); nil = none.
+    public var decodeRowsFrom: Int?
+
+    public init(tokens: [Int32], startPosition: Int, sequence: SequenceID, logits: LogitRows, decodeRowsFrom: Int? = nil) {
+        self.tokens = tokens; self.startPosition = startPosition; self.sequence = sequence
+        self.logits = logits; self.decodeRowsFrom = decodeRowsFrom
+    }
+}
+
+/// A row of a `ForwardSession.step` that produced logits.
+public enum StepRow: Sendable, Equatable, Hashable {
+    /// Decode item `i`.
+    case decode(Int)
+    /// Row `row` (index into its `tokens`) of chunk `chunk`.
+    case chunk(Int, row: Int)
 }
 
 /// Scratch buffers of a session for micro-batches of up to `batch` tokens.

@@ -533,7 +533,7 @@ public actor Engine {
             decodeTokensPerSecond: counters.decodeTokensPerSecond,
             decodeBatchMean: batches.batches > 0 ? Double(batches.rows) / Double(batches.batches) : 0,
             uptimeSeconds: uptimeSeconds, rssBytes: residentSetBytes(), connections: counters.connections,
-            numPreemptions: steps.preemptions)
+            numPreemptions: steps.preemptions, fusedSteps: steps.fusedPasses)
     }
 
     public func stats() throws -> StatsResult {

@@ -266,6 +266,14 @@ public protocol LoadedModel: AnyObject, Sendable {
     /// does not fail the others. Runs on the compute lane. The default decodes them one by one.
     func decodeBatch(_ sequences: [any GenerationSequence]) -> DecodeBatchOutcome
 
+    /// One scheduler step of this model's sequences: a decode step of `decode` (as `decodeBatch`) and the
+    /// prefill or recompute `chunks` (as `prefill(maxTokens:)` / `recompute(maxTokens:)` of each, in order),
+    /// ideally in one forward pass (vLLM V1's mixed batch: the weights are read once for the decode rows and
+    /// the chunks' tokens together). The results must be those of running the parts one after the other:
+    /// the same tokens, and one sequence's failure fails no other. No sequence appears twice. Runs on the
+    /// compute lane. The default runs them one after the other.
+    func runStep(decode: [any GenerationSequence], chunks: [StepChunk]) -> StepOutcome
+
     /// The KV cache's statistics (blocks total/used, bytes, dtype, epoch, …) as any Encodable value
     /// that encodes to a JSON object; sent verbatim as `stats.kv_cache`. Thread-safe.
     func kvCacheStats() -> any Encodable & Sendable
@@ -302,6 +310,65 @@ public struct DecodeBatchOutcome {
     public init(results: [Result<GeneratedToken, Error>], passes: Int) {
         self.results = results
         self.passes = passes
+    }
+}
+
+/// A chunk of a scheduler step: the next at most `maxTokens` (>= 1) positions of a sequence's prefill or of its
+/// recompute after a preemption.
+public struct StepChunk {
+    public enum Kind: Sendable, Equatable {
+        /// `GenerationSequence.prefill(maxTokens:)`.
+        case prefill
+        /// `GenerationSequence.recompute(maxTokens:)`.
+        case recompute
+    }
+    public var sequence: any GenerationSequence
+    public var kind: Kind
+    public var maxTokens: Int
+    /// Parallel sampling: the unforked choices a prefill chunk forks the sequence into if it is the prompt's last
+    /// (`GenerationSequence.prefill(maxTokens:forks:)`); empty for a recompute.
+    public var forks: [any GenerationSequence]
+
+    public init(sequence: any GenerationSequence, kind: Kind, maxTokens: Int, forks: [any GenerationSequence] = []) {
+        self.sequence = sequence
+        self.kind = kind
+        self.maxTokens = maxTokens
+        self.forks = forks
+    }
+}
+
+/// What one `LoadedModel.runStep` call did.
+public struct StepOutcome {
+    /// The decode rows' results and passes (as `decodeBatch` reports them).
+    public var decode: DecodeBatchOutcome
+    /// One per chunk, in the order given: after a prompt's last prefill chunk, the first generated token of the
+    /// sequence and then of each of its forks (nil after an earlier chunk), nil for a recompute chunk, or the
+    /// chunk's error.
+    public var chunks: [Result<[GeneratedToken]?, Error>]
+    /// Forward passes that ran decode rows and chunk tokens together (0 when the parts ran one after the other).
+    public var fusedPasses: Int
+
+    public init(decode: DecodeBatchOutcome, chunks: [Result<[GeneratedToken]?, Error>], fusedPasses: Int) {
+        self.decode = decode
+        self.chunks = chunks
+        self.fusedPasses = fusedPasses
+    }
+}
+
+extension LoadedModel {
+    public func runStep(decode: [any GenerationSequence], chunks: [StepChunk]) -> StepOutcome {
+        let decoded = decode.isEmpty ? DecodeBatchOutcome(results: [], passes: 0) : decodeBatch(decode)
+        return StepOutcome(decode: decoded, chunks: chunks.map(\.separately), fusedPasses: 0)
+    }
+}
+
+extension StepChunk {
+    /// The chunk run on its own (`prefill(maxTokens:forks:)` or `recompute(maxTokens:)`).
+    public var separately: Result<[GeneratedToken]?, Error> {
+        switch kind {
+        case .prefill: Result { try sequence.prefill(maxTokens: maxTokens, forks: forks) }
+        case .recompute: Result { try sequence.recompute(maxTokens: maxTokens); return nil }
+        }
     }
 }
 

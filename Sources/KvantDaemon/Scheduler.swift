@@ -152,6 +152,8 @@ final class Scheduler: @unchecked Sendable {
         var preemptions = 0
         /// Positions recomputed after preemptions.
         var recomputedTokens = 0
+        /// Forward passes that ran decode rows and prefill or recompute chunk tokens together (`fusedStep`).
+        var fusedPasses = 0
     }
 
     init(maxNumSeqs: Int, maxNumBatchedTokens: Int, lane: ComputeLane, logger: Logger) {
@@ -414,42 +416,29 @@ final class Scheduler: @unchecked Sendable {
         // the blocks just freed go to the decode rows that needed them.
         let preemptedNow = reserveDecodeBlocks(&rows)
         var budget = maxNumBatchedTokens - rows.count
-        if !rows.isEmpty { decode(rows) }
-        var chunkCount = 0, chunkTokens = 0
+        var tally = ChunkTally()
+        // The decode rows and the chunks that lead the step run in one forward pass (`fusedStep`); the loops
+        // below run the chunks it left, after it, each in a pass of its own.
+        let fused = fusedStep(rows, budget: &budget, preemptedNow: preemptedNow, tally: &tally)
         // Sequences preempted while decoding come first (earliest admitted first); one that cannot be
         // readmitted yet stops the others behind it.
-        var recomputed = 0
         for job in lock.withLock({ recomputeQueue }) {
             guard budget > 0 else { break }
+            if fused.contains(ObjectIdentifier(job)) { continue }
             if lock.withLock({ job.ended }) { continue }   // finished meanwhile (cancelled): released soon
             guard makeReady(job, preemptedNow: preemptedNow) else { break }
             let before = job.sequence.recomputeRemaining
             let tokens = min(budget, max(1, before))
             budget -= tokens
             let result = Result { try job.sequence.recompute(maxTokens: tokens) }
-            chunkCount += 1
-            recomputed += max(0, before - job.sequence.recomputeRemaining)
-            var wake: (CheckedContinuation<Result<GeneratedToken, Error>, Never>, Result<GeneratedToken, Error>)?
-            lock.withLock {
-                switch result {
-                case .failure(let error):
-                    job.ended = true
-                    recomputeQueue.removeAll { $0 === job }
-                    if let reader = job.reader { job.reader = nil; wake = (reader, .failure(error)) } else { job.outbox.append(.failure(error)) }
-                case .success where job.sequence.recomputeRemaining == 0:
-                    job.recomputing = false
-                    recomputeQueue.removeAll { $0 === job }
-                    if !job.ended { running.append(job) }
-                case .success: break
-                }
-            }
-            if let (reader, value) = wake { reader.resume(returning: value) }
+            recomputeDone(job, result, before: before, tally: &tally)
         }
         // Chunks are sized and run one after the other, so a sequence's prefix-cache lookup (once, before its
         // first chunk is sized: a cached prefix takes none of the budget) sees the blocks that earlier chunks of
         // this step committed (the `n` choices of one request share the first one's prompt blocks).
         for (key, job) in waiting.waiting {
             guard budget > 0 else { break }
+            if fused.contains(ObjectIdentifier(job)) { continue }
             guard makeReady(job, preemptedNow: preemptedNow) else { break }
             let tokens = min(budget, max(1, job.sequence.prefillRemaining))
             budget -= tokens
@@ -457,52 +446,147 @@ final class Scheduler: @unchecked Sendable {
             // Parallel sampling: the choices still waiting for this prefill are forked by its last chunk.
             let forks = lock.withLock { job.forkChildren.filter { !$0.ended } }
             let result = Result { try job.sequence.prefill(maxTokens: tokens, forks: forks.map(\.sequence)) }
-            chunkCount += 1
-            chunkTokens += max(0, before - job.sequence.prefillRemaining)
-            switch result {
-            case .success(nil): break   // stays first in line for the next step
-            case .success(let firsts?):
-                let first = firsts[0]
-                // Into the running queue at once (decoded from the next step on, whatever its task does meanwhile),
-                // unless it ended already or its task was cancelled in the meantime. Its forks follow it.
-                var forkWake: [(CheckedContinuation<PrefillOutcome?, Never>, PrefillOutcome)] = []
-                lock.withLock {
-                    if !first.isEndOfSequence, job.decodes > 0, !job.ended {
-                        job.decodesLeft = job.decodes
-                        running.append(job)
-                    }
-                    for (i, child) in forks.enumerated() {
-                        let token = firsts[i + 1]
-                        child.forkParent = nil
-                        child.isUnforkedFork = false
-                        child.forkOutcome = .first(token)
-                        // Holds blocks now: a preemption candidate (admitted after its parent), unless it ended meanwhile
-                        // (its task releases it).
-                        if !child.ended {
-                            nextOrder += 1
-                            child.order = nextOrder
-                            admitted.append(child)
-                            if !token.isEndOfSequence, child.decodes > 0 {
-                                child.decodesLeft = child.decodes
-                                running.append(child)
-                            }
-                        }
-                        if let waiter = child.forkWaiter { child.forkWaiter = nil; forkWake.append((waiter, .first(token))) }
-                    }
-                    job.forkChildren.removeAll { c in forks.contains { $0 === c } }
-                }
-                for (waiter, outcome) in forkWake { waiter.resume(returning: outcome) }
-                if !waiting.resume(key: key, with: .first(first)) { finish(job) }
-            case .failure(let error): waiting.resume(key: key, with: .failed(error))
-            }
+            prefillDone(key: key, job, result, forks: forks, before: before, tally: &tally)
         }
         lock.withLock {
             counts.steps += 1
-            counts.prefillChunks += chunkCount
-            counts.prefillTokens += chunkTokens
-            counts.recomputedTokens += recomputed
+            counts.prefillChunks += tally.chunks
+            counts.prefillTokens += tally.prefillTokens
+            counts.recomputedTokens += tally.recomputedTokens
         }
         scheduleStep()
+    }
+
+    /// Chunks run in a step and the positions they computed.
+    private struct ChunkTally {
+        var chunks = 0, prefillTokens = 0, recomputedTokens = 0
+    }
+
+    /// A recompute chunk of `job` ran (`before`: its `recomputeRemaining` before): failed, it ends the job; done,
+    /// the job joins the running queue again.
+    private func recomputeDone(_ job: Job, _ result: Result<Void, Error>, before: Int, tally: inout ChunkTally) {
+        tally.chunks += 1
+        tally.recomputedTokens += max(0, before - job.sequence.recomputeRemaining)
+        var wake: (CheckedContinuation<Result<GeneratedToken, Error>, Never>, Result<GeneratedToken, Error>)?
+        lock.withLock {
+            switch result {
+            case .failure(let error):
+                job.ended = true
+                recomputeQueue.removeAll { $0 === job }
+                if let reader = job.reader { job.reader = nil; wake = (reader, .failure(error)) } else { job.outbox.append(.failure(error)) }
+            case .success where job.sequence.recomputeRemaining == 0:
+                job.recomputing = false
+                recomputeQueue.removeAll { $0 === job }
+                if !job.ended { running.append(job) }
+            case .success: break
+            }
+        }
+        if let (reader, value) = wake { reader.resume(returning: value) }
+    }
+
+    /// A prefill chunk of `job` (waiting under `key`) ran (`before`: its `prefillRemaining` before): the last
+    /// one's first token goes to its task and the job to the running queue, and each of `forks` (the choices
+    /// the chunk forked the sequence into) gets its own first token and joins the admitted and running queues;
+    /// an error goes to its task.
+    private func prefillDone(key: Int, _ job: Job, _ result: Result<[GeneratedToken]?, Error>, forks: [Job], before: Int,
+                             tally: inout ChunkTally) {
+        tally.chunks += 1
+        tally.prefillTokens += max(0, before - job.sequence.prefillRemaining)
+        switch result {
+        case .success(nil): break   // stays first in line for the next step
+        case .success(let firsts?):
+            let first = firsts[0]
+            // Into the running queue at once (decoded from the next step on, whatever its task does meanwhile),
+            // unless it ended already or its task was cancelled in the meantime. Its forks follow it.
+            var forkWake: [(CheckedContinuation<PrefillOutcome?, Never>, PrefillOutcome)] = []
+            lock.withLock {
+                if !first.isEndOfSequence, job.decodes > 0, !job.ended {
+                    job.decodesLeft = job.decodes
+                    running.append(job)
+                }
+                for (i, child) in forks.enumerated() {
+                    let token = firsts[i + 1]
+                    child.forkParent = nil
+                    child.isUnforkedFork = false
+                    child.forkOutcome = .first(token)
+                    // Holds blocks now: a preemption candidate (admitted after its parent), unless it ended meanwhile
+                    // (its task releases it).
+                    if !child.ended {
+                        nextOrder += 1
+                        child.order = nextOrder
+                        admitted.append(child)
+                        if !token.isEndOfSequence, child.decodes > 0 {
+                            child.decodesLeft = child.decodes
+                            running.append(child)
+                        }
+                    }
+                    if let waiter = child.forkWaiter { child.forkWaiter = nil; forkWake.append((waiter, .first(token))) }
+                }
+                job.forkChildren.removeAll { c in forks.contains { $0 === c } }
+            }
+            for (waiter, outcome) in forkWake { waiter.resume(returning: outcome) }
+            if !waiting.resume(key: key, with: .first(first)) { finish(job) }
+        case .failure(let error): waiting.resume(key: key, with: .failed(error))
+        }
+    }
+
+    /// The step's decode rows and the chunks that lead it, in one forward pass (vLLM V1's mixed batch,
+    /// `LoadedModel.runStep`): the chunks the loops of `step` would run first, in their order and with the sizes
+    /// they would give them, as long as each job's prefix-cache lookup ran before this step (the step's first
+    /// chunk excepted: a fresh job's lookup must see the blocks the step's earlier chunks commit, so from such a
+    /// job on the loops run the chunks, after this pass) and it belongs to the first chunk's model. Rows of
+    /// other models decode in passes of their own (`decodeBatch`). Takes the chunks' tokens out of `budget`.
+    /// The first chunk's lookup (and a preempted job's readmission) runs before the decode rows commit their
+    /// positions: it does not see a block a decode row of the same step fills.
+    /// - Returns: the jobs whose chunk ran here (the loops skip them).
+    private func fusedStep(_ rows: [Job], budget: inout Int, preemptedNow: Bool, tally: inout ChunkTally) -> Set<ObjectIdentifier> {
+        var planned: [(job: Job, key: Int?, chunk: StepChunk, forks: [Job], before: Int)] = []
+        func fits(_ job: Job) -> Bool {
+            planned.isEmpty || (job.prefixLookedUp && job.model === planned[0].job.model)
+        }
+        var fresh = false
+        for job in lock.withLock({ recomputeQueue }) {
+            guard budget > 0 else { break }
+            if lock.withLock({ job.ended }) { continue }
+            guard fits(job) else { fresh = true; break }
+            guard makeReady(job, preemptedNow: preemptedNow) else { break }
+            let before = job.sequence.recomputeRemaining
+            let tokens = min(budget, max(1, before))
+            budget -= tokens
+            planned.append((job, nil, StepChunk(sequence: job.sequence, kind: .recompute, maxTokens: tokens), [], before))
+        }
+        for (key, job) in fresh ? [] : waiting.waiting {
+            guard budget > 0 else { break }
+            guard fits(job) else { break }
+            guard makeReady(job, preemptedNow: preemptedNow) else { break }
+            let tokens = min(budget, max(1, job.sequence.prefillRemaining))
+            budget -= tokens
+            // Parallel sampling: the choices still waiting for this prefill are forked by its last chunk.
+            let forks = lock.withLock { job.forkChildren.filter { !$0.ended } }
+            planned.append((job, key, StepChunk(sequence: job.sequence, kind: .prefill, maxTokens: tokens, forks: forks.map(\.sequence)),
+                            forks, job.sequence.prefillRemaining))
+        }
+        let chunkModel = planned.first.map { ObjectIdentifier($0.job.model) }
+        var groups = orderedGroups(count: rows.count, key: { ObjectIdentifier(rows[$0].model) })
+        if let chunkModel, !groups.contains(where: { ObjectIdentifier(rows[$0[0]].model) == chunkModel }) {
+            groups.append([])   // chunks without decode rows of their model
+        }
+        for idx in groups {
+            let model = idx.first.map { rows[$0].model } ?? planned[0].job.model
+            let chunks = ObjectIdentifier(model) == chunkModel ? planned : []
+            let outcome = model.runStep(decode: idx.map { rows[$0].sequence }, chunks: chunks.map(\.chunk))
+            precondition(outcome.decode.results.count == idx.count, "runStep returned \(outcome.decode.results.count) decode results for \(idx.count) sequences")
+            precondition(outcome.chunks.count == chunks.count, "runStep returned \(outcome.chunks.count) chunk results for \(chunks.count) chunks")
+            deliver(idx.map { rows[$0] }, outcome.decode, fusedPasses: outcome.fusedPasses)
+            for (p, result) in zip(chunks, outcome.chunks) {
+                if let key = p.key {
+                    prefillDone(key: key, p.job, result, forks: p.forks, before: p.before, tally: &tally)
+                } else {
+                    recomputeDone(p.job, result.map { _ in () }, before: p.before, tally: &tally)
+                }
+            }
+        }
+        return Set(planned.map { ObjectIdentifier($0.job) })
     }
 
     /// Before `job`'s next chunk (prefill or recompute): a preempted job takes its blocks back (not in a step
@@ -604,32 +688,27 @@ final class Scheduler: @unchecked Sendable {
         if last { blockWaiters.resumeFirst(false) }
     }
 
-    /// One decode step of `rows`, one `decodeBatch` per model (a model swap can leave sequences of the old
-    /// model running); each result goes to its job's task, or its outbox until the task takes it.
-    private func decode(_ rows: [Job]) {
-        for idx in orderedGroups(count: rows.count, key: { ObjectIdentifier(rows[$0].model) }) {
-            let outcome = rows[idx[0]].model.decodeBatch(idx.map { rows[$0].sequence })
-            precondition(outcome.results.count == idx.count, "decodeBatch returned \(outcome.results.count) results for \(idx.count) sequences")
-            var wake: [(CheckedContinuation<Result<GeneratedToken, Error>, Never>, Result<GeneratedToken, Error>)] = []
-            lock.lock()
-            counts.decodePasses += outcome.passes
-            counts.decodeRows += idx.count
-            for (j, i) in idx.enumerated() {
-                let job = rows[i], result = outcome.results[j]
-                job.decodesLeft -= 1
-                switch result {
-                case .success(let token) where !token.isEndOfSequence: break
-                default: job.ended = true
-                }
-                if let reader = job.reader {
-                    job.reader = nil
-                    wake.append((reader, result))
-                } else {
-                    job.outbox.append(result)
-                }
+    /// A decode step's results: each goes to its job's task, or its outbox until the task takes it.
+    private func deliver(_ jobs: [Job], _ outcome: DecodeBatchOutcome, fusedPasses: Int) {
+        var wake: [(CheckedContinuation<Result<GeneratedToken, Error>, Never>, Result<GeneratedToken, Error>)] = []
+        lock.lock()
+        counts.decodePasses += outcome.passes
+        counts.decodeRows += jobs.count
+        counts.fusedPasses += fusedPasses
+        for (job, result) in zip(jobs, outcome.results) {
+            job.decodesLeft -= 1
+            switch result {
+            case .success(let token) where !token.isEndOfSequence: break
+            default: job.ended = true
             }
-            lock.unlock()
-            for (reader, result) in wake { reader.resume(returning: result) }
+            if let reader = job.reader {
+                job.reader = nil
+                wake.append((reader, result))
+            } else {
+                job.outbox.append(result)
+            }
         }
+        lock.unlock()
+        for (reader, result) in wake { reader.resume(returning: result) }
     }
 }

@@ -123,7 +123,26 @@ final class ExecutorSequence: GenerationSequence {
     /// it (`KVCachePool.fork`: every block shared, the partial last block copied by the first to write into it;
     /// int4_pertoken copies the residual ring). A fork has no admission: its blocks (that copy, then one per
     /// `blockSize` generated tokens) come on demand through `reserveDecode`, like any generated token's.
+    /// - Returns: after the last chunk, the first token of this sequence, then of each fork in order; nil before.
     func prefill(maxTokens: Int, forks: [any GenerationSequence]) throws -> [GeneratedToken]? {
+        let plan = try prefillChunk(maxTokens: maxTokens, forks: forks)
+        try owner.session.forward(tokens: plan.chunk.tokens, startPosition: plan.chunk.startPosition, sequence: sequence,
+                                  pool: pool, logits: plan.chunk.logits, splitKeys: false, body: plan.logits)
+        return plan.finish()
+    }
+
+    /// A chunk of this sequence planned for a forward pass (`prefill`, `recompute`, or a fused step of
+    /// `ExecutorModel.runStep`): the rows to run, what to do with each row's logits, and what to do after the
+    /// pass (nil result: no token sampled; else this sequence's first token, then its forks').
+    struct ChunkPlan {
+        let chunk: PrefillChunk
+        let logits: (Int, UnsafeBufferPointer<Float>) -> Void
+        let finish: () -> [GeneratedToken]?
+    }
+
+    /// The next prefill chunk (see `prefill(maxTokens:forks:)`); its `finish` samples the first tokens after the
+    /// last one and forks the pool sequence into `forks`.
+    func prefillChunk(maxTokens: Int, forks: [any GenerationSequence] = []) throws -> ChunkPlan {
         guard !prefilled else { throw KvantError(.internal, "prefill of a sequence already prefilled") }
         let children = try forks.map { f -> ExecutorSequence in
             guard let c = f as? ExecutorSequence, c.pool === pool, !c.holdsBlocks, !c.prefilled, !c.released, c.prompt == prompt else {
@@ -141,36 +160,42 @@ final class ExecutorSequence: GenerationSequence {
         let chunk = Array(prompt[start..<end])
         let last = end == prompt.count
         var next: Int32 = 0
+        let rows: LogitRows
+        let logits: (Int, UnsafeBufferPointer<Float>) -> Void
         if let top = promptLogprobCount {
             if promptLogprobs == nil { promptLogprobs = [nil] + Array(repeating: nil, count: start) }
-            try owner.session.forward(tokens: chunk, startPosition: start, sequence: sequence, pool: pool,
-                                      logits: .all, splitKeys: false) { i, logits in
+            rows = .all
+            logits = { [self] i, l in
                 let g = start + i
                 if g + 1 < prompt.count {
-                    promptLogprobs!.append(entry(logits, chosen: prompt[g + 1], top: top))
+                    promptLogprobs!.append(entry(l, chosen: prompt[g + 1], top: top))
                 } else {
-                    next = sample(logits)
-                    for (i, c) in children.enumerated() { childNext[i] = c.sample(logits) }
+                    next = sample(l)
+                    for (k, c) in children.enumerated() { childNext[k] = c.sample(l) }
                 }
             }
         } else {
-            try owner.session.forward(tokens: chunk, startPosition: start, sequence: sequence, pool: pool,
-                                      logits: last ? .last : .range(0..<0), splitKeys: false) { _, logits in
-                next = sample(logits)
-                for (i, c) in children.enumerated() { childNext[i] = c.sample(logits) }
+            rows = last ? .last : .range(0..<0)
+            logits = { [self] _, l in
+                next = sample(l)
+                for (k, c) in children.enumerated() { childNext[k] = c.sample(l) }
             }
         }
-        guard last else { return nil }
-        prefilled = true
-        var tokens = [accept(next)]
-        for (i, c) in children.enumerated() {
-            c.sequence = pool.fork(sequence)
-            c.holdsBlocks = true
-            c.prefilled = true
-            c.promptLogprobs = promptLogprobs
-            tokens.append(c.accept(childNext[i]))
-        }
-        return tokens
+        return ChunkPlan(chunk: PrefillChunk(tokens: chunk, startPosition: start, sequence: sequence, logits: rows),
+                         logits: logits,
+                         finish: { [self] in
+                             guard last else { return nil }
+                             prefilled = true
+                             var tokens = [accept(next)]
+                             for (k, c) in children.enumerated() {
+                                 c.sequence = pool.fork(sequence)
+                                 c.holdsBlocks = true
+                                 c.prefilled = true
+                                 c.promptLogprobs = promptLogprobs
+                                 tokens.append(c.accept(childNext[k]))
+                             }
+                             return tokens
+                         })
     }
 
     /// True while one more decode step fits (below max_model_len, not released).
@@ -255,17 +280,29 @@ final class ExecutorSequence: GenerationSequence {
     /// positions of generated tokens split their keys as decode rows do (`decodeRowsFrom`), so their K/V and
     /// what later layers compute from them round as in the original decode steps.
     func recompute(maxTokens: Int) throws {
-        guard needsRecompute, holdsBlocks, !released else { return }
+        guard let plan = recomputeChunk(maxTokens: maxTokens) else { return }
+        try owner.session.forward(tokens: plan.chunk.tokens, startPosition: plan.chunk.startPosition, sequence: sequence, pool: pool,
+                                  logits: .range(0..<0), splitKeys: false, decodeRowsFrom: plan.chunk.decodeRowsFrom) { _, _ in }
+        _ = plan.finish()
+    }
+
+    /// The next recompute chunk (see `recompute(maxTokens:)`); nil when nothing is left to recompute.
+    func recomputeChunk(maxTokens: Int) -> ChunkPlan? {
+        guard needsRecompute, holdsBlocks, !released else { return nil }
         let target = history.count - 1
         let start = pool.computedLength(of: sequence)
-        guard start < target else { needsRecompute = false; return }
+        guard start < target else { needsRecompute = false; return nil }
         var end = min(target, start + max(1, maxTokens))
         if end < target {
             let aligned = end / owner.blockSize * owner.blockSize
             if aligned > start { end = aligned }
         }
-        try owner.session.forward(tokens: Array(history[start..<end]), startPosition: start, sequence: sequence, pool: pool,
-                                  logits: .range(0..<0), splitKeys: false, decodeRowsFrom: prompt.count) { _, _ in }
-        if end == target { needsRecompute = false }
+        return ChunkPlan(chunk: PrefillChunk(tokens: Array(history[start..<end]), startPosition: start, sequence: sequence,
+                                             logits: .range(0..<0), decodeRowsFrom: prompt.count),
+                         logits: { _, _ in },
+                         finish: { [self] in
+                             if end == target { needsRecompute = false }
+                             return nil
+                         })
     }
 }

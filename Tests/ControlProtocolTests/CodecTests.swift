@@ -48,7 +48,7 @@ struct CodecTests {
         #expect(json == .object(["path": .string("/p"), "kv_cache_dtype": .string("fp16"), "kv_cache_bytes": .int(5)]))
         let figures = try JSONValue(encoding: EngineFigures())
         guard case .object(let object) = figures else { Issue.record("not an object"); return }
-        #expect(object.keys.sorted() == ["connections", "decode_batch_mean", "decode_tokens_per_second", "generated_tokens",
+        #expect(object.keys.sorted() == ["connections", "decode_batch_mean", "decode_tokens_per_second", "fused_steps", "generated_tokens",
                                          "num_preemptions", "prefill_tokens_per_second", "prompt_tokens", "requests_failed", "requests_running",
                                          "requests_served", "requests_waiting", "rss_bytes", "uptime_seconds"])
     }

@@ -77,25 +77,41 @@ struct ChunkedPrefillTests {
         #expect(try await chunked.stats().kvCache["num_blocks_used"] == .int(0))
     }
 
-    @Test("a chunked prefill beside a decoding sequence: both get the tokens they get alone")
-    func chunkedBesideDecode() async throws {
-        let engine = try await makeEngine(.int8PerToken, maxNumBatchedTokens: 100)   // chunks of 99 or 100, cut to 96
+    @Test("a chunked prefill beside a decoding sequence, fused into its decode steps: both get the tokens (and log-probabilities) they get alone",
+          arguments: [KVCacheDType.fp16, .int8PerToken, .int4PerToken])
+    func chunkedBesideDecode(dtype: KVCacheDType) async throws {
+        let engine = try await makeEngine(dtype, maxNumBatchedTokens: 100)   // chunks of 99 or 100, cut to 96
         let prompt = try await Self.prompt(engine)
-        let long = Self.requests(prompt)[0]
-        var shortParams = GenerateParams(prompt: "The capital of France is", maxTokens: 48, temperature: 0)
-        shortParams.ignoreEOS = true
-        let short = shortParams
-        let longAlone = try await engine.generate(long) { _ in }
-        let shortAlone = try await engine.generate(short) { _ in }
-        // The short one starts first; the long prompt is admitted while it decodes.
-        let started = AsyncStream<Void>.makeStream()
-        async let shortTogether = engine.generate(short) { _ in started.continuation.yield() }
-        var iterator = started.stream.makeAsyncIterator()
-        _ = await iterator.next()
-        let longTogether = try await engine.generate(long) { _ in }
-        let shortResult = try await shortTogether
-        #expect(longTogether.tokens == longAlone.tokens)
-        #expect(shortResult.tokens == shortAlone.tokens)
+        var greedyShort = GenerateParams(prompt: "The capital of France is", maxTokens: 48, temperature: 0)
+        greedyShort.ignoreEOS = true
+        greedyShort.logprobs = 2
+        var seededShort = GenerateParams(prompt: "The capital of France is", maxTokens: 48, temperature: 0.9, topP: 0.95, seed: 11)
+        seededShort.ignoreEOS = true
+        // Greedy with log-probabilities (equal logits, not only equal argmaxes), then seeded.
+        for (long, short) in zip(Self.requests(prompt), [greedyShort, seededShort]) {
+            let longAloneLogprobs = Collected(), shortAloneLogprobs = Collected()
+            let longAlone = try await engine.generate(long) { longAloneLogprobs.append($0.logprobs) }
+            let shortAlone = try await engine.generate(short) { shortAloneLogprobs.append($0.logprobs) }
+            let fusedBefore = try await engine.stats().engine.fusedSteps
+            // The short one starts first; the long prompt is admitted while it decodes.
+            let started = AsyncStream<Void>.makeStream()
+            let longLogprobs = Collected(), shortLogprobs = Collected()
+            async let shortTogether = engine.generate(short) {
+                shortLogprobs.append($0.logprobs)
+                started.continuation.yield()
+            }
+            var iterator = started.stream.makeAsyncIterator()
+            _ = await iterator.next()
+            let longTogether = try await engine.generate(long) { longLogprobs.append($0.logprobs) }
+            let shortResult = try await shortTogether
+            #expect(longTogether.tokens == longAlone.tokens, "\(dtype.rawValue) temperature \(long.temperature)")
+            #expect(shortResult.tokens == shortAlone.tokens, "\(dtype.rawValue) temperature \(short.temperature)")
+            #expect(longLogprobs.items == longAloneLogprobs.items && shortLogprobs.items == shortAloneLogprobs.items)
+            // The long prompt's chunks ran in the short one's decode passes (7 chunks; the short one decodes 48 tokens,
+            // so at least the first chunks after its first token share its steps, however the threads interleave).
+            let fused = try await engine.stats().engine.fusedSteps - fusedBefore
+            #expect(fused >= 1, "no step ran a chunk with the decode row: the test did not exercise the fused pass")
+        }
         #expect(try await engine.stats().kvCache["num_blocks_used"] == .int(0))
     }
 }

@@ -75,6 +75,9 @@ public struct EngineFigures: Codable, Equatable, Sendable {
     /// Sequences preempted since start (on-demand KV blocks ran out; their blocks were freed and they were
     /// recomputed later, vLLM's `num_preemptions`).
     public var numPreemptions: Int
+    /// Engine steps whose one forward pass ran decode rows together with prefill (or recompute) chunk tokens
+    /// (the weights read once for both; vLLM V1's mixed batch).
+    public var fusedSteps: Int
     public var uptimeSeconds: Double
     /// Resident set size of the daemon, bytes (`/proc/self/statm`).
     public var rssBytes: Int
@@ -84,7 +87,8 @@ public struct EngineFigures: Codable, Equatable, Sendable {
     public init(requestsServed: Int = 0, requestsRunning: Int = 0, requestsWaiting: Int = 0, requestsFailed: Int = 0,
                 promptTokens: Int = 0, generatedTokens: Int = 0, prefillTokensPerSecond: Double = 0,
                 decodeTokensPerSecond: Double = 0, decodeBatchMean: Double = 0, uptimeSeconds: Double = 0, rssBytes: Int = 0,
-                connections: Int = 0, numPreemptions: Int = 0) {
+                connections: Int = 0, numPreemptions: Int = 0, fusedSteps: Int = 0) {
+        self.fusedSteps = fusedSteps
         self.decodeBatchMean = decodeBatchMean
         self.numPreemptions = numPreemptions
         self.requestsServed = requestsServed
@@ -105,7 +109,7 @@ public struct EngineFigures: Codable, Equatable, Sendable {
         case requestsWaiting = "requests_waiting", requestsFailed = "requests_failed"
         case promptTokens = "prompt_tokens", generatedTokens = "generated_tokens"
         case prefillTokensPerSecond = "prefill_tokens_per_second", decodeTokensPerSecond = "decode_tokens_per_second"
-        case decodeBatchMean = "decode_batch_mean", numPreemptions = "num_preemptions"
+        case decodeBatchMean = "decode_batch_mean", numPreemptions = "num_preemptions", fusedSteps = "fused_steps"
         case uptimeSeconds = "uptime_seconds", rssBytes = "rss_bytes", connections
     }
 }
