@@ -19,7 +19,9 @@ import Testing
 
     func pool(_ m: Model, tokens: Int, dtype: KVCacheDType = .fp16, scales: KVScales? = nil) throws -> KVCachePool {
         let spec = m.config.kvCacheSpec(dtype: dtype)
-        return try KVCachePool(spec: spec, byteBudget: (tokens + 64) * spec.bytesPerToken, scales: scales)
+        // int4_pertoken: + its int8 residual rings (one sequence + 4 kept), taken out of the budget first.
+        let rings = KVCachePool.residualReserveBytes(spec: spec, maxNumSeqs: 1)
+        return try KVCachePool(spec: spec, byteBudget: (tokens + 64) * spec.bytesPerToken + rings, scales: scales)
     }
 
     @Test func hyperParameters() throws {
