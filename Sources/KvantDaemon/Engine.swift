@@ -245,14 +245,7 @@ public actor Engine {
         let model = try requireModel("generate")
         let queued = DispatchTime.now().uptimeNanoseconds
         do {
-            let prompt: [Int]
-            if let ids = params.promptTokenIDs { prompt = ids } else { prompt = try await onLane { try model.tokenize(params.prompt) } }
-            let maxModelLen = model.info.maxModelLen
-            guard prompt.count < maxModelLen else {
-                throw KvantError(.invalidArgument,
-                                 "generate: the prompt is \(prompt.count) tokens; max_model_len is \(maxModelLen)")
-            }
-            let budget = min(params.maxTokens, maxModelLen - prompt.count)
+            let (prompt, budget, maxModelLen) = try await promptAndBudget(params, model: model)
             // A request cancelled while it waits for a slot leaves the queue at once (finish_reason cancelled).
             let scheduler = self.scheduler
             let acquired = await scheduler.acquireSlot()
@@ -284,6 +277,19 @@ public actor Engine {
             counters.failed += 1
             throw KvantError.normalized(error)
         }
+    }
+
+    /// The request's prompt tokens (its ids, or its text tokenized on the lane), its token budget (`max_tokens`
+    /// capped at `max_model_len` minus the prompt) and `max_model_len`.
+    /// - Throws: `.invalidArgument` when the prompt leaves no room for a generated token; tokenizer errors.
+    private func promptAndBudget(_ params: GenerateParams, model: any LoadedModel) async throws -> ([Int], Int, Int) {
+        let prompt: [Int]
+        if let ids = params.promptTokenIDs { prompt = ids } else { prompt = try await onLane { try model.tokenize(params.prompt) } }
+        let maxModelLen = model.info.maxModelLen
+        guard prompt.count < maxModelLen else {
+            throw KvantError(.invalidArgument, "generate: the prompt is \(prompt.count) tokens; max_model_len is \(maxModelLen)")
+        }
+        return (prompt, min(params.maxTokens, maxModelLen - prompt.count), maxModelLen)
     }
 
     /// Choice `index` of a parallel-sampling request (`n > 1`): as `generate(_:onToken:)` of
@@ -323,14 +329,7 @@ public actor Engine {
         let model = try requireModel("generate")
         let queued = DispatchTime.now().uptimeNanoseconds
         do {
-            let prompt: [Int]
-            if let ids = params.promptTokenIDs { prompt = ids } else { prompt = try await onLane { try model.tokenize(params.prompt) } }
-            let maxModelLen = model.info.maxModelLen
-            guard prompt.count < maxModelLen else {
-                throw KvantError(.invalidArgument,
-                                 "generate: the prompt is \(prompt.count) tokens; max_model_len is \(maxModelLen)")
-            }
-            let budget = min(params.maxTokens, maxModelLen - prompt.count)
+            let (prompt, budget, maxModelLen) = try await promptAndBudget(params, model: model)
             let scheduler = self.scheduler
             // The n slots at once: n - 1 pass to the forks (or back, for choices not forked).
             let acquired = await scheduler.acquireSlots(n)
