@@ -171,7 +171,6 @@ public final class ForwardSession: @unchecked Sendable {
     ///   grown then); `.failedPrecondition` for a mismatched pool; errors thrown by `body`.
     public func decode(_ items: [DecodeItem], pool: KVCachePool,
                        body: (Int, UnsafeBufferPointer<Float>) throws -> Void) throws {
-        let c = model.config
         guard !items.isEmpty else { return }
         try checkPool(pool)
         guard items.count <= maxBatch else {
@@ -180,17 +179,7 @@ public final class ForwardSession: @unchecked Sendable {
         guard Set(items.map(\.sequence)).count == items.count else {
             throw KvantError(.invalidArgument, "decode batch lists a sequence more than once")
         }
-        for (i, it) in items.enumerated() {
-            guard it.token >= 0, Int(it.token) < c.vocabSize else {
-                throw KvantError(.invalidArgument, "token \(it.token) of row \(i) is outside the vocabulary (size \(c.vocabSize))")
-            }
-            guard it.position >= 0, it.position <= pool.length(of: it.sequence) else {
-                throw KvantError(.invalidArgument, "row \(i): position \(it.position) is beyond the next position (\(pool.length(of: it.sequence))) of \(it.sequence)")
-            }
-        }
-        for (i, it) in items.enumerated() where it.position < pool.earliestRecomputablePosition(of: it.sequence) {
-            throw KvantError(.invalidArgument, "row \(i): position \(it.position) of \(it.sequence) is before the keys its sliding-window layers still hold")
-        }
+        try checkDecodeRows(items, pool: pool, label: "row")
         // Rows growing their sequence grow all together or none (their admissions' promised blocks first).
         let growing = items.filter { $0.position == pool.length(of: $0.sequence) }
         let st = pool.reserve(growing.map { ($0.sequence, $0.position + 1) })
@@ -239,17 +228,7 @@ public final class ForwardSession: @unchecked Sendable {
         guard Set(sequences).count == sequences.count else {
             throw KvantError(.invalidArgument, "step lists a sequence more than once (decode rows and chunks together)")
         }
-        for (i, it) in items.enumerated() {
-            guard it.token >= 0, Int(it.token) < c.vocabSize else {
-                throw KvantError(.invalidArgument, "token \(it.token) of decode row \(i) is outside the vocabulary (size \(c.vocabSize))")
-            }
-            guard it.position >= 0, it.position <= pool.length(of: it.sequence) else {
-                throw KvantError(.invalidArgument, "decode row \(i): position \(it.position) is beyond the next position (\(pool.length(of: it.sequence))) of \(it.sequence)")
-            }
-            guard it.position >= pool.earliestRecomputablePosition(of: it.sequence) else {
-                throw KvantError(.invalidArgument, "decode row \(i): position \(it.position) of \(it.sequence) is before the keys its sliding-window layers still hold")
-            }
-        }
+        try checkDecodeRows(items, pool: pool, label: "decode row")
         for (j, ch) in chunks.enumerated() {
             guard !ch.tokens.isEmpty else { throw KvantError(.invalidArgument, "chunk \(j) of \(ch.sequence) has no tokens") }
             if let bad = ch.tokens.firstIndex(where: { $0 < 0 || Int($0) >= c.vocabSize }) {
@@ -295,6 +274,24 @@ public final class ForwardSession: @unchecked Sendable {
         for it in items { pool.commit(it.sequence, tokens: CollectionOfOne(it.token), from: it.position) }
         for ch in chunks { pool.commit(ch.sequence, tokens: ch.tokens, from: ch.startPosition) }
         try outputHead(rowsAt: wanted) { k, logits in try body(rowOf[wanted[k]], logits) }
+    }
+
+    /// Decode rows (`decode`, `step`): every token in the vocabulary, every position at most its sequence's next
+    /// position and not before the keys its sliding-window layers still hold. `label` names a row in the errors.
+    /// - Throws: `KvantError(.invalidArgument)` naming the row, its token or position and its sequence.
+    private func checkDecodeRows(_ items: [DecodeItem], pool: KVCachePool, label: String) throws {
+        let c = model.config
+        for (i, it) in items.enumerated() {
+            guard it.token >= 0, Int(it.token) < c.vocabSize else {
+                throw KvantError(.invalidArgument, "token \(it.token) of \(label) \(i) is outside the vocabulary (size \(c.vocabSize))")
+            }
+            guard it.position >= 0, it.position <= pool.length(of: it.sequence) else {
+                throw KvantError(.invalidArgument, "\(label) \(i): position \(it.position) is beyond the next position (\(pool.length(of: it.sequence))) of \(it.sequence)")
+            }
+        }
+        for (i, it) in items.enumerated() where it.position < pool.earliestRecomputablePosition(of: it.sequence) {
+            throw KvantError(.invalidArgument, "\(label) \(i): position \(it.position) of \(it.sequence) is before the keys its sliding-window layers still hold")
+        }
     }
 
     private func checkPool(_ pool: KVCachePool) throws {
