@@ -259,20 +259,8 @@ public actor Engine {
             } catch {
                 throw Self.naming(error, requested: params.maxTokens, budget: budget, prompt: prompt.count, maxModelLen: maxModelLen)
             }
-            let started = DispatchTime.now().uptimeNanoseconds
-            let outcome: Result<GenerateResult, Error>
-            do {
-                outcome = .success(try await run(sequence, model: model, prompt: prompt, params: params, budget: budget,
-                                                 queued: queued, started: started, onToken: onToken))
-            } catch {
-                outcome = .failure(error)
-            }
-            if let sequence {
-                // Free the KV blocks before replying, so `stats` after the reply sees them free.
-                _ = try? await onLane { sequence.release() }
-                scheduler.sequenceReleased()
-            }
-            return try outcome.get()
+            return try await runThenRelease(sequence, model: model, prompt: prompt, params: params, budget: budget,
+                                            queued: queued, started: DispatchTime.now().uptimeNanoseconds, onToken: onToken)
         } catch {
             counters.failed += 1
             throw KvantError.normalized(error)
@@ -307,17 +295,11 @@ public actor Engine {
             case .forked(let job, let plan):
                 // Its slot was taken by choice 0; its sequence is a fork, released like any other.
                 let queued = DispatchTime.now().uptimeNanoseconds
-                let outcome: Result<GenerateResult, Error>
+                defer { scheduler.releaseSlot() }
                 do {
-                    outcome = .success(try await run(job.sequence, job: job, model: plan.model, prompt: plan.prompt, params: params,
-                                                     budget: plan.budget, queued: queued, started: queued, onToken: onToken))
+                    return try await runThenRelease(job.sequence, job: job, model: plan.model, prompt: plan.prompt, params: params,
+                                                    budget: plan.budget, queued: queued, started: queued, onToken: onToken)
                 } catch {
-                    outcome = .failure(error)
-                }
-                _ = try? await onLane { job.sequence.release() }
-                scheduler.sequenceReleased()
-                scheduler.releaseSlot()
-                do { return try outcome.get() } catch {
                     counters.failed += 1
                     throw KvantError.normalized(error)
                 }
@@ -371,19 +353,8 @@ public actor Engine {
                 slotsHeld = 0
                 group.resolve()
             }
-            let started = DispatchTime.now().uptimeNanoseconds
-            let outcome: Result<GenerateResult, Error>
-            do {
-                outcome = .success(try await run(sequence, job: job, model: model, prompt: prompt, params: params, budget: budget,
-                                                 queued: queued, started: started, onToken: onToken))
-            } catch {
-                outcome = .failure(error)
-            }
-            if let sequence {
-                _ = try? await onLane { sequence.release() }
-                scheduler.sequenceReleased()
-            }
-            return try outcome.get()
+            return try await runThenRelease(sequence, job: job, model: model, prompt: prompt, params: params, budget: budget,
+                                            queued: queued, started: DispatchTime.now().uptimeNanoseconds, onToken: onToken)
         } catch {
             counters.failed += 1
             throw KvantError.normalized(error)
@@ -408,6 +379,25 @@ public actor Engine {
     /// token budget or cancellation (`GenerationLoop`); both go through the scheduler's steps. A nil
     /// sequence was cancelled while it waited for a slot or KV blocks. `job`: the sequence's job when made
     /// already (parallel sampling), else a new one.
+    /// `run`, then the sequence's KV blocks are freed before the reply (so `stats` after the reply sees them free),
+    /// whether it ended normally or with an error (rethrown).
+    private func runThenRelease(_ sequence: (any GenerationSequence)?, job: Scheduler.Job? = nil, model: any LoadedModel,
+                                prompt: [Int], params: GenerateParams, budget: Int, queued: UInt64, started: UInt64,
+                                onToken: @escaping @Sendable (GeneratedToken) async -> Void) async throws -> GenerateResult {
+        let outcome: Result<GenerateResult, Error>
+        do {
+            outcome = .success(try await run(sequence, job: job, model: model, prompt: prompt, params: params, budget: budget,
+                                             queued: queued, started: started, onToken: onToken))
+        } catch {
+            outcome = .failure(error)
+        }
+        if let sequence {
+            _ = try? await onLane { sequence.release() }
+            scheduler.sequenceReleased()
+        }
+        return try outcome.get()
+    }
+
     private func run(_ sequence: (any GenerationSequence)?, job: Scheduler.Job? = nil, model: any LoadedModel, prompt: [Int],
                      params: GenerateParams, budget: Int, queued: UInt64, started: UInt64,
                      onToken: @escaping @Sendable (GeneratedToken) async -> Void) async throws -> GenerateResult {
