@@ -107,6 +107,11 @@ public struct BlockTable: Sendable, Equatable {
     /// positions `i*blockSize ..< (i+1)*blockSize`, the same chain for every layer group). Empty when prefix
     /// caching is off; the chain stops at the first block with an unknown token id or mixed scale epochs.
     public internal(set) var blockHashes: [BlockHash] = []
+    /// Static int8 pools: the scale epoch of each logical block `0 ..< epochs.count` — the epoch it was written
+    /// under (recorded by `commit` and prefix-cache hits), or, for a sequence resumed after a preemption
+    /// (`KVCachePool.createSequence(resuming:)`), the epoch its block had before and will be written under again.
+    /// Empty for other dtypes.
+    public internal(set) var epochs: [Int32] = []
 
     init(numGroups: Int) {
         groups = Array(repeating: [], count: numGroups)

@@ -38,8 +38,11 @@ extension KVCachePool {
         let bid = Int(table.groups[gi][lb])
         let slot = layer * numBlocks + bid
         if isStatic && blockEpoch[slot] < 0 {
-            blockEpoch[slot] = Int32(currentEpoch)
-            let t = epochTables[currentEpoch]!
+            // A resumed sequence writes its earlier blocks under the epoch they had (kept alive by its table).
+            let planned = lb < table.epochs.count ? Int(table.epochs[lb]) : currentEpoch
+            let epoch = epochTables[planned] != nil ? planned : currentEpoch
+            blockEpoch[slot] = Int32(epoch)
+            let t = epochTables[epoch]!
             for h in 0..<H {
                 blockScales[slot * H + h] = t.key[layer * H + h]
                 blockVScales[slot * H + h] = t.value[layer * H + h]

@@ -202,6 +202,7 @@ extension KVCachePool {
         if start > table.tokens.count { table.tokens += repeatElement(-1, count: start - table.tokens.count) }
         table.tokens += tokens
         table.computed = end
+        recordEpochs(&table)     // before the windows release blocks: every block's scale epoch is known
         hashFullBlocks(&table)   // before the windows release blocks: every full block is cached with its hash
         let freed = releaseOutOfWindow(&table)
         rebalancePromise(&table, freed: freed)

@@ -29,8 +29,9 @@ extension KVCachePool {
     /// blocks needs, in every full-attention group, blocks `0 ..< k` cached, and in every sliding-window group
     /// (window `w`) only the blocks the window of position `k·blockSize` reads (from `(k·B − w + 1) / B`);
     /// the earlier entries of that group's table are `nullBlock`, as if its window had released them. Static
-    /// int8 pools hit only blocks written under the current scale epoch, so outputs never depend on what the
-    /// cache held before a `reload-scales`.
+    /// int8 pools hit only blocks written under the epoch the sequence would write them under (the current
+    /// one; for a sequence resumed after a preemption, `createSequence(resuming:)`, its blocks' old epochs), so
+    /// outputs never depend on what the cache held before a `reload-scales`.
     ///
     /// Blocks taken out of the free queue, and the promise an admitted sequence (`admit`) still needs from
     /// the hit on (its peak minus the blocks it holds, plus the window blocks it shares with other sequences,
@@ -48,14 +49,15 @@ extension KVCachePool {
         prefixQueries += Int64(prompt.count)
         let B = spec.blockSize
         let maxBlocks = (prompt.count - 1) / B
-        let epoch = isStatic ? currentEpoch : 0
+        // The epoch each block would be written under: the current one, or a resumed sequence's planned one.
+        func epochOf(_ j: Int) -> Int { !isStatic ? 0 : j < table.epochs.count ? Int(table.epochs[j]) : currentEpoch }
         let hasFull = groups.contains { $0.window == nil }
         // The chain of the prompt's full blocks and, per group, whether each is cached.
         var hashes: [BlockHash] = []
         var found: [[Int32?]] = Array(repeating: [], count: groups.count)
         var parent = prefixSeed
         for j in 0..<maxBlocks {
-            let h = BlockHash.chain(parent: parent, tokens: prompt[(j * B)..<((j + 1) * B)], epoch: epoch)
+            let h = BlockHash.chain(parent: parent, tokens: prompt[(j * B)..<((j + 1) * B)], epoch: epochOf(j))
             var fullMiss = false
             for gi in groups.indices {
                 // Prefer a block in use (sharing it costs no free block) over reviving a free one.
@@ -143,6 +145,7 @@ extension KVCachePool {
         table.computed = k * B
         table.tokens = Array(prompt[0..<(k * B)])
         table.blockHashes = Array(hashes[0..<k])
+        if isStatic { while table.epochs.count < k { let e = Int32(epochOf(table.epochs.count)); table.epochs.append(e) } }
         tables[seq] = table
         if let source { attachResidual(seq, from: source, k: k) }
         prefixHits += Int64(k * B)

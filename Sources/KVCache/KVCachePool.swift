@@ -21,6 +21,9 @@ import KvantCore
 /// after the block is allocated records the current epoch and its scales for that block; every later
 /// write into that block (and every read) uses the block's recorded scales, so a scale reload never
 /// changes the meaning of values already in the cache. Old epochs stay listed while a block uses them.
+/// A sequence freed by a preemption keeps its blocks' epochs (`freeKeepingScaleEpochs`), and the sequence
+/// that resumes it (`createSequence(resuming:)`) writes each of those blocks under its old epoch again, so a
+/// `reload-scales` between a preemption and the recompute does not change what the recompute stores.
 ///
 /// Thread safety: one lock guards the block tables, the block pool and the epoch tables; `write`
 /// and `attend` take it once per call to look up the block(s), and run the kernels outside it.
@@ -100,6 +103,8 @@ public final class KVCachePool: @unchecked Sendable {
     var epochTables: [Int: ScaleTables] = [:]        // epoch -> K and V scales [numLayers, numKVHeads]
     var currentEpoch = 0
     var currentScales: KVScales?
+    /// Epochs kept alive for preempted sequences (`freeKeepingScaleEpochs`): epoch -> holds referencing it.
+    var heldEpochs: [Int32: Int] = [:]
     let saturation: UnsafeMutablePointer<Int64>      // [numLayers]
     var recorder: KVAmaxRecorder?
     /// Measurement tool only (`setQuantSimulation`); nil in the daemon.

@@ -97,3 +97,29 @@ public final class ParallelSampling: @unchecked Sendable {
         for (waiter, lead) in wake { waiter.resume(returning: lead) }
     }
 }
+
+extension Engine {
+    /// Generates the `params.n` choices of one request (the control socket's `generate`): `n = 1` is
+    /// `generate(_:onToken:)`; `n > 1` runs choice `i` as the request `params.choice(i)` (seed `seed + i`) through
+    /// `generate(choice:of:onToken:)`, each from a task of its own, so the choices share one prefill of the prompt
+    /// and fork its KV blocks (`ParallelSampling`; with `n > max_num_seqs` each choice runs as a request of its own).
+    /// `onToken(i, token)` streams choice `i`'s tokens, each choice's in order.
+    /// - Returns: the `n` results in choice order. Cancelling the calling task ends every choice (`cancelled`).
+    /// - Throws: `params.validate()`'s error (`n` outside 1...`GenerateParams.maxN` among them) before anything
+    ///   runs; otherwise the first error of a choice, after the other choices were cancelled and released.
+    public func generate(choices params: GenerateParams,
+                         onToken: @escaping @Sendable (_ choice: Int, GeneratedToken) async -> Void) async throws -> [GenerateResult] {
+        try params.validate()
+        guard params.n > 1 else { return [try await generate(params) { await onToken(0, $0) }] }
+        let group = ParallelSampling(choices: (0..<params.n).map { params.choice($0) })
+        return try await withThrowingTaskGroup(of: (Int, GenerateResult).self) { tasks in
+            for i in 0..<params.n {
+                tasks.addTask { (i, try await self.generate(choice: i, of: group) { await onToken(i, $0) }) }
+            }
+            // The first failure leaves the group: the other choices are cancelled and awaited (their blocks freed).
+            var results = [GenerateResult?](repeating: nil, count: params.n)
+            for try await (i, result) in tasks { results[i] = result }
+            return results.map { $0! }
+        }
+    }
+}

@@ -166,16 +166,20 @@ public final class RequestHandler: Sendable {
             let params = try request.decodeParams(GenerateParams.self)
             let id = request.id
             let stream = params.stream && id != nil
-            let result = try await engine.generate(params) { token in
+            // n > 1: every choice's tokens are streamed, each notification naming its choice (`index`).
+            let indexed = params.n > 1
+            let results = try await engine.generate(choices: params) { choice, token in
                 guard stream, let id else { return }
                 guard let notification = try? RPCNotification(
-                    method: .generateToken, params: GenerateTokenNotification(id: id, text: token.text, token: token.token))
+                    method: .generateToken,
+                    params: GenerateTokenNotification(id: id, text: token.text, token: token.token, index: indexed ? choice : nil))
                 else { return }
                 if await !context.notify(notification) {
-                    withUnsafeCurrentTask { $0?.cancel() }   // the client is gone: stop generating
+                    // The client is gone: stop generating (this choice; the connection's close cancels the others).
+                    withUnsafeCurrentTask { $0?.cancel() }
                 }
             }
-            return try JSONValue(encoding: result)
+            return try JSONValue(encoding: GenerateResult(choices: results))
         case .perplexity:
             let params = try request.decodeParams(PerplexityParams.self)
             let path = try paths.existingFile(params.path, field: "path")

@@ -14,7 +14,9 @@ import Tokenizers
 /// cache until evicted) and keeps `history` and the sampler; `readmit` creates a new pool sequence admitted
 /// for the positions to recompute; `recompute` (preempted while decoding) or `prefill` (preempted during its
 /// prefill) computes them again, and decoding goes on from `history.last` with the sampler untouched, so the
-/// tokens are those of an undisturbed run.
+/// tokens are those of an undisturbed run. With static int8 scales the recompute writes each earlier block
+/// under the scale epoch it had (`KVCachePool.freeKeepingScaleEpochs`), also after a `reload-scales` in between,
+/// as an undisturbed sequence keeps its blocks' epochs.
 final class ExecutorSequence: GenerationSequence {
     let owner: ExecutorModel
     let pool: KVCachePool
@@ -27,6 +29,9 @@ final class ExecutorSequence: GenerationSequence {
     private var holdsBlocks = true
     /// Preempted while decoding: positions `0 ..< history.count - 1` are computed again before the next decode.
     private var needsRecompute = false
+    /// Static int8 pools, between `preempt` and `readmit`: the scale epochs the freed blocks were written under,
+    /// kept alive so that the recompute writes them under the same epochs (`KVCachePool.freeKeepingScaleEpochs`).
+    private var epochHold: KVScaleEpochHold?
     var sampler: Sampler
     var history: [Int32]
     var decoder: StreamingDecoder
@@ -229,6 +234,7 @@ final class ExecutorSequence: GenerationSequence {
         released = true
         if holdsBlocks { pool.free(sequence) }
         holdsBlocks = false
+        epochHold = nil
     }
 
     // MARK: On-demand blocks and preemption
@@ -246,7 +252,7 @@ final class ExecutorSequence: GenerationSequence {
 
     func preempt() {
         guard !released, holdsBlocks else { return }
-        pool.free(sequence)
+        epochHold = pool.freeKeepingScaleEpochs(sequence)
         holdsBlocks = false
         if prefilled {
             needsRecompute = true
@@ -257,7 +263,7 @@ final class ExecutorSequence: GenerationSequence {
 
     func readmit() -> Bool {
         guard !released, !holdsBlocks else { return true }
-        let seq = pool.createSequence()
+        let seq = pool.createSequence(resuming: epochHold)
         let computeLength = prefilled ? history.count - 1 : prompt.count
         let status = pool.admit(seq, promptLength: computeLength, maxLength: max(computeLength, maxLength), onDemand: true,
                                 watermark: ExecutorModel.admissionWatermark(pool))
@@ -267,6 +273,7 @@ final class ExecutorSequence: GenerationSequence {
         }
         sequence = seq
         holdsBlocks = true
+        epochHold = nil   // the new sequence's table keeps the epochs now
         return true
     }
 

@@ -22,8 +22,8 @@ struct SamplingFields {
     var skipSpecialTokens = true
     var n = 1
 
-    /// Most choices (`n`) of one request.
-    static let maxN = 16
+    /// Most choices (`n`) of one request (the control socket's `generate` has the same limit).
+    static let maxN = GenerateParams.maxN
 
     /// - Parameter maxTokensKeys: the field names of the token budget, first wins (`max_completion_tokens`, `max_tokens`).
     static func parse(_ f: RequestFields, maxTokensKeys: [String]) throws -> SamplingFields {
@@ -63,10 +63,11 @@ struct SamplingFields {
         return s
     }
 
-    /// The engine request of choice `choice` (its seed is `seed + choice`, so choices differ and each is reproducible).
+    /// The engine request of choice `choice` (`GenerateParams.choice`: its seed is `seed + choice`, so choices differ
+    /// and each is reproducible).
     func params(prompt: [Int], maxTokens: Int, choice: Int, logprobs: Int?, promptLogprobs: Int?) -> GenerateParams {
         var p = GenerateParams(prompt: "", maxTokens: maxTokens, temperature: temperature, topP: topP, topK: topK, minP: minP,
-                               repetitionPenalty: repetitionPenalty, seed: seed.map { $0 &+ UInt64(choice) }, stop: stop)
+                               repetitionPenalty: repetitionPenalty, seed: seed, stop: stop)
         p.presencePenalty = presencePenalty
         p.frequencyPenalty = frequencyPenalty
         p.ignoreEOS = ignoreEOS
@@ -74,7 +75,7 @@ struct SamplingFields {
         p.promptTokenIDs = prompt
         p.logprobs = logprobs
         p.promptLogprobs = promptLogprobs
-        return p
+        return p.choice(choice)
     }
 }
 

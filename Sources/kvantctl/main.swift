@@ -331,6 +331,9 @@ struct Generate: ParsableCommand {
     var frequencyPenalty = 0.0
     @Option(parsing: .unconditional, help: "RNG seed, an integer >= 0.") var seed: Int64?
     @Option(help: "Stop string (repeatable).") var stop: [String] = []
+    @Option(name: .customLong("n"), parsing: .unconditional,
+            help: "Completions of the prompt (parallel sampling, 1...16; choice i uses seed + i). With more than one, each is printed once all are done, under a '--- choice i ---' line.")
+    var n = 1
     @Flag(name: .customLong("no-stream"), help: "Wait for the whole text.") var noStream = false
     @Flag(name: .customLong("skip-special-tokens"), inversion: .prefixedNo,
           help: "Leave special tokens (<end_of_turn>, <start_of_image>, …) out of the text (vLLM's skip_special_tokens).")
@@ -341,7 +344,8 @@ struct Generate: ParsableCommand {
             if let seed, seed < 0 { throw KvantError(.invalidArgument, "generate: 'seed' (--seed) must be an integer >= 0, got \(seed)") }
             var params = GenerateParams(prompt: prompt, maxTokens: maxTokens, temperature: temperature, topP: topP,
                                         topK: topK, minP: minP, repetitionPenalty: repetitionPenalty, seed: seed.map { UInt64($0) },
-                                        stop: stop, stream: !noStream && !connection.json)
+                                        stop: stop, stream: !noStream && !connection.json && n == 1)
+            params.n = n
             params.presencePenalty = presencePenalty
             params.frequencyPenalty = frequencyPenalty
             params.skipSpecialTokens = skipSpecialTokens
@@ -355,9 +359,24 @@ struct Generate: ParsableCommand {
                     FileHandle.standardOutput.write(Data(token.text.utf8))
                 }
             }
+            let cancelled = result.finishReason == .cancelled || (result.choices ?? []).contains { $0.finishReason == .cancelled }
             if connection.json {
                 try printJSON(result)
-                if result.finishReason == .cancelled { throw ExitCode(ClientExitCode.code(for: .cancelled)) }
+                if cancelled { throw ExitCode(ClientExitCode.code(for: .cancelled)) }
+                return
+            }
+            if let choices = result.choices {
+                // n > 1: each choice's text under its own line, then one summary line per choice on stderr.
+                for choice in choices {
+                    FileHandle.standardOutput.write(Data("--- choice \(choice.index) ---\n\(choice.text)\n".utf8))
+                }
+                var summary = "[\(result.promptTokens) prompt tokens, \(choices.count) choices]\n"
+                for choice in choices {
+                    summary += String(format: "[choice %d: %d generated tokens, finish %@, decode %.1f tok/s]\n", choice.index,
+                                      choice.completionTokens, choice.finishReason.rawValue, choice.timings.decodeTokensPerSecond)
+                }
+                FileHandle.standardError.write(Data(summary.utf8))
+                if cancelled { throw ExitCode(ClientExitCode.code(for: .cancelled)) }
                 return
             }
             // Through the same FileHandle as the streamed pieces (unbuffered), so the newline is out

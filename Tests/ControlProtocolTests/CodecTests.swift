@@ -81,6 +81,70 @@ struct CodecTests {
         #expect(throws: Never.self) { try GenerateParams(prompt: "", topK: -1).validate() }
     }
 
+    @Test("n (parallel sampling): wire field only when > 1, the reply's choices, each choice's seed, range check")
+    func parallelSamplingFields() throws {
+        // n = 1 stays off the wire (older daemons see the messages they know); n > 1 round-trips.
+        var one = GenerateParams(prompt: "p", seed: 9)
+        #expect(try JSONValue(encoding: one)["n"] == nil)
+        one.n = 3
+        #expect(try JSONValue(encoding: one)["n"] == .int(3))
+        #expect(try roundTrip(one) == one)
+        let request = try WireCodec.decodeRequest(line: Array(#"{"jsonrpc":"2.0","id":1,"method":"generate","params":{"prompt":"x","n":4}}"#.utf8)).get()
+        #expect(try request.decodeParams(GenerateParams.self).n == 4)
+        let fractional = try WireCodec.decodeRequest(line: Array(#"{"jsonrpc":"2.0","id":1,"method":"generate","params":{"prompt":"x","n":2.5}}"#.utf8)).get()
+        #expect { _ = try fractional.decodeParams(GenerateParams.self) } throws: { error in
+            (error as? KvantError)?.message.contains("field 'n'") == true
+        }
+        // Choice i: n 1, seed + i (wrapping), no seed stays none; every other field kept.
+        let c2 = one.choice(2)
+        #expect(c2.n == 1 && c2.seed == 11 && c2.prompt == "p")
+        #expect(GenerateParams(prompt: "p", seed: .max).choice(1).seed == 0)
+        #expect(GenerateParams(prompt: "p").choice(5).seed == nil)
+        // Range: 1...16, as the HTTP API's `n`.
+        for bad in [0, -1, 17] {
+            var p = GenerateParams(prompt: "p")
+            p.n = bad
+            #expect { try p.validate() } throws: { error in
+                (error as? KvantError)?.message == "generate: 'n' must be in 1...16, got \(bad)"
+            }
+        }
+        var sixteen = GenerateParams(prompt: "p")
+        sixteen.n = 16
+        #expect(throws: Never.self) { try sixteen.validate() }
+
+        // The reply: n = 1 has no `choices` (the shape of before); n > 1 lists every choice, choice 0 at the top.
+        func result(_ text: String, _ tokens: [Int], _ finish: FinishReason, stop: String? = nil) -> GenerateResult {
+            GenerateResult(text: text, tokens: tokens, promptTokens: 4, completionTokens: tokens.count, finishReason: finish,
+                           stopReason: stop, timings: GenerateTimings(queueMs: 0, prefillMs: 1, decodeMs: 2,
+                                                                     prefillTokensPerSecond: 3, decodeTokensPerSecond: 4))
+        }
+        let single = GenerateResult(choices: [result("a", [1], .length)])
+        #expect(single.choices == nil)
+        guard case .object(let singleObject) = try JSONValue(encoding: single) else { Issue.record("not an object"); return }
+        #expect(singleObject["choices"] == nil)
+        let many = GenerateResult(choices: [result("a", [1], .length), result("b c", [2, 3], .stop, stop: "eos")])
+        #expect(try roundTrip(many) == many)
+        #expect(many.text == "a" && many.tokens == [1])
+        guard case .array(let wire)? = try JSONValue(encoding: many)["choices"], wire.count == 2 else {
+            Issue.record("no choices array of 2"); return
+        }
+        #expect(wire[1]["index"] == .int(1))
+        #expect(wire[1]["text"] == .string("b c"))
+        #expect(wire[1]["completion_tokens"] == .int(2))
+        #expect(wire[1]["stop_reason"] == .string("eos"))
+        #expect(wire[0]["finish_reason"] == .string("length"))
+        #expect(wire[0]["prompt_tokens"] == nil)
+        // A reply of an older daemon (no choices) still decodes.
+        let old = Data(#"{"completion_tokens":1,"finish_reason":"length","prompt_tokens":4,"text":"a","timings":{"decode_ms":2,"decode_tokens_per_second":4,"prefill_ms":1,"prefill_tokens_per_second":3,"queue_ms":0},"tokens":[1]}"#.utf8)
+        #expect(try WireCodec.decoder.decode(GenerateResult.self, from: old) == single)
+
+        // generate.token names its choice only for n > 1.
+        let indexed = GenerateTokenNotification(id: .number(7), text: "a", token: 97, index: 2)
+        #expect(try roundTrip(indexed) == indexed)
+        #expect(try JSONValue(encoding: indexed)["index"] == .int(2))
+        #expect(try JSONValue(encoding: GenerateTokenNotification(id: .number(7), text: "a", token: 97))["index"] == nil)
+    }
+
     @Test("request decoding errors")
     func requestErrors() throws {
         func failure(_ line: String) -> RPCResponseError? {

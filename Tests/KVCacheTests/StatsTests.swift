@@ -87,6 +87,47 @@ struct StatsTests {
         #expect(s.liveEpochs == [1])  // epoch 0 was never used by a block
     }
 
+    @Test("preemption across a reload: the resumed sequence rewrites its earlier blocks under their old epoch, later ones under the new")
+    func preemptionKeepsEpochs() throws {
+        let spec = KVCacheSpec(numLayers: 2, numKVHeads: 1, headDim: 16, dtype: .int8PerTensor, blockSize: 4)
+        let a: Float = 0.01, b: Float = 0.002
+        let pool = try KVCachePool(spec: spec, byteBudget: 1 << 16, scales: try KVScales(perTensor: [a, a]))
+        var rng = SplitMix64(seed: 12)
+        let keys = (0..<12).map { _ in rng.floats(16, scale: 0.35) }, values = (0..<12).map { _ in rng.floats(16, scale: 0.35) }
+        func expected(_ x: [Float], _ s: Float) -> [Float] { x.map { min(max(($0 / s).rounded(.toNearestOrEven), -127), 127) * s } }
+        // Positions 0..<6 under epoch 1 (block 1 half full), then preempted: its blocks freed, their epochs held.
+        let seq = pool.createSequence()
+        for l in 0..<2 { writeAll(pool, seq, layer: l, keys: Array(keys[0..<6]), values: Array(values[0..<6])) }
+        var hold = pool.freeKeepingScaleEpochs(seq)
+        #expect(hold?.epochs == [1, 1])
+        #expect(pool.blockTable(of: seq) == nil && pool.freeBlocks == pool.numBlocks)
+        #expect(try pool.installScales(try KVScales(perTensor: [b, b])) == 2)
+        #expect(pool.stats().liveEpochs == [1, 2])   // no block uses epoch 1 any more: the hold keeps it
+        // The recompute (positions 0..<6 again) and the decode on (6..<12) in the resumed sequence.
+        let resumed = pool.createSequence(resuming: hold)
+        for l in 0..<2 { writeAll(pool, resumed, layer: l, keys: keys, values: values) }
+        for p in 0..<12 {
+            let s = p < 8 ? a : b   // blocks 0 and 1 (positions 0..<8) keep epoch 1; block 2 is new: epoch 2
+            #expect(pool.epoch(layer: 1, sequence: resumed, position: p) == (p < 8 ? 1 : 2), "position \(p)")
+            #expect(readBack(pool, resumed, layer: 0, position: p).k == expected(keys[p], s), "K position \(p)")
+        }
+        // A fresh sequence (no hold) writes under the current epoch.
+        let fresh = pool.createSequence(resuming: nil)
+        writeAll(pool, fresh, layer: 0, keys: [keys[0]], values: [values[0]])
+        #expect(pool.epoch(layer: 0, sequence: fresh, position: 0) == 2)
+        pool.free(fresh)
+        // Epoch 1 lives while the resumed sequence's table or a hold names it.
+        hold = nil
+        #expect(pool.stats().liveEpochs == [1, 2])
+        pool.free(resumed)
+        #expect(pool.stats().liveEpochs == [2])
+        // Without static scales there is nothing to hold.
+        let fp16 = try KVCachePool(spec: KVCacheSpec(numLayers: 2, numKVHeads: 1, headDim: 16, dtype: .fp16, blockSize: 4), byteBudget: 1 << 16)
+        let f = fp16.createSequence()
+        writeAll(fp16, f, layer: 0, keys: [keys[0]], values: [values[0]])
+        #expect(fp16.freeKeepingScaleEpochs(f) == nil && fp16.freeBlocks == fp16.numBlocks)
+    }
+
     @Test("hot reload: first half read back with scales A, second half with B; a broken file leaves B in force")
     func hotReload() throws {
         let spec = KVCacheSpec(numLayers: 2, numKVHeads: 1, headDim: 16, dtype: .int8PerTensor, blockSize: 4)

@@ -188,6 +188,34 @@ struct KvantctlTests {
         try await daemon.stop()
     }
 
+    @Test("generate --n: each choice under its own line, one summary per choice; --json has choices; bad n named")
+    func generateN() async throws {
+        let daemon = try TestDaemon(tag: "ctln")
+        try await daemon.start()
+        _ = try await daemon.loadModel()
+        let ctl = Kvantctl(socket: daemon.socketPath)
+        let text = try await ctl.run(["generate", "echo", "--n", "3", "--max-tokens", "10", "--seed", "4"])
+        #expect(text.status == 0, "\(text.stderr)")
+        // The fake backend echoes the prompt, every choice alike.
+        #expect(text.stdout == "--- choice 0 ---\necho\n--- choice 1 ---\necho\n--- choice 2 ---\necho\n")
+        #expect(text.stderr.contains("3 choices]"), "\(text.stderr)")
+        for i in 0..<3 { #expect(text.stderr.contains("[choice \(i): 4 generated tokens, finish stop"), "\(text.stderr)") }
+        let json = try await ctl.run(["generate", "echo", "--n", "2", "--max-tokens", "10", "--json"])
+        #expect(json.status == 0)
+        let result = try WireCodec.decoder.decode(GenerateResult.self, from: Data(json.stdout.utf8))
+        #expect(result.choices?.map(\.index) == [0, 1] && result.choices?.map(\.text) == ["echo", "echo"])
+        #expect(result.text == "echo")
+        // n = 1 (the default): the output of before.
+        let one = try await ctl.run(["generate", "echo", "--max-tokens", "10"])
+        #expect(one.stdout == "echo\n" && !one.stderr.contains("choice"))
+        for (value, shown) in [("0", "0"), ("17", "17"), ("-1", "-1")] {
+            let r = try await ctl.run(["generate", "x", "--n", value])
+            #expect(r.status == ClientExitCode.code(for: .invalidArgument), "--n \(value): \(r.stderr)")
+            #expect(r.stderr.contains("kvantctl: invalid_argument: generate: 'n' must be in 1...16, got \(shown)"), "\(r.stderr)")
+        }
+        try await daemon.stop()
+    }
+
     @Test("drain --resume says what happened: a drain ended, or there was none")
     func drainResumeOutput() async throws {
         let daemon = try TestDaemon(tag: "ctldrain")

@@ -39,9 +39,14 @@ public struct GenerateParams: Codable, Equatable, Sendable {
     /// Report the log-probability of each prompt token (from the second on) and this many
     /// alternatives (0…20) in `GenerateResult.promptLogprobs`; nil = none. Not on the wire.
     public var promptLogprobs: Int?
+    /// OpenAI/vLLM `n`: completions generated for the prompt (parallel sampling, 1…`maxN`). Choice `i` is the
+    /// request `choice(i)` (seed `seed + i`); the engine prefills the prompt once and forks its KV blocks.
+    public var n: Int = 1
 
     public static let maxStopStrings = 16
     public static let maxStopStringBytes = 256
+    /// Most choices (`n`) of one request, on the control socket and the HTTP API alike.
+    public static let maxN = 16
 
     public init(prompt: String, maxTokens: Int = 128, temperature: Double = 1.0, topP: Double = 1.0, topK: Int = 0,
                 minP: Double = 0.0, repetitionPenalty: Double = 1.0, seed: UInt64? = nil, stop: [String] = [],
@@ -62,7 +67,7 @@ public struct GenerateParams: Codable, Equatable, Sendable {
         case prompt, maxTokens = "max_tokens", temperature, topP = "top_p", topK = "top_k", minP = "min_p"
         case repetitionPenalty = "repetition_penalty", seed, stop, stream
         case presencePenalty = "presence_penalty", frequencyPenalty = "frequency_penalty", ignoreEOS = "ignore_eos"
-        case skipSpecialTokens = "skip_special_tokens"
+        case skipSpecialTokens = "skip_special_tokens", n
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -82,6 +87,7 @@ public struct GenerateParams: Codable, Equatable, Sendable {
         if frequencyPenalty != 0 { try c.encode(frequencyPenalty, forKey: .frequencyPenalty) }
         if ignoreEOS { try c.encode(ignoreEOS, forKey: .ignoreEOS) }
         if !skipSpecialTokens { try c.encode(skipSpecialTokens, forKey: .skipSpecialTokens) }
+        if n != 1 { try c.encode(n, forKey: .n) }
     }
 
     public init(from decoder: Decoder) throws {
@@ -107,12 +113,24 @@ public struct GenerateParams: Codable, Equatable, Sendable {
         frequencyPenalty = try c.decodeIfPresent(Double.self, forKey: .frequencyPenalty) ?? 0
         ignoreEOS = try c.decodeIfPresent(Bool.self, forKey: .ignoreEOS) ?? false
         skipSpecialTokens = try c.decodeIfPresent(Bool.self, forKey: .skipSpecialTokens) ?? true
+        n = try c.decodeIntegerIfPresent(forKey: .n) ?? 1
+    }
+
+    /// The request of choice `index` of a parallel-sampling request: these params with `n` 1 and seed
+    /// `seed + index` (wrapping; no seed stays none), as the HTTP API and vLLM derive each choice's seed,
+    /// so every choice differs and each is reproducible alone.
+    public func choice(_ index: Int) -> GenerateParams {
+        var p = self
+        p.n = 1
+        p.seed = seed.map { $0 &+ UInt64(index) }
+        return p
     }
 
     /// Range checks. - Throws: `KvantError(.invalidArgument)` naming the field and the allowed range.
     public func validate() throws {
         func bad(_ message: String) -> KvantError { KvantError(.invalidArgument, "generate: \(message)") }
         if maxTokens < 1 { throw bad("'max_tokens' must be at least 1, got \(maxTokens)") }
+        if !(1...Self.maxN).contains(n) { throw bad("'n' must be in 1...\(Self.maxN), got \(n)") }
         if !(temperature >= 0 && temperature.isFinite) { throw bad("'temperature' must be a finite number >= 0, got \(temperature)") }
         if !(topP > 0 && topP <= 1) { throw bad("'top_p' must be in (0, 1], got \(topP)") }
         if topK < -1 { throw bad("'top_k' must be -1 or 0 (off) or a positive count, got \(topK)") }
@@ -146,11 +164,14 @@ public struct GenerateTokenNotification: Codable, Equatable, Sendable {
     public var text: String
     /// Token id.
     public var token: Int
+    /// The choice this token belongs to (0..<n) when the request asked for `n > 1`; absent otherwise.
+    public var index: Int?
 
-    public init(id: RPCID, text: String, token: Int) {
+    public init(id: RPCID, text: String, token: Int, index: Int? = nil) {
         self.id = id
         self.text = text
         self.token = token
+        self.index = index
     }
 }
 
@@ -201,6 +222,9 @@ public struct GenerateResult: Codable, Equatable, Sendable {
     /// Log-probabilities of the prompt's tokens when `GenerateParams.promptLogprobs` asked for them:
     /// one entry per prompt token, the first nil (nothing precedes it). Not on the wire.
     public var promptLogprobs: [TokenLogprobs?]? = nil
+    /// Every choice in order (`index` 0..<n) when the request asked for `n > 1`; absent (nil) for `n = 1`.
+    /// The other fields then describe choice 0, so a reader of the `n = 1` reply sees the first choice.
+    public var choices: [GenerateChoice]? = nil
 
     public init(text: String, tokens: [Int], promptTokens: Int, completionTokens: Int, finishReason: FinishReason,
                 stopReason: String?, timings: GenerateTimings) {
@@ -215,6 +239,42 @@ public struct GenerateResult: Codable, Equatable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case text, tokens, promptTokens = "prompt_tokens", completionTokens = "completion_tokens"
-        case finishReason = "finish_reason", stopReason = "stop_reason", timings
+        case finishReason = "finish_reason", stopReason = "stop_reason", timings, choices
+    }
+
+    /// The reply of a request with `n > 1`: choice 0's fields, and `choices` listing all of them (`results` in
+    /// choice order, each the result of that choice's request). Nil `choices` for a single result (`n = 1`).
+    public init(choices results: [GenerateResult]) {
+        precondition(!results.isEmpty, "GenerateResult(choices:) needs at least one result")
+        self = results[0]
+        choices = results.count > 1 ? results.enumerated().map { GenerateChoice(index: $0.offset, $0.element) } : nil
+    }
+}
+
+/// One choice of a `generate` with `n > 1` (`GenerateResult.choices`): the fields of a single reply but
+/// `prompt_tokens` (shared), plus its `index`.
+public struct GenerateChoice: Codable, Equatable, Sendable {
+    /// 0..<n; choice `i` was sampled with seed `seed + i`.
+    public var index: Int
+    public var text: String
+    public var tokens: [Int]
+    public var completionTokens: Int
+    public var finishReason: FinishReason
+    public var stopReason: String?
+    public var timings: GenerateTimings
+
+    public init(index: Int, _ result: GenerateResult) {
+        self.index = index
+        text = result.text
+        tokens = result.tokens
+        completionTokens = result.completionTokens
+        finishReason = result.finishReason
+        stopReason = result.stopReason
+        timings = result.timings
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case index, text, tokens, completionTokens = "completion_tokens", finishReason = "finish_reason"
+        case stopReason = "stop_reason", timings
     }
 }
