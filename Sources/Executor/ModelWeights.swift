@@ -67,13 +67,31 @@ public struct ModelWeights: @unchecked Sendable {
             return m.dequantizedRow(0)
         }
         let H = c.hiddenSize, qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
-        tokenEmbedding = try matrix(TensorName.tokenEmbedding, rows: c.vocabSize, cols: H)
-        outputNorm = try vector(TensorName.outputNorm, count: H)
+        /// The output head, repacked at load into the `.q8_0x16` layout when it is Q8_0 in whole groups of 16 rows and
+        /// the CPU has the kernels (`WeightMatrix.q8_0x16Available`): the head is half of a decode step's memory stream
+        /// and, batched, most of its arithmetic (BENCHMARKS.md, "Output head repacked"). The file's pages become this
+        /// process's private copy (same size); a file already repacked by an earlier model keeps its layout.
+        func head(_ name: String) throws -> WeightMatrix {
+            let m = try matrix(name, rows: c.vocabSize, cols: H)
+            let t = try info(name)
+            if !file.isRewritten(name) {
+                guard WeightMatrix.q8_0x16Available, WeightMatrix.canRepackQ8_0x16(type: m.type, rows: m.rows, cols: m.cols) else { return m }
+            }
+            do {
+                let bytes = try file.rewriteInPlace(t) { try WeightMatrix.repackQ8_0x16(name: name, rows: m.rows, cols: m.cols, bytes: $0) }
+                return try WeightMatrix(name: name, type: m.type, rows: m.rows, cols: m.cols, bytes: bytes, layout: .q8_0x16)
+            } catch let e as KvantError {
+                throw KvantError(e.reason, "\(file.path): \(e.message)")
+            }
+        }
         if file.tensor(named: TensorName.output) != nil {
-            output = try matrix(TensorName.output, rows: c.vocabSize, cols: H)
+            tokenEmbedding = try matrix(TensorName.tokenEmbedding, rows: c.vocabSize, cols: H)
+            output = try head(TensorName.output)
         } else {
+            tokenEmbedding = try head(TensorName.tokenEmbedding)   // tied: the embedding lookup reads the repacked rows
             output = tokenEmbedding
         }
+        outputNorm = try vector(TensorName.outputNorm, count: H)
         let gemma = c.architecture == .gemma3
         let qkNorm = gemma || c.architecture == .qwen3
         // llama.cpp's create_tensor_qkv: Q/K/V biases are optional (TENSOR_NOT_REQUIRED) for llama and qwen2; the

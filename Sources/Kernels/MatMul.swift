@@ -30,7 +30,9 @@ public final class MatMul: @unchecked Sendable {
                          outStride: Int? = nil) {
         let stride = outStride ?? w.rows
         let rounding: Int32 = llamaCppBatchRounding ? 1 : 0
-        if w.hasInt8Path {
+        if w.layout == .q8_0x16 {
+            multiplyRepacked(w, x, m: m, out: out, outStride: stride)
+        } else if w.hasInt8Path {
             act.quantize(x, count: m, cols: w.cols, format: QuantizedActivations.format(for: w.type))
             act.blocks.withUnsafeBufferPointer { ab in
                 let a = ab.baseAddress!
@@ -51,7 +53,8 @@ public final class MatMul: @unchecked Sendable {
         precondition(ws.count == outs.count)
         guard let first = ws.first else { return }
         let format = QuantizedActivations.format(for: first.type)
-        guard ws.allSatisfy({ $0.cols == first.cols && $0.hasInt8Path && QuantizedActivations.format(for: $0.type) == format }) else {
+        guard ws.allSatisfy({ $0.cols == first.cols && $0.hasInt8Path && $0.layout == .ggml
+                                  && QuantizedActivations.format(for: $0.type) == format }) else {
             for (w, o) in zip(ws, outs) { multiply(w, x, m: m, out: o) }
             return
         }
@@ -75,16 +78,47 @@ public final class MatMul: @unchecked Sendable {
         }
     }
 
+    /// A `.q8_0x16` matrix (the repacked Q8_0 output head): activations quantized as for Q8_0, rows split over the
+    /// workers in whole groups of 16. Default rounding: one exact int32 sum and one FMA per block of 32 (batch-invariant);
+    /// `llamaCppBatchRounding`: ggml's 8 lanes per block, bit-identical to the unpacked Q8_0 kernels
+    /// (`kvant_matmul_q8_0x16`).
+    private func multiplyRepacked(_ w: WeightMatrix, _ x: UnsafePointer<Float>, m: Int, out: UnsafeMutablePointer<Float>,
+                                  outStride: Int) {
+        let lanes: Int32 = llamaCppBatchRounding ? 1 : 0
+        act.quantize(x, count: m, cols: w.cols, format: QuantizedActivations.format(for: .q8_0))
+        act.blocks.withUnsafeBufferPointer { ab in
+            let a = ab.baseAddress!
+            parallelRows(w.rows / 16, work: Double(m) * Double(w.rows) * Double(w.cols)) { g0, g1, _ in
+                let rc = kvant_matmul_q8_0x16(w.base, Int64(w.cols), Int64(16 * g0), Int64(16 * g1), a, Int64(m), out,
+                                              Int64(outStride), lanes)
+                precondition(rc == 0, "kvant_matmul_q8_0x16 refused a \(w.rows) × \(w.cols) product")
+            }
+        }
+    }
+
     /// The fp32-activation reference path for every type (block rows dequantized to fp32, then FMA dots).
     public func multiplyReference(_ w: WeightMatrix, _ x: UnsafePointer<Float>, m: Int, out: UnsafeMutablePointer<Float>,
                                   outStride: Int? = nil) {
         let stride = outStride ?? w.rows
         if scratchCols < w.cols {
             scratch?.deallocate()
-            scratch = .allocate(capacity: w.cols * threads)
-            scratchCols = w.cols
+            scratch = .allocate(capacity: 2 * w.cols * threads)
+            scratchCols = 2 * w.cols
         }
         let s = scratch!, sc = scratchCols
+        if w.layout != .ggml {
+            // A repacked matrix: each row dequantized (the same floats as the unpacked row), then fp32 dots.
+            parallelRows(w.rows, work: Double(m) * Double(w.rows) * Double(w.cols)) { r0, r1, t in
+                let row = s + t * sc
+                for r in r0..<r1 {
+                    w.dequantizeRow(r, into: row)
+                    // the dequantized row as a one-row F32 matrix: the reference path's own dot products
+                    _ = kvant_matmul_f32(Int32(GGMLType.f32.rawValue), row, w.cols * 4, Int64(w.cols), 0, 1, x, Int64(m),
+                                         out + r, Int64(stride), row + w.cols)
+                }
+            }
+            return
+        }
         parallelRows(w.rows, work: Double(m) * Double(w.rows) * Double(w.cols)) { r0, r1, t in
             _ = kvant_matmul_f32(Int32(w.type.rawValue), w.base, w.rowBytes, Int64(w.cols), Int64(r0), Int64(r1),
                                  x, Int64(m), out, Int64(stride), s + t * sc)

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import CKernels
 import Dispatch
 import KvantCore
@@ -14,6 +17,17 @@ public struct WeightMatrix: @unchecked Sendable {
     /// Bytes of one row (`cols / blockSize * bytesPerBlock`).
     public let rowBytes: Int
     public let base: UnsafeRawPointer
+    /// How the rows are laid out in memory.
+    public let layout: Layout
+
+    /// The byte layout of a weight matrix.
+    public enum Layout: Sendable, Equatable {
+        /// ggml's: row after row, each `rowBytes` of consecutive blocks (the GGUF file's layout).
+        case ggml
+        /// Q8_0 rows repacked 16 at a time for AVX-512 VNNI (`kvant_repack_q8_0x16`, Sources/CKernels/q8_0x16.c): the
+        /// same bytes in total, 16 rows' blocks interleaved so one instruction multiplies 16 rows. Rows % 16 == 0.
+        case q8_0x16
+    }
 
     /// The weight types the kernels handle.
     public static let supportedTypes: Set<GGMLType> = [.f32, .f16, .bf16, .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q4_K, .q5_K, .q6_K]
@@ -21,7 +35,8 @@ public struct WeightMatrix: @unchecked Sendable {
     /// Wraps `bytes` as a `[rows, cols]` matrix of `type`.
     /// - Throws: `KvantError(.invalidArgument)` naming `name` when the type is unsupported, `cols` is not a whole
     ///   number of blocks, or `bytes` is not exactly `rows × rowBytes` long.
-    public init(name: String, type: GGMLType, rows: Int, cols: Int, bytes: UnsafeRawBufferPointer) throws {
+    ///   With `layout: .q8_0x16` the bytes must already be repacked (`repackQ8_0x16`); it needs Q8_0 and rows % 16 == 0.
+    public init(name: String, type: GGMLType, rows: Int, cols: Int, bytes: UnsafeRawBufferPointer, layout: Layout = .ggml) throws {
         guard WeightMatrix.supportedTypes.contains(type) else {
             throw KvantError(.invalidArgument, "tensor '\(name)': weight type \(type) is not supported (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)")
         }
@@ -32,6 +47,10 @@ public struct WeightMatrix: @unchecked Sendable {
         guard !overflow, total == bytes.count, let p = bytes.baseAddress else {
             throw KvantError(.invalidArgument, "tensor '\(name)': \(bytes.count) bytes of data, expected \(rows) rows × \(rb) bytes")
         }
+        if layout == .q8_0x16, type != .q8_0 || rows % 16 != 0 {
+            throw KvantError(.invalidArgument, "tensor '\(name)': the q8_0x16 layout needs Q8_0 rows in groups of 16 (\(type), \(rows) rows)")
+        }
+        self.layout = layout
         self.type = type
         self.rows = rows
         self.cols = cols
@@ -45,13 +64,44 @@ public struct WeightMatrix: @unchecked Sendable {
             && (QuantizedActivations.format(for: type) != KVANT_ACT_Q8_K || cols % 256 == 0)
     }
 
-    /// Pointer to row `r` (0 ≤ r < rows).
-    @inline(__always) public func row(_ r: Int) -> UnsafeRawPointer { base + r * rowBytes }
+    /// Pointer to row `r` (0 ≤ r < rows) of a `.ggml` layout (a repacked matrix has no contiguous rows).
+    @inline(__always) public func row(_ r: Int) -> UnsafeRawPointer {
+        precondition(layout == .ggml, "row pointer of a repacked matrix")
+        return base + r * rowBytes
+    }
 
-    /// Dequantizes row `r` into `out[0..<cols]` (reference path, ggml's `dequantize_row_*`).
+    /// Dequantizes row `r` into `out[0..<cols]` (reference path, ggml's `dequantize_row_*`; the same floats from a
+    /// repacked matrix).
     public func dequantizeRow(_ r: Int, into out: UnsafeMutablePointer<Float>) {
         precondition(r >= 0 && r < rows, "row out of range")
-        _ = kvant_dequantize_row(Int32(type.rawValue), row(r), out, Int64(cols))
+        switch layout {
+        case .ggml: _ = kvant_dequantize_row(Int32(type.rawValue), row(r), out, Int64(cols))
+        case .q8_0x16: _ = kvant_dequantize_row_q8_0x16(base, Int64(cols), Int64(r), out)
+        }
+    }
+
+    /// True when this CPU has the kernels of the `.q8_0x16` layout (AVX-512 VNNI) and `KVANT_NO_REPACK` is not `1`:
+    /// the model loader repacks a Q8_0 output head only then.
+    public static var q8_0x16Available: Bool {
+        kvant_q8_0x16_available() != 0 && getenv("KVANT_NO_REPACK").map { String(cString: $0) } != "1"
+    }
+
+    /// True when `repackQ8_0x16` accepts a `[rows, cols]` matrix of `type`.
+    public static func canRepackQ8_0x16(type: GGMLType, rows: Int, cols: Int) -> Bool {
+        type == .q8_0 && rows % 16 == 0 && rows > 0 && cols % 32 == 0 && cols > 0
+    }
+
+    /// Repacks ggml-layout Q8_0 rows in place into the `.q8_0x16` layout (same size).
+    /// - Throws: `KvantError(.invalidArgument)` naming `name` when `canRepackQ8_0x16` is false or the size is not
+    ///   `rows × cols/32 × 34` bytes; `.resourceExhausted` when the 16-row scratch cannot be allocated.
+    public static func repackQ8_0x16(name: String, rows: Int, cols: Int, bytes: UnsafeMutableRawBufferPointer) throws {
+        guard canRepackQ8_0x16(type: .q8_0, rows: rows, cols: cols), bytes.count == rows * cols / 32 * 34,
+              let p = bytes.baseAddress else {
+            throw KvantError(.invalidArgument, "tensor '\(name)': cannot repack \(rows) × \(cols) Q8_0 (\(bytes.count) bytes) into groups of 16 rows")
+        }
+        guard kvant_repack_q8_0x16(p, cols / 32 * 34, Int64(rows), Int64(cols), p) == 0 else {
+            throw KvantError(.resourceExhausted, "tensor '\(name)': no memory for the 16-row scratch of the repack")
+        }
     }
 
     /// Dequantizes row `r` into a new array.
