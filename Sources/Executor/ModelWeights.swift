@@ -40,13 +40,23 @@ public struct ModelWeights: @unchecked Sendable {
             }
             return t
         }
-        func matrix(_ name: String, rows: Int, cols: Int) throws -> WeightMatrix {
+        /// A weight matrix; Q8_0 and Q5_0 matrices in whole groups of 16 rows are repacked at load into the `.x16`
+        /// layout when the CPU has its kernels (`WeightMatrix.x16Available`; `repack: false` for the embedding table of
+        /// an untied model, which is only looked up): the same bytes, interleaved so one instruction multiplies 16 rows
+        /// (BENCHMARKS.md, "Weights repacked 16 rows at a time"). The file's pages become this process's private copy
+        /// (same size); a tensor already repacked through this file object by an earlier model keeps its layout.
+        func matrix(_ name: String, rows: Int, cols: Int, repack: Bool = true) throws -> WeightMatrix {
             let t = try info(name)
             guard t.dims == [cols, rows] else {
                 throw KvantError(.invalidArgument, "\(file.path): tensor '\(name)' has dims \(t.dims), expected [\(cols), \(rows)]")
             }
             do {
-                return try WeightMatrix(name: name, type: t.type, rows: rows, cols: cols, bytes: file.data(of: t))
+                let m = try WeightMatrix(name: name, type: t.type, rows: rows, cols: cols, bytes: file.data(of: t))
+                if !file.isRewritten(name) {
+                    guard repack, WeightMatrix.x16Available, WeightMatrix.canRepackX16(type: m.type, rows: rows, cols: cols) else { return m }
+                }
+                let bytes = try file.rewriteInPlace(t) { try WeightMatrix.repackX16(name: name, type: m.type, rows: rows, cols: cols, bytes: $0) }
+                return try WeightMatrix(name: name, type: m.type, rows: rows, cols: cols, bytes: bytes, layout: .x16)
             } catch let e as KvantError {
                 throw KvantError(e.reason, "\(file.path): \(e.message)")
             }
@@ -67,28 +77,11 @@ public struct ModelWeights: @unchecked Sendable {
             return m.dequantizedRow(0)
         }
         let H = c.hiddenSize, qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
-        /// The output head, repacked at load into the `.q8_0x16` layout when it is Q8_0 in whole groups of 16 rows and
-        /// the CPU has the kernels (`WeightMatrix.q8_0x16Available`): the head is half of a decode step's memory stream
-        /// and, batched, most of its arithmetic (BENCHMARKS.md, "Output head repacked"). The file's pages become this
-        /// process's private copy (same size); a file already repacked by an earlier model keeps its layout.
-        func head(_ name: String) throws -> WeightMatrix {
-            let m = try matrix(name, rows: c.vocabSize, cols: H)
-            let t = try info(name)
-            if !file.isRewritten(name) {
-                guard WeightMatrix.q8_0x16Available, WeightMatrix.canRepackQ8_0x16(type: m.type, rows: m.rows, cols: m.cols) else { return m }
-            }
-            do {
-                let bytes = try file.rewriteInPlace(t) { try WeightMatrix.repackQ8_0x16(name: name, rows: m.rows, cols: m.cols, bytes: $0) }
-                return try WeightMatrix(name: name, type: m.type, rows: m.rows, cols: m.cols, bytes: bytes, layout: .q8_0x16)
-            } catch let e as KvantError {
-                throw KvantError(e.reason, "\(file.path): \(e.message)")
-            }
-        }
         if file.tensor(named: TensorName.output) != nil {
-            tokenEmbedding = try matrix(TensorName.tokenEmbedding, rows: c.vocabSize, cols: H)
-            output = try head(TensorName.output)
+            tokenEmbedding = try matrix(TensorName.tokenEmbedding, rows: c.vocabSize, cols: H, repack: false)
+            output = try matrix(TensorName.output, rows: c.vocabSize, cols: H)
         } else {
-            tokenEmbedding = try head(TensorName.tokenEmbedding)   // tied: the embedding lookup reads the repacked rows
+            tokenEmbedding = try matrix(TensorName.tokenEmbedding, rows: c.vocabSize, cols: H)   // tied: the lookup reads the repacked rows
             output = tokenEmbedding
         }
         outputNorm = try vector(TensorName.outputNorm, count: H)

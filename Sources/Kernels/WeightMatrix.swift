@@ -24,9 +24,9 @@ public struct WeightMatrix: @unchecked Sendable {
     public enum Layout: Sendable, Equatable {
         /// ggml's: row after row, each `rowBytes` of consecutive blocks (the GGUF file's layout).
         case ggml
-        /// Q8_0 rows repacked 16 at a time for AVX-512 VNNI (`kvant_repack_q8_0x16`, Sources/CKernels/q8_0x16.c): the
-        /// same bytes in total, 16 rows' blocks interleaved so one instruction multiplies 16 rows. Rows % 16 == 0.
-        case q8_0x16
+        /// Q8_0 or Q5_0 rows repacked 16 at a time for AVX-512 VNNI (`kvant_repack_q0x16`, Sources/CKernels/q0x16.c):
+        /// the same bytes in total, 16 rows' blocks interleaved so one instruction multiplies 16 rows. Rows % 16 == 0.
+        case x16
     }
 
     /// The weight types the kernels handle.
@@ -35,7 +35,7 @@ public struct WeightMatrix: @unchecked Sendable {
     /// Wraps `bytes` as a `[rows, cols]` matrix of `type`.
     /// - Throws: `KvantError(.invalidArgument)` naming `name` when the type is unsupported, `cols` is not a whole
     ///   number of blocks, or `bytes` is not exactly `rows × rowBytes` long.
-    ///   With `layout: .q8_0x16` the bytes must already be repacked (`repackQ8_0x16`); it needs Q8_0 and rows % 16 == 0.
+    ///   With `layout: .x16` the bytes must already be repacked (`repackX16`); it needs Q8_0 or Q5_0 and rows % 16 == 0.
     public init(name: String, type: GGMLType, rows: Int, cols: Int, bytes: UnsafeRawBufferPointer, layout: Layout = .ggml) throws {
         guard WeightMatrix.supportedTypes.contains(type) else {
             throw KvantError(.invalidArgument, "tensor '\(name)': weight type \(type) is not supported (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)")
@@ -47,8 +47,8 @@ public struct WeightMatrix: @unchecked Sendable {
         guard !overflow, total == bytes.count, let p = bytes.baseAddress else {
             throw KvantError(.invalidArgument, "tensor '\(name)': \(bytes.count) bytes of data, expected \(rows) rows × \(rb) bytes")
         }
-        if layout == .q8_0x16, type != .q8_0 || rows % 16 != 0 {
-            throw KvantError(.invalidArgument, "tensor '\(name)': the q8_0x16 layout needs Q8_0 rows in groups of 16 (\(type), \(rows) rows)")
+        if layout == .x16, !WeightMatrix.canRepackX16(type: type, rows: rows, cols: cols) {
+            throw KvantError(.invalidArgument, "tensor '\(name)': the x16 layout needs Q8_0 or Q5_0 rows in groups of 16 (\(type), \(rows) rows)")
         }
         self.layout = layout
         self.type = type
@@ -76,31 +76,31 @@ public struct WeightMatrix: @unchecked Sendable {
         precondition(r >= 0 && r < rows, "row out of range")
         switch layout {
         case .ggml: _ = kvant_dequantize_row(Int32(type.rawValue), row(r), out, Int64(cols))
-        case .q8_0x16: _ = kvant_dequantize_row_q8_0x16(base, Int64(cols), Int64(r), out)
+        case .x16: _ = kvant_dequantize_row_q0x16(Int32(type.rawValue), base, Int64(cols), Int64(r), out)
         }
     }
 
-    /// True when this CPU has the kernels of the `.q8_0x16` layout (AVX-512 VNNI) and `KVANT_NO_REPACK` is not `1`:
-    /// the model loader repacks a Q8_0 output head only then.
-    public static var q8_0x16Available: Bool {
-        kvant_q8_0x16_available() != 0 && getenv("KVANT_NO_REPACK").map { String(cString: $0) } != "1"
+    /// True when this CPU has the kernels of the `.x16` layout (AVX-512 VNNI) and `KVANT_NO_REPACK` is not `1`: the
+    /// model loader repacks Q8_0 and Q5_0 weights only then.
+    public static var x16Available: Bool {
+        kvant_q0x16_available() != 0 && getenv("KVANT_NO_REPACK").map { String(cString: $0) } != "1"
     }
 
-    /// True when `repackQ8_0x16` accepts a `[rows, cols]` matrix of `type`.
-    public static func canRepackQ8_0x16(type: GGMLType, rows: Int, cols: Int) -> Bool {
-        type == .q8_0 && rows % 16 == 0 && rows > 0 && cols % 32 == 0 && cols > 0
+    /// True when `repackX16` accepts a `[rows, cols]` matrix of `type` (Q8_0 or Q5_0, rows in groups of 16).
+    public static func canRepackX16(type: GGMLType, rows: Int, cols: Int) -> Bool {
+        (type == .q8_0 || type == .q5_0) && rows % 16 == 0 && rows > 0 && cols % 32 == 0 && cols > 0
     }
 
-    /// Repacks ggml-layout Q8_0 rows in place into the `.q8_0x16` layout (same size).
-    /// - Throws: `KvantError(.invalidArgument)` naming `name` when `canRepackQ8_0x16` is false or the size is not
-    ///   `rows × cols/32 × 34` bytes; `.resourceExhausted` when the 16-row scratch cannot be allocated.
-    public static func repackQ8_0x16(name: String, rows: Int, cols: Int, bytes: UnsafeMutableRawBufferPointer) throws {
-        guard canRepackQ8_0x16(type: .q8_0, rows: rows, cols: cols), bytes.count == rows * cols / 32 * 34,
-              let p = bytes.baseAddress else {
-            throw KvantError(.invalidArgument, "tensor '\(name)': cannot repack \(rows) × \(cols) Q8_0 (\(bytes.count) bytes) into groups of 16 rows")
+    /// Repacks ggml-layout Q8_0 or Q5_0 rows in place into the `.x16` layout (same size).
+    /// - Throws: `KvantError(.invalidArgument)` naming `name` when `canRepackX16` is false or the size is not
+    ///   `rows × cols/32 ×` the block size; `.resourceExhausted` when the 16-row copy cannot be allocated.
+    public static func repackX16(name: String, type: GGMLType, rows: Int, cols: Int, bytes: UnsafeMutableRawBufferPointer) throws {
+        guard canRepackX16(type: type, rows: rows, cols: cols), let rb = type.byteCount(elements: cols),
+              bytes.count == rows * rb, let p = bytes.baseAddress else {
+            throw KvantError(.invalidArgument, "tensor '\(name)': cannot repack \(rows) × \(cols) \(type) (\(bytes.count) bytes) into groups of 16 rows")
         }
-        guard kvant_repack_q8_0x16(p, cols / 32 * 34, Int64(rows), Int64(cols), p) == 0 else {
-            throw KvantError(.resourceExhausted, "tensor '\(name)': no memory for the 16-row scratch of the repack")
+        guard kvant_repack_q0x16(Int32(type.rawValue), p, rb, Int64(rows), Int64(cols), p) == 0 else {
+            throw KvantError(.resourceExhausted, "tensor '\(name)': no memory for the 16-row copy of the repack")
         }
     }
 

@@ -149,7 +149,7 @@ public final class GGUFFile: @unchecked Sendable {
     /// makes the tensor's pages writable (copy-on-write: the file on disk never changes; the rewritten pages become
     /// anonymous memory of the same size, the file's pages are no longer mapped) and runs `body` on them; later calls
     /// for the same tensor do not run `body` again, so every model built from this file sees the same rewritten bytes.
-    /// Used to repack weights at load into a kernel's layout (the Q8_0 output head: `WeightMatrix.Layout.q8_0x16`).
+    /// Used to repack weights at load into a kernel's layout (Q8_0 and Q5_0 weights: `WeightMatrix.Layout.x16`).
     /// - Returns: the tensor's bytes after the rewrite.
     /// - Throws: `KvantError(.internal)` when the pages cannot be made writable (mprotect's errno), or what `body` throws
     ///   (the tensor is then not marked rewritten; a partial rewrite leaves it unusable, so callers fail the load).

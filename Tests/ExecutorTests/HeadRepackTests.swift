@@ -6,8 +6,8 @@ import ModelFormats
 import KvantTestSupport
 import Testing
 
-/// The Q8_0 output head repacked at load (`WeightMatrix.Layout.q8_0x16`), on Gemma 3 270M (a tied 262 144 × 640 Q8_0
-/// embedding): the repack happens once per file object, so a second model built from the same `GGUFFile` reads the same
+/// Weights repacked at load (`WeightMatrix.Layout.x16`: the Q8_0 output head and the Q5_0 / Q8_0 layer matrices), on
+/// Gemma 3 270M (a tied 262 144 × 640 Q8_0 embedding): the repack happens once per file object, so a second model built from the same `GGUFFile` reads the same
 /// repacked bytes (repacking twice would scramble them); the embedding lookup reads the repacked rows as the file's.
 extension Gemma3Tests {
     @Test func outputHeadIsRepackedOnceAndBothModelsAgree() throws {
@@ -17,10 +17,12 @@ extension Gemma3Tests {
         let raw = [0, 2, 1000, 262_143].map { fileRows.dequantizedRow($0) }   // read before the repack
         let m1 = try Model(file: file)
         let m2 = try Model(file: file)
-        let expected: WeightMatrix.Layout = WeightMatrix.q8_0x16Available ? .q8_0x16 : .ggml
+        let expected: WeightMatrix.Layout = WeightMatrix.x16Available ? .x16 : .ggml
         #expect(m1.weights.output.layout == expected && m2.weights.output.layout == expected)
         #expect(m1.weights.tokenEmbedding.layout == expected, "tied: the embedding is the head")
-        #expect(file.isRewritten("token_embd.weight") == (expected == .q8_0x16))
+        #expect(m1.weights.layers[0].wq.type == .q5_0 && m1.weights.layers[0].wq.layout == expected)
+        #expect(m1.weights.layers.allSatisfy { $0.wo.layout == .ggml }, "K-quants keep the file's layout")
+        #expect(file.isRewritten("token_embd.weight") == (expected == .x16))
         for (k, r) in [0, 2, 1000, 262_143].enumerated() {
             #expect(m2.weights.tokenEmbedding.dequantizedRow(r) == raw[k], "embedding row \(r) after the repack")
         }
