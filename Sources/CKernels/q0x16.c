@@ -83,13 +83,16 @@ int kvant_repack_q0x16(int type, const void *src, size_t row_bytes, int64_t rows
                 const uint8_t *blk = tmp + (size_t)i * row_bytes + (size_t)b * rblock(type);
                 o[2 * i] = blk[0];
                 o[2 * i + 1] = blk[1];
-                for (int l = 0; l < 32; l++) {
-                    const uint8_t u = ggml_u(type, blk, l);
-                    const int j = l >> 2, k = l & 3;
-                    if (type == T_Q8_0) { o[32 + 64 * j + 4 * i + k] = u; continue; }
-                    o[32 + 64 * (j & 3) + 4 * i + k] |= (uint8_t)((u & 0x0F) << (4 * (j >> 2)));
-                    if (u & 0x10) o[288 + 8 * j + (4 * i + k) / 8] |= (uint8_t)(1u << ((4 * i + k) % 8));
+                if (type == T_Q8_0) {
+                    for (int l = 0; l < 32; l++) o[32 + 64 * (l >> 2) + 4 * i + (l & 3)] = blk[2 + l] ^ 0x80;
+                    continue;
                 }
+                /* Q5_0: qs byte 4p+k holds values 4p+k and 16+4p+k, as part p wants them; the fifth bits of values
+                 * 4j..4j+3 (qh bits 4j..4j+3) become bits 4i..4i+3 of mask j. */
+                uint32_t qh;
+                memcpy(&qh, blk + 2, 4);
+                for (int p = 0; p < 4; p++) memcpy(o + 32 + 64 * p + 4 * i, blk + 6 + 4 * p, 4);
+                for (int j = 0; j < 8; j++) o[288 + 8 * j + i / 2] |= (uint8_t)(((qh >> (4 * j)) & 0x0F) << (4 * (i & 1)));
             }
         }
     }
