@@ -40,13 +40,23 @@ public struct ModelWeights: @unchecked Sendable {
             }
             return t
         }
-        func matrix(_ name: String, rows: Int, cols: Int) throws -> WeightMatrix {
+        /// A weight matrix; Q8_0 and Q5_0 matrices in whole groups of 16 rows are repacked at load into the `.x16`
+        /// layout when the CPU has its kernels (`WeightMatrix.x16Available`; `repack: false` for the embedding table of
+        /// an untied model, which is only looked up): the same bytes, interleaved so one instruction multiplies 16 rows
+        /// (BENCHMARKS.md, "Weights repacked 16 rows at a time"). The file's pages become this process's private copy
+        /// (same size); a tensor already repacked through this file object by an earlier model keeps its layout.
+        func matrix(_ name: String, rows: Int, cols: Int, repack: Bool = true) throws -> WeightMatrix {
             let t = try info(name)
             guard t.dims == [cols, rows] else {
                 throw KvantError(.invalidArgument, "\(file.path): tensor '\(name)' has dims \(t.dims), expected [\(cols), \(rows)]")
             }
             do {
-                return try WeightMatrix(name: name, type: t.type, rows: rows, cols: cols, bytes: file.data(of: t))
+                let m = try WeightMatrix(name: name, type: t.type, rows: rows, cols: cols, bytes: file.data(of: t))
+                if !file.isRewritten(name) {
+                    guard repack, WeightMatrix.x16Available, WeightMatrix.canRepackX16(type: m.type, rows: rows, cols: cols) else { return m }
+                }
+                let bytes = try file.rewriteInPlace(t) { try WeightMatrix.repackX16(name: name, type: m.type, rows: rows, cols: cols, bytes: $0) }
+                return try WeightMatrix(name: name, type: m.type, rows: rows, cols: cols, bytes: bytes, layout: .x16)
             } catch let e as KvantError {
                 throw KvantError(e.reason, "\(file.path): \(e.message)")
             }
@@ -67,13 +77,14 @@ public struct ModelWeights: @unchecked Sendable {
             return m.dequantizedRow(0)
         }
         let H = c.hiddenSize, qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
-        tokenEmbedding = try matrix(TensorName.tokenEmbedding, rows: c.vocabSize, cols: H)
-        outputNorm = try vector(TensorName.outputNorm, count: H)
         if file.tensor(named: TensorName.output) != nil {
+            tokenEmbedding = try matrix(TensorName.tokenEmbedding, rows: c.vocabSize, cols: H, repack: false)
             output = try matrix(TensorName.output, rows: c.vocabSize, cols: H)
         } else {
+            tokenEmbedding = try matrix(TensorName.tokenEmbedding, rows: c.vocabSize, cols: H)   // tied: the lookup reads the repacked rows
             output = tokenEmbedding
         }
+        outputNorm = try vector(TensorName.outputNorm, count: H)
         let gemma = c.architecture == .gemma3
         let qkNorm = gemma || c.architecture == .qwen3
         // llama.cpp's create_tensor_qkv: Q/K/V biases are optional (TENSOR_NOT_REQUIRED) for llama and qwen2; the

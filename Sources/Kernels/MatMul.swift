@@ -30,7 +30,9 @@ public final class MatMul: @unchecked Sendable {
                          outStride: Int? = nil) {
         let stride = outStride ?? w.rows
         let rounding: Int32 = llamaCppBatchRounding ? 1 : 0
-        if w.hasInt8Path {
+        if w.layout == .x16 {
+            multiplyRepacked(w, x, m: m, out: out, outStride: stride)
+        } else if w.hasInt8Path {
             act.quantize(x, count: m, cols: w.cols, format: QuantizedActivations.format(for: w.type))
             act.blocks.withUnsafeBufferPointer { ab in
                 let a = ab.baseAddress!
@@ -67,6 +69,15 @@ public final class MatMul: @unchecked Sendable {
                     let lo = max(r0, starts[j]), hi = min(r1, starts[j + 1])
                     if lo >= hi { continue }
                     let w = ws[j]
+                    if w.layout == .x16 {
+                        // whole groups of 16: each worker's bounds rounded up the same way, so the workers still
+                        // partition the matrix's rows
+                        let g0 = (lo - starts[j] + 15) / 16 * 16, g1 = min(w.rows, (hi - starts[j] + 15) / 16 * 16)
+                        if g0 < g1 {
+                            Self.multiplyX16(w, rows: g0..<g1, a, m: m, out: outs[j], outStride: w.rows, lanes: rounding)
+                        }
+                        continue
+                    }
                     _ = kvant_matmul_q8a_rounding(Int32(w.type.rawValue), w.base, w.rowBytes, Int64(w.cols),
                                                   Int64(lo - starts[j]), Int64(hi - starts[j]), a, Int64(m), outs[j], Int64(w.rows),
                                                   rounding)
@@ -75,16 +86,53 @@ public final class MatMul: @unchecked Sendable {
         }
     }
 
+    /// An `.x16` matrix (Q8_0 or Q5_0 repacked 16 rows at a time): activations quantized as for Q8_0, rows split over
+    /// the workers in whole groups of 16. Default rounding: one exact int32 sum and one FMA per block of 32
+    /// (batch-invariant); `llamaCppBatchRounding`: ggml's 8 lanes per block, bit-identical to the unpacked kernels
+    /// (`kvant_matmul_q0x16`).
+    private func multiplyRepacked(_ w: WeightMatrix, _ x: UnsafePointer<Float>, m: Int, out: UnsafeMutablePointer<Float>,
+                                  outStride: Int) {
+        let lanes: Int32 = llamaCppBatchRounding ? 1 : 0
+        act.quantize(x, count: m, cols: w.cols, format: QuantizedActivations.format(for: w.type))
+        act.blocks.withUnsafeBufferPointer { ab in
+            let a = ab.baseAddress!
+            parallelRows(w.rows / 16, work: Double(m) * Double(w.rows) * Double(w.cols)) { g0, g1, _ in
+                Self.multiplyX16(w, rows: 16 * g0..<16 * g1, a, m: m, out: out, outStride: outStride, lanes: lanes)
+            }
+        }
+    }
+
+    /// Rows `rows` (bounds multiples of 16) of an `.x16` product.
+    private static func multiplyX16(_ w: WeightMatrix, rows: Range<Int>, _ a: UnsafePointer<kvant_block_q8a>, m: Int,
+                                    out: UnsafeMutablePointer<Float>, outStride: Int, lanes: Int32) {
+        let rc = kvant_matmul_q0x16(Int32(w.type.rawValue), w.base, Int64(w.cols), Int64(rows.lowerBound), Int64(rows.upperBound),
+                                    a, Int64(m), out, Int64(outStride), lanes)
+        precondition(rc == 0, "kvant_matmul_q0x16 refused rows \(rows) of a \(w.rows) × \(w.cols) \(w.type) product")
+    }
+
     /// The fp32-activation reference path for every type (block rows dequantized to fp32, then FMA dots).
     public func multiplyReference(_ w: WeightMatrix, _ x: UnsafePointer<Float>, m: Int, out: UnsafeMutablePointer<Float>,
                                   outStride: Int? = nil) {
         let stride = outStride ?? w.rows
         if scratchCols < w.cols {
             scratch?.deallocate()
-            scratch = .allocate(capacity: w.cols * threads)
-            scratchCols = w.cols
+            scratch = .allocate(capacity: 2 * w.cols * threads)
+            scratchCols = 2 * w.cols
         }
         let s = scratch!, sc = scratchCols
+        if w.layout != .ggml {
+            // A repacked matrix: each row dequantized (the same floats as the unpacked row), then fp32 dots.
+            parallelRows(w.rows, work: Double(m) * Double(w.rows) * Double(w.cols)) { r0, r1, t in
+                let row = s + t * sc
+                for r in r0..<r1 {
+                    w.dequantizeRow(r, into: row)
+                    // the dequantized row as a one-row F32 matrix: the reference path's own dot products
+                    _ = kvant_matmul_f32(Int32(GGMLType.f32.rawValue), row, w.cols * 4, Int64(w.cols), 0, 1, x, Int64(m),
+                                         out + r, Int64(stride), row + w.cols)
+                }
+            }
+            return
+        }
         parallelRows(w.rows, work: Double(m) * Double(w.rows) * Double(w.cols)) { r0, r1, t in
             _ = kvant_matmul_f32(Int32(w.type.rawValue), w.base, w.rowBytes, Int64(w.cols), Int64(r0), Int64(r1),
                                  x, Int64(m), out, Int64(stride), s + t * sc)

@@ -4,6 +4,7 @@ import Glibc
 import Darwin
 #endif
 import KvantCore
+import Synchronization
 
 /// One tensor of a GGUF file, as described by its tensor info.
 public struct GGUFTensorInfo: Sendable, Equatable {
@@ -70,6 +71,8 @@ public final class GGUFFile: @unchecked Sendable {
     private let base: UnsafeRawPointer?
     private let mappedLength: Int
     private let tensorIndex: [String: Int]
+    /// Tensors rewritten in place by `rewriteInPlace` (their bytes are no longer the file's).
+    private let rewritten = Mutex<Set<String>>([])
     /// File offset of each metadata value (just after its type id), for raw access.
     private let valueOffsets: [String: Int]
 
@@ -141,6 +144,34 @@ public final class GGUFFile: @unchecked Sendable {
                      "\(path): tensor '\(tensor.name)' is not from this file")
         return UnsafeRawBufferPointer(start: base! + tensor.offset, count: tensor.byteCount)
     }
+
+    /// Rewrites a tensor's bytes in this process's private copy of the mapping, once per file object: the first call
+    /// makes the tensor's pages writable (copy-on-write: the file on disk never changes; the rewritten pages become
+    /// anonymous memory of the same size, the file's pages are no longer mapped) and runs `body` on them; later calls
+    /// for the same tensor do not run `body` again, so every model built from this file sees the same rewritten bytes.
+    /// Used to repack weights at load into a kernel's layout (Q8_0 and Q5_0 weights: `WeightMatrix.Layout.x16`).
+    /// - Returns: the tensor's bytes after the rewrite.
+    /// - Throws: `KvantError(.internal)` when the pages cannot be made writable (mprotect's errno), or what `body` throws
+    ///   (the tensor is then not marked rewritten; a partial rewrite leaves it unusable, so callers fail the load).
+    public func rewriteInPlace(_ tensor: GGUFTensorInfo, _ body: (UnsafeMutableRawBufferPointer) throws -> Void) throws -> UnsafeRawBufferPointer {
+        let bytes = data(of: tensor)
+        try rewritten.withLock { (done: inout Set<String>) throws -> Void in
+            guard !done.contains(tensor.name) else { return }
+            let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+            let start = Int(bitPattern: bytes.baseAddress!) & ~(page - 1)
+            let end = (Int(bitPattern: bytes.baseAddress!) + bytes.count + page - 1) & ~(page - 1)
+            guard mprotect(UnsafeMutableRawPointer(bitPattern: start), end - start, PROT_READ | PROT_WRITE) == 0 else {
+                throw KvantError(.internal, "\(path): tensor '\(tensor.name)': cannot make its \(bytes.count) bytes writable for repacking: \(String(cString: strerror(errno)))")
+            }
+            defer { _ = mprotect(UnsafeMutableRawPointer(bitPattern: start), end - start, PROT_READ) }
+            try body(UnsafeMutableRawBufferPointer(mutating: bytes))
+            done.insert(tensor.name)
+        }
+        return bytes
+    }
+
+    /// True when `rewriteInPlace` has rewritten the tensor named `name`.
+    public func isRewritten(_ name: String) -> Bool { rewritten.withLock { $0.contains(name) } }
 
     /// The whole mapped file.
     public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: fileSize) }

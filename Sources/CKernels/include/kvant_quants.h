@@ -95,4 +95,23 @@ void kvant_geglu_f16_table(float *gate, const float *up, int64_t n);
 /* x[i] = fp16(x[i]) (round to nearest even), n elements. */
 void kvant_round_f16(float *x, int64_t n);
 
+/* Q8_0 and Q5_0 repacked 16 rows at a time for AVX-512 VNNI ("x16"; q0x16.c says why and gives the layouts; a matrix
+ * keeps its size: 16 rows × row_bytes = n/32 group blocks of 16 blocks' bytes). `type`: 8 (Q8_0) or 6 (Q5_0). */
+/* 1 when the CPU runs the repacked kernels (AVX-512 F/BW/VL/VNNI); without it a repacked matrix still works (a scalar
+ * path) but slowly, so callers repack only when this says 1. */
+int kvant_q0x16_available(void);
+/* Repacks `rows` rows of `n` values (row_bytes = n/32 × 34 or 22) from `src` into `dst` (the same size; dst may equal
+ * src: each group of 16 rows occupies the same bytes before and after and is repacked through a copy). Returns 0, or -1
+ * for another type, rows % 16 != 0, n % 32 != 0, a row_bytes that is not the type's, or no memory for the copy. */
+int kvant_repack_q0x16(int type, const void *src, size_t row_bytes, int64_t rows, int64_t n, void *dst);
+/* Row r of a repacked matrix of n columns as floats (exactly ggml's dequantize_row_q8_0 / _q5_0 of the original row). */
+int kvant_dequantize_row_q0x16(int type, const void *w, int64_t n, int64_t r, float *y);
+/* out[i·out_stride + r] = dot(W[r], A[i]) for rows r in [row0, row1) (multiples of 16) and activation rows i < na
+ * (KVANT_ACT_Q8_0 blocks, n/32 per row). lanes 0: per block one exact int32 sum of the 32 products, one fp32 FMA by
+ * d_w·d_a per block in block order (batch-invariant; rounds once per block where ggml rounds 8 lanes). lanes 1: ggml's
+ * 8 int32 lanes per block and their FMA and horizontal-sum order: bit-identical to kvant_matmul_q8a on the unpacked
+ * rows (the .llamaCpp numerics; needs the AVX-512 path). Returns 0, or -1 for bad arguments. */
+int kvant_matmul_q0x16(int type, const void *w, int64_t n, int64_t row0, int64_t row1, const kvant_block_q8a *a,
+                       int64_t na, float *out, int64_t out_stride, int lanes);
+
 #endif
