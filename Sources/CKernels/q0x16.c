@@ -83,8 +83,13 @@ int kvant_repack_q0x16(int type, const void *src, size_t row_bytes, int64_t rows
                 const uint8_t *blk = tmp + (size_t)i * row_bytes + (size_t)b * rblock(type);
                 o[2 * i] = blk[0];
                 o[2 * i + 1] = blk[1];
-                if (type == T_Q8_0) {
-                    for (int l = 0; l < 32; l++) o[32 + 64 * (l >> 2) + 4 * i + (l & 3)] = blk[2 + l] ^ 0x80;
+                if (type == T_Q8_0) {   /* 4 values at a time: chunk j of row i is the row's bytes 4j..4j+3 */
+                    for (int j = 0; j < 8; j++) {
+                        uint32_t v;
+                        memcpy(&v, blk + 2 + 4 * j, 4);
+                        v ^= 0x80808080u;
+                        memcpy(o + 32 + 64 * j + 4 * i, &v, 4);
+                    }
                     continue;
                 }
                 /* Q5_0: qs byte 4p+k holds values 4p+k and 16+4p+k, as part p wants them; the fifth bits of values
