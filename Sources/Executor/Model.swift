@@ -100,6 +100,11 @@ public final class ForwardSession: @unchecked Sendable {
     /// cache to that length, writes each layer's post-RoPE K/V and attends over the cached prefix. K/V of positions
     /// `< startPosition` must already be in `pool`. Calls `body(i, logits[vocab])` for each requested row `i`
     /// (index into `tokens`, ascending); the buffer is only valid during the call.
+    /// The input runs in micro-batches of at most `min(maxBatch, pool.prefillChunk)` tokens: each micro-batch
+    /// writes all its positions before attending any, and the pool's int4 residual rings (and its admission)
+    /// hold only `prefillChunk` such positions, so a longer input is split rather than overflow them. With `.fast`
+    /// numerics every row rounds the same in any micro-batch (a one-row micro-batch splits its keys unless
+    /// `splitKeys` is off, as below), so the split changes no logit.
     /// `splitKeys: false` keeps a single-row call from splitting its keys over the threads (split-K): a prefill
     /// chunk of one token then rounds as the same row does in a larger chunk (chunked prefill gives the tokens
     /// of an unchunked one). Decode leaves it on. `decodeRowsFrom`: rows at that position or later split their keys
@@ -130,10 +135,13 @@ public final class ForwardSession: @unchecked Sendable {
         case .all: wanted = 0..<tokens.count
         case .range(let r): wanted = r.clamped(to: 0..<tokens.count)
         }
+        // Micro-batches of at most the pool's `prefillChunk` too: a micro-batch writes all its positions before
+        // any is attended, and the pool sized its int4 residual rings (and its admission) for that many.
+        let micro = min(maxBatch, pool.prefillChunk)
         var b0 = 0
         var bodyError: Error?
         while b0 < tokens.count {
-            let b1 = min(tokens.count, b0 + maxBatch)
+            let b1 = min(tokens.count, b0 + micro)
             let T = b1 - b0
             let batch = Array(tokens[b0..<b1])
             // Blocks per micro-batch: sliding-window layers free what the window left behind after each one
@@ -211,7 +219,9 @@ public final class ForwardSession: @unchecked Sendable {
     /// `logits` rows. Calls `body(row, logits[vocab])` in row order; the buffer is only valid during the call.
     /// - Throws, before anything is computed, reserved or committed (so the caller may run the parts
     ///   separately instead): `KvantError(.invalidArgument)` for a bad token or position (as `decode` and
-    ///   `forward` check them), an empty chunk, a sequence listed twice (decode rows and chunks together), or
+    ///   `forward` check them), an empty chunk, a chunk of more than `pool.prefillChunk` tokens (its positions
+    ///   are all written before any is attended: more than the pool's int4 residual rings hold; run it through
+    ///   `forward`, which splits it), a sequence listed twice (decode rows and chunks together), or
     ///   more than `maxBatch` rows; `.resourceExhausted` when the pool cannot hold every row's positions now;
     ///   `.failedPrecondition` for a pool whose spec does not match the model. Errors thrown by `body` are
     ///   rethrown after every row's K/V is committed.
@@ -236,6 +246,11 @@ public final class ForwardSession: @unchecked Sendable {
             }
             guard ch.startPosition >= 0, ch.startPosition <= pool.length(of: ch.sequence) else {
                 throw KvantError(.invalidArgument, "chunk \(j): start position \(ch.startPosition) is beyond the cached length \(pool.length(of: ch.sequence)) of \(ch.sequence)")
+            }
+            // All of a chunk's positions are written before any is attended: at most what the pool was sized for
+            // (its int4 residual rings hold that many; `forward` splits a longer input into micro-batches instead).
+            guard ch.tokens.count <= pool.prefillChunk else {
+                throw KvantError(.invalidArgument, "chunk \(j) of \(ch.sequence) has \(ch.tokens.count) tokens, more than the KV cache's prefill chunk of \(pool.prefillChunk) tokens (the most positions of one sequence a pass may write; the pool's int8 residual rings and admission are sized for it)")
             }
             let earliest = pool.earliestRecomputablePosition(of: ch.sequence)
             guard ch.startPosition >= earliest else {

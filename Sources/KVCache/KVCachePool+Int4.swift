@@ -16,6 +16,8 @@ struct KVResidualLayout: Sendable {
     let recentBlocks: Int
     /// Block slots of the ring: `recentBlocks` + the blocks one prefill micro-batch spans + 1, so that a prefill
     /// micro-batch (all its positions written before any is attended) still finds every query's recent blocks.
+    /// The micro-batch is the pool's `prefillChunk`; a pass writing more positions of one sequence would push its
+    /// first queries' recent blocks out of the ring (`ForwardSession` splits or refuses such passes).
     let ringBlocks: Int
     let blockSize: Int
     let numLayers: Int
@@ -87,8 +89,9 @@ extension KVCachePool {
 
     /// Bytes of `kv_cache_bytes` an `int4_pertoken` pool sets aside for its residual rings before it sizes its
     /// blocks: `residualRingCount · ` one ring's bytes (`residualBytesPerSequence`); 0 for other dtypes.
-    /// Gemma 3 270M, block_size 16, 512-token micro-batches, max_num_seqs 16, prefix caching:
-    /// 20 · 5 690 880 = 113 817 600 bytes.
+    /// `prefillChunk`: the pool's (the daemon's is `max_num_batched_tokens`, 64 by default).
+    /// Gemma 3 270M, block_size 16, max_num_seqs 16, prefix caching: 64-token chunks 20 · 1 497 600 =
+    /// 29 952 000 bytes; 512-token micro-batches 20 · 5 690 880 = 113 817 600 bytes.
     public static func residualReserveBytes(spec: KVCacheSpec, maxNumSeqs: Int, prefillChunk: Int = 512,
                                             int4RecentBlocks: Int = 4, enablePrefixCaching: Bool = true) -> Int {
         let n = residualRingCount(spec: spec, maxNumSeqs: maxNumSeqs, int4RecentBlocks: int4RecentBlocks,
@@ -102,7 +105,8 @@ extension KVCachePool {
     /// `int4_pertoken`: bytes of the int8 residual ring of one sequence (taken from the pool's ring arena at its
     /// first write, returned when it is freed and its ring is not kept for prefix caching):
     /// `(ringBlocks + 1) · numLayers` int8_pertoken blocks; 0 for other dtypes.
-    /// Gemma 3 270M with block_size 16 and 512-token prefill micro-batches: 38 · 18 · 8320 B = 5 690 880 B.
+    /// Gemma 3 270M with block_size 16: 64-token chunks (the daemon's default `max_num_batched_tokens`)
+    /// 10 · 18 · 8320 B = 1 497 600 B; 512-token micro-batches 38 · 18 · 8320 B = 5 690 880 B.
     public var residualBytesPerSequence: Int { residual?.bytes ?? 0 }
 
     /// Stores one token's rotated K and V rows of one layer as int4 (`kDst`, `vDst`, per head) and as int8 in the

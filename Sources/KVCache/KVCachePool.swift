@@ -90,9 +90,15 @@ public final class KVCachePool: @unchecked Sendable {
     var nextSequence = 0
     /// Blocks promised to admitted sequences and not yet allocated (Σ `BlockTable.promised`; ≤ free blocks).
     var promisedBlocks = 0
-    /// Tokens per prefill micro-batch assumed by `admit` and `capacityTokens` (the executor's
-    /// `ForwardSession.maxBatch`): while a micro-batch runs, a sliding-window layer holds its window plus
-    /// the micro-batch.
+    /// The most positions of one sequence a forward pass writes before it attends them (a prefill micro-batch;
+    /// the daemon's `min(ForwardSession.maxBatch, max_num_batched_tokens)`, 64 by default). `admit` and
+    /// `capacityTokens` assume it (while a micro-batch runs, a sliding-window layer holds its window plus the
+    /// micro-batch), and an `int4_pertoken` pool sizes each int8 residual ring for it
+    /// (`recentBlocks + ceil(prefillChunk / blockSize) + 1` blocks). A contract on the writer, not checked by
+    /// `write`: `ForwardSession.forward` splits its input into micro-batches of at most this many tokens and
+    /// `ForwardSession.step` refuses a longer chunk. A pass that wrote more would read its first queries' recent
+    /// blocks at 4 bits (their int8 rows overwritten in the ring): never out of bounds, but not what a run in
+    /// smaller passes reads.
     public let prefillChunk: Int
 
     // Static int8 modes.
@@ -159,8 +165,8 @@ public final class KVCachePool: @unchecked Sendable {
     ///   - int4RecentBlocks: `int4_pertoken` only: each query reads its last this many blocks (and token 0) from the
     ///     sequence's int8 residual (default 4, as measured in docs/kv-cache.md); 0 = no residual, every position at
     ///     int4 (for comparison: `kvant-eval --int4-recent-blocks 0`).
-    ///   - prefillChunk: tokens per prefill micro-batch of the executor (`ForwardSession.maxBatch`), for
-    ///     `admit` and `capacityTokens`; ≥ 1.
+    ///   - prefillChunk: the most positions of one sequence a forward pass writes before attending them (the
+    ///     property of that name), for `admit`, `capacityTokens` and the size of each int4 residual ring; ≥ 1.
     ///   - enablePrefixCaching: hash full committed blocks and reuse them for prompts that start the same way
     ///     (`attachCachedPrefix`; vLLM's automatic prefix caching). false: no hashing, no hits.
     ///   - maxNumSeqs: sequences live at once (the daemon's `max_num_seqs`); ≥ 1. `int4_pertoken` takes the int8

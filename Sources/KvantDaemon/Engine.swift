@@ -114,7 +114,8 @@ public actor Engine {
             quantizationParamPath: quantizationParamPath ?? (kvCacheDType == nil ? settings.quantizationParamPath : nil),
             kvCacheBytes: kvCacheBytes ?? settings.kvCacheBytes, blockSize: settings.blockSize,
             maxModelLen: maxModelLen ?? settings.maxModelLen, threads: settings.threads,
-            enablePrefixCaching: settings.enablePrefixCaching, maxNumSeqs: settings.maxNumSeqs)
+            enablePrefixCaching: settings.enablePrefixCaching, maxNumSeqs: settings.maxNumSeqs,
+            maxNumBatchedTokens: max(settings.maxNumBatchedTokens, settings.maxNumSeqs))   // the scheduler's budget
         let started = DispatchTime.now().uptimeNanoseconds
         let backend = self.backend
         logger.info("loading model", metadata: ["path": "\(path)", "kv_cache_dtype": "\(dtype.rawValue)"])

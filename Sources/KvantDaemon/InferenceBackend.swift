@@ -61,11 +61,18 @@ public struct ModelLoadRequest: Sendable, Equatable {
     /// Sequences live at once (`max_num_seqs`): an `int4_pertoken` pool sets aside the int8 residual rings of
     /// that many sequences out of `kvCacheBytes` (`KVCachePool.residualReserveBytes`).
     public var maxNumSeqs: Int
+    /// The most prompt (or recomputed) tokens of one sequence the engine runs in one step (its
+    /// `max_num_batched_tokens`, at least `max_num_seqs`): the pool sizes its prefill chunk to it (an
+    /// `int4_pertoken` pool's int8 residual rings hold that many positions written before they are attended; the
+    /// executor splits longer inputs). nil = the executor's own micro-batch (512 tokens).
+    public var maxNumBatchedTokens: Int?
 
     public init(path: String, kvCacheDType: KVCacheDType, quantizationParamPath: String?, kvCacheBytes: Int,
-                blockSize: Int, maxModelLen: Int?, threads: Int, enablePrefixCaching: Bool = true, maxNumSeqs: Int = 16) {
+                blockSize: Int, maxModelLen: Int?, threads: Int, enablePrefixCaching: Bool = true, maxNumSeqs: Int = 16,
+                maxNumBatchedTokens: Int? = nil) {
         self.enablePrefixCaching = enablePrefixCaching
         self.maxNumSeqs = maxNumSeqs
+        self.maxNumBatchedTokens = maxNumBatchedTokens
         self.path = path
         self.kvCacheDType = kvCacheDType
         self.quantizationParamPath = quantizationParamPath

@@ -16,9 +16,13 @@ extension ExecutorModel {
     private func scratchPool(tokens: Int) throws -> KVCachePool {
         let (_, dtype, scales) = current()
         let spec = model.config.kvCacheSpec(dtype: dtype, blockSize: blockSize)
-        // One sequence at a time; an int4_pertoken pool also holds its residual rings (`residualReserveBytes`).
+        // One sequence at a time, windows of `tokens` run in the session's micro-batches (512): an int4_pertoken pool
+        // also holds one residual ring sized for them (`residualReserveBytes`, the same chunk, no prefix caching).
+        let chunk = session.maxBatch
         return try KVCachePool(spec: spec, byteBudget: spec.bytesPerToken * (tokens + 2 * blockSize)
-                                   + KVCachePool.residualReserveBytes(spec: spec, maxNumSeqs: 1), scales: scales)
+                                   + KVCachePool.residualReserveBytes(spec: spec, maxNumSeqs: 1, prefillChunk: chunk,
+                                                                      enablePrefixCaching: false),
+                               scales: scales, prefillChunk: chunk, enablePrefixCaching: false, maxNumSeqs: 1)
     }
 
     func perplexity(path: String, contextLength: Int, control: OperationControl) throws -> PerplexityResult {

@@ -24,6 +24,12 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
     let enablePrefixCaching: Bool
     /// `max_num_seqs`: an `int4_pertoken` pool reserves that many residual rings out of `kvCacheBytes`.
     let maxNumSeqs: Int
+    /// The pools' prefill chunk: the most positions of one sequence a forward pass writes before it attends them,
+    /// `min(session.maxBatch, max_num_batched_tokens)`. The scheduler's chunks never exceed its token budget, a
+    /// decode writes one position, `ForwardSession.forward` splits longer inputs and `step` refuses them, so an
+    /// `int4_pertoken` pool sizes its int8 residual rings for this many (Gemma 3 270M at the default 64:
+    /// 1 497 600 B per ring instead of 5 690 880 B for 512) and admission counts sliding windows with it.
+    let prefillChunk: Int
     let logger: Logger
 
     let lock = NSLock()
@@ -48,9 +54,10 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
         maxNumSeqs = request.maxNumSeqs
         let threads = request.threads > 0 ? request.threads : ProcessInfo.processInfo.activeProcessorCount
         session = ForwardSession(model: model, threads: threads)
+        prefillChunk = min(session.maxBatch, max(1, request.maxNumBatchedTokens ?? session.maxBatch))
         dtype = request.kvCacheDType
         (pool, scales) = try Self.makePool(model: model, dtype: request.kvCacheDType, scalePath: request.quantizationParamPath,
-                                           kvCacheBytes: kvCacheBytes, blockSize: blockSize, prefillChunk: session.maxBatch,
+                                           kvCacheBytes: kvCacheBytes, blockSize: blockSize, prefillChunk: prefillChunk,
                                            enablePrefixCaching: enablePrefixCaching, maxNumSeqs: maxNumSeqs, logger: logger)
     }
 
@@ -249,7 +256,7 @@ final class ExecutorModel: LoadedModel, @unchecked Sendable {
         if path == nil, newDType.usesStaticScales, let old = oldScales?.path { path = old }
         let (newPool, newScales) = try Self.makePool(model: model, dtype: newDType, scalePath: path,
                                                      kvCacheBytes: kvCacheBytes, blockSize: blockSize,
-                                                     prefillChunk: session.maxBatch, enablePrefixCaching: enablePrefixCaching,
+                                                     prefillChunk: prefillChunk, enablePrefixCaching: enablePrefixCaching,
                                                      maxNumSeqs: maxNumSeqs, logger: logger)
         lock.lock()
         pool = newPool

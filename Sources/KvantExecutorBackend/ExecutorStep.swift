@@ -11,8 +11,8 @@ extension ExecutorModel {
     /// chunk rows do not; no kernel mixes rows), so the tokens are those of the separate calls, bit for bit.
     ///
     /// What does not fit in the pass runs as before, after it: decode rows of another pool (after `set-kv-dtype`)
-    /// or at `max_model_len` (`decodeBatch`), chunks of another pool and chunks whose tokens would take the
-    /// micro-batch past `maxBatch` (on their own). When the pass is refused before computing anything (a KV
+    /// or at `max_model_len` (`decodeBatch`), chunks of another pool, chunks whose tokens would take the
+    /// micro-batch past `maxBatch` and chunks longer than the pool's `prefillChunk` (on their own). When the pass is refused before computing anything (a KV
     /// block not free now, a bad row), every part runs on its own instead, so each error stays with its sequence.
     func runStep(decode sequences: [any GenerationSequence], chunks: [StepChunk]) -> StepOutcome {
         // The pass's pool: the first chunk's (chunks are sized by the scheduler for the current pool).
@@ -39,6 +39,9 @@ extension ExecutorModel {
             }
             guard let plan else { chunkResults[j] = .success(nil); continue }
             guard tokens + plan.chunk.tokens.count <= maxBatch else { continue }   // on its own after the pass
+            // Larger than the pool's prefill chunk (what its int4 residual rings hold; `step` refuses it): on its own,
+            // where `forward` splits it into micro-batches of that size. The scheduler's chunks never are.
+            guard plan.chunk.tokens.count <= pool.prefillChunk else { continue }
             tokens += plan.chunk.tokens.count
             plans.append((j, plan))
         }

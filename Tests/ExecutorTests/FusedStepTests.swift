@@ -156,3 +156,71 @@ struct FusedStepTests {
         #expect(errors.map { $0?.reason } == [.invalidArgument, .invalidArgument, .resourceExhausted, .invalidArgument], "\(errors)")
     }
 }
+
+/// The pool's prefill chunk bounds what one pass writes of a sequence before attending it (an int4_pertoken pool's
+/// int8 residual rings hold that many positions): `forward` splits a longer input into micro-batches of that size,
+/// giving the logits of a pool sized for the whole input, bit for bit; `step` refuses a longer chunk.
+@Suite(.serialized, .enabled(if: Fixtures.realModelPath != nil, Fixtures.noModel))
+struct PrefillChunkLimitTests {
+    /// Every row's logits (bit patterns) of a 300-token forward on a fresh int4 pool with `prefillChunk`, the input
+    /// given as `pieces` (consecutive forward calls).
+    static func logits(_ s: ForwardSession, prefillChunk: Int, pieces: [Int]) throws -> [[UInt32]] {
+        let text = try FusedStepTests.text()
+        let spec = s.model.config.kvCacheSpec(dtype: .int4PerToken)
+        let pool = try KVCachePool(spec: spec, byteBudget: 1200 * spec.bytesPerToken + KVCachePool.residualReserveBytes(
+            spec: spec, maxNumSeqs: 1, prefillChunk: prefillChunk), prefillChunk: prefillChunk)
+        let seq = pool.createSequence()
+        var rows: [[UInt32]] = []
+        var start = 0
+        for n in pieces {
+            try s.forward(tokens: Array(text[(100 + start)..<(100 + start + n)]), startPosition: start, sequence: seq, pool: pool,
+                          logits: .all, splitKeys: false) { _, l in rows.append(l.map(\.bitPattern)) }
+            start += n
+        }
+        return rows
+    }
+
+    @Test("int4_pertoken: 300 tokens in one forward on a 64-token-chunk pool == in 64-token calls == on a 512-token-chunk pool, bit for bit",
+          .enabled(if: Fixtures.isRelease, Fixtures.needsRelease))
+    func forwardSplitsAtThePoolsChunk() async throws {
+        let (one, pieces, big) = try await offPool { () throws -> ([[UInt32]], [[UInt32]], [[UInt32]]) in
+            let m = try Model(path: Fixtures.realModelPath!)
+            let s = ForwardSession(model: m, threads: 2, maxBatch: 512)
+            return (try Self.logits(s, prefillChunk: 64, pieces: [300]),
+                    try Self.logits(s, prefillChunk: 64, pieces: [64, 64, 64, 64, 44]),
+                    try Self.logits(s, prefillChunk: 512, pieces: [300]))
+        }
+        #expect(one.count == 300 && pieces.count == 300 && big.count == 300)
+        // The first row whose logits differ (nil: none); the rows themselves are too large to print.
+        func firstDifference(_ a: [[UInt32]], _ b: [[UInt32]]) -> Int? { (0..<min(a.count, b.count)).first { a[$0] != b[$0] } }
+        // Without the split the 300 positions would go into a 9-block ring at once: the early rows' recent blocks
+        // would be read at 4 bits and their logits would differ from the 512-token ring's (checked by disabling it).
+        let d1 = firstDifference(one, big), d2 = firstDifference(pieces, big)
+        #expect(d1 == nil, "a 300-token forward on the 64-token-chunk pool differs from the 512-token-chunk pool's at row \(d1 ?? -1)")
+        #expect(d2 == nil, "64-token forward calls differ from one 300-token forward on the 512-token-chunk pool at row \(d2 ?? -1)")
+    }
+
+    @Test("step refuses a chunk longer than the pool's prefill chunk before anything runs, naming both")
+    func stepRefusesALongerChunk() async throws {
+        let (error, ran16) = try await offPool { () throws -> (KvantError?, Bool) in
+            let m = try Model(path: Fixtures.realModelPath!)
+            let s = ForwardSession(model: m, threads: 2, maxBatch: 512)
+            let spec = m.config.kvCacheSpec(dtype: .int4PerToken)
+            let pool = try KVCachePool(spec: spec, byteBudget: 256 * spec.bytesPerToken + KVCachePool.residualReserveBytes(
+                spec: spec, maxNumSeqs: 1, prefillChunk: 16), prefillChunk: 16)
+            let a = pool.createSequence()
+            var error: KvantError?
+            do {
+                try s.step(decode: [], chunks: [PrefillChunk(tokens: Array(repeating: 818, count: 17), startPosition: 0, sequence: a,
+                                                             logits: .last)], pool: pool) { _, _ in }
+            } catch let e as KvantError { error = e }
+            // 16 tokens are accepted.
+            try s.step(decode: [], chunks: [PrefillChunk(tokens: Array(repeating: 818, count: 16), startPosition: 0, sequence: a,
+                                                         logits: .last)], pool: pool) { _, _ in }
+            return (error, pool.computedLength(of: a) == 16)
+        }
+        #expect(error?.reason == .invalidArgument)
+        #expect(error?.message == "chunk 0 of \(SequenceID(rawValue: 0)) has 17 tokens, more than the KV cache's prefill chunk of 16 tokens (the most positions of one sequence a pass may write; the pool's int8 residual rings and admission are sized for it)")
+        #expect(ran16)
+    }
+}

@@ -118,6 +118,42 @@ struct Int4CacheTests {
         print("capacity_tokens in 256 MiB, Gemma 3 270M, max_num_seqs 16: int4_pertoken \(c4), int8_pertoken \(c8)")
         #expect(s4.capacityTokens == c4)
         #expect(c4 > c8)
+
+        // The daemon's pools: rings sized for its 64-token chunks (max_num_batched_tokens), 4 + 4 + 1 blocks + the
+        // sink slot: 1 497 600 B on Gemma (18 layers × 8 320 B per slot), 1 958 400 B on SmolLM2 (30 × 6 528 B).
+        let ring64 = 10 * 18 * 8320
+        #expect(KVCachePool.residualReserveBytes(spec: gemma, maxNumSeqs: 16, prefillChunk: 64) == 20 * ring64)
+        func daemonPool(_ spec: KVCacheSpec, _ budget: Int) throws -> KVCachePool {
+            try KVCachePool(spec: spec, byteBudget: budget, prefillChunk: 64, maxNumSeqs: 16)
+        }
+        func gemmaSpec(_ dt: KVCacheDType) -> KVCacheSpec {
+            KVCacheSpec(numLayers: 18, numKVHeads: 1, headDim: 256, dtype: dt, layerWindows: windows)
+        }
+        let smolRing = 10 * 30 * 6528
+        let smolSpec = { (dt: KVCacheDType) in KVCacheSpec(numLayers: 30, numKVHeads: 3, headDim: 64, dtype: dt) }
+        for budget in [1 << 28, 1 << 26] {
+            let g4 = try daemonPool(gemmaSpec(.int4PerToken), budget), g8 = try daemonPool(gemmaSpec(.int8PerToken), budget)
+            #expect(g4.residualBytesPerSequence == ring64 && g4.stats().residualBytes == 20 * ring64)
+            #expect(g4.numBlocks == (budget - 20 * ring64) / g4.pageStride)
+            // SmolLM2 has no sliding windows: capacity is exactly its blocks' positions. 64 MiB is accepted now (the
+            // 512-token rings, 20 × 7 441 920 B, did not fit in it).
+            let s4 = try daemonPool(smolSpec(.int4PerToken), budget), s8 = try daemonPool(smolSpec(.int8PerToken), budget)
+            #expect(s4.residualBytesPerSequence == smolRing)
+            #expect(s4.pageStride == 30 * 3584)   // 16 positions × 3 heads × 74 B = 3 552 B per layer, 64-byte aligned
+            #expect(s4.capacityTokens == (budget - 20 * smolRing) / s4.pageStride * 16)
+            #expect(s8.capacityTokens == budget / (16 * s8.spec.bytesPerToken) * 16)
+            print("capacity_tokens, max_num_seqs 16, 64-token chunks, \(budget >> 20) MiB: Gemma 3 270M int4_pertoken \(g4.capacityTokens), int8_pertoken \(g8.capacityTokens); SmolLM2 int4_pertoken \(s4.capacityTokens), int8_pertoken \(s8.capacityTokens)")
+            if budget == 1 << 28 {
+                // The rings take 11 % (Gemma) and 15 % (SmolLM2) of 256 MiB: int4 holds 1.57× and 1.56× int8's tokens
+                // (with 512-token rings, 42 % of the budget on Gemma: 169 392 vs 167 344, above).
+                #expect(Double(g4.capacityTokens) > 1.5 * Double(g8.capacityTokens))
+                #expect(Double(s4.capacityTokens) > 1.5 * Double(s8.capacityTokens))
+            } else {
+                // 64 MiB: the 20 rings are 45 % (Gemma) and 58 % (SmolLM2) of it, int4 holds a little less than int8
+                // (a fixed reservation per sequence; README "Known limits").
+                #expect(g4.capacityTokens > 30_000 && s4.capacityTokens > 4_000)
+            }
+        }
     }
 
     @Test("residual rings: one arena slot per live sequence, freed ones kept for prefix caching until a live one needs the slot; none left = int4 only, counted")
@@ -379,5 +415,65 @@ extension Int4CacheTests {
         }
         print("served vs simulated int4 attention, Gemma layout: max |diff| \(worst)")
         #expect(worst < 1e-4)
+    }
+}
+
+extension Int4CacheTests {
+    /// Attention outputs of queries `p0 ..< p0 + n` of a 1-layer int4 pool (chunk `prefillChunk`, block 16, head_dim
+    /// 64, 2 KV heads): positions `0 ..< p0` written and committed first, then either every position of the pass
+    /// written before any is attended (`onePass`, a prefill micro-batch) or each written and attended in turn.
+    static func passOutputs(prefillChunk: Int, p0: Int, n: Int, onePass: Bool, keys: [[Float]], values: [[Float]],
+                            queries: [[Float]]) throws -> [[Float]] {
+        let spec = KVCacheSpec(numLayers: 1, numKVHeads: 2, headDim: 64, dtype: .int4PerToken, blockSize: 16)
+        let pool = try KVCachePool(spec: spec, byteBudget: 1 << 22, prefillChunk: prefillChunk, enablePrefixCaching: false)
+        let seq = pool.createSequence()
+        #expect(pool.reserve(seq, newLength: p0 + n) == .ok)
+        func write(_ p: Int) {
+            keys[p].withUnsafeBufferPointer { k in
+                values[p].withUnsafeBufferPointer { v in
+                    _ = pool.write(layer: 0, sequence: seq, position: p, key: k.baseAddress!, value: v.baseAddress!)
+                }
+            }
+        }
+        for p in 0..<p0 { write(p) }
+        pool.commit(seq, tokens: [Int32](repeating: 1, count: p0), from: 0)
+        var out: [[Float]] = []
+        if onePass { for p in p0..<(p0 + n) { write(p) } }
+        for (i, p) in (p0..<(p0 + n)).enumerated() {
+            if !onePass { write(p) }
+            out.append(attend(pool, seq, layer: 0, position: p, query: queries[i], numHeads: 4, window: nil, scale: 0.3))
+        }
+        return out
+    }
+
+    @Test("ring sized for the pool's prefill chunk: a pass of that many positions (the worst alignment) reads what position-by-position reads; a longer pass would not (ForwardSession splits it)")
+    func ringHoldsOneChunk() throws {
+        let spec = KVCacheSpec(numLayers: 1, numKVHeads: 2, headDim: 64, dtype: .int4PerToken, blockSize: 16)
+        // 64-token chunks (the daemon's default max_num_batched_tokens): 4 recent + 4 + 1 blocks, + the sink slot.
+        let pool = try KVCachePool(spec: spec, byteBudget: 1 << 22, prefillChunk: 64)
+        let blockStride = 2 * (2 * 16 * 64) + 2 * (2 * 16 * 4)   // int8 K, V [2, 16, 64] + fp32 scales [2, 16]
+        #expect(pool.residualBytesPerSequence == 10 * 1 * blockStride)
+        #expect(try KVCachePool(spec: spec, byteBudget: 1 << 22, prefillChunk: 512).residualBytesPerSequence == 38 * blockStride)
+        #expect(KVCachePool.residualReserveBytes(spec: spec, maxNumSeqs: 16, prefillChunk: 64) == 20 * 10 * blockStride)
+
+        var rng = SplitMix64(seed: 64)
+        let c = Shape(numKVHeads: 2, numHeads: 4, headDim: 64, blockSize: 16, length: 400, window: nil)
+        let keys = Self.rows(c, &rng), values = Self.rows(c, &rng)
+        let queries = (0..<130).map { _ in rng.floats(4 * 64) }
+        // p0 = 207: the last position of a block, so a 64-position pass spans 5 blocks (the most it can).
+        for p0 in [207, 192] {
+            let stepwise = try Self.passOutputs(prefillChunk: 64, p0: p0, n: 64, onePass: false, keys: keys, values: values, queries: queries)
+            let pass = try Self.passOutputs(prefillChunk: 64, p0: p0, n: 64, onePass: true, keys: keys, values: values, queries: queries)
+            #expect(pass == stepwise, "p0 \(p0): a 64-position pass on a 64-chunk ring")
+            // The same pass on a ring sized for 512: the same outputs bit for bit (the ring's size changes nothing it holds).
+            let big = try Self.passOutputs(prefillChunk: 512, p0: p0, n: 64, onePass: true, keys: keys, values: values, queries: queries)
+            #expect(big == stepwise, "p0 \(p0): 512-chunk ring")
+        }
+        // 128 positions in one pass on the 64-chunk ring: the first queries' recent blocks were overwritten (read at
+        // 4 bits), so they differ from the position-by-position run; that is the overflow `ForwardSession` prevents.
+        let stepwise = try Self.passOutputs(prefillChunk: 64, p0: 207, n: 128, onePass: false, keys: keys, values: values, queries: queries)
+        let over = try Self.passOutputs(prefillChunk: 64, p0: 207, n: 128, onePass: true, keys: keys, values: values, queries: queries)
+        #expect(over[0] != stepwise[0])
+        #expect(over[127] == stepwise[127])   // the last queries still find theirs
     }
 }

@@ -29,9 +29,9 @@ struct SmolLM2SocketTests {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
         process.arguments = ["--socket", socket, "--allowed-dir", dir, "--allowed-dir", (model as NSString).deletingLastPathComponent,
-                             // int4_pertoken takes its int8 residual rings out of the budget first: 20 × 7.4 MB on SmolLM2
-                             // (max_num_seqs 16 + 4 kept), so 192 MiB leaves ~50 MB of blocks for every dtype.
-                             "--kv-cache-bytes", "\(192 << 20)", "--threads", "2", "--log-level", "warning"]
+                             // int4_pertoken takes its int8 residual rings out of the budget first: 20 × 1 958 400 B on
+                             // SmolLM2 (max_num_seqs 16 + 4 kept, sized for the 64-token chunks), 25 MB of blocks left.
+                             "--kv-cache-bytes", "\(64 << 20)", "--threads", "2", "--log-level", "warning"]
         var environment = ProcessInfo.processInfo.environment
         environment["NOTIFY_SOCKET"] = receiver.path
         environment.removeValue(forKey: "WATCHDOG_USEC")

@@ -9,8 +9,9 @@ import Testing
 
 /// Chunked prefill on the real model: a prompt longer than Gemma 3's 512-token sliding window, prefilled in
 /// chunks of a small step budget (windows crossing chunk boundaries, a last chunk of one token), gives the
-/// same tokens as one unchunked prefill, greedy and seeded, for fp16, int8_pertoken and a static int8 mode;
-/// also while another sequence decodes in the same steps.
+/// same tokens as one unchunked prefill, greedy and seeded, for fp16, int8_pertoken, a static int8 mode and
+/// int4_pertoken (whose int8 residual rings follow the chunk: sized for 96 tokens in the chunked engine, for the
+/// executor's 512-token micro-batch in the unchunked one); also while another sequence decodes in the same steps.
 @Suite(.serialized, .enabled(if: RealModel.path != nil, RealModel.skipReason))
 struct ChunkedPrefillTests {
     /// 673 tokens: chunks of 96 (the step budget) end at 96, 192, …, 672; the last chunk is one token at
@@ -56,7 +57,7 @@ struct ChunkedPrefillTests {
     }
 
     @Test("chunks of 96 tokens == one prefill, token for token (greedy and seeded)",
-          arguments: [KVCacheDType.fp16, .int8PerToken, .int8PerTensor])
+          arguments: [KVCacheDType.fp16, .int8PerToken, .int8PerTensor, .int4PerToken])
     func chunkedEqualsUnchunked(dtype: KVCacheDType) async throws {
         let scales = dtype.usesStaticScales ? try await Self.calibratedScales() : nil
         let whole = try await makeEngine(dtype, maxNumBatchedTokens: 4096, scales: scales)
@@ -75,6 +76,11 @@ struct ChunkedPrefillTests {
             }
         }
         #expect(try await chunked.stats().kvCache["num_blocks_used"] == .int(0))
+        if dtype == .int4PerToken {
+            // Rings of 4 + 6 + 1 blocks + the sink slot (96-token chunks) vs 4 + 32 + 1 + 1 (512): 18 layers × 8 320 B.
+            #expect(try await chunked.stats().kvCache["residual_bytes_per_sequence"] == .int(12 * 18 * 8320))
+            #expect(try await whole.stats().kvCache["residual_bytes_per_sequence"] == .int(38 * 18 * 8320))
+        }
     }
 
     @Test("a chunked prefill beside a decoding sequence, fused into its decode steps: both get the tokens (and log-probabilities) they get alone",

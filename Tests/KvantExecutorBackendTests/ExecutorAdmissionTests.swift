@@ -128,10 +128,11 @@ struct ExecutorAdmissionTests {
             return (result, loaded.model.kvCacheCapacityTokens)
         }
         // 64 blocks of every layer: 1024 tokens if every layer kept every position. With the 15 window layers
-        // holding at most their window plus one 512-token micro-batch: 1440 tokens (micro-batch 1024..<1440:
-        // full group 90 blocks + 5 window groups × 58 = 380 of 384 three-layer blocks).
+        // holding at most their window plus one prefill chunk (the engine's max_num_batched_tokens, 64): 3312 tokens
+        // (chunk 3264..<3312: full group 207 blocks + 5 window groups × 35 = 382 of 384 three-layer blocks; with the
+        // executor's 512-token micro-batch it was 1440).
         let (small, capacity) = try await run(kvCacheBytes: 64 * Self.blockBytes)
-        #expect(capacity == 1440)
+        #expect(capacity == 3312)
         #expect(small.promptTokens > 1024 && small.promptTokens + 8 <= capacity, "prompt \(small.promptTokens) tokens")
         let (large, _) = try await run(kvCacheBytes: 256 * Self.blockBytes)
         #expect(small.tokens == large.tokens && small.text == large.text)

@@ -137,8 +137,9 @@ struct ParallelSamplingRealModelTests {
         let roomy = try await makeEngine(dtype, prefixCaching: true, kvCacheBytes: 64 << 20, maxNumSeqs: 1)
         for p in params { alone.append(try await roomy.generate(p) { _ in }.tokens) }
         let perToken = try await kv(roomy, "bytes_per_token_all_layers")
-        // int4_pertoken: + its 8 int8 residual rings (max_num_seqs 4 + 4 kept), 5 690 880 B each on Gemma 3 270M.
-        let rings = dtype == .int4PerToken ? 8 * 5_690_880 : 0
+        // int4_pertoken: + its 8 int8 residual rings (max_num_seqs 4 + 4 kept), 1 497 600 B each on Gemma 3 270M
+        // (sized for the default 64-token chunks).
+        let rings = dtype == .int4PerToken ? 8 * 1_497_600 : 0
         let tight = try await makeEngine(dtype, prefixCaching: true, kvCacheBytes: perToken * 400 + rings, maxNumSeqs: 4)
         let out = try await Self.runGroup(tight, params)
         #expect(await tight.figures().numPreemptions > 0)

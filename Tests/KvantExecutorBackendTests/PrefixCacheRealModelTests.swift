@@ -16,9 +16,10 @@ import Testing
 struct PrefixCacheRealModelTests {
     func makeEngine(_ dtype: KVCacheDType, prefixCaching: Bool, scales: String? = nil, maxModelLen: Int = 1024) async throws -> Engine {
         let engine = Engine(backend: ExecutorBackend(),
-                            // int4_pertoken: + its 8 int8 residual rings (max_num_seqs 4 + 4 kept), 5 690 880 B each.
+                            // int4_pertoken: + its 8 int8 residual rings (max_num_seqs 4 + 4 kept), 1 497 600 B each
+                            // (sized for the default 64-token chunks: 4 + 4 + 1 blocks + the sink, 18 layers × 8 320 B).
                             settings: .init(kvCacheDType: dtype, quantizationParamPath: scales,
-                                            kvCacheBytes: (48 << 20) + (dtype == .int4PerToken ? 8 * 5_690_880 : 0),
+                                            kvCacheBytes: (48 << 20) + (dtype == .int4PerToken ? 8 * 1_497_600 : 0),
                                             blockSize: 16, maxModelLen: maxModelLen, threads: 2, maxNumSeqs: 4,
                                             enablePrefixCaching: prefixCaching),
                             logger: Logger(label: "test"))
