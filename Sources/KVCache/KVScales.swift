@@ -214,9 +214,9 @@ public struct KVScales: Sendable, Equatable {
             throw KvantError(.invalidArgument, "\(src): num_layers \(numLayers) and num_kv_heads \(numKVHeads) must be positive")
         }
         if let dup = JSONDuplicateKeys.first(in: data) {
-            let at = dup.path.isEmpty ? "at top level" : "in " + dup.path.map { "'\($0)'" }.joined(separator: " → ")
+            let at = dup.path.isEmpty ? "at top level" : "in " + dup.path.map(quotedName).joined(separator: " → ")
             throw KvantError(.invalidArgument,
-                             "\(src): key '\(dup.key)' appears twice \(at); expected each TP rank and layer once (vLLM would silently keep the last)")
+                             "\(src): key \(quotedName(dup.key)) appears twice \(at); expected each TP rank and layer once (vLLM would silently keep the last)")
         }
         let file: ScaleFile
         do { file = try JSONDecoder().decode(ScaleFile.self, from: data) } catch let e as DecodingError {
@@ -231,11 +231,11 @@ public struct KVScales: Sendable, Equatable {
         if let expected = expectedModelType {
             if let mt = file.modelType {
                 guard mt == expected || (modelTypeAliases[expected]?.contains(mt) ?? false) else {
-                    let accepted = ([expected] + (modelTypeAliases[expected].map { Array($0).sorted() } ?? [])).joined(separator: "' or '")
-                    throw KvantError(.invalidArgument, "\(src): model_type '\(mt)' does not match the running model (expected '\(accepted)')")
+                    let accepted = ([expected] + (modelTypeAliases[expected].map { Array($0).sorted() } ?? [])).map(quotedName).joined(separator: " or ")
+                    throw KvantError(.invalidArgument, "\(src): model_type \(quotedName(mt)) does not match the running model (expected \(accepted))")
                 }
             } else {
-                warnings.append("\(src): model_type is null; accepted for model_type '\(expected)' (fix the file to make it checkable)")
+                warnings.append("\(src): model_type is null; accepted for model_type \(quotedName(expected)) (fix the file to make it checkable)")
             }
         }
         var (result, tp) = try parseFactor(file.kvCache.scalingFactor, field: "scaling_factor", src: src,
@@ -271,7 +271,7 @@ public struct KVScales: Sendable, Equatable {
         var ranks: [Int: [String: ScaleEntry]] = [:]
         for (key, layers) in factor {
             guard let r = Int(key), r >= 0 else {
-                throw KvantError(.invalidArgument, "\(src): TP rank key '\(key)' in kv_cache.\(field) is not a non-negative integer (expected \"0\", \"1\", …)")
+                throw KvantError(.invalidArgument, "\(src): TP rank key \(quotedName(key)) in kv_cache.\(field) is not a non-negative integer (expected \"0\", \"1\", …)")
             }
             guard ranks[r] == nil else { throw KvantError(.invalidArgument, "\(src): \(at)TP rank \(r) appears twice") }
             ranks[r] = layers
@@ -292,7 +292,7 @@ public struct KVScales: Sendable, Equatable {
             var layers: [Int: ScaleEntry] = [:]
             for (key, entry) in ranks[r]! {
                 guard let l = Int(key) else {
-                    throw KvantError(.invalidArgument, "\(src): \(at)rank \(r): layer key '\(key)' is not an integer; expected layers 0..<\(numLayers)")
+                    throw KvantError(.invalidArgument, "\(src): \(at)rank \(r): layer key \(quotedName(key)) is not an integer; expected layers 0..<\(numLayers)")
                 }
                 guard l >= 0, l < numLayers else {
                     throw KvantError(.invalidArgument, "\(src): \(at)rank \(r): layer \(l) out of range; expected exactly layers 0..<\(numLayers)")
@@ -412,8 +412,14 @@ public struct KVScales: Sendable, Equatable {
     }
 
     private static func describe(_ e: DecodingError) -> String {
+        /// A key of the path as messages show it: schema words and numbers as they are, anything else
+        /// (a TP rank or layer key read from the file) through `quotedName`.
+        func shown(_ k: String) -> String {
+            k.count <= 48 && k.unicodeScalars.allSatisfy { ($0.isASCII && ($0.properties.isAlphabetic || $0.properties.numericType != nil)) || $0 == "_" || $0 == "-" }
+                ? k : quotedName(k)
+        }
         func path(_ p: [CodingKey]) -> String {
-            let keys = p.map { $0.intValue.map(String.init) ?? $0.stringValue }
+            let keys = p.map { $0.intValue.map(String.init) ?? $0.stringValue }.map(shown)
             var s = keys.isEmpty ? "top level" : keys.joined(separator: ".")
             let factors: Set<String> = ["scaling_factor", "k_scaling_factor", "v_scaling_factor"]
             if keys.count >= 4, keys[0] == "kv_cache", factors.contains(keys[1]) {

@@ -366,17 +366,24 @@ actor ConnectionWriter {
 /// A request's id is released before its final reply is written, so a client that reuses the id
 /// as soon as it read the reply is never refused; the task itself stays tracked (for draining)
 /// until the reply is out.
-actor ConnectionSession {
+///
+/// Public for tests only (the daemon's control server is its one user).
+public actor ConnectionSession {
     private var ids: [RPCID: UUID] = [:]
     private var tasks: [UUID: Task<Void, Never>] = [:]
+    /// Tasks whose work is done and whose reply is being written: still tracked (for draining), but
+    /// no longer cancellable work, so a close seen now does not count them as cancelled.
+    private var replying: Set<UUID> = []
     private var idleWaiters: [CheckedContinuation<Void, Never>] = []
     private(set) var isShuttingDown = false
     private(set) var isClosed = false
 
     /// Starts `work` as a task tracked under `id`; its response (if any) goes to `reply` after the id
     /// was released. False when `id` is already running.
-    func start(id: RPCID?, _ work: @escaping @Sendable () async -> RPCResponse?,
-               reply: @escaping @Sendable (RPCResponse) async -> Void) -> Bool {
+    public init() {}
+
+    public func start(id: RPCID?, _ work: @escaping @Sendable () async -> RPCResponse?,
+                      reply: @escaping @Sendable (RPCResponse) async -> Void) -> Bool {
         if let id, ids[id] != nil { return false }
         let key = UUID()
         if let id { ids[id] = key }
@@ -393,17 +400,19 @@ actor ConnectionSession {
 
     private func release(id: RPCID?, key: UUID) {
         if let id, ids[id] == key { ids[id] = nil }
+        replying.insert(key)
     }
 
     private func finished(key: UUID) {
         tasks[key] = nil
+        replying.remove(key)
         wakeIfIdle()
     }
 
     private var isIdle: Bool { tasks.isEmpty }
 
-    /// Requests still running (tracked tasks).
-    var runningCount: Int { tasks.count }
+    /// Requests still running (tracked tasks, replies being written included).
+    public var runningCount: Int { tasks.count }
 
     private func wakeIfIdle() {
         guard isIdle else { return }
@@ -418,15 +427,17 @@ actor ConnectionSession {
     }
 
     /// The client closed the connection: cancel every request still running for it (their replies
-    /// have nowhere to go). Returns how many were cancelled.
+    /// have nowhere to go). Returns how many were cancelled: requests whose work was still running,
+    /// not those already done and writing their reply (a client that read its reply and closed at
+    /// once cancelled nothing).
     @discardableResult
-    func connectionClosed() -> Int {
+    public func connectionClosed() -> Int {
         isClosed = true
         for task in tasks.values { task.cancel() }
-        return tasks.count
+        return tasks.keys.filter { !replying.contains($0) }.count
     }
 
-    func waitUntilIdle() async {
+    public func waitUntilIdle() async {
         if isIdle { return }
         await withCheckedContinuation { idleWaiters.append($0) }
     }

@@ -253,7 +253,8 @@ public struct DaemonConfiguration: Sendable, Equatable {
                                     blockSize: Int? = nil, kvCacheBytes: Int? = nil, maxModelLen: Int? = nil,
                                     socket: String? = nil, threads: Int? = nil, logLevel: String? = nil,
                                     allowedDirs: [String] = [], maxNumBatchedTokens: Int? = nil,
-                                    enablePrefixCaching: Bool? = nil) throws {
+                                    enablePrefixCaching: Bool? = nil, maxNumSeqs: Int? = nil) throws {
+        if let maxNumSeqs { self.maxNumSeqs = try Self.checked(maxNumSeqs, Limits.maxNumSeqs, what: "--max-num-seqs") }
         if let maxNumBatchedTokens {
             self.maxNumBatchedTokens = try Self.checked(maxNumBatchedTokens, Limits.maxNumBatchedTokens, what: "--max-num-batched-tokens")
         }

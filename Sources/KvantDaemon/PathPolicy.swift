@@ -13,6 +13,7 @@ public struct PathPolicy: Sendable {
     public init(allowedDirs: [String]) throws {
         var unique: [String] = []
         for dir in allowedDirs {
+            try PathPolicy.refuseNUL(dir, field: "allowed_dirs")
             guard let real = PathPolicy.realpath(dir) else {
                 throw KvantError(.invalidArgument, "allowed_dirs entry '\(dir)' does not exist or is not accessible")
             }
@@ -25,6 +26,7 @@ public struct PathPolicy: Sendable {
     /// - Throws: `.notFound` if it does not exist, `.permissionDenied` if outside `allowed_dirs`.
     public func existingFile(_ path: String, field: String) throws -> String {
         guard !path.isEmpty else { throw KvantError(.invalidArgument, "'\(field)' is empty") }
+        try PathPolicy.refuseNUL(path, field: field)
         guard let real = PathPolicy.realpath(path) else {
             throw KvantError(.notFound, "'\(field)': \(path) does not exist or is not accessible")
         }
@@ -44,6 +46,7 @@ public struct PathPolicy: Sendable {
     /// A file to be written: its parent directory must exist and lie under `allowed_dirs`.
     public func outputFile(_ path: String, field: String) throws -> String {
         guard !path.isEmpty else { throw KvantError(.invalidArgument, "'\(field)' is empty") }
+        try PathPolicy.refuseNUL(path, field: field)
         let url = URL(fileURLWithPath: path)
         let name = url.lastPathComponent
         guard !name.isEmpty, name != ".", name != ".." else {
@@ -95,7 +98,20 @@ public struct PathPolicy: Sendable {
         let inside = allowedDirs.contains { dir in dir == "/" || real == dir || real.hasPrefix(dir + "/") }
         guard inside else {
             let list = allowedDirs.isEmpty ? "(none configured)" : allowedDirs.joined(separator: ", ")
-            throw KvantError(.permissionDenied, "'\(field)': \(original) is outside the allowed directories \(list) (allowed_dirs)")
+            // A symlink (or `..`) inside an allowed directory names the file it leads to, so the
+            // operator sees both the path given and where it ends.
+            let resolved = real == original ? "" : " resolves to \(real), which"
+            throw KvantError(.permissionDenied, "'\(field)': \(original)\(resolved) is outside the allowed directories \(list) (allowed_dirs)")
+        }
+    }
+
+    /// A path holding a NUL byte would be cut there by every C call (`realpath`, `open`), so
+    /// `good.json\0/../../outside.json` would silently name `good.json`: refused whole instead.
+    /// - Throws: `KvantError(.invalidArgument)` naming the field and the byte offset of the NUL.
+    static func refuseNUL(_ path: String, field: String) throws {
+        if let i = path.utf8.firstIndex(of: 0) {
+            let offset = path.utf8.distance(from: path.utf8.startIndex, to: i)
+            throw KvantError(.invalidArgument, "'\(field)' contains a NUL byte (at byte \(offset)); a path cannot hold one")
         }
     }
 

@@ -54,6 +54,7 @@ struct SamplingFields {
         s.ignoreEOS = try f.bool("ignore_eos") ?? false
         s.skipSpecialTokens = try f.bool("skip_special_tokens") ?? true
         s.n = try f.int("n", in: 1...maxN) ?? 1
+        if let problem = GenerateParams.seedRangeProblem(seed: s.seed, n: s.n) { throw OpenAIError.invalidField("seed", problem) }
         if let bestOf = try f.int("best_of"), bestOf != s.n {
             throw OpenAIError.invalidField("best_of", "only best_of = n is supported (got best_of \(bestOf), n \(s.n))")
         }

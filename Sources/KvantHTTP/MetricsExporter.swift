@@ -17,7 +17,7 @@ import Prometheus
 /// | `kvant:cache_config_info{cache_dtype, block_size, scale_source, scale_sha256}` | gauge = 1 | the KV cache in force |
 /// | `kvant:kv_scale_epoch` | gauge | epoch of the installed static scales (0 when none) |
 /// | `kvant:kv_scale_saturation_total{layer}` | counter | int8 values clipped at ±127, per layer |
-/// | `kvant:kv_cache_bytes_per_token` | gauge | bytes of K and V per token, all layers |
+/// | `kvant:kv_cache_bytes_per_token` | gauge | bytes of K and V each further token of a long sequence costs: full-attention layers only (`kv_cache.bytes_per_token`; all layers without sliding windows) |
 /// | `kvant:prefix_cache_queries_total` | counter | prompt tokens looked up in the prefix cache (vLLM's `vllm:prefix_cache_queries`) |
 /// | `kvant:prefix_cache_hits_total` | counter | of those, tokens served from the cache (vLLM's `vllm:prefix_cache_hits`) |
 /// | `kvant:num_preemptions_total` | counter | sequences preempted because the KV cache ran out of blocks (`num_preemptions`; vLLM's `vllm:num_preemptions`) |
@@ -64,7 +64,7 @@ public final class MetricsExporter: @unchecked Sendable {
         gauge("kvant:num_requests_waiting", "Requests waiting for a sequence slot or KV-cache blocks.").set(Double(engine?.requestsWaiting ?? 0))
         let cache = stats?.kvCache ?? .null
         gauge("kvant:kv_cache_usage_perc", "Fraction of KV-cache blocks in use, 0 to 1.").set(usage?.fraction ?? 0)
-        gauge("kvant:kv_cache_bytes_per_token", "Bytes of K and V per token, all layers.").set(Double(cache["bytes_per_token"]?.doubleValue ?? 0))
+        gauge("kvant:kv_cache_bytes_per_token", "Bytes of K and V per token of a long sequence: full-attention layers only (sliding-window layers hold just their window).").set(Double(cache["bytes_per_token"]?.doubleValue ?? 0))
         gauge("kvant:kv_scale_epoch", "Epoch of the installed static KV scales (0 when none).").set(Double(cache["scale_epoch"]?.doubleValue ?? 0))
 
         // Preemptions: the engine's cumulative count, added to the counter as it grows.

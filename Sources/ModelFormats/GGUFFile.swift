@@ -354,26 +354,7 @@ private struct GGUFParser {
     /// A name read from the file as errors show it: quoted, control characters, quotes and invalid UTF-8
     /// (U+FFFD) escaped, cut at 48 characters of output with the full length (UTF-8 bytes after
     /// decoding) named, so an error never carries file bytes in bulk.
-    static func quoted(_ s: String) -> String {
-        var out = "'"
-        var shown = 0
-        for scalar in s.unicodeScalars {
-            let piece: String
-            switch scalar {
-            case "'": piece = "\\'"
-            case "\\": piece = "\\\\"
-            case _ where scalar.value < 0x20 || scalar.value == 0x7F || scalar == "\u{FFFD}":
-                piece = "\\u{\(String(scalar.value, radix: 16))}"
-            default: piece = String(scalar)
-            }
-            if shown + piece.count > 48 {
-                return out + "…' (\(s.utf8.count) bytes)"
-            }
-            out += piece
-            shown += piece.count
-        }
-        return out + "'"
-    }
+    static func quoted(_ s: String) -> String { quotedName(s) }
 
     /// Reads a length-prefixed string.
     /// - Parameter limit: longest accepted length in bytes (keys and tensor names); nil for values.

@@ -36,6 +36,10 @@ struct Kvantd: AsyncParsableCommand {
     @Option(name: .customLong("max-model-len"), parsing: .unconditional, help: "Longest sequence in tokens.")
     var maxModelLen: Int?
 
+    @Option(name: .customLong("max-num-seqs"), parsing: .unconditional,
+            help: "Sequences generated at once; more requests wait (max_num_seqs, default 16).")
+    var maxNumSeqs: Int?
+
     @Option(name: .customLong("max-num-batched-tokens"), parsing: .unconditional,
             help: "Tokens one engine step computes at most: decode rows plus prefill chunks; longer prompts are prefilled in chunks (max_num_batched_tokens, default 64).")
     var maxNumBatchedTokens: Int?
@@ -118,7 +122,8 @@ struct Kvantd: AsyncParsableCommand {
         try configuration.applyFlags(model: model, kvCacheDType: kvCacheDType, quantizationParamPath: quantizationParamPath,
                                      blockSize: blockSize, kvCacheBytes: kvCacheBytes, maxModelLen: maxModelLen,
                                      socket: socket, threads: threads, logLevel: logLevel, allowedDirs: allowedDirs,
-                                     maxNumBatchedTokens: maxNumBatchedTokens, enablePrefixCaching: enablePrefixCaching)
+                                     maxNumBatchedTokens: maxNumBatchedTokens, enablePrefixCaching: enablePrefixCaching,
+                                     maxNumSeqs: maxNumSeqs)
         try configuration.applyHTTPFlags(host: host, port: port, noHTTP: noHTTP, unixSocket: httpUnixSocket, apiKey: apiKey,
                                          servedModelName: servedModelName, chatTemplate: chatTemplate,
                                          timeoutKeepAlive: timeoutKeepAlive)

@@ -111,6 +111,22 @@ struct CodecTests {
         var sixteen = GenerateParams(prompt: "p")
         sixteen.n = 16
         #expect(throws: Never.self) { try sixteen.validate() }
+        // seed + n - 1 must not pass the largest seed (Int64.max): choice i's seed would wrap.
+        var top = GenerateParams(prompt: "p", seed: UInt64(Int64.max))
+        top.n = 2
+        #expect { try top.validate() } throws: { error in
+            let m = (error as? KvantError)?.message ?? ""
+            return m.contains("'seed'") && m.contains("seed 9223372036854775807 + n 2 - 1 exceeds the largest seed 9223372036854775807")
+        }
+        top.n = 1
+        #expect(throws: Never.self) { try top.validate() }
+        var below = GenerateParams(prompt: "p", seed: UInt64(Int64.max - 15))
+        below.n = 16
+        #expect(throws: Never.self) { try below.validate() }
+        below.seed = UInt64(Int64.max - 14)
+        #expect(throws: KvantError.self) { try below.validate() }
+        // Negative seeds (the HTTP API's, as a bit pattern) count up through zero without passing Int64.max.
+        #expect(GenerateParams.seedRangeProblem(seed: UInt64(bitPattern: -1), n: 16) == nil)
 
         // The reply: n = 1 has no `choices` (the shape of before); n > 1 lists every choice, choice 0 at the top.
         func result(_ text: String, _ tokens: [Int], _ finish: FinishReason, stop: String? = nil) -> GenerateResult {

@@ -66,6 +66,26 @@ struct ScaleFileTests {
         #expect(try KVScales.load(path: odd, expectedModelType: "gemma3", numLayers: 1, numKVHeads: 1).fileDType == "int8")
     }
 
+    /// Strings read from the file (model_type, TP rank and layer keys, duplicate keys, keys on a type
+    /// error's path) reach the message through `quotedName`: escaped, cut after 48 characters, the
+    /// full length named — never a control character or 200 bytes of the file.
+    @Test("names read from a scale file are quoted escaped and cut after 48 characters", arguments: [
+        #"{"model_type": "gemma3\u0001\u001b[31m"# + String(repeating: "A", count: 200) + #"", "kv_cache": {"dtype": "int8", "scaling_factor": {"0": {"0": 0.1}}}}"#,
+        #"{"model_type": "gemma3", "kv_cache": {"dtype": "int8", "scaling_factor": {"0": {"3\u001b[31m"# + String(repeating: "A", count: 200) + #"": 0.1}}}}"#,
+        #"{"model_type": "gemma3", "kv_cache": {"dtype": "int8", "scaling_factor": {"\u001b[31m"# + String(repeating: "A", count: 200) + #"": {"0": 0.1}}}}"#,
+        #"{"model_type": "gemma3", "kv_cache": {"dtype": "int8", "scaling_factor": {"0": {"0": 0.1}}, "\u001b[31m"# + String(repeating: "A", count: 200) + #"": 1, "\u001b[31m"# + String(repeating: "A", count: 200) + #"": 2}}"#,
+        #"{"model_type": "gemma3", "kv_cache": {"dtype": "int8", "scaling_factor": {"0": {"\u001b[31m"# + String(repeating: "A", count: 200) + #"": "x"}}}}"#,
+    ])
+    func hostileNamesAreQuoted(text: String) {
+        let e = kvantError { _ = try KVScales.decode(data: Data(text.utf8), source: "scale file 's.json'", expectedModelType: "gemma3", numLayers: 1, numKVHeads: 1) }
+        let m = e?.message ?? ""
+        #expect(e?.reason == .invalidArgument)
+        #expect(!m.unicodeScalars.contains { $0.value < 0x20 || $0.value == 0x7F }, "raw control character in: \(m)")
+        #expect(!m.contains(String(repeating: "A", count: 49)), "uncut name in: \(m)")
+        #expect(m.contains("\\u{1b}[31m"), "escaped ESC in: \(m)")
+        #expect(m.contains("…' ("), "cut marker in: \(m)")
+    }
+
     struct BadCase: Sendable, CustomStringConvertible {
         var name: String
         var text: String?            // nil = the file does not exist

@@ -49,6 +49,17 @@ struct ConfigurationTests {
         #expect(throws: KvantError.self) { try DaemonConfiguration.parse(toml: "max_num_batched_tokens = 0", file: "t.toml") }
     }
 
+    @Test("max_num_seqs: key, --max-num-seqs flag (flags win, same range as the key)")
+    func maxNumSeqsFlag() throws {
+        var config = try DaemonConfiguration.parse(toml: "max_num_seqs = 8\nmax_num_batched_tokens = 512", file: "t.toml")
+        #expect(config.maxNumSeqs == 8)
+        try config.applyFlags(maxNumSeqs: 32)
+        #expect(config.maxNumSeqs == 32 && config.engineSettings.maxNumSeqs == 32)
+        let error = try #require(throws: KvantError.self) { try config.applyFlags(maxNumSeqs: 0) }
+        #expect(error.message == "--max-num-seqs 0 is out of range 1...1024")
+        #expect(config.maxNumSeqs == 32)
+    }
+
     @Test("values of every type")
     func values() throws {
         let config = try DaemonConfiguration.parse(toml: """

@@ -92,6 +92,40 @@ final class CancelToken: @unchecked Sendable {
     func set() { lock.lock(); value = true; lock.unlock() }
 }
 
+/// The count logged as "connection closed by the client; cancelled its running requests": a request whose
+/// work is done and whose reply is being written when the close is seen (a client that read the reply and
+/// closed at once) was not cancelled; one whose work still runs was.
+@Suite("connection close: only requests still running count as cancelled")
+struct ConnectionCloseCountTests {
+    @Test("a request writing its reply when the client closes is not counted; one still working is")
+    func closeCountsOnlyRunningWork() async {
+        let session = ConnectionSession()
+        let (replyStarted, started) = AsyncStream<Void>.makeStream()
+        let (gate, open) = AsyncStream<Void>.makeStream()
+        // Work done at once; the reply write is held until the gate opens.
+        let accepted = await session.start(id: .number(1), { RPCResponse(id: .number(1), result: .null) }, reply: { _ in
+            started.yield()
+            for await _ in gate { break }
+        })
+        #expect(accepted)
+        var replies = replyStarted.makeAsyncIterator()
+        _ = await replies.next()
+        #expect(await session.connectionClosed() == 0)
+        open.finish()
+        await session.waitUntilIdle()
+
+        // Work still running when the close is seen: cancelled and counted.
+        let busy = ConnectionSession()
+        _ = await busy.start(id: .number(2), {
+            try? await Task.sleep(for: .seconds(3600))
+            return RPCResponse(id: .number(2), result: .null)
+        }, reply: { _ in })
+        #expect(await busy.connectionClosed() == 1)
+        await busy.waitUntilIdle()
+        #expect(await busy.runningCount == 0)
+    }
+}
+
 @Suite("calibrate checks its output up front")
 struct CalibrateOutputTests {
     func calibrate(_ daemon: TestDaemon, output: String) async throws -> (RPCErrorObject?, Int) {

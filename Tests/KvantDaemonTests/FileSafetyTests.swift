@@ -51,6 +51,44 @@ struct FileSafetyTests {
         }
     }
 
+    @Test("a path with a NUL byte is refused whole (never cut at the NUL), for files read and files written")
+    func nulByteRefused() throws {
+        let d = try Self.dir()
+        let good = d + "/good.json"
+        try "{}".write(toFile: good, atomically: true, encoding: .utf8)
+        let policy = try PathPolicy(allowedDirs: [d])
+        for (path, write) in [(good + "\u{0}/../../outside.json", false), (good + "\u{0}zzz", false), (d + "/out.json\u{0}x", true)] {
+            do {
+                _ = write ? try policy.outputFile(path, field: "output") : try policy.existingFile(path, field: "path")
+                Issue.record("a path with a NUL byte was accepted")
+            } catch let e as KvantError {
+                #expect(e.reason == .invalidArgument)
+                #expect(e.message.contains(write ? "'output' contains a NUL byte" : "'path' contains a NUL byte"), "\(e.message)")
+                #expect(!e.message.contains("\u{0}"))
+            }
+        }
+        #expect(throws: KvantError.self) { try PathPolicy(allowedDirs: [d + "\u{0}/x"]) }
+    }
+
+    @Test("a symlink inside allowed_dirs that leads outside is refused naming the link and its target")
+    func symlinkOutNamesTarget() throws {
+        let d = try Self.dir()
+        let outside = try Self.dir()
+        let target = outside + "/secret.json"
+        try "{}".write(toFile: target, atomically: true, encoding: .utf8)
+        let link = d + "/link_out.json"
+        try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: target)
+        let policy = try PathPolicy(allowedDirs: [d])
+        let realTarget = URL(fileURLWithPath: target).resolvingSymlinksInPath().path
+        do {
+            _ = try policy.existingFile(link, field: "path")
+            Issue.record("a symlink leading outside allowed_dirs was accepted")
+        } catch let e as KvantError {
+            #expect(e.reason == .permissionDenied)
+            #expect(e.message.contains("'path': \(link) resolves to \(realTarget), which is outside the allowed directories"), "\(e.message)")
+        }
+    }
+
     @Test("calibrate output: an existing non-scale file (a model) is never overwritten; a scale file or an empty file may be")
     func outputNeverClobbersAModel() throws {
         let d = try Self.dir()

@@ -37,9 +37,14 @@ struct IntegerFieldTests {
         try await d.expectError(#"{"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 1e30}"#,
                                 path: "/v1/chat/completions", status: 400, param: "top_logprobs", contains: ["must be in 0...20, got 1e+30"])
         try await d.expectError(#"{"prompt": "x", "best_of": 1e30}"#, status: 400, param: "best_of", contains: ["must be in \(Self.int64Range)"])
+        // seed + n - 1 past the largest seed: choice n - 1's seed would wrap, so the request is refused.
+        try await d.expectError(#"{"prompt": "x", "seed": 9223372036854775807, "n": 2}"#, status: 400, param: "seed",
+                                contains: ["seed 9223372036854775807 + n 2 - 1 exceeds the largest seed 9223372036854775807"])
+        try await d.expectError(#"{"messages": [{"role": "user", "content": "x"}], "seed": 9223372036854775800, "n": 9}"#,
+                                path: "/v1/chat/completions", status: 400, param: "seed", contains: ["exceeds the largest seed"])
         // Accepted as vLLM accepts them: any 64-bit seed (negative too), a whole float as an integer.
         for body in [#"{"prompt": "ok", "seed": -1}"#, #"{"prompt": "ok", "seed": 9223372036854775807}"#,
-                     #"{"prompt": "ok", "seed": -9223372036854775808}"#, #"{"prompt": "ok", "seed": 1e18}"#,
+                     #"{"prompt": "ok", "seed": -9223372036854775808}"#, #"{"prompt": "ok", "seed": 9223372036854775806, "n": 2}"#, #"{"prompt": "ok", "seed": 1e18}"#,
                      #"{"prompt": "ok", "max_tokens": 2.0}"#, #"{"prompt": "ok", "max_tokens": 1e1}"#] {
             let r = try await d.request("POST", "/v1/completions", json: body)
             #expect(r.status == 200, "\(body) → \(r.text)")

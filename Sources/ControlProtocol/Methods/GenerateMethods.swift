@@ -117,8 +117,10 @@ public struct GenerateParams: Codable, Equatable, Sendable {
     }
 
     /// The request of choice `index` of a parallel-sampling request: these params with `n` 1 and seed
-    /// `seed + index` (wrapping; no seed stays none), as the HTTP API and vLLM derive each choice's seed,
-    /// so every choice differs and each is reproducible alone.
+    /// `seed + index` (no seed stays none), as the HTTP API and vLLM derive each choice's seed, so every
+    /// choice differs and each is reproducible alone. `validate()` (and the HTTP API, through
+    /// `seedRangeProblem`) refuse a request whose last choice's seed would pass the largest seed, so
+    /// this never wraps for an accepted request.
     public func choice(_ index: Int) -> GenerateParams {
         var p = self
         p.n = 1
@@ -126,11 +128,26 @@ public struct GenerateParams: Codable, Equatable, Sendable {
         return p
     }
 
+    /// Largest seed: vLLM's bound (a signed 64-bit integer).
+    public static let maxSeed = Int64.max
+
+    /// Why `seed` cannot serve `n` choices, or nil if it can: choice `i` is sampled with `seed + i`, so
+    /// `seed + n - 1` must not pass `maxSeed` (it would wrap round to negative seeds). `seed` is the
+    /// request's seed as a signed 64-bit integer's bit pattern (the HTTP API accepts negative seeds as vLLM
+    /// does; the control socket only 0...`maxSeed`). Shared by the control socket and the HTTP API.
+    public static func seedRangeProblem(seed: UInt64?, n: Int) -> String? {
+        guard let seed, n > 1 else { return nil }
+        let signed = Int64(bitPattern: seed)
+        guard signed.addingReportingOverflow(Int64(n - 1)).overflow else { return nil }
+        return "seed \(signed) + n \(n) - 1 exceeds the largest seed \(maxSeed) (choice i is sampled with seed + i); lower 'seed' or 'n'"
+    }
+
     /// Range checks. - Throws: `KvantError(.invalidArgument)` naming the field and the allowed range.
     public func validate() throws {
         func bad(_ message: String) -> KvantError { KvantError(.invalidArgument, "generate: \(message)") }
         if maxTokens < 1 { throw bad("'max_tokens' must be at least 1, got \(maxTokens)") }
         if !(1...Self.maxN).contains(n) { throw bad("'n' must be in 1...\(Self.maxN), got \(n)") }
+        if let problem = Self.seedRangeProblem(seed: seed, n: n) { throw bad("'seed': \(problem)") }
         if !(temperature >= 0 && temperature.isFinite) { throw bad("'temperature' must be a finite number >= 0, got \(temperature)") }
         if !(topP > 0 && topP <= 1) { throw bad("'top_p' must be in (0, 1], got \(topP)") }
         if topK < -1 { throw bad("'top_k' must be -1 or 0 (off) or a positive count, got \(topK)") }
