@@ -49,10 +49,11 @@ struct ExecutorBatchingTests {
             #expect(together[i].finishReason == alone[i].finishReason)
         }
         // 4 sequences of 16 tokens; prefills interleave and sequences end at different times. How full the passes
-        // get depends on thread scheduling (measured 2.5–3.9 here, 2.5 under the full parallel suite); what this
-        // test needs is that the tokens above came out of shared passes (one at a time gives exactly 1).
+        // get depends on thread scheduling (measured 1.46–3.9: 1.46 with a core kept busy and the 4 prefills
+        // faster than the decode steps), so no threshold on it beyond what this test needs: that the tokens above
+        // came out of shared passes (one at a time gives exactly 1).
         let figures = await batched.figures()
-        #expect(figures.decodeBatchMean > 1.5, "mean decode batch \(figures.decodeBatchMean)")
+        #expect(figures.decodeBatchMean > 1, "mean decode batch \(figures.decodeBatchMean)")
         #expect(figures.requestsFailed == 0 && figures.requestsServed == 4)
         #expect(try await batched.stats().kvCache["num_blocks_used"] == .int(0))
     }
