@@ -288,6 +288,20 @@ extension KVCachePool {
         while retiredRings.count > Self.retiredRingLimit { releaseRing(retiredRings.removeFirst().ring) }
     }
 
+    /// Keeps a copy of `seq`'s residual ring as it is now among the rings kept for prefix-cache hits (the
+    /// `retiredRingLimit` most recent; int4_pertoken with prefix caching; a no-op otherwise, or without a ring, a
+    /// hashed block or a slot). The executor calls it when a prompt has just been prefilled: the ring then holds the
+    /// prompt's last blocks, which a later request sharing the prompt's beginning (a system prompt followed by a
+    /// short question, a repeated prompt) needs at int8, while `seq`'s own ring moves on with its answer (a ring
+    /// holds a sequence's last `ringBlocks` blocks: 9 at 64-token chunks). The copy's rows are final for every whole
+    /// block it covers (`residualSource`'s argument), so hits served from it equal a cold run.
+    public func checkpointResidual(_ seq: SequenceID) {
+        lock.lock(); defer { lock.unlock() }
+        guard residual != nil, prefixCachingEnabled, let r = residuals[seq], let t = tables[seq], !t.blockHashes.isEmpty,
+              let copy = copyRing(r) else { return }
+        retireRing(copy, hashes: t.blockHashes)
+    }
+
     /// A ring holding, in every layer, token 0 and the int8 rows of logical blocks
     /// `max(0, k − recentBlocks + 1) ..< k` of the chain ending in `hashes[k − 1]` (the blocks the queries after a
     /// hit of `k` blocks read at int8), or nil (lock held; `k ≥ 1`). The ring's rows of those blocks are final:

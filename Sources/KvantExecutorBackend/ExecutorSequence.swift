@@ -191,6 +191,7 @@ final class ExecutorSequence: GenerationSequence {
                          finish: { [self] in
                              guard last else { return nil }
                              prefilled = true
+                             pool.checkpointResidual(sequence)   // int4_pertoken: the prompt's last blocks at int8, for hits
                              var tokens = [accept(next)]
                              for (k, c) in children.enumerated() {
                                  c.sequence = pool.fork(sequence)

@@ -96,6 +96,27 @@ struct PrefixCacheRealModelTests {
         #expect(c.cachedBlocks > 0 && c.used == 0)
     }
 
+    /// int4_pertoken: a hit needs the int8 residual rows of its last blocks. After a first request has answered
+    /// well past its prompt (its ring holds only its last 9 blocks), a second request sharing the system prompt
+    /// still hits every whole block of it: the pool kept a copy of the first ring at the end of its prompt
+    /// (`checkpointResidual`). Outputs equal prefix caching off.
+    @Test("int4_pertoken: a shared system prompt hits after the earlier request answered far past it; on == off")
+    func int4SystemPromptAfterLongAnswer() async throws {
+        let a = Self.system + Self.questions[0], b = Self.system + Self.questions[1]
+        var long = GenerateParams(prompt: a, maxTokens: 200, temperature: 0)
+        long.ignoreEOS = true
+        let params = [long, GenerateParams(prompt: b, maxTokens: 12, temperature: 0.9, topP: 0.95, seed: 7)]
+        let off = try await run(try await makeEngine(.int4PerToken, prefixCaching: false), params)
+        let engine = try await makeEngine(.int4PerToken, prefixCaching: true)
+        let on = try await run(engine, params)
+        for i in 0..<2 { #expect(on[i].tokens == off[i].tokens, "request \(i): on \(on[i].tokens) vs off \(off[i].tokens)") }
+        #expect(on[0].tokens.count == 200)
+        let pa = try await engine.tokenize(a), pb = try await engine.tokenize(b)
+        let common = zip(pa, pb).prefix { $0 == $1 }.count
+        #expect(common >= 48, "the system prompt spans \(common) tokens")
+        #expect(try await counters(engine).hits == common / 16 * 16, "every whole block of the shared system prompt")
+    }
+
     @Test("reload-scales: no hit across epochs, outputs equal a cache-less run before and after")
     func acrossReloadScales() async throws {
         // 0.5 and 0.2: far enough apart that the 12 greedy tokens differ (0.35 gave the same 12 tokens once the
