@@ -16,13 +16,7 @@ import Testing
 struct PreemptionAcrossReloadTests {
     /// A vLLM scale file with one scale for every layer.
     func scaleFile(_ scale: Double, name: String) throws -> String {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvant-preempt-reload-\(getpid())")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        let layers = (0..<18).map { "\"\($0)\": \(scale)" }.joined(separator: ", ")
-        let path = dir.appendingPathComponent(name).path
-        try #"{"model_type": null, "kv_cache": {"dtype": "int8", "scaling_factor": {"0": {\#(layers)}}}}"#
-            .write(toFile: path, atomically: true, encoding: .utf8)
-        return path
+        try uniformScaleFile(scale, name: name, tag: "preempt-reload")
     }
 
     /// int8_pertensor on `scales`; `kvCacheBytes` small enough that the filler and the sequence do not both fit.

@@ -61,13 +61,7 @@ struct PrefixCacheRealModelTests {
 
     /// A vLLM scale file with one scale for every layer (model_type null is accepted with a warning).
     func scaleFile(_ scale: Double, name: String) throws -> String {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvant-prefix-\(getpid())")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        let layers = (0..<18).map { "\"\($0)\": \(scale)" }.joined(separator: ", ")
-        let path = dir.appendingPathComponent(name).path
-        try #"{"model_type": null, "kv_cache": {"dtype": "int8", "scaling_factor": {"0": {\#(layers)}}}}"#
-            .write(toFile: path, atomically: true, encoding: .utf8)
-        return path
+        try uniformScaleFile(scale, name: name, tag: "prefix")
     }
 
     @Test("on == off token for token, greedy and seeded, and the shared prefix is served from the cache",
