@@ -33,9 +33,9 @@
 #include <string.h>
 
 enum { T_Q5_0 = 6, T_Q8_0 = 8 };
-#ifndef CH
-#define CH 8    /* activation rows per chunk */
-#endif
+/* Activation rows per chunk: x16_group keeps one accumulator per row, 8 of them beside the block's 8 weight
+ * registers (x16_chunk_* dispatch on 1..8). */
+enum { CH = 8 };
 #ifndef PFD
 #define PFD 8   /* software prefetch distance, in group blocks */
 #endif
@@ -43,15 +43,6 @@ enum { T_Q5_0 = 6, T_Q8_0 = 8 };
 static inline int gblock(int type) { return type == T_Q8_0 ? 544 : 352; }
 static inline int rblock(int type) { return type == T_Q8_0 ? 34 : 22; }
 static inline float f16_to_f32(uint16_t h) { return _cvtsh_ss(h); }
-
-/* Unsigned value u = q + K of element l (0..31) of a ggml block. */
-static inline uint8_t ggml_u(int type, const uint8_t *blk, int l) {
-    if (type == T_Q8_0) return blk[2 + l] ^ 0x80;
-    uint32_t qh;
-    memcpy(&qh, blk + 2, 4);
-    const uint8_t nib = (blk[6 + (l & 15)] >> (4 * (l >> 4))) & 0x0F;
-    return (uint8_t)(nib | (((qh >> l) & 1) << 4));
-}
 
 /* Unsigned value of element l of row i in a group block. */
 static inline uint8_t x16_u(int type, const uint8_t *o, int i, int l) {

@@ -116,8 +116,8 @@ public final class MatMul: @unchecked Sendable {
         let stride = outStride ?? w.rows
         if scratchCols < w.cols {
             scratch?.deallocate()
-            scratch = .allocate(capacity: 2 * w.cols * threads)
-            scratchCols = 2 * w.cols
+            scratch = .allocate(capacity: w.cols * threads)
+            scratchCols = w.cols
         }
         let s = scratch!, sc = scratchCols
         if w.layout != .ggml {
@@ -128,7 +128,7 @@ public final class MatMul: @unchecked Sendable {
                     w.dequantizeRow(r, into: row)
                     // the dequantized row as a one-row F32 matrix: the reference path's own dot products
                     _ = kvant_matmul_f32(Int32(GGMLType.f32.rawValue), row, w.cols * 4, Int64(w.cols), 0, 1, x, Int64(m),
-                                         out + r, Int64(stride), row + w.cols)
+                                         out + r, Int64(stride), row)   // F32 rows need no scratch
                 }
             }
             return
