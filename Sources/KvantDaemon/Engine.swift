@@ -251,20 +251,25 @@ public actor Engine {
             let scheduler = self.scheduler
             let acquired = await scheduler.acquireSlot()
             defer { if acquired { scheduler.releaseSlot() } }
-            let sampling = SamplingConfig(params)
-            // Admission control: the KV blocks of the prompt are promised (generated tokens take theirs on demand,
-            // with preemption); when they are not free now, wait (in arrival order) until a sequence releases its own.
-            let sequence: (any GenerationSequence)?
-            do {
-                sequence = acquired ? try await scheduler.admit(model, prompt: prompt, budget: budget, sampling: sampling) : nil
-            } catch {
-                throw Self.naming(error, requested: params.maxTokens, budget: budget, prompt: prompt.count, maxModelLen: maxModelLen)
-            }
+            let sequence = acquired ? try await admit(model, prompt: prompt, budget: budget, maxModelLen: maxModelLen, params: params) : nil
             return try await runThenRelease(sequence, model: model, prompt: prompt, params: params, budget: budget,
                                             queued: queued, started: DispatchTime.now().uptimeNanoseconds, onToken: onToken)
         } catch {
             counters.failed += 1
             throw KvantError.normalized(error)
+        }
+    }
+
+    /// Admission control: the KV blocks of the prompt are promised (generated tokens take theirs on demand, with
+    /// preemption); when they are not free now, waits (in arrival order) until a sequence releases its own.
+    /// - Returns: nil when the request was cancelled while it waited.
+    /// - Throws: the scheduler's refusal, named with the request's `max_tokens`, budget and prompt (`naming`).
+    private func admit(_ model: any LoadedModel, prompt: [Int], budget: Int, maxModelLen: Int,
+                       params: GenerateParams) async throws -> (any GenerationSequence)? {
+        do {
+            return try await scheduler.admit(model, prompt: prompt, budget: budget, sampling: SamplingConfig(params))
+        } catch {
+            throw Self.naming(error, requested: params.maxTokens, budget: budget, prompt: prompt.count, maxModelLen: maxModelLen)
         }
     }
 
@@ -318,12 +323,7 @@ public actor Engine {
             let acquired = await scheduler.acquireSlots(n)
             var slotsHeld = acquired ? n : 0
             defer { if slotsHeld > 0 { scheduler.releaseSlot(count: slotsHeld) } }
-            let sequence: (any GenerationSequence)?
-            do {
-                sequence = acquired ? try await scheduler.admit(model, prompt: prompt, budget: budget, sampling: SamplingConfig(params)) : nil
-            } catch {
-                throw Self.naming(error, requested: params.maxTokens, budget: budget, prompt: prompt.count, maxModelLen: maxModelLen)
-            }
+            let sequence = acquired ? try await admit(model, prompt: prompt, budget: budget, maxModelLen: maxModelLen, params: params) : nil
             var job: Scheduler.Job?
             if let sequence {
                 let parent = Scheduler.Job(sequence: sequence, model: model, budget: budget)
